@@ -1,0 +1,47 @@
+"""Jobmesh node: durable, broker-less job handling over gRPC.
+
+The public API: run a `Node` from a `NodeConfig`, register consumers, add and control
+jobs through `node.jobs` (a `JobManager`), or talk to any node with `JobmeshClient`.
+"""
+
+from node.config import ConsumerSpec, JobsConfig, JournalConfig, NodeConfig, ServerConfig, load_config
+from node.errors import (
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    JobmeshError,
+    JobNotFound,
+    JournalError,
+    PeerUnavailable,
+    ResourceExhausted,
+    Unavailable,
+)
+from node.jobs.consumers import JobContext
+from node.jobs.model import Job, JobResult, JobState, Outcome
+from node.journal.connection import Durability
+from node.node import Node
+
+__all__ = [
+    "ConfigError",
+    "ConsumerSpec",
+    "Durability",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "Job",
+    "JobContext",
+    "JobNotFound",
+    "JobResult",
+    "JobState",
+    "JobmeshError",
+    "JobsConfig",
+    "JournalConfig",
+    "JournalError",
+    "Node",
+    "NodeConfig",
+    "Outcome",
+    "PeerUnavailable",
+    "ResourceExhausted",
+    "ServerConfig",
+    "Unavailable",
+    "load_config",
+]

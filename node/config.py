@@ -1,0 +1,249 @@
+"""Node configuration: one frozen dataclass tree, built from TOML, then env, then flags.
+
+Every setting has a dotted key (`jobs.max_parallel`) used the same way in a TOML file
+(section `[jobs]`, key `max_parallel`), an environment variable
+(`JOBMESH_JOBS_MAX_PARALLEL`) and the CLI (`--set jobs.max_parallel=4`). Only the CLI
+reads argv and the environment; it passes them here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+from node.journal.connection import Durability
+
+DEFAULT_PORT = 7710
+ENV_PREFIX = "JOBMESH_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gRPC server."""
+
+    host: str = "0.0.0.0"
+    """Address to listen on (`0.0.0.0` all IPv4 interfaces, `[::]` all, `127.0.0.1` local only)."""
+    port: int = DEFAULT_PORT
+    """TCP port; 0 picks a free one (written to `<data_dir>/node.json`)."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM/SIGINT: how long running jobs and RPCs get to finish before they are cut off."""
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """The SQLite journal."""
+
+    durability: Durability = Durability.NORMAL
+    """`normal`: commits survive any process crash; `full`: also power loss (fsync each commit)."""
+    readers: int = 2
+    """Read connections (threads) serving queries beside the single writer."""
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """Job processing on this node (the default queue)."""
+
+    max_parallel: int = 15
+    """How many jobs run at once."""
+    retries: int = 10
+    """Retries after a failed first attempt before a job is GIVEN_UP; -1 retries forever."""
+    retry_delay_s: float = 2.0
+    """Wait before a failed job runs again (a consumer may ask for another delay)."""
+    max_payload_bytes: int = 64 * 1024 * 1024
+    """Largest input payload a job may carry."""
+    max_properties_bytes: int = 64 * 1024
+    """Largest encoded size of one job's properties."""
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A consumer loaded from configuration: topic patterns and the callable that handles them."""
+
+    topics: tuple[str, ...]
+    """Topic patterns (`a/b`, `a/b/*`, `a/b/**`)."""
+    handler: str
+    """`package.module:callable`: a function, or a class whose instances have `process`."""
+
+    @classmethod
+    def parse(cls, text: str) -> ConsumerSpec:
+        """Parse `PATTERN[,PATTERN...]=package.module:callable`."""
+        patterns, sep, handler = text.partition("=")
+        if not sep or not patterns or ":" not in handler:
+            raise ConfigError(
+                f"consumer {text!r} is malformed; write TOPIC_PATTERN[,PATTERN...]=package.module:callable"
+            )
+        return cls(tuple(p.strip() for p in patterns.split(",") if p.strip()), handler.strip())
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to run. Build with `load_config`, or a preset."""
+
+    data_dir: Path = Path(".jobmesh")
+    """Where the journal and the instance id live."""
+    name: str = ""
+    """Human-readable instance name; default `<hostname>-<port>`."""
+    log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR; logs go to stderr."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    consumers: tuple[ConsumerSpec, ...] = ()
+    """Consumers to load at start."""
+
+    @classmethod
+    def lan(cls, data_dir: Path = Path(".jobmesh")) -> NodeConfig:
+        """Defaults for a node on a LAN."""
+        return cls(data_dir=data_dir)
+
+    @classmethod
+    def for_tests(cls, data_dir: Path) -> NodeConfig:
+        """Short timings, loopback, a free port: for tests and benchmarks."""
+        return cls(
+            data_dir=data_dir,
+            server=ServerConfig(host="127.0.0.1", port=0, shutdown_grace_s=2.0),
+            jobs=JobsConfig(retry_delay_s=0.05),
+        )
+
+    def with_overrides(self, values: Mapping[str, object]) -> NodeConfig:
+        """A copy with dotted-key settings applied (strings are parsed to the field's type)."""
+        config = self
+        for key, value in values.items():
+            config = _set(config, key.split("."), value, key)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ConfigError if a value is out of range."""
+        checks = [
+            (0 <= self.server.port <= 65535, f"server.port {self.server.port} is not a TCP port (0-65535)"),
+            (self.server.shutdown_grace_s >= 0, "server.shutdown_grace_s must be >= 0"),
+            (self.journal.readers >= 1, "journal.readers must be >= 1"),
+            (self.jobs.max_parallel >= 1, f"jobs.max_parallel is {self.jobs.max_parallel}; it must be >= 1"),
+            (self.jobs.retries >= -1, f"jobs.retries is {self.jobs.retries}; use -1 (forever) or more"),
+            (self.jobs.retry_delay_s >= 0, "jobs.retry_delay_s must be >= 0"),
+            (self.jobs.max_payload_bytes >= 0, "jobs.max_payload_bytes must be >= 0"),
+            (self.jobs.max_properties_bytes >= 2, "jobs.max_properties_bytes must be >= 2"),
+            (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), f"log_level {self.log_level!r} unknown"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def _coerce(value: object, kind: Any, key: str) -> object:
+    """Parse `value` (often a string from env or flags) as type `kind`."""
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)  # type: ignore[call-overload]
+        if kind is float:
+            return float(value)  # type: ignore[arg-type]
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+        if kind is Path:
+            return Path(str(value))
+        if isinstance(kind, type) and issubclass(kind, Enum):
+            return kind(str(value).lower())
+        if typing.get_origin(kind) is tuple:  # consumers
+            items = value.split(";") if isinstance(value, str) else value
+            specs = []
+            for item in items:  # type: ignore[union-attr]
+                if isinstance(item, ConsumerSpec):
+                    specs.append(item)
+                elif isinstance(item, str):
+                    if item.strip():
+                        specs.append(ConsumerSpec.parse(item.strip()))
+                elif isinstance(item, dict) and set(item) == {"topics", "handler"}:
+                    specs.append(ConsumerSpec(tuple(item["topics"]), str(item["handler"])))
+                else:
+                    raise ValueError(item)
+            return tuple(specs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from e
+    raise ConfigError(f"{key}: unsupported setting type {kind}")
+
+
+def _set(obj: Any, path: list[str], value: object, key: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    head = path[0]
+    if head not in names:
+        raise ConfigError(f"unknown setting {key!r}; known here: {', '.join(sorted(names))}")
+    kind = hints[head]
+    if dataclasses.is_dataclass(kind):
+        if len(path) == 1:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} is a section; set its keys ({key}.KEY)")
+            section = getattr(obj, head)
+            for sub_key, sub_value in value.items():
+                section = _set(section, [sub_key], sub_value, f"{key}.{sub_key}")
+            return replace(obj, **{head: section})
+        return replace(obj, **{head: _set(getattr(obj, head), path[1:], value, key)})
+    if len(path) > 1:
+        raise ConfigError(f"unknown setting {key!r}: {head} has no sub-settings")
+    return replace(obj, **{head: _coerce(value, kind, key)})
+
+
+def setting_keys(cls: type = NodeConfig, prefix: str = "") -> list[str]:
+    """Every dotted setting key, in declaration order."""
+    keys: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys += setting_keys(kind, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """Settings from `JOBMESH_*` variables (`JOBMESH_JOBS_MAX_PARALLEL` -> `jobs.max_parallel`)."""
+    by_env = {ENV_PREFIX + key.replace(".", "_").upper(): key for key in setting_keys()}
+    return {by_env[name]: value for name, value in environ.items() if name in by_env}
+
+
+def load_config(
+    toml_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    base: NodeConfig | None = None,
+) -> NodeConfig:
+    """Build the config: `base` (LAN defaults), then the TOML file, then env, then overrides."""
+    config = base or NodeConfig.lan()
+    if toml_path is not None:
+        try:
+            data = tomllib.loads(toml_path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {toml_path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {toml_path} is not valid TOML: {e}") from e
+        config = config.with_overrides(data)
+        if not config.data_dir.is_absolute() and "data_dir" in data:
+            # A relative data_dir in a file is relative to that file, not to the cwd.
+            config = replace(config, data_dir=toml_path.parent / config.data_dir)
+    if environ:
+        config = config.with_overrides(env_overrides(environ))
+    if overrides:
+        config = config.with_overrides(overrides)
+    config.validate()
+    return config

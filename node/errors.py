@@ -1,0 +1,47 @@
+"""The exception tree: one root, small families, each mapped to one gRPC status."""
+
+from __future__ import annotations
+
+
+class JobmeshError(Exception):
+    """Root of every error Jobmesh raises on purpose."""
+
+
+class InvalidArgument(JobmeshError):
+    """A request or value is malformed; the message says which field and why."""
+
+
+class JobNotFound(JobmeshError):
+    """No job with the given id exists on this node."""
+
+
+class FailedPrecondition(JobmeshError):
+    """The job is in a state that does not allow the operation."""
+
+
+class ResourceExhausted(JobmeshError):
+    """A limit was hit (payload size, batch size, queue capacity)."""
+
+
+class Unavailable(JobmeshError):
+    """The node (or a peer) cannot serve the request now; retrying later may work."""
+
+
+class PeerUnavailable(Unavailable):
+    """A peer node could not be reached."""
+
+
+class ConfigError(JobmeshError):
+    """The configuration (TOML file, environment or flags) is invalid."""
+
+
+class JournalError(JobmeshError):
+    """The SQLite journal failed or is in a state this version cannot use."""
+
+
+class DataDirInUse(JournalError):
+    """Another live process holds the data directory."""
+
+
+class ConsumerLoadError(ConfigError):
+    """A consumer named in the configuration cannot be imported or is not callable."""

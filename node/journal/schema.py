@@ -1,0 +1,86 @@
+"""The journal's SQLite schema and its migrations.
+
+Each migration is applied once, in order, inside one transaction; `meta.schema_version`
+records the last one. Add a migration to change the schema; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from node.errors import JournalError
+
+MIGRATIONS: tuple[str, ...] = (
+    # v1: jobs, their payloads, and node metadata.
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY,              -- insertion order; internal
+        id TEXT NOT NULL UNIQUE,              -- public, time-ordered UUIDv7
+        topic TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        state INTEGER NOT NULL,               -- JobState
+        properties TEXT,                      -- typed JSON, see node/properties.py
+        origin TEXT NOT NULL,                 -- instance id where the job was added
+        target TEXT,                          -- instance id that runs it; NULL = unassigned
+        retry_count INTEGER NOT NULL DEFAULT 0,
+        max_retries INTEGER NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,   -- fences results of earlier attempts
+        created_us INTEGER NOT NULL,
+        due_us INTEGER NOT NULL,              -- earliest start (retry delay)
+        started_us INTEGER,
+        finished_us INTEGER,
+        result_message TEXT NOT NULL DEFAULT '',
+        payload_size INTEGER NOT NULL DEFAULT 0,
+        output_size INTEGER NOT NULL DEFAULT 0,
+        stop_requested INTEGER NOT NULL DEFAULT 0
+    );
+    -- What a queue runner claims next: small, because only QUEUED rows are in it.
+    CREATE INDEX jobs_ready ON jobs (target, queue, due_us, seq) WHERE state = 1;
+    CREATE INDEX jobs_state ON jobs (state, seq);
+    CREATE INDEX jobs_topic ON jobs (topic, state, seq);
+    CREATE TABLE payloads (
+        job_seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,                -- 1 input, 2 output
+        data BLOB NOT NULL,
+        PRIMARY KEY (job_seq, kind)
+    ) WITHOUT ROWID;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in the database (0 for a new one)."""
+    has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    if not has_meta:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; returns the version. The connection must be in autocommit."""
+    current = schema_version(conn)
+    if current > SCHEMA_VERSION:
+        raise JournalError(
+            f"the journal has schema version {current}, newer than this jobmesh supports "
+            f"({SCHEMA_VERSION}); upgrade jobmesh or use another data dir"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        try:
+            conn.executescript(
+                "BEGIN IMMEDIATE;"
+                + MIGRATIONS[version - 1]
+                + f";INSERT INTO meta (key, value) VALUES ('schema_version', '{version}') "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value; COMMIT;"
+            )
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise JournalError(f"migrating the journal to schema version {version} failed: {e}") from e
+    return SCHEMA_VERSION

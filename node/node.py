@@ -1,0 +1,152 @@
+"""The Node: one process's journal, consumers, job manager and gRPC server, with a lifecycle.
+
+    async with Node(NodeConfig.for_tests(tmp_path)) as node:
+        node.consumers.register(["images/**"], resize)
+        job = await node.jobs.add_job("images/resize", {"width": 100})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+
+from node.config import NodeConfig
+from node.instance import (
+    DataDirLock,
+    InstanceIdentity,
+    default_name,
+    new_instance_id,
+    now_us,
+    remove_run_file,
+    write_run_file,
+)
+from node.jobs.consumers import ConsumerRegistry, load_handler
+from node.jobs.manager import JobManager
+from node.journal.journal import Journal
+from node.services import transport
+from node.services.jobs import JobServicer
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.sqlite"
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
+
+
+class Node:
+    """A Jobmesh node. Use `async with Node(config) as node:` or `start()` / `close()`.
+
+    Event-loop contract: create, start and close it on one asyncio loop; all its coroutines
+    run on that loop.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.consumers = ConsumerRegistry()
+        self._lock = DataDirLock(config.data_dir)
+        self._journal: Journal | None = None
+        self._jobs: JobManager | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self.identity: InstanceIdentity | None = None
+        self.port = 0
+
+    @property
+    def jobs(self) -> JobManager:
+        """The job manager (after start)."""
+        if self._jobs is None:
+            raise RuntimeError("the node is not started")
+        return self._jobs
+
+    @property
+    def journal(self) -> Journal:
+        """The journal (after start)."""
+        if self._journal is None:
+            raise RuntimeError("the node is not started")
+        return self._journal
+
+    @property
+    def address(self) -> str:
+        """`host:port` clients on this machine can dial."""
+        host = self.config.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::", "[::]") else host
+        return f"{host}:{self.port}"
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Lock the data dir, open the journal, recover, load consumers, and serve gRPC."""
+        config = self.config
+        self._lock.acquire()
+        try:
+            for spec in config.consumers:
+                self.consumers.register(spec.topics, load_handler(spec.handler), name=spec.handler)
+            self._journal = Journal.open(config.data_dir / JOURNAL_FILE, config.journal.durability, config.journal.readers)
+            instance_id = await self._journal.get_meta("instance_id")
+            if instance_id is None:
+                instance_id = new_instance_id()
+                await self._journal.set_meta("instance_id", instance_id)
+            self._jobs = JobManager(self._journal, self.consumers, config.jobs, instance_id)
+            requeued, stopped, given_up = await self._jobs.start()
+            if requeued or stopped or given_up:
+                log.warning(
+                    "recovered jobs left ACTIVE by a crash: %d re-queued, %d stopped, %d given up",
+                    requeued, stopped, given_up,
+                )
+            await self._serve(instance_id)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _serve(self, instance_id: str) -> None:
+        config = self.config
+        server = transport.create_server(config.jobs.max_payload_bytes)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        self.port = transport.bind(server, config.server.host, config.server.port)
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAMES[0]):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
+        write_run_file(
+            config.data_dir,
+            {"pid": os.getpid(), "port": self.port, "address": self.address, "instance_id": instance_id,
+             "name": self.identity.name},
+        )
+        log.info("node %s (%s) serving on %s:%d", self.identity.name, instance_id, config.server.host, self.port)
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Stop gracefully: refuse new work, let running jobs finish within the grace, close all."""
+        grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._jobs is not None:
+            await self._jobs.stop(grace)
+            self._jobs = None
+        if self._server is not None:
+            await self._server.stop(min(grace, 1.0))
+            self._server = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        remove_run_file(self.config.data_dir)
+        self._lock.release()

@@ -1,0 +1,1 @@
+"""gRPC servicers and the one place servers and channels are created."""

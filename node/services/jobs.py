@@ -1,0 +1,112 @@
+"""The JobService servicer: the gRPC face of the job manager."""
+
+from __future__ import annotations
+
+import grpc
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+
+from node.errors import InvalidArgument
+from node.jobs.manager import JobManager
+from node.jobs.model import HISTORY_STATES, JobState
+from node.journal.journal import JobQuery, decode_page_token
+from node.services.status import rpc
+from node.templates import Template
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 10_000
+
+_STATES_BY_QUERY: dict[int, tuple[JobState, ...]] = {
+    jobs_pb2.QUERY_TYPE_UNSPECIFIED: tuple(JobState),
+    jobs_pb2.QUERY_TYPE_ALL: tuple(JobState),
+    jobs_pb2.QUERY_TYPE_ACTIVE: (JobState.ACTIVE,),
+    jobs_pb2.QUERY_TYPE_QUEUED: (JobState.QUEUED,),
+    jobs_pb2.QUERY_TYPE_HISTORY: HISTORY_STATES,
+    jobs_pb2.QUERY_TYPE_CANCELLED: (JobState.STOPPED, JobState.GIVEN_UP, JobState.ERROR, JobState.DROPPED),
+    jobs_pb2.QUERY_TYPE_SUCCEEDED: (JobState.SUCCEEDED,),
+    jobs_pb2.QUERY_TYPE_STOPPED: (JobState.STOPPED,),
+    jobs_pb2.QUERY_TYPE_GIVEN_UP: (JobState.GIVEN_UP,),
+    jobs_pb2.QUERY_TYPE_ERROR: (JobState.ERROR,),
+    jobs_pb2.QUERY_TYPE_DROPPED: (JobState.DROPPED,),
+}
+
+
+def _require_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id is empty; pass the id AddJob returned")
+    return job_id
+
+
+def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
+    """Validate a FindJobsRequest and turn it into a journal query."""
+    if request.type not in _STATES_BY_QUERY:
+        raise InvalidArgument(f"type {request.type} is not a known QueryType")
+    if request.limit < 0 or request.limit > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"limit {request.limit} is out of range; use 1..{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})")
+    templates = tuple(Template.from_proto(t, f"templates[{i}]") for i, t in enumerate(request.templates))
+    return JobQuery(
+        states=_STATES_BY_QUERY[request.type],
+        topic=request.topic or None,
+        templates=templates,
+        limit=request.limit or DEFAULT_PAGE_SIZE,
+        after_seq=decode_page_token(request.page_token) if request.page_token else None,
+        newest_first=request.newest_first,
+    )
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """Serves JobService from a JobManager."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._manager = manager
+
+    @rpc
+    async def AddJob(self, request: jobs_pb2.AddJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.AddJobResponse:
+        if not request.HasField("job"):
+            raise InvalidArgument("job is missing")
+        (job_id,) = await self._manager.add_proto_jobs([request.job], field="job")
+        job = await self._manager.get_job(job_id)
+        return jobs_pb2.AddJobResponse(job=job.to_proto())
+
+    @rpc
+    async def AddJobs(
+        self, request: jobs_pb2.AddJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.AddJobsResponse:
+        ids = await self._manager.add_proto_jobs(request.jobs)
+        return jobs_pb2.AddJobsResponse(job_ids=ids)
+
+    @rpc
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:
+        job = await self._manager.get_job(_require_id(request.job_id), include_payloads=request.include_payloads)
+        return jobs_pb2.GetJobResponse(job=job.to_proto())
+
+    @rpc
+    async def FindJobs(
+        self, request: jobs_pb2.FindJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.FindJobsResponse:
+        page = await self._manager.find_jobs(query_from_proto(request))
+        return jobs_pb2.FindJobsResponse(
+            jobs=[job.to_proto() for job in page.jobs],
+            next_page_token=page.next_page_token,
+            total_count=page.total_count,
+        )
+
+    @rpc
+    async def StopJob(self, request: jobs_pb2.StopJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.StopJobResponse:
+        job = await self._manager.stop_job(_require_id(request.job_id))
+        return jobs_pb2.StopJobResponse(job=job.to_proto())
+
+    @rpc
+    async def RemoveJob(
+        self, request: jobs_pb2.RemoveJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RemoveJobResponse:
+        job = await self._manager.remove_job(_require_id(request.job_id))
+        if job is None:
+            return jobs_pb2.RemoveJobResponse(deleted=True)
+        return jobs_pb2.RemoveJobResponse(deleted=False, job=job.to_proto())
+
+    @rpc
+    async def RetryJob(
+        self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.RetryJobResponse:
+        job = await self._manager.retry_job(_require_id(request.job_id))
+        return jobs_pb2.RetryJobResponse(job=job.to_proto())

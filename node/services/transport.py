@@ -1,0 +1,50 @@
+"""The one place gRPC servers and channels are created, so transport settings
+(message limits, keepalive, later TLS and auth) apply everywhere at once."""
+
+from __future__ import annotations
+
+import grpc
+
+from node.errors import ConfigError
+
+# Room for the largest payload plus the job around it.
+_ENVELOPE_BYTES = 4 * 1024 * 1024
+
+
+def _options(max_payload_bytes: int) -> list[tuple[str, int]]:
+    limit = max_payload_bytes + _ENVELOPE_BYTES
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def create_server(max_payload_bytes: int) -> grpc.aio.Server:
+    """A new (not yet started) asyncio gRPC server."""
+    return grpc.aio.server(options=_options(max_payload_bytes))
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Listen on host:port (port 0: any free port); returns the port actually bound."""
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen on {address}: {e}") from e
+    if bound == 0:
+        raise ConfigError(f"cannot listen on {address}: the address is in use or not available here")
+    return int(bound)
+
+
+def create_channel(target: str, max_payload_bytes: int = 64 * 1024 * 1024) -> grpc.aio.Channel:
+    """A new asyncio channel to `target` (`host:port`)."""
+    return grpc.aio.insecure_channel(target, options=_options(max_payload_bytes))
+
+
+def create_sync_channel(target: str, max_payload_bytes: int = 64 * 1024 * 1024) -> grpc.Channel:
+    """A new blocking channel to `target` (for the CLI and simple clients)."""
+    return grpc.insecure_channel(target, options=_options(max_payload_bytes))

@@ -1,0 +1,17 @@
+# Sourced by scripts/*: make sure .venv exists and holds this project (editable)
+# with its dev extra. Re-installs only when pyproject.toml changed.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${JOBMESH_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "scripts: creating $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+STAMP="$VENV/.jobmesh-installed"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+    echo "scripts: installing jobmesh and its dev tools into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]" >&2
+    touch "$STAMP"
+fi
+export VENV

@@ -1,0 +1,20 @@
+# Sourced by scripts/*: `in_private_netns CMD...` runs CMD inside a fresh private
+# network namespace whose loopback is up with multicast routed to it, so nothing
+# (mDNS included) ever leaves the machine. Already inside one (JOBMESH_NETNS=1)?
+# It just runs CMD.
+in_private_netns() {
+    if [ "${JOBMESH_NETNS:-}" = "1" ]; then
+        "$@"
+        return
+    fi
+    local unshare_args=(--net)
+    if [ "$(id -u)" != "0" ]; then
+        unshare_args=(--user --map-root-user --net)
+    fi
+    JOBMESH_NETNS=1 unshare "${unshare_args[@]}" -- bash -c '
+        set -e
+        ip link set lo up
+        ip link set lo multicast on
+        ip route add 224.0.0.0/4 dev lo
+        exec "$@"' netns "$@"
+}
