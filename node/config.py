@@ -131,7 +131,10 @@ class NodeConfig:
             (self.jobs.retry_delay_s >= 0, "jobs.retry_delay_s must be >= 0"),
             (self.jobs.max_payload_bytes >= 0, "jobs.max_payload_bytes must be >= 0"),
             (self.jobs.max_properties_bytes >= 2, "jobs.max_properties_bytes must be >= 2"),
-            (self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), f"log_level {self.log_level!r} unknown"),
+            (
+                self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+                f"log_level {self.log_level!r} unknown",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -164,9 +167,9 @@ def _coerce(value: object, kind: Any, key: str) -> object:
         if isinstance(kind, type) and issubclass(kind, Enum):
             return kind(str(value).lower())
         if typing.get_origin(kind) is tuple:  # consumers
-            items = value.split(";") if isinstance(value, str) else value
+            items: list[Any] = value.split(";") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
             specs = []
-            for item in items:  # type: ignore[union-attr]
+            for item in items:
                 if isinstance(item, ConsumerSpec):
                     specs.append(item)
                 elif isinstance(item, str):

@@ -1,8 +1,8 @@
 """The Node: one process's journal, consumers, job manager and gRPC server, with a lifecycle.
 
-    async with Node(NodeConfig.for_tests(tmp_path)) as node:
-        node.consumers.register(["images/**"], resize)
-        job = await node.jobs.add_job("images/resize", {"width": 100})
+async with Node(NodeConfig.for_tests(tmp_path)) as node:
+    node.consumers.register(["images/**"], resize)
+    job = await node.jobs.add_job("images/resize", {"width": 100})
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ class Node:
         try:
             for spec in config.consumers:
                 self.consumers.register(spec.topics, load_handler(spec.handler), name=spec.handler)
-            self._journal = Journal.open(config.data_dir / JOURNAL_FILE, config.journal.durability, config.journal.readers)
+            self._journal = Journal.open(
+                config.data_dir / JOURNAL_FILE, config.journal.durability, config.journal.readers
+            )
             instance_id = await self._journal.get_meta("instance_id")
             if instance_id is None:
                 instance_id = new_instance_id()
@@ -107,7 +109,9 @@ class Node:
             if requeued or stopped or given_up:
                 log.warning(
                     "recovered jobs left ACTIVE by a crash: %d re-queued, %d stopped, %d given up",
-                    requeued, stopped, given_up,
+                    requeued,
+                    stopped,
+                    given_up,
                 )
             await self._serve(instance_id)
         except BaseException:
@@ -129,10 +133,17 @@ class Node:
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
         write_run_file(
             config.data_dir,
-            {"pid": os.getpid(), "port": self.port, "address": self.address, "instance_id": instance_id,
-             "name": self.identity.name},
+            {
+                "pid": os.getpid(),
+                "port": self.port,
+                "address": self.address,
+                "instance_id": instance_id,
+                "name": self.identity.name,
+            },
         )
-        log.info("node %s (%s) serving on %s:%d", self.identity.name, instance_id, config.server.host, self.port)
+        log.info(
+            "node %s (%s) serving on %s:%d", self.identity.name, instance_id, config.server.host, self.port
+        )
 
     async def close(self, grace_s: float | None = None) -> None:
         """Stop gracefully: refuse new work, let running jobs finish within the grace, close all."""

@@ -80,7 +80,8 @@ def json_value_from_proto(value: jobs_pb2.PropertyValue, field: str) -> Any:
     """The stored JSON form of one proto value (validated)."""
     if value.WhichOneof("kind") == "list_value":
         return [
-            _scalar_from_proto(item, f"{field}[{index}]") for index, item in enumerate(value.list_value.values)
+            _scalar_from_proto(item, f"{field}[{index}]")
+            for index, item in enumerate(value.list_value.values)
         ]
     return _scalar_from_proto(value, field)
 
@@ -162,7 +163,9 @@ def decode_properties(text: str | None) -> Properties:
         return {}
     decoded: Properties = {}
     for name, value in json.loads(text).items():
-        decoded[name] = [_scalar_from_json(v) for v in value] if isinstance(value, list) else _scalar_from_json(value)
+        decoded[name] = (
+            [_scalar_from_json(v) for v in value] if isinstance(value, list) else _scalar_from_json(value)
+        )
     return decoded
 
 
@@ -211,4 +214,16 @@ def value_to_proto(value: PropertyValue, field: str = "value") -> jobs_pb2.Prope
             _fill_scalar(proto.list_value.values.add(), item)
     else:
         _fill_scalar(proto, encoded)
+    return proto
+
+
+def json_value_to_proto(value: Any) -> jobs_pb2.PropertyValue:
+    """A proto PropertyValue from a stored JSON form."""
+    proto = jobs_pb2.PropertyValue()
+    if isinstance(value, list):
+        proto.list_value.SetInParent()
+        for item in value:
+            _fill_scalar(proto.list_value.values.add(), item)
+    else:
+        _fill_scalar(proto, value)
     return proto

@@ -15,7 +15,7 @@ from typing import Any
 from jobmesh.v1 import jobs_pb2
 
 from node.errors import InvalidArgument
-from node.properties import json_value_from_proto, validate_name, value_to_json
+from node.properties import json_value_from_proto, json_value_to_proto, validate_name, value_to_json
 
 
 class Operator(Enum):
@@ -30,7 +30,7 @@ class Operator(Enum):
     @classmethod
     def from_proto(cls, value: int, field: str) -> Operator:
         """The operator for a proto ComparisonOperator, or InvalidArgument."""
-        mapping = {
+        mapping: dict[int, Operator] = {
             jobs_pb2.COMPARISON_OPERATOR_EQUAL: cls.EQUAL,
             jobs_pb2.COMPARISON_OPERATOR_LESS: cls.LESS,
             jobs_pb2.COMPARISON_OPERATOR_LESS_OR_EQUAL: cls.LESS_OR_EQUAL,
@@ -38,7 +38,9 @@ class Operator(Enum):
             jobs_pb2.COMPARISON_OPERATOR_GREATER_OR_EQUAL: cls.GREATER_OR_EQUAL,
         }
         if value not in mapping:
-            raise InvalidArgument(f"{field}: operator is unspecified or unknown ({value}); set one of =, <, <=, >, >=")
+            raise InvalidArgument(
+                f"{field}: operator is unspecified or unknown ({value}); set one of =, <, <=, >, >="
+            )
         return mapping[value]
 
     def to_proto(self) -> jobs_pb2.ComparisonOperator.ValueType:
@@ -85,6 +87,12 @@ class Condition:
             )
         return cls(name, operator, value)
 
+    def to_proto(self) -> jobs_pb2.PropertyCondition:
+        """The proto form."""
+        return jobs_pb2.PropertyCondition(
+            name=self.name, operator=self.operator.to_proto(), value=json_value_to_proto(self.value)
+        )
+
     def to_sql(self) -> tuple[str, list[Any]]:
         """A SQL predicate over the `properties` column, and its parameters."""
         path = '$."' + self.name + '"'
@@ -98,7 +106,11 @@ class Condition:
                 [path, path, value],
             )
         if isinstance(value, str):
-            return f"(json_type(properties, ?) = 'text' AND json_extract(properties, ?) {op} ?)", [path, path, value]
+            return f"(json_type(properties, ?) = 'text' AND json_extract(properties, ?) {op} ?)", [
+                path,
+                path,
+                value,
+            ]
         if isinstance(value, list):
             return "(json_type(properties, ?) = 'array' AND json_extract(properties, ?) = json(?))", [
                 path,
@@ -109,7 +121,11 @@ class Condition:
             sub = path + '."$b"'
             return "json_extract(properties, ?) = ?", [sub, value["$b"]]
         sub = path + '."$t"'
-        return f"(json_type(properties, ?) = 'integer' AND json_extract(properties, ?) {op} ?)", [sub, sub, value["$t"]]
+        return f"(json_type(properties, ?) = 'integer' AND json_extract(properties, ?) {op} ?)", [
+            sub,
+            sub,
+            value["$t"],
+        ]
 
 
 @dataclass(frozen=True)
@@ -147,4 +163,3 @@ def templates_to_sql(templates: Sequence[Template]) -> tuple[str, list[Any]]:
         parts.append(sql)
         params.extend(template_params)
     return "(" + " OR ".join(parts) + ")", params
-

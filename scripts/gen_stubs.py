@@ -66,8 +66,14 @@ def generate_python(out: Path) -> None:
 
 def generate_other(lang: str, out: Path) -> None:
     """Write stubs for another language with the system protoc and its gRPC plugin."""
-    plugins = {"cpp": "grpc_cpp_plugin", "node": "grpc_node_plugin", "csharp": "grpc_csharp_plugin",
-               "objc": "grpc_objective_c_plugin", "php": "grpc_php_plugin", "ruby": "grpc_ruby_plugin"}
+    plugins = {
+        "cpp": "grpc_cpp_plugin",
+        "node": "grpc_node_plugin",
+        "csharp": "grpc_csharp_plugin",
+        "objc": "grpc_objective_c_plugin",
+        "php": "grpc_php_plugin",
+        "ruby": "grpc_ruby_plugin",
+    }
     protoc_out = {"node": "js", "objc": "objc"}.get(lang, lang)
     protoc_bin = shutil.which("protoc")
     plugin = shutil.which(plugins.get(lang, ""))
@@ -77,16 +83,28 @@ def generate_other(lang: str, out: Path) -> None:
             "(Debian: apt-get install protobuf-compiler protobuf-compiler-grpc)"
         )
     out.mkdir(parents=True, exist_ok=True)
-    extra = ["--js_out=import_style=commonjs,binary:" + str(out)] if lang == "node" else [f"--{protoc_out}_out={out}"]
+    extra = (
+        ["--js_out=import_style=commonjs,binary:" + str(out)]
+        if lang == "node"
+        else [f"--{protoc_out}_out={out}"]
+    )
     subprocess.run(
-        [protoc_bin, f"-I{PROTO_ROOT}", *extra, f"--grpc_out={out}", f"--plugin=protoc-gen-grpc={plugin}",
-         *(str(p.relative_to(PROTO_ROOT)) for p in proto_files())],
+        [
+            protoc_bin,
+            f"-I{PROTO_ROOT}",
+            *extra,
+            f"--grpc_out={out}",
+            f"--plugin=protoc-gen-grpc={plugin}",
+            *(str(p.relative_to(PROTO_ROOT)) for p in proto_files()),
+        ],
         check=True,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("lang", nargs="?", default="python", help="python (default), cpp, node, ...")
     parser.add_argument("--out", type=Path, help="output directory (default: generated/ or generated/LANG/)")
     args = parser.parse_args(argv)

@@ -42,11 +42,19 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--max-parallel", type=int, help="jobs run at once (default 15)")
     p.add_argument("--durability", choices=["normal", "full"], help="journal durability (default normal)")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any setting by dotted key (repeatable)"
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)"
     )
-    p.add_argument("--test-preset", action="store_true", help="start from test timings (short delays, loopback)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting by dotted key (repeatable)",
+    )
+    p.add_argument(
+        "--test-preset", action="store_true", help="start from test timings (short delays, loopback)"
+    )
     p.set_defaults(handler=run_command)
 
 
@@ -90,7 +98,10 @@ async def serve(config: NodeConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Node(config) as node:
-        print(f"jobmesh node {node.identity.name if node.identity else ''} listening on {node.address}", file=sys.stderr)
+        print(
+            f"jobmesh node {node.identity.name if node.identity else ''} listening on {node.address}",
+            file=sys.stderr,
+        )
         await stop.wait()
         log.info("shutting down (grace %.1fs)", config.server.shutdown_grace_s)
 

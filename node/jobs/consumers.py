@@ -19,7 +19,7 @@ from node.errors import ConsumerLoadError, InvalidArgument
 from node.jobs.model import Job, JobResult
 from node.topics import TopicPattern
 
-Handler: TypeAlias = Callable[[Job, "JobContext"], "JobResult | None | Awaitable[JobResult | None]"]
+Handler: TypeAlias = Callable[[Job, "JobContext"], "JobResult | Awaitable[JobResult | None] | None"]
 
 
 class JobContext:
@@ -56,7 +56,9 @@ def _resolve_callable(target: Any, name: str) -> tuple[Handler, bool]:
             raise ConsumerLoadError(f"consumer {name}: creating {target.__name__}() failed: {e}") from e
         process = getattr(instance, "process", None)
         if not callable(process):
-            raise ConsumerLoadError(f"consumer {name}: class {target.__name__} has no process(job, context) method")
+            raise ConsumerLoadError(
+                f"consumer {name}: class {target.__name__} has no process(job, context) method"
+            )
         target = process
     if not callable(target):
         raise ConsumerLoadError(f"consumer {name} is not callable")
@@ -94,7 +96,7 @@ class ConsumerRegistry:
         parsed = tuple(TopicPattern.parse(p) for p in patterns)
         if not parsed:
             raise InvalidArgument("a consumer needs at least one topic pattern")
-        label = name or getattr(handler, "__qualname__", repr(handler))
+        label = name or str(getattr(handler, "__qualname__", repr(handler)))
         resolved, is_async = _resolve_callable(handler, label)
         consumer = Consumer(parsed, resolved, label, is_async)
         self._consumers.append(consumer)

@@ -15,7 +15,9 @@ class Transition:
     retry_count: int
 
 
-def after_attempt(outcome: Outcome, *, retry_count: int, max_retries: int, stop_requested: bool) -> Transition:
+def after_attempt(
+    outcome: Outcome, *, retry_count: int, max_retries: int, stop_requested: bool
+) -> Transition:
     """Where a job goes when its consumer reports `outcome`.
 
     A stop request turns any unsuccessful result into STOPPED (a job that succeeded anyway

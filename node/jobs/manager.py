@@ -14,7 +14,7 @@ from node.jobs.model import Job, JobState
 from node.jobs.runner import QueueRunner, QueueSettings, now_us
 from node.journal.ids import JobIdGenerator
 from node.journal.journal import JobPage, JobQuery, Journal, NewJobRecord
-from node.properties import encode_proto_properties, encode_properties
+from node.properties import encode_properties, encode_proto_properties
 from node.topics import validate_topic
 
 MAIN_QUEUE = "main"
@@ -94,7 +94,9 @@ class JobManager:
     async def add_proto_jobs(self, new_jobs: Sequence[jobs_pb2.NewJob], field: str = "jobs") -> list[str]:
         """Validate and add jobs from the wire, all or none; returns their ids in order."""
         if len(new_jobs) > MAX_JOBS_PER_ADD:
-            raise ResourceExhausted(f"{len(new_jobs)} jobs in one call; send at most {MAX_JOBS_PER_ADD} per call")
+            raise ResourceExhausted(
+                f"{len(new_jobs)} jobs in one call; send at most {MAX_JOBS_PER_ADD} per call"
+            )
         ids = self._ids.next_ids(len(new_jobs))
         created = now_us()
         max_props = self._config.max_properties_bytes

@@ -94,7 +94,7 @@ class Job:
             stop_requested=self.stop_requested,
         )
         if self.state is JobState.QUEUED and self.due_us > self.created_us:
-            proto.not_before_time.CopyFrom(_timestamp(self.due_us))
+            proto.not_before_time.FromMicroseconds(self.due_us)
         if self.payload is not None:
             proto.payload = self.payload
         if self.output_payload is not None:

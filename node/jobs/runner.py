@@ -9,6 +9,7 @@ the ones running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -99,7 +100,12 @@ class QueueRunner:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
         if self._running:
-            log.info("queue %s: waiting up to %.1fs for %d running jobs", self.settings.name, grace_s, len(self._running))
+            log.info(
+                "queue %s: waiting up to %.1fs for %d running jobs",
+                self.settings.name,
+                grace_s,
+                len(self._running),
+            )
             await asyncio.wait([r.task for r in self._running.values()], timeout=grace_s)
         leftovers = list(self._running.values())
         if leftovers:
@@ -130,10 +136,8 @@ class QueueRunner:
                     timeout = max(0.0, (due - now_us()) / 1e6)
             if timeout == 0.0:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-            except TimeoutError:
-                pass
 
     def _start(self, job: Job) -> None:
         context = JobContext(job)

@@ -27,7 +27,9 @@ def open_connection(path: Path, durability: Durability, *, readonly: bool = Fals
     """A connection in autocommit mode (transactions are explicit) with WAL and our pragmas."""
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")

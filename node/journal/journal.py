@@ -231,8 +231,18 @@ class Journal:
                 "INSERT INTO jobs (id, topic, properties, state, queue, origin, target, max_retries, "
                 "created_us, due_us, payload_size) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.id, r.topic, r.properties_json, r.queue, r.origin, r.target, r.max_retries,
-                     r.created_us, r.created_us, len(r.payload) if r.payload else 0)
+                    (
+                        r.id,
+                        r.topic,
+                        r.properties_json,
+                        r.queue,
+                        r.origin,
+                        r.target,
+                        r.max_retries,
+                        r.created_us,
+                        r.created_us,
+                        len(r.payload) if r.payload else 0,
+                    )
                     for r in records
                 ],
             )
@@ -302,7 +312,9 @@ class Journal:
 
     async def count_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state."""
-        rows = await self.read(lambda c: c.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+        rows = await self.read(
+            lambda c: c.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+        )
         return {JobState(state): count for state, count in rows}
 
     # --- running jobs ---------------------------------------------------------------------------
@@ -350,7 +362,10 @@ class Journal:
             return None
         seq, retry_count, max_retries, stop_requested = row
         transition = after_attempt(
-            report.outcome, retry_count=retry_count, max_retries=max_retries, stop_requested=bool(stop_requested)
+            report.outcome,
+            retry_count=retry_count,
+            max_retries=max_retries,
+            stop_requested=bool(stop_requested),
         )
         if transition.state is JobState.QUEUED:
             updated = conn.execute(
@@ -417,9 +432,12 @@ class Journal:
         """Assign QUEUED jobs without a target whose topic matches `patterns` to `target`."""
         predicate, params = pattern_sql(patterns)
         return await self.write(
-            lambda c: c.execute(
-                f"UPDATE jobs SET target = ? WHERE state = 1 AND target IS NULL AND {predicate}", [target, *params]
-            ).rowcount
+            lambda c: (
+                c.execute(
+                    f"UPDATE jobs SET target = ? WHERE state = 1 AND target IS NULL AND {predicate}",
+                    [target, *params],
+                ).rowcount
+            )
         )
 
     # --- user operations ----------------------------------------------------------------------
@@ -435,7 +453,9 @@ class Journal:
             elif job.state is JobState.ACTIVE:
                 conn.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (job_id,))
             else:
-                raise FailedPrecondition(f"job {job_id} is already finished ({job.state.name}); nothing to stop")
+                raise FailedPrecondition(
+                    f"job {job_id} is already finished ({job.state.name}); nothing to stop"
+                )
             return self._require(conn, job_id)
 
         return await self.write(update)
@@ -446,7 +466,9 @@ class Journal:
         def update(conn: sqlite3.Connection) -> Job | None:
             job = self._require(conn, job_id)
             if job.state.is_finished:
-                conn.execute("DELETE FROM payloads WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?)", (job_id,))
+                conn.execute(
+                    "DELETE FROM payloads WHERE job_seq = (SELECT seq FROM jobs WHERE id = ?)", (job_id,)
+                )
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
                 return None
             conn.execute(
@@ -463,7 +485,9 @@ class Journal:
         def update(conn: sqlite3.Connection) -> Job:
             job = self._require(conn, job_id)
             if not job.state.is_finished:
-                raise FailedPrecondition(f"job {job_id} is {job.state.name}, not finished; only history can be retried")
+                raise FailedPrecondition(
+                    f"job {job_id} is {job.state.name}, not finished; only history can be retried"
+                )
             conn.execute(
                 "UPDATE jobs SET state = 1, retry_count = 0, due_us = ?, target = ?, started_us = NULL, "
                 "finished_us = NULL, result_message = '', stop_requested = 0, output_size = 0 WHERE id = ?",

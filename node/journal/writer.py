@@ -9,6 +9,7 @@ its operation raised (which rolled back that operation alone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -29,7 +30,9 @@ _STOP = object()
 class _Pending:
     __slots__ = ("future", "loop", "operation")
 
-    def __init__(self, operation: Operation[Any], loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]):
+    def __init__(
+        self, operation: Operation[Any], loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
+    ):
         self.operation = operation
         self.loop = loop
         self.future = future
@@ -125,7 +128,6 @@ class JournalWriter:
         for pending, (ok, value) in zip(batch, results, strict=True):
             by_loop.setdefault(pending.loop, []).append((pending.future, ok, value))
         for loop, outcomes in by_loop.items():
-            try:
+            # A closed loop means nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, outcomes)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass

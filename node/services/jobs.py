@@ -41,7 +41,9 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
     if request.type not in _STATES_BY_QUERY:
         raise InvalidArgument(f"type {request.type} is not a known QueryType")
     if request.limit < 0 or request.limit > MAX_PAGE_SIZE:
-        raise InvalidArgument(f"limit {request.limit} is out of range; use 1..{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})")
+        raise InvalidArgument(
+            f"limit {request.limit} is out of range; use 1..{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"
+        )
     templates = tuple(Template.from_proto(t, f"templates[{i}]") for i, t in enumerate(request.templates))
     return JobQuery(
         states=_STATES_BY_QUERY[request.type],
@@ -60,7 +62,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self._manager = manager
 
     @rpc
-    async def AddJob(self, request: jobs_pb2.AddJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.AddJobResponse:
+    async def AddJob(
+        self, request: jobs_pb2.AddJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.AddJobResponse:
         if not request.HasField("job"):
             raise InvalidArgument("job is missing")
         (job_id,) = await self._manager.add_proto_jobs([request.job], field="job")
@@ -75,8 +79,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.AddJobsResponse(job_ids=ids)
 
     @rpc
-    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:
-        job = await self._manager.get_job(_require_id(request.job_id), include_payloads=request.include_payloads)
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetJobResponse:
+        job = await self._manager.get_job(
+            _require_id(request.job_id), include_payloads=request.include_payloads
+        )
         return jobs_pb2.GetJobResponse(job=job.to_proto())
 
     @rpc
@@ -91,7 +99,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         )
 
     @rpc
-    async def StopJob(self, request: jobs_pb2.StopJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.StopJobResponse:
+    async def StopJob(
+        self, request: jobs_pb2.StopJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.StopJobResponse:
         job = await self._manager.stop_job(_require_id(request.job_id))
         return jobs_pb2.StopJobResponse(job=job.to_proto())
 
