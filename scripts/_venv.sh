@@ -10,7 +10,6 @@ fi
 STAMP="$VENV/.jobmesh-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     echo "scripts: installing jobmesh and its dev tools into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]" >&2
     touch "$STAMP"
 fi

@@ -91,7 +91,7 @@ class Job:
             result_message=self.result_message,
             payload_size=self.payload_size,
             output_payload_size=self.output_payload_size,
-            stop_requested=self.stop_requested,
+            stop_requested=self.stop_requested and self.state is JobState.ACTIVE,
         )
         if self.state is JobState.QUEUED and self.due_us > self.created_us:
             proto.not_before_time.FromMicroseconds(self.due_us)
