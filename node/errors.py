@@ -20,7 +20,7 @@ class FailedPrecondition(JobmeshError):
 
 
 class ResourceExhausted(JobmeshError):
-    """A limit was hit (payload size, batch size, queue capacity)."""
+    """A limit on the amount of work in one request was hit (e.g. too many jobs in one AddJobs)."""
 
 
 class Unavailable(JobmeshError):

@@ -26,6 +26,9 @@ Properties: TypeAlias = dict[str, PropertyValue]
 MAX_PROPERTY_NAME_LENGTH = 128
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z (what datetime holds).
+MIN_TIMESTAMP_S = -62_135_596_800
+MAX_TIMESTAMP_S = 253_402_300_799
 
 
 def validate_name(name: str, field: str) -> None:
@@ -70,6 +73,12 @@ def _scalar_from_proto(value: jobs_pb2.PropertyValue, field: str) -> Any:
         return {"$b": base64.b64encode(value.bytes_value).decode("ascii")}
     if kind == "timestamp_value":
         ts = value.timestamp_value
+        if not 0 <= ts.nanos < 1_000_000_000:
+            raise InvalidArgument(f"{field}: timestamp nanos {ts.nanos} is out of range (0..999999999)")
+        if not MIN_TIMESTAMP_S <= ts.seconds <= MAX_TIMESTAMP_S:
+            raise InvalidArgument(
+                f"{field}: timestamp seconds {ts.seconds} is out of range (years 0001 to 9999 UTC)"
+            )
         return {"$t": ts.seconds * 1_000_000 + ts.nanos // 1000}
     if kind == "list_value":
         raise InvalidArgument(f"{field}: lists cannot be nested")

@@ -74,7 +74,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[descriptor_pb2.FileD
     return [f for f in descriptors.file if f.package.startswith("jobmesh.")]
 
 
-def test_every_proto_is_in_a_versioned_jobmesh_package(files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+def test_every_proto_is_in_a_versioned_jobmesh_package(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
     assert files, "no protos found"
     for f in files:
         assert f.package == "jobmesh.v1", f"{f.name}: package {f.package}"
@@ -96,10 +98,13 @@ def test_enum_zero_values_are_unspecified(files: list[descriptor_pb2.FileDescrip
         enums = list(f.enum_type) + [e for m in f.message_type for e in m.enum_type]
         for e in enums:
             zero = [v.name for v in e.value if v.number == 0]
-            assert zero and zero[0].endswith("_UNSPECIFIED"), f"{e.name}: zero value must be *_UNSPECIFIED"
+            assert zero, f"{e.name}: needs a zero value"
+            assert zero[0].endswith("_UNSPECIFIED"), f"{e.name}: zero value must be *_UNSPECIFIED"
 
 
-def test_field_numbers_and_names_are_unique_per_message(files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+def test_field_numbers_and_names_are_unique_per_message(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
     for f in files:
         for m in f.message_type:
             numbers = [field.number for field in m.field]

@@ -30,7 +30,7 @@ class JobContext:
         self._stopped = threading.Event()
 
     def is_stopped(self) -> bool:
-        """True once a user asked this job to stop (or the node is shutting down): return soon."""
+        """True once a user asked this job to stop, or the node's shutdown grace ran out: return soon."""
         return self._stopped.is_set()
 
     def request_stop(self) -> None:
@@ -62,7 +62,11 @@ def _resolve_callable(target: Any, name: str) -> tuple[Handler, bool]:
         target = process
     if not callable(target):
         raise ConsumerLoadError(f"consumer {name} is not callable")
-    return target, inspect.iscoroutinefunction(target)
+    # An object whose __call__ is `async def` is a coroutine consumer too.
+    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004 - we need the method, not callable()
+    )
+    return target, is_async
 
 
 def load_handler(spec: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,6 +47,7 @@ class JobManager:
         )
         consumers.add_listener(self._on_consumers_changed)
         self._started = False
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> tuple[int, int, int]:
         """Recover jobs a crash left ACTIVE, assign waiting jobs, start running. Returns recovery counts."""
@@ -170,11 +172,11 @@ class JobManager:
 
     def _on_consumers_changed(self) -> None:
         if self._started:
-            import asyncio
 
             async def assign() -> None:
                 await self._journal.assign_unassigned(self.instance_id, self.consumers.patterns)
                 self._runner.wake()
 
             task = asyncio.get_running_loop().create_task(assign())
-            self._background = task  # keep a reference until it is done
+            self._background.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._background.discard)

@@ -68,6 +68,7 @@ class QueueRunner:
         self._executor = executor
         self._on_finished = on_finished
         self._running: dict[str, _Running] = {}
+        self._finishing = 0  # jobs in _running whose consumer returned; their result is committing
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
@@ -75,7 +76,7 @@ class QueueRunner:
     @property
     def active_count(self) -> int:
         """Jobs running now."""
-        return len(self._running)
+        return len(self._running) - self._finishing
 
     def start(self) -> None:
         """Start claiming and running jobs."""
@@ -120,7 +121,9 @@ class QueueRunner:
         settings = self.settings
         while True:
             self._wakeup.clear()
-            free = settings.max_parallel - len(self._running)
+            # A job whose consumer returned frees its slot at once: the next job is claimed
+            # while its result commits (often in the same group commit), not after.
+            free = settings.max_parallel - len(self._running) + self._finishing
             timeout: float | None = None
             if free > 0:
                 try:
@@ -147,8 +150,12 @@ class QueueRunner:
             context.request_stop()
 
     async def _run(self, job: Job, context: JobContext) -> None:
+        finishing = False
         try:
             result = await self._execute(job, context)
+            finishing = True
+            self._finishing += 1
+            self._wakeup.set()
             delay_s = self.settings.retry_delay_s if result.retry_delay_s is None else result.retry_delay_s
             report = AttemptReport(
                 job.id, job.attempt, result.outcome, result.message, int(delay_s * 1e6), result.output
@@ -160,7 +167,12 @@ class QueueRunner:
             if finished is not None and self._on_finished is not None:
                 self._on_finished(finished)
         finally:
-            self._running.pop(job.id, None)
+            if finishing:
+                self._finishing -= 1
+            # A job removed and retried while this attempt still ran has a newer attempt here.
+            current = self._running.get(job.id)
+            if current is not None and current.context is context:
+                del self._running[job.id]
             self._wakeup.set()
 
     async def _execute(self, job: Job, context: JobContext) -> JobResult:

@@ -118,7 +118,8 @@ def decode_page_token(token: str) -> int:
     """The row a token continues after, or InvalidArgument."""
     try:
         after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
-        if not isinstance(after, int):
+        # A row seq is a SQLite INTEGER: anything else would fail deep in the query.
+        if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63:
             raise TypeError(after)
         return after
     except (ValueError, KeyError, TypeError) as e:
@@ -429,16 +430,25 @@ class Journal:
         return await self.write(update)
 
     async def assign_unassigned(self, target: str, patterns: Sequence[TopicPattern]) -> int:
-        """Assign QUEUED jobs without a target whose topic matches `patterns` to `target`."""
+        """Assign QUEUED jobs without a target whose topic matches `patterns` to `target`.
+
+        QUEUED jobs assigned to `target` whose topic no longer matches (their consumer is gone,
+        e.g. after a restart with other consumers) are unassigned again: they wait for a
+        consumer instead of failing their retries away. Returns how many were assigned.
+        """
         predicate, params = pattern_sql(patterns)
-        return await self.write(
-            lambda c: (
-                c.execute(
-                    f"UPDATE jobs SET target = ? WHERE state = 1 AND target IS NULL AND {predicate}",
-                    [target, *params],
-                ).rowcount
+
+        def update(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                f"UPDATE jobs SET target = NULL WHERE state = 1 AND target = ? AND NOT {predicate}",
+                [target, *params],
             )
-        )
+            return conn.execute(
+                f"UPDATE jobs SET target = ? WHERE state = 1 AND target IS NULL AND {predicate}",
+                [target, *params],
+            ).rowcount
+
+        return await self.write(update)
 
     # --- user operations ----------------------------------------------------------------------
 

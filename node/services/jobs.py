@@ -11,9 +11,14 @@ from node.jobs.model import HISTORY_STATES, JobState
 from node.journal.journal import JobQuery, decode_page_token
 from node.services.status import rpc
 from node.templates import Template
+from node.topics import validate_topic
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
+# Templates compile to one SQL expression: SQLite refuses expressions nested deeper than 1000
+# and statements with more than 32766 parameters.
+MAX_TEMPLATES = 256
+MAX_CONDITIONS = 256
 
 _STATES_BY_QUERY: dict[int, tuple[JobState, ...]] = {
     jobs_pb2.QUERY_TYPE_UNSPECIFIED: tuple(JobState),
@@ -44,7 +49,18 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
         raise InvalidArgument(
             f"limit {request.limit} is out of range; use 1..{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"
         )
+    if len(request.templates) > MAX_TEMPLATES:
+        raise InvalidArgument(
+            f"templates: {len(request.templates)} templates; a query may have at most {MAX_TEMPLATES}"
+        )
+    conditions = sum(len(t.conditions) for t in request.templates)
+    if conditions > MAX_CONDITIONS:
+        raise InvalidArgument(
+            f"templates: {conditions} conditions in all; a query may have at most {MAX_CONDITIONS}"
+        )
     templates = tuple(Template.from_proto(t, f"templates[{i}]") for i, t in enumerate(request.templates))
+    if request.topic:
+        validate_topic(request.topic, "topic")
     return JobQuery(
         states=_STATES_BY_QUERY[request.type],
         topic=request.topic or None,

@@ -140,7 +140,9 @@ class _ComparisonOperatorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Co
     COMPARISON_OPERATOR_UNSPECIFIED: _ComparisonOperator.ValueType  # 0
     """Invalid: a condition must name its operator."""
     COMPARISON_OPERATOR_EQUAL: _ComparisonOperator.ValueType  # 1
-    """Equal: same type and value (lists compare element by element)."""
+    """Equal: same value; integers and doubles compare numerically, lists must
+    have the same elements of the same types.
+    """
     COMPARISON_OPERATOR_LESS: _ComparisonOperator.ValueType  # 2
     """Less than. Ordering works for strings, numbers and timestamps."""
     COMPARISON_OPERATOR_LESS_OR_EQUAL: _ComparisonOperator.ValueType  # 3
@@ -156,7 +158,9 @@ class ComparisonOperator(_ComparisonOperator, metaclass=_ComparisonOperatorEnumT
 COMPARISON_OPERATOR_UNSPECIFIED: ComparisonOperator.ValueType  # 0
 """Invalid: a condition must name its operator."""
 COMPARISON_OPERATOR_EQUAL: ComparisonOperator.ValueType  # 1
-"""Equal: same type and value (lists compare element by element)."""
+"""Equal: same value; integers and doubles compare numerically, lists must
+have the same elements of the same types.
+"""
 COMPARISON_OPERATOR_LESS: ComparisonOperator.ValueType  # 2
 """Less than. Ordering works for strings, numbers and timestamps."""
 COMPARISON_OPERATOR_LESS_OR_EQUAL: ComparisonOperator.ValueType  # 3
@@ -650,7 +654,9 @@ class FindJobsRequest(_message.Message):
     type: Global___QueryType.ValueType
     """Which states to select."""
     topic: _builtins.str
-    """Only jobs of this exact topic; empty for every topic."""
+    """Only jobs of this exact topic (a valid topic, not a pattern); empty for
+    every topic.
+    """
     limit: _builtins.int
     """Page size: at most this many jobs per response (default 100, max 10,000)."""
     page_token: _builtins.str
@@ -661,7 +667,9 @@ class FindJobsRequest(_message.Message):
     """Return the newest jobs first instead of the oldest."""
     @_builtins.property
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyTemplate]:
-        """A job matches when it matches any template (OR); no template matches all."""
+        """A job matches when it matches any template (OR); no template matches all.
+        At most 256 templates and 256 conditions in all per request.
+        """
 
     def __init__(
         self,

@@ -1,0 +1,142 @@
+"""Suite-wide guards and fixtures: the private-network check, node processes, async tests, leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import socket
+import threading
+from collections.abc import Coroutine, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import NodeFactory, NodeProcess, wait_for
+
+# Interfaces tests may create themselves (multi-host tests name their veths and bridges so).
+TEST_LINK_PREFIX = "jm"
+LEAK_WAIT_S = 5.0
+
+
+# --- never on the machine's own network --------------------------------------------------------
+
+
+def network_interfaces() -> list[str]:
+    """Interfaces of the network namespace this process is in.
+
+    `socket.if_nameindex()` asks the kernel about the current namespace; /sys/class/net
+    would show the namespace sysfs was mounted in, which after a bare `unshare --net` is
+    still the machine's own.
+    """
+    return sorted(name for _, name in socket.if_nameindex())
+
+
+def netns_problem() -> str | None:
+    """Why this process must not run the tests here, or None when the namespace is private."""
+    names = network_interfaces()
+    if names == ["lo"]:
+        return None
+    extra = [n for n in names if n != "lo"]
+    if os.environ.get("JOBMESH_NETNS") == "1" and all(n.startswith(TEST_LINK_PREFIX) for n in extra):
+        return None
+    return (
+        f"refusing to run: this network namespace has interfaces {', '.join(names)}, so nodes and mDNS "
+        "would reach the machine's own network. Run the suite with scripts/test (it enters a private "
+        "namespace), or by hand: unshare --net bash -c 'ip link set lo up; "
+        "JOBMESH_NETNS=1 .venv/bin/python -m pytest tests'"
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    problem = netns_problem()
+    if problem is not None:
+        pytest.exit(problem, returncode=3)
+
+
+# --- async tests (no plugin: asyncio.run per test, with a task-leak check) ---------------------
+
+
+async def _run_without_leaking_tasks(test: Coroutine[Any, Any, None]) -> None:
+    await test
+    current = asyncio.current_task()
+
+    def others() -> set[asyncio.Task[Any]]:
+        return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+
+    for _ in range(int(LEAK_WAIT_S / 0.01)):
+        if not others():
+            return
+        await asyncio.sleep(0.01)
+    leaked = others()
+    if leaked:
+        pytest.fail(
+            f"the test left asyncio tasks running: {sorted(t.get_name() for t in leaked)}", pytrace=False
+        )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def` tests in a fresh event loop; fail them if they leave tasks behind."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    asyncio.run(_run_without_leaking_tasks(pyfuncitem.obj(**kwargs)))
+    return True
+
+
+@pytest.fixture
+def no_thread_leaks() -> Iterator[None]:
+    """Fail the test if threads it started are still alive a few seconds after it ends."""
+    before = set(threading.enumerate())
+    yield
+
+    def leftovers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+    with contextlib.suppress(AssertionError):  # reported below, by name
+        wait_for(lambda: not leftovers(), LEAK_WAIT_S, "threads started by the test to end")
+    leaked = sorted(t.name for t in leftovers())
+    if leaked:
+        pytest.fail(f"the test left threads running: {leaked}", pytrace=False)
+
+
+# --- node processes ----------------------------------------------------------------------------
+
+
+def _close(factory: NodeFactory) -> None:
+    problems = factory.close()
+    if problems:
+        pytest.fail("node processes misbehaved:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Start node processes for one test; all are stopped (SIGTERM) and checked afterwards."""
+    factory = NodeFactory(tmp_path)
+    yield factory
+    _close(factory)
+
+
+@pytest.fixture(scope="module")
+def module_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFactory]:
+    """Like `nodes`, shared by the tests of one module (use distinct topics per test)."""
+    factory = NodeFactory(tmp_path_factory.mktemp("nodes"))
+    yield factory
+    _close(factory)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Attach the logs of the test's node processes to a failing test's report."""
+    report = yield
+    if report.failed and isinstance(item, pytest.Function):
+        seen: set[int] = set()
+        for value in item.funcargs.values():
+            candidates = value.nodes if isinstance(value, NodeFactory) else [value]
+            for node in candidates:
+                if isinstance(node, NodeProcess) and id(node) not in seen and node.log_paths:
+                    seen.add(id(node))
+                    report.sections.append((f"node {node.data_dir.name} log", node.log_text()))
+    return report

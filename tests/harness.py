@@ -1,0 +1,429 @@
+"""Test harness: real node processes, a polling deadline helper, and proto builders.
+
+`NodeProcess` runs `python -m node run --test-preset ...` on a data dir, waits for its
+`node.json`, hands out a gRPC stub, and stops it with SIGTERM (graceful) or SIGKILL
+(crash). Its stderr goes to a file the conftest shows when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+
+T = TypeVar("T")
+
+TESTS_DIR = Path(__file__).resolve().parent
+DEFAULT_TIMEOUT_S = 15.0
+POLL_INTERVAL_S = 0.01
+STOP_TIMEOUT_S = 10.0
+RUN_FILE = "node.json"
+
+PropertyInput = (
+    str | int | float | bool | bytes | datetime | list[str | int | float | bool | bytes | datetime]
+)
+
+
+def wait_for(
+    condition: Callable[[], T | None], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition"
+) -> T:
+    """Poll `condition` until it returns something truthy and return that; fail at the deadline.
+
+    The last value (or exception) `condition` produced is part of the failure message.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = condition()
+        except (grpc.RpcError, OSError, ValueError) as e:  # not ready yet: keep polling
+            last = e
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}; last value: {last!r}")
+        time.sleep(POLL_INTERVAL_S)
+
+
+# --- proto builders --------------------------------------------------------------------------
+
+
+def timestamp(seconds: float) -> Timestamp:
+    """A Timestamp `seconds` after the epoch (microsecond precision)."""
+    micros = round(seconds * 1_000_000)
+    return Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
+
+
+def _fill_scalar(target: jobs_pb2.PropertyValue, value: object) -> None:
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    elif isinstance(value, bytes):
+        target.bytes_value = value
+    elif isinstance(value, datetime):
+        target.timestamp_value.CopyFrom(timestamp(value.timestamp()))
+    else:
+        raise TypeError(f"no PropertyValue for {value!r}")
+
+
+def prop(value: PropertyInput) -> jobs_pb2.PropertyValue:
+    """A PropertyValue from a Python value (a list becomes list_value)."""
+    proto = jobs_pb2.PropertyValue()
+    if isinstance(value, list):
+        proto.list_value.SetInParent()
+        for item in value:
+            _fill_scalar(proto.list_value.values.add(), item)
+    else:
+        _fill_scalar(proto, value)
+    return proto
+
+
+def new_job(topic: str, payload: bytes = b"", **properties: PropertyInput) -> jobs_pb2.NewJob:
+    """A NewJob with typed properties."""
+    return jobs_pb2.NewJob(
+        topic=topic, payload=payload, properties={name: prop(value) for name, value in properties.items()}
+    )
+
+
+def condition(name: str, operator: str, value: PropertyInput) -> jobs_pb2.PropertyCondition:
+    """A PropertyCondition; `operator` is one of = < <= > >=."""
+    operators = {
+        "=": jobs_pb2.COMPARISON_OPERATOR_EQUAL,
+        "<": jobs_pb2.COMPARISON_OPERATOR_LESS,
+        "<=": jobs_pb2.COMPARISON_OPERATOR_LESS_OR_EQUAL,
+        ">": jobs_pb2.COMPARISON_OPERATOR_GREATER,
+        ">=": jobs_pb2.COMPARISON_OPERATOR_GREATER_OR_EQUAL,
+    }
+    return jobs_pb2.PropertyCondition(name=name, operator=operators[operator], value=prop(value))
+
+
+def template(*conditions: jobs_pb2.PropertyCondition) -> jobs_pb2.PropertyTemplate:
+    """A PropertyTemplate: every condition must hold."""
+    return jobs_pb2.PropertyTemplate(conditions=list(conditions))
+
+
+# --- talking to a node -----------------------------------------------------------------------
+
+
+def add_job(
+    stub: jobs_pb2_grpc.JobServiceStub, topic: str, payload: bytes = b"", **properties: PropertyInput
+) -> str:
+    """Add one job through AddJob and return its id."""
+    return str(stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(topic, payload, **properties))).job.id)
+
+
+def get_job(stub: jobs_pb2_grpc.JobServiceStub, job_id: str, include_payloads: bool = False) -> jobs_pb2.Job:
+    """GetJob."""
+    job: jobs_pb2.Job = stub.GetJob(
+        jobs_pb2.GetJobRequest(job_id=job_id, include_payloads=include_payloads)
+    ).job
+    return job
+
+
+def state_name(state: int) -> str:
+    """`SUCCEEDED` for JOB_STATE_SUCCEEDED (readable assertion messages)."""
+    return str(jobs_pb2.JobState.Name(state)).removeprefix("JOB_STATE_")  # type: ignore[arg-type]
+
+
+def wait_for_state(
+    stub: jobs_pb2_grpc.JobServiceStub, job_id: str, *states: int, timeout: float = DEFAULT_TIMEOUT_S
+) -> jobs_pb2.Job:
+    """Poll GetJob until the job is in one of `states`; returns it."""
+    last: list[jobs_pb2.Job] = []
+
+    def reached() -> jobs_pb2.Job | None:
+        job = get_job(stub, job_id)
+        last[:] = [job]
+        return job if job.state in states else None
+
+    wanted = " or ".join(state_name(s) for s in states)
+    try:
+        return wait_for(reached, timeout, f"job {job_id} to be {wanted}")
+    except AssertionError:
+        if last:
+            job = last[0]
+            raise AssertionError(
+                f"job {job_id} is {state_name(job.state)} (retry_count {job.retry_count}, "
+                f"message {job.result_message!r}); waited {timeout:.1f}s for {wanted}"
+            ) from None
+        raise
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+    """Run `call`, which must fail with an RpcError; return that error."""
+    try:
+        result = call()
+    except grpc.RpcError as e:
+        return e
+    raise AssertionError(f"expected an RPC error, got {result!r}")
+
+
+def find_all(stub: jobs_pb2_grpc.JobServiceStub, request: jobs_pb2.FindJobsRequest) -> list[jobs_pb2.Job]:
+    """Every job a FindJobs request matches, following page tokens."""
+    jobs: list[jobs_pb2.Job] = []
+    page = jobs_pb2.FindJobsRequest()
+    page.CopyFrom(request)
+    while True:
+        response = stub.FindJobs(page)
+        jobs.extend(response.jobs)
+        if not response.next_page_token:
+            return jobs
+        page.page_token = response.next_page_token
+
+
+def attempts(path: Path) -> list[float]:
+    """The attempt times a test consumer recorded in `path` (see consumers.record_attempt)."""
+    if not path.exists():
+        return []
+    return [float(line) for line in path.read_text().split()]
+
+
+# --- node processes ----------------------------------------------------------------------------
+
+
+class NodeProcess:
+    """One `python -m node run --test-preset` process on a data dir; restartable on the same dir."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        log_dir: Path,
+        consumers: Sequence[str] = (),
+        settings: Mapping[str, object] | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.data_dir = data_dir
+        self.log_dir = log_dir
+        self.consumers = tuple(consumers)
+        self.settings = dict(settings or {})
+        self.extra_args = tuple(extra_args)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, object] = {}
+        self.runs = 0
+        self.log_paths: list[Path] = []
+        self.expected_exit: int | None = 0
+        self._channel: grpc.Channel | None = None
+        self._stub: jobs_pb2_grpc.JobServiceStub | None = None
+
+    # --- lifecycle ---
+
+    @property
+    def args(self) -> list[str]:
+        """The command line of this node."""
+        args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
+        for consumer in self.consumers:
+            args += ["--consumer", consumer]
+        for key, value in self.settings.items():
+            args += ["--set", f"{key}={value}"]
+        return args + list(self.extra_args)
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it to serve."""
+        if self.running:
+            raise RuntimeError(f"node on {self.data_dir} is already running")
+        self._close_channel()  # a channel to an earlier run would dial its old port
+        self.runs += 1
+        log_path = self.log_dir / f"{self.data_dir.name}-run{self.runs}.log"
+        self.log_paths.append(log_path)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.log_dir,
+            )
+        self.expected_exit = 0
+        self.info = {}
+        return self.process
+
+    def start(self, timeout: float = DEFAULT_TIMEOUT_S) -> NodeProcess:
+        """Start the process and wait until it serves (its node.json names its pid)."""
+        process = self.spawn()
+        run_file = self.data_dir / RUN_FILE
+
+        def serving() -> dict[str, object] | None:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"node on {self.data_dir} exited with {process.returncode} before serving:\n{self.log_text()}"
+                )
+            try:
+                info = json.loads(run_file.read_text())
+            except (OSError, ValueError):
+                return None
+            # After a kill -9 the old node.json is still there: only ours counts.
+            return info if info.get("pid") == process.pid else None
+
+        self.info = wait_for(serving, timeout, f"node on {self.data_dir} to write {RUN_FILE}")
+        return self
+
+    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM (graceful shutdown); wait for the exit and return its code."""
+        return self._signal(signal.SIGTERM, timeout)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send `sig` without waiting (see `wait_exit`)."""
+        if self.process is None:
+            raise RuntimeError("the node was never started")
+        self.process.send_signal(sig)
+
+    def kill(self) -> int:
+        """SIGKILL: a crash, as far as the node can tell."""
+        self.expected_exit = -signal.SIGKILL
+        return self._signal(signal.SIGKILL, STOP_TIMEOUT_S)
+
+    def restart(self, timeout: float = DEFAULT_TIMEOUT_S) -> NodeProcess:
+        """Terminate gracefully if still running, then start again on the same data dir."""
+        if self.running:
+            code = self.terminate()
+            assert code == 0, f"graceful shutdown exited with {code}:\n{self.log_text()}"
+        return self.start(timeout)
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> int:
+        self._close_channel()
+        process = self.process
+        if process is None:
+            raise RuntimeError("the node was never started")
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise AssertionError(
+                    f"node on {self.data_dir} did not exit within {timeout}s of {sig.name}:\n{self.log_text()}"
+                ) from None
+        return int(process.returncode)
+
+    def wait_exit(self, timeout: float = DEFAULT_TIMEOUT_S) -> int:
+        """Wait for the process to exit on its own; return its code."""
+        if self.process is None:
+            raise RuntimeError("the node was never started")
+        try:
+            return int(self.process.wait(timeout))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"node on {self.data_dir} still runs after {timeout}s:\n{self.log_text()}"
+            ) from None
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self.process is not None and self.process.poll() is None
+
+    # --- what it serves ---
+
+    @property
+    def address(self) -> str:
+        """`127.0.0.1:PORT` of the current run."""
+        return str(self.info["address"])
+
+    @property
+    def instance_id(self) -> str:
+        """The instance id the current run reported."""
+        return str(self.info["instance_id"])
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """A blocking channel to the current run (closed when the node stops)."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.address)
+        return self._channel
+
+    @property
+    def stub(self) -> jobs_pb2_grpc.JobServiceStub:
+        """A JobService stub for the current run."""
+        if self._stub is None:
+            self._stub = jobs_pb2_grpc.JobServiceStub(self.channel)
+        return self._stub
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None
+        self._stub = None
+
+    def log_text(self) -> str:
+        """Everything the node's runs wrote to stdout/stderr, run by run."""
+        parts = []
+        for path in self.log_paths:
+            text = path.read_text(errors="replace") if path.exists() else "(no log)"
+            parts.append(f"--- {path.name} ---\n{text}")
+        return "\n".join(parts)
+
+
+class NodeFactory:
+    """Starts NodeProcesses under one directory and stops them all in `close`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nodes: list[NodeProcess] = []
+
+    def create(
+        self,
+        name: str = "node",
+        consumers: Iterable[str] = (),
+        settings: Mapping[str, object] | None = None,
+        extra_args: Sequence[str] = (),
+        data_dir: Path | None = None,
+    ) -> NodeProcess:
+        """A NodeProcess that is not started yet."""
+        node = NodeProcess(
+            data_dir or self.root / name, self.root, tuple(consumers), settings, extra_args=extra_args
+        )
+        self.nodes.append(node)
+        return node
+
+    def start(
+        self,
+        name: str = "node",
+        consumers: Iterable[str] = (),
+        settings: Mapping[str, object] | None = None,
+        extra_args: Sequence[str] = (),
+        data_dir: Path | None = None,
+    ) -> NodeProcess:
+        """A started, serving NodeProcess."""
+        return self.create(name, consumers, settings, extra_args, data_dir).start()
+
+    def close(self) -> list[str]:
+        """Stop every running node gracefully; returns problems (bad exit codes, tracebacks)."""
+        problems = []
+        for node in self.nodes:
+            if node.running:
+                try:
+                    code = node.terminate()
+                except AssertionError as e:
+                    problems.append(str(e))
+                    continue
+                if code != 0:
+                    problems.append(f"node on {node.data_dir} exited with {code} on SIGTERM")
+            elif node.process is not None and node.expected_exit is not None:
+                code = node.process.returncode
+                if code != node.expected_exit:
+                    problems.append(f"node on {node.data_dir} exited with {code} on its own")
+            if "Traceback" in node.log_text():
+                problems.append(f"node on {node.data_dir} logged a traceback")
+        return problems
