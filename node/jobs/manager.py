@@ -84,17 +84,26 @@ class JobManager:
     async def add_job(
         self, topic: str, properties: Mapping[str, object] | None = None, payload: bytes | None = None
     ) -> Job:
-        """Add one job from Python values; returns it once committed."""
+        """Add one job from Python values; returns it as committed (QUEUED)."""
         validate_topic(topic)
         props = encode_properties(properties or {}, "properties", self._config.max_properties_bytes)
         if payload:
             self._check_payload(payload, "payload")
         record = self._record(self._ids.next_id(), topic, props, payload or None, now_us())
         await self._commit([record])
-        return await self._journal.get_job(record.id)
+        # Built from the record, not read back: no reader round trip per add.
+        return record.as_committed()
+
+    async def add_proto_job(self, new_job: jobs_pb2.NewJob, field: str = "job") -> Job:
+        """Validate and add one job from the wire; returns it as committed (QUEUED)."""
+        (record,) = await self._add_proto([new_job], field)
+        return record.as_committed()
 
     async def add_proto_jobs(self, new_jobs: Sequence[jobs_pb2.NewJob], field: str = "jobs") -> list[str]:
         """Validate and add jobs from the wire, all or none; returns their ids in order."""
+        return [record.id for record in await self._add_proto(new_jobs, field)]
+
+    async def _add_proto(self, new_jobs: Sequence[jobs_pb2.NewJob], field: str) -> list[NewJobRecord]:
         if len(new_jobs) > MAX_JOBS_PER_ADD:
             raise ResourceExhausted(
                 f"{len(new_jobs)} jobs in one call; send at most {MAX_JOBS_PER_ADD} per call"
@@ -111,7 +120,7 @@ class JobManager:
                 self._check_payload(new.payload, f"{where}.payload")
             records.append(self._record(job_id, new.topic, props, new.payload or None, created))
         await self._commit(records)
-        return ids
+        return records
 
     def _record(
         self, job_id: str, topic: str, props: str | None, payload: bytes | None, created: int

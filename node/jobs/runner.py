@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any
 
 from node.errors import Unavailable
 from node.jobs.consumers import ConsumerRegistry, JobContext
@@ -43,6 +46,61 @@ class _Running:
     job: Job
     context: JobContext
     task: asyncio.Task[None]
+    finishing: bool = False  # the consumer returned; its result is being committed
+
+
+class _ThreadResults:
+    """Runs sync consumers in a thread pool and hands their results back to the loop in batches.
+
+    `loop.run_in_executor` chains a concurrent future and wakes the loop (a write to its
+    self-pipe) once per call; with many short jobs that dominates their cost. Here a pool
+    thread queues its outcome and only the first outcome of a batch wakes the loop, which
+    then resolves every queued one. Cancelling the returned future cancels the call if it
+    has not started, as with `run_in_executor`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
+        self._loop = loop
+        self._executor = executor
+        self._done: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wakeup_pending = False
+
+    def run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Call `function(*args)` in the pool (on the loop); the future resolves on the loop."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        work = self._executor.submit(self._call, future, function, *args)
+        future.add_done_callback(lambda f: work.cancel() if f.cancelled() else None)
+        return future
+
+    def _call(self, future: asyncio.Future[Any], function: Callable[..., Any], *args: Any) -> None:
+        # In a pool thread.
+        try:
+            outcome = (future, True, function(*args))
+        except BaseException as e:  # handed to the awaiting task, as run_in_executor does
+            outcome = (future, False, e)
+        self._done.append(outcome)
+        with self._lock:
+            if self._wakeup_pending:
+                return  # the pending _deliver takes this outcome too
+            self._wakeup_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        # On the loop. Clear the flag first: an outcome queued after this is either taken
+        # below or schedules another _deliver.
+        with self._lock:
+            self._wakeup_pending = False
+        done = self._done
+        while done:
+            future, ok, value = done.popleft()
+            if future.done():  # cancelled meanwhile
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
 
 class QueueRunner:
@@ -68,18 +126,19 @@ class QueueRunner:
         self._executor = executor
         self._on_finished = on_finished
         self._running: dict[str, _Running] = {}
-        self._finishing = 0  # jobs in _running whose consumer returned; their result is committing
+        self._thread_results: _ThreadResults | None = None
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
 
     @property
     def active_count(self) -> int:
-        """Jobs running now."""
-        return len(self._running) - self._finishing
+        """Jobs whose consumer is running now."""
+        return sum(1 for running in self._running.values() if not running.finishing)
 
     def start(self) -> None:
         """Start claiming and running jobs."""
+        self._thread_results = _ThreadResults(asyncio.get_running_loop(), self._executor)
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"queue-{self.settings.name}")
 
     def wake(self) -> None:
@@ -123,7 +182,7 @@ class QueueRunner:
             self._wakeup.clear()
             # A job whose consumer returned frees its slot at once: the next job is claimed
             # while its result commits (often in the same group commit), not after.
-            free = settings.max_parallel - len(self._running) + self._finishing
+            free = settings.max_parallel - self.active_count
             timeout: float | None = None
             if free > 0:
                 try:
@@ -150,12 +209,12 @@ class QueueRunner:
             context.request_stop()
 
     async def _run(self, job: Job, context: JobContext) -> None:
-        finishing = False
         try:
             result = await self._execute(job, context)
-            finishing = True
-            self._finishing += 1
-            self._wakeup.set()
+            running = self._running.get(job.id)
+            if running is not None and running.context is context:
+                running.finishing = True
+                self._wakeup.set()
             delay_s = self.settings.retry_delay_s if result.retry_delay_s is None else result.retry_delay_s
             report = AttemptReport(
                 job.id, job.attempt, result.outcome, result.message, int(delay_s * 1e6), result.output
@@ -167,8 +226,6 @@ class QueueRunner:
             if finished is not None and self._on_finished is not None:
                 self._on_finished(finished)
         finally:
-            if finishing:
-                self._finishing -= 1
             # A job removed and retried while this attempt still ran has a newer attempt here.
             current = self._running.get(job.id)
             if current is not None and current.context is context:
@@ -186,8 +243,8 @@ class QueueRunner:
             if consumer.is_async:
                 result = await consumer.handler(job, context)  # type: ignore[misc]
             else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._executor, consumer.handler, job, context)
+                assert self._thread_results is not None, "QueueRunner.start() was not called"
+                result = await self._thread_results.run(consumer.handler, job, context)
         except asyncio.CancelledError:
             raise
         except Exception as e:

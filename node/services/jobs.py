@@ -83,8 +83,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.AddJobResponse:
         if not request.HasField("job"):
             raise InvalidArgument("job is missing")
-        (job_id,) = await self._manager.add_proto_jobs([request.job], field="job")
-        job = await self._manager.get_job(job_id)
+        job = await self._manager.add_proto_job(request.job, field="job")
         return jobs_pb2.AddJobResponse(job=job.to_proto())
 
     @rpc
