@@ -1,12 +1,23 @@
 """Jobmesh node: durable, broker-less job handling over gRPC.
 
 The public API: run a `Node` from a `NodeConfig`, register consumers, add and control
-jobs through `node.jobs` (a `JobManager`), or talk to any node with `JobmeshClient`.
+jobs through `node.jobs` (a `JobManager`), see the other nodes through `node.topology`
+(a `Topology`), or talk to any node with `JobmeshClient`.
 """
 
 from node.config import ConsumerSpec, JobsConfig, JournalConfig, NodeConfig, ServerConfig, load_config
+from node.discovery import (
+    DiscoveryConfig,
+    InstanceDescription,
+    PeerState,
+    Topology,
+    TopologyEvent,
+    TopologyEventType,
+    TopologyView,
+)
 from node.errors import (
     ConfigError,
+    DuplicateInstance,
     FailedPrecondition,
     InvalidArgument,
     JobmeshError,
@@ -24,8 +35,11 @@ from node.node import Node
 __all__ = [
     "ConfigError",
     "ConsumerSpec",
+    "DiscoveryConfig",
+    "DuplicateInstance",
     "Durability",
     "FailedPrecondition",
+    "InstanceDescription",
     "InvalidArgument",
     "Job",
     "JobContext",
@@ -39,9 +53,14 @@ __all__ = [
     "Node",
     "NodeConfig",
     "Outcome",
+    "PeerState",
     "PeerUnavailable",
     "ResourceExhausted",
     "ServerConfig",
+    "Topology",
+    "TopologyEvent",
+    "TopologyEventType",
+    "TopologyView",
     "Unavailable",
     "load_config",
 ]

@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
 from node.journal.connection import Durability
 
@@ -97,6 +98,8 @@ class NodeConfig:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     consumers: tuple[ConsumerSpec, ...] = ()
     """Consumers to load at start."""
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    """Peer discovery, membership and the topology view (node/discovery/config.py)."""
 
     @classmethod
     def lan(cls, data_dir: Path = Path(".jobmesh")) -> NodeConfig:
@@ -110,6 +113,7 @@ class NodeConfig:
             data_dir=data_dir,
             server=ServerConfig(host="127.0.0.1", port=0, shutdown_grace_s=2.0),
             jobs=JobsConfig(retry_delay_s=0.05),
+            discovery=DiscoveryConfig.for_tests(),
         )
 
     def with_overrides(self, values: Mapping[str, object]) -> NodeConfig:
@@ -139,6 +143,7 @@ class NodeConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.discovery.validate()
 
 
 def _coerce(value: object, kind: Any, key: str) -> object:
@@ -166,6 +171,18 @@ def _coerce(value: object, kind: Any, key: str) -> object:
             return Path(str(value))
         if isinstance(kind, type) and issubclass(kind, Enum):
             return kind(str(value).lower())
+        if typing.get_origin(kind) is tuple and typing.get_args(kind)[0] is str:  # seeds, interfaces
+            parts: list[Any] = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+            return tuple(str(p).strip() for p in parts if str(p).strip())
+        if typing.get_origin(kind) is dict:  # instance properties: a table, or "name=value;name=value"
+            if isinstance(value, str):
+                pairs = [item.partition("=") for item in value.split(";") if item.strip()]
+                if any(not sep for _, sep, _ in pairs):
+                    raise ValueError(value)
+                return {name.strip(): text for name, _, text in pairs}
+            if not isinstance(value, dict) or any(isinstance(v, dict | list) for v in value.values()):
+                raise ValueError(value)
+            return {str(k): str(v) for k, v in value.items()}
         if typing.get_origin(kind) is tuple:  # consumers
             items: list[Any] = value.split(";") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
             specs = []

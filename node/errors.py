@@ -31,6 +31,10 @@ class PeerUnavailable(Unavailable):
     """A peer node could not be reached."""
 
 
+class DuplicateInstance(JobmeshError):
+    """Another live node uses this node's instance id (its data dir was copied); the later one stops."""
+
+
 class ConfigError(JobmeshError):
     """The configuration (TOML file, environment or flags) is invalid."""
 

@@ -14,9 +14,12 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, topology_pb2
 
 from node.config import NodeConfig
+from node.discovery.properties import TOPICS_PROPERTY, format_topics
+from node.discovery.topology import Topology
+from node.errors import InvalidArgument
 from node.instance import (
     DataDirLock,
     InstanceIdentity,
@@ -31,6 +34,7 @@ from node.jobs.manager import JobManager
 from node.journal.journal import Journal
 from node.services import transport
 from node.services.jobs import JobServicer
+from node.services.topology import add_topology_servicers
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
+    topology_pb2.DESCRIPTOR.services_by_name["TopologyService"].full_name,
 )
 
 
@@ -59,6 +64,10 @@ class Node:
         self._health: health.aio.HealthServicer | None = None
         self.identity: InstanceIdentity | None = None
         self.port = 0
+        self.topology = Topology(config.discovery)
+        """Discovery, the topology view and this node's instance properties (see node.discovery)."""
+        # Peers (offloading) read which topics this node consumes from its instance properties.
+        self.consumers.add_listener(self._publish_topics)
 
     @property
     def jobs(self) -> JobManager:
@@ -122,6 +131,7 @@ class Node:
         config = self.config
         server = transport.create_server(config.jobs.max_payload_bytes)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        add_topology_servicers(server, self.topology)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
@@ -131,6 +141,7 @@ class Node:
         for name in ("", SERVICE_NAMES[0]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
+        await self.topology.start(self.identity, self.port, config.server.host)
         write_run_file(
             config.data_dir,
             {
@@ -145,11 +156,24 @@ class Node:
             "node %s (%s) serving on %s:%d", self.identity.name, instance_id, config.server.host, self.port
         )
 
+    def _publish_topics(self) -> None:
+        """Publish the consumers' topic patterns as the `jobmesh.topics` instance property."""
+        patterns = [pattern.text for pattern in self.consumers.patterns]
+        try:
+            if patterns:
+                self.topology.properties.set(TOPICS_PROPERTY, format_topics(patterns))
+            else:
+                self.topology.properties.remove(TOPICS_PROPERTY)
+        except InvalidArgument as e:  # the consumer is registered; only its advertisement failed
+            log.error("cannot publish this node's topics to its peers: %s", e)
+
     async def close(self, grace_s: float | None = None) -> None:
         """Stop gracefully: refuse new work, let running jobs finish within the grace, close all."""
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        # Leave first: peers stop counting on this node while its jobs wind down.
+        await self.topology.stop()
         if self._jobs is not None:
             await self._jobs.stop(grace)
             self._jobs = None

@@ -209,12 +209,18 @@ class NodeProcess:
         consumers: Sequence[str] = (),
         settings: Mapping[str, object] | None = None,
         extra_args: Sequence[str] = (),
+        netns: str | None = None,
+        dial_host: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.consumers = tuple(consumers)
         self.settings = dict(settings or {})
         self.extra_args = tuple(extra_args)
+        self.netns = netns
+        """Network namespace (`/proc/PID/ns/net`) to run in; None: the test's own."""
+        self.dial_host = dial_host
+        """Host the test dials the node at; None: the address in its node.json."""
         self.process: subprocess.Popen[bytes] | None = None
         self.info: dict[str, object] = {}
         self.runs = 0
@@ -229,6 +235,9 @@ class NodeProcess:
     def args(self) -> list[str]:
         """The command line of this node."""
         args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
+        if self.netns is not None:
+            # nsenter execs the node in place: the Popen pid is the node's, so signals reach it.
+            args = ["nsenter", f"--net={self.netns}", "--", *args]
         for consumer in self.consumers:
             args += ["--consumer", consumer]
         for key, value in self.settings.items():
@@ -261,7 +270,14 @@ class NodeProcess:
 
     def start(self, timeout: float = DEFAULT_TIMEOUT_S) -> NodeProcess:
         """Start the process and wait until it serves (its node.json names its pid)."""
-        process = self.spawn()
+        self.spawn()
+        return self.wait_serving(timeout)
+
+    def wait_serving(self, timeout: float = DEFAULT_TIMEOUT_S) -> NodeProcess:
+        """Wait until the spawned process serves (start several nodes at once: spawn all, then wait)."""
+        process = self.process
+        if process is None:
+            raise RuntimeError("the node was never spawned")
         run_file = self.data_dir / RUN_FILE
 
         def serving() -> dict[str, object] | None:
@@ -338,7 +354,9 @@ class NodeProcess:
 
     @property
     def address(self) -> str:
-        """`127.0.0.1:PORT` of the current run."""
+        """`127.0.0.1:PORT` of the current run (`dial_host:PORT` when set)."""
+        if self.dial_host is not None:
+            return f"{self.dial_host}:{self.info['port']}"
         return str(self.info["address"])
 
     @property
@@ -389,10 +407,18 @@ class NodeFactory:
         settings: Mapping[str, object] | None = None,
         extra_args: Sequence[str] = (),
         data_dir: Path | None = None,
+        netns: str | None = None,
+        dial_host: str | None = None,
     ) -> NodeProcess:
         """A NodeProcess that is not started yet."""
         node = NodeProcess(
-            data_dir or self.root / name, self.root, tuple(consumers), settings, extra_args=extra_args
+            data_dir or self.root / name,
+            self.root,
+            tuple(consumers),
+            settings,
+            extra_args=extra_args,
+            netns=netns,
+            dial_host=dial_host,
         )
         self.nodes.append(node)
         return node
@@ -404,9 +430,11 @@ class NodeFactory:
         settings: Mapping[str, object] | None = None,
         extra_args: Sequence[str] = (),
         data_dir: Path | None = None,
+        netns: str | None = None,
+        dial_host: str | None = None,
     ) -> NodeProcess:
         """A started, serving NodeProcess."""
-        return self.create(name, consumers, settings, extra_args, data_dir).start()
+        return self.create(name, consumers, settings, extra_args, data_dir, netns, dial_host).start()
 
     def close(self) -> list[str]:
         """Stop every running node gracefully; returns problems (bad exit codes, tracebacks)."""

@@ -1,4 +1,4 @@
-"""The `jobmesh` command line: `run` a node, or talk to one (`add`, `jobs`, `job`, ...)."""
+"""The `jobmesh` command line: `run` a node, or talk to one (`add`, `jobs`, `job`, `topology`, ...)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from node.cli import commands, run
+from node.cli import commands, run, topology
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run.add_parser(sub)
     commands.add_parsers(sub)
+    topology.add_parser(sub)
     return parser
 
 

@@ -40,6 +40,21 @@ def add_parser(sub: Any) -> None:
         metavar="PATTERNS=MODULE:CALLABLE",
         help="load a consumer, e.g. 'images/**=myapp.jobs:resize' (repeatable)",
     )
+    p.add_argument(
+        "--seed",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a peer to join where mDNS cannot reach (repeatable; discovery.seeds)",
+    )
+    p.add_argument("--cluster", help="cluster label of this instance (default: none; discovery.cluster)")
+    p.add_argument(
+        "--no-mdns",
+        dest="mdns",
+        action="store_false",
+        default=None,
+        help="do not advertise or browse by mDNS (discovery.mdns=false)",
+    )
     p.add_argument("--max-parallel", type=int, help="jobs run at once (default 15)")
     p.add_argument("--durability", choices=["normal", "full"], help="journal durability (default normal)")
     p.add_argument(
@@ -74,6 +89,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> NodeC
         "jobs.max_parallel": args.max_parallel,
         "journal.durability": args.durability,
         "log_level": args.log_level,
+        "discovery.cluster": args.cluster,
+        "discovery.mdns": args.mdns,
+        "discovery.seeds": ",".join(args.seed) or None,
     }
     overrides.update({k: v for k, v in flag_settings.items() if v is not None})
     if args.consumer:
@@ -102,7 +120,13 @@ async def serve(config: NodeConfig) -> None:
             f"jobmesh node {node.identity.name if node.identity else ''} listening on {node.address}",
             file=sys.stderr,
         )
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        refused = asyncio.ensure_future(node.topology.wait_failure())
+        await asyncio.wait({stopping, refused}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        refused.cancel()
+        if refused.done() and not refused.cancelled():
+            raise refused.result()  # another live node owns this instance id: stop, exit 1
         log.info("shutting down (grace %.1fs)", config.server.shutdown_grace_s)
 
 

@@ -11,6 +11,7 @@ import grpc
 
 from node.errors import (
     ConfigError,
+    DuplicateInstance,
     FailedPrecondition,
     InvalidArgument,
     JobmeshError,
@@ -29,6 +30,7 @@ STATUS_BY_ERROR: tuple[tuple[type[JobmeshError], grpc.StatusCode], ...] = (
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    (DuplicateInstance, grpc.StatusCode.ALREADY_EXISTS),
 )
 
 

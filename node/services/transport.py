@@ -48,3 +48,25 @@ def create_channel(target: str, max_payload_bytes: int = 64 * 1024 * 1024) -> gr
 def create_sync_channel(target: str, max_payload_bytes: int = 64 * 1024 * 1024) -> grpc.Channel:
     """A new blocking channel to `target` (for the CLI and simple clients)."""
     return grpc.insecure_channel(target, options=_options(max_payload_bytes))
+
+
+# Membership messages are small; a whole member table with properties stays far below this.
+PEER_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def create_peer_channel(target: str, reconnect_backoff_ms: int) -> grpc.aio.Channel:
+    """A new asyncio channel to a peer node, for the membership protocol.
+
+    gRPC's default reconnect backoff grows to two minutes; a peer that restarts, or a
+    partition that heals, must be reachable again within a probe or two, so the backoff
+    is capped at `reconnect_backoff_ms`. No transparent retries: a probe that fails must
+    fail within its own deadline.
+    """
+    options: list[tuple[str, int]] = [
+        *_options(PEER_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", reconnect_backoff_ms),
+        ("grpc.min_reconnect_backoff_ms", reconnect_backoff_ms),
+        ("grpc.max_reconnect_backoff_ms", reconnect_backoff_ms),
+        ("grpc.enable_retries", 0),
+    ]
+    return grpc.aio.insecure_channel(target, options=options)

@@ -1,0 +1,301 @@
+"""Jobmesh discovery benchmark: real node processes finding each other, dying and leaving.
+
+Run it through the wrapper, which sets up .venv and enters a private network namespace
+(no benchmark may run in the machine's own one):
+
+    benchmarks/run-discovery                       # 3, 10 and 30 nodes, 3 runs each
+    benchmarks/run-discovery --sizes 3 --runs 1    # a smoke test
+    benchmarks/run-discovery --join seeds          # join through a seed instead of mDNS
+
+Every node is `python -m node run --test-preset` with the LAN discovery timings (probe 0.2 s,
+suspicion 1.5 s, settle 0.1 s, ...), all on this namespace's loopback. For each size N and
+run, with fresh nodes:
+
+    converge  N nodes start at once; from the moment the last one serves until every node's
+              view holds all N (mDNS needs ~1.2 s for its name probing when all start together)
+    join      one more node starts; from its start time until every view holds it
+    death     one node gets SIGKILL; until it is gone from every view
+    leave     one node gets SIGTERM; until it is gone from every view
+    idle CPU  CPU seconds per wall second of each node, over --idle-seconds of quiet
+
+Times come from the nodes' own WatchTopology events (node-side timestamps), so the benchmark
+does not poll and barely loads the machine while it measures. All of this shares the
+machine's few cores: look at medians, and expect 30 nodes to be slower than a real LAN of 30
+machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from jobmesh.v1 import topology_pb2, topology_pb2_grpc
+
+from node.discovery.config import DiscoveryConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+LAN = DiscoveryConfig.lan()
+TIMINGS = (
+    "probe_interval_s",
+    "probe_timeout_s",
+    "suspicion_timeout_s",
+    "gossip_interval_s",
+    "sync_interval_s",
+    "settle_delay_s",
+    "leave_timeout_s",
+)
+START_TIMEOUT_S = 120.0
+EVENT_TIMEOUT_S = 30.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    """One run at one size."""
+
+    size: int
+    converge_s: float
+    join_s: float
+    death_s: float
+    leave_s: float
+    idle_cpu_percent: list[float] = field(default_factory=list)
+
+
+class Node:
+    """One node process and a watch on its topology events."""
+
+    def __init__(self, root: Path, name: str, join: str, seed: str | None) -> None:
+        self.name = name
+        self.data_dir = root / name
+        args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
+        args += ["--name", name, "--log-level", "WARNING"]
+        for key in TIMINGS:
+            args += ["--set", f"discovery.{key}={getattr(LAN, key)}"]
+        if join == "mdns":
+            args += ["--set", "discovery.mdns=true"]
+        elif seed is not None:
+            args += ["--seed", seed]
+        self.log = open(root / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        self.address = ""
+        self.events: list[tuple[float, frozenset[str]]] = []
+        self._channel: grpc.aio.Channel | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    async def serving(self) -> float:
+        """Wait until node.json names this process; returns the wall time it was seen."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                info = json.loads((self.data_dir / "node.json").read_text())
+                if info["pid"] == self.process.pid:
+                    self.address = info["address"]
+                    return time.time()
+            except (OSError, ValueError, KeyError):
+                pass
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"{self.name} did not serve within {START_TIMEOUT_S}s")
+
+    def watch(self) -> None:
+        """Record every settled view (node-side time, instance names) from WatchTopology."""
+        self._channel = grpc.aio.insecure_channel(self.address)
+        stub = topology_pb2_grpc.TopologyServiceStub(self._channel)
+
+        async def read() -> None:
+            with_views = (topology_pb2.TOPOLOGY_EVENT_TYPE_INIT, topology_pb2.TOPOLOGY_EVENT_TYPE_CHANGED)
+            try:
+                async for response in stub.WatchTopology(topology_pb2.WatchTopologyRequest()):
+                    event = response.event
+                    if event.type in with_views:
+                        names = frozenset(i.name for i in event.new_view.instances)
+                        self.events.append((event.time.seconds + event.time.nanos / 1e9, names))
+            except grpc.aio.AioRpcError:
+                pass  # the node stopped
+
+        self._watch = asyncio.get_running_loop().create_task(read())
+
+    async def start_time(self) -> float:
+        """The node's own start time (its view's local instance)."""
+        assert self._channel is not None
+        stub = topology_pb2_grpc.TopologyServiceStub(self._channel)
+        view = (await stub.GetTopology(topology_pb2.GetTopologyRequest(), timeout=5)).view
+        local = next(i for i in view.instances if i.local)
+        return local.start_time.seconds + local.start_time.nanos / 1e9
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Signal the process and wait for it; close the watch."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        await asyncio.get_running_loop().run_in_executor(None, self.process.wait)
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+        self.log.close()
+
+
+async def first_time(nodes: Sequence[Node], holds: object, since: float) -> float:
+    """Seconds from `since` until every node had a view satisfying `holds(names)` (at or after `since`)."""
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while True:
+        times = []
+        for node in nodes:
+            hit = next((t for t, names in node.events if t >= since and holds(names)), None)  # type: ignore[operator]
+            if hit is None:
+                break
+            times.append(hit)
+        else:
+            return max(0.0, max(times) - since)
+        if time.monotonic() > deadline:
+            raise TimeoutError("the views did not converge in time")
+        await asyncio.sleep(0.05)
+
+
+async def one_run(size: int, join: str, idle_s: float) -> Run:
+    root = Path(tempfile.mkdtemp(prefix=f"jobmesh-discovery-{size}-"))
+    nodes: list[Node] = []
+    started: list[Node] = []  # everything to stop at the end
+    try:
+        first = Node(root, "n1", join, None)
+        nodes.append(first)
+        started.append(first)
+        seed = None
+        if join == "seeds":
+            await first.serving()
+            seed = first.address
+        nodes += [Node(root, f"n{i}", join, seed) for i in range(2, size + 1)]
+        started += nodes[1:]
+        last_serving = max(await asyncio.gather(*(n.serving() for n in nodes)))
+        for node in nodes:
+            node.watch()
+        everyone = frozenset(n.name for n in nodes)
+        converge = await first_time(nodes, lambda names: names == everyone, last_serving)
+
+        extra = Node(root, "extra", join, seed)
+        started.append(extra)
+        await extra.serving()
+        extra.watch()
+        joined_at = await extra.start_time()
+        join_s = await first_time(nodes, lambda names: "extra" in names, joined_at)
+
+        await asyncio.sleep(1.0)  # let the views settle before measuring idle CPU
+        before = [n.cpu_seconds() for n in nodes]
+        window_start = time.monotonic()
+        await asyncio.sleep(idle_s)
+        wall = time.monotonic() - window_start
+        idle = [100 * (n.cpu_seconds() - b) / wall for n, b in zip(nodes, before, strict=True)]
+
+        victim, leaver = nodes[-1], nodes[-2]
+        survivors = [n for n in nodes if n not in (victim, leaver)] + [extra]
+        killed_at = time.time()
+        victim.process.send_signal(signal.SIGKILL)
+        death_s = await first_time(survivors, lambda names: victim.name not in names, killed_at)
+        await victim.stop()
+        left_at = time.time()
+        leaver.process.send_signal(signal.SIGTERM)
+        leave_s = await first_time(survivors, lambda names: leaver.name not in names, left_at)
+        return Run(size, converge, join_s, death_s, leave_s, idle)
+    finally:
+        await asyncio.gather(*(n.stop() for n in started), return_exceptions=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _summary(values: Sequence[float], unit: str = "s") -> str:
+    if not values:
+        return "-"
+    median = statistics.median(values)
+    return (
+        f"{median:.2f} {unit} ({min(values):.2f}-{max(values):.2f})"
+        if len(values) > 1
+        else f"{median:.2f} {unit}"
+    )
+
+
+def table(runs: Sequence[Run]) -> str:
+    """The Markdown results table (median, min-max over runs)."""
+    lines = [
+        "| nodes | full view after start | join, in every view | kill -9, dead everywhere | leave, gone everywhere | idle CPU per node |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size in sorted({r.size for r in runs}):
+        at = [r for r in runs if r.size == size]
+        cpu = [c for r in at for c in r.idle_cpu_percent]
+        lines.append(
+            f"| {size} | {_summary([r.converge_s for r in at])} | {_summary([r.join_s for r in at])} | "
+            f"{_summary([r.death_s for r in at])} | {_summary([r.leave_s for r in at])} | "
+            f"{statistics.mean(cpu):.1f} % (max {max(cpu):.1f} %) |"
+        )
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> list[Run]:
+    runs = []
+    for size in args.sizes:
+        for index in range(args.runs):
+            run = await one_run(size, args.join, args.idle_seconds)
+            print(
+                f"size {size} run {index + 1}: converge {run.converge_s:.2f}s, join {run.join_s:.2f}s, "
+                f"death {run.death_s:.2f}s, leave {run.leave_s:.2f}s, "
+                f"idle CPU {statistics.mean(run.idle_cpu_percent):.1f}%",
+                file=sys.stderr,
+                flush=True,
+            )
+            runs.append(run)
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[3, 10, 30])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--join", choices=["mdns", "seeds"], default="mdns", help="how nodes find each other")
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="window for the idle CPU figure")
+    args = parser.parse_args(argv)
+    runs = asyncio.run(main_async(args))
+    print(table(runs))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"discovery-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "kernel": platform.release(),
+                },
+                "join": args.join,
+                "runs": [asdict(r) for r in runs],
+            },
+            indent=2,
+        )
+    )
+    print(f"\nresults: {out.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The `discovery` section of the node configuration: mDNS, seeds, cluster label, timings.
+
+LAN defaults meet the discovery targets on a LAN: a joining node is in every view within
+1 s, a crashed node is declared dead everywhere within 3 s, a graceful leave is seen within
+0.5 s, and a node paused for less than `suspicion_timeout_s` is never declared dead.
+`for_tests()` shortens everything and turns mDNS off (tests turn it on where they need it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from node.discovery.properties import validate_properties
+from node.errors import ConfigError, InvalidArgument
+
+_LABEL = re.compile(r"[A-Za-z0-9._-]*")
+MAX_CLUSTER_LENGTH = 63
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """How a node finds its peers and keeps its topology view alive."""
+
+    cluster: str = ""
+    """Cluster label; instances with the same label form one cluster view with one leader."""
+    mdns: bool = True
+    """Advertise and browse `_jobmesh._tcp.local.` by mDNS (zeroconf) on the LAN."""
+    interfaces: tuple[str, ...] = ()
+    """mDNS interfaces, by name (`eth0`) or IPv4 address; empty: all IPv4 interfaces."""
+    seeds: tuple[str, ...] = ()
+    """`host:port` of peers to join where mDNS cannot reach (comma-separated in env/flags)."""
+    advertise_addresses: tuple[str, ...] = ()
+    """`host` or `host:port` peers should dial; empty: derived from `server.host` and interfaces."""
+    properties: dict[str, str] = field(default_factory=dict)
+    """Instance properties to publish (TOML table; env/flags `name=value;name=value`)."""
+    max_properties_bytes: int = 16 * 1024
+    """Largest encoded size (UTF-8 names plus values) of this node's instance properties."""
+    probe_interval_s: float = 0.2
+    """Protocol period: each node probes one peer (round robin) per period."""
+    probe_timeout_s: float = 0.25
+    """How long a direct probe waits for its answer; indirect probes get twice this."""
+    indirect_probes: int = 3
+    """Peers asked to probe a peer that did not answer a direct probe."""
+    suspicion_timeout_s: float = 1.5
+    """A suspected peer that does not refute within this time is declared dead."""
+    gossip_interval_s: float = 0.1
+    """How often pending membership news is pushed to `gossip_fanout` random peers."""
+    gossip_fanout: int = 3
+    """Peers each gossip round pushes news to."""
+    retransmit_mult: int = 4
+    """Each piece of news is sent `retransmit_mult * ceil(log10(members + 1))` times."""
+    sync_interval_s: float = 2.0
+    """Full member-table exchange with one random peer; also retries seeds and dead peers."""
+    settle_delay_s: float = 0.1
+    """Quiet time after a change before the new view is published (batches bursts)."""
+    leave_timeout_s: float = 0.3
+    """On shutdown, how long to wait for peers to acknowledge the leave."""
+    dead_retention_s: float = 60.0
+    """How long dead/left members are remembered (and dead ones retried, to heal partitions)."""
+    provider_interval_s: float = 1.0
+    """How often Python property providers are re-read (`properties.refresh()` is immediate)."""
+
+    @classmethod
+    def lan(cls) -> DiscoveryConfig:
+        """LAN defaults."""
+        return cls()
+
+    @classmethod
+    def for_tests(cls) -> DiscoveryConfig:
+        """Short timings, mDNS off (each test turns it on where it needs it)."""
+        return cls(
+            mdns=False,
+            probe_interval_s=0.1,
+            probe_timeout_s=0.2,
+            suspicion_timeout_s=1.0,
+            gossip_interval_s=0.05,
+            sync_interval_s=0.5,
+            settle_delay_s=0.05,
+            leave_timeout_s=0.3,
+            dead_retention_s=30.0,
+            provider_interval_s=0.2,
+        )
+
+    def validate(self) -> None:
+        """Raise ConfigError if a value is out of range."""
+        positive = (
+            "probe_interval_s",
+            "probe_timeout_s",
+            "suspicion_timeout_s",
+            "gossip_interval_s",
+            "sync_interval_s",
+            "provider_interval_s",
+            "dead_retention_s",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"discovery.{name} is {getattr(self, name)}; it must be > 0")
+        for name in ("settle_delay_s", "leave_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"discovery.{name} must be >= 0")
+        for name in ("indirect_probes", "gossip_fanout", "retransmit_mult"):
+            if getattr(self, name) < (0 if name == "indirect_probes" else 1):
+                raise ConfigError(f"discovery.{name} is {getattr(self, name)}; it is too small")
+        if not _LABEL.fullmatch(self.cluster) or len(self.cluster) > MAX_CLUSTER_LENGTH:
+            raise ConfigError(
+                f"discovery.cluster {self.cluster!r} is invalid: use up to {MAX_CLUSTER_LENGTH} "
+                "letters, digits, '.', '_' or '-'"
+            )
+        for seed in self.seeds:
+            host, sep, port = seed.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"discovery.seeds: {seed!r} is not HOST:PORT")
+        try:
+            validate_properties(self.properties, self.max_properties_bytes, "discovery.properties")
+        except InvalidArgument as e:
+            raise ConfigError(str(e)) from e

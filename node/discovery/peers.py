@@ -1,0 +1,270 @@
+"""How the membership protocol reaches peers: a small seam with two implementations.
+
+`GrpcPeerTransport` (the default) calls peers' MembershipService over gRPC, one cached
+channel per address, created in `node.services.transport`. `MemoryNetwork` connects
+protocols in one process, with crashes, pauses and partitions, for fast tests of the
+protocol's logic (memberlist's MockNetwork).
+
+Every call raises PeerUnavailable when the peer does not answer in time or cannot be
+reached, and DuplicateInstance when the peer says our instance id belongs to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import grpc
+from jobmesh.v1 import membership_pb2_grpc
+
+from node.discovery.messages import (
+    Ack,
+    Gossip,
+    GossipAck,
+    IndirectAck,
+    IndirectPing,
+    Ping,
+    Sync,
+    SyncReply,
+)
+from node.errors import DuplicateInstance, InvalidArgument, PeerUnavailable, Unavailable
+from node.services import transport
+
+if TYPE_CHECKING:
+    from node.discovery.protocol import MembershipProtocol
+
+R = TypeVar("R")
+
+RETIRE_GRACE_S = 5.0
+"""A retired channel's calls get this long to end (longer than any membership call's deadline)."""
+
+
+def _being_cancelled() -> bool:
+    """True if the current task was asked to stop (as opposed to a call cancelled under it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class PeerTransport(Protocol):
+    """Outgoing membership calls. Coroutines run on the node's event loop."""
+
+    async def ping(self, address: str, message: Ping, timeout_s: float) -> Ack:
+        """Probe the peer at `address`."""
+        ...
+
+    async def indirect_ping(self, address: str, message: IndirectPing, timeout_s: float) -> IndirectAck:
+        """Ask the peer at `address` to probe another one."""
+        ...
+
+    async def sync(self, address: str, message: Sync, timeout_s: float) -> SyncReply:
+        """Exchange member tables with the peer at `address`."""
+        ...
+
+    async def gossip(self, address: str, message: Gossip, timeout_s: float) -> GossipAck:
+        """Push news to the peer at `address`."""
+        ...
+
+    async def forget(self, address: str) -> None:
+        """Release what is held for `address` (a member that is gone for good)."""
+        ...
+
+    async def close(self) -> None:
+        """Release everything."""
+        ...
+
+
+class GrpcPeerTransport:
+    """PeerTransport over gRPC: one channel per peer address, reused across calls."""
+
+    def __init__(self, reconnect_backoff_ms: int) -> None:
+        self._reconnect_backoff_ms = reconnect_backoff_ms
+        self._stubs: dict[str, tuple[grpc.aio.Channel, membership_pb2_grpc.MembershipServiceStub]] = {}
+        self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
+
+    def _stub(self, address: str) -> membership_pb2_grpc.MembershipServiceStub:
+        entry = self._stubs.get(address)
+        if entry is None:
+            channel = transport.create_peer_channel(address, self._reconnect_backoff_ms)
+            entry = (channel, membership_pb2_grpc.MembershipServiceStub(channel))
+            self._stubs[address] = entry
+        return entry[1]
+
+    async def _call(self, address: str, method: str, request: Any, timeout_s: float) -> Any:
+        # This frame keeps no channel, call or task in its locals, and errors are raised outside
+        # `except`: a traceback cycle through such a frame would keep the channel (and gRPC's
+        # poller thread) alive until the cyclic GC happens to run.
+        try:
+            return await getattr(self._stub(address), method)(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            code, details = e.code(), e.details()
+        except asyncio.CancelledError:
+            if _being_cancelled():
+                raise  # our caller is being cancelled: let it
+            # grpc.aio raises CancelledError for a call its channel cancelled (channel closed):
+            # for the protocol that is an unreachable peer, never the end of its task.
+            code, details = grpc.StatusCode.CANCELLED, "the channel was closed"
+        if code is grpc.StatusCode.ALREADY_EXISTS:
+            raise DuplicateInstance(details or "instance id in use")
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The connection may be stuck (a partition, a paused peer): TCP would retry it with
+            # growing backoff long after the network healed. Dial afresh next time.
+            self._retire(address)
+        raise PeerUnavailable(f"{address} {method}: {code.name}: {details}")
+
+    @staticmethod
+    def _decode(address: str, decode: Callable[[Any], R], response: Any) -> R:
+        try:
+            return decode(response)
+        except InvalidArgument as e:
+            problem = str(e)
+        raise PeerUnavailable(f"{address} sent a malformed answer: {problem}")
+
+    async def ping(self, address: str, message: Ping, timeout_s: float) -> Ack:
+        """Probe the peer at `address`."""
+        response = await self._call(address, "Ping", message.to_proto(), timeout_s)
+        return self._decode(address, Ack.from_proto, response)
+
+    async def indirect_ping(self, address: str, message: IndirectPing, timeout_s: float) -> IndirectAck:
+        """Ask the peer at `address` to probe another one."""
+        response = await self._call(address, "IndirectPing", message.to_proto(), timeout_s)
+        return self._decode(address, IndirectAck.from_proto, response)
+
+    async def sync(self, address: str, message: Sync, timeout_s: float) -> SyncReply:
+        """Exchange member tables with the peer at `address`."""
+        response = await self._call(address, "Sync", message.to_proto(), timeout_s)
+        return self._decode(address, SyncReply.from_proto, response)
+
+    async def gossip(self, address: str, message: Gossip, timeout_s: float) -> GossipAck:
+        """Push news to the peer at `address`."""
+        response = await self._call(address, "Gossip", message.to_proto(), timeout_s)
+        return self._decode(address, GossipAck.from_proto, response)
+
+    def _retire(self, address: str) -> None:
+        """Stop using the channel to `address`; close it once its calls have ended.
+
+        Closing at once would cancel other calls in flight on it (a sync beside a probe).
+        """
+        entry = self._stubs.pop(address, None)
+        if entry is not None:
+            channel = entry[0]
+            task = asyncio.get_running_loop().create_task(
+                channel.close(grace=RETIRE_GRACE_S), name=f"close-channel-{address}"
+            )
+            self._retired[channel] = task
+            task.add_done_callback(lambda _: self._retired.pop(channel, None))
+
+    async def forget(self, address: str) -> None:
+        """Release the channel to `address` (its calls may finish first)."""
+        self._retire(address)
+
+    async def close(self) -> None:
+        """Close every channel, cancelling calls still in flight."""
+        channels = [channel for channel, _ in self._stubs.values()]
+        self._stubs.clear()
+        for channel, task in list(self._retired.items()):
+            task.cancel()
+            channels.append(channel)
+        self._retired.clear()
+        await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
+
+
+class MemoryNetwork:
+    """Protocols in one process, joined by an in-memory network (for tests of protocol logic).
+
+    `crash(address)` makes calls to it fail at once (connection refused); `pause(address)`
+    makes them time out (a stopped process) until `resume`; `cut(a, b)` drops traffic
+    between two addresses both ways until `heal`.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, MembershipProtocol] = {}
+        self.crashed: set[str] = set()
+        self.paused: set[str] = set()
+        self.cuts: set[frozenset[str]] = set()
+
+    def attach(self, address: str, protocol: MembershipProtocol) -> None:
+        """Make `protocol` reachable at `address`."""
+        self.nodes[address] = protocol
+        self.crashed.discard(address)
+
+    def transport(self, address: str) -> MemoryTransport:
+        """The transport a protocol at `address` uses."""
+        return MemoryTransport(self, address)
+
+    def crash(self, address: str) -> None:
+        """Calls to `address` fail at once."""
+        self.crashed.add(address)
+
+    def pause(self, address: str) -> None:
+        """Calls to `address` time out."""
+        self.paused.add(address)
+
+    def resume(self, address: str) -> None:
+        """Undo `pause`."""
+        self.paused.discard(address)
+
+    def cut(self, a: str, b: str) -> None:
+        """Drop traffic between `a` and `b`."""
+        self.cuts.add(frozenset((a, b)))
+
+    def heal(self) -> None:
+        """Undo every `cut`."""
+        self.cuts.clear()
+
+    async def deliver(
+        self,
+        source: str,
+        address: str,
+        timeout_s: float,
+        handle: Callable[[MembershipProtocol], Awaitable[R]],
+    ) -> R:
+        """Run `handle` on the protocol at `address` as if the message came over the network."""
+        node = self.nodes.get(address)
+        if node is None or address in self.crashed or source in self.crashed:
+            raise PeerUnavailable(f"{address}: connection refused")
+        if address in self.paused or source in self.paused or frozenset((source, address)) in self.cuts:
+            await asyncio.sleep(timeout_s)
+            raise PeerUnavailable(f"{address}: deadline exceeded")
+        try:
+            return await asyncio.wait_for(handle(node), timeout_s)
+        except TimeoutError as e:
+            raise PeerUnavailable(f"{address}: deadline exceeded") from e
+        except DuplicateInstance:
+            raise
+        except Unavailable as e:
+            raise PeerUnavailable(f"{address}: {e}") from e
+
+
+class MemoryTransport:
+    """PeerTransport of one protocol on a MemoryNetwork."""
+
+    def __init__(self, network: MemoryNetwork, address: str) -> None:
+        self._network = network
+        self.address = address
+
+    async def ping(self, address: str, message: Ping, timeout_s: float) -> Ack:
+        """Probe the peer at `address`."""
+        return await self._network.deliver(self.address, address, timeout_s, lambda n: n.handle_ping(message))
+
+    async def indirect_ping(self, address: str, message: IndirectPing, timeout_s: float) -> IndirectAck:
+        """Ask the peer at `address` to probe another one."""
+        return await self._network.deliver(
+            self.address, address, timeout_s, lambda n: n.handle_indirect_ping(message)
+        )
+
+    async def sync(self, address: str, message: Sync, timeout_s: float) -> SyncReply:
+        """Exchange member tables with the peer at `address`."""
+        return await self._network.deliver(self.address, address, timeout_s, lambda n: n.handle_sync(message))
+
+    async def gossip(self, address: str, message: Gossip, timeout_s: float) -> GossipAck:
+        """Push news to the peer at `address`."""
+        return await self._network.deliver(
+            self.address, address, timeout_s, lambda n: n.handle_gossip(message)
+        )
+
+    async def forget(self, address: str) -> None:
+        """Nothing is held per peer."""
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,225 @@
+"""The membership protocol's logic on an in-memory network: fast, no sockets, real timers.
+
+Each test runs real MembershipProtocols on the test's event loop, joined by MemoryNetwork
+(which can crash, pause and partition them). The real gRPC transport and real node
+processes are covered in test_discovery_nodes.py and test_discovery_multihost.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+from node.discovery.config import DiscoveryConfig
+from node.discovery.identity import InstanceInfo
+from node.discovery.membership import MemberRecord, PeerState
+from node.discovery.messages import Gossip
+from node.discovery.peers import MemoryNetwork
+from node.discovery.protocol import MembershipProtocol
+from node.instance import now_us
+
+FAST = DiscoveryConfig(
+    mdns=False,
+    probe_interval_s=0.02,
+    probe_timeout_s=0.03,
+    suspicion_timeout_s=0.4,
+    gossip_interval_s=0.01,
+    sync_interval_s=0.1,
+    leave_timeout_s=0.1,
+)
+TIMEOUT_S = 5.0
+
+
+async def eventually(condition: Callable[[], object], what: str, within_s: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class Cluster:
+    """Protocols on one MemoryNetwork, addressed by name."""
+
+    def __init__(self) -> None:
+        self.network = MemoryNetwork()
+        self.nodes: dict[str, MembershipProtocol] = {}
+        self.history: dict[str, list[tuple[str, PeerState]]] = {}
+
+    async def add(
+        self,
+        name: str,
+        seeds: tuple[str, ...] = (),
+        instance_id: str | None = None,
+        address: str | None = None,
+    ) -> MembershipProtocol:
+        address = address or name
+        start = now_us()
+        info = InstanceInfo(instance_id or str(uuid.uuid4()), name, start, (f"{address}:1",))
+        history = self.history.setdefault(name, [])
+        protocol: MembershipProtocol
+
+        def changed() -> None:
+            for member in protocol.table:
+                history.append((member.record.info.name, member.record.state))
+
+        protocol = MembershipProtocol(
+            FAST,
+            MemberRecord(info, start, PeerState.ALIVE),
+            self.network.transport(f"{address}:1"),
+            changed,
+            tuple(f"{s}:1" for s in seeds),
+        )
+        self.network.attach(f"{address}:1", protocol)
+        self.nodes[name] = protocol
+        await protocol.start()
+        return protocol
+
+    def view(self, name: str) -> set[str]:
+        """Names this node has in its view (itself included)."""
+        protocol = self.nodes[name]
+        return {protocol.local.info.name} | {m.record.info.name for m in protocol.table.live()}
+
+    def state(self, name: str, of: str) -> PeerState | None:
+        for member in self.nodes[name].table:
+            if member.record.info.name == of:
+                return member.record.state
+        return None
+
+    async def converged(self, names: set[str], within_s: float = TIMEOUT_S) -> None:
+        await eventually(
+            lambda: all(self.view(n) == names for n in names), f"views of {sorted(names)}", within_s
+        )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.nodes.values()))
+
+
+def _run(test: Callable[[Cluster], object]) -> Callable[[], object]:
+    """Async fixtures are not supported by the suite's runner: build the cluster in the test."""
+
+    async def wrapper() -> None:
+        c = Cluster()
+        try:
+            await test(c)  # type: ignore[misc]
+        finally:
+            await c.close()
+
+    wrapper.__name__ = test.__name__
+    wrapper.__doc__ = test.__doc__
+    return wrapper
+
+
+@_run
+async def test_members_learn_everyone_through_a_chain_of_seeds(c: Cluster) -> None:
+    # Given a knows nobody, b knows a, c knows b
+    await c.add("a")
+    await c.add("b", seeds=("a",))
+    await c.add("c", seeds=("b",))
+    # Then all three end up knowing all three
+    await c.converged({"a", "b", "c"})
+
+
+@_run
+async def test_a_crashed_member_is_suspected_then_declared_dead_everywhere(c: Cluster) -> None:
+    for name, seeds in (("a", ()), ("b", ("a",)), ("c", ("a",))):
+        await c.add(name, seeds)
+    await c.converged({"a", "b", "c"})
+    c.network.crash("c:1")
+    await eventually(
+        lambda: c.state("a", "c") is PeerState.DEAD and c.state("b", "c") is PeerState.DEAD, "c dead"
+    )
+    assert ("c", PeerState.SUSPECT) in c.history["a"] + c.history["b"]  # suspicion came first
+
+
+@_run
+async def test_a_member_paused_shorter_than_the_suspicion_timeout_is_not_declared_dead(c: Cluster) -> None:
+    for name, seeds in (("a", ()), ("b", ("a",)), ("c", ("a",))):
+        await c.add(name, seeds)
+    await c.converged({"a", "b", "c"})
+    inc = c.nodes["c"].local.incarnation
+    c.network.pause("c:1")
+    await eventually(
+        lambda: c.state("a", "c") is PeerState.SUSPECT or c.state("b", "c") is PeerState.SUSPECT, "suspicion"
+    )
+    c.network.resume("c:1")
+    # c refutes: a higher incarnation, ALIVE everywhere, and never DEAD on the way
+    await eventually(
+        lambda: c.state("a", "c") is PeerState.ALIVE and c.state("b", "c") is PeerState.ALIVE, "refuted"
+    )
+    assert c.nodes["c"].local.incarnation > inc
+    await asyncio.sleep(FAST.suspicion_timeout_s)  # outlive any suspicion timer still running
+    assert ("c", PeerState.DEAD) not in c.history["a"] + c.history["b"]
+
+
+@_run
+async def test_a_suspected_member_refutes_as_soon_as_it_hears_of_it(c: Cluster) -> None:
+    a = await c.add("a")
+    b = await c.add("b", seeds=("a",))
+    await c.converged({"a", "b"})
+    suspicion = b.local.with_state(PeerState.SUSPECT)
+    await b.handle_gossip(Gossip(a.local, (suspicion,)))
+    assert b.local.incarnation == suspicion.incarnation + 1
+    assert b.local.state is PeerState.ALIVE
+
+
+@_run
+async def test_a_leaving_member_is_gone_from_every_view_at_once(c: Cluster) -> None:
+    for name, seeds in (("a", ()), ("b", ("a",)), ("c", ("a",))):
+        await c.add(name, seeds)
+    await c.converged({"a", "b", "c"})
+    await c.nodes["c"].leave()
+    # leave() returns after every member acknowledged: no waiting for gossip
+    assert c.state("a", "c") is PeerState.LEFT
+    assert c.state("b", "c") is PeerState.LEFT
+
+
+@_run
+async def test_a_partition_splits_the_views_and_its_heal_merges_them(c: Cluster) -> None:
+    for name, seeds in (("a", ()), ("b", ("a",)), ("c", ("a",)), ("d", ("a",))):
+        await c.add(name, seeds)
+    await c.converged({"a", "b", "c", "d"})
+    for left in ("a", "b"):
+        for right in ("c", "d"):
+            c.network.cut(f"{left}:1", f"{right}:1")
+    await c.converged({"a", "b"})
+    await c.converged({"c", "d"})
+    c.network.heal()
+    await c.converged({"a", "b", "c", "d"})
+
+
+@_run
+async def test_a_restarted_member_replaces_its_previous_run(c: Cluster) -> None:
+    await c.add("a")
+    old = await c.add("b", seeds=("a",))
+    await c.converged({"a", "b"})
+    c.network.crash("b:1")
+    await old.stop()
+    new = await c.add("b", seeds=("a",), instance_id=old.local.id, address="b2")
+    await eventually(
+        lambda: (
+            (m := c.nodes["a"].table.get(old.local.id)) is not None
+            and m.record.info.start_time_us == new.local.info.start_time_us
+            and m.record.state is PeerState.ALIVE
+        ),
+        "the new run of b in a's table",
+    )
+
+
+@_run
+async def test_a_second_live_member_with_the_same_id_is_refused_and_the_first_stays(c: Cluster) -> None:
+    await c.add("a")
+    first = await c.add("b", seeds=("a",))
+    await c.converged({"a", "b"})
+    copy = await c.add("b-copy", seeds=("a",), instance_id=first.local.id)
+    failure = await asyncio.wait_for(copy.wait_failure(), TIMEOUT_S)
+    assert "refuses to join" in str(failure)
+    assert first.local.id in str(failure)
+    assert not first.failed
+    await asyncio.sleep(FAST.suspicion_timeout_s)
+    member = c.nodes["a"].table.get(first.local.id)
+    assert member is not None
+    assert member.record.info.name == "b"
+    assert member.record.state is PeerState.ALIVE
