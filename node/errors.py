@@ -11,7 +11,11 @@ class InvalidArgument(JobmeshError):
     """A request or value is malformed; the message says which field and why."""
 
 
-class JobNotFound(JobmeshError):
+class NotFound(JobmeshError):
+    """A named thing (job, schedule, queue) does not exist on this node."""
+
+
+class JobNotFound(NotFound):
     """No job with the given id exists on this node."""
 
 

@@ -14,7 +14,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2, queues_pb2_grpc, schedules_pb2, schedules_pb2_grpc
 
 from node.config import NodeConfig
 from node.instance import (
@@ -31,12 +31,16 @@ from node.jobs.manager import JobManager
 from node.journal.journal import Journal
 from node.services import transport
 from node.services.jobs import JobServicer
+from node.services.queues import QueueServicer
+from node.services.schedules import ScheduleServicer
 
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.sqlite"
 SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    queues_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
 )
@@ -104,7 +108,7 @@ class Node:
             if instance_id is None:
                 instance_id = new_instance_id()
                 await self._journal.set_meta("instance_id", instance_id)
-            self._jobs = JobManager(self._journal, self.consumers, config.jobs, instance_id)
+            self._jobs = JobManager(self._journal, self.consumers, config, instance_id)
             requeued, stopped, given_up = await self._jobs.start()
             if requeued or stopped or given_up:
                 log.warning(
@@ -122,13 +126,15 @@ class Node:
         config = self.config
         server = transport.create_server(config.jobs.max_payload_bytes)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.jobs), server)
+        schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(self.jobs), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         self.port = transport.bind(server, config.server.host, config.server.port)
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAMES[0]):
+        for name in ("", *SERVICE_NAMES[:3]):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
         write_run_file(

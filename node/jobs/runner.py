@@ -1,9 +1,9 @@
-"""The queue runner: claims due jobs from the journal and runs their consumers.
+"""Queue runners: claim due jobs from the journal and run their consumers.
 
-One runner per queue. It keeps at most `max_parallel` jobs running, claims jobs in
-batches (one group-committed transaction for many), and writes each result through the
-journal's writer, which commits many results together. No job is held in memory beyond
-the ones running.
+One runner per queue. It keeps at most the queue's parallelism of jobs running, claims jobs
+in batches (one group-committed transaction for many) in the order its queue type asks
+for, applies the attempt timeout, and writes each result through the journal's writer,
+which commits many results together. No job is held in memory beyond the running ones.
 """
 
 from __future__ import annotations
@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any
 
 from node.errors import Unavailable
-from node.jobs.consumers import ConsumerRegistry, JobContext
+from node.jobs.consumers import ConsumerRegistry
+from node.jobs.context import Deferred, JobContext
 from node.jobs.model import Job, JobResult, Outcome
-from node.journal.journal import AttemptReport, Journal
+from node.jobs.queues import QueueConfig, QueueType
+from node.journal.jobs import AttemptReport, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -29,62 +34,130 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-@dataclass(frozen=True)
-class QueueSettings:
-    """How a queue runs its jobs."""
-
-    name: str
-    max_parallel: int
-    retry_delay_s: float
-
-
 @dataclass
 class _Running:
     job: Job
     context: JobContext
     task: asyncio.Task[None]
+    finishing: bool = False  # the consumer returned; its result is being committed
+
+
+class _ThreadResults:
+    """Runs sync consumers in a thread pool and hands their results back to the loop in batches.
+
+    `loop.run_in_executor` chains a concurrent future and wakes the loop (a write to its
+    self-pipe) once per call; with many short jobs that dominates their cost. Here a pool
+    thread queues its outcome and only the first outcome of a batch wakes the loop, which
+    then resolves every queued one. Cancelling the returned future cancels the call if it
+    has not started, as with `run_in_executor`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
+        self._loop = loop
+        self._executor = executor
+        self._done: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
+        self._lock = threading.Lock()
+        self._wakeup_pending = False
+
+    def run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Call `function(*args)` in the pool (on the loop); the future resolves on the loop."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        work = self._executor.submit(self._call, future, function, *args)
+        future.add_done_callback(lambda f: work.cancel() if f.cancelled() else None)
+        return future
+
+    def _call(self, future: asyncio.Future[Any], function: Callable[..., Any], *args: Any) -> None:
+        # In a pool thread.
+        try:
+            outcome = (future, True, function(*args))
+        except BaseException as e:  # handed to the awaiting task, as run_in_executor does
+            outcome = (future, False, e)
+        self._done.append(outcome)
+        with self._lock:
+            if self._wakeup_pending:
+                return  # the pending _deliver takes this outcome too
+            self._wakeup_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        # On the loop. Clear the flag first: an outcome queued after this is either taken
+        # below or schedules another _deliver.
+        with self._lock:
+            self._wakeup_pending = False
+        done = self._done
+        while done:
+            future, ok, value = done.popleft()
+            if future.done():  # cancelled meanwhile
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+ContextFactory = Callable[[Job], JobContext]
 
 
 class QueueRunner:
     """Runs the jobs of one queue that are assigned to this instance.
 
     Event-loop contract: every method must be called on the node's event loop; consumers
-    run in `executor` (sync) or on the loop (async).
+    run in the thread pool (sync) or on the loop (async).
     """
 
     def __init__(
         self,
-        journal: Journal,
+        store: JobStore,
         consumers: ConsumerRegistry,
         instance_id: str,
-        settings: QueueSettings,
+        config: QueueConfig,
         executor: ThreadPoolExecutor,
-        on_finished: Callable[[Job], None] | None = None,
+        make_context: ContextFactory,
+        *,
+        suspended: bool = False,
     ) -> None:
-        self._journal = journal
+        self._store = store
         self._consumers = consumers
         self._instance_id = instance_id
-        self.settings = settings
+        self.config = config
         self._executor = executor
-        self._on_finished = on_finished
+        self._make_context = make_context
+        self.suspended = suspended
         self._running: dict[str, _Running] = {}
-        self._finishing = 0  # jobs in _running whose consumer returned; their result is committing
+        self._thread_results: _ThreadResults | None = None
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._last_topic = ""
+
+    @property
+    def name(self) -> str:
+        """The queue's name."""
+        return self.config.name
 
     @property
     def active_count(self) -> int:
-        """Jobs running now."""
-        return len(self._running) - self._finishing
+        """Jobs whose consumer is running now."""
+        return sum(1 for running in self._running.values() if not running.finishing)
 
     def start(self) -> None:
         """Start claiming and running jobs."""
-        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"queue-{self.settings.name}")
+        self._thread_results = _ThreadResults(asyncio.get_running_loop(), self._executor)
+        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"queue-{self.name}")
 
     def wake(self) -> None:
-        """New or re-queued jobs may be due: look again now."""
+        """New or re-queued jobs may be due, or the config changed: look again now."""
         self._wakeup.set()
+
+    def reconfigure(self, config: QueueConfig) -> None:
+        """Apply a new configuration (takes effect for the next jobs claimed)."""
+        self.config = config
+        self.wake()
+
+    def set_suspended(self, suspended: bool) -> None:
+        """Suspend (running jobs finish, none starts) or resume."""
+        self.suspended = suspended
+        self.wake()
 
     def request_stop(self, job_id: str) -> bool:
         """Tell a running job's consumer to stop; False if it is not running here."""
@@ -96,16 +169,12 @@ class QueueRunner:
 
     async def stop(self, grace_s: float) -> None:
         """Take no more jobs; let running ones finish for `grace_s`, then re-queue the rest."""
-        self._stopping = True
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
         if self._running:
             log.info(
-                "queue %s: waiting up to %.1fs for %d running jobs",
-                self.settings.name,
-                grace_s,
-                len(self._running),
+                "queue %s: waiting up to %.1fs for %d running jobs", self.name, grace_s, len(self._running)
             )
             await asyncio.wait([r.task for r in self._running.values()], timeout=grace_s)
         leftovers = list(self._running.values())
@@ -114,61 +183,90 @@ class QueueRunner:
                 running.context.request_stop()
                 running.task.cancel()
             await asyncio.gather(*(r.task for r in leftovers), return_exceptions=True)
-            requeued = await self._journal.requeue_active([(r.job.id, r.job.attempt) for r in leftovers])
-            log.info("queue %s: re-queued %d jobs still running at shutdown", self.settings.name, requeued)
+            requeued = await self._store.requeue_active(
+                [(r.job.id, r.job.attempt) for r in leftovers], now_us()
+            )
+            log.info("queue %s: re-queued %d jobs still running at shutdown", self.name, requeued)
+
+    def _free_slots(self) -> int:
+        if self.config.type is QueueType.ORDERED:
+            # The next job may start only after the previous result committed: a failed job
+            # must be back at the head before the queue looks at it again.
+            return 1 - len(self._running)
+        return self.config.parallelism - self.active_count
+
+    async def _claim(self, free: int) -> tuple[list[Job], float | None]:
+        """Claim up to `free` jobs; also how long to sleep if none is due (None: until woken)."""
+        config, store, me = self.config, self._store, self._instance_id
+        now = now_us()
+        if config.type is QueueType.ORDERED:
+            jobs, head_due = await store.claim_ordered(me, config.name, now)
+            return jobs, None if head_due is None else max(0.0, (head_due - now_us()) / 1e6)
+        if config.type is QueueType.TOPIC_ROUND_ROBIN:
+            jobs = await store.claim_round_robin(me, config.name, now, free, self._last_topic)
+            if jobs:
+                self._last_topic = jobs[-1].topic
+        else:
+            jobs = await store.claim(me, config.name, now, free)
+        if len(jobs) == free:
+            return jobs, 0.0
+        due = await store.next_due_us(me, config.name)
+        return jobs, None if due is None else max(0.0, (due - now_us()) / 1e6)
 
     async def _dispatch(self) -> None:
-        settings = self.settings
         while True:
             self._wakeup.clear()
-            # A job whose consumer returned frees its slot at once: the next job is claimed
-            # while its result commits (often in the same group commit), not after.
-            free = settings.max_parallel - len(self._running) + self._finishing
             timeout: float | None = None
-            if free > 0:
+            free = self._free_slots()
+            if free > 0 and not self.suspended:
                 try:
-                    jobs = await self._journal.claim(self._instance_id, settings.name, now_us(), free)
+                    jobs, timeout = await self._claim(free)
                 except Unavailable:
                     return
                 for job in jobs:
                     self._start(job)
-                if len(jobs) == free:
+                if jobs and timeout == 0.0:
                     continue  # there may be more; claim again as soon as slots free up
-                due = await self._journal.next_due_us(self._instance_id, settings.name)
-                if due is not None:
-                    timeout = max(0.0, (due - now_us()) / 1e6)
             if timeout == 0.0:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     def _start(self, job: Job) -> None:
-        context = JobContext(job)
+        context = self._make_context(job)
         task = asyncio.create_task(self._run(job, context), name=f"job-{job.id}")
         self._running[job.id] = _Running(job, context, task)
         if job.stop_requested:
             context.request_stop()
 
     async def _run(self, job: Job, context: JobContext) -> None:
-        finishing = False
+        config = self.config
         try:
-            result = await self._execute(job, context)
-            finishing = True
-            self._finishing += 1
-            self._wakeup.set()
-            delay_s = self.settings.retry_delay_s if result.retry_delay_s is None else result.retry_delay_s
+            timeout_s = job.timeout_us / 1e6 if job.timeout_us else config.timeout_s
+            if timeout_s:
+                try:
+                    result = await asyncio.wait_for(self._execute(job, context), timeout_s)
+                except TimeoutError:
+                    context.request_stop()
+                    result = JobResult.failed(f"timed out after {timeout_s:g}s")
+            else:
+                result = await self._execute(job, context)
+            running = self._running.get(job.id)
+            if running is not None and running.context is context:
+                running.finishing = True
+                self._wakeup.set()
             report = AttemptReport(
-                job.id, job.attempt, result.outcome, result.message, int(delay_s * 1e6), result.output
+                job.id,
+                job.attempt,
+                result.outcome,
+                result.message,
+                config,
+                result.retry_delay_s,
+                result.output,
             )
-            try:
-                (finished,) = await self._journal.end_attempts([report], now_us())
-            except Unavailable:
-                return  # shutting down: the job is re-queued by stop()
-            if finished is not None and self._on_finished is not None:
-                self._on_finished(finished)
+            with contextlib.suppress(Unavailable):  # shutting down: stop() re-queues the job
+                await self._store.end_attempts([report], now_us())
         finally:
-            if finishing:
-                self._finishing -= 1
             # A job removed and retried while this attempt still ran has a newer attempt here.
             current = self._running.get(job.id)
             if current is not None and current.context is context:
@@ -181,13 +279,15 @@ class QueueRunner:
             return JobResult.failed(f"no consumer for topic {job.topic} on this node any more")
         try:
             if job.payload_size:
-                job = replace(job, payload=await self._journal.get_payload(job.id))
+                job = replace(job, payload=await self._store.get_payload(job.id))
                 context.job = job
             if consumer.is_async:
                 result = await consumer.handler(job, context)  # type: ignore[misc]
             else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._executor, consumer.handler, job, context)
+                assert self._thread_results is not None, "QueueRunner.start() was not called"
+                result = await self._thread_results.run(consumer.handler, job, context)
+            if isinstance(result, Deferred):
+                result = await asyncio.wrap_future(context.completion)
         except asyncio.CancelledError:
             raise
         except Exception as e:

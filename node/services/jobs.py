@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, JobmeshError, Unavailable
+from node.jobs.events import EventFilter, EventType
 from node.jobs.manager import JobManager
 from node.jobs.model import HISTORY_STATES, JobState
-from node.journal.journal import JobQuery, decode_page_token
-from node.services.status import rpc
+from node.journal.jobs import JobQuery, decode_page_token
+from node.services.status import rpc, status_for
 from node.templates import Template
-from node.topics import validate_topic
+from node.topics import TopicPattern, validate_topic
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
@@ -83,23 +86,27 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.AddJobResponse:
         if not request.HasField("job"):
             raise InvalidArgument("job is missing")
-        (job_id,) = await self._manager.add_proto_jobs([request.job], field="job")
-        job = await self._manager.get_job(job_id)
-        return jobs_pb2.AddJobResponse(job=job.to_proto())
+        (added,) = await self._manager.add_proto_jobs([request.job], field="job")
+        job = await self._manager.get_job(added.id)
+        return jobs_pb2.AddJobResponse(job=job.to_proto(), deduplicated=added.deduplicated)
 
     @rpc
     async def AddJobs(
         self, request: jobs_pb2.AddJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.AddJobsResponse:
-        ids = await self._manager.add_proto_jobs(request.jobs)
-        return jobs_pb2.AddJobsResponse(job_ids=ids)
+        added = await self._manager.add_proto_jobs(request.jobs)
+        return jobs_pb2.AddJobsResponse(
+            job_ids=[a.id for a in added], deduplicated=[a.deduplicated for a in added]
+        )
 
     @rpc
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
         job = await self._manager.get_job(
-            _require_id(request.job_id), include_payloads=request.include_payloads
+            _require_id(request.job_id),
+            include_payloads=request.include_payloads,
+            include_log=request.include_log,
         )
         return jobs_pb2.GetJobResponse(job=job.to_proto())
 
@@ -136,3 +143,65 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.RetryJobResponse:
         job = await self._manager.retry_job(_require_id(request.job_id))
         return jobs_pb2.RetryJobResponse(job=job.to_proto())
+
+    async def WatchJobs(
+        self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.WatchJobsResponse]:
+        try:
+            event_filter = filter_from_proto(request)
+            if request.after_seq < -1:
+                raise InvalidArgument(
+                    f"after_seq {request.after_seq} is invalid; use -1 (live), 0 (all) or a seq"
+                )
+        except JobmeshError as e:
+            await context.abort(status_for(e), str(e))
+        try:
+            async for batch in self._manager.watch(request.after_seq, event_filter):
+                yield jobs_pb2.WatchJobsResponse(
+                    events=[e.to_proto() for e in batch.events],
+                    gap_until_seq=batch.gap_until_seq,
+                    head_seq=batch.head_seq,
+                )
+        except Unavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+    @rpc
+    async def GetStatistics(
+        self, request: jobs_pb2.GetStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetStatisticsResponse:
+        report = await self._manager.statistics()
+        response = jobs_pb2.GetStatisticsResponse()
+        getattr(response, "global").CopyFrom(report.global_.to_proto())  # `global` is a Python keyword
+        for name, stats in report.queues.items():
+            response.queues[name].CopyFrom(stats.to_proto())
+        for name, stats in report.topics.items():
+            response.topics[name].CopyFrom(stats.to_proto())
+        return response
+
+    @rpc
+    async def PurgeJobs(
+        self, request: jobs_pb2.PurgeJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.PurgeJobsResponse:
+        states = []
+        for index, value in enumerate(request.states):
+            if value not in {int(s) for s in HISTORY_STATES}:
+                raise InvalidArgument(f"states[{index}] is {value}; only history states can be purged")
+            states.append(JobState(value))
+        if request.keep_newest < 0:
+            raise InvalidArgument("keep_newest must be >= 0")
+        older = request.older_than.ToTimedelta().total_seconds() if request.HasField("older_than") else None
+        if older is not None and older < 0:
+            raise InvalidArgument("older_than must not be negative")
+        purged = await self._manager.purge(states, older, request.keep_newest)
+        return jobs_pb2.PurgeJobsResponse(purged=purged)
+
+
+def filter_from_proto(request: jobs_pb2.WatchJobsRequest) -> EventFilter:
+    """Validate a WatchJobsRequest's filters."""
+    patterns = tuple(TopicPattern.parse(t) for t in request.topics)
+    types = set()
+    for index, value in enumerate(request.types):
+        if value not in {int(t) for t in EventType}:
+            raise InvalidArgument(f"types[{index}] is {value}, not a known JobEventType")
+        types.add(EventType(value))
+    return EventFilter(patterns, frozenset(request.job_ids), frozenset(types))

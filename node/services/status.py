@@ -14,7 +14,7 @@ from node.errors import (
     FailedPrecondition,
     InvalidArgument,
     JobmeshError,
-    JobNotFound,
+    NotFound,
     ResourceExhausted,
     Unavailable,
 )
@@ -24,7 +24,7 @@ R = TypeVar("R")
 
 STATUS_BY_ERROR: tuple[tuple[type[JobmeshError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (JobNotFound, grpc.StatusCode.NOT_FOUND),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
