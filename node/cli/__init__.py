@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from node.cli import commands, run
+from node.cli import commands, manage, run
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run.add_parser(sub)
     commands.add_parsers(sub)
+    manage.add_parsers(sub)
     return parser
 
 
