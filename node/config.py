@@ -185,6 +185,11 @@ class NodeConfig:
             (self.journal.readers >= 1, "journal.readers must be >= 1"),
             (self.jobs.max_log_lines >= 0, "jobs.max_log_lines must be >= 0"),
             (self.history.purge_interval_s > 0, "history.purge_interval_s must be > 0"),
+            # A negative age would put the cutoff in the future and purge the whole history.
+            (0 <= self.history.max_age_s < float("inf"), "history.max_age_s must be >= 0 (0: no age limit)"),
+            (self.history.max_count >= 0, "history.max_count must be >= 0 (0: no count limit)"),
+            (0 <= self.events.max_age_s < float("inf"), "events.max_age_s must be >= 0 (0: no age limit)"),
+            (self.events.max_count >= 0, "events.max_count must be >= 0 (0: no count limit)"),
             (self.jobs.retries >= -1, f"jobs.retries is {self.jobs.retries}; use -1 (forever) or more"),
             (self.jobs.retry_delay_s >= 0, "jobs.retry_delay_s must be >= 0"),
             (self.jobs.max_payload_bytes >= 0, "jobs.max_payload_bytes must be >= 0"),
@@ -216,9 +221,11 @@ def parse_state_limits(text: str, key: str) -> dict[str, float]:
             if not sep or state not in history_states:
                 raise ValueError(item)
             limits[state] = float(value)
+            if not 0 <= limits[state] < float("inf"):
+                raise ValueError(item)
         except ValueError as e:
             raise ConfigError(
-                f"{key}: {item!r} is not STATE=NUMBER with STATE one of {', '.join(history_states)}"
+                f"{key}: {item!r} is not STATE=NUMBER (NUMBER >= 0) with STATE one of {', '.join(history_states)}"
             ) from e
     return limits
 

@@ -63,8 +63,16 @@ def test_reflection_describes_job_service_methods_with_their_types(node: NodePro
     (service,) = [s for s in file_proto.service if s.name == "JobService"]
     methods = {m.name: (m.input_type, m.output_type) for m in service.method}
     assert set(methods) == {
-        "AddJob", "AddJobs", "GetJob", "FindJobs", "StopJob", "RemoveJob", "RetryJob", "WatchJobs",
-        "GetStatistics", "PurgeJobs",
+        "AddJob",
+        "AddJobs",
+        "GetJob",
+        "FindJobs",
+        "StopJob",
+        "RemoveJob",
+        "RetryJob",
+        "WatchJobs",
+        "GetStatistics",
+        "PurgeJobs",
     }
     assert methods["AddJob"] == (".jobmesh.v1.AddJobRequest", ".jobmesh.v1.AddJobResponse")
     assert file_proto.package == "jobmesh.v1"

@@ -33,6 +33,7 @@ from node.topics import validate_topic
 
 MAX_JOBS_PER_ADD = 10_000
 MAX_DEDUP_KEY_CHARS = 256
+MAX_JOB_SECONDS = 10 * 365 * 86400
 log = logging.getLogger(__name__)
 
 
@@ -187,8 +188,10 @@ class JobManager:
         if max_retries is not None and max_retries < -1:
             raise InvalidArgument(f"{field}.max_retries is {max_retries}; use -1 (forever) or more")
         for name, value in (("retry_delay_s", retry_delay_s), ("timeout_s", timeout_s)):
-            if value is not None and not 0 <= value <= 10 * 365 * 86400:
-                raise InvalidArgument(f"{field}.{name} is {value}; use a number of seconds >= 0")
+            if value is not None and not 0 <= value <= MAX_JOB_SECONDS:
+                raise InvalidArgument(
+                    f"{field}.{name} is {value}; use a number of seconds from 0 to {MAX_JOB_SECONDS} (10 years)"
+                )
         queue = self.queues.for_topic(topic)
         return NewJobRecord(
             id=job_id,
@@ -384,6 +387,8 @@ class JobManager:
     async def delete_queue(self, name: str) -> None:
         """Delete a queue config set over the API."""
         if name not in self._api_queues:
+            if self.queues.get(name) is None:
+                raise NotFound(f"no queue named {name!r} on this node; `jobmesh queues` lists them")
             raise FailedPrecondition(
                 f"queue {name!r} was not set over the API; only such queues can be deleted (file queues: edit the config)"
             )

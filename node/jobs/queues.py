@@ -6,6 +6,7 @@ A job's queue is the configured queue whose topic patterns match its topic, high
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -65,7 +66,10 @@ class QueueConfig:
             if "type" in values and not isinstance(values["type"], QueueType):
                 values["type"] = QueueType(str(values["type"]).lower())
             if "topics" in values:
-                values["topics"] = tuple(values["topics"])  # type: ignore[arg-type]
+                topics = values["topics"]
+                if isinstance(topics, str) or not all(isinstance(t, str) for t in topics):  # type: ignore[attr-defined]
+                    raise ValueError(f"topics must be a list of topic patterns, not {topics!r}")
+                values["topics"] = tuple(topics)  # type: ignore[arg-type]
             config = cls(**values)  # type: ignore[arg-type]
         except (TypeError, ValueError) as e:
             raise ConfigError(f"queue {values.get('name', '?')!r}: {e}") from e
@@ -74,9 +78,24 @@ class QueueConfig:
     def validated(self) -> QueueConfig:
         """This config with parsed patterns, or ConfigError."""
         where = f"queue {self.name!r}"
+        numbers = {
+            "max_parallel": self.max_parallel,
+            "retries": self.retries,
+            "retry_delay_s": self.retry_delay_s,
+            "retry_backoff": self.retry_backoff,
+            "retry_delay_max_s": self.retry_delay_max_s,
+            "timeout_s": self.timeout_s,
+            "ranking": self.ranking,
+        }
+        for key, value in numbers.items():
+            # inf or NaN would pass the range checks below and fail later, inside a commit.
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{where}: {key} must be a finite number, not {value!r}")
+            if key in ("retries", "ranking") and not float(value).is_integer():
+                raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}")
         checks = [
             (
-                bool(_NAME.fullmatch(self.name)),
+                isinstance(self.name, str) and bool(_NAME.fullmatch(self.name)),
                 f"{where}: names use letters, digits, '.', '_', '-' (max 100)",
             ),
             (self.max_parallel == -1 or self.max_parallel > 0, f"{where}: max_parallel must be > 0 or -1"),
@@ -97,7 +116,7 @@ class QueueConfig:
             patterns = tuple(TopicPattern.parse(t) for t in self.topics)
         except InvalidArgument as e:
             raise ConfigError(f"{where}: {e}") from e
-        return replace(self, patterns=patterns)
+        return replace(self, retries=int(self.retries), ranking=int(self.ranking), patterns=patterns)
 
     @property
     def parallelism(self) -> int:
@@ -113,9 +132,15 @@ class QueueConfig:
 
     def retry_delay_us(self, retry_count: int, override_s: float | None = None) -> int:
         """Delay before retry number `retry_count` (1 = first retry), with backoff and cap."""
-        base = self.retry_delay_s if override_s is None else override_s
-        delay = base * self.retry_backoff ** max(0, retry_count - 1)
-        return int(min(delay, max(base, self.retry_delay_max_s)) * 1e6)
+        base = self.retry_delay_s
+        if override_s is not None and math.isfinite(override_s) and override_s >= 0:
+            base = override_s  # a consumer's JobResult.failed(retry_delay_s=inf) must not wedge the job
+        cap = max(base, self.retry_delay_max_s)
+        try:
+            delay = base * float(self.retry_backoff) ** max(0, retry_count - 1)
+        except OverflowError:  # e.g. the 1100th retry of a queue that retries forever
+            delay = cap
+        return int(min(delay, cap) * 1e6)
 
 
 class QueueDirectory:

@@ -128,6 +128,7 @@ class QueueRunner:
         self._thread_results: _ThreadResults | None = None
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._stopping = False
         self._last_topic = ""
 
     @property
@@ -169,8 +170,12 @@ class QueueRunner:
 
     async def stop(self, grace_s: float) -> None:
         """Take no more jobs; let running ones finish for `grace_s`, then re-queue the rest."""
+        # Not cancel(): a dispatcher cancelled while its claim commits would lose the claimed
+        # jobs (ACTIVE in the journal, run by nobody). It finishes the claim, starts what it
+        # claimed (handled below like any running job) and then returns.
+        self._stopping = True
+        self.wake()
         if self._dispatcher is not None:
-            self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
         if self._running:
             log.info(
@@ -214,7 +219,7 @@ class QueueRunner:
         return jobs, None if due is None else max(0.0, (due - now_us()) / 1e6)
 
     async def _dispatch(self) -> None:
-        while True:
+        while not self._stopping:
             self._wakeup.clear()
             timeout: float | None = None
             free = self._free_slots()
@@ -227,7 +232,7 @@ class QueueRunner:
                     self._start(job)
                 if jobs and timeout == 0.0:
                     continue  # there may be more; claim again as soon as slots free up
-            if timeout == 0.0:
+            if timeout == 0.0 or self._stopping:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
@@ -242,7 +247,8 @@ class QueueRunner:
     async def _run(self, job: Job, context: JobContext) -> None:
         config = self.config
         try:
-            timeout_s = job.timeout_us / 1e6 if job.timeout_us else config.timeout_s
+            # A per-job timeout of 0 means none, even on a queue with a timeout.
+            timeout_s = job.timeout_us / 1e6 if job.timeout_us is not None else config.timeout_s
             if timeout_s:
                 try:
                     result = await asyncio.wait_for(self._execute(job, context), timeout_s)

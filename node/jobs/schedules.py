@@ -5,6 +5,7 @@ All times are UTC. A schedule with several rules fires at the earliest next occu
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -47,6 +48,8 @@ def validate_rule(rule: schedules_pb2.ScheduleRule, field: str) -> None:
         _check(body.day, 1, 31, "day", field)
     if kind == "yearly":
         _check(body.month, 1, 12, "month", field)
+        # 2024 is a leap year: February 29 exists, February 30 never does.
+        _check(body.day, 1, calendar.monthrange(2024, body.month)[1], f"day (of month {body.month})", field)
 
 
 def validate_rules(rules: Sequence[schedules_pb2.ScheduleRule]) -> None:

@@ -19,7 +19,9 @@ class EventBatch:
 
     events: list[JobEvent]
     last_seq: int
+    """Every event up to this seq that matches the filter is in this batch or an earlier one."""
     head_seq: int
+    """The newest committed event when the batch was read (may be beyond `last_seq`)."""
     gap_until_seq: int = 0
 
 
@@ -50,22 +52,31 @@ class EventStore:
         """History after `after_seq` (-1: from now), then live events, in batches; ends when closed.
 
         The journal is the source of truth: each batch is read from it after a commit
-        notification, so nothing is missed or repeated however slowly the consumer reads.
+        notification, so nothing is missed or repeated however slowly the consumer reads,
+        as long as retention keeps the events: a batch whose predecessors were purged before
+        this stream read them says so in `gap_until_seq`.
         """
         journal = self.journal
         last = journal.head_seq if after_seq < 0 else after_seq
         gap = 0
-        if after_seq >= 0:
+        if 0 <= after_seq < journal.head_seq:
+            # Events after `after_seq` existed; if the oldest retained one is later, some were
+            # purged (when none is retained, oldest is head + 1: all of them were).
             oldest = await self.oldest_seq()
-            if oldest > after_seq + 1 and oldest <= journal.head_seq:
+            if oldest > after_seq + 1:
                 gap = oldest
+                last = oldest - 1  # the stream resumes from the retained events
         first = True
         while not journal.closed:
             events = await self.read_after(last)
             if events:
+                if events[0].seq > last + 1:
+                    # Seqs have no holes but those retention makes: a reader this far behind
+                    # lost the events in between, and must be told.
+                    gap = events[0].seq
                 last = events[-1].seq
                 matching = [e for e in events if event_filter.matches(e)]
-                if matching or first:
+                if matching or first or gap:
                     yield EventBatch(matching, last, journal.head_seq, gap)
                     first, gap = False, 0
                 if len(events) == READ_BATCH:

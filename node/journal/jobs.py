@@ -515,12 +515,13 @@ class JobStore:
         def update(conn: sqlite3.Connection) -> tuple[int, int, int]:
             message = "the node stopped while the job was running"
             counts = []
-            for sql, state, kind, text in (
+            for sql, state, kind, outcome, text in (
                 (
                     "UPDATE jobs SET state = 4, finished_us = ?, result_message = ? "
                     "WHERE state = 2 AND target = ? AND stop_requested = 1",
                     JobState.STOPPED,
                     EventType.STOPPED,
+                    "cancelled",
                     message,
                 ),
                 (
@@ -528,6 +529,7 @@ class JobStore:
                     "WHERE state = 2 AND target = ? AND max_retries >= 0 AND retry_count + 1 > max_retries",
                     JobState.GIVEN_UP,
                     EventType.CANCELLED,
+                    "cancelled",
                     message + "; no retries left",
                 ),
                 (
@@ -535,6 +537,7 @@ class JobStore:
                     "WHERE state = 2 AND target = ?",
                     JobState.QUEUED,
                     EventType.FAILED,
+                    "failed",
                     message,
                 ),
             ):
@@ -543,6 +546,8 @@ class JobStore:
                 ).fetchall()
                 for job_id, topic, queue, retries in rows:
                     recorder.event(kind, now_us, job_id, topic, queue, state, retries, text, target=target)
+                    # Counted like the failure its retry count records; its duration is unknown.
+                    recorder.ended(queue, topic, outcome, None, now_us)
                 counts.append(len(rows))
             stopped, given_up, requeued = counts
             return requeued, stopped, given_up

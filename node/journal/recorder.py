@@ -106,13 +106,18 @@ class Recorder:
             delta.waiting_count += 1
             delta.last_activated_us = now_us
 
-    def ended(self, queue: str, topic: str, outcome: str, processing_us: int, now_us: int) -> None:
-        """Statistics of an attempt that ended: outcome is finished, failed or cancelled."""
+    def ended(self, queue: str, topic: str, outcome: str, processing_us: int | None, now_us: int) -> None:
+        """Statistics of an attempt that ended: outcome is finished, failed or cancelled.
+
+        `processing_us` None: the attempt's duration is unknown (a crash cut it short) and
+        stays out of the average processing time.
+        """
         for key in ((SCOPE_GLOBAL, ""), (SCOPE_QUEUE, queue), (SCOPE_TOPIC, topic)):
             delta = self._delta(*key)
             setattr(delta, outcome, getattr(delta, outcome) + 1)
-            delta.processing_us += max(0, processing_us)
-            delta.processing_count += 1
+            if processing_us is not None:
+                delta.processing_us += max(0, processing_us)
+                delta.processing_count += 1
             delta.last_finished_us = now_us
 
     # --- transaction hooks (called by the writer) ----------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,10 +10,11 @@ from typing import Any
 
 from jobmesh.v1 import schedules_pb2
 
-from node.errors import InvalidArgument, NotFound
+from node.errors import InvalidArgument, JobmeshError, NotFound
 from node.journal.jobs import JobStore, NewJobRecord
 from node.journal.journal import Journal
 
+log = logging.getLogger(__name__)
 _COLUMNS = "id, name, job, rules, suspended, next_us, last_us, fired_count, last_job_id, created_us"
 
 
@@ -149,26 +151,60 @@ class ScheduleStore:
 
         Both happen in one transaction, so a crash either fires an occurrence completely or
         not at all; an occurrence missed during downtime fires once (the next one is computed
-        from now). Returns the added job ids.
+        from now). `make_job` and `next_after` run here, on the event loop (they use the job
+        manager's queues and consumers); the transaction fires a schedule only if it is still
+        due as read (not suspended, removed or fired meanwhile). Returns the added job ids.
         """
-        jobs = self._jobs
-
-        def fire(conn: sqlite3.Connection) -> list[str]:
-            due = [
+        due = await self.journal.read(
+            lambda c: [
                 _row(r)
-                for r in conn.execute(
+                for r in c.execute(
                     f"SELECT {_COLUMNS} FROM schedules WHERE suspended = 0 AND next_us IS NOT NULL AND next_us <= ?",
                     (now_us,),
                 )
             ]
+        )
+        if not due:
+            return []
+        prepared: list[tuple[StoredSchedule, int | None, NewJobRecord | None]] = []
+        for schedule in due:
+            try:
+                next_us = next_after(schedule.rules, now_us)
+            except JobmeshError as e:  # e.g. a cron expression with no match in the next years
+                log.warning("schedule %s (%s) has no next occurrence: %s", schedule.id, schedule.name, e)
+                next_us = None
+            try:
+                record: NewJobRecord | None = make_job(schedule)
+            except JobmeshError as e:
+                # Its job no longer passes validation (e.g. the payload limit was lowered):
+                # skip this occurrence rather than block every other schedule.
+                log.warning(
+                    "schedule %s (%s): occurrence skipped, its job is invalid now: %s",
+                    schedule.id,
+                    schedule.name,
+                    e,
+                )
+                record = None
+            prepared.append((schedule, next_us, record))
+        jobs = self._jobs
+
+        def fire(conn: sqlite3.Connection) -> list[str]:
             added = []
-            for schedule in due:
-                record = make_job(schedule)
+            for schedule, next_us, record in prepared:
+                still_due = conn.execute(
+                    "SELECT 1 FROM schedules WHERE id = ? AND suspended = 0 AND next_us = ?",
+                    (schedule.id, schedule.next_us),
+                ).fetchone()
+                if still_due is None:
+                    continue
+                if record is None:
+                    conn.execute("UPDATE schedules SET next_us = ? WHERE id = ?", (next_us, schedule.id))
+                    continue
                 jobs.insert(conn, [record])
                 conn.execute(
                     "UPDATE schedules SET next_us = ?, last_us = ?, fired_count = fired_count + 1, last_job_id = ? "
                     "WHERE id = ?",
-                    (next_after(schedule.rules, now_us), now_us, record.id, schedule.id),
+                    (next_us, now_us, record.id, schedule.id),
                 )
                 added.append(record.id)
             return added

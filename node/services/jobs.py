@@ -10,7 +10,7 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 from node.errors import InvalidArgument, JobmeshError, Unavailable
 from node.jobs.events import EventFilter, EventType
 from node.jobs.manager import JobManager
-from node.jobs.model import HISTORY_STATES, JobState
+from node.jobs.model import HISTORY_STATES, Job, JobState
 from node.journal.jobs import JobQuery, decode_page_token
 from node.services.status import rpc, status_for
 from node.templates import Template
@@ -80,6 +80,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, manager: JobManager) -> None:
         self._manager = manager
 
+    def _job_proto(self, job: Job) -> jobs_pb2.Job:
+        proto = job.to_proto()
+        if job.timeout_us is None:  # no per-job timeout: the queue's applies
+            queue = self._manager.queues.get(job.queue)
+            proto.timeout_s = queue.timeout_s if queue is not None else 0.0
+        return proto
+
     @rpc
     async def AddJob(
         self, request: jobs_pb2.AddJobRequest, context: grpc.aio.ServicerContext
@@ -88,7 +95,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             raise InvalidArgument("job is missing")
         (added,) = await self._manager.add_proto_jobs([request.job], field="job")
         job = await self._manager.get_job(added.id)
-        return jobs_pb2.AddJobResponse(job=job.to_proto(), deduplicated=added.deduplicated)
+        return jobs_pb2.AddJobResponse(job=self._job_proto(job), deduplicated=added.deduplicated)
 
     @rpc
     async def AddJobs(
@@ -108,7 +115,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             include_payloads=request.include_payloads,
             include_log=request.include_log,
         )
-        return jobs_pb2.GetJobResponse(job=job.to_proto())
+        return jobs_pb2.GetJobResponse(job=self._job_proto(job))
 
     @rpc
     async def FindJobs(
@@ -116,7 +123,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.FindJobsResponse:
         page = await self._manager.find_jobs(query_from_proto(request))
         return jobs_pb2.FindJobsResponse(
-            jobs=[job.to_proto() for job in page.jobs],
+            jobs=[self._job_proto(job) for job in page.jobs],
             next_page_token=page.next_page_token,
             total_count=page.total_count,
         )
@@ -126,7 +133,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.StopJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.StopJobResponse:
         job = await self._manager.stop_job(_require_id(request.job_id))
-        return jobs_pb2.StopJobResponse(job=job.to_proto())
+        return jobs_pb2.StopJobResponse(job=self._job_proto(job))
 
     @rpc
     async def RemoveJob(
@@ -135,14 +142,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         job = await self._manager.remove_job(_require_id(request.job_id))
         if job is None:
             return jobs_pb2.RemoveJobResponse(deleted=True)
-        return jobs_pb2.RemoveJobResponse(deleted=False, job=job.to_proto())
+        return jobs_pb2.RemoveJobResponse(deleted=False, job=self._job_proto(job))
 
     @rpc
     async def RetryJob(
         self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.RetryJobResponse:
         job = await self._manager.retry_job(_require_id(request.job_id))
-        return jobs_pb2.RetryJobResponse(job=job.to_proto())
+        return jobs_pb2.RetryJobResponse(job=self._job_proto(job))
 
     async def WatchJobs(
         self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
@@ -160,7 +167,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 yield jobs_pb2.WatchJobsResponse(
                     events=[e.to_proto() for e in batch.events],
                     gap_until_seq=batch.gap_until_seq,
-                    head_seq=batch.head_seq,
+                    # Where this stream has read up to, not the journal's head: a client
+                    # resuming from a later seq would skip matching events not yet sent.
+                    head_seq=batch.last_seq,
                 )
         except Unavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))

@@ -66,6 +66,12 @@ def config_from_proto(proto: queues_pb2.QueueConfig) -> QueueConfig:
         raise InvalidArgument(str(e)) from e
 
 
+def _require_name(name: str) -> str:
+    if not name:
+        raise InvalidArgument("name is empty; pass a queue name (ListQueues lists them)")
+    return name
+
+
 def info_to_proto(info: QueueInfo) -> queues_pb2.QueueInfo:
     """The proto form of a queue's state."""
     return queues_pb2.QueueInfo(
@@ -105,23 +111,25 @@ class QueueServicer(queues_pb2_grpc.QueueServiceServicer):
     async def DeleteQueue(
         self, request: queues_pb2.DeleteQueueRequest, context: grpc.aio.ServicerContext
     ) -> queues_pb2.DeleteQueueResponse:
-        await self._manager.delete_queue(request.name)
+        await self._manager.delete_queue(_require_name(request.name))
         return queues_pb2.DeleteQueueResponse()
 
     @rpc
     async def SuspendQueue(
         self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
     ) -> queues_pb2.QueueInfo:
-        return info_to_proto(await self._manager.suspend_queue(request.name, True))
+        return info_to_proto(await self._manager.suspend_queue(_require_name(request.name), True))
 
     @rpc
     async def ResumeQueue(
         self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
     ) -> queues_pb2.QueueInfo:
-        return info_to_proto(await self._manager.suspend_queue(request.name, False))
+        return info_to_proto(await self._manager.suspend_queue(_require_name(request.name), False))
 
     @rpc
     async def ClearQueue(
         self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
     ) -> queues_pb2.ClearQueueResponse:
-        return queues_pb2.ClearQueueResponse(dropped=await self._manager.clear_queue(request.name))
+        return queues_pb2.ClearQueueResponse(
+            dropped=await self._manager.clear_queue(_require_name(request.name))
+        )

@@ -1172,13 +1172,17 @@ class WatchJobsResponse(_message.Message):
     GAP_UNTIL_SEQ_FIELD_NUMBER: _builtins.int
     HEAD_SEQ_FIELD_NUMBER: _builtins.int
     gap_until_seq: _builtins.int
-    """Set on the first message when events after the requested `after_seq` were
-    already purged by retention: the oldest sequence number still available.
-    Events between the two are lost to this client.
+    """Set when events this stream was to send were purged by retention before
+    it read them (on the first message when they were gone before the call;
+    later when a slow reader fell behind): the sequence number of the oldest
+    event still available. Events before it are lost to this client.
     """
     head_seq: _builtins.int
-    """The newest sequence number committed when this message was sent (lets an
-    idle watcher with filters advance its resume point).
+    """The sequence number this stream has read up to: every event up to it
+    that matches the filters has been sent, in this message or an earlier
+    one. Resuming with `after_seq` = `head_seq` misses nothing and repeats
+    nothing (the first message of a stream carries it even when no event
+    matches, e.g. the current head for `after_seq` -1).
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
