@@ -71,6 +71,8 @@ class Job:
     payload: bytes | None = field(default=None, repr=False)
     output_payload: bytes | None = field(default=None, repr=False)
     log: tuple[LogLine, ...] | None = field(default=None, repr=False)
+    seq: int = field(default=0, repr=False, compare=False)
+    """The journal's internal row number (0 when unknown); not part of the public API."""
 
     @property
     def properties(self) -> Properties:

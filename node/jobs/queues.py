@@ -17,6 +17,7 @@ from node.errors import ConfigError, InvalidArgument
 from node.topics import TopicPattern
 
 MAIN_QUEUE = "main"
+_CORES = os.cpu_count() or 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -123,7 +124,7 @@ class QueueConfig:
         """How many jobs run at once on this machine (1 for ordered queues)."""
         if self.type is QueueType.ORDERED:
             return 1
-        cores = os.cpu_count() or 1
+        cores = _CORES
         if self.max_parallel == -1:
             return cores
         if self.max_parallel < 1:

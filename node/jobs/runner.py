@@ -125,6 +125,7 @@ class QueueRunner:
         self._make_context = make_context
         self.suspended = suspended
         self._running: dict[str, _Running] = {}
+        self._report_batch: tuple[list[AttemptReport], asyncio.Future[list[bool]]] | None = None
         self._thread_results: _ThreadResults | None = None
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -269,15 +270,43 @@ class QueueRunner:
                 config,
                 result.retry_delay_s,
                 result.output,
+                job.seq,
             )
             with contextlib.suppress(Unavailable):  # shutting down: stop() re-queues the job
-                await self._store.end_attempts([report], now_us())
+                await asyncio.shield(self._report(report))  # shared by every report of the batch
         finally:
             # A job removed and retried while this attempt still ran has a newer attempt here.
             current = self._running.get(job.id)
             if current is not None and current.context is context:
                 del self._running[job.id]
             self._wakeup.set()
+
+    def _report(self, report: AttemptReport) -> asyncio.Future[list[bool]]:
+        """Queue a result; all results reported in one pass of the loop commit as one operation."""
+        if self._report_batch is None:
+            loop = asyncio.get_running_loop()
+            self._report_batch = ([], loop.create_future())
+            loop.call_soon(self._flush_reports)
+        self._report_batch[0].append(report)
+        return self._report_batch[1]
+
+    def _flush_reports(self) -> None:
+        assert self._report_batch is not None
+        reports, done = self._report_batch
+        self._report_batch = None
+        task = asyncio.ensure_future(self._store.end_attempts(reports, now_us()))
+
+        def settle(task: asyncio.Future[list[bool]]) -> None:
+            if done.cancelled():
+                return
+            if task.cancelled():
+                done.cancel()
+            elif task.exception() is not None:
+                done.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                done.set_result(task.result())
+
+        task.add_done_callback(settle)
 
     async def _execute(self, job: Job, context: JobContext) -> JobResult:
         consumer = self._consumers.find(job.topic)

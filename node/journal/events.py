@@ -92,8 +92,12 @@ class EventStore:
         def delete(conn: sqlite3.Connection) -> int:
             deleted = 0
             if max_age_before_us is not None:
+                # Events are appended in time order: the first one young enough bounds the purge,
+                # found by scanning from the oldest (no time index to maintain on every insert).
                 deleted += conn.execute(
-                    "DELETE FROM job_events WHERE time_us < ?", (max_age_before_us,)
+                    "DELETE FROM job_events WHERE seq < coalesce((SELECT seq FROM job_events WHERE time_us >= ? "
+                    "ORDER BY seq LIMIT 1), (SELECT max(seq) + 1 FROM job_events))",
+                    (max_age_before_us,),
                 ).rowcount
             if max_count > 0:
                 deleted += conn.execute(

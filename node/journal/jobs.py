@@ -68,6 +68,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         progress_done=row[23],
         eta_us=row[24],
         log_count=row[25],
+        seq=row[0],
     )
 
 
@@ -130,6 +131,8 @@ class AttemptReport:
     queue: QueueConfig
     retry_delay_s: float | None = None
     output: bytes | None = None
+    seq: int = 0
+    """The job's row (from the claim); 0: look it up by id."""
 
 
 def encode_page_token(seq: int) -> str:
@@ -332,6 +335,10 @@ class JobStore:
         ).fetchall()
         order = {seq: index for index, seq in enumerate(seqs)}
         rows.sort(key=lambda r: order[r[0]])
+        return self._started(rows, target, now_us)
+
+    def _started(self, rows: list[Any], target: str, now_us: int) -> list[Job]:
+        """Jobs from rows just moved to ACTIVE, with their STARTED events and statistics."""
         jobs = [row_to_job(r) for r in rows]
         recorder = self._recorder
         for job in jobs:
@@ -352,15 +359,14 @@ class JobStore:
         """Start up to `limit` due QUEUED jobs of `queue` assigned to `target`, earliest due first."""
 
         def update(conn: sqlite3.Connection) -> list[Job]:
-            seqs = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT seq FROM jobs WHERE state = 1 AND target = ? AND queue = ? AND due_us <= ? "
-                    "ORDER BY due_us, seq LIMIT ?",
-                    (target, queue, now_us, limit),
-                )
-            ]
-            return self._start_rows(conn, seqs, target, now_us)
+            rows = conn.execute(
+                f"UPDATE jobs SET state = 2, attempt = attempt + 1, started_us = ?, progress_total = NULL, "
+                f"progress_done = NULL, eta_us = NULL WHERE seq IN (SELECT seq FROM jobs WHERE state = 1 "
+                f"AND target = ? AND queue = ? AND due_us <= ? ORDER BY due_us, seq LIMIT ?) RETURNING {COLUMNS}",
+                (now_us, target, queue, now_us, limit),
+            ).fetchall()
+            rows.sort(key=lambda r: (r[12], r[0]))  # RETURNING has no order: due, then seq
+            return self._started(rows, target, now_us)
 
         return await self.journal.write(update)
 
@@ -412,69 +418,75 @@ class JobStore:
         )
         return None if row is None or row[0] is None else int(row[0])
 
-    async def end_attempts(self, reports: Sequence[AttemptReport], now_us: int) -> list[Job | None]:
-        """Apply consumer results; a report for an attempt that is no longer current gives None."""
+    async def end_attempts(self, reports: Sequence[AttemptReport], now_us: int) -> list[bool]:
+        """Apply consumer results in one operation; False for a report whose attempt is stale."""
 
-        def apply(conn: sqlite3.Connection) -> list[Job | None]:
+        def apply(conn: sqlite3.Connection) -> list[bool]:
             return [self._end_attempt(conn, report, now_us) for report in reports]
 
         return await self.journal.write(apply)
 
-    def _end_attempt(self, conn: sqlite3.Connection, report: AttemptReport, now_us: int) -> Job | None:
-        row = conn.execute(
-            "SELECT seq, retry_count, max_retries, stop_requested, retry_delay_us, started_us FROM jobs "
-            "WHERE id = ? AND state = 2 AND attempt = ?",
-            (report.job_id, report.attempt),
-        ).fetchone()
-        if row is None:  # stopped, removed or re-queued meanwhile: this attempt is stale
-            return None
-        seq, retry_count, max_retries, stop_requested, job_delay_us, started_us = row
-        transition = after_attempt(
-            report.outcome,
-            retry_count=retry_count,
-            max_retries=max_retries,
-            stop_requested=bool(stop_requested),
-        )
-        state = transition.state
-        if state is JobState.QUEUED:
-            override_s = report.retry_delay_s
-            if override_s is None and job_delay_us is not None:
-                override_s = job_delay_us / 1e6
-            delay_us = report.queue.retry_delay_us(transition.retry_count, override_s)
-            updated = conn.execute(
-                f"UPDATE jobs SET state = 1, retry_count = ?, due_us = ?, result_message = ? "
-                f"WHERE seq = ? RETURNING {COLUMNS}",
-                (transition.retry_count, now_us + delay_us, report.message, seq),
+    def _end_attempt(self, conn: sqlite3.Connection, report: AttemptReport, now_us: int) -> bool:
+        output_size = len(report.output) if report.output else 0
+        if report.outcome is Outcome.SUCCEEDED:
+            # The common case in one statement: success does not depend on retries or stop requests.
+            row = conn.execute(
+                "UPDATE jobs SET state = 3, finished_us = ?, result_message = ?, output_size = ? WHERE "
+                + ("seq = ?" if report.seq else "id = ?")
+                + " AND state = 2 AND attempt = ? RETURNING seq, topic, queue, retry_count, target, started_us",
+                (now_us, report.message, output_size, report.seq or report.job_id, report.attempt),
             ).fetchone()
+            if row is None:  # stopped, removed or re-queued meanwhile: this attempt is stale
+                return False
+            seq, topic, queue, retry_count, target, started_us = row
+            state = JobState.SUCCEEDED
         else:
-            output_size = len(report.output) if report.output else 0
-            updated = conn.execute(
-                f"UPDATE jobs SET state = ?, retry_count = ?, finished_us = ?, result_message = ?, output_size = ? "
-                f"WHERE seq = ? RETURNING {COLUMNS}",
-                (int(state), transition.retry_count, now_us, report.message, output_size, seq),
+            current = conn.execute(
+                "SELECT seq, retry_count, max_retries, stop_requested, retry_delay_us, started_us, topic, queue, target "
+                "FROM jobs WHERE id = ? AND state = 2 AND attempt = ?",
+                (report.job_id, report.attempt),
             ).fetchone()
-            if report.output:
+            if current is None:
+                return False
+            seq, retry_count, max_retries, stop_requested, job_delay_us, started_us, topic, queue, target = (
+                current
+            )
+            transition = after_attempt(
+                report.outcome,
+                retry_count=retry_count,
+                max_retries=max_retries,
+                stop_requested=bool(stop_requested),
+            )
+            state, retry_count = transition.state, transition.retry_count
+            if state is JobState.QUEUED:
+                override_s = report.retry_delay_s
+                if override_s is None and job_delay_us is not None:
+                    override_s = job_delay_us / 1e6
+                delay_us = report.queue.retry_delay_us(retry_count, override_s)
                 conn.execute(
-                    "INSERT OR REPLACE INTO payloads (job_seq, kind, data) VALUES (?, ?, ?)",
-                    (seq, PAYLOAD_OUTPUT, report.output),
+                    "UPDATE jobs SET state = 1, retry_count = ?, due_us = ?, result_message = ? WHERE seq = ?",
+                    (retry_count, now_us + delay_us, report.message, seq),
                 )
-        job = row_to_job(updated)
+            else:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, retry_count = ?, finished_us = ?, result_message = ?, output_size = ? "
+                    "WHERE seq = ?",
+                    (int(state), retry_count, now_us, report.message, output_size, seq),
+                )
+        if report.output and state is not JobState.QUEUED:
+            conn.execute(
+                "INSERT OR REPLACE INTO payloads (job_seq, kind, data) VALUES (?, ?, ?)",
+                (seq, PAYLOAD_OUTPUT, report.output),
+            )
         kind, outcome = _EVENT_FOR_END[state]
-        self._recorder.event(
-            kind,
-            now_us,
-            job.id,
-            job.topic,
-            job.queue,
-            state,
-            job.retry_count,
-            report.message,
-            target=job.target_instance,
+        recorder = self._recorder
+        recorder.event(
+            kind, now_us, report.job_id, topic, queue, state, retry_count, report.message, target=target
         )
-        self._recorder.ended(job.queue, job.topic, outcome, now_us - (started_us or now_us), now_us)
+        recorder.ended(queue, topic, outcome, now_us - (started_us or now_us), now_us)
         if state is JobState.SUCCEEDED and not report.queue.keep_jobs:
             _delete_jobs(conn, [seq])
-        return job
+        return True
 
     async def requeue_active(self, job_ids: Sequence[tuple[str, int]], now_us: int) -> int:
         """Put ACTIVE attempts back to QUEUED, retry count unchanged (graceful shutdown)."""
@@ -807,7 +819,7 @@ class JobStore:
     async def purge(
         self, states: Sequence[JobState], finished_before_us: int | None, keep_newest: int, batch: int = 5000
     ) -> int:
-        """Delete finished jobs in `states` that finished before the cutoff, keeping the newest ones."""
+        """Delete finished jobs in `states` that finished before the cutoff, keeping the newest (by creation)."""
         if any(not s.is_finished for s in states):
             raise InvalidArgument(
                 "only history states (SUCCEEDED, STOPPED, GIVEN_UP, ERROR, DROPPED) can be purged"
@@ -815,16 +827,19 @@ class JobStore:
         state_list = ", ".join(str(int(s)) for s in states)
         age = "AND finished_us < ?" if finished_before_us is not None else ""
         params: list[Any] = [finished_before_us] if finished_before_us is not None else []
+        # "Newest" is by creation (seq), which the (state, seq) index walks backwards; the
+        # oldest rows come first when only age counts, so each batch stops early.
+        if keep_newest:
+            select = (
+                f"SELECT seq FROM jobs WHERE state IN ({state_list}) {age} ORDER BY seq DESC LIMIT ? OFFSET ?"
+            )
+            select_params = [*params, batch, keep_newest]
+        else:
+            select = f"SELECT seq FROM jobs WHERE state IN ({state_list}) {age} LIMIT ?"
+            select_params = [*params, batch]
 
         def delete(conn: sqlite3.Connection) -> int:
-            seqs = [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT seq FROM jobs WHERE state IN ({state_list}) {age} "
-                    f"ORDER BY finished_us DESC, seq DESC LIMIT ? OFFSET ?",
-                    [*params, batch, keep_newest],
-                )
-            ]
+            seqs = [r[0] for r in conn.execute(select, select_params)]
             _delete_jobs(conn, seqs)
             return len(seqs)
 

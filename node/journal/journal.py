@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from node.errors import Unavailable
 from node.jobs.events import JobEvent
 from node.journal.connection import Durability, open_connection
-from node.journal.recorder import Recorder
+from node.journal.recorder import Recorder, row_to_event
 from node.journal.schema import migrate
 from node.journal.writer import JournalWriter
 
@@ -129,10 +129,13 @@ class Journal:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def _publish(self, events: list[JobEvent]) -> None:
-        self.head_seq = events[-1].seq
+    def _publish(self, rows: list[tuple[Any, ...]]) -> None:
+        self.head_seq = rows[-1][0]
         self._events_committed.set()
         self._events_committed = asyncio.Event()
+        if not self._listeners:
+            return  # events become objects only when someone listens
+        events = [row_to_event(row) for row in rows]
         for listener in list(self._listeners):
             try:
                 listener(events)

@@ -59,10 +59,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN eta_us INTEGER;
     ALTER TABLE jobs ADD COLUMN log_count INTEGER NOT NULL DEFAULT 0;
     CREATE UNIQUE INDEX jobs_dedup ON jobs (dedup_key) WHERE dedup_key IS NOT NULL;
-    -- Ordered queues pick strictly by seq; purge goes by age per state.
+    -- Ordered queues pick strictly by seq.
     CREATE INDEX jobs_ready_seq ON jobs (target, queue, seq) WHERE state = 1;
-    CREATE INDEX jobs_finished ON jobs (state, finished_us) WHERE finished_us IS NOT NULL;
-    CREATE INDEX jobs_queue ON jobs (queue, state);
     CREATE TABLE job_log (
         job_seq INTEGER NOT NULL,
         line INTEGER NOT NULL,
@@ -85,7 +83,6 @@ MIGRATIONS: tuple[str, ...] = (
         eta_us INTEGER,
         target TEXT
     );
-    CREATE INDEX job_events_time ON job_events (time_us);
     CREATE TABLE job_stats (
         scope INTEGER NOT NULL,                  -- 0 global, 1 queue, 2 topic
         name TEXT NOT NULL,
