@@ -132,6 +132,7 @@ def test_set_queue_moves_queued_jobs_to_it_and_delete_queue_moves_them_back(node
     expected = Q.QueueConfig()
     expected.CopyFrom(config)
     expected.retry_backoff, expected.retry_delay_max_s = 1.0, 3600.0  # the defaults of unset fields
+    expected.timeout_s = 0.0
     assert info.config == expected
     for job_id in waiting:
         assert wait_for_state(node.stub, job_id, S.JOB_STATE_SUCCEEDED).queue == "movers"
@@ -270,3 +271,23 @@ def test_queue_rpcs_refuse_bad_input_and_the_node_keeps_serving(nodes: NodeFacto
 
     assert [info.config.name for info in q.ListQueues(Q.ListQueuesRequest()).queues] == ["main", "file-q"]
     control_job_done(node)
+
+
+def test_set_queue_with_only_a_name_and_topics_gets_the_file_defaults(nodes: NodeFactory) -> None:
+    # Unset optional fields must not mean 0/false (which would, e.g., delete succeeded jobs)
+    node = nodes.start("defaults")
+    config = Q.QueueConfig(name="minimal", topics=["minimal/**"])
+    info = node.queues.SetQueue(Q.SetQueueRequest(config=config)).queue
+    c = info.config
+    assert (c.max_parallel, c.retries, c.retry_delay_s, c.retry_backoff, c.retry_delay_max_s) == (
+        15,
+        10,
+        2,
+        1,
+        3600,
+    )
+    assert (c.timeout_s, c.keep_jobs) == (0, True)
+    # And an explicit zero is kept: no retries, no delay
+    config = Q.QueueConfig(name="zeros", topics=["zeros/**"], retries=0, retry_delay_s=0.0)
+    c = node.queues.SetQueue(Q.SetQueueRequest(config=config)).queue.config
+    assert (c.retries, c.retry_delay_s) == (0, 0)

@@ -44,24 +44,31 @@ def config_to_proto(config: QueueConfig) -> queues_pb2.QueueConfig:
 
 
 def config_from_proto(proto: queues_pb2.QueueConfig) -> QueueConfig:
-    """A validated queue config from its proto (InvalidArgument on bad values)."""
+    """A validated queue config from its proto (InvalidArgument on bad values); unset fields get defaults."""
     if proto.type not in _TYPE_FROM_PROTO:
         raise InvalidArgument(f"config.type {proto.type} is not a known QueueType")
+    if not proto.name:
+        raise InvalidArgument("config.name is empty; names use letters, digits, '.', '_' and '-'")
+    values: dict[str, object] = {
+        "name": proto.name,
+        "topics": tuple(proto.topics),
+        "type": _TYPE_FROM_PROTO[proto.type],
+        "prefer_run_on_creation_instance": proto.prefer_run_on_creation_instance,
+        "ranking": proto.ranking,
+    }
+    for field in (
+        "max_parallel",
+        "retries",
+        "retry_delay_s",
+        "retry_backoff",
+        "retry_delay_max_s",
+        "timeout_s",
+        "keep_jobs",
+    ):
+        if proto.HasField(field):
+            values[field] = getattr(proto, field)
     try:
-        return QueueConfig.create(
-            name=proto.name,
-            topics=tuple(proto.topics),
-            type=_TYPE_FROM_PROTO[proto.type],
-            max_parallel=proto.max_parallel or 15,
-            retries=proto.retries,
-            retry_delay_s=proto.retry_delay_s or 2.0,
-            retry_backoff=proto.retry_backoff or 1.0,
-            retry_delay_max_s=proto.retry_delay_max_s or 3600.0,
-            timeout_s=proto.timeout_s,
-            keep_jobs=proto.keep_jobs,
-            prefer_run_on_creation_instance=proto.prefer_run_on_creation_instance,
-            ranking=proto.ranking,
-        )
+        return QueueConfig.create(**values)
     except ConfigError as e:
         raise InvalidArgument(str(e)) from e
 

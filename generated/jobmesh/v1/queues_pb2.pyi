@@ -137,21 +137,48 @@ class QueueConfig(_message.Message):
         name: _builtins.str = ...,
         topics: _abc.Iterable[_builtins.str] | None = ...,
         type: Global___QueueType.ValueType = ...,
-        max_parallel: _builtins.float = ...,
-        retries: _builtins.int = ...,
-        retry_delay_s: _builtins.float = ...,
-        retry_backoff: _builtins.float = ...,
-        retry_delay_max_s: _builtins.float = ...,
-        timeout_s: _builtins.float = ...,
-        keep_jobs: _builtins.bool = ...,
+        max_parallel: _builtins.float | None = ...,
+        retries: _builtins.int | None = ...,
+        retry_delay_s: _builtins.float | None = ...,
+        retry_backoff: _builtins.float | None = ...,
+        retry_delay_max_s: _builtins.float | None = ...,
+        timeout_s: _builtins.float | None = ...,
+        keep_jobs: _builtins.bool | None = ...,
         prefer_run_on_creation_instance: _builtins.bool = ...,
         ranking: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "_retry_delay_max_s", b"_retry_delay_max_s", "_retry_delay_s", b"_retry_delay_s", "_timeout_s", b"_timeout_s", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay_max_s", b"retry_delay_max_s", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "name", b"name", "prefer_run_on_creation_instance", b"prefer_run_on_creation_instance", "ranking", b"ranking", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay_max_s", b"retry_delay_max_s", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s", "topics", b"topics", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "_retry_delay_max_s", b"_retry_delay_max_s", "_retry_delay_s", b"_retry_delay_s", "_timeout_s", b"_timeout_s", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "name", b"name", "prefer_run_on_creation_instance", b"prefer_run_on_creation_instance", "ranking", b"ranking", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay_max_s", b"retry_delay_max_s", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s", "topics", b"topics", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__keep_jobs: _TypeAlias = _typing.Literal["keep_jobs"]  # noqa: Y015
+    _WhichOneofArgType__keep_jobs: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs"]  # noqa: Y015
+    _WhichOneofReturnType__max_parallel: _TypeAlias = _typing.Literal["max_parallel"]  # noqa: Y015
+    _WhichOneofArgType__max_parallel: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel"]  # noqa: Y015
+    _WhichOneofReturnType__retries: _TypeAlias = _typing.Literal["retries"]  # noqa: Y015
+    _WhichOneofArgType__retries: _TypeAlias = _typing.Literal["_retries", b"_retries"]  # noqa: Y015
+    _WhichOneofReturnType__retry_backoff: _TypeAlias = _typing.Literal["retry_backoff"]  # noqa: Y015
+    _WhichOneofArgType__retry_backoff: _TypeAlias = _typing.Literal["_retry_backoff", b"_retry_backoff"]  # noqa: Y015
+    _WhichOneofReturnType__retry_delay_max_s: _TypeAlias = _typing.Literal["retry_delay_max_s"]  # noqa: Y015
+    _WhichOneofArgType__retry_delay_max_s: _TypeAlias = _typing.Literal["_retry_delay_max_s", b"_retry_delay_max_s"]  # noqa: Y015
+    _WhichOneofReturnType__retry_delay_s: _TypeAlias = _typing.Literal["retry_delay_s"]  # noqa: Y015
+    _WhichOneofArgType__retry_delay_s: _TypeAlias = _typing.Literal["_retry_delay_s", b"_retry_delay_s"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_s: _TypeAlias = _typing.Literal["timeout_s"]  # noqa: Y015
+    _WhichOneofArgType__timeout_s: _TypeAlias = _typing.Literal["_timeout_s", b"_timeout_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_jobs) -> _WhichOneofReturnType__keep_jobs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_parallel) -> _WhichOneofReturnType__max_parallel | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retries) -> _WhichOneofReturnType__retries | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_backoff) -> _WhichOneofReturnType__retry_backoff | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_delay_max_s) -> _WhichOneofReturnType__retry_delay_max_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_delay_s) -> _WhichOneofReturnType__retry_delay_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_s) -> _WhichOneofReturnType__timeout_s | None: ...
 
 Global___QueueConfig: _TypeAlias = QueueConfig  # noqa: Y015
 
@@ -249,10 +276,10 @@ class SetQueueRequest(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def config(self) -> Global___QueueConfig:
-        """The configuration to create or replace (matched by name). Unset numeric
-        fields take these defaults: max_parallel 15, retries 10 (use -1 for
-        forever; 0 is taken as 0 retries), retry_delay_s 2, retry_backoff 1,
-        retry_delay_max_s 3600.
+        """The configuration to create or replace (matched by name). Unset optional
+        fields take the defaults of a file queue: max_parallel 15, retries 10,
+        retry_delay_s 2, retry_backoff 1, retry_delay_max_s 3600, timeout_s 0
+        (none), keep_jobs true.
         """
 
     def __init__(
