@@ -256,7 +256,16 @@ class JobManager:
             timeout_s=timeout_s,
         )
         (added,) = await self._commit([record])
-        return await self.store.get_job(added.id)
+        # A new job is answered from its record, without a read back; a dedup hit is read.
+        return await self.store.get_job(added.id) if added.deduplicated else record.as_committed()
+
+    async def add_proto_job(self, new_job: jobs_pb2.NewJob, field: str = "job") -> tuple[Job, bool]:
+        """Validate and add one job from the wire; returns it as committed, and whether it existed."""
+        (record,) = self._records_from_proto([new_job], field)
+        (added,) = await self._commit([record])
+        if added.deduplicated:
+            return await self.store.get_job(added.id), True
+        return record.as_committed(), False
 
     async def add_proto_jobs(
         self, new_jobs: Sequence[jobs_pb2.NewJob], field: str = "jobs"
@@ -266,12 +275,15 @@ class JobManager:
             raise ResourceExhausted(
                 f"{len(new_jobs)} jobs in one call; send at most {MAX_JOBS_PER_ADD} per call"
             )
+        records = self._records_from_proto(new_jobs, field)
+        return await self._commit(records)
+
+    def _records_from_proto(self, new_jobs: Sequence[jobs_pb2.NewJob], field: str) -> list[NewJobRecord]:
         ids = self._ids.next_ids(len(new_jobs))
-        records = [
+        return [
             self._record_from_proto(new, f"{field}[{index}]" if field == "jobs" else field, job_id)
             for index, (job_id, new) in enumerate(zip(ids, new_jobs, strict=True))
         ]
-        return await self._commit(records)
 
     async def _commit(self, records: list[NewJobRecord]) -> list[AddedJob]:
         added = await self.store.add_jobs(records)

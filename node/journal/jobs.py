@@ -89,6 +89,32 @@ class NewJobRecord:
     retry_delay_us: int | None = None
     timeout_us: int | None = None
 
+    def as_committed(self) -> Job:
+        """The job exactly as `JobStore.add_jobs` inserts this record (QUEUED; no payload bytes)."""
+        return Job(
+            id=self.id,
+            topic=self.topic,
+            properties_json=self.properties_json,
+            state=JobState.QUEUED,
+            queue=self.queue,
+            origin_instance=self.origin,
+            target_instance=self.target,
+            retry_count=0,
+            max_retries=self.max_retries,
+            attempt=0,
+            created_us=self.created_us,
+            due_us=self.created_us,
+            started_us=None,
+            finished_us=None,
+            result_message="",
+            payload_size=len(self.payload) if self.payload else 0,
+            output_payload_size=0,
+            stop_requested=False,
+            dedup_key=self.dedup_key,
+            retry_delay_us=self.retry_delay_us,
+            timeout_us=self.timeout_us,
+        )
+
 
 @dataclass(frozen=True)
 class AddedJob:

@@ -93,9 +93,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.AddJobResponse:
         if not request.HasField("job"):
             raise InvalidArgument("job is missing")
-        (added,) = await self._manager.add_proto_jobs([request.job], field="job")
-        job = await self._manager.get_job(added.id)
-        return jobs_pb2.AddJobResponse(job=self._job_proto(job), deduplicated=added.deduplicated)
+        job, deduplicated = await self._manager.add_proto_job(request.job)
+        return jobs_pb2.AddJobResponse(job=self._job_proto(job), deduplicated=deduplicated)
 
     @rpc
     async def AddJobs(

@@ -1,0 +1,757 @@
+"""Jobmesh "Node foundation" benchmark: one real node process, driven over gRPC.
+
+Run it through the wrapper, which sets up .venv and enters a private network namespace
+(no benchmark may run in the machine's own one):
+
+    benchmarks/run                      # every scenario, 5 runs each (about 10 minutes)
+    benchmarks/run --quick              # small sizes, 2 runs: a smoke test (about 1 minute)
+    benchmarks/run --scenarios add,lifecycle --runs 3
+
+Each run of each scenario starts a fresh node (`python -m node run --test-preset` with its
+own data dir and `--consumer 'bench/**=benchmarks.consumers:...'`), waits for
+`<data-dir>/node.json`, drives it from this process with `grpc.aio`, and stops it with
+SIGTERM. Every loop is bounded (sizes and timeouts), so the script always ends.
+
+Scenarios (targets from the "Node foundation" issue; durable = acknowledged after commit):
+
+    add         AddJobs, batches of --batch jobs, --in-flight calls at once, topic with no
+                consumer (jobs stay QUEUED); durability normal (target >= 20,000 jobs/s)
+                and full (information).
+    lifecycle   add -> ACTIVE -> SUCCEEDED with a no-op consumer, sync (thread pool) and
+                async (event loop); time from the first AddJobs until FindJobs(SUCCEEDED,
+                topic).total_count reaches N (target >= 5,000 jobs/s).
+    single      AddJob one job per call, 32 calls in flight (information).
+    latency     enqueue-to-start latency at a steady --rate of single AddJob calls; the
+                consumer returns (its start time - job created time) as its result message,
+                read back with FindJobs. p50/p99 in ms (information).
+    memory      1,000,000 QUEUED jobs: node VmRSS before/after (target: growth <= ~100 MB),
+                and FindJobs latency on that journal.
+
+Results: a Markdown table on stdout and a JSON file in benchmarks/results/. The machine
+has few, shared cores: look at medians and min/max over runs, not single numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+
+from node.services import transport
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CONSUMERS = "benchmarks.consumers"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries the results)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the node process ------------------------------------------------------------------------
+
+
+@dataclass
+class ProcStats:
+    """Memory and CPU of a process, from /proc."""
+
+    rss_kib: int
+    hwm_kib: int
+    cpu_s: float
+
+
+def proc_stats(pid: int) -> ProcStats:
+    """VmRSS, VmHWM and user+system CPU seconds of `pid`."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    values = {}
+    for line in status.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+    return ProcStats(values["VmRSS"], values["VmHWM"], cpu)
+
+
+class NodeProcess:
+    """`python -m node run --test-preset` in a fresh data dir, reachable over gRPC."""
+
+    def __init__(
+        self, work: Path, consumer: str | None, durability: str = "normal", extra: Sequence[str] = ()
+    ):
+        self.data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=work))
+        args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
+        args += ["--durability", durability, "--log-level", "WARNING", *extra]
+        if consumer:
+            args += ["--consumer", f"bench/**={CONSUMERS}:{consumer}"]
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: jobs_pb2_grpc.JobServiceStub | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with open(self.data_dir / "node.log", "wb") as log_file:  # the child keeps its own descriptor
+            return subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+
+    def _terminate(self, timeout_s: float) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log(f"node {self.pid} ignored SIGTERM for {timeout_s}s; killing it")
+            self.proc.kill()
+            self.proc.wait()
+
+    async def start(self) -> jobs_pb2_grpc.JobServiceStub:
+        """Start the node, wait until it serves, and return a stub on a fresh channel."""
+        self.proc = self._spawn()
+        run_file = self.data_dir / "node.json"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not run_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node did not write {run_file} in {START_TIMEOUT_S}s: {self.log_tail()}")
+            await asyncio.sleep(0.05)
+        self.port = int(json.loads(run_file.read_text())["port"])
+        self.channel = transport.create_channel(f"127.0.0.1:{self.port}")
+        await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
+        self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
+        return self.stub
+
+    def log_tail(self) -> str:
+        try:
+            return (self.data_dir / "node.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def stats(self) -> ProcStats:
+        return proc_stats(self.pid)
+
+    def journal_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.data_dir.glob("journal.sqlite*"))
+
+    async def stop(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        if self.proc is not None:
+            await asyncio.to_thread(self._terminate, STOP_TIMEOUT_S)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+def new_job(topic: str, index: int) -> jobs_pb2.NewJob:
+    """A job with two small properties (an int that varies and a string), like a real client's."""
+    return jobs_pb2.NewJob(
+        topic=topic,
+        properties={
+            "n": jobs_pb2.PropertyValue(int_value=index),
+            "group": jobs_pb2.PropertyValue(string_value=f"g{index % 100}"),
+        },
+    )
+
+
+def add_requests(topic: str, batch: int, distinct: int = 16) -> list[jobs_pb2.AddJobsRequest]:
+    """A few distinct prebuilt AddJobs requests, cycled by the senders (client cost stays low)."""
+    return [
+        jobs_pb2.AddJobsRequest(jobs=[new_job(topic, r * batch + i) for i in range(batch)])
+        for r in range(distinct)
+    ]
+
+
+async def send_batches(
+    stub: jobs_pb2_grpc.JobServiceStub, requests: list[jobs_pb2.AddJobsRequest], calls: int, in_flight: int
+) -> None:
+    """`calls` AddJobs calls (cycling `requests`), `in_flight` at a time; raises on any error."""
+    next_call = 0
+
+    async def sender() -> None:
+        nonlocal next_call
+        while next_call < calls:
+            request = requests[next_call % len(requests)]
+            next_call += 1
+            await stub.AddJobs(request, timeout=120)
+
+    await asyncio.gather(*(sender() for _ in range(in_flight)))
+
+
+async def count(
+    stub: jobs_pb2_grpc.JobServiceStub, query_type: jobs_pb2.QueryType.ValueType, topic: str = ""
+) -> int:
+    response = await stub.FindJobs(
+        jobs_pb2.FindJobsRequest(type=query_type, topic=topic, limit=1), timeout=60
+    )
+    return int(response.total_count)
+
+
+def micros(ts: Any) -> int:
+    return int(ts.seconds) * 1_000_000 + int(ts.nanos) // 1000
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    work: Path
+    runs: int
+    memory_runs: int
+    add_jobs: int
+    batch: int
+    in_flight: int
+    lifecycle_jobs: int
+    single_calls: int
+    single_in_flight: int
+    latency_rate: float
+    latency_seconds: float
+    memory_jobs: int
+    query_repeats: int
+
+
+Metrics = dict[str, float]
+
+
+async def scenario_add(s: Settings, durability: str) -> Metrics:
+    node = NodeProcess(s.work, None, durability)
+    stub = await node.start()
+    try:
+        requests = add_requests("idle/add", s.batch)
+        await send_batches(stub, requests, 2, 2)  # warm-up (connections, threads); not counted
+        calls = max(1, s.add_jobs // s.batch)
+        cpu0 = node.stats().cpu_s
+        t0 = time.perf_counter()
+        await send_batches(stub, requests, calls, s.in_flight)
+        elapsed = time.perf_counter() - t0
+        cpu = node.stats().cpu_s - cpu0
+        queued = await count(stub, jobs_pb2.QUERY_TYPE_QUEUED)
+        expected = (calls + 2) * s.batch
+        if queued != expected:
+            raise RuntimeError(f"{queued} jobs QUEUED after adding {expected}")
+        jobs = calls * s.batch
+        return {"jobs_per_s": jobs / elapsed, "seconds": elapsed, "node_cpu_pct": 100 * cpu / elapsed}
+    finally:
+        await node.stop()
+
+
+async def scenario_lifecycle(s: Settings, consumer: str) -> Metrics:
+    node = NodeProcess(s.work, consumer)
+    stub = await node.start()
+    try:
+        topic = "bench/lifecycle"
+        await send_batches(stub, add_requests("bench/warmup", 100, 1), 1, 1)  # warm-up: 100 jobs
+        deadline = time.monotonic() + 30
+        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, "bench/warmup") < 100:
+            if time.monotonic() > deadline:
+                raise RuntimeError("warm-up jobs did not finish in 30s")
+            await asyncio.sleep(0.05)
+        requests = add_requests(topic, s.batch)
+        calls = max(1, s.lifecycle_jobs // s.batch)
+        total = calls * s.batch
+        timeout_s = max(60.0, total / 200)  # bounded even if the node is very slow
+        cpu0 = node.stats().cpu_s
+        t0 = time.perf_counter()
+        adding = asyncio.create_task(send_batches(stub, requests, calls, s.in_flight))
+        added_s = 0.0
+        done = 0
+        while True:
+            if adding.done() and not added_s:
+                adding.result()  # raise if adding failed
+                added_s = time.perf_counter() - t0
+            done = await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic)
+            if done >= total:
+                break
+            if time.perf_counter() - t0 > timeout_s:
+                adding.cancel()
+                raise RuntimeError(f"only {done} of {total} jobs SUCCEEDED after {timeout_s:.0f}s")
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        cpu = node.stats().cpu_s - cpu0
+        await adding
+        added_s = added_s or elapsed
+        failed = await count(stub, jobs_pb2.QUERY_TYPE_CANCELLED)
+        if failed:
+            raise RuntimeError(f"{failed} jobs did not succeed")
+        return {
+            "jobs_per_s": total / elapsed,
+            "seconds": elapsed,
+            "add_phase_jobs_per_s": total / added_s,
+            "node_cpu_pct": 100 * cpu / elapsed,
+        }
+    finally:
+        await node.stop()
+
+
+async def scenario_single(s: Settings) -> Metrics:
+    node = NodeProcess(s.work, None)
+    stub = await node.start()
+    try:
+        request = jobs_pb2.AddJobRequest(job=new_job("idle/single", 1))
+        for _ in range(50):  # warm-up
+            await stub.AddJob(request, timeout=30)
+        latencies: list[float] = []
+        next_call = 0
+
+        async def caller() -> None:
+            nonlocal next_call
+            while next_call < s.single_calls:
+                next_call += 1
+                t = time.perf_counter()
+                await stub.AddJob(request, timeout=60)
+                latencies.append(time.perf_counter() - t)
+
+        cpu0 = node.stats().cpu_s
+        t0 = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(s.single_in_flight)))
+        elapsed = time.perf_counter() - t0
+        cpu = node.stats().cpu_s - cpu0
+        return {
+            "calls_per_s": s.single_calls / elapsed,
+            "rpc_p50_ms": 1000 * percentile(latencies, 50),
+            "rpc_p99_ms": 1000 * percentile(latencies, 99),
+            "node_cpu_pct": 100 * cpu / elapsed,
+        }
+    finally:
+        await node.stop()
+
+
+async def scenario_latency(s: Settings, consumer: str) -> Metrics:
+    node = NodeProcess(s.work, consumer)
+    stub = await node.start()
+    try:
+        topic = "bench/latency"
+        warm = jobs_pb2.AddJobRequest(job=new_job("bench/warmup", 0))
+        for _ in range(20):
+            await stub.AddJob(warm, timeout=30)
+        total = int(s.latency_rate * s.latency_seconds)
+        requests = [jobs_pb2.AddJobRequest(job=new_job(topic, i)) for i in range(total)]
+        rpc_latencies: list[float] = []
+
+        async def add(request: jobs_pb2.AddJobRequest) -> None:
+            t = time.perf_counter()
+            await stub.AddJob(request, timeout=60)
+            rpc_latencies.append(time.perf_counter() - t)
+
+        tasks = []
+        t0 = time.perf_counter()
+        for i, request in enumerate(requests):  # open loop: a steady rate, whatever the node does
+            delay = t0 + i / s.latency_rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(add(request)))
+        await asyncio.gather(*tasks)
+        achieved_rate = total / (time.perf_counter() - t0)
+        deadline = time.monotonic() + 60
+        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError("latency jobs did not all succeed within 60s of the last add")
+            await asyncio.sleep(0.1)
+        start_latencies: list[float] = []  # consumer start - created (from the consumer)
+        claim_latencies: list[float] = []  # started_time - created_time (from the journal)
+        token = ""
+        for _ in range(total // 1000 + 2):
+            page = await stub.FindJobs(
+                jobs_pb2.FindJobsRequest(
+                    type=jobs_pb2.QUERY_TYPE_SUCCEEDED, topic=topic, limit=1000, page_token=token
+                ),
+                timeout=60,
+            )
+            for job in page.jobs:
+                start_latencies.append(int(job.result_message) / 1000)
+                claim_latencies.append((micros(job.started_time) - micros(job.created_time)) / 1000)
+            token = page.next_page_token
+            if not token:
+                break
+        if len(start_latencies) != total:
+            raise RuntimeError(f"read {len(start_latencies)} results, expected {total}")
+        return {
+            "start_p50_ms": percentile(start_latencies, 50),
+            "start_p99_ms": percentile(start_latencies, 99),
+            "start_max_ms": max(start_latencies),
+            "claim_p50_ms": percentile(claim_latencies, 50),
+            "claim_p99_ms": percentile(claim_latencies, 99),
+            "add_rpc_p50_ms": 1000 * percentile(rpc_latencies, 50),
+            "add_rpc_p99_ms": 1000 * percentile(rpc_latencies, 99),
+            "rate_per_s": achieved_rate,
+        }
+    finally:
+        await node.stop()
+
+
+async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float, Any]:
+    """Median milliseconds of `repeats` sequential calls, and the last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = await call()
+        times.append(1000 * (time.perf_counter() - t))
+    return statistics.median(times), result
+
+
+async def scenario_memory(s: Settings) -> Metrics:
+    node = NodeProcess(s.work, None)
+    stub = await node.start()
+    try:
+        topic = "idle/memory"
+        requests = add_requests(topic, s.batch, distinct=100)  # properties n, group (100 groups)
+        await send_batches(stub, requests, 1, 1)  # warm-up: one batch, then one query
+        await count(stub, jobs_pb2.QUERY_TYPE_QUEUED)
+        await asyncio.sleep(0.5)
+        before = node.stats()
+        calls = max(1, s.memory_jobs // s.batch) - 1
+        peak_rss = before.rss_kib
+        t0 = time.perf_counter()
+        adding = asyncio.create_task(send_batches(stub, requests, calls, s.in_flight))
+        while not adding.done():
+            peak_rss = max(peak_rss, node.stats().rss_kib)
+            await asyncio.wait([adding], timeout=0.5)
+        await adding
+        add_rate = (calls * s.batch) / (time.perf_counter() - t0)
+        total = (calls + 1) * s.batch
+        await asyncio.sleep(1.0)
+        after_add = node.stats()
+
+        queued_page = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_QUEUED, limit=100)
+        topic_page = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_QUEUED, topic=topic, limit=100)
+        condition = jobs_pb2.PropertyCondition(
+            name="group",
+            operator=jobs_pb2.COMPARISON_OPERATOR_EQUAL,
+            value=jobs_pb2.PropertyValue(string_value="g7"),
+        )
+        template_page = jobs_pb2.FindJobsRequest(
+            type=jobs_pb2.QUERY_TYPE_QUEUED,
+            limit=100,
+            templates=[jobs_pb2.PropertyTemplate(conditions=[condition])],
+        )
+        repeats = s.query_repeats
+        queued_ms, first = await timed(lambda: stub.FindJobs(queued_page, timeout=120), repeats)
+        if first.total_count != total or len(first.jobs) != 100:
+            raise RuntimeError(f"QUEUED total_count {first.total_count}, expected {total}")
+        deep_token = first.next_page_token
+        for _ in range(9):  # page 11 of 100-job pages (the token continues after a seq)
+            deep_token = (
+                await stub.FindJobs(
+                    jobs_pb2.FindJobsRequest(
+                        type=jobs_pb2.QUERY_TYPE_QUEUED, limit=100, page_token=deep_token
+                    ),
+                    timeout=120,
+                )
+            ).next_page_token
+        next_page = jobs_pb2.FindJobsRequest(
+            type=jobs_pb2.QUERY_TYPE_QUEUED, limit=100, page_token=deep_token
+        )
+        next_ms, _ = await timed(lambda: stub.FindJobs(next_page, timeout=120), repeats)
+        topic_ms, _ = await timed(lambda: stub.FindJobs(topic_page, timeout=120), repeats)
+        template_ms, matched = await timed(
+            lambda: stub.FindJobs(template_page, timeout=120), max(3, repeats // 4)
+        )
+        if matched.total_count != total // 100:
+            raise RuntimeError(f"template matched {matched.total_count}, expected {total // 100}")
+        job_id = first.jobs[50].id
+        get_ms, _ = await timed(
+            lambda: stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=60), repeats
+        )
+        after_queries = node.stats()
+        return {
+            "rss_before_mb": before.rss_kib / 1024,
+            "rss_after_add_mb": after_add.rss_kib / 1024,
+            "rss_after_queries_mb": after_queries.rss_kib / 1024,
+            "rss_growth_mb": (after_queries.rss_kib - before.rss_kib) / 1024,
+            "rss_peak_mb": max(peak_rss, after_queries.hwm_kib) / 1024,
+            "journal_mb": node.journal_bytes() / 1e6,
+            "add_jobs_per_s": add_rate,
+            "find_queued_page_ms": queued_ms,
+            "find_queued_page11_ms": next_ms,
+            "find_topic_page_ms": topic_ms,
+            "find_template_ms": template_ms,
+            "get_job_ms": get_ms,
+        }
+    finally:
+        await node.stop()
+
+
+# --- running and reporting ------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    name: str
+    description: str
+    runs: list[Metrics] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self, key: str) -> tuple[float, float, float]:
+        values = [r[key] for r in self.runs]
+        return statistics.median(values), min(values), max(values)
+
+
+@dataclass(frozen=True)
+class Target:
+    scenario: str
+    metric: str
+    op: str  # ">=" or "<="
+    value: float
+    text: str
+
+
+TARGETS = (
+    Target("add-normal", "jobs_per_s", ">=", 20_000, "AddJobs >= 20,000 jobs/s (durability normal)"),
+    Target("lifecycle-sync", "jobs_per_s", ">=", 5_000, "add -> SUCCEEDED >= 5,000 jobs/s (sync no-op)"),
+    Target("lifecycle-async", "jobs_per_s", ">=", 5_000, "add -> SUCCEEDED >= 5,000 jobs/s (async no-op)"),
+    Target("memory", "rss_growth_mb", "<=", 100, "RSS growth with 1,000,000 QUEUED jobs <= ~100 MB"),
+)
+
+
+async def run_scenario(
+    name: str, description: str, runs: int, body: Callable[[], Awaitable[Metrics]]
+) -> Result:
+    result = Result(name, description)
+    for index in range(runs):
+        log(f"{name}: run {index + 1}/{runs}")
+        try:
+            metrics = await body()
+        except Exception as e:  # one bad run must not lose the others
+            log(f"{name}: run {index + 1} failed: {e}")
+            result.errors.append(str(e))
+            continue
+        log(f"{name}: " + ", ".join(f"{k}={v:,.2f}" for k, v in metrics.items()))
+        result.runs.append(metrics)
+    return result
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    import google.protobuf
+
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "protobuf": google.protobuf.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "loadavg_at_start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+
+
+def fmt(value: float) -> str:
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:,.1f}"
+    return f"{value:,.2f}"
+
+
+def report(results: list[Result], info: dict[str, str], command: str) -> str:
+    lines = ["## Machine", ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines += ["", f"Command: `{command}`", "", "## Results (median [min .. max] over runs)", ""]
+    lines += ["| scenario | metric | median | min .. max | runs |", "|---|---|---:|---:|---:|"]
+    for result in results:
+        if not result.runs:
+            lines.append(f"| {result.name} | (all runs failed) | | | 0 |")
+            continue
+        for key in result.runs[0]:
+            median, low, high = result.summary(key)
+            runs = f"{len(result.runs)}" + (f" ({len(result.errors)} failed)" if result.errors else "")
+            lines.append(f"| {result.name} | {key} | {fmt(median)} | {fmt(low)} .. {fmt(high)} | {runs} |")
+    lines += ["", "## Targets", "", "| target | median | verdict |", "|---|---:|---|"]
+    by_name = {r.name: r for r in results}
+    for target in TARGETS:
+        found = by_name.get(target.scenario)
+        if found is None:
+            continue
+        if not found.runs:
+            lines.append(f"| {target.text} | .. | FAIL (no successful run) |")
+            continue
+        median = found.summary(target.metric)[0]
+        ok = median >= target.value if target.op == ">=" else median <= target.value
+        lines.append(f"| {target.text} | {fmt(median)} | {'PASS' if ok else 'FAIL'} |")
+    ratios = []
+    if (
+        "add-normal" in by_name
+        and "add-full" in by_name
+        and by_name["add-normal"].runs
+        and by_name["add-full"].runs
+    ):
+        ratio = by_name["add-full"].summary("jobs_per_s")[0] / by_name["add-normal"].summary("jobs_per_s")[0]
+        ratios.append(f"- AddJobs durability full / normal: {ratio:.2f}")
+    sync, asy = by_name.get("lifecycle-sync"), by_name.get("lifecycle-async")
+    if sync and asy and sync.runs and asy.runs:
+        ratio = asy.summary("jobs_per_s")[0] / sync.summary("jobs_per_s")[0]
+        ratios.append(f"- lifecycle async / sync consumer: {ratio:.2f}")
+    if ratios:
+        lines += ["", "## Ratios (of medians)", "", *ratios]
+    errors = [f"- {r.name}: {e}" for r in results for e in r.errors]
+    if errors:
+        lines += ["", "## Failed runs", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+SCENARIOS = ("add", "lifecycle", "single", "latency", "memory")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    p.add_argument("--runs", type=int, default=5, help="runs per scenario (default 5)")
+    p.add_argument(
+        "--memory-runs", type=int, default=3, help="runs of the 1M-job memory scenario (default 3)"
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes and 2 runs: a smoke test")
+    p.add_argument("--batch", type=int, default=1000, help="jobs per AddJobs call (default 1000)")
+    p.add_argument("--in-flight", type=int, default=4, help="AddJobs calls in flight (default 4)")
+    p.add_argument("--add-jobs", type=int, default=200_000, help="jobs per add run (default 200,000)")
+    p.add_argument(
+        "--lifecycle-jobs", type=int, default=50_000, help="jobs per lifecycle run (default 50,000)"
+    )
+    p.add_argument("--single-calls", type=int, default=10_000, help="AddJob calls per run (default 10,000)")
+    p.add_argument("--latency-rate", type=float, default=300, help="AddJob calls/s in the latency run (300)")
+    p.add_argument("--latency-seconds", type=float, default=10, help="length of a latency run (10 s)")
+    p.add_argument("--memory-jobs", type=int, default=1_000_000, help="jobs in the memory run (1,000,000)")
+    p.add_argument("--work-dir", type=Path, help="where node data dirs go (default: a temp dir)")
+    p.add_argument("--json", type=Path, help="write results here (default benchmarks/results/<time>.json)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs, args.memory_runs = min(args.runs, 2), 1
+        args.add_jobs, args.lifecycle_jobs, args.single_calls = 20_000, 10_000, 2_000
+        args.latency_seconds, args.memory_jobs = 3, 100_000
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenarios {sorted(unknown)}; choose from {SCENARIOS}")
+    return args
+
+
+async def main_async(args: argparse.Namespace, work: Path) -> list[Result]:
+    s = Settings(
+        work=work,
+        runs=args.runs,
+        memory_runs=args.memory_runs,
+        add_jobs=args.add_jobs,
+        batch=args.batch,
+        in_flight=args.in_flight,
+        lifecycle_jobs=args.lifecycle_jobs,
+        single_calls=args.single_calls,
+        single_in_flight=32,
+        latency_rate=args.latency_rate,
+        latency_seconds=args.latency_seconds,
+        memory_jobs=args.memory_jobs,
+        query_repeats=20,
+    )
+    chosen = args.scenarios.split(",")
+    batch = f"batches of {s.batch}, {s.in_flight} in flight"
+    plan: list[tuple[str, str, int, Callable[[], Awaitable[Metrics]]]] = []
+    if "add" in chosen:
+        plan.append(("add-normal", f"AddJobs, {batch}, normal", s.runs, lambda: scenario_add(s, "normal")))
+        plan.append(("add-full", f"AddJobs, {batch}, full", s.runs, lambda: scenario_add(s, "full")))
+    if "lifecycle" in chosen:
+        plan.append(
+            ("lifecycle-sync", "add -> SUCCEEDED, sync no-op", s.runs, lambda: scenario_lifecycle(s, "noop"))
+        )
+        plan.append(
+            (
+                "lifecycle-async",
+                "add -> SUCCEEDED, async no-op",
+                s.runs,
+                lambda: scenario_lifecycle(s, "async_noop"),
+            )
+        )
+    if "single" in chosen:
+        plan.append(("single-32", "AddJob, 32 in flight", s.runs, lambda: scenario_single(s)))
+    if "latency" in chosen:
+        plan.append(("latency-sync", "enqueue->start, sync", s.runs, lambda: scenario_latency(s, "latency")))
+        plan.append(
+            ("latency-async", "enqueue->start, async", s.runs, lambda: scenario_latency(s, "async_latency"))
+        )
+    if "memory" in chosen:
+        plan.append(("memory", f"{s.memory_jobs:,} QUEUED jobs", s.memory_runs, lambda: scenario_memory(s)))
+    return [await run_scenario(name, text, runs, body) for name, text, runs, body in plan]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.environ.get("JOBMESH_NETNS") != "1":
+        print("bench_jobs: run me through benchmarks/run (a private network namespace)", file=sys.stderr)
+        return 2
+    info = machine()
+    command = "benchmarks/run " + " ".join(sys.argv[1:] if argv is None else argv)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="jobmesh-bench-", dir=args.work_dir) as tmp:
+        results = asyncio.run(main_async(args, Path(tmp)))
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    info["bench_client_cpu_s"] = f"{own.ru_utime + own.ru_stime:.1f}"
+    info["wall_s"] = f"{time.time() - started:.0f}"
+    text = report(results, info, command.strip())
+    print(text)
+    path = args.json or RESULTS_DIR / time.strftime("bench-%Y%m%d-%H%M%S.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "machine": info,
+        "command": command,
+        "results": [
+            {"name": r.name, "description": r.description, "runs": r.runs, "errors": r.errors}
+            for r in results
+        ],
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    log(f"results written to {path}")
+    failed = any(not r.runs for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
