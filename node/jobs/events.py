@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from jobmesh.v1 import jobs_pb2
 
 from node.jobs.model import JobState
@@ -44,18 +45,19 @@ class JobEvent:
 
     def to_proto(self) -> jobs_pb2.JobEvent:
         """The public proto form."""
+        seconds, micros = divmod(self.time_us, 1_000_000)
         proto = jobs_pb2.JobEvent(
             seq=self.seq,
-            type=jobs_pb2.JobEventType.ValueType(int(self.type)),
+            type=self.type,  # type: ignore[arg-type]
+            time=Timestamp(seconds=seconds, nanos=micros * 1000),
             job_id=self.job_id,
             topic=self.topic,
             queue=self.queue,
-            state=jobs_pb2.JobState.ValueType(int(self.state)),
+            state=self.state,  # type: ignore[arg-type]
             retry_count=self.retry_count,
             message=self.message,
             target_instance=self.target or "",
         )
-        proto.time.FromMicroseconds(self.time_us)
         if self.type is EventType.PROGRESS:
             proto.progress.total_steps = self.progress_total
             proto.progress.completed_steps = self.progress_done
