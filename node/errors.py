@@ -35,6 +35,10 @@ class PeerUnavailable(Unavailable):
     """A peer node could not be reached."""
 
 
+class ConsumerGone(Unavailable):
+    """The consumer of a job's topic went away before it took the job; the job waits for another."""
+
+
 class ConfigError(JobmeshError):
     """The configuration (TOML file, environment or flags) is invalid."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from node.errors import InvalidArgument
@@ -52,6 +53,8 @@ class JobContext:
         self._max_log_lines = max_log_lines
         self._max_properties_bytes = max_properties_bytes
         self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stop_listeners: list[Callable[[], None]] = []
         self._completion: concurrent.futures.Future[JobResult] = concurrent.futures.Future()
 
     # --- stopping ------------------------------------------------------------------------------
@@ -61,8 +64,24 @@ class JobContext:
         return self._stopped.is_set()
 
     def request_stop(self) -> None:
-        """Ask the consumer to stop (called by the node)."""
-        self._stopped.set()
+        """Ask the consumer to stop (called by the node); stop listeners run once, on this thread."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+            listeners, self._stop_listeners = self._stop_listeners, []
+        for listener in listeners:
+            listener()
+
+    def add_stop_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` once when a stop is requested: on the thread that requests it, or at
+        once on this thread if a stop was already requested. For consumers that must pass the
+        stop on (e.g. to a remote worker) instead of polling `is_stopped()`."""
+        with self._stop_lock:
+            if not self._stopped.is_set():
+                self._stop_listeners.append(listener)
+                return
+        listener()
 
     # --- progress --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from node.errors import Unavailable
+from node.errors import ConsumerGone, Unavailable
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import Deferred, JobContext
 from node.jobs.model import Job, JobResult, Outcome
@@ -258,6 +258,10 @@ class QueueRunner:
                     result = JobResult.failed(f"timed out after {timeout_s:g}s")
             else:
                 result = await self._execute(job, context)
+            if result is None:  # no consumer took the job: it waits for one, no retry spent
+                if await self._release(job):
+                    return
+                result = JobResult.failed(f"stopped before a consumer for topic {job.topic} took it")
             running = self._running.get(job.id)
             if running is not None and running.context is context:
                 running.finishing = True
@@ -308,10 +312,27 @@ class QueueRunner:
 
         task.add_done_callback(settle)
 
-    async def _execute(self, job: Job, context: JobContext) -> JobResult:
+    async def _release(self, job: Job) -> bool:
+        """Put a job no consumer took back to QUEUED, unassigned; False if it was stopped meanwhile."""
+        message = f"waiting for a consumer: none for topic {job.topic} on this node any more"
+        try:
+            released = await self._store.release_active(job.id, job.attempt, now_us(), message)
+        except Unavailable:
+            return True  # shutting down: the job is recovered at the next start
+        if released and self._consumers.find(job.topic) is not None:
+            # A consumer registered while the release was being committed, so the assignment
+            # its registration triggered did not see this job: assign it now.
+            with contextlib.suppress(Unavailable):
+                await self._store.assign_unassigned(self._instance_id, self._consumers.patterns)
+            self.wake()
+        return released
+
+    async def _execute(self, job: Job, context: JobContext) -> JobResult | None:
+        """The consumer's result; None when no consumer took the job (see `ConsumerGone`)."""
         consumer = self._consumers.find(job.topic)
         if consumer is None:
-            return JobResult.failed(f"no consumer for topic {job.topic} on this node any more")
+            log.info("no consumer for topic %s any more; job %s waits for one", job.topic, job.id)
+            return None
         try:
             if job.payload_size:
                 job = replace(job, payload=await self._store.get_payload(job.id))
@@ -325,6 +346,9 @@ class QueueRunner:
                 result = await asyncio.wrap_future(context.completion)
         except asyncio.CancelledError:
             raise
+        except ConsumerGone:
+            log.info("consumer %s went away before job %s started; it waits for one", consumer.name, job.id)
+            return None
         except Exception as e:
             log.debug("consumer %s raised on job %s", consumer.name, job.id, exc_info=True)
             return JobResult(Outcome.CANCELLED, str(e) or type(e).__name__)

@@ -542,6 +542,30 @@ class JobStore:
 
         return await self.journal.write(update)
 
+    async def release_active(self, job_id: str, attempt: int, now_us: int, message: str) -> bool:
+        """Put an ACTIVE attempt back to QUEUED *unassigned*, retry count unchanged.
+
+        For an attempt no consumer took (its consumer went away between claim and run): the
+        job waits for a consumer instead of spending a retry. False if the attempt is stale or
+        a stop was requested (end that attempt as failed instead: it becomes STOPPED).
+        """
+        recorder = self._recorder
+
+        def update(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                # result_message stays: it tells why the last attempt that ran ended.
+                "UPDATE jobs SET state = 1, target = NULL, due_us = ? "
+                "WHERE id = ? AND state = 2 AND attempt = ? AND stop_requested = 0 "
+                "RETURNING topic, queue, retry_count",
+                (now_us, job_id, attempt),
+            ).fetchone()
+            if row is None:
+                return False
+            recorder.event(EventType.FAILED, now_us, job_id, row[0], row[1], JobState.QUEUED, row[2], message)
+            return True
+
+        return await self.journal.write(update)
+
     async def recover_after_crash(self, target: str, now_us: int) -> tuple[int, int, int]:
         """Handle jobs left ACTIVE by a crash: re-queue them with retry count + 1.
 
