@@ -20,6 +20,10 @@ Scenarios (targets from the "Node foundation" issue; durable = acknowledged afte
     lifecycle   add -> ACTIVE -> SUCCEEDED with a no-op consumer, sync (thread pool) and
                 async (event loop); time from the first AddJobs until FindJobs(SUCCEEDED,
                 topic).total_count reaches N (target >= 5,000 jobs/s).
+    events      the sync lifecycle with a WatchJobs client streaming every event (ADDED,
+                STARTED, FINISHED) from a separate connection: its lag behind the journal
+                head, sampled every 100 ms, must not grow (target: keeps up with the
+                full-lifecycle rate, no backlog growth).
     single      AddJob one job per call, 32 calls in flight (information).
     latency     enqueue-to-start latency at a steady --rate of single AddJob calls; the
                 consumer returns (its start time - job created time) as its result message,
@@ -322,6 +326,76 @@ async def scenario_lifecycle(s: Settings, consumer: str) -> Metrics:
             "node_cpu_pct": 100 * cpu / elapsed,
         }
     finally:
+        await node.stop()
+
+
+async def head_seq(stub: jobs_pb2_grpc.JobServiceStub) -> int:
+    """The node's newest committed event seq (a live-only watch answers it at once)."""
+    call = stub.WatchJobs(jobs_pb2.WatchJobsRequest(after_seq=-1, job_ids=["-"]))
+    try:
+        async for message in call:
+            return int(message.head_seq)
+    finally:
+        call.cancel()
+    raise RuntimeError("WatchJobs ended without a message")
+
+
+async def scenario_events(s: Settings, consumer: str) -> Metrics:
+    """The lifecycle scenario with a WatchJobs client streaming every event; measures its lag."""
+    node = NodeProcess(s.work, consumer)
+    stub = await node.start()
+    watch_channel = transport.create_channel(f"127.0.0.1:{node.port}")  # its own connection
+    try:
+        watch_stub = jobs_pb2_grpc.JobServiceStub(watch_channel)
+        topic = "bench/events"
+        requests = add_requests(topic, s.batch)
+        calls = max(1, s.lifecycle_jobs // s.batch)
+        total = calls * s.batch
+        expected_events = 3 * total  # ADDED, STARTED, FINISHED per job
+        start_seq = await head_seq(stub)
+        received = 0
+        last_seq = start_seq
+        watch = watch_stub.WatchJobs(jobs_pb2.WatchJobsRequest(after_seq=start_seq))
+
+        async def consume() -> None:
+            nonlocal received, last_seq
+            async for message in watch:
+                if message.gap_until_seq:
+                    raise RuntimeError(f"the watcher lost events (gap until {message.gap_until_seq})")
+                received += len(message.events)
+                if message.events:
+                    last_seq = message.events[-1].seq
+                if received >= expected_events:
+                    return
+
+        watcher = asyncio.create_task(consume())
+        lags: list[int] = []
+        timeout_s = max(60.0, total / 200)
+        t0 = time.perf_counter()
+        adding = asyncio.create_task(send_batches(stub, requests, calls, s.in_flight))
+        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
+            if time.perf_counter() - t0 > timeout_s:
+                raise RuntimeError(f"jobs did not finish within {timeout_s:.0f}s")
+            if watcher.done():
+                watcher.result()
+            lags.append(await head_seq(stub) - last_seq)
+            await asyncio.sleep(0.1)
+        jobs_done_s = time.perf_counter() - t0
+        await adding
+        await asyncio.wait_for(watcher, timeout_s)
+        drained_s = time.perf_counter() - t0
+        if received != expected_events:
+            raise RuntimeError(f"the watcher got {received} events; expected {expected_events}")
+        return {
+            "jobs_per_s": total / jobs_done_s,
+            "events_per_s": received / drained_s,
+            "lag_p50_events": percentile(lags, 50),
+            "lag_max_events": max(lags) if lags else 0.0,
+            "drain_after_last_job_ms": 1000 * (drained_s - jobs_done_s),
+        }
+    finally:
+        watch_channel_close = watch_channel.close()
+        await watch_channel_close
         await node.stop()
 
 
@@ -642,7 +716,7 @@ def report(results: list[Result], info: dict[str, str], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-SCENARIOS = ("add", "lifecycle", "single", "latency", "memory")
+SCENARIOS = ("add", "lifecycle", "events", "single", "latency", "memory")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -710,6 +784,25 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[Result]:
                 lambda: scenario_lifecycle(s, "async_noop"),
             )
         )
+    if "events" in chosen:
+        # Alternate with and without a watcher so their ratio compares like with like.
+        plan.append(
+            (
+                "events-watched",
+                "add -> SUCCEEDED + WatchJobs of all events",
+                s.runs,
+                lambda: scenario_events(s, "noop"),
+            )
+        )
+        if "lifecycle" not in chosen:
+            plan.append(
+                (
+                    "lifecycle-sync",
+                    "add -> SUCCEEDED, sync no-op",
+                    s.runs,
+                    lambda: scenario_lifecycle(s, "noop"),
+                )
+            )
     if "single" in chosen:
         plan.append(("single-32", "AddJob, 32 in flight", s.runs, lambda: scenario_single(s)))
     if "latency" in chosen:

@@ -27,7 +27,7 @@ from node.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from node.jobs.consumers import JobContext
+from node.jobs.context import JobContext
 from node.jobs.model import Job, JobResult, JobState, Outcome
 from node.journal.connection import Durability
 from node.node import Node

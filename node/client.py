@@ -1,4 +1,4 @@
-"""A small blocking Python client for a node's JobService, with typed errors.
+"""A small blocking Python client for a node's job, queue and schedule services, with typed errors.
 
 with JobmeshClient("127.0.0.1:7710") as client:
     job = client.add_job("images/resize", {"width": 100})
@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
 
 from node.errors import JobmeshError
 from node.properties import PropertyValue, value_to_proto
@@ -59,6 +59,10 @@ class JobmeshClient:
         self.timeout_s = timeout_s
         self._channel = transport.create_sync_channel(target)
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self.queues = queues_pb2_grpc.QueueServiceStub(self._channel)
+        """QueueService stub (use `call` for typed errors)."""
+        self.schedules = schedules_pb2_grpc.ScheduleServiceStub(self._channel)
+        """ScheduleService stub (use `call` for typed errors)."""
 
     def __enter__(self) -> JobmeshClient:
         return self
@@ -73,26 +77,56 @@ class JobmeshClient:
         self._channel.close()
 
     def _call(self, method: str, request: Any) -> Any:
-        call: Callable[..., Any] = getattr(self._stub, method)
+        return self.call(getattr(self._stub, method), request)
+
+    def call(self, method: Callable[..., Any], request: Any) -> Any:
+        """Call a unary stub method with this client's timeout; gRPC errors become RpcError."""
         try:
-            return call(request, timeout=self.timeout_s)
+            return method(request, timeout=self.timeout_s)
         except grpc.RpcError as e:
-            raise RpcError(e.code(), e.details() or "", method) from e
+            raise RpcError(e.code(), e.details() or "", getattr(method, "_method", b"?").decode()) from e
+
+    def watch(self, request: jobs_pb2.WatchJobsRequest, timeout_s: float | None = None) -> Any:
+        """Open a WatchJobs stream: iterate it for responses, `cancel()` it when done.
+
+        Iteration raises `grpc.RpcError` (use `RpcError.wrap` for the typed error).
+        """
+        return self._stub.WatchJobs(request, timeout=timeout_s)
+
+    def head_seq(self) -> int:
+        """The sequence number of the node's newest job event."""
+        call = self._stub.WatchJobs(
+            jobs_pb2.WatchJobsRequest(after_seq=-1, job_ids=["-"]), timeout=self.timeout_s
+        )
+        try:
+            return int(next(call).head_seq)
+        except grpc.RpcError as e:
+            raise RpcError(e.code(), e.details() or "", "WatchJobs") from e
+        finally:
+            call.cancel()
 
     def add_job(
-        self, topic: str, properties: Mapping[str, PropertyValue] | None = None, payload: bytes = b""
+        self,
+        topic: str,
+        properties: Mapping[str, PropertyValue] | None = None,
+        payload: bytes = b"",
+        dedup_key: str = "",
     ) -> jobs_pb2.Job:
-        """Add one job; returns it as committed."""
-        response = self._call("AddJob", jobs_pb2.AddJobRequest(job=new_job(topic, properties, payload)))
+        """Add one job; returns it as committed (the existing job when `dedup_key` matched one)."""
+        job = new_job(topic, properties, payload)
+        job.dedup_key = dedup_key
+        response = self._call("AddJob", jobs_pb2.AddJobRequest(job=job))
         return response.job  # type: ignore[no-any-return]
 
     def add_jobs(self, jobs: Sequence[jobs_pb2.NewJob]) -> list[str]:
         """Add many jobs atomically; returns their ids."""
         return list(self._call("AddJobs", jobs_pb2.AddJobsRequest(jobs=jobs)).job_ids)
 
-    def get_job(self, job_id: str, include_payloads: bool = False) -> jobs_pb2.Job:
+    def get_job(self, job_id: str, include_payloads: bool = False, include_log: bool = False) -> jobs_pb2.Job:
         """One job by id."""
-        request = jobs_pb2.GetJobRequest(job_id=job_id, include_payloads=include_payloads)
+        request = jobs_pb2.GetJobRequest(
+            job_id=job_id, include_payloads=include_payloads, include_log=include_log
+        )
         return self._call("GetJob", request).job  # type: ignore[no-any-return]
 
     def find_jobs(self, request: jobs_pb2.FindJobsRequest) -> jobs_pb2.FindJobsResponse:

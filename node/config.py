@@ -9,6 +9,7 @@ reads argv and the environment; it passes them here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from typing import Any
 
 from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
+from node.jobs.queues import MAIN_QUEUE, QueueConfig
 from node.journal.connection import Durability
 
 DEFAULT_PORT = 7710
@@ -49,18 +51,54 @@ class JournalConfig:
 
 @dataclass(frozen=True)
 class JobsConfig:
-    """Job processing on this node (the default queue)."""
+    """Job processing on this node; the `max_parallel` .. `keep_jobs` keys configure the main queue."""
 
-    max_parallel: int = 15
-    """How many jobs run at once."""
+    max_parallel: float = 15
+    """Main queue: jobs run at once (a count, a fraction of the cores between 0 and 1, or -1: all cores)."""
     retries: int = 10
-    """Retries after a failed first attempt before a job is GIVEN_UP; -1 retries forever."""
+    """Main queue: retries after a failed first attempt before a job is GIVEN_UP; -1 retries forever."""
     retry_delay_s: float = 2.0
-    """Wait before a failed job runs again (a consumer may ask for another delay)."""
+    """Main queue: wait before a failed job runs again (a consumer may ask for another delay)."""
+    retry_backoff: float = 1.0
+    """Main queue: each further retry waits this many times longer (1: fixed delay)."""
+    retry_delay_max_s: float = 3600.0
+    """Main queue: cap on the retry delay."""
+    timeout_s: float = 0.0
+    """Main queue: an attempt running longer is stopped and counted failed; 0: no timeout."""
+    keep_jobs: bool = True
+    """Main queue: keep SUCCEEDED jobs in history."""
+    max_log_lines: int = 100
+    """Log lines kept per job (the newest)."""
     max_payload_bytes: int = 64 * 1024 * 1024
     """Largest input payload a job may carry."""
     max_properties_bytes: int = 64 * 1024
     """Largest encoded size of one job's properties."""
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Automatic purge of finished jobs (0 disables a limit)."""
+
+    max_age_s: float = 0.0
+    """Delete finished jobs older than this."""
+    max_count: int = 0
+    """Keep at most this many finished jobs (the newest)."""
+    state_max_age_s: str = ""
+    """Per-state age limits overriding max_age_s, e.g. `SUCCEEDED=3600,ERROR=604800`."""
+    state_max_count: str = ""
+    """Per-state count limits, e.g. `SUCCEEDED=100000`."""
+    purge_interval_s: float = 60.0
+    """How often the purge runs."""
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """Retention of job events (the WatchJobs resume window)."""
+
+    max_age_s: float = 7 * 24 * 3600.0
+    """Delete events older than this; 0: no age limit."""
+    max_count: int = 1_000_000
+    """Keep at most this many events; 0: no count limit."""
 
 
 @dataclass(frozen=True)
@@ -96,10 +134,29 @@ class NodeConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     consumers: tuple[ConsumerSpec, ...] = ()
     """Consumers to load at start."""
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     """Peer discovery, membership and the topology view (node/discovery/config.py)."""
+
+    queues: tuple[QueueConfig, ...] = ()
+    """Queue configurations besides the main queue (TOML `[[queues]]`; env/flags: a JSON list)."""
+
+    def main_queue(self) -> QueueConfig:
+        """The main queue's configuration, from the `jobs` section."""
+        j = self.jobs
+        return QueueConfig.create(
+            name=MAIN_QUEUE,
+            max_parallel=j.max_parallel,
+            retries=j.retries,
+            retry_delay_s=j.retry_delay_s,
+            retry_backoff=j.retry_backoff,
+            retry_delay_max_s=j.retry_delay_max_s,
+            timeout_s=j.timeout_s,
+            keep_jobs=j.keep_jobs,
+        )
 
     @classmethod
     def lan(cls, data_dir: Path = Path(".jobmesh")) -> NodeConfig:
@@ -114,6 +171,7 @@ class NodeConfig:
             server=ServerConfig(host="127.0.0.1", port=0, shutdown_grace_s=2.0),
             jobs=JobsConfig(retry_delay_s=0.05),
             discovery=DiscoveryConfig.for_tests(),
+            history=HistoryConfig(purge_interval_s=0.2),
         )
 
     def with_overrides(self, values: Mapping[str, object]) -> NodeConfig:
@@ -130,7 +188,13 @@ class NodeConfig:
             (0 <= self.server.port <= 65535, f"server.port {self.server.port} is not a TCP port (0-65535)"),
             (self.server.shutdown_grace_s >= 0, "server.shutdown_grace_s must be >= 0"),
             (self.journal.readers >= 1, "journal.readers must be >= 1"),
-            (self.jobs.max_parallel >= 1, f"jobs.max_parallel is {self.jobs.max_parallel}; it must be >= 1"),
+            (self.jobs.max_log_lines >= 0, "jobs.max_log_lines must be >= 0"),
+            (self.history.purge_interval_s > 0, "history.purge_interval_s must be > 0"),
+            # A negative age would put the cutoff in the future and purge the whole history.
+            (0 <= self.history.max_age_s < float("inf"), "history.max_age_s must be >= 0 (0: no age limit)"),
+            (self.history.max_count >= 0, "history.max_count must be >= 0 (0: no count limit)"),
+            (0 <= self.events.max_age_s < float("inf"), "events.max_age_s must be >= 0 (0: no age limit)"),
+            (self.events.max_count >= 0, "events.max_count must be >= 0 (0: no count limit)"),
             (self.jobs.retries >= -1, f"jobs.retries is {self.jobs.retries}; use -1 (forever) or more"),
             (self.jobs.retry_delay_s >= 0, "jobs.retry_delay_s must be >= 0"),
             (self.jobs.max_payload_bytes >= 0, "jobs.max_payload_bytes must be >= 0"),
@@ -144,6 +208,32 @@ class NodeConfig:
             if not ok:
                 raise ConfigError(message)
         self.discovery.validate()
+        self.main_queue()  # validates the main queue's settings
+        names = [q.name for q in self.queues]
+        if len(names) != len(set(names)):
+            raise ConfigError("a queue name is configured twice")
+        parse_state_limits(self.history.state_max_age_s, "history.state_max_age_s")
+        parse_state_limits(self.history.state_max_count, "history.state_max_count")
+
+
+def parse_state_limits(text: str, key: str) -> dict[str, float]:
+    """`SUCCEEDED=3600,ERROR=60` -> {"SUCCEEDED": 3600.0, "ERROR": 60.0} (ConfigError if malformed)."""
+    limits: dict[str, float] = {}
+    history_states = ("SUCCEEDED", "STOPPED", "GIVEN_UP", "ERROR", "DROPPED")
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        state, sep, value = item.partition("=")
+        state = state.strip().upper()
+        try:
+            if not sep or state not in history_states:
+                raise ValueError(item)
+            limits[state] = float(value)
+            if not 0 <= limits[state] < float("inf"):
+                raise ValueError(item)
+        except ValueError as e:
+            raise ConfigError(
+                f"{key}: {item!r} is not STATE=NUMBER (NUMBER >= 0) with STATE one of {', '.join(history_states)}"
+            ) from e
+    return limits
 
 
 def _coerce(value: object, kind: Any, key: str) -> object:
@@ -183,6 +273,9 @@ def _coerce(value: object, kind: Any, key: str) -> object:
             if not isinstance(value, dict) or any(isinstance(v, dict | list) for v in value.values()):
                 raise ValueError(value)
             return {str(k): str(v) for k, v in value.items()}
+        if kind == tuple[QueueConfig, ...]:
+            queues: list[Any] = json.loads(value) if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+            return tuple(q if isinstance(q, QueueConfig) else QueueConfig.create(**q) for q in queues)
         if typing.get_origin(kind) is tuple:  # consumers
             items: list[Any] = value.split(";") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
             specs = []
@@ -197,7 +290,7 @@ def _coerce(value: object, kind: Any, key: str) -> object:
                 else:
                     raise ValueError(item)
             return tuple(specs)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:
         raise ConfigError(f"{key}: {value!r} is not a valid {getattr(kind, '__name__', kind)}") from e
     raise ConfigError(f"{key}: unsupported setting type {kind}")
 

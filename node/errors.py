@@ -11,7 +11,11 @@ class InvalidArgument(JobmeshError):
     """A request or value is malformed; the message says which field and why."""
 
 
-class JobNotFound(JobmeshError):
+class NotFound(JobmeshError):
+    """A named thing (job, schedule, queue) does not exist on this node."""
+
+
+class JobNotFound(NotFound):
     """No job with the given id exists on this node."""
 
 
@@ -33,6 +37,10 @@ class PeerUnavailable(Unavailable):
 
 class DuplicateInstance(JobmeshError):
     """Another live node uses this node's instance id (its data dir was copied); the later one stops."""
+
+
+class ConsumerGone(Unavailable):
+    """The consumer of a job's topic went away before it took the job; the job waits for another."""
 
 
 class ConfigError(JobmeshError):

@@ -3,6 +3,9 @@
 async with Node(NodeConfig.for_tests(tmp_path)) as node:
     node.consumers.register(["images/**"], resize)
     job = await node.jobs.add_job("images/resize", {"width": 100})
+
+Remote workers connect over WorkerService (`node.services.workers`); while connected, each is a
+consumer of its topic patterns (`node.workers`, see `node.jobs.remote`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,17 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, topology_pb2
+from jobmesh.v1 import (
+    jobs_pb2,
+    jobs_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
+    topology_pb2,
+    workers_pb2,
+    workers_pb2_grpc,
+)
 
 from node.config import NodeConfig
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
@@ -31,19 +44,31 @@ from node.instance import (
 )
 from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
+from node.jobs.remote import RemoteWorkers
 from node.journal.journal import Journal
 from node.services import transport
 from node.services.jobs import JobServicer
+from node.services.queues import QueueServicer
+from node.services.schedules import ScheduleServicer
 from node.services.topology import add_topology_servicers
+from node.services.workers import WorkerServicer
 
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.sqlite"
-SERVICE_NAMES = (
+# The Jobmesh services (health reports each of them SERVING).
+JOBMESH_SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    queues_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+    workers_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    topology_pb2.DESCRIPTOR.services_by_name["TopologyService"].full_name,
+)
+# Everything reflection lists.
+SERVICE_NAMES = (
+    *JOBMESH_SERVICE_NAMES,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
     reflection.SERVICE_NAME,
-    topology_pb2.DESCRIPTOR.services_by_name["TopologyService"].full_name,
 )
 
 
@@ -57,6 +82,7 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.consumers = ConsumerRegistry()
+        self.workers = RemoteWorkers(self.consumers)
         self._lock = DataDirLock(config.data_dir)
         self._journal: Journal | None = None
         self._jobs: JobManager | None = None
@@ -113,7 +139,7 @@ class Node:
             if instance_id is None:
                 instance_id = new_instance_id()
                 await self._journal.set_meta("instance_id", instance_id)
-            self._jobs = JobManager(self._journal, self.consumers, config.jobs, instance_id)
+            self._jobs = JobManager(self._journal, self.consumers, config, instance_id)
             requeued, stopped, given_up = await self._jobs.start()
             if requeued or stopped or given_up:
                 log.warning(
@@ -132,13 +158,18 @@ class Node:
         server = transport.create_server(config.jobs.max_payload_bytes)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
         add_topology_servicers(server, self.topology)
+        queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.jobs), server)
+        schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(self.jobs), server)
+        workers_pb2_grpc.add_WorkerServiceServicer_to_server(
+            WorkerServicer(self.workers, instance_id), server
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         self.port = transport.bind(server, config.server.host, config.server.port)
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAMES[0]):
+        for name in ("", *JOBMESH_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
         await self.topology.start(self.identity, self.port, config.server.host)
@@ -177,6 +208,7 @@ class Node:
         if self._jobs is not None:
             await self._jobs.stop(grace)
             self._jobs = None
+        self.workers.close()  # after the jobs: remote workers may finish theirs within the grace
         if self._server is not None:
             await self._server.stop(min(grace, 1.0))
             self._server = None

@@ -95,6 +95,14 @@ def json_value_from_proto(value: jobs_pb2.PropertyValue, field: str) -> Any:
     return _scalar_from_proto(value, field)
 
 
+def value_from_proto(value: jobs_pb2.PropertyValue, field: str) -> PropertyValue:
+    """The Python value of one proto value (validated)."""
+    encoded = json_value_from_proto(value, field)
+    if isinstance(encoded, list):
+        return [_scalar_from_json(item) for item in encoded]
+    return _scalar_from_json(encoded)
+
+
 def encode_proto_properties(
     properties: Mapping[str, jobs_pb2.PropertyValue], field: str, max_bytes: int
 ) -> str | None:

@@ -9,6 +9,7 @@ across a kill -9: `attempts_file` gets one line (the wall-clock time) per attemp
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -153,3 +154,59 @@ def wait_until_stopped(job: Job, context: JobContext) -> JobResult:
     while not context.is_stopped() and time.monotonic() < deadline:
         time.sleep(POLL_S)
     return JobResult.failed("stopped cooperatively")
+
+
+# --- executor context (issue 3) ------------------------------------------------------------------
+
+
+def report_progress(job: Job, context: JobContext) -> JobResult:
+    """Announces `steps` steps with an ETA, logs and counts each; after `pause_after` steps waits for release.
+
+    Before pausing it sets the ETA to `pause_eta_s` seconds from then, if that property is given.
+    Sets the property `steps_done` when it is done; a stop request ends it with a failure.
+    """
+    record_attempt(job)
+    steps = job.properties.get("steps", 3)
+    pause_after = job.properties.get("pause_after", -1)
+    pause_eta = job.properties.get("pause_eta_s")
+    assert isinstance(steps, int)
+    assert isinstance(pause_after, int)
+    context.init_progress(steps, eta_s=3600.0)
+    for step in range(1, steps + 1):
+        context.log("step %d of %d", step, steps)
+        context.increment_progress()
+        if step == pause_after:
+            if isinstance(pause_eta, float):
+                context.update_eta(pause_eta)
+            if not _wait_for_release(job, context, honour_stop=True):
+                return JobResult.failed("stopped while paused")
+    context.set_property("steps_done", steps)
+    return JobResult.succeeded(f"{steps} steps done")
+
+
+def log_lines(job: Job, context: JobContext) -> JobResult:
+    """Logs `lines` numbered lines (property), then succeeds."""
+    record_attempt(job)
+    lines = job.properties.get("lines", 1)
+    assert isinstance(lines, int)
+    for index in range(1, lines + 1):
+        context.log(f"line {index}")
+    return JobResult.succeeded()
+
+
+def complete_from_another_thread(job: Job, context: JobContext) -> object:
+    """Returns at once with complete_later(); a thread of its own completes the job later.
+
+    The thread succeeds the job when `release_file` exists, or fails it when a stop is requested.
+    """
+    record_attempt(job)
+
+    def finish() -> None:
+        if _wait_for_release(job, context, honour_stop=True):
+            context.complete(JobResult.succeeded("completed from another thread"))
+        else:
+            context.complete(JobResult.failed("stopped before completion"))
+        context.complete(JobResult.failed("a second complete() is ignored"))
+
+    threading.Thread(target=finish, name=f"complete-{job.id}", daemon=True).start()
+    return context.complete_later()

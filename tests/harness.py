@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -20,7 +23,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
 
 T = TypeVar("T")
 
@@ -29,6 +32,7 @@ DEFAULT_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.01
 STOP_TIMEOUT_S = 10.0
 RUN_FILE = "node.json"
+JOURNAL_FILE = "journal.sqlite"
 
 PropertyInput = (
     str | int | float | bool | bytes | datetime | list[str | int | float | bool | bytes | datetime]
@@ -378,6 +382,24 @@ class NodeProcess:
             self._stub = jobs_pb2_grpc.JobServiceStub(self.channel)
         return self._stub
 
+    @property
+    def queues(self) -> queues_pb2_grpc.QueueServiceStub:
+        """A QueueService stub for the current run."""
+        return queues_pb2_grpc.QueueServiceStub(self.channel)
+
+    @property
+    def schedules(self) -> schedules_pb2_grpc.ScheduleServiceStub:
+        """A ScheduleService stub for the current run."""
+        return schedules_pb2_grpc.ScheduleServiceStub(self.channel)
+
+    def query_journal(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """Rows of a read-only query on the node's journal file (WAL: fine while it runs)."""
+        conn = sqlite3.connect(f"file:{self.data_dir / JOURNAL_FILE}?mode=ro", uri=True)
+        try:
+            return [tuple(row) for row in conn.execute(sql, params)]
+        finally:
+            conn.close()
+
     def _close_channel(self) -> None:
         if self._channel is not None:
             self._channel.close()
@@ -455,3 +477,99 @@ class NodeFactory:
             if "Traceback" in node.log_text():
                 problems.append(f"node on {node.data_dir} logged a traceback")
         return problems
+
+
+# --- watching job events ------------------------------------------------------------------------
+
+
+class Watcher:
+    """A WatchJobs stream read by a thread of its own, so tests can wait for events with a deadline.
+
+    `close()` cancels the stream, like a client that goes away: responses received but not
+    taken yet are dropped.
+    """
+
+    _END = object()
+
+    def __init__(self, channel: grpc.Channel, request: jobs_pb2.WatchJobsRequest) -> None:
+        self.call = jobs_pb2_grpc.JobServiceStub(channel).WatchJobs(request)
+        self.error: grpc.RpcError | None = None
+        self.responses: list[jobs_pb2.WatchJobsResponse] = []
+        self.events: list[jobs_pb2.JobEvent] = []
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._ended = False
+        self._thread = threading.Thread(target=self._read, name="watcher", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self.call:
+                self._queue.put(response)
+        except grpc.RpcError as e:
+            self.error = e
+        finally:
+            self._queue.put(self._END)
+
+    def next_response(self, timeout: float = DEFAULT_TIMEOUT_S) -> jobs_pb2.WatchJobsResponse:
+        """Take the next response (AssertionError at the deadline or if the stream ended)."""
+        if self._ended:
+            raise AssertionError(f"the WatchJobs stream ended: {self.error!r}")
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no WatchJobs response within {timeout:.1f}s") from None
+        if item is self._END:
+            self._ended = True
+            raise AssertionError(f"the WatchJobs stream ended: {self.error!r}")
+        assert isinstance(item, jobs_pb2.WatchJobsResponse)
+        self.responses.append(item)
+        self.events.extend(item.events)
+        return item
+
+    def until(
+        self,
+        done: Callable[[list[jobs_pb2.JobEvent]], bool],
+        timeout: float = DEFAULT_TIMEOUT_S,
+        what: str = "events",
+    ) -> list[jobs_pb2.JobEvent]:
+        """Take responses until `done(all events taken so far)`; returns those events."""
+        deadline = time.monotonic() + timeout
+        while not done(self.events):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"timed out after {timeout:.1f}s waiting for {what}; got {len(self.events)} events: "
+                    f"{[(e.seq, e.type, e.topic) for e in self.events[-10:]]} (last 10)"
+                )
+            self.next_response(left)
+        return self.events
+
+    def error_code(self, timeout: float = DEFAULT_TIMEOUT_S) -> grpc.StatusCode:
+        """Wait for the stream to fail; its status code."""
+        self._thread.join(timeout)
+        assert self.error is not None, "the stream did not fail"
+        return self.error.code()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Cancel the stream and stop reading."""
+        self.call.cancel()
+        self._thread.join(STOP_TIMEOUT_S)
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def watch(
+    channel: grpc.Channel,
+    after_seq: int = 0,
+    topics: Sequence[str] = (),
+    job_ids: Sequence[str] = (),
+    types: Sequence[int] = (),
+) -> Watcher:
+    """Start watching job events."""
+    request = jobs_pb2.WatchJobsRequest(after_seq=after_seq, topics=topics, job_ids=job_ids)
+    request.types.extend(types)  # type: ignore[arg-type]
+    return Watcher(channel, request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import grpc_tools
@@ -111,3 +112,92 @@ def test_field_numbers_and_names_are_unique_per_message(
             assert len(numbers) == len(set(numbers)), f"{m.name}: duplicate field numbers"
             reserved = {n for r in m.reserved_range for n in range(r.start, r.end)}
             assert not reserved & set(numbers), f"{m.name}: a field reuses a reserved number"
+
+
+# --- naming (Google's proto style: what generated code in every language expects) -------------
+
+_UPPER_CAMEL = re.compile(r"[A-Z][A-Za-z0-9]*")
+_LOWER_SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+_UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)*")
+
+
+def _upper_snake(camel: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", camel).upper()
+
+
+def _messages(f: descriptor_pb2.FileDescriptorProto) -> list[descriptor_pb2.DescriptorProto]:
+    found: list[descriptor_pb2.DescriptorProto] = []
+
+    def walk(m: descriptor_pb2.DescriptorProto) -> None:
+        if not m.options.map_entry:
+            found.append(m)
+        for nested in m.nested_type:
+            walk(nested)
+
+    for m in f.message_type:
+        walk(m)
+    return found
+
+
+def test_services_rpcs_messages_and_enums_are_upper_camel_case(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
+    bad = []
+    for f in files:
+        for s in f.service:
+            if not (_UPPER_CAMEL.fullmatch(s.name) and s.name.endswith("Service")):
+                bad.append(f"service {s.name} (UpperCamelCase, ending in Service)")
+            bad += [f"rpc {s.name}.{m.name}" for m in s.method if not _UPPER_CAMEL.fullmatch(m.name)]
+        bad += [f"message {m.name}" for m in _messages(f) if not _UPPER_CAMEL.fullmatch(m.name)]
+        enums = list(f.enum_type) + [e for m in _messages(f) for e in m.enum_type]
+        bad += [f"enum {e.name}" for e in enums if not _UPPER_CAMEL.fullmatch(e.name)]
+    assert not bad, "names that are not UpperCamelCase:\n" + "\n".join(bad)
+
+
+def test_fields_are_lower_snake_case(files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+    bad = [
+        f"{f.name}: {m.name}.{field.name}"
+        for f in files
+        for m in _messages(f)
+        for field in m.field
+        if not _LOWER_SNAKE.fullmatch(field.name)
+    ]
+    bad += [
+        f"{f.name}: {m.name} oneof {o.name}"
+        for f in files
+        for m in _messages(f)
+        for o in m.oneof_decl
+        if not _LOWER_SNAKE.fullmatch(o.name) and not o.name.startswith("_")  # `_x`: proto3 optional
+    ]
+    assert not bad, "fields that are not lower_snake_case:\n" + "\n".join(bad)
+
+
+def test_enum_values_are_upper_snake_case_and_prefixed_with_their_enum(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
+    # Enum values share their package's namespace (C++ and proto3 scoping), so each carries
+    # its enum's name as a prefix: JobState -> JOB_STATE_QUEUED.
+    bad = []
+    for f in files:
+        for e in list(f.enum_type) + [e for m in _messages(f) for e in m.enum_type]:
+            prefix = _upper_snake(e.name) + "_"
+            bad += [
+                f"{e.name}.{v.name} (want {prefix}...)"
+                for v in e.value
+                if not (_UPPER_SNAKE.fullmatch(v.name) and v.name.startswith(prefix))
+            ]
+    assert not bad, "badly named enum values:\n" + "\n".join(bad)
+
+
+def test_field_numbers_are_unique_in_nested_messages_too(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
+    for f in files:
+        for m in _messages(f):
+            numbers = [field.number for field in m.field]
+            assert len(numbers) == len(set(numbers)), f"{f.name}: {m.name}: duplicate field numbers"
+            reserved = {n for r in m.reserved_range for n in range(r.start, r.end)}
+            assert not reserved & set(numbers), f"{f.name}: {m.name}: a field reuses a reserved number"
+            assert not set(m.reserved_name) & {field.name for field in m.field}, (
+                f"{f.name}: {m.name}: a field reuses a reserved name"
+            )

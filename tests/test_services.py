@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from harness import NodeFactory, NodeProcess, rpc_error
 
 JOB_SERVICE = "jobmesh.v1.JobService"
+WORKER_SERVICE = "jobmesh.v1.WorkerService"
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def node(module_nodes: NodeFactory) -> NodeProcess:
     return module_nodes.start("services")
 
 
-@pytest.mark.parametrize("service", ["", JOB_SERVICE])
+@pytest.mark.parametrize("service", ["", JOB_SERVICE, WORKER_SERVICE])
 def test_health_reports_serving(node: NodeProcess, service: str) -> None:
     stub = health_pb2_grpc.HealthStub(node.channel)
 
@@ -45,13 +46,29 @@ def test_health_watch_streams_serving(node: NodeProcess) -> None:
     assert first.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_reflection_lists_the_job_health_and_reflection_services(node: NodeProcess) -> None:
+def test_reflection_lists_the_job_worker_health_and_reflection_services(node: NodeProcess) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(node.channel)
 
     (response,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
 
     names = {s.name for s in response.list_services_response.service}
-    assert names >= {JOB_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert names >= {
+        JOB_SERVICE,
+        WORKER_SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+def test_reflection_describes_the_worker_stream_as_bidirectional(node: NodeProcess) -> None:
+    database = ProtoReflectionDescriptorDatabase(node.channel)
+
+    file_proto: descriptor_pb2.FileDescriptorProto = database.FindFileContainingSymbol(WORKER_SERVICE)
+
+    (service,) = [s for s in file_proto.service if s.name == "WorkerService"]
+    (work,) = service.method
+    assert (work.name, work.client_streaming, work.server_streaming) == ("Work", True, True)
+    assert (work.input_type, work.output_type) == (".jobmesh.v1.WorkRequest", ".jobmesh.v1.WorkResponse")
 
 
 def test_reflection_describes_job_service_methods_with_their_types(node: NodeProcess) -> None:
@@ -62,6 +79,17 @@ def test_reflection_describes_job_service_methods_with_their_types(node: NodePro
 
     (service,) = [s for s in file_proto.service if s.name == "JobService"]
     methods = {m.name: (m.input_type, m.output_type) for m in service.method}
-    assert set(methods) == {"AddJob", "AddJobs", "GetJob", "FindJobs", "StopJob", "RemoveJob", "RetryJob"}
+    assert set(methods) == {
+        "AddJob",
+        "AddJobs",
+        "GetJob",
+        "FindJobs",
+        "StopJob",
+        "RemoveJob",
+        "RetryJob",
+        "WatchJobs",
+        "GetStatistics",
+        "PurgeJobs",
+    }
     assert methods["AddJob"] == (".jobmesh.v1.AddJobRequest", ".jobmesh.v1.AddJobResponse")
     assert file_proto.package == "jobmesh.v1"

@@ -30,9 +30,13 @@ def flaky(job: Job, context: JobContext) -> JobResult:
 
 
 async def countdown(job: Job, context: JobContext) -> JobResult:
-    """An async consumer that counts down `seconds`, stopping early when asked to."""
-    for _ in range(int(job.properties.get("seconds", 5))):  # type: ignore[call-overload]
+    """An async consumer that counts down `seconds` with progress and log lines; stops early when asked."""
+    seconds = int(job.properties.get("seconds", 5))  # type: ignore[call-overload]
+    context.init_progress(seconds, eta_s=seconds)
+    for left in range(seconds, 0, -1):
         if context.is_stopped():
             return JobResult.failed("stopped by request")
+        context.log("%d seconds left", left)
         await asyncio.sleep(1)
+        context.increment_progress()
     return JobResult.succeeded("countdown finished")

@@ -18,6 +18,7 @@ from jobmesh.v1 import jobs_pb2
 
 from node.cli import render
 from node.cli.values import TYPE_HELP, parse_assignment, parse_condition
+from node.cli.watch import wait_with_progress
 from node.client import JobmeshClient, RpcError
 from node.config import DEFAULT_PORT
 from node.errors import InvalidArgument
@@ -61,7 +62,7 @@ def node_address(args: argparse.Namespace, environ: dict[str, str]) -> str:
         return f"127.0.0.1:{DEFAULT_PORT}"
 
 
-def _client_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+def client_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument(
         "--node",
@@ -74,20 +75,25 @@ def _client_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentPars
 
 def add_parsers(sub: Any) -> None:
     """Register the client subcommands."""
-    p = _client_parser(sub, "add", "add a job")
+    p = client_parser(sub, "add", "add a job")
     p.add_argument("topic", help="job topic, e.g. images/resize")
     p.add_argument("properties", nargs="*", metavar="NAME[:TYPE]=VALUE", help=TYPE_HELP)
     p.add_argument(
         "--payload", type=Path, metavar="FILE", help="input payload read from FILE ('-' for stdin)"
     )
     p.add_argument(
-        "--wait", action="store_true", help="wait until the job finishes; exit 0 only if it SUCCEEDED"
+        "--wait",
+        action="store_true",
+        help="show live progress until the job finishes; exit 0 only if it SUCCEEDED",
+    )
+    p.add_argument(
+        "--dedup-key", metavar="KEY", help="idempotency key: an existing job with it is returned instead"
     )
     p.add_argument("--wait-timeout", type=float, metavar="S", help="give up waiting after S seconds (exit 6)")
     p.add_argument("--json", action="store_true", help="print the job as JSON")
     p.set_defaults(handler=cmd_add)
 
-    p = _client_parser(sub, "jobs", "list jobs")
+    p = client_parser(sub, "jobs", "list jobs")
     p.add_argument(
         "--state",
         default="all",
@@ -107,13 +113,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON: {jobs, total_count}")
     p.set_defaults(handler=cmd_jobs)
 
-    p = _client_parser(sub, "job", "show one job")
+    p = client_parser(sub, "job", "show one job")
     p.add_argument("job_id", metavar="ID")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--output", type=Path, metavar="FILE", help="write the job's output payload to FILE")
     p.add_argument(
         "--payload", dest="payload_out", type=Path, metavar="FILE", help="write its input payload to FILE"
     )
+    p.add_argument("--log", action="store_true", help="also show the job's log lines")
     p.set_defaults(handler=cmd_job)
 
     for name, help_text, handler in (
@@ -121,10 +128,15 @@ def add_parsers(sub: Any) -> None:
         ("rm", "remove a job (queued/active: DROPPED; finished: deleted)", cmd_rm),
         ("retry", "run a finished job again", cmd_retry),
     ):
-        p = _client_parser(sub, name, help_text)
+        p = client_parser(sub, name, help_text)
         p.add_argument("job_id", metavar="ID")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(handler=handler)
+
+
+def client_command(body: Any) -> Any:
+    """Make `body(args, client) -> int` a subcommand handler (connects, maps errors to exit codes)."""
+    return lambda args, environ: _run(args, environ, lambda client: body(args, client))
 
 
 def _run(args: argparse.Namespace, environ: dict[str, str], body: Any) -> int:
@@ -136,15 +148,22 @@ def _run(args: argparse.Namespace, environ: dict[str, str], body: Any) -> int:
     except InvalidArgument as e:
         print(f"jobmesh {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except grpc.RpcError as e:  # from a stream
+        return _report(args, address, RpcError(e.code(), e.details() or "", args.command))
     except RpcError as e:
-        if e.code is grpc.StatusCode.UNAVAILABLE:
-            print(f"jobmesh {args.command}: no node reachable at {address} ({e.details})", file=sys.stderr)
-        else:
-            print(f"jobmesh {args.command}: {e.details}", file=sys.stderr)
-        return _EXIT_BY_CODE.get(e.code, EXIT_INTERNAL)
+        return _report(args, address, e)
     except OSError as e:
         print(f"jobmesh {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _report(args: argparse.Namespace, address: str, e: RpcError) -> int:
+    """Print an RPC error for people and return its exit code."""
+    if e.code is grpc.StatusCode.UNAVAILABLE:
+        print(f"jobmesh {args.command}: no node reachable at {address} ({e.details})", file=sys.stderr)
+    else:
+        print(f"jobmesh {args.command}: {e.details}", file=sys.stderr)
+    return _EXIT_BY_CODE.get(e.code, EXIT_INTERNAL)
 
 
 def _print_job(job: jobs_pb2.Job, as_json: bool) -> None:
@@ -162,7 +181,8 @@ def cmd_add(args: argparse.Namespace, environ: dict[str, str]) -> int:
         payload = b""
         if args.payload is not None:
             payload = sys.stdin.buffer.read() if str(args.payload) == "-" else args.payload.read_bytes()
-        job = client.add_job(args.topic, properties, payload)
+        after_seq = client.head_seq() if args.wait else 0
+        job = client.add_job(args.topic, properties, payload, dedup_key=args.dedup_key or "")
         if not args.wait:
             if args.json:
                 render.print_json(render.job_to_dict(job), sys.stdout)
@@ -171,7 +191,7 @@ def cmd_add(args: argparse.Namespace, environ: dict[str, str]) -> int:
             return EXIT_OK
         print(f"added {job.id}, waiting...", file=sys.stderr)
         try:
-            job = client.wait(job.id, args.wait_timeout)
+            job = wait_with_progress(client, job.id, after_seq, args.wait_timeout, sys.stderr)
         except TimeoutError as e:
             print(f"jobmesh add: {e}", file=sys.stderr)
             return EXIT_TIMEOUT
@@ -224,7 +244,7 @@ def cmd_job(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
     def body(client: JobmeshClient) -> int:
         want_payloads = args.output is not None or args.payload_out is not None
-        job = client.get_job(args.job_id, include_payloads=want_payloads)
+        job = client.get_job(args.job_id, include_payloads=want_payloads, include_log=args.log)
         if args.output is not None:
             args.output.write_bytes(job.output_payload)
         if args.payload_out is not None:

@@ -113,6 +113,14 @@ def print_job(job: jobs_pb2.Job, out: TextIO) -> None:
         ("payload", f"{job.payload_size} bytes"),
         ("output", f"{job.output_payload_size} bytes"),
     ]
+    if job.HasField("progress"):
+        progress = job.progress
+        text = f"{progress.completed_steps}/{progress.total_steps} steps"
+        if progress.HasField("eta"):
+            text += f", eta {_time(progress.eta, True)}"
+        lines.append(("progress", text))
+    if job.log_line_count:
+        lines.append(("log lines", str(job.log_line_count)))
     for name in sorted(job.properties):
         lines.append((f"  {name}", format_value(job.properties[name])))
     if job.properties:
@@ -120,3 +128,7 @@ def print_job(job: jobs_pb2.Job, out: TextIO) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         out.write(f"{key.ljust(width)}  {value}".rstrip() + "\n")
+    if job.log:
+        out.write("log\n")
+        for line in job.log:
+            out.write(f"  {_time(line.time, True)}  {line.message}\n")

@@ -10,32 +10,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from node.errors import ConsumerLoadError, InvalidArgument
+from node.jobs.context import JobContext
 from node.jobs.model import Job, JobResult
 from node.topics import TopicPattern
 
-Handler: TypeAlias = Callable[[Job, "JobContext"], "JobResult | Awaitable[JobResult | None] | None"]
-
-
-class JobContext:
-    """What a running consumer can ask about its job. Thread-safe."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self._stopped = threading.Event()
-
-    def is_stopped(self) -> bool:
-        """True once a user asked this job to stop, or the node's shutdown grace ran out: return soon."""
-        return self._stopped.is_set()
-
-    def request_stop(self) -> None:
-        """Ask the consumer to stop (called by the node)."""
-        self._stopped.set()
+Handler: TypeAlias = Callable[[Job, JobContext], "JobResult | Awaitable[JobResult | None] | None"]
 
 
 @dataclass(frozen=True)

@@ -1,73 +1,159 @@
-"""The job manager: add, get, find, stop, remove and retry jobs (Sling's JobManager)."""
+"""The job manager: add, read, find and control jobs, queues and schedules (Sling's JobManager)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 
-from jobmesh.v1 import jobs_pb2
+from jobmesh.v1 import jobs_pb2, schedules_pb2
 
-from node.config import JobsConfig
-from node.errors import InvalidArgument, ResourceExhausted
+from node.config import NodeConfig
+from node.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from node.jobs.consumers import ConsumerRegistry
+from node.jobs.context import JobContext
+from node.jobs.events import EventFilter, JobEvent
 from node.jobs.model import Job, JobState
-from node.jobs.runner import QueueRunner, QueueSettings, now_us
+from node.jobs.queues import MAIN_QUEUE, QueueConfig, QueueDirectory
+from node.jobs.retention import Retention
+from node.jobs.runner import QueueRunner, now_us
+from node.jobs.scheduler import Scheduler
+from node.journal.events import EventBatch, EventStore
 from node.journal.ids import JobIdGenerator
-from node.journal.journal import JobPage, JobQuery, Journal, NewJobRecord
+from node.journal.jobs import AddedJob, JobPage, JobQuery, JobStore, NewJobRecord
+from node.journal.journal import Journal
+from node.journal.queues import QueueStore
+from node.journal.schedules import ScheduleStore, StoredSchedule
+from node.journal.stats import StatisticsReport, read_statistics
 from node.properties import encode_properties, encode_proto_properties
 from node.topics import validate_topic
 
-MAIN_QUEUE = "main"
 MAX_JOBS_PER_ADD = 10_000
+MAX_DEDUP_KEY_CHARS = 256
+MAX_JOB_SECONDS = 10 * 365 * 86400
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue with its state and counts."""
+
+    config: QueueConfig
+    source: str  # "default", "config" or "api"
+    suspended: bool
+    queued: int
+    active: int
+
+
+def _queue_to_json(config: QueueConfig) -> dict[str, object]:
+    data = asdict(config)
+    data.pop("patterns")
+    data["type"] = config.type.value
+    data["topics"] = list(config.topics)
+    return data
 
 
 class JobManager:
     """Adds and controls the jobs of one node and runs them with its consumers.
 
-    Event-loop contract: coroutines run on the node's loop; `consumers` may be changed at
-    any time from the loop.
+    Event-loop contract: coroutines run on the node's loop; register consumers on the loop.
+    Event listeners (`add_event_listener`) are called on the loop after each commit.
     """
 
-    def __init__(
-        self, journal: Journal, consumers: ConsumerRegistry, config: JobsConfig, instance_id: str
-    ) -> None:
+    def __init__(self, journal: Journal, consumers: ConsumerRegistry, config: NodeConfig, instance_id: str):
         self._journal = journal
         self.consumers = consumers
         self._config = config
         self.instance_id = instance_id
+        self.store = JobStore(journal)
+        self.events = EventStore(journal)
+        self._queue_store = QueueStore(journal)
+        self._schedule_store = ScheduleStore(journal, self.store)
         self._ids = JobIdGenerator()
-        self._executor = ThreadPoolExecutor(max_workers=config.max_parallel, thread_name_prefix="consumer")
-        self._runner = QueueRunner(
-            journal,
-            consumers,
-            instance_id,
-            QueueSettings(MAIN_QUEUE, config.max_parallel, config.retry_delay_s),
-            self._executor,
-        )
+        self._file_queues = {q.name: q for q in config.queues}
+        self._api_queues: dict[str, QueueConfig] = {}
+        self._suspended: set[str] = set()
+        self.queues = QueueDirectory(config.queues, config.main_queue())
+        self._runners: dict[str, QueueRunner] = {}
+        # Sized beyond the total parallelism: a timed-out sync consumer keeps its thread.
+        self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="consumer")
+        self.scheduler = Scheduler(self._schedule_store, self._record_from_proto, self._wake_for)
+        self._retention = Retention(self.store, self.events, config.history, config.events)
         consumers.add_listener(self._on_consumers_changed)
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
 
+    # --- lifecycle ---------------------------------------------------------------------------
+
     async def start(self) -> tuple[int, int, int]:
-        """Recover jobs a crash left ACTIVE, assign waiting jobs, start running. Returns recovery counts."""
-        recovered = await self._journal.recover_after_crash(self.instance_id, now_us())
-        await self._journal.assign_unassigned(self.instance_id, self.consumers.patterns)
-        self._runner.start()
+        """Recover jobs a crash left ACTIVE, apply queue state, start running. Returns recovery counts."""
+        recovered = await self.store.recover_after_crash(self.instance_id, now_us())
+        for name, stored in (await self._queue_store.load()).items():
+            if stored.suspended:
+                self._suspended.add(name)
+            if stored.config_json:
+                self._api_queues[name] = QueueConfig.create(**json.loads(stored.config_json))
+        self._rebuild_directory()
+        await self.store.reassign_queues(lambda topic: self.queues.for_topic(topic).name)
+        await self.store.assign_unassigned(self.instance_id, self.consumers.patterns)
         self._started = True
+        self._sync_runners()
+        self.scheduler.start()
+        self._retention.start()
         return recovered
 
     async def stop(self, grace_s: float) -> None:
         """Stop taking jobs; give running ones `grace_s` to finish, then re-queue them."""
-        if self._started:
-            await self._runner.stop(grace_s)
+        self._started = False
+        await self.scheduler.stop()
+        await self._retention.stop()
+        await asyncio.gather(*(runner.stop(grace_s) for runner in self._runners.values()))
         # Consumer threads that ignore is_stopped() cannot be killed; do not wait for them.
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def active_count(self) -> int:
         """Jobs running on this node now."""
-        return self._runner.active_count
+        return sum(r.active_count for r in self._runners.values())
+
+    def _make_context(self, job: Job) -> JobContext:
+        return JobContext(
+            job,
+            self.store,
+            max_log_lines=self._config.jobs.max_log_lines,
+            max_properties_bytes=self._config.jobs.max_properties_bytes,
+        )
+
+    def _sync_runners(self) -> None:
+        """One runner per configured queue, with the current config and suspension."""
+        if not self._started:
+            return
+        wanted = {q.name: q for q in self.queues.all()}
+        for name, config in wanted.items():
+            runner = self._runners.get(name)
+            if runner is None:
+                runner = QueueRunner(
+                    self.store,
+                    self.consumers,
+                    self.instance_id,
+                    config,
+                    self._executor,
+                    self._make_context,
+                    suspended=name in self._suspended,
+                )
+                self._runners[name] = runner
+                runner.start()
+            else:
+                runner.reconfigure(config)
+                runner.set_suspended(name in self._suspended)
+        # A queue whose config was deleted keeps its runner until its jobs moved; harmless.
+
+    def _wake_for(self, _job_ids: Sequence[str] = ()) -> None:
+        for runner in self._runners.values():
+            runner.wake()
 
     # --- adding ----------------------------------------------------------------------------
 
@@ -75,116 +161,308 @@ class JobManager:
         return self.instance_id if self.consumers.find(topic) is not None else None
 
     def _check_payload(self, payload: bytes, field: str) -> None:
-        limit = self._config.max_payload_bytes
+        limit = self._config.jobs.max_payload_bytes
         if len(payload) > limit:
             raise InvalidArgument(
                 f"{field} is {len(payload)} bytes; the limit is {limit} bytes (jobs.max_payload_bytes)"
             )
 
-    async def add_job(
-        self, topic: str, properties: Mapping[str, object] | None = None, payload: bytes | None = None
-    ) -> Job:
-        """Add one job from Python values; returns it as committed (QUEUED)."""
-        validate_topic(topic)
-        props = encode_properties(properties or {}, "properties", self._config.max_properties_bytes)
-        if payload:
-            self._check_payload(payload, "payload")
-        record = self._record(self._ids.next_id(), topic, props, payload or None, now_us())
-        await self._commit([record])
-        # Built from the record, not read back: no reader round trip per add.
-        return record.as_committed()
-
-    async def add_proto_job(self, new_job: jobs_pb2.NewJob, field: str = "job") -> Job:
-        """Validate and add one job from the wire; returns it as committed (QUEUED)."""
-        (record,) = await self._add_proto([new_job], field)
-        return record.as_committed()
-
-    async def add_proto_jobs(self, new_jobs: Sequence[jobs_pb2.NewJob], field: str = "jobs") -> list[str]:
-        """Validate and add jobs from the wire, all or none; returns their ids in order."""
-        return [record.id for record in await self._add_proto(new_jobs, field)]
-
-    async def _add_proto(self, new_jobs: Sequence[jobs_pb2.NewJob], field: str) -> list[NewJobRecord]:
-        if len(new_jobs) > MAX_JOBS_PER_ADD:
-            raise ResourceExhausted(
-                f"{len(new_jobs)} jobs in one call; send at most {MAX_JOBS_PER_ADD} per call"
-            )
-        ids = self._ids.next_ids(len(new_jobs))
-        created = now_us()
-        max_props = self._config.max_properties_bytes
-        records = []
-        for index, (job_id, new) in enumerate(zip(ids, new_jobs, strict=True)):
-            where = f"{field}[{index}]" if field == "jobs" else field
-            validate_topic(new.topic, f"{where}.topic")
-            props = encode_proto_properties(new.properties, f"{where}.properties", max_props)
-            if new.payload:
-                self._check_payload(new.payload, f"{where}.payload")
-            records.append(self._record(job_id, new.topic, props, new.payload or None, created))
-        await self._commit(records)
-        return records
-
     def _record(
-        self, job_id: str, topic: str, props: str | None, payload: bytes | None, created: int
+        self,
+        job_id: str,
+        topic: str,
+        props: str | None,
+        payload: bytes | None,
+        created: int,
+        *,
+        dedup_key: str = "",
+        max_retries: int | None = None,
+        retry_delay_s: float | None = None,
+        timeout_s: float | None = None,
+        field: str = "job",
     ) -> NewJobRecord:
+        if len(dedup_key) > MAX_DEDUP_KEY_CHARS:
+            raise InvalidArgument(
+                f"{field}.dedup_key has {len(dedup_key)} characters; at most {MAX_DEDUP_KEY_CHARS}"
+            )
+        if max_retries is not None and max_retries < -1:
+            raise InvalidArgument(f"{field}.max_retries is {max_retries}; use -1 (forever) or more")
+        for name, value in (("retry_delay_s", retry_delay_s), ("timeout_s", timeout_s)):
+            if value is not None and not 0 <= value <= MAX_JOB_SECONDS:
+                raise InvalidArgument(
+                    f"{field}.{name} is {value}; use a number of seconds from 0 to {MAX_JOB_SECONDS} (10 years)"
+                )
+        queue = self.queues.for_topic(topic)
         return NewJobRecord(
             id=job_id,
             topic=topic,
             properties_json=props,
-            queue=MAIN_QUEUE,
+            queue=queue.name,
             origin=self.instance_id,
             target=self._target_for(topic),
-            max_retries=self._config.retries,
+            max_retries=queue.retries if max_retries is None else max_retries,
             created_us=created,
             payload=payload,
+            dedup_key=dedup_key or None,
+            retry_delay_us=None if retry_delay_s is None else int(retry_delay_s * 1e6),
+            timeout_us=None if timeout_s is None else int(timeout_s * 1e6),
         )
 
-    async def _commit(self, records: list[NewJobRecord]) -> None:
-        await self._journal.add_jobs(records)
+    def _record_from_proto(self, new: jobs_pb2.NewJob, field: str, job_id: str | None = None) -> NewJobRecord:
+        validate_topic(new.topic, f"{field}.topic")
+        props = encode_proto_properties(
+            new.properties, f"{field}.properties", self._config.jobs.max_properties_bytes
+        )
+        if new.payload:
+            self._check_payload(new.payload, f"{field}.payload")
+        return self._record(
+            job_id or self._ids.next_id(),
+            new.topic,
+            props,
+            new.payload or None,
+            now_us(),
+            dedup_key=new.dedup_key,
+            max_retries=new.max_retries if new.HasField("max_retries") else None,
+            retry_delay_s=new.retry_delay_s if new.HasField("retry_delay_s") else None,
+            timeout_s=new.timeout_s if new.HasField("timeout_s") else None,
+            field=field,
+        )
+
+    async def add_job(
+        self,
+        topic: str,
+        properties: Mapping[str, object] | None = None,
+        payload: bytes | None = None,
+        *,
+        dedup_key: str = "",
+        max_retries: int | None = None,
+        retry_delay_s: float | None = None,
+        timeout_s: float | None = None,
+    ) -> Job:
+        """Add one job from Python values; returns it once committed (an existing one on a dedup hit)."""
+        validate_topic(topic)
+        props = encode_properties(properties or {}, "properties", self._config.jobs.max_properties_bytes)
+        if payload:
+            self._check_payload(payload, "payload")
+        record = self._record(
+            self._ids.next_id(),
+            topic,
+            props,
+            payload or None,
+            now_us(),
+            dedup_key=dedup_key,
+            max_retries=max_retries,
+            retry_delay_s=retry_delay_s,
+            timeout_s=timeout_s,
+        )
+        (added,) = await self._commit([record])
+        # A new job is answered from its record, without a read back; a dedup hit is read.
+        return await self.store.get_job(added.id) if added.deduplicated else record.as_committed()
+
+    async def add_proto_job(self, new_job: jobs_pb2.NewJob, field: str = "job") -> tuple[Job, bool]:
+        """Validate and add one job from the wire; returns it as committed, and whether it existed."""
+        (record,) = self._records_from_proto([new_job], field)
+        (added,) = await self._commit([record])
+        if added.deduplicated:
+            return await self.store.get_job(added.id), True
+        return record.as_committed(), False
+
+    async def add_proto_jobs(
+        self, new_jobs: Sequence[jobs_pb2.NewJob], field: str = "jobs"
+    ) -> list[AddedJob]:
+        """Validate and add jobs from the wire, all or none; returns them in request order."""
+        if len(new_jobs) > MAX_JOBS_PER_ADD:
+            raise ResourceExhausted(
+                f"{len(new_jobs)} jobs in one call; send at most {MAX_JOBS_PER_ADD} per call"
+            )
+        records = self._records_from_proto(new_jobs, field)
+        return await self._commit(records)
+
+    def _records_from_proto(self, new_jobs: Sequence[jobs_pb2.NewJob], field: str) -> list[NewJobRecord]:
+        ids = self._ids.next_ids(len(new_jobs))
+        return [
+            self._record_from_proto(new, f"{field}[{index}]" if field == "jobs" else field, job_id)
+            for index, (job_id, new) in enumerate(zip(ids, new_jobs, strict=True))
+        ]
+
+    async def _commit(self, records: list[NewJobRecord]) -> list[AddedJob]:
+        added = await self.store.add_jobs(records)
         if any(r.target is not None for r in records):
-            self._runner.wake()
+            for name in {r.queue for r in records if r.target is not None}:
+                runner = self._runners.get(name)
+                if runner is not None:
+                    runner.wake()
+        return added
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def get_job(self, job_id: str, *, include_payloads: bool = False) -> Job:
+    async def get_job(self, job_id: str, *, include_payloads: bool = False, include_log: bool = False) -> Job:
         """The job with `job_id` (JobNotFound if there is none)."""
-        return await self._journal.get_job(job_id, include_payloads=include_payloads)
+        return await self.store.get_job(job_id, include_payloads=include_payloads, include_log=include_log)
 
     async def find_jobs(self, query: JobQuery) -> JobPage:
         """A page of jobs matching `query`."""
-        return await self._journal.find_jobs(query)
+        return await self.store.find_jobs(query)
 
     async def count_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state."""
-        return await self._journal.count_by_state()
+        return await self.store.count_by_state()
+
+    async def statistics(self) -> StatisticsReport:
+        """Statistics: global, per queue, per topic."""
+        return await read_statistics(self._journal)
+
+    def watch(self, after_seq: int, event_filter: EventFilter | None = None) -> AsyncIterator[EventBatch]:
+        """Committed events after `after_seq` (-1: from now), then live ones, in batches."""
+        return self.events.watch(after_seq, event_filter or EventFilter())
+
+    def add_event_listener(self, listener: Callable[[list[JobEvent]], None]) -> Callable[[], None]:
+        """Call `listener(events)` on the loop after each commit; returns a function that removes it."""
+        return self._journal.add_event_listener(listener)
 
     # --- control ---------------------------------------------------------------------------
 
     async def stop_job(self, job_id: str) -> Job:
         """Stop a queued job now, or ask an active one to stop (it ends STOPPED when it returns)."""
-        job = await self._journal.stop(job_id, now_us())
+        job = await self.store.stop(job_id, now_us())
         if job.state is JobState.ACTIVE:
-            self._runner.request_stop(job_id)
+            self._request_stop(job_id)
         return job
+
+    def _request_stop(self, job_id: str) -> None:
+        for runner in self._runners.values():
+            if runner.request_stop(job_id):
+                return
 
     async def remove_job(self, job_id: str) -> Job | None:
         """Drop a queued or active job (returns it DROPPED), or delete a finished one (returns None)."""
-        job = await self._journal.remove(job_id, now_us())
+        job = await self.store.remove(job_id, now_us())
         if job is not None:
-            self._runner.request_stop(job_id)
+            self._request_stop(job_id)
         return job
 
     async def retry_job(self, job_id: str) -> Job:
         """Queue a finished job again with its retry count reset."""
-        current = await self._journal.get_job(job_id)
-        job = await self._journal.retry(job_id, self._target_for(current.topic), now_us())
-        self._runner.wake()
+        current = await self.store.get_job(job_id)
+        queue = self.queues.for_topic(current.topic).name
+        job = await self.store.retry(job_id, self._target_for(current.topic), queue, now_us())
+        self._wake_for()
         return job
+
+    async def purge(self, states: Sequence[JobState], older_than_s: float | None, keep_newest: int) -> int:
+        """Delete finished jobs by state, age and count."""
+        cutoff = None if older_than_s is None else now_us() - int(older_than_s * 1e6)
+        return await self.store.purge(states or [s for s in JobState if s.is_finished], cutoff, keep_newest)
+
+    # --- queues ----------------------------------------------------------------------------
+
+    def _rebuild_directory(self) -> None:
+        configs = {**self._file_queues, **self._api_queues}
+        main = configs.pop(MAIN_QUEUE, self._config.main_queue())
+        self.queues = QueueDirectory(configs.values(), main)
+
+    def _source(self, name: str) -> str:
+        if name in self._api_queues:
+            return "api"
+        return "config" if name in self._file_queues else "default"
+
+    async def list_queues(self) -> list[QueueInfo]:
+        """Every queue with its state and counts."""
+        counts: dict[tuple[str, JobState], int] = {}
+        for queue, _topic, state, count in await self.store.live_counts():
+            counts[(queue, state)] = counts.get((queue, state), 0) + count
+        return [
+            QueueInfo(
+                config,
+                self._source(config.name),
+                config.name in self._suspended,
+                counts.get((config.name, JobState.QUEUED), 0),
+                counts.get((config.name, JobState.ACTIVE), 0),
+            )
+            for config in self.queues.all()
+        ]
+
+    async def queue_info(self, name: str) -> QueueInfo:
+        """One queue (NotFound if unknown)."""
+        for info in await self.list_queues():
+            if info.config.name == name:
+                return info
+        raise NotFound(f"no queue named {name!r} on this node; `jobmesh queues` lists them")
+
+    async def set_queue(self, config: QueueConfig) -> QueueInfo:
+        """Create or replace a queue config over the API; persisted, applied at once."""
+        await self._queue_store.save_config(config.name, _queue_to_json(config))
+        self._api_queues[config.name] = config
+        await self._apply_queue_change()
+        return await self.queue_info(config.name)
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete a queue config set over the API."""
+        if name not in self._api_queues:
+            if self.queues.get(name) is None:
+                raise NotFound(f"no queue named {name!r} on this node; `jobmesh queues` lists them")
+            raise FailedPrecondition(
+                f"queue {name!r} was not set over the API; only such queues can be deleted (file queues: edit the config)"
+            )
+        await self._queue_store.save_config(name, None)
+        del self._api_queues[name]
+        await self._apply_queue_change()
+
+    async def _apply_queue_change(self) -> None:
+        self._rebuild_directory()
+        await self.store.reassign_queues(lambda topic: self.queues.for_topic(topic).name)
+        self._sync_runners()
+
+    async def suspend_queue(self, name: str, suspended: bool) -> QueueInfo:
+        """Suspend (persisted; running jobs finish) or resume a queue."""
+        if self.queues.get(name) is None:
+            raise NotFound(f"no queue named {name!r} on this node; `jobmesh queues` lists them")
+        await self._queue_store.set_suspended(name, suspended)
+        (self._suspended.add if suspended else self._suspended.discard)(name)
+        runner = self._runners.get(name)
+        if runner is not None:
+            runner.set_suspended(suspended)
+        return await self.queue_info(name)
+
+    async def clear_queue(self, name: str) -> int:
+        """Drop every QUEUED job of a queue."""
+        if self.queues.get(name) is None:
+            raise NotFound(f"no queue named {name!r} on this node; `jobmesh queues` lists them")
+        return await self.store.clear_queue(name, now_us())
+
+    # --- schedules -------------------------------------------------------------------------
+
+    async def add_schedule(
+        self, name: str, job: jobs_pb2.NewJob, rules: Sequence[schedules_pb2.ScheduleRule]
+    ) -> StoredSchedule:
+        """Add a schedule."""
+        return await self.scheduler.add(name, job, rules)
+
+    async def list_schedules(self) -> list[StoredSchedule]:
+        """Every schedule."""
+        return await self._schedule_store.all()
+
+    async def get_schedule(self, schedule_id: str) -> StoredSchedule:
+        """One schedule."""
+        return await self._schedule_store.get(schedule_id)
+
+    async def remove_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule."""
+        if not await self._schedule_store.remove(schedule_id):
+            raise NotFound(f"no schedule with id {schedule_id!r} on this node")
+
+    async def suspend_schedule(self, schedule_id: str, suspended: bool) -> StoredSchedule:
+        """Suspend or resume a schedule."""
+        return await self.scheduler.set_suspended(schedule_id, suspended)
+
+    # --- consumers -------------------------------------------------------------------------------
 
     def _on_consumers_changed(self) -> None:
         if self._started:
 
             async def assign() -> None:
-                await self._journal.assign_unassigned(self.instance_id, self.consumers.patterns)
-                self._runner.wake()
+                await self.store.assign_unassigned(self.instance_id, self.consumers.patterns)
+                self._wake_for()
 
             task = asyncio.get_running_loop().create_task(assign())
             self._background.add(task)  # the loop keeps only weak references to tasks

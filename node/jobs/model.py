@@ -61,8 +61,18 @@ class Job:
     payload_size: int
     output_payload_size: int
     stop_requested: bool
+    dedup_key: str | None = None
+    retry_delay_us: int | None = None
+    timeout_us: int | None = None
+    progress_total: int | None = None
+    progress_done: int | None = None
+    eta_us: int | None = None
+    log_count: int = 0
     payload: bytes | None = field(default=None, repr=False)
     output_payload: bytes | None = field(default=None, repr=False)
+    log: tuple[LogLine, ...] | None = field(default=None, repr=False)
+    seq: int = field(default=0, repr=False, compare=False)
+    """The journal's internal row number (0 when unknown); not part of the public API."""
 
     @property
     def properties(self) -> Properties:
@@ -95,12 +105,34 @@ class Job:
         )
         if self.state is JobState.QUEUED and self.due_us > self.created_us:
             proto.not_before_time.FromMicroseconds(self.due_us)
+        if self.dedup_key:
+            proto.dedup_key = self.dedup_key
+        if self.timeout_us:
+            proto.timeout_s = self.timeout_us / 1e6
+        if self.progress_total is not None or self.progress_done is not None:
+            proto.progress.total_steps = self.progress_total or 0
+            proto.progress.completed_steps = self.progress_done or 0
+            if self.eta_us is not None:
+                proto.progress.eta.FromMicroseconds(self.eta_us)
+        proto.log_line_count = self.log_count
+        if self.log is not None:
+            for line in self.log:
+                entry = proto.log.add(message=line.message)
+                entry.time.FromMicroseconds(line.time_us)
         if self.payload is not None:
             proto.payload = self.payload
         if self.output_payload is not None:
             proto.output_payload = self.output_payload
         fill_proto_properties(proto.properties, self.properties_json)
         return proto
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a consumer logged on a job."""
+
+    time_us: int
+    message: str
 
 
 class Outcome(IntEnum):

@@ -1,9 +1,9 @@
-"""The queue runner: claims due jobs from the journal and runs their consumers.
+"""Queue runners: claim due jobs from the journal and run their consumers.
 
-One runner per queue. It keeps at most `max_parallel` jobs running, claims jobs in
-batches (one group-committed transaction for many), and writes each result through the
-journal's writer, which commits many results together. No job is held in memory beyond
-the ones running.
+One runner per queue. It keeps at most the queue's parallelism of jobs running, claims jobs
+in batches (one group-committed transaction for many) in the order its queue type asks
+for, applies the attempt timeout, and writes each result through the journal's writer,
+which commits many results together. No job is held in memory beyond the running ones.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from node.errors import Unavailable
-from node.jobs.consumers import ConsumerRegistry, JobContext
+from node.errors import ConsumerGone, Unavailable
+from node.jobs.consumers import ConsumerRegistry
+from node.jobs.context import Deferred, JobContext
 from node.jobs.model import Job, JobResult, Outcome
-from node.journal.journal import AttemptReport, Journal
+from node.jobs.queues import QueueConfig, QueueType
+from node.journal.jobs import AttemptReport, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +32,6 @@ log = logging.getLogger(__name__)
 def now_us() -> int:
     """Wall-clock time in microseconds since the epoch."""
     return time.time_ns() // 1000
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    """How a queue runs its jobs."""
-
-    name: str
-    max_parallel: int
-    retry_delay_s: float
 
 
 @dataclass
@@ -103,33 +96,46 @@ class _ThreadResults:
                 future.set_exception(value)
 
 
+ContextFactory = Callable[[Job], JobContext]
+
+
 class QueueRunner:
     """Runs the jobs of one queue that are assigned to this instance.
 
     Event-loop contract: every method must be called on the node's event loop; consumers
-    run in `executor` (sync) or on the loop (async).
+    run in the thread pool (sync) or on the loop (async).
     """
 
     def __init__(
         self,
-        journal: Journal,
+        store: JobStore,
         consumers: ConsumerRegistry,
         instance_id: str,
-        settings: QueueSettings,
+        config: QueueConfig,
         executor: ThreadPoolExecutor,
-        on_finished: Callable[[Job], None] | None = None,
+        make_context: ContextFactory,
+        *,
+        suspended: bool = False,
     ) -> None:
-        self._journal = journal
+        self._store = store
         self._consumers = consumers
         self._instance_id = instance_id
-        self.settings = settings
+        self.config = config
         self._executor = executor
-        self._on_finished = on_finished
+        self._make_context = make_context
+        self.suspended = suspended
         self._running: dict[str, _Running] = {}
+        self._report_batch: tuple[list[AttemptReport], asyncio.Future[list[bool]]] | None = None
         self._thread_results: _ThreadResults | None = None
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._last_topic = ""
+
+    @property
+    def name(self) -> str:
+        """The queue's name."""
+        return self.config.name
 
     @property
     def active_count(self) -> int:
@@ -139,11 +145,21 @@ class QueueRunner:
     def start(self) -> None:
         """Start claiming and running jobs."""
         self._thread_results = _ThreadResults(asyncio.get_running_loop(), self._executor)
-        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"queue-{self.settings.name}")
+        self._dispatcher = asyncio.create_task(self._dispatch(), name=f"queue-{self.name}")
 
     def wake(self) -> None:
-        """New or re-queued jobs may be due: look again now."""
+        """New or re-queued jobs may be due, or the config changed: look again now."""
         self._wakeup.set()
+
+    def reconfigure(self, config: QueueConfig) -> None:
+        """Apply a new configuration (takes effect for the next jobs claimed)."""
+        self.config = config
+        self.wake()
+
+    def set_suspended(self, suspended: bool) -> None:
+        """Suspend (running jobs finish, none starts) or resume."""
+        self.suspended = suspended
+        self.wake()
 
     def request_stop(self, job_id: str) -> bool:
         """Tell a running job's consumer to stop; False if it is not running here."""
@@ -155,16 +171,16 @@ class QueueRunner:
 
     async def stop(self, grace_s: float) -> None:
         """Take no more jobs; let running ones finish for `grace_s`, then re-queue the rest."""
+        # Not cancel(): a dispatcher cancelled while its claim commits would lose the claimed
+        # jobs (ACTIVE in the journal, run by nobody). It finishes the claim, starts what it
+        # claimed (handled below like any running job) and then returns.
         self._stopping = True
+        self.wake()
         if self._dispatcher is not None:
-            self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
         if self._running:
             log.info(
-                "queue %s: waiting up to %.1fs for %d running jobs",
-                self.settings.name,
-                grace_s,
-                len(self._running),
+                "queue %s: waiting up to %.1fs for %d running jobs", self.name, grace_s, len(self._running)
             )
             await asyncio.wait([r.task for r in self._running.values()], timeout=grace_s)
         leftovers = list(self._running.values())
@@ -173,58 +189,95 @@ class QueueRunner:
                 running.context.request_stop()
                 running.task.cancel()
             await asyncio.gather(*(r.task for r in leftovers), return_exceptions=True)
-            requeued = await self._journal.requeue_active([(r.job.id, r.job.attempt) for r in leftovers])
-            log.info("queue %s: re-queued %d jobs still running at shutdown", self.settings.name, requeued)
+            requeued = await self._store.requeue_active(
+                [(r.job.id, r.job.attempt) for r in leftovers], now_us()
+            )
+            log.info("queue %s: re-queued %d jobs still running at shutdown", self.name, requeued)
+
+    def _free_slots(self) -> int:
+        if self.config.type is QueueType.ORDERED:
+            # The next job may start only after the previous result committed: a failed job
+            # must be back at the head before the queue looks at it again.
+            return 1 - len(self._running)
+        return self.config.parallelism - self.active_count
+
+    async def _claim(self, free: int) -> tuple[list[Job], float | None]:
+        """Claim up to `free` jobs; also how long to sleep if none is due (None: until woken)."""
+        config, store, me = self.config, self._store, self._instance_id
+        now = now_us()
+        if config.type is QueueType.ORDERED:
+            jobs, head_due = await store.claim_ordered(me, config.name, now)
+            return jobs, None if head_due is None else max(0.0, (head_due - now_us()) / 1e6)
+        if config.type is QueueType.TOPIC_ROUND_ROBIN:
+            jobs = await store.claim_round_robin(me, config.name, now, free, self._last_topic)
+            if jobs:
+                self._last_topic = jobs[-1].topic
+        else:
+            jobs = await store.claim(me, config.name, now, free)
+        if len(jobs) == free:
+            return jobs, 0.0
+        due = await store.next_due_us(me, config.name)
+        return jobs, None if due is None else max(0.0, (due - now_us()) / 1e6)
 
     async def _dispatch(self) -> None:
-        settings = self.settings
-        while True:
+        while not self._stopping:
             self._wakeup.clear()
-            # A job whose consumer returned frees its slot at once: the next job is claimed
-            # while its result commits (often in the same group commit), not after.
-            free = settings.max_parallel - self.active_count
             timeout: float | None = None
-            if free > 0:
+            free = self._free_slots()
+            if free > 0 and not self.suspended:
                 try:
-                    jobs = await self._journal.claim(self._instance_id, settings.name, now_us(), free)
+                    jobs, timeout = await self._claim(free)
                 except Unavailable:
                     return
                 for job in jobs:
                     self._start(job)
-                if len(jobs) == free:
+                if jobs and timeout == 0.0:
                     continue  # there may be more; claim again as soon as slots free up
-                due = await self._journal.next_due_us(self._instance_id, settings.name)
-                if due is not None:
-                    timeout = max(0.0, (due - now_us()) / 1e6)
-            if timeout == 0.0:
+            if timeout == 0.0 or self._stopping:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     def _start(self, job: Job) -> None:
-        context = JobContext(job)
+        context = self._make_context(job)
         task = asyncio.create_task(self._run(job, context), name=f"job-{job.id}")
         self._running[job.id] = _Running(job, context, task)
         if job.stop_requested:
             context.request_stop()
 
     async def _run(self, job: Job, context: JobContext) -> None:
+        config = self.config
         try:
-            result = await self._execute(job, context)
+            # A per-job timeout of 0 means none, even on a queue with a timeout.
+            timeout_s = job.timeout_us / 1e6 if job.timeout_us is not None else config.timeout_s
+            if timeout_s:
+                try:
+                    result = await asyncio.wait_for(self._execute(job, context), timeout_s)
+                except TimeoutError:
+                    context.request_stop()
+                    result = JobResult.failed(f"timed out after {timeout_s:g}s")
+            else:
+                result = await self._execute(job, context)
+            if result is None:  # no consumer took the job: it waits for one, no retry spent
+                if await self._release(job):
+                    return
+                result = JobResult.failed(f"stopped before a consumer for topic {job.topic} took it")
             running = self._running.get(job.id)
             if running is not None and running.context is context:
                 running.finishing = True
                 self._wakeup.set()
-            delay_s = self.settings.retry_delay_s if result.retry_delay_s is None else result.retry_delay_s
             report = AttemptReport(
-                job.id, job.attempt, result.outcome, result.message, int(delay_s * 1e6), result.output
+                job.id,
+                job.attempt,
+                result.outcome,
+                result.message,
+                config,
+                result.retry_delay_s,
+                result.output,
+                job.seq,
             )
-            try:
-                (finished,) = await self._journal.end_attempts([report], now_us())
-            except Unavailable:
-                return  # shutting down: the job is re-queued by stop()
-            if finished is not None and self._on_finished is not None:
-                self._on_finished(finished)
+            with contextlib.suppress(Unavailable):  # shutting down: stop() re-queues the job
+                await asyncio.shield(self._report(report))  # shared by every report of the batch
         finally:
             # A job removed and retried while this attempt still ran has a newer attempt here.
             current = self._running.get(job.id)
@@ -232,21 +285,70 @@ class QueueRunner:
                 del self._running[job.id]
             self._wakeup.set()
 
-    async def _execute(self, job: Job, context: JobContext) -> JobResult:
+    def _report(self, report: AttemptReport) -> asyncio.Future[list[bool]]:
+        """Queue a result; all results reported in one pass of the loop commit as one operation."""
+        if self._report_batch is None:
+            loop = asyncio.get_running_loop()
+            self._report_batch = ([], loop.create_future())
+            loop.call_soon(self._flush_reports)
+        self._report_batch[0].append(report)
+        return self._report_batch[1]
+
+    def _flush_reports(self) -> None:
+        assert self._report_batch is not None
+        reports, done = self._report_batch
+        self._report_batch = None
+        task = asyncio.ensure_future(self._store.end_attempts(reports, now_us()))
+
+        def settle(task: asyncio.Future[list[bool]]) -> None:
+            if done.cancelled():
+                return
+            if task.cancelled():
+                done.cancel()
+            elif task.exception() is not None:
+                done.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                done.set_result(task.result())
+
+        task.add_done_callback(settle)
+
+    async def _release(self, job: Job) -> bool:
+        """Put a job no consumer took back to QUEUED, unassigned; False if it was stopped meanwhile."""
+        message = f"waiting for a consumer: none for topic {job.topic} on this node any more"
+        try:
+            released = await self._store.release_active(job.id, job.attempt, now_us(), message)
+        except Unavailable:
+            return True  # shutting down: the job is recovered at the next start
+        if released and self._consumers.find(job.topic) is not None:
+            # A consumer registered while the release was being committed, so the assignment
+            # its registration triggered did not see this job: assign it now.
+            with contextlib.suppress(Unavailable):
+                await self._store.assign_unassigned(self._instance_id, self._consumers.patterns)
+            self.wake()
+        return released
+
+    async def _execute(self, job: Job, context: JobContext) -> JobResult | None:
+        """The consumer's result; None when no consumer took the job (see `ConsumerGone`)."""
         consumer = self._consumers.find(job.topic)
         if consumer is None:
-            return JobResult.failed(f"no consumer for topic {job.topic} on this node any more")
+            log.info("no consumer for topic %s any more; job %s waits for one", job.topic, job.id)
+            return None
         try:
             if job.payload_size:
-                job = replace(job, payload=await self._journal.get_payload(job.id))
+                job = replace(job, payload=await self._store.get_payload(job.id))
                 context.job = job
             if consumer.is_async:
                 result = await consumer.handler(job, context)  # type: ignore[misc]
             else:
                 assert self._thread_results is not None, "QueueRunner.start() was not called"
                 result = await self._thread_results.run(consumer.handler, job, context)
+            if isinstance(result, Deferred):
+                result = await asyncio.wrap_future(context.completion)
         except asyncio.CancelledError:
             raise
+        except ConsumerGone:
+            log.info("consumer %s went away before job %s started; it waits for one", consumer.name, job.id)
+            return None
         except Exception as e:
             log.debug("consumer %s raised on job %s", consumer.name, job.id, exc_info=True)
             return JobResult(Outcome.CANCELLED, str(e) or type(e).__name__)

@@ -49,6 +49,73 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_seq, kind)
     ) WITHOUT ROWID;
     """,
+    # v2: the full job manager: queues, progress, logs, events, statistics, schedules, dedup.
+    """
+    ALTER TABLE jobs ADD COLUMN dedup_key TEXT;
+    ALTER TABLE jobs ADD COLUMN retry_delay_us INTEGER;   -- per-job override; NULL: the queue's
+    ALTER TABLE jobs ADD COLUMN timeout_us INTEGER;       -- per-job override; NULL: the queue's
+    ALTER TABLE jobs ADD COLUMN progress_total INTEGER;
+    ALTER TABLE jobs ADD COLUMN progress_done INTEGER;
+    ALTER TABLE jobs ADD COLUMN eta_us INTEGER;
+    ALTER TABLE jobs ADD COLUMN log_count INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX jobs_dedup ON jobs (dedup_key) WHERE dedup_key IS NOT NULL;
+    -- Ordered queues pick strictly by seq.
+    CREATE INDEX jobs_ready_seq ON jobs (target, queue, seq) WHERE state = 1;
+    CREATE TABLE job_log (
+        job_seq INTEGER NOT NULL,
+        line INTEGER NOT NULL,
+        time_us INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        PRIMARY KEY (job_seq, line)
+    ) WITHOUT ROWID;
+    CREATE TABLE job_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after a purge
+        type INTEGER NOT NULL,
+        time_us INTEGER NOT NULL,
+        job_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        retry_count INTEGER NOT NULL,
+        message TEXT,
+        progress_total INTEGER,
+        progress_done INTEGER,
+        eta_us INTEGER,
+        target TEXT
+    );
+    CREATE TABLE job_stats (
+        scope INTEGER NOT NULL,                  -- 0 global, 1 queue, 2 topic
+        name TEXT NOT NULL,
+        finished INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        cancelled INTEGER NOT NULL DEFAULT 0,
+        waiting_us INTEGER NOT NULL DEFAULT 0,
+        waiting_count INTEGER NOT NULL DEFAULT 0,
+        processing_us INTEGER NOT NULL DEFAULT 0,
+        processing_count INTEGER NOT NULL DEFAULT 0,
+        last_activated_us INTEGER NOT NULL DEFAULT 0,
+        last_finished_us INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (scope, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        suspended INTEGER NOT NULL DEFAULT 0,
+        config TEXT                              -- JSON of a queue set over the API; NULL: none
+    );
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        job BLOB NOT NULL,                       -- serialized jobmesh.v1.NewJob
+        rules BLOB NOT NULL,                     -- serialized repeated jobmesh.v1.ScheduleRule
+        suspended INTEGER NOT NULL DEFAULT 0,
+        next_us INTEGER,                         -- NULL: no occurrence left
+        last_us INTEGER,
+        fired_count INTEGER NOT NULL DEFAULT 0,
+        last_job_id TEXT,
+        created_us INTEGER NOT NULL
+    );
+    CREATE INDEX schedules_due ON schedules (next_us) WHERE suspended = 0 AND next_us IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from node.errors import JournalError, Unavailable
 
@@ -31,8 +31,11 @@ class _Pending:
     __slots__ = ("future", "loop", "operation")
 
     def __init__(
-        self, operation: Operation[Any], loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
-    ):
+        self,
+        operation: Operation[Any],
+        loop: asyncio.AbstractEventLoop | None,
+        future: asyncio.Future[Any] | None,
+    ) -> None:
         self.operation = operation
         self.loop = loop
         self.future = future
@@ -48,11 +51,31 @@ def _resolve(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             future.set_exception(value)
 
 
+class CommitHooks(Protocol):
+    """Side effects that ride along with each group commit (see node/journal/recorder.py)."""
+
+    def operation_started(self) -> None:
+        """An operation is about to run in its savepoint."""
+
+    def operation_failed(self) -> None:
+        """The operation raised and was rolled back."""
+
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        """Last writes of the transaction."""
+
+    def after_commit(self) -> None:
+        """The transaction is durable."""
+
+    def after_rollback(self) -> None:
+        """The whole transaction failed."""
+
+
 class JournalWriter:
     """Runs write operations on one connection in a dedicated thread, with group commit."""
 
     def __init__(self, conn: sqlite3.Connection, name: str = "journal-writer") -> None:
         self._conn = conn
+        self.hooks: CommitHooks | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -62,6 +85,11 @@ class JournalWriter:
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
+
+    def submit_nowait(self, operation: Operation[Any]) -> None:
+        """Run `operation` in a coming group commit without waiting (thread-safe; errors are logged)."""
+        if not self._closed:
+            self._queue.put(_Pending(operation, None, None))
 
     async def submit(self, operation: Operation[T]) -> T:
         """Run `operation` in the next group commit and return its result after the commit."""
@@ -102,31 +130,46 @@ class JournalWriter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         conn = self._conn
+        hooks = self.hooks
         results: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for pending in batch:
                 conn.execute("SAVEPOINT op")
+                if hooks is not None:
+                    hooks.operation_started()
                 try:
                     value = pending.operation(conn)
                 except Exception as e:
                     conn.execute("ROLLBACK TO op")
+                    if hooks is not None:
+                        hooks.operation_failed()
+                    if pending.future is None:
+                        log.warning("journal operation failed: %s", e)
                     results.append((False, e))
                 else:
                     results.append((True, value))
                 conn.execute("RELEASE op")
+            if hooks is not None:
+                hooks.before_commit(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             log.exception("journal commit failed")
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if hooks is not None:
+                hooks.after_rollback()
             error = JournalError(f"journal commit failed: {e}")
             results = [(False, error)] * len(batch)
+        else:
+            if hooks is not None:
+                hooks.after_commit()
         self.commits += 1
         self.operations += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for pending, (ok, value) in zip(batch, results, strict=True):
-            by_loop.setdefault(pending.loop, []).append((pending.future, ok, value))
+            if pending.loop is not None and pending.future is not None:
+                by_loop.setdefault(pending.loop, []).append((pending.future, ok, value))
         for loop, outcomes in by_loop.items():
             # A closed loop means nobody is waiting any more.
             with contextlib.suppress(RuntimeError):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, JobmeshError, Unavailable
+from node.jobs.events import EventFilter, EventType
 from node.jobs.manager import JobManager
-from node.jobs.model import HISTORY_STATES, JobState
-from node.journal.journal import JobQuery, decode_page_token
-from node.services.status import rpc
+from node.jobs.model import HISTORY_STATES, Job, JobState
+from node.journal.jobs import JobQuery, decode_page_token
+from node.services.status import rpc, status_for
 from node.templates import Template
-from node.topics import validate_topic
+from node.topics import TopicPattern, validate_topic
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
@@ -77,30 +80,41 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, manager: JobManager) -> None:
         self._manager = manager
 
+    def _job_proto(self, job: Job) -> jobs_pb2.Job:
+        proto = job.to_proto()
+        if job.timeout_us is None:  # no per-job timeout: the queue's applies
+            queue = self._manager.queues.get(job.queue)
+            proto.timeout_s = queue.timeout_s if queue is not None else 0.0
+        return proto
+
     @rpc
     async def AddJob(
         self, request: jobs_pb2.AddJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.AddJobResponse:
         if not request.HasField("job"):
             raise InvalidArgument("job is missing")
-        job = await self._manager.add_proto_job(request.job, field="job")
-        return jobs_pb2.AddJobResponse(job=job.to_proto())
+        job, deduplicated = await self._manager.add_proto_job(request.job)
+        return jobs_pb2.AddJobResponse(job=self._job_proto(job), deduplicated=deduplicated)
 
     @rpc
     async def AddJobs(
         self, request: jobs_pb2.AddJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.AddJobsResponse:
-        ids = await self._manager.add_proto_jobs(request.jobs)
-        return jobs_pb2.AddJobsResponse(job_ids=ids)
+        added = await self._manager.add_proto_jobs(request.jobs)
+        return jobs_pb2.AddJobsResponse(
+            job_ids=[a.id for a in added], deduplicated=[a.deduplicated for a in added]
+        )
 
     @rpc
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
         job = await self._manager.get_job(
-            _require_id(request.job_id), include_payloads=request.include_payloads
+            _require_id(request.job_id),
+            include_payloads=request.include_payloads,
+            include_log=request.include_log,
         )
-        return jobs_pb2.GetJobResponse(job=job.to_proto())
+        return jobs_pb2.GetJobResponse(job=self._job_proto(job))
 
     @rpc
     async def FindJobs(
@@ -108,7 +122,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.FindJobsResponse:
         page = await self._manager.find_jobs(query_from_proto(request))
         return jobs_pb2.FindJobsResponse(
-            jobs=[job.to_proto() for job in page.jobs],
+            jobs=[self._job_proto(job) for job in page.jobs],
             next_page_token=page.next_page_token,
             total_count=page.total_count,
         )
@@ -118,7 +132,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.StopJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.StopJobResponse:
         job = await self._manager.stop_job(_require_id(request.job_id))
-        return jobs_pb2.StopJobResponse(job=job.to_proto())
+        return jobs_pb2.StopJobResponse(job=self._job_proto(job))
 
     @rpc
     async def RemoveJob(
@@ -127,11 +141,75 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         job = await self._manager.remove_job(_require_id(request.job_id))
         if job is None:
             return jobs_pb2.RemoveJobResponse(deleted=True)
-        return jobs_pb2.RemoveJobResponse(deleted=False, job=job.to_proto())
+        return jobs_pb2.RemoveJobResponse(deleted=False, job=self._job_proto(job))
 
     @rpc
     async def RetryJob(
         self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.RetryJobResponse:
         job = await self._manager.retry_job(_require_id(request.job_id))
-        return jobs_pb2.RetryJobResponse(job=job.to_proto())
+        return jobs_pb2.RetryJobResponse(job=self._job_proto(job))
+
+    async def WatchJobs(
+        self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.WatchJobsResponse]:
+        try:
+            event_filter = filter_from_proto(request)
+            if request.after_seq < -1:
+                raise InvalidArgument(
+                    f"after_seq {request.after_seq} is invalid; use -1 (live), 0 (all) or a seq"
+                )
+        except JobmeshError as e:
+            await context.abort(status_for(e), str(e))
+        try:
+            async for batch in self._manager.watch(request.after_seq, event_filter):
+                yield jobs_pb2.WatchJobsResponse(
+                    events=[e.to_proto() for e in batch.events],
+                    gap_until_seq=batch.gap_until_seq,
+                    # Where this stream has read up to, not the journal's head: a client
+                    # resuming from a later seq would skip matching events not yet sent.
+                    head_seq=batch.last_seq,
+                )
+        except Unavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+    @rpc
+    async def GetStatistics(
+        self, request: jobs_pb2.GetStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetStatisticsResponse:
+        report = await self._manager.statistics()
+        response = jobs_pb2.GetStatisticsResponse()
+        getattr(response, "global").CopyFrom(report.global_.to_proto())  # `global` is a Python keyword
+        for name, stats in report.queues.items():
+            response.queues[name].CopyFrom(stats.to_proto())
+        for name, stats in report.topics.items():
+            response.topics[name].CopyFrom(stats.to_proto())
+        return response
+
+    @rpc
+    async def PurgeJobs(
+        self, request: jobs_pb2.PurgeJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.PurgeJobsResponse:
+        states = []
+        for index, value in enumerate(request.states):
+            if value not in {int(s) for s in HISTORY_STATES}:
+                raise InvalidArgument(f"states[{index}] is {value}; only history states can be purged")
+            states.append(JobState(value))
+        if request.keep_newest < 0:
+            raise InvalidArgument("keep_newest must be >= 0")
+        older = request.older_than.ToTimedelta().total_seconds() if request.HasField("older_than") else None
+        if older is not None and older < 0:
+            raise InvalidArgument("older_than must not be negative")
+        purged = await self._manager.purge(states, older, request.keep_newest)
+        return jobs_pb2.PurgeJobsResponse(purged=purged)
+
+
+def filter_from_proto(request: jobs_pb2.WatchJobsRequest) -> EventFilter:
+    """Validate a WatchJobsRequest's filters."""
+    patterns = tuple(TopicPattern.parse(t) for t in request.topics)
+    types = set()
+    for index, value in enumerate(request.types):
+        if value not in {int(t) for t in EventType}:
+            raise InvalidArgument(f"types[{index}] is {value}, not a known JobEventType")
+        types.add(EventType(value))
+    return EventFilter(patterns, frozenset(request.job_ids), frozenset(types))

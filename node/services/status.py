@@ -15,7 +15,7 @@ from node.errors import (
     FailedPrecondition,
     InvalidArgument,
     JobmeshError,
-    JobNotFound,
+    NotFound,
     ResourceExhausted,
     Unavailable,
 )
@@ -25,7 +25,7 @@ R = TypeVar("R")
 
 STATUS_BY_ERROR: tuple[tuple[type[JobmeshError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (JobNotFound, grpc.StatusCode.NOT_FOUND),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),

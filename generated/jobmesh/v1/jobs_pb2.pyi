@@ -14,6 +14,7 @@ is no longer used is marked `reserved`.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -171,6 +172,54 @@ COMPARISON_OPERATOR_GREATER_OR_EQUAL: ComparisonOperator.ValueType  # 5
 """Greater than or equal."""
 Global___ComparisonOperator: _TypeAlias = ComparisonOperator  # noqa: Y015
 
+class _JobEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_EVENT_TYPE_UNSPECIFIED: _JobEventType.ValueType  # 0
+    """Never sent."""
+    JOB_EVENT_TYPE_ADDED: _JobEventType.ValueType  # 1
+    """The job was added (QUEUED)."""
+    JOB_EVENT_TYPE_STARTED: _JobEventType.ValueType  # 2
+    """An attempt started (ACTIVE)."""
+    JOB_EVENT_TYPE_PROGRESS: _JobEventType.ValueType  # 3
+    """The consumer reported progress or logged a line."""
+    JOB_EVENT_TYPE_FINISHED: _JobEventType.ValueType  # 4
+    """The job succeeded (SUCCEEDED)."""
+    JOB_EVENT_TYPE_FAILED: _JobEventType.ValueType  # 5
+    """An attempt failed; the job is QUEUED again for a retry."""
+    JOB_EVENT_TYPE_CANCELLED: _JobEventType.ValueType  # 6
+    """The job ended without success and will not be retried (GIVEN_UP, ERROR)."""
+    JOB_EVENT_TYPE_STOPPED: _JobEventType.ValueType  # 7
+    """The job was stopped by a user (STOPPED)."""
+    JOB_EVENT_TYPE_REMOVED: _JobEventType.ValueType  # 8
+    """The job was removed by a user (DROPPED, or deleted from history)."""
+
+class JobEventType(_JobEventType, metaclass=_JobEventTypeEnumTypeWrapper):
+    """What happened to a job."""
+
+JOB_EVENT_TYPE_UNSPECIFIED: JobEventType.ValueType  # 0
+"""Never sent."""
+JOB_EVENT_TYPE_ADDED: JobEventType.ValueType  # 1
+"""The job was added (QUEUED)."""
+JOB_EVENT_TYPE_STARTED: JobEventType.ValueType  # 2
+"""An attempt started (ACTIVE)."""
+JOB_EVENT_TYPE_PROGRESS: JobEventType.ValueType  # 3
+"""The consumer reported progress or logged a line."""
+JOB_EVENT_TYPE_FINISHED: JobEventType.ValueType  # 4
+"""The job succeeded (SUCCEEDED)."""
+JOB_EVENT_TYPE_FAILED: JobEventType.ValueType  # 5
+"""An attempt failed; the job is QUEUED again for a retry."""
+JOB_EVENT_TYPE_CANCELLED: JobEventType.ValueType  # 6
+"""The job ended without success and will not be retried (GIVEN_UP, ERROR)."""
+JOB_EVENT_TYPE_STOPPED: JobEventType.ValueType  # 7
+"""The job was stopped by a user (STOPPED)."""
+JOB_EVENT_TYPE_REMOVED: JobEventType.ValueType  # 8
+"""The job was removed by a user (DROPPED, or deleted from history)."""
+Global___JobEventType: _TypeAlias = JobEventType  # noqa: Y015
+
 @_typing.final
 class PropertyList(_message.Message):
     """A list of scalar property values. Lists do not nest."""
@@ -277,6 +326,10 @@ class NewJob(_message.Message):
     TOPIC_FIELD_NUMBER: _builtins.int
     PROPERTIES_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_S_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """The topic: slash-separated segments such as `images/resize`. Segments are
     non-empty and consist of letters, digits, `.`, `_` and `-`.
@@ -285,6 +338,17 @@ class NewJob(_message.Message):
     """Optional input payload handed to the consumer, up to the node's
     configured payload limit (`jobs.max_payload_bytes`).
     """
+    dedup_key: _builtins.str
+    """Optional idempotency key (at most 256 characters). While a job with the
+    same key exists on this node (queued, active or in history), adding
+    another returns that job instead of creating a second one.
+    """
+    max_retries: _builtins.int
+    """Overrides the queue's retries for this job; -1 retries forever."""
+    retry_delay_s: _builtins.float
+    """Overrides the queue's retry delay (seconds) for this job."""
+    timeout_s: _builtins.float
+    """Overrides the queue's attempt timeout (seconds) for this job; 0 = none."""
     @_builtins.property
     def properties(self) -> _containers.MessageMap[_builtins.str, Global___PropertyValue]:
         """Typed properties. Names match `[A-Za-z_][A-Za-z0-9_.:-]*` (at most 128
@@ -297,14 +361,89 @@ class NewJob(_message.Message):
         topic: _builtins.str = ...,
         properties: _abc.Mapping[_builtins.str, Global___PropertyValue] | None = ...,
         payload: _builtins.bytes = ...,
+        dedup_key: _builtins.str = ...,
+        max_retries: _builtins.int | None = ...,
+        retry_delay_s: _builtins.float | None = ...,
+        timeout_s: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "_retry_delay_s", b"_retry_delay_s", "_timeout_s", b"_timeout_s", "max_retries", b"max_retries", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "properties", b"properties", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "_retry_delay_s", b"_retry_delay_s", "_timeout_s", b"_timeout_s", "dedup_key", b"dedup_key", "max_retries", b"max_retries", "payload", b"payload", "properties", b"properties", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
+    _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
+    _WhichOneofReturnType__retry_delay_s: _TypeAlias = _typing.Literal["retry_delay_s"]  # noqa: Y015
+    _WhichOneofArgType__retry_delay_s: _TypeAlias = _typing.Literal["_retry_delay_s", b"_retry_delay_s"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_s: _TypeAlias = _typing.Literal["timeout_s"]  # noqa: Y015
+    _WhichOneofArgType__timeout_s: _TypeAlias = _typing.Literal["_timeout_s", b"_timeout_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_delay_s) -> _WhichOneofReturnType__retry_delay_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_s) -> _WhichOneofReturnType__timeout_s | None: ...
+
+Global___NewJob: _TypeAlias = NewJob  # noqa: Y015
+
+@_typing.final
+class JobProgress(_message.Message):
+    """Progress a consumer reported for the current or last attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_STEPS_FIELD_NUMBER: _builtins.int
+    COMPLETED_STEPS_FIELD_NUMBER: _builtins.int
+    ETA_FIELD_NUMBER: _builtins.int
+    total_steps: _builtins.int
+    """Total steps the consumer announced with init_progress; 0 if it did not."""
+    completed_steps: _builtins.int
+    """Steps completed so far."""
+    @_builtins.property
+    def eta(self) -> _timestamp_pb2.Timestamp:
+        """Estimated completion time; unset when unknown."""
+
+    def __init__(
+        self,
+        *,
+        total_steps: _builtins.int = ...,
+        completed_steps: _builtins.int = ...,
+        eta: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["eta", b"eta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_steps", b"completed_steps", "eta", b"eta", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___NewJob: _TypeAlias = NewJob  # noqa: Y015
+Global___JobProgress: _TypeAlias = JobProgress  # noqa: Y015
+
+@_typing.final
+class JobLogLine(_message.Message):
+    """One line a consumer logged on a job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """The text."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it was logged."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobLogLine: _TypeAlias = JobLogLine  # noqa: Y015
 
 @_typing.final
 class Job(_message.Message):
@@ -352,6 +491,11 @@ class Job(_message.Message):
     OUTPUT_PAYLOAD_SIZE_FIELD_NUMBER: _builtins.int
     OUTPUT_PAYLOAD_FIELD_NUMBER: _builtins.int
     STOP_REQUESTED_FIELD_NUMBER: _builtins.int
+    DEDUP_KEY_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
+    LOG_LINE_COUNT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique, time-ordered id (a UUIDv7 string): ids sort in creation order."""
     topic: _builtins.str
@@ -382,6 +526,12 @@ class Job(_message.Message):
     """The output payload; filled only when the request asked for it."""
     stop_requested: _builtins.bool
     """True when a user asked an active job to stop and it has not returned yet."""
+    dedup_key: _builtins.str
+    """The idempotency key the job was added with (empty if none)."""
+    log_line_count: _builtins.int
+    """How many log lines the job has."""
+    timeout_s: _builtins.float
+    """The attempt timeout in seconds that applies to the job (0 = none)."""
     @_builtins.property
     def properties(self) -> _containers.MessageMap[_builtins.str, Global___PropertyValue]:
         """The job's properties, as added."""
@@ -401,6 +551,16 @@ class Job(_message.Message):
     @_builtins.property
     def not_before_time(self) -> _timestamp_pb2.Timestamp:
         """For a queued job waiting for a retry: the earliest time it runs again."""
+
+    @_builtins.property
+    def progress(self) -> Global___JobProgress:
+        """Progress of the current or last attempt; unset if none was reported."""
+
+    @_builtins.property
+    def log(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobLogLine]:
+        """The lines the consumer logged (oldest first, capped); filled only when the
+        request asked for it.
+        """
 
     def __init__(
         self,
@@ -424,10 +584,15 @@ class Job(_message.Message):
         output_payload_size: _builtins.int = ...,
         output_payload: _builtins.bytes = ...,
         stop_requested: _builtins.bool = ...,
+        dedup_key: _builtins.str = ...,
+        progress: Global___JobProgress | None = ...,
+        log: _abc.Iterable[Global___JobLogLine] | None = ...,
+        log_line_count: _builtins.int = ...,
+        timeout_s: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "finished_time", b"finished_time", "not_before_time", b"not_before_time", "started_time", b"started_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "finished_time", b"finished_time", "not_before_time", b"not_before_time", "progress", b"progress", "started_time", b"started_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "finished_time", b"finished_time", "id", b"id", "max_retries", b"max_retries", "not_before_time", b"not_before_time", "origin_instance", b"origin_instance", "output_payload", b"output_payload", "output_payload_size", b"output_payload_size", "payload", b"payload", "payload_size", b"payload_size", "properties", b"properties", "queue", b"queue", "result_message", b"result_message", "retry_count", b"retry_count", "started_time", b"started_time", "state", b"state", "stop_requested", b"stop_requested", "target_instance", b"target_instance", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "dedup_key", b"dedup_key", "finished_time", b"finished_time", "id", b"id", "log", b"log", "log_line_count", b"log_line_count", "max_retries", b"max_retries", "not_before_time", b"not_before_time", "origin_instance", b"origin_instance", "output_payload", b"output_payload", "output_payload_size", b"output_payload_size", "payload", b"payload", "payload_size", b"payload_size", "progress", b"progress", "properties", b"properties", "queue", b"queue", "result_message", b"result_message", "retry_count", b"retry_count", "started_time", b"started_time", "state", b"state", "stop_requested", b"stop_requested", "target_instance", b"target_instance", "timeout_s", b"timeout_s", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -464,6 +629,11 @@ class AddJobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_FIELD_NUMBER: _builtins.int
+    deduplicated: _builtins.bool
+    """True when a job with the same dedup_key already existed and is returned
+    instead of a new one.
+    """
     @_builtins.property
     def job(self) -> Global___Job:
         """The job as committed (without its payload bytes)."""
@@ -472,10 +642,11 @@ class AddJobResponse(_message.Message):
         self,
         *,
         job: Global___Job | None = ...,
+        deduplicated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -512,18 +683,26 @@ class AddJobsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_IDS_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The ids of the added jobs, in request order."""
+
+    @_builtins.property
+    def deduplicated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Per job, in request order: true when its dedup_key matched an existing job
+        (whose id is returned in job_ids).
+        """
 
     def __init__(
         self,
         *,
         job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        deduplicated: _abc.Iterable[_builtins.bool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "job_ids", b"job_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,19 +716,23 @@ class GetJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     INCLUDE_PAYLOADS_FIELD_NUMBER: _builtins.int
+    INCLUDE_LOG_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The id of the job."""
     include_payloads: _builtins.bool
     """Also return the input and output payload bytes."""
+    include_log: _builtins.bool
+    """Also return the job's log lines."""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         include_payloads: _builtins.bool = ...,
+        include_log: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_payloads", b"include_payloads", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_log", b"include_log", "include_payloads", b"include_payloads", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -864,3 +1047,370 @@ class RetryJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryJobResponse: _TypeAlias = RetryJobResponse  # noqa: Y015
+
+@_typing.final
+class JobEvent(_message.Message):
+    """One job event, as recorded in the journal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    TOPIC_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RETRY_COUNT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    TARGET_INSTANCE_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Sequence number: strictly increasing in commit order on this node, never
+    reused. Resume a watch with the last one you processed.
+    """
+    type: Global___JobEventType.ValueType
+    """What happened."""
+    job_id: _builtins.str
+    """The job's id."""
+    topic: _builtins.str
+    """The job's topic."""
+    queue: _builtins.str
+    """The job's queue."""
+    state: Global___JobState.ValueType
+    """The job's state after the event."""
+    retry_count: _builtins.int
+    """The job's retry count after the event."""
+    message: _builtins.str
+    """The result message (FINISHED, FAILED, CANCELLED, STOPPED) or the logged
+    line (PROGRESS with a log line).
+    """
+    target_instance: _builtins.str
+    """The instance that ran the attempt (STARTED and result events)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it was committed."""
+
+    @_builtins.property
+    def progress(self) -> Global___JobProgress:
+        """Progress after the event (PROGRESS)."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        type: Global___JobEventType.ValueType = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        job_id: _builtins.str = ...,
+        topic: _builtins.str = ...,
+        queue: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        retry_count: _builtins.int = ...,
+        message: _builtins.str = ...,
+        progress: Global___JobProgress | None = ...,
+        target_instance: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "message", b"message", "progress", b"progress", "queue", b"queue", "retry_count", b"retry_count", "seq", b"seq", "state", b"state", "target_instance", b"target_instance", "time", b"time", "topic", b"topic", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
+
+@_typing.final
+class WatchJobsRequest(_message.Message):
+    """Request of WatchJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    TOPICS_FIELD_NUMBER: _builtins.int
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Send events with a sequence number greater than this: 0 for all retained
+    history, -1 for live events only.
+    """
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of jobs whose topic matches one of these patterns (`a/b`,
+        `a/b/*`, `a/b/**`); empty for all topics.
+        """
+
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these jobs; empty for all jobs."""
+
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___JobEventType.ValueType]:
+        """Only these event types; empty for all."""
+
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        topics: _abc.Iterable[_builtins.str] | None = ...,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        types: _abc.Iterable[Global___JobEventType.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "job_ids", b"job_ids", "topics", b"topics", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobsRequest: _TypeAlias = WatchJobsRequest  # noqa: Y015
+
+@_typing.final
+class WatchJobsResponse(_message.Message):
+    """One message of the WatchJobs stream: a batch of events in sequence order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    GAP_UNTIL_SEQ_FIELD_NUMBER: _builtins.int
+    HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    gap_until_seq: _builtins.int
+    """Set when events this stream was to send were purged by retention before
+    it read them (on the first message when they were gone before the call;
+    later when a slow reader fell behind): the sequence number of the oldest
+    event still available. Events before it are lost to this client.
+    """
+    head_seq: _builtins.int
+    """The sequence number this stream has read up to: every event up to it
+    that matches the filters has been sent, in this message or an earlier
+    one. Resuming with `after_seq` = `head_seq` misses nothing and repeats
+    nothing (the first message of a stream carries it even when no event
+    matches, e.g. the current head for `after_seq` -1).
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
+        """Events, in increasing `seq`."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___JobEvent] | None = ...,
+        gap_until_seq: _builtins.int = ...,
+        head_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "gap_until_seq", b"gap_until_seq", "head_seq", b"head_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobsResponse: _TypeAlias = WatchJobsResponse  # noqa: Y015
+
+@_typing.final
+class Statistics(_message.Message):
+    """Counters and timings of a set of jobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUED_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    PROCESSED_FIELD_NUMBER: _builtins.int
+    AVERAGE_WAITING_MS_FIELD_NUMBER: _builtins.int
+    AVERAGE_PROCESSING_MS_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVATED_FIELD_NUMBER: _builtins.int
+    LAST_FINISHED_FIELD_NUMBER: _builtins.int
+    queued: _builtins.int
+    """Jobs QUEUED now."""
+    active: _builtins.int
+    """Jobs ACTIVE now."""
+    finished: _builtins.int
+    """Jobs that succeeded, since the journal was created."""
+    failed: _builtins.int
+    """Attempts that failed and were retried."""
+    cancelled: _builtins.int
+    """Jobs that ended without success (GIVEN_UP, ERROR, STOPPED while active)."""
+    processed: _builtins.int
+    """Attempts that ended: finished + failed + cancelled."""
+    average_waiting_ms: _builtins.float
+    """Average time from queued to started, in milliseconds."""
+    average_processing_ms: _builtins.float
+    """Average time from started to ended, in milliseconds."""
+    @_builtins.property
+    def last_activated(self) -> _timestamp_pb2.Timestamp:
+        """When an attempt last started; unset if never."""
+
+    @_builtins.property
+    def last_finished(self) -> _timestamp_pb2.Timestamp:
+        """When an attempt last ended; unset if never."""
+
+    def __init__(
+        self,
+        *,
+        queued: _builtins.int = ...,
+        active: _builtins.int = ...,
+        finished: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+        processed: _builtins.int = ...,
+        average_waiting_ms: _builtins.float = ...,
+        average_processing_ms: _builtins.float = ...,
+        last_activated: _timestamp_pb2.Timestamp | None = ...,
+        last_finished: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_activated", b"last_activated", "last_finished", b"last_finished"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "average_processing_ms", b"average_processing_ms", "average_waiting_ms", b"average_waiting_ms", "cancelled", b"cancelled", "failed", b"failed", "finished", b"finished", "last_activated", b"last_activated", "last_finished", b"last_finished", "processed", b"processed", "queued", b"queued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Statistics: _TypeAlias = Statistics  # noqa: Y015
+
+@_typing.final
+class GetStatisticsRequest(_message.Message):
+    """Request of GetStatistics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatisticsRequest: _TypeAlias = GetStatisticsRequest  # noqa: Y015
+
+@_typing.final
+class GetStatisticsResponse(_message.Message):
+    """Response of GetStatistics."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class QueuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Statistics: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Statistics | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TopicsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Statistics: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Statistics | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    GLOBAL_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
+    TOPICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queues(self) -> _containers.MessageMap[_builtins.str, Global___Statistics]:
+        """Per queue name."""
+
+    @_builtins.property
+    def topics(self) -> _containers.MessageMap[_builtins.str, Global___Statistics]:
+        """Per topic."""
+
+    def __init__(
+        self,
+        *,
+        queues: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
+        topics: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["global", b"global"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["global", b"global", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatisticsResponse: _TypeAlias = GetStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class PurgeJobsRequest(_message.Message):
+    """Request of PurgeJobs. Conditions are ANDed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    OLDER_THAN_FIELD_NUMBER: _builtins.int
+    KEEP_NEWEST_FIELD_NUMBER: _builtins.int
+    keep_newest: _builtins.int
+    """Keep this many of the newest matching jobs (by creation time); 0 keeps
+    none.
+    """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
+        """History states to purge; empty for all history states. QUEUED or ACTIVE
+        are rejected.
+        """
+
+    @_builtins.property
+    def older_than(self) -> _duration_pb2.Duration:
+        """Only jobs that finished longer ago than this; unset for any age."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
+        older_than: _duration_pb2.Duration | None = ...,
+        keep_newest: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["older_than", b"older_than"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_newest", b"keep_newest", "older_than", b"older_than", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeJobsRequest: _TypeAlias = PurgeJobsRequest  # noqa: Y015
+
+@_typing.final
+class PurgeJobsResponse(_message.Message):
+    """Response of PurgeJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURGED_FIELD_NUMBER: _builtins.int
+    purged: _builtins.int
+    """How many jobs were deleted."""
+    def __init__(
+        self,
+        *,
+        purged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purged", b"purged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeJobsResponse: _TypeAlias = PurgeJobsResponse  # noqa: Y015

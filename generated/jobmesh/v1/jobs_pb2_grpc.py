@@ -75,6 +75,21 @@ class JobServiceStub:
                 request_serializer=jobmesh_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=jobmesh_dot_v1_dot_jobs__pb2.RetryJobResponse.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/jobmesh.v1.JobService/WatchJobs',
+                request_serializer=jobmesh_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_jobs__pb2.WatchJobsResponse.FromString,
+                _registered_method=True)
+        self.GetStatistics = channel.unary_unary(
+                '/jobmesh.v1.JobService/GetStatistics',
+                request_serializer=jobmesh_dot_v1_dot_jobs__pb2.GetStatisticsRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_jobs__pb2.GetStatisticsResponse.FromString,
+                _registered_method=True)
+        self.PurgeJobs = channel.unary_unary(
+                '/jobmesh.v1.JobService/PurgeJobs',
+                request_serializer=jobmesh_dot_v1_dot_jobs__pb2.PurgeJobsRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_jobs__pb2.PurgeJobsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -139,6 +154,30 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJobs(self, request, context):
+        """Streams job events: first the retained history after `after_seq`, then
+        live events as they are committed. A client that reconnects with the last
+        sequence number it saw misses nothing within the retention window and
+        receives nothing twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatistics(self, request, context):
+        """Returns job statistics: global, per queue and per topic.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeJobs(self, request, context):
+        """Deletes finished jobs from history by state, age and count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +215,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=jobmesh_dot_v1_dot_jobs__pb2.RetryJobRequest.FromString,
                     response_serializer=jobmesh_dot_v1_dot_jobs__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=jobmesh_dot_v1_dot_jobs__pb2.WatchJobsRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_jobs__pb2.WatchJobsResponse.SerializeToString,
+            ),
+            'GetStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatistics,
+                    request_deserializer=jobmesh_dot_v1_dot_jobs__pb2.GetStatisticsRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_jobs__pb2.GetStatisticsResponse.SerializeToString,
+            ),
+            'PurgeJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeJobs,
+                    request_deserializer=jobmesh_dot_v1_dot_jobs__pb2.PurgeJobsRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_jobs__pb2.PurgeJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -373,6 +427,87 @@ class JobService:
             '/jobmesh.v1.JobService/RetryJob',
             jobmesh_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
             jobmesh_dot_v1_dot_jobs__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobmesh.v1.JobService/WatchJobs',
+            jobmesh_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
+            jobmesh_dot_v1_dot_jobs__pb2.WatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobmesh.v1.JobService/GetStatistics',
+            jobmesh_dot_v1_dot_jobs__pb2.GetStatisticsRequest.SerializeToString,
+            jobmesh_dot_v1_dot_jobs__pb2.GetStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobmesh.v1.JobService/PurgeJobs',
+            jobmesh_dot_v1_dot_jobs__pb2.PurgeJobsRequest.SerializeToString,
+            jobmesh_dot_v1_dot_jobs__pb2.PurgeJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

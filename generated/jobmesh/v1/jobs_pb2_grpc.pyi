@@ -70,6 +70,16 @@ class JobServiceStub:
     """Runs a finished job (any history state) again: it is queued with its
     retry count reset to zero.
     """
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.WatchJobsResponse]
+    """Streams job events: first the retained history after `after_seq`, then
+    live events as they are committed. A client that reconnects with the last
+    sequence number it saw misses nothing within the retention window and
+    receives nothing twice.
+    """
+    GetStatistics: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetStatisticsRequest, _jobs_pb2.GetStatisticsResponse]
+    """Returns job statistics: global, per queue and per topic."""
+    PurgeJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.PurgeJobsRequest, _jobs_pb2.PurgeJobsResponse]
+    """Deletes finished jobs from history by state, age and count."""
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -104,6 +114,16 @@ class JobServiceAsyncStub(JobServiceStub):
     """Runs a finished job (any history state) again: it is queued with its
     retry count reset to zero.
     """
+    WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.WatchJobsResponse]  # type: ignore[assignment]
+    """Streams job events: first the retained history after `after_seq`, then
+    live events as they are committed. A client that reconnects with the last
+    sequence number it saw misses nothing within the retention window and
+    receives nothing twice.
+    """
+    GetStatistics: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetStatisticsRequest, _jobs_pb2.GetStatisticsResponse]  # type: ignore[assignment]
+    """Returns job statistics: global, per queue and per topic."""
+    PurgeJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.PurgeJobsRequest, _jobs_pb2.PurgeJobsResponse]  # type: ignore[assignment]
+    """Deletes finished jobs from history by state, age and count."""
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     """The job manager of one node: add, read, find and control jobs.
@@ -177,5 +197,33 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs a finished job (any history state) again: it is queued with its
         retry count reset to zero.
         """
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _jobs_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.WatchJobsResponse], _abc.AsyncIterator[_jobs_pb2.WatchJobsResponse]]:
+        """Streams job events: first the retained history after `after_seq`, then
+        live events as they are committed. A client that reconnects with the last
+        sequence number it saw misses nothing within the retention window and
+        receives nothing twice.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatistics(
+        self,
+        request: _jobs_pb2.GetStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetStatisticsResponse, _abc.Awaitable[_jobs_pb2.GetStatisticsResponse]]:
+        """Returns job statistics: global, per queue and per topic."""
+
+    @_abc_1.abstractmethod
+    def PurgeJobs(
+        self,
+        request: _jobs_pb2.PurgeJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.PurgeJobsResponse, _abc.Awaitable[_jobs_pb2.PurgeJobsResponse]]:
+        """Deletes finished jobs from history by state, age and count."""
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

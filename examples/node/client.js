@@ -1,0 +1,104 @@
+// A Jobmesh client in Node.js: adds one job, follows its events with WatchJobs until it
+// finishes, and prints the finished job as JSON.
+//
+//   node client.js --node 127.0.0.1:7710 [--payload-text TEXT] [--timeout S] TOPIC [NAME=VALUE ...]
+//
+// Exit code 0 when the job SUCCEEDED, 1 when it ended otherwise, 2 on errors and timeouts.
+'use strict';
+
+const { grpc, loadJobmesh, parseArgs, propertyValue, toJson, credentials } = require('./jobmesh');
+
+const TERMINAL_EVENTS = new Set([
+  'JOB_EVENT_TYPE_FINISHED',
+  'JOB_EVENT_TYPE_CANCELLED',
+  'JOB_EVENT_TYPE_STOPPED',
+  'JOB_EVENT_TYPE_REMOVED',
+]);
+
+function unary(client, method, request, timeoutS = 10) {
+  return new Promise((resolve, reject) => {
+    const deadline = new Date(Date.now() + timeoutS * 1000);
+    client[method](request, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+  });
+}
+
+/** The newest event sequence number: watching from it after adding the job misses nothing. */
+function headSeq(client) {
+  return new Promise((resolve, reject) => {
+    const call = client.WatchJobs({ after_seq: -1, job_ids: ['-'] });
+    call.once('data', (response) => {
+      resolve(response.head_seq);
+      call.cancel();
+    });
+    call.on('error', (error) => {
+      if (error.code !== grpc.status.CANCELLED) reject(error);
+    });
+  });
+}
+
+/** Resolve when a terminal event of `jobId` after `afterSeq` arrives. */
+function waitForEnd(client, jobId, afterSeq, timeoutS) {
+  return new Promise((resolve, reject) => {
+    const deadline = new Date(Date.now() + timeoutS * 1000);
+    const call = client.WatchJobs({ after_seq: afterSeq, job_ids: [jobId] }, { deadline });
+    let done = false;
+    call.on('data', (response) => {
+      for (const event of response.events) {
+        const kind = event.type.replace('JOB_EVENT_TYPE_', '');
+        const steps = event.progress && event.progress.total_steps
+          ? `${event.progress.completed_steps}/${event.progress.total_steps} `
+          : '';
+        process.stderr.write(`  ${kind.padEnd(9)} ${steps}${event.message}\n`);
+        if (TERMINAL_EVENTS.has(event.type) && !done) {
+          done = true;
+          call.cancel();
+          resolve(event);
+        }
+      }
+    });
+    call.on('error', (error) => {
+      if (!done) reject(error);
+    });
+    call.on('end', () => {
+      if (!done) reject(new Error('the node closed the event stream'));
+    });
+  });
+}
+
+async function main() {
+  const { options, positional } = parseArgs(process.argv.slice(2), {
+    node: '127.0.0.1:7710',
+    'payload-text': '',
+    timeout: '60',
+  });
+  const [topic, ...assignments] = positional;
+  if (!topic) throw new Error('usage: node client.js [--node HOST:PORT] TOPIC [NAME=VALUE ...]');
+  const properties = {};
+  for (const item of assignments) {
+    const at = item.indexOf('=');
+    properties[item.slice(0, at)] = propertyValue(item.slice(at + 1));
+  }
+
+  const jobmesh = loadJobmesh();
+  const client = new jobmesh.JobService(options.node, credentials);
+  const started = Date.now();
+  const after = await headSeq(client);
+  const { job } = await unary(client, 'AddJob', {
+    job: { topic, properties, payload: Buffer.from(options['payload-text'], 'utf8') },
+  });
+  process.stderr.write(`added ${job.id} (${job.topic})\n`);
+  await waitForEnd(client, job.id, after, Number(options.timeout));
+  const finished = (await unary(client, 'GetJob', { job_id: job.id, include_payloads: true, include_log: true })).job;
+  process.stderr.write(`finished in ${((Date.now() - started) / 1000).toFixed(2)}s\n`);
+  process.stdout.write(`${JSON.stringify(toJson(finished), null, 2)}\n`);
+  client.close();
+  return finished.state === 'JOB_STATE_SUCCEEDED' ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error) => {
+    process.stderr.write(`error: ${error.details || error.message}\n`);
+    process.exit(2);
+  },
+);

@@ -1,0 +1,88 @@
+// Loads the Jobmesh protos from protos/ at run time (no generated code needed) and
+// offers a few helpers shared by client.js and worker.js.
+'use strict';
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
+const PROTO_FILES = ['jobs.proto', 'queues.proto', 'schedules.proto', 'workers.proto'].map(
+  (name) => `jobmesh/v1/${name}`,
+);
+
+// keepCase: fields keep their proto names (job_id, not jobId), as in every other language.
+// longs: Number is exact up to 2^53, plenty for sequence numbers and progress steps.
+// oneofs: a message with a oneof tells which field is set (`kind`).
+const LOADER_OPTIONS = {
+  keepCase: true,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [PROTO_ROOT],
+};
+
+/** The `jobmesh.v1` package: service constructors and message types. */
+function loadJobmesh() {
+  const definition = protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
+  return grpc.loadPackageDefinition(definition).jobmesh.v1;
+}
+
+/** Parse `--name value` options (repeatable ones collect into arrays) and positionals. */
+function parseArgs(argv, defaults, repeatable = []) {
+  const options = { ...defaults };
+  const positional = [];
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i];
+    if (arg.startsWith('--')) {
+      const name = arg.slice(2);
+      const value = argv[i + 1];
+      if (value === undefined) throw new Error(`${arg} needs a value`);
+      i += 1;
+      if (repeatable.includes(name)) {
+        options[name] = [...(options[name] || []), value];
+      } else {
+        options[name] = value;
+      }
+    } else {
+      positional.push(arg);
+    }
+  }
+  return { options, positional };
+}
+
+/** A PropertyValue from command-line text: 42 -> int, 1.5 -> double, true/false -> bool, else string. */
+function propertyValue(text) {
+  if (text === 'true' || text === 'false') return { bool_value: text === 'true' };
+  if (/^-?\d+$/.test(text)) return { int_value: Number(text) };
+  if (/^-?\d*\.\d+$/.test(text)) return { double_value: Number(text) };
+  return { string_value: text };
+}
+
+/** The plain value of a received PropertyValue (scalars only; lists as arrays). */
+function plainValue(value) {
+  if (!value || !value.kind) return undefined;
+  if (value.kind === 'list_value') return value.list_value.values.map(plainValue);
+  return value[value.kind];
+}
+
+/** A JSON-friendly copy of a received message: Buffers become base64 strings. */
+function toJson(message) {
+  if (Buffer.isBuffer(message)) return message.toString('base64');
+  if (Array.isArray(message)) return message.map(toJson);
+  if (message && typeof message === 'object') {
+    return Object.fromEntries(Object.entries(message).map(([k, v]) => [k, toJson(v)]));
+  }
+  return message;
+}
+
+module.exports = {
+  grpc,
+  loadJobmesh,
+  parseArgs,
+  plainValue,
+  propertyValue,
+  toJson,
+  credentials: grpc.credentials.createInsecure(),
+};

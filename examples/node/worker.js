@@ -1,0 +1,145 @@
+// A Jobmesh remote worker in Node.js: connects to a node's WorkerService, registers topic
+// patterns and a concurrency, runs the jobs the node sends, and reports progress, a log
+// line, a property and the result. Reconnects when the stream breaks.
+//
+//   node worker.js --node 127.0.0.1:7710 --topic 'demo/**' [--topic ...] [--concurrency 2] [--name NAME]
+//
+// What a job does here (edit `processJob` for real work): `steps` steps (property, default 3)
+// of `step_ms` milliseconds each (default 100), then success with the input payload
+// upper-cased as output. A job with `fail_attempts=N` fails its first N attempts.
+'use strict';
+
+const { grpc, loadJobmesh, parseArgs, plainValue, credentials } = require('./jobmesh');
+
+const RECONNECT_DELAY_MS = 1000;
+
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(true), ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(timer);
+      resolve(false);
+    }, { once: true });
+  });
+}
+
+/** The work itself. `job` has the assignment's fields plus report helpers; returns a WorkResult. */
+async function processJob(job, workerName) {
+  const props = job.props;
+  const steps = Number(props.steps ?? 3);
+  const stepMs = Number(props.step_ms ?? 100);
+  const failAttempts = Number(props.fail_attempts ?? 0);
+  job.progress({ total_steps: steps });
+  job.log(`${workerName} started attempt ${job.attempt}`);
+  job.setProperty('processed_by', { string_value: workerName });
+  for (let step = 0; step < steps; step += 1) {
+    if (!(await sleep(stepMs, job.stopSignal))) {
+      return { outcome: 'WORK_OUTCOME_FAILED', message: `stopped at step ${step}` };
+    }
+    job.progress({ increment_steps: 1 });
+  }
+  if (job.retry_count < failAttempts) {
+    return { outcome: 'WORK_OUTCOME_FAILED', message: `attempt ${job.attempt} failed on purpose`, retry_delay_s: 0.1 };
+  }
+  return {
+    outcome: 'WORK_OUTCOME_SUCCEEDED',
+    message: `processed by ${workerName}`,
+    output_payload: Buffer.from(job.payload.toString('utf8').toUpperCase(), 'utf8'),
+  };
+}
+
+class Worker {
+  constructor(jobmesh, { node, name, topics, concurrency }) {
+    this.client = new jobmesh.WorkerService(node, credentials);
+    this.name = name;
+    this.topics = topics;
+    this.concurrency = concurrency;
+    this.call = null;
+    this.closing = false;
+  }
+
+  connect() {
+    const call = this.client.Work();
+    this.call = call;
+    const running = new Map(); // "job_id/attempt" -> AbortController
+    const send = (message) => {
+      if (!call.writableEnded) call.write(message);
+    };
+    send({ register: { name: this.name, topics: this.topics, concurrency: this.concurrency } });
+
+    call.on('data', (message) => {
+      if (message.kind === 'registered') {
+        console.log(`registered as ${message.registered.worker_id} on ${message.registered.instance_id}`);
+      } else if (message.kind === 'assignment') {
+        const a = message.assignment;
+        const key = `${a.job_id}/${a.attempt}`;
+        const controller = new AbortController();
+        running.set(key, controller);
+        const ids = { job_id: a.job_id, attempt: a.attempt };
+        const props = Object.fromEntries(Object.entries(a.properties).map(([k, v]) => [k, plainValue(v)]));
+        const job = {
+          ...a,
+          props,
+          stopSignal: controller.signal,
+          progress: (fields) => send({ progress: { ...ids, ...fields } }),
+          log: (text) => send({ log: { ...ids, message: text } }),
+          setProperty: (name, value) => send({ property: { ...ids, name, value } }),
+        };
+        processJob(job, this.name)
+          .catch((error) => ({ outcome: 'WORK_OUTCOME_CANCELLED', message: String(error) }))
+          .then((result) => {
+            running.delete(key);
+            send({ result: { ...ids, ...result } });
+          });
+      } else if (message.kind === 'stop') {
+        const controller = running.get(`${message.stop.job_id}/${message.stop.attempt}`);
+        if (controller) controller.abort();
+      }
+    });
+
+    let ended = false;
+    const onEnd = (error) => {
+      if (ended) return;
+      ended = true;
+      for (const controller of running.values()) controller.abort();
+      if (this.closing) return;
+      if (error && error.code === grpc.status.INVALID_ARGUMENT) {
+        console.error(`the node rejected this worker: ${error.details}`);
+        process.exit(2);
+      }
+      console.error(`stream ended (${error ? error.details || error.message : 'closed by the node'}); reconnecting`);
+      setTimeout(() => this.connect(), RECONNECT_DELAY_MS);
+    };
+    call.on('error', onEnd);
+    call.on('end', () => onEnd(null));
+  }
+
+  close() {
+    this.closing = true;
+    if (this.call) this.call.end();
+    this.client.close();
+  }
+}
+
+function main() {
+  const { options } = parseArgs(process.argv.slice(2), {
+    node: '127.0.0.1:7710',
+    name: 'node-worker',
+    concurrency: '2',
+  }, ['topic']);
+  const worker = new Worker(loadJobmesh(), {
+    node: options.node,
+    name: options.name,
+    topics: options.topic || ['demo/**'],
+    concurrency: Number(options.concurrency),
+  });
+  worker.connect();
+  for (const signal of ['SIGINT', 'SIGTERM']) {
+    process.on(signal, () => {
+      worker.close();
+      process.exit(0);
+    });
+  }
+}
+
+main();

@@ -1,0 +1,185 @@
+"""Queue configurations: how jobs of matching topics run (Sling's QueueConfiguration).
+
+A job's queue is the configured queue whose topic patterns match its topic, highest
+`ranking` first, then the most specific pattern; jobs no queue matches go to the main queue.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from node.errors import ConfigError, InvalidArgument
+from node.topics import TopicPattern
+
+MAIN_QUEUE = "main"
+_CORES = os.cpu_count() or 1
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class QueueType(Enum):
+    """How a queue orders and parallelises its jobs."""
+
+    UNORDERED = "unordered"
+    """Jobs run in parallel, earliest due first."""
+    ORDERED = "ordered"
+    """Strict FIFO, one at a time; a failed job blocks the queue for its retry delay, then runs first."""
+    TOPIC_ROUND_ROBIN = "topic_round_robin"
+    """Jobs run in parallel, taking turns between topics so one busy topic cannot starve the others."""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """One queue's configuration. Build from TOML/API values with `QueueConfig.create`."""
+
+    name: str
+    topics: tuple[str, ...] = ()
+    """Topic patterns of the jobs this queue runs (`a/b`, `a/b/*`, `a/b/**`)."""
+    type: QueueType = QueueType.UNORDERED
+    max_parallel: float = 15
+    """Jobs run at once: a count (>= 1), a fraction of the CPU cores (0 < x < 1), or -1 for all cores."""
+    retries: int = 10
+    """Retries after a failed first attempt; -1 retries forever."""
+    retry_delay_s: float = 2.0
+    """Delay before the first retry."""
+    retry_backoff: float = 1.0
+    """Each further retry waits this many times longer (1.0: fixed delay)."""
+    retry_delay_max_s: float = 3600.0
+    """Cap on the retry delay when backing off."""
+    timeout_s: float = 0.0
+    """An attempt running longer is stopped and counted failed; 0 = no timeout."""
+    keep_jobs: bool = True
+    """Keep SUCCEEDED jobs in history (failed ones are always kept)."""
+    prefer_run_on_creation_instance: bool = False
+    """Offloading: run jobs on the node where they were added when it can."""
+    ranking: int = 0
+    """When several queues match a topic, the highest ranking wins."""
+    patterns: tuple[TopicPattern, ...] = field(default=(), compare=False, repr=False)
+
+    @classmethod
+    def create(cls, **values: object) -> QueueConfig:
+        """Validate and build a config (raises ConfigError)."""
+        try:
+            if "type" in values and not isinstance(values["type"], QueueType):
+                values["type"] = QueueType(str(values["type"]).lower())
+            if "topics" in values:
+                topics = values["topics"]
+                if isinstance(topics, str) or not all(isinstance(t, str) for t in topics):  # type: ignore[attr-defined]
+                    raise ValueError(f"topics must be a list of topic patterns, not {topics!r}")
+                values["topics"] = tuple(topics)  # type: ignore[arg-type]
+            config = cls(**values)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"queue {values.get('name', '?')!r}: {e}") from e
+        return config.validated()
+
+    def validated(self) -> QueueConfig:
+        """This config with parsed patterns, or ConfigError."""
+        where = f"queue {self.name!r}"
+        numbers = {
+            "max_parallel": self.max_parallel,
+            "retries": self.retries,
+            "retry_delay_s": self.retry_delay_s,
+            "retry_backoff": self.retry_backoff,
+            "retry_delay_max_s": self.retry_delay_max_s,
+            "timeout_s": self.timeout_s,
+            "ranking": self.ranking,
+        }
+        for key, value in numbers.items():
+            # inf or NaN would pass the range checks below and fail later, inside a commit.
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{where}: {key} must be a finite number, not {value!r}")
+            if key in ("retries", "ranking") and not float(value).is_integer():
+                raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}")
+        checks = [
+            (
+                isinstance(self.name, str) and bool(_NAME.fullmatch(self.name)),
+                f"{where}: names use letters, digits, '.', '_', '-' (max 100)",
+            ),
+            (self.max_parallel == -1 or self.max_parallel > 0, f"{where}: max_parallel must be > 0 or -1"),
+            (
+                self.max_parallel < 1 or float(self.max_parallel).is_integer(),
+                f"{where}: max_parallel >= 1 must be whole",
+            ),
+            (self.retries >= -1, f"{where}: retries must be -1 (forever) or more"),
+            (self.retry_delay_s >= 0 and self.retry_delay_max_s >= 0, f"{where}: retry delays must be >= 0"),
+            (self.retry_backoff >= 1.0, f"{where}: retry_backoff must be >= 1.0"),
+            (self.timeout_s >= 0, f"{where}: timeout_s must be >= 0 (0: none)"),
+            (self.name == MAIN_QUEUE or bool(self.topics), f"{where}: needs topic patterns"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        try:
+            patterns = tuple(TopicPattern.parse(t) for t in self.topics)
+        except InvalidArgument as e:
+            raise ConfigError(f"{where}: {e}") from e
+        return replace(self, retries=int(self.retries), ranking=int(self.ranking), patterns=patterns)
+
+    @property
+    def parallelism(self) -> int:
+        """How many jobs run at once on this machine (1 for ordered queues)."""
+        if self.type is QueueType.ORDERED:
+            return 1
+        cores = _CORES
+        if self.max_parallel == -1:
+            return cores
+        if self.max_parallel < 1:
+            return max(1, round(self.max_parallel * cores))
+        return int(self.max_parallel)
+
+    def retry_delay_us(self, retry_count: int, override_s: float | None = None) -> int:
+        """Delay before retry number `retry_count` (1 = first retry), with backoff and cap."""
+        base = self.retry_delay_s
+        if override_s is not None and math.isfinite(override_s) and override_s >= 0:
+            base = override_s  # a consumer's JobResult.failed(retry_delay_s=inf) must not wedge the job
+        cap = max(base, self.retry_delay_max_s)
+        try:
+            delay = base * float(self.retry_backoff) ** max(0, retry_count - 1)
+        except OverflowError:  # e.g. the 1100th retry of a queue that retries forever
+            delay = cap
+        return int(min(delay, cap) * 1e6)
+
+
+class QueueDirectory:
+    """All queue configs of a node; maps topics to queues."""
+
+    def __init__(self, configs: Iterable[QueueConfig], main: QueueConfig) -> None:
+        self.main = replace(main, name=MAIN_QUEUE, topics=()).validated()
+        self._configs: dict[str, QueueConfig] = {}
+        for config in configs:
+            if config.name == MAIN_QUEUE:
+                self.main = replace(config, topics=()).validated()
+            elif config.name in self._configs:
+                raise ConfigError(f"queue {config.name!r} is configured twice")
+            else:
+                self._configs[config.name] = config
+        self._cache: dict[str, QueueConfig] = {}
+
+    def all(self) -> Sequence[QueueConfig]:
+        """The main queue first, then the others by name."""
+        return [self.main, *sorted(self._configs.values(), key=lambda c: c.name)]
+
+    def get(self, name: str) -> QueueConfig | None:
+        """The queue called `name`, or None."""
+        return self.main if name == MAIN_QUEUE else self._configs.get(name)
+
+    def for_topic(self, topic: str) -> QueueConfig:
+        """The queue that runs jobs of `topic`."""
+        found = self._cache.get(topic)
+        if found is not None:
+            return found
+        best: tuple[tuple[int, tuple[int, int]], QueueConfig] | None = None
+        for config in self._configs.values():
+            for pattern in config.patterns:
+                if pattern.matches(topic):
+                    key = (config.ranking, pattern.specificity)
+                    if best is None or key > best[0]:
+                        best = (key, config)
+        found = best[1] if best else self.main
+        if len(self._cache) < 100_000:
+            self._cache[topic] = found
+        return found

@@ -1,0 +1,108 @@
+"""Reading and purging the journal's job events (they are written by `Recorder`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from node.jobs.events import EventFilter, JobEvent
+from node.journal.journal import Journal
+from node.journal.recorder import EVENT_COLUMNS, row_to_event
+
+READ_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Events read in one go; `gap_until_seq` is set when older requested events were purged."""
+
+    events: list[JobEvent]
+    last_seq: int
+    """Every event up to this seq that matches the filter is in this batch or an earlier one."""
+    head_seq: int
+    """The newest committed event when the batch was read (may be beyond `last_seq`)."""
+    gap_until_seq: int = 0
+
+
+class EventStore:
+    """The job events of one node."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def oldest_seq(self) -> int:
+        """The oldest retained event's seq (head + 1 when none is retained)."""
+        row = await self.journal.read(lambda c: c.execute("SELECT min(seq) FROM job_events").fetchone())
+        return int(row[0]) if row and row[0] is not None else self.journal.head_seq + 1
+
+    async def read_after(self, after_seq: int, limit: int = READ_BATCH) -> list[JobEvent]:
+        """Committed events with seq > `after_seq`, oldest first."""
+
+        def select(conn: sqlite3.Connection) -> list[JobEvent]:
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM job_events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+            return [row_to_event(r) for r in rows]
+
+        return await self.journal.read(select)
+
+    async def watch(self, after_seq: int, event_filter: EventFilter) -> AsyncIterator[EventBatch]:
+        """History after `after_seq` (-1: from now), then live events, in batches; ends when closed.
+
+        The journal is the source of truth: each batch is read from it after a commit
+        notification, so nothing is missed or repeated however slowly the consumer reads,
+        as long as retention keeps the events: a batch whose predecessors were purged before
+        this stream read them says so in `gap_until_seq`.
+        """
+        journal = self.journal
+        last = journal.head_seq if after_seq < 0 else after_seq
+        gap = 0
+        if 0 <= after_seq < journal.head_seq:
+            # Events after `after_seq` existed; if the oldest retained one is later, some were
+            # purged (when none is retained, oldest is head + 1: all of them were).
+            oldest = await self.oldest_seq()
+            if oldest > after_seq + 1:
+                gap = oldest
+                last = oldest - 1  # the stream resumes from the retained events
+        first = True
+        while not journal.closed:
+            events = await self.read_after(last)
+            if events:
+                if events[0].seq > last + 1:
+                    # Seqs have no holes but those retention makes: a reader this far behind
+                    # lost the events in between, and must be told.
+                    gap = events[0].seq
+                last = events[-1].seq
+                matching = [e for e in events if event_filter.matches(e)]
+                if matching or first or gap:
+                    yield EventBatch(matching, last, journal.head_seq, gap)
+                    first, gap = False, 0
+                if len(events) == READ_BATCH:
+                    continue
+            elif first:
+                yield EventBatch([], last, journal.head_seq, gap)
+                first, gap = False, 0
+            await journal.wait_for_events(last)
+
+    async def purge(self, max_age_before_us: int | None, max_count: int) -> int:
+        """Delete events older than the cutoff and beyond the newest `max_count` (0: no limit)."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            deleted = 0
+            if max_age_before_us is not None:
+                # Events are appended in time order: the first one young enough bounds the purge,
+                # found by scanning from the oldest (no time index to maintain on every insert).
+                deleted += conn.execute(
+                    "DELETE FROM job_events WHERE seq < coalesce((SELECT seq FROM job_events WHERE time_us >= ? "
+                    "ORDER BY seq LIMIT 1), (SELECT max(seq) + 1 FROM job_events))",
+                    (max_age_before_us,),
+                ).rowcount
+            if max_count > 0:
+                deleted += conn.execute(
+                    "DELETE FROM job_events WHERE seq <= (SELECT max(seq) FROM job_events) - ?", (max_count,)
+                ).rowcount
+            return deleted
+
+        return await self.journal.write(delete)

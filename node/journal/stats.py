@@ -1,0 +1,117 @@
+"""Reading job statistics: cumulative counters from `job_stats`, live counts from `jobs`."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+
+from jobmesh.v1 import jobs_pb2
+
+from node.jobs.model import JobState
+from node.journal.journal import Journal
+from node.journal.recorder import SCOPE_GLOBAL, SCOPE_QUEUE, SCOPE_TOPIC
+
+
+@dataclass
+class Statistics:
+    """Counters and timings of a set of jobs (Sling's Statistics)."""
+
+    queued: int = 0
+    active: int = 0
+    finished: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    waiting_us: int = 0
+    waiting_count: int = 0
+    processing_us: int = 0
+    processing_count: int = 0
+    last_activated_us: int = 0
+    last_finished_us: int = 0
+
+    @property
+    def processed(self) -> int:
+        """Attempts that ended: finished + failed + cancelled."""
+        return self.finished + self.failed + self.cancelled
+
+    @property
+    def average_waiting_ms(self) -> float:
+        """Average time from queued to started."""
+        return self.waiting_us / self.waiting_count / 1000 if self.waiting_count else 0.0
+
+    @property
+    def average_processing_ms(self) -> float:
+        """Average time from started to ended."""
+        return self.processing_us / self.processing_count / 1000 if self.processing_count else 0.0
+
+    def to_proto(self) -> jobs_pb2.Statistics:
+        """The public proto form."""
+        proto = jobs_pb2.Statistics(
+            queued=self.queued,
+            active=self.active,
+            finished=self.finished,
+            failed=self.failed,
+            cancelled=self.cancelled,
+            processed=self.processed,
+            average_waiting_ms=self.average_waiting_ms,
+            average_processing_ms=self.average_processing_ms,
+        )
+        if self.last_activated_us:
+            proto.last_activated.FromMicroseconds(self.last_activated_us)
+        if self.last_finished_us:
+            proto.last_finished.FromMicroseconds(self.last_finished_us)
+        return proto
+
+
+@dataclass
+class StatisticsReport:
+    """Statistics of the whole node, per queue and per topic."""
+
+    global_: Statistics = field(default_factory=Statistics)
+    queues: dict[str, Statistics] = field(default_factory=dict)
+    topics: dict[str, Statistics] = field(default_factory=dict)
+
+
+_COUNTERS = (
+    "finished",
+    "failed",
+    "cancelled",
+    "waiting_us",
+    "waiting_count",
+    "processing_us",
+    "processing_count",
+    "last_activated_us",
+    "last_finished_us",
+)
+
+
+async def read_statistics(journal: Journal) -> StatisticsReport:
+    """Statistics as of now."""
+
+    def select(conn: sqlite3.Connection) -> StatisticsReport:
+        report = StatisticsReport()
+        for row in conn.execute(f"SELECT scope, name, {', '.join(_COUNTERS)} FROM job_stats"):
+            scope, name = row[0], row[1]
+            if scope == SCOPE_GLOBAL:
+                stats = report.global_
+            else:
+                table = report.queues if scope == SCOPE_QUEUE else report.topics
+                stats = table.setdefault(name, Statistics())
+            for attribute, value in zip(_COUNTERS, row[2:], strict=True):
+                setattr(stats, attribute, value)
+        counts = conn.execute(
+            "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN (1, 2) GROUP BY queue, topic, state"
+        )
+        for queue, topic, state, count in counts:
+            attribute = "queued" if state == JobState.QUEUED else "active"
+            for stats in (
+                report.global_,
+                report.queues.setdefault(queue, Statistics()),
+                report.topics.setdefault(topic, Statistics()),
+            ):
+                setattr(stats, attribute, getattr(stats, attribute) + count)
+        return report
+
+    return await journal.read(select)
+
+
+__all__ = ["SCOPE_TOPIC", "Statistics", "StatisticsReport", "read_statistics"]

@@ -1,0 +1,142 @@
+"""The QueueService servicer: list, configure, suspend, resume and clear queues."""
+
+from __future__ import annotations
+
+import grpc
+from jobmesh.v1 import queues_pb2, queues_pb2_grpc
+
+from node.errors import ConfigError, InvalidArgument
+from node.jobs.manager import JobManager, QueueInfo
+from node.jobs.queues import QueueConfig, QueueType
+from node.services.status import rpc
+
+_TYPE_TO_PROTO = {
+    QueueType.UNORDERED: queues_pb2.QUEUE_TYPE_UNORDERED,
+    QueueType.ORDERED: queues_pb2.QUEUE_TYPE_ORDERED,
+    QueueType.TOPIC_ROUND_ROBIN: queues_pb2.QUEUE_TYPE_TOPIC_ROUND_ROBIN,
+}
+_TYPE_FROM_PROTO = {v: k for k, v in _TYPE_TO_PROTO.items()} | {
+    queues_pb2.QUEUE_TYPE_UNSPECIFIED: QueueType.UNORDERED
+}
+_SOURCE = {
+    "default": queues_pb2.QUEUE_SOURCE_DEFAULT,
+    "config": queues_pb2.QUEUE_SOURCE_CONFIG,
+    "api": queues_pb2.QUEUE_SOURCE_API,
+}
+
+
+def config_to_proto(config: QueueConfig) -> queues_pb2.QueueConfig:
+    """The proto form of a queue config."""
+    return queues_pb2.QueueConfig(
+        name=config.name,
+        topics=config.topics,
+        type=_TYPE_TO_PROTO[config.type],
+        max_parallel=float(config.max_parallel),
+        retries=config.retries,
+        retry_delay_s=config.retry_delay_s,
+        retry_backoff=config.retry_backoff,
+        retry_delay_max_s=config.retry_delay_max_s,
+        timeout_s=config.timeout_s,
+        keep_jobs=config.keep_jobs,
+        prefer_run_on_creation_instance=config.prefer_run_on_creation_instance,
+        ranking=config.ranking,
+    )
+
+
+def config_from_proto(proto: queues_pb2.QueueConfig) -> QueueConfig:
+    """A validated queue config from its proto (InvalidArgument on bad values); unset fields get defaults."""
+    if proto.type not in _TYPE_FROM_PROTO:
+        raise InvalidArgument(f"config.type {proto.type} is not a known QueueType")
+    if not proto.name:
+        raise InvalidArgument("config.name is empty; names use letters, digits, '.', '_' and '-'")
+    values: dict[str, object] = {
+        "name": proto.name,
+        "topics": tuple(proto.topics),
+        "type": _TYPE_FROM_PROTO[proto.type],
+        "prefer_run_on_creation_instance": proto.prefer_run_on_creation_instance,
+        "ranking": proto.ranking,
+    }
+    for field in (
+        "max_parallel",
+        "retries",
+        "retry_delay_s",
+        "retry_backoff",
+        "retry_delay_max_s",
+        "timeout_s",
+        "keep_jobs",
+    ):
+        if proto.HasField(field):
+            values[field] = getattr(proto, field)
+    try:
+        return QueueConfig.create(**values)
+    except ConfigError as e:
+        raise InvalidArgument(str(e)) from e
+
+
+def _require_name(name: str) -> str:
+    if not name:
+        raise InvalidArgument("name is empty; pass a queue name (ListQueues lists them)")
+    return name
+
+
+def info_to_proto(info: QueueInfo) -> queues_pb2.QueueInfo:
+    """The proto form of a queue's state."""
+    return queues_pb2.QueueInfo(
+        config=config_to_proto(info.config),
+        source=_SOURCE[info.source],
+        suspended=info.suspended,
+        queued=info.queued,
+        active=info.active,
+        parallelism=info.config.parallelism,
+    )
+
+
+class QueueServicer(queues_pb2_grpc.QueueServiceServicer):
+    """Serves QueueService from a JobManager."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._manager = manager
+
+    @rpc
+    async def ListQueues(
+        self, request: queues_pb2.ListQueuesRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.ListQueuesResponse:
+        return queues_pb2.ListQueuesResponse(
+            queues=[info_to_proto(q) for q in await self._manager.list_queues()]
+        )
+
+    @rpc
+    async def SetQueue(
+        self, request: queues_pb2.SetQueueRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.SetQueueResponse:
+        if not request.HasField("config"):
+            raise InvalidArgument("config is missing")
+        info = await self._manager.set_queue(config_from_proto(request.config))
+        return queues_pb2.SetQueueResponse(queue=info_to_proto(info))
+
+    @rpc
+    async def DeleteQueue(
+        self, request: queues_pb2.DeleteQueueRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.DeleteQueueResponse:
+        await self._manager.delete_queue(_require_name(request.name))
+        return queues_pb2.DeleteQueueResponse()
+
+    @rpc
+    async def SuspendQueue(
+        self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.QueueInfo:
+        return info_to_proto(await self._manager.suspend_queue(_require_name(request.name), True))
+
+    @rpc
+    async def ResumeQueue(
+        self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.QueueInfo:
+        return info_to_proto(await self._manager.suspend_queue(_require_name(request.name), False))
+
+    @rpc
+    async def ClearQueue(
+        self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.ClearQueueResponse:
+        return queues_pb2.ClearQueueResponse(
+            dropped=await self._manager.clear_queue(_require_name(request.name))
+        )

@@ -1,0 +1,221 @@
+"""The WorkerService servicer: remote workers connect over one bidirectional stream.
+
+One `Work` call is one worker connection (see protos/jobmesh/v1/workers.proto for the
+message flow). The call reads the registration, registers the worker with
+`RemoteWorkers`, then runs two loops: this coroutine reads the worker's reports and applies
+them to its jobs; a writer task sends what the worker's outbox holds (jobs, stop requests).
+Whatever ends the call (the worker closed the stream, the connection broke, a malformed
+message, the node shutting down) disconnects the worker, which re-queues its unfinished jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from jobmesh.v1 import workers_pb2, workers_pb2_grpc
+
+from node.errors import InvalidArgument, JobmeshError
+from node.jobs.model import JobResult, Outcome
+from node.jobs.remote import Assign, Command, RemoteWorker, RemoteWorkers
+from node.properties import fill_proto_properties, validate_name, value_from_proto
+from node.services.status import status_for
+
+log = logging.getLogger(__name__)
+
+MAX_ETA_S = 10 * 365 * 86400.0
+_OUTCOMES = {
+    workers_pb2.WORK_OUTCOME_SUCCEEDED: Outcome.SUCCEEDED,
+    workers_pb2.WORK_OUTCOME_FAILED: Outcome.FAILED,
+    workers_pb2.WORK_OUTCOME_CANCELLED: Outcome.CANCELLED,
+}
+
+
+def command_to_proto(command: Command) -> workers_pb2.WorkResponse:
+    """The message that carries an outbox command to the worker."""
+    if isinstance(command, Assign):
+        job = command.job
+        assignment = workers_pb2.WorkAssignment(
+            job_id=job.id,
+            attempt=job.attempt,
+            topic=job.topic,
+            payload=job.payload or b"",
+            retry_count=job.retry_count,
+            max_retries=job.max_retries,
+            queue=job.queue,
+        )
+        assignment.created_time.FromMicroseconds(job.created_us)
+        fill_proto_properties(assignment.properties, job.properties_json)
+        return workers_pb2.WorkResponse(assignment=assignment)
+    return workers_pb2.WorkResponse(
+        stop=workers_pb2.WorkStop(job_id=command.job_id, attempt=command.attempt, reason=command.reason)
+    )
+
+
+def result_from_proto(result: workers_pb2.WorkResult) -> JobResult:
+    """Validate a worker's result."""
+    outcome = _OUTCOMES.get(result.outcome)
+    if outcome is None:
+        raise InvalidArgument(
+            f"result.outcome is {result.outcome}; use WORK_OUTCOME_SUCCEEDED, _FAILED or _CANCELLED"
+        )
+    delay = None
+    if result.HasField("retry_delay_s"):
+        delay = result.retry_delay_s
+        if not 0 <= delay <= MAX_ETA_S:
+            raise InvalidArgument(f"result.retry_delay_s is {delay}; use a number of seconds >= 0")
+    return JobResult(outcome, result.message, delay, result.output_payload or None)
+
+
+def _job_key(kind: str, job_id: str, attempt: int) -> None:
+    if not job_id:
+        raise InvalidArgument(f"{kind}.job_id is empty; copy job_id from the job's assignment")
+    if attempt <= 0:
+        raise InvalidArgument(
+            f"{kind}.attempt is {attempt}; copy attempt from the job's assignment (attempts start at 1)"
+        )
+
+
+class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
+    """Serves WorkerService: connects remote workers to the node's `RemoteWorkers`."""
+
+    def __init__(self, workers: RemoteWorkers, instance_id: str) -> None:
+        self._workers = workers
+        self._instance_id = instance_id
+
+    async def Work(  # type: ignore[override]  # the read/write API: reads and writes run concurrently
+        self,
+        request_iterator: AsyncIterator[workers_pb2.WorkRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        worker: RemoteWorker | None = None
+        reason = "the stream ended"
+        try:
+            worker = await self._register(context)
+            if worker is not None:
+                reason = await self._serve(worker, context)
+        except JobmeshError as e:
+            reason = f"bad message: {e}"
+            log.warning("remote worker %s: %s", worker.name if worker else context.peer(), e)
+            await context.abort(status_for(e), str(e))
+        except (asyncio.CancelledError, grpc.RpcError):
+            # The connection broke (e.g. the worker process died). Ending normally keeps grpc
+            # from logging the cancellation as an error; there is nobody left to answer.
+            reason = "the connection broke"
+        except Exception as e:  # a bug here must not take the node down; the worker may retry
+            reason = f"internal error: {e}"
+            log.exception("remote worker %s: internal error", worker.name if worker else context.peer())
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in WorkerService.Work: {e}")
+        finally:
+            if worker is not None:
+                self._workers.disconnect(worker, reason)
+
+    async def _register(self, context: grpc.aio.ServicerContext) -> RemoteWorker | None:
+        """Read the registration and register the worker; None if the stream ended first."""
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return None
+        kind = first.WhichOneof("kind")
+        if kind != "register":
+            raise InvalidArgument(
+                f"the first message must be `register` (a WorkerRegistration), not `{kind or 'empty'}`"
+            )
+        registration = first.register
+        worker = self._workers.connect(
+            registration.name or context.peer(), list(registration.topics), registration.concurrency
+        )
+        return worker
+
+    async def _serve(self, worker: RemoteWorker, context: grpc.aio.ServicerContext) -> str:
+        """Acknowledge the registration, then read reports and write the outbox until the stream
+        or the node ends; returns why."""
+        acknowledgement = workers_pb2.WorkerRegistered(
+            instance_id=self._instance_id, worker_id=worker.id, concurrency=worker.concurrency
+        )
+        # Written before the writer task starts, so it goes out before any job.
+        await context.write(workers_pb2.WorkResponse(registered=acknowledgement))
+        reader = asyncio.create_task(self._read(worker, context), name=f"worker-{worker.id}-reader")
+        writer = asyncio.create_task(self._write(worker, context), name=f"worker-{worker.id}-writer")
+        closing = asyncio.create_task(worker.closing.wait(), name=f"worker-{worker.id}-closing")
+        try:
+            await asyncio.wait({reader, writer, closing}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                return reader.result()  # raises JobmeshError for a malformed message
+            if closing.done():
+                return "the node is shutting down"
+            return "sending to the worker failed"
+        finally:
+            for task in (reader, writer, closing):
+                task.cancel()
+            await asyncio.gather(reader, writer, closing, return_exceptions=True)
+
+    async def _read(self, worker: RemoteWorker, context: grpc.aio.ServicerContext) -> str:
+        """Apply the worker's reports until it closes its side of the stream."""
+        while True:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return "the worker closed the stream"
+            self._apply(worker, message)
+
+    async def _write(self, worker: RemoteWorker, context: grpc.aio.ServicerContext) -> None:
+        """Send the worker's outbox, in order, for as long as the stream lives."""
+        with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+            while True:
+                command = await worker.outbox.get()
+                await context.write(command_to_proto(command))
+
+    def _apply(self, worker: RemoteWorker, message: workers_pb2.WorkRequest) -> None:
+        """Apply one report of the worker; raises InvalidArgument for a malformed one."""
+        kind = message.WhichOneof("kind")
+        if kind == "result":
+            result = message.result
+            _job_key(kind, result.job_id, result.attempt)
+            if not self._workers.complete(worker, result.job_id, result.attempt, result_from_proto(result)):
+                log.debug(
+                    "worker %s: ignoring the result of stale attempt %s/%d",
+                    worker.id,
+                    result.job_id,
+                    result.attempt,
+                )
+            return
+        if kind == "progress":
+            progress = message.progress
+            _job_key(kind, progress.job_id, progress.attempt)
+            if progress.HasField("total_steps") and progress.total_steps < 0:
+                raise InvalidArgument(f"progress.total_steps is {progress.total_steps}; use >= 0")
+            if progress.increment_steps < 0:
+                raise InvalidArgument(f"progress.increment_steps is {progress.increment_steps}; use >= 0")
+            if progress.HasField("eta_s") and not 0 <= progress.eta_s <= MAX_ETA_S:
+                raise InvalidArgument(f"progress.eta_s is {progress.eta_s}; use a number of seconds >= 0")
+            job_context = worker.context_for(progress.job_id, progress.attempt)
+            if job_context is None:
+                return
+            if progress.HasField("total_steps"):
+                job_context.init_progress(progress.total_steps)
+            if progress.increment_steps:
+                job_context.increment_progress(progress.increment_steps)
+            if progress.HasField("eta_s"):  # last: an explicit ETA beats the estimate from the pace
+                job_context.update_eta(progress.eta_s)
+            return
+        if kind == "log":
+            line = message.log
+            _job_key(kind, line.job_id, line.attempt)
+            job_context = worker.context_for(line.job_id, line.attempt)
+            if job_context is not None:
+                job_context.log(line.message)
+            return
+        if kind == "property":
+            prop = message.property
+            _job_key(kind, prop.job_id, prop.attempt)
+            validate_name(prop.name, "property.name")
+            value = value_from_proto(prop.value, f"property.value ({prop.name!r})")
+            job_context = worker.context_for(prop.job_id, prop.attempt)
+            if job_context is not None:
+                job_context.set_property(prop.name, value)
+            return
+        if kind == "register":
+            raise InvalidArgument("`register` may only be the first message of a stream")
+        raise InvalidArgument("empty WorkRequest: set one of register, progress, log, property, result")

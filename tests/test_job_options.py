@@ -1,0 +1,100 @@
+"""Per-job options over the wire: max_retries, retry_delay_s and timeout_s override the job's queue."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from harness import NodeFactory, NodeProcess, attempts, find_all, new_job, rpc_error, wait_for_state
+from jobmesh.v1 import jobs_pb2
+
+S = jobs_pb2
+QUEUES = json.dumps([{"name": "timed", "topics": ["opt/timed/**"], "timeout_s": 0.3, "retries": 0}])
+
+
+@pytest.fixture(scope="module")
+def node(module_nodes: NodeFactory) -> NodeProcess:
+    return module_nodes.start(
+        "options",
+        ["opt/**=consumers:fail_always", "opt/timed/**=consumers:wait_until_stopped"],
+        {"jobs.retries": 5, "queues": QUEUES},
+    )
+
+
+def add(node: NodeProcess, job: jobs_pb2.NewJob) -> jobs_pb2.Job:
+    added: jobs_pb2.Job = node.stub.AddJob(S.AddJobRequest(job=job)).job
+    return added
+
+
+def test_max_retries_and_retry_delay_of_a_job_override_its_queue(node: NodeProcess, tmp_path: Path) -> None:
+    log = tmp_path / "attempts"
+    job = new_job("opt/fail", attempts_file=str(log))
+    job.max_retries = 2
+    job.retry_delay_s = 0.2
+
+    added = add(node, job)
+
+    assert added.max_retries == 2
+    done = wait_for_state(node.stub, added.id, S.JOB_STATE_GIVEN_UP)
+    assert done.retry_count == 3
+    times = attempts(log)
+    assert len(times) == 3
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(times))
+
+
+def test_zero_max_retries_means_one_attempt(node: NodeProcess, tmp_path: Path) -> None:
+    log = tmp_path / "attempts"
+    job = new_job("opt/fail", attempts_file=str(log))
+    job.max_retries = 0
+
+    done = wait_for_state(node.stub, add(node, job).id, S.JOB_STATE_GIVEN_UP)
+
+    assert (done.retry_count, len(attempts(log))) == (1, 1)
+
+
+def test_a_job_reports_the_timeout_that_applies_to_it(node: NodeProcess) -> None:
+    own = new_job("opt/timed/own")
+    own.timeout_s = 0.1
+    queue_default = new_job("opt/timed/queue")
+
+    with_own, with_queue = add(node, own), add(node, queue_default)
+
+    assert (with_own.timeout_s, with_queue.timeout_s) == (0.1, 0.3)
+    assert add(node, new_job("opt/none")).timeout_s == 0.0
+    first = wait_for_state(node.stub, with_own.id, S.JOB_STATE_GIVEN_UP)
+    second = wait_for_state(node.stub, with_queue.id, S.JOB_STATE_GIVEN_UP)
+    assert first.result_message == "timed out after 0.1s"
+    assert second.result_message == "timed out after 0.3s"
+    assert second.finished_time.ToMicroseconds() - second.started_time.ToMicroseconds() >= 300_000
+    assert {j.timeout_s for j in find_all(node.stub, S.FindJobsRequest(topic="opt/timed/queue"))} == {0.3}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("max_retries", -2, "job.max_retries is -2"),
+        ("retry_delay_s", -0.5, "job.retry_delay_s is -0.5"),
+        ("retry_delay_s", float("nan"), "job.retry_delay_s is nan"),
+        ("retry_delay_s", float("inf"), "job.retry_delay_s is inf"),
+        ("timeout_s", -1.0, "job.timeout_s is -1"),
+        ("timeout_s", 1e12, "job.timeout_s is 1000000000000.0; use a number of seconds from 0 to"),
+    ],
+)
+def test_invalid_per_job_option_is_refused(
+    node: NodeProcess, field: str, value: float, fragment: str
+) -> None:
+    job = new_job("opt/bad")
+    setattr(job, field, value)
+
+    error = rpc_error(lambda: add(node, job))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in (error.details() or "")
+    # In a batch the field is named by its index, and nothing of the batch is added
+    batch = rpc_error(lambda: node.stub.AddJobs(S.AddJobsRequest(jobs=[new_job("opt/bad"), job])))
+    assert batch.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment.replace("job.", "jobs[1].") in (batch.details() or "")
+    assert find_all(node.stub, S.FindJobsRequest(topic="opt/bad")) == []

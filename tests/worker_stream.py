@@ -1,0 +1,141 @@
+"""A remote worker a test drives by hand: one WorkerService.Work stream over a real channel.
+
+The test sends what a worker would send (`register`, `progress`, `result`, ...) and takes
+what the node sends with a deadline (`expect("assignment")`). A reader thread moves the
+node's messages into a queue, so waiting never blocks past the deadline.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from harness import DEFAULT_TIMEOUT_S, PropertyInput, prop
+from jobmesh.v1 import workers_pb2, workers_pb2_grpc
+
+_END = object()
+
+
+class WorkerStream:
+    """One worker connection; `close()` half-closes it, `cancel()` breaks it."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._requests: queue.Queue[workers_pb2.WorkRequest | None] = queue.Queue()
+        self._responses: queue.Queue[Any] = queue.Queue()
+        self.error: grpc.RpcError | None = None
+        self.registered: workers_pb2.WorkerRegistered | None = None
+        self.ended = threading.Event()
+        self._call = workers_pb2_grpc.WorkerServiceStub(channel).Work(self._request_iterator())
+        self._reader = threading.Thread(target=self._read, name="worker-stream-reader", daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def connect(
+        cls, channel: grpc.Channel, *topics: str, concurrency: int = 1, name: str = "test-worker"
+    ) -> WorkerStream:
+        """Open a stream, register, and wait for the node's acknowledgement."""
+        stream = cls(channel)
+        stream.send(
+            register=workers_pb2.WorkerRegistration(name=name, topics=list(topics), concurrency=concurrency)
+        )
+        stream.registered = stream.expect("registered")
+        return stream
+
+    def _request_iterator(self) -> Iterator[workers_pb2.WorkRequest]:
+        while (message := self._requests.get()) is not None:
+            yield message
+
+    def _read(self) -> None:
+        try:
+            for message in self._call:
+                self._responses.put(message)
+        except grpc.RpcError as e:
+            self.error = e
+        finally:
+            self._requests.put(None)  # ends the request iterator: grpc's thread reading it exits
+            self._responses.put(_END)
+            self.ended.set()
+
+    # --- sending ---
+
+    def send(self, **kind: Any) -> None:
+        """Send one WorkRequest with the given oneof field set (no field: an empty message)."""
+        self._requests.put(workers_pb2.WorkRequest(**kind))
+
+    def progress(self, job: workers_pb2.WorkAssignment, **fields: Any) -> None:
+        """Report progress of an assigned job."""
+        self.send(progress=workers_pb2.WorkProgress(job_id=job.job_id, attempt=job.attempt, **fields))
+
+    def log(self, job: workers_pb2.WorkAssignment, message: str) -> None:
+        """Log a line on an assigned job."""
+        self.send(log=workers_pb2.WorkLogLine(job_id=job.job_id, attempt=job.attempt, message=message))
+
+    def set_property(self, job: workers_pb2.WorkAssignment, name: str, value: PropertyInput) -> None:
+        """Set a property of an assigned job."""
+        self.send(
+            property=workers_pb2.WorkProperty(
+                job_id=job.job_id, attempt=job.attempt, name=name, value=prop(value)
+            )
+        )
+
+    def result(
+        self,
+        job: workers_pb2.WorkAssignment,
+        outcome: int = workers_pb2.WORK_OUTCOME_SUCCEEDED,
+        message: str = "",
+        **fields: Any,
+    ) -> None:
+        """Report the result of an assigned job."""
+        self.send(
+            result=workers_pb2.WorkResult(
+                job_id=job.job_id, attempt=job.attempt, outcome=outcome, message=message, **fields
+            )
+        )
+
+    # --- receiving ---
+
+    def receive(self, timeout: float = DEFAULT_TIMEOUT_S) -> workers_pb2.WorkResponse:
+        """The next message from the node; fails if the stream ends or nothing comes in time."""
+        try:
+            message = self._responses.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no message from the node within {timeout:.1f}s") from None
+        if message is _END:
+            self._responses.put(_END)
+            raise AssertionError(f"the stream ended: {self.error!r}")
+        return message  # type: ignore[no-any-return]
+
+    def expect(self, kind: str, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+        """The next message, which must be of `kind` (registered, assignment, stop); its content."""
+        message = self.receive(timeout)
+        assert message.WhichOneof("kind") == kind, f"expected {kind}, got {message}"
+        return getattr(message, kind)
+
+    def assert_silent(self, within_s: float) -> None:
+        """Nothing arrives from the node for `within_s` (for "never more than N" checks)."""
+        try:
+            message = self._responses.get(timeout=within_s)
+        except queue.Empty:
+            return
+        raise AssertionError(f"expected no message, got {message}")
+
+    def wait_error(self, timeout: float = DEFAULT_TIMEOUT_S) -> grpc.RpcError:
+        """Wait for the stream to end with an error status; return it."""
+        assert self.ended.wait(timeout), f"the stream did not end within {timeout:.1f}s"
+        assert self.error is not None, "the stream ended with OK, not with an error"
+        return self.error
+
+    # --- ending ---
+
+    def close(self) -> None:
+        """Half-close: the worker has nothing more to say (the node ends the stream)."""
+        self._requests.put(None)
+
+    def cancel(self) -> None:
+        """Break the stream, as a crashed worker would."""
+        self._call.cancel()
+        self._requests.put(None)
+        self._reader.join(DEFAULT_TIMEOUT_S)
