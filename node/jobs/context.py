@@ -52,23 +52,25 @@ class JobContext:
         self._store = store
         self._max_log_lines = max_log_lines
         self._max_properties_bytes = max_properties_bytes
-        self._stopped = threading.Event()
-        self._stop_lock = threading.Lock()
+        # A plain flag and lock, not threading.Event / a Future up front: one context is made
+        # per attempt, and those build Python-level Conditions that cost more than the job.
+        self._stopped = False
+        self._lock = threading.Lock()
         self._stop_listeners: list[Callable[[], None]] = []
-        self._completion: concurrent.futures.Future[JobResult] = concurrent.futures.Future()
+        self._completion: concurrent.futures.Future[JobResult] | None = None
 
     # --- stopping ------------------------------------------------------------------------------
 
     def is_stopped(self) -> bool:
         """True once a user asked this job to stop, it timed out, or the node's shutdown grace ran out."""
-        return self._stopped.is_set()
+        return self._stopped
 
     def request_stop(self) -> None:
         """Ask the consumer to stop (called by the node); stop listeners run once, on this thread."""
-        with self._stop_lock:
-            if self._stopped.is_set():
+        with self._lock:
+            if self._stopped:
                 return
-            self._stopped.set()
+            self._stopped = True
             listeners, self._stop_listeners = self._stop_listeners, []
         for listener in listeners:
             listener()
@@ -77,8 +79,8 @@ class JobContext:
         """Call `listener()` once when a stop is requested: on the thread that requests it, or at
         once on this thread if a stop was already requested. For consumers that must pass the
         stop on (e.g. to a remote worker) instead of polling `is_stopped()`."""
-        with self._stop_lock:
-            if not self._stopped.is_set():
+        with self._lock:
+            if not self._stopped:
                 self._stop_listeners.append(listener)
                 return
         listener()
@@ -128,10 +130,16 @@ class JobContext:
 
     def complete(self, result: JobResult | None = None) -> None:
         """Report the result of a job whose consumer returned `complete_later()`; later calls are ignored."""
-        if not self._completion.done():
-            self._completion.set_result(result or JobResult.succeeded())
+        completion = self.completion
+        with self._lock:
+            if completion.done():
+                return
+            completion.set_result(result or JobResult.succeeded())
 
     @property
     def completion(self) -> concurrent.futures.Future[JobResult]:
         """The result reported with `complete` (for the node)."""
-        return self._completion
+        with self._lock:
+            if self._completion is None:
+                self._completion = concurrent.futures.Future()
+            return self._completion

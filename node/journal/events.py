@@ -91,6 +91,13 @@ class EventStore:
 
         def delete(conn: sqlite3.Connection) -> int:
             deleted = 0
+            # Remember the newest seq first: if the purge empties the table, a restart must
+            # not hand out these numbers again.
+            conn.execute(
+                "INSERT INTO meta (key, value) SELECT 'events_seq_floor', CAST(newest AS TEXT) "
+                "FROM (SELECT max(seq) AS newest FROM job_events) WHERE newest IS NOT NULL "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            )
             if max_age_before_us is not None:
                 # Events are appended in time order: the first one young enough bounds the purge,
                 # found by scanning from the oldest (no time index to maintain on every insert).

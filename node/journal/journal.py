@@ -30,8 +30,14 @@ log = logging.getLogger(__name__)
 
 
 def _last_event_seq(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'job_events'").fetchone()
-    return int(row[0]) if row else 0
+    """The newest event seq ever used: the table's, or the floor a purge left behind.
+
+    Sequence numbers are assigned by the writer (not AUTOINCREMENT, which costs a write per
+    row); a purge that empties the table records its highest seq, so none is ever reused.
+    """
+    newest = conn.execute("SELECT max(seq) FROM job_events").fetchone()[0] or 0
+    floor = conn.execute("SELECT value FROM meta WHERE key = 'events_seq_floor'").fetchone()
+    return max(int(newest), int(floor[0]) if floor else 0)
 
 
 class Journal:

@@ -69,7 +69,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_seq, line)
     ) WITHOUT ROWID;
     CREATE TABLE job_events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after a purge
+        seq INTEGER PRIMARY KEY,                -- never reused: see meta events_seq_floor
         type INTEGER NOT NULL,
         time_us INTEGER NOT NULL,
         job_id TEXT NOT NULL,
