@@ -22,6 +22,7 @@ from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
 from node.jobs.queues import MAIN_QUEUE, QueueConfig
 from node.journal.connection import Durability
+from node.transfer.config import OffloadConfig
 
 DEFAULT_PORT = 7710
 ENV_PREFIX = "JOBMESH_"
@@ -140,6 +141,8 @@ class NodeConfig:
     """Consumers to load at start."""
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     """Peer discovery, membership and the topology view (node/discovery/config.py)."""
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    """Offloading: capacity publishing and reassignment timings (node/transfer/config.py)."""
 
     queues: tuple[QueueConfig, ...] = ()
     """Queue configurations besides the main queue (TOML `[[queues]]`; env/flags: a JSON list)."""
@@ -171,6 +174,7 @@ class NodeConfig:
             server=ServerConfig(host="127.0.0.1", port=0, shutdown_grace_s=2.0),
             jobs=JobsConfig(retry_delay_s=0.05),
             discovery=DiscoveryConfig.for_tests(),
+            offload=OffloadConfig.for_tests(),
             history=HistoryConfig(purge_interval_s=0.2),
         )
 

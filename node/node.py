@@ -24,7 +24,11 @@ from jobmesh.v1 import (
     queues_pb2_grpc,
     schedules_pb2,
     schedules_pb2_grpc,
+    topics_pb2,
+    topics_pb2_grpc,
     topology_pb2,
+    transfer_pb2,
+    transfer_pb2_grpc,
     workers_pb2,
     workers_pb2_grpc,
 )
@@ -50,8 +54,13 @@ from node.services import transport
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
 from node.services.schedules import ScheduleServicer
+from node.services.topics import TopicServicer
 from node.services.topology import add_topology_servicers
+from node.services.transfer import TransferServicer
 from node.services.workers import WorkerServicer
+from node.transfer.consumption import ConsumptionStore
+from node.transfer.offloader import Offloader
+from node.transfer.rules import ConsumptionRules, ConsumptionSetting
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,8 @@ JOBMESH_SERVICE_NAMES = (
     schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     workers_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     topology_pb2.DESCRIPTOR.services_by_name["TopologyService"].full_name,
+    transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
+    topics_pb2.DESCRIPTOR.services_by_name["TopicService"].full_name,
 )
 # Everything reflection lists.
 SERVICE_NAMES = (
@@ -86,6 +97,9 @@ class Node:
         self._lock = DataDirLock(config.data_dir)
         self._journal: Journal | None = None
         self._jobs: JobManager | None = None
+        self._offloader: Offloader | None = None
+        self._transfer: TransferServicer | None = None
+        self._consumption: ConsumptionStore | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self.identity: InstanceIdentity | None = None
@@ -140,6 +154,10 @@ class Node:
                 instance_id = new_instance_id()
                 await self._journal.set_meta("instance_id", instance_id)
             self._jobs = JobManager(self._journal, self.consumers, config, instance_id)
+            self._offloader = Offloader(self._jobs, self.topology, config.offload)
+            self._consumption = ConsumptionStore(self._journal)
+            self._jobs.consumption = await self._consumption.load()
+            self._publish_consumption(self._jobs.consumption)
             requeued, stopped, given_up = await self._jobs.start()
             if requeued or stopped or given_up:
                 log.warning(
@@ -156,8 +174,14 @@ class Node:
     async def _serve(self, instance_id: str) -> None:
         config = self.config
         server = transport.create_server(config.jobs.max_payload_bytes)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs), server)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self._live_peers), server)
         add_topology_servicers(server, self.topology)
+        if self._offloader is not None:
+            self._transfer = TransferServicer(self._offloader)
+            transfer_pb2_grpc.add_TransferServiceServicer_to_server(self._transfer, server)
+        topics_pb2_grpc.add_TopicServiceServicer_to_server(
+            TopicServicer(self.topology, self.set_topic_consumption), server
+        )
         queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.jobs), server)
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(self.jobs), server)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
@@ -173,6 +197,8 @@ class Node:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
         await self.topology.start(self.identity, self.port, config.server.host)
+        if self._offloader is not None:
+            await self._offloader.start()
         write_run_file(
             config.data_dir,
             {
@@ -186,6 +212,28 @@ class Node:
         log.info(
             "node %s (%s) serving on %s:%d", self.identity.name, instance_id, config.server.host, self.port
         )
+
+    async def set_topic_consumption(self, pattern: str, setting: ConsumptionSetting) -> ConsumptionRules:
+        """Persist this node's setting for a topic pattern, publish it, and apply it at once."""
+        if self._consumption is None:
+            raise RuntimeError("the node is not started")
+        rules = await self._consumption.set(pattern, setting)
+        self._publish_consumption(rules)
+        await self.jobs.apply_consumption(rules)
+        if self._offloader is not None:
+            await self._offloader.consumption_changed()
+        return rules
+
+    def _publish_consumption(self, rules: ConsumptionRules) -> None:
+        for name, value in rules.properties().items():
+            if value:
+                self.topology.properties.set(name, value)
+            else:
+                self.topology.properties.remove(name)
+
+    def _live_peers(self) -> list[tuple[str, str]]:
+        """(instance id, address) of every live instance but this one (topology-wide queries)."""
+        return [(i.id, i.address) for i in self.topology.view.instances if not i.is_local and i.endpoints]
 
     def _publish_topics(self) -> None:
         """Publish the consumers' topic patterns as the `jobmesh.topics` instance property."""
@@ -205,6 +253,11 @@ class Node:
             await self._health.enter_graceful_shutdown()
         # Leave first: peers stop counting on this node while its jobs wind down.
         await self.topology.stop()
+        if self._offloader is not None:
+            await self._offloader.stop()
+            self._offloader = None
+        if self._transfer is not None:
+            self._transfer.close()
         if self._jobs is not None:
             await self._jobs.stop(grace)
             self._jobs = None

@@ -210,3 +210,10 @@ def complete_from_another_thread(job: Job, context: JobContext) -> object:
 
     threading.Thread(target=finish, name=f"complete-{job.id}", daemon=True).start()
     return context.complete_later()
+
+
+def sleep_briefly(job: Job, context: JobContext) -> JobResult:
+    """Sleeps `sleep_s` seconds (a float property, default 0.05), then succeeds."""
+    value = job.properties.get("sleep_s", 0.05)
+    time.sleep(float(value) if isinstance(value, (int, float)) else 0.05)
+    return JobResult.succeeded("slept")

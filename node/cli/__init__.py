@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from node.cli import commands, manage, run, topology
+from node.cli import commands, manage, run, topics, topology
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub)
     commands.add_parsers(sub)
     topology.add_parser(sub)
+    topics.add_parser(sub)
     manage.add_parsers(sub)
     return parser
 

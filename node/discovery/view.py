@@ -19,6 +19,7 @@ from jobmesh.v1 import topology_pb2
 from node.discovery.membership import Member, MemberRecord, PeerState
 from node.discovery.properties import TOPICS_PROPERTY, parse_topics
 from node.topics import TopicPattern
+from node.transfer.rules import ConsumptionRules
 
 
 def timestamp_us(micros: int) -> Timestamp:
@@ -56,7 +57,9 @@ class InstanceDescription:
 
     def consumes(self, topic: str) -> bool:
         """True if one of the instance's consumer patterns matches `topic`."""
-        return any(TopicPattern.parse(p).matches(topic) for p in self.topics)
+        if not any(TopicPattern.parse(p).matches(topic) for p in self.topics):
+            return False
+        return ConsumptionRules.from_properties(self.properties).allows(topic)
 
     def to_proto(self) -> topology_pb2.Instance:
         """The API form."""

@@ -29,7 +29,8 @@ from node.journal.queues import QueueStore
 from node.journal.schedules import ScheduleStore, StoredSchedule
 from node.journal.stats import StatisticsReport, read_statistics
 from node.properties import encode_properties, encode_proto_properties
-from node.topics import validate_topic
+from node.topics import TopicPattern, validate_topic
+from node.transfer.rules import ConsumptionRules
 
 MAX_JOBS_PER_ADD = 10_000
 MAX_DEDUP_KEY_CHARS = 256
@@ -85,6 +86,10 @@ class JobManager:
         consumers.add_listener(self._on_consumers_changed)
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
+        self.consumption = ConsumptionRules()
+        """This node's topic consumption settings (see `apply_consumption`)."""
+        self.remote_chooser: Callable[[str, str], str | None] | None = None
+        """Offloading: `chooser(topic, queue)` picks a remote target when no local consumer matches."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -98,7 +103,7 @@ class JobManager:
                 self._api_queues[name] = QueueConfig.create(**json.loads(stored.config_json))
         self._rebuild_directory()
         await self.store.reassign_queues(lambda topic: self.queues.for_topic(topic).name)
-        await self.store.assign_unassigned(self.instance_id, self.consumers.patterns)
+        await self._assign_local()
         self._started = True
         self._sync_runners()
         self.scheduler.start()
@@ -157,8 +162,20 @@ class JobManager:
 
     # --- adding ----------------------------------------------------------------------------
 
-    def _target_for(self, topic: str) -> str | None:
-        return self.instance_id if self.consumers.find(topic) is not None else None
+    def _target_for(self, topic: str, queue: str | None = None) -> str | None:
+        if self.consumers.find(topic) is not None and self.consumption.allows(topic):
+            return self.instance_id
+        chooser = self.remote_chooser
+        return None if chooser is None or queue is None else chooser(topic, queue)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """Largest payload a job may carry."""
+        return self._config.jobs.max_payload_bytes
+
+    def wake_runners(self) -> None:
+        """Let every queue runner look for new work now."""
+        self._wake_for()
 
     def _check_payload(self, payload: bytes, field: str) -> None:
         limit = self._config.jobs.max_payload_bytes
@@ -193,13 +210,15 @@ class JobManager:
                     f"{field}.{name} is {value}; use a number of seconds from 0 to {MAX_JOB_SECONDS} (10 years)"
                 )
         queue = self.queues.for_topic(topic)
+        target = self._target_for(topic, queue.name)
         return NewJobRecord(
             id=job_id,
             topic=topic,
             properties_json=props,
             queue=queue.name,
             origin=self.instance_id,
-            target=self._target_for(topic),
+            target=target,
+            offload=target is not None and target != self.instance_id,
             max_retries=queue.retries if max_retries is None else max_retries,
             created_us=created,
             payload=payload,
@@ -461,9 +480,26 @@ class JobManager:
         if self._started:
 
             async def assign() -> None:
-                await self.store.assign_unassigned(self.instance_id, self.consumers.patterns)
+                await self._assign_local()
                 self._wake_for()
 
             task = asyncio.get_running_loop().create_task(assign())
             self._background.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self._background.discard)
+
+    async def _assign_local(self) -> int:
+        rules = self.consumption
+        return await self.store.assign_unassigned(
+            self.instance_id,
+            self.consumers.patterns,
+            [TopicPattern.parse(p) for p in rules.disabled],
+            [TopicPattern.parse(p) for p in rules.exclusive],
+        )
+
+    async def apply_consumption(self, rules: ConsumptionRules) -> None:
+        """Apply new topic consumption settings: queued jobs this node may no longer take are
+        unassigned (an origin's own go to other instances), newly allowed ones assigned here."""
+        self.consumption = rules
+        if self._started:
+            await self._assign_local()
+            self._wake_for()

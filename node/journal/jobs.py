@@ -88,6 +88,8 @@ class NewJobRecord:
     dedup_key: str | None = None
     retry_delay_us: int | None = None
     timeout_us: int | None = None
+    offload: bool = False
+    """True if `target` is another instance: the insert queues the job in the transfer outbox."""
 
     def as_committed(self) -> Job:
         """The job exactly as `JobStore.add_jobs` inserts this record (QUEUED; no payload bytes)."""
@@ -255,6 +257,9 @@ class JobStore:
                 for r in fresh
             ],
         )
+        offloaded = [(r.target, r.id) for r in fresh if r.offload and r.target is not None]
+        if offloaded:
+            conn.executemany("INSERT INTO outbox (peer, kind, job_id, epoch) VALUES (?, 1, ?, 0)", offloaded)
         with_payload = [r for r in fresh if r.payload]
         if with_payload:
             conn.executemany(
@@ -510,9 +515,17 @@ class JobStore:
             kind, now_us, report.job_id, topic, queue, state, retry_count, report.message, target=target
         )
         recorder.ended(queue, topic, outcome, now_us - (started_us or now_us), now_us)
-        if state is JobState.SUCCEEDED and not report.queue.keep_jobs:
+        if state is JobState.SUCCEEDED and not report.queue.keep_jobs and not self._offloaded_here(conn, seq):
             _delete_jobs(conn, [seq])
         return True
+
+    def _offloaded_here(self, conn: sqlite3.Connection, seq: int) -> bool:
+        """True if the job came from another origin: it must stay until its report is sent."""
+        local = self._recorder.local_instance
+        if local is None:
+            return False
+        row = conn.execute("SELECT origin FROM jobs WHERE seq = ?", (seq,)).fetchone()
+        return row is not None and row[0] != local
 
     async def requeue_active(self, job_ids: Sequence[tuple[str, int]], now_us: int) -> int:
         """Put ACTIVE attempts back to QUEUED, retry count unchanged (graceful shutdown)."""
@@ -616,7 +629,13 @@ class JobStore:
 
         return await self.journal.write(update)
 
-    async def assign_unassigned(self, target: str, patterns: Sequence[TopicPattern]) -> int:
+    async def assign_unassigned(
+        self,
+        target: str,
+        patterns: Sequence[TopicPattern],
+        disabled: Sequence[TopicPattern] = (),
+        exclusive: Sequence[TopicPattern] = (),
+    ) -> int:
         """Assign QUEUED jobs without a target whose topic matches `patterns` to `target`.
 
         QUEUED jobs assigned to `target` whose topic no longer matches (their consumer is gone,
@@ -624,6 +643,12 @@ class JobStore:
         consumer instead of failing their retries away. Returns how many were assigned.
         """
         predicate, params = pattern_sql(patterns)
+        if disabled:  # topic consumption settings (DISABLED, EXCLUSIVE) narrow the consumers' patterns
+            off, off_params = pattern_sql(disabled)
+            predicate, params = f"({predicate} AND NOT {off})", [*params, *off_params]
+        if exclusive:
+            only, only_params = pattern_sql(exclusive)
+            predicate, params = f"({predicate} AND {only})", [*params, *only_params]
 
         def update(conn: sqlite3.Connection) -> int:
             conn.execute(

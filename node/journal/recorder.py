@@ -83,6 +83,8 @@ class Recorder:
         # 1 ended finished / 2 failed / 3 cancelled (value = processing us or None).
         self._stats: list[tuple[str, str, int, int | None, int]] = []
         self._mark = (0, 0)
+        self.local_instance: str | None = None
+        """This node's instance id; once set, events of jobs offloaded here queue reports to their origin."""
 
     @property
     def last_seq(self) -> int:
@@ -188,6 +190,14 @@ class Recorder:
                 "progress_total, progress_done, eta_us, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._events,
             )
+            if self.local_instance is not None:
+                # Reports to the origin of every offloaded job that changed, in the same transaction.
+                conn.execute(
+                    "INSERT INTO outbox (peer, kind, job_id, epoch, progress) "
+                    "SELECT j.origin, 2, j.id, j.epoch, e.type = 3 FROM job_events e JOIN jobs j ON j.id = e.job_id "
+                    "WHERE e.seq BETWEEN ? AND ? AND e.type BETWEEN 2 AND 7 AND j.origin != ? ORDER BY e.seq",
+                    (self._events[0][0], self._events[-1][0], self.local_instance),
+                )
         if self._stats:
             conn.executemany(
                 "INSERT INTO job_stats (scope, name, finished, failed, cancelled, waiting_us, waiting_count, "

@@ -116,6 +116,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX schedules_due ON schedules (next_us) WHERE suspended = 0 AND next_us IS NOT NULL;
     """,
+    # v3: offloading: assignment epochs and the durable per-peer transfer outbox.
+    """
+    ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;      -- raised on every reassignment
+    ALTER TABLE jobs ADD COLUMN report_seq INTEGER NOT NULL DEFAULT 0; -- origin: last applied report
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- delivery order; never reused
+        peer TEXT NOT NULL,                      -- instance id to deliver to
+        kind INTEGER NOT NULL,                   -- 1 job (origin -> target), 2 report (target -> origin)
+        job_id TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        progress INTEGER NOT NULL DEFAULT 0      -- report: 1 if caused by a PROGRESS event
+    );
+    CREATE INDEX outbox_peer ON outbox (peer, seq);
+    CREATE INDEX jobs_remote ON jobs (target, state) WHERE state IN (1, 2);
+    CREATE TABLE topic_consumption (
+        pattern TEXT PRIMARY KEY,                -- topic pattern
+        setting INTEGER NOT NULL                 -- 2 disabled, 3 exclusive (enabled: no row)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,6 +12,7 @@ from node.jobs.events import EventFilter, EventType
 from node.jobs.manager import JobManager
 from node.jobs.model import HISTORY_STATES, Job, JobState
 from node.journal.jobs import JobQuery, decode_page_token
+from node.services import gather
 from node.services.status import rpc, status_for
 from node.templates import Template
 from node.topics import TopicPattern, validate_topic
@@ -77,8 +78,9 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """Serves JobService from a JobManager."""
 
-    def __init__(self, manager: JobManager) -> None:
+    def __init__(self, manager: JobManager, peers: gather.PeerList | None = None) -> None:
         self._manager = manager
+        self._peers = peers
 
     def _job_proto(self, job: Job) -> jobs_pb2.Job:
         proto = job.to_proto()
@@ -120,12 +122,20 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def FindJobs(
         self, request: jobs_pb2.FindJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.FindJobsResponse:
+        topology = request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY
+        if topology and request.page_token:
+            raise InvalidArgument(
+                "page_token does not apply to scope QUERY_SCOPE_TOPOLOGY; raise limit instead"
+            )
         page = await self._manager.find_jobs(query_from_proto(request))
-        return jobs_pb2.FindJobsResponse(
+        response = jobs_pb2.FindJobsResponse(
             jobs=[self._job_proto(job) for job in page.jobs],
             next_page_token=page.next_page_token,
             total_count=page.total_count,
         )
+        if topology and self._peers is not None:
+            return await gather.find_jobs(request, self._manager.instance_id, response, self._peers)
+        return response
 
     @rpc
     async def StopJob(
@@ -184,6 +194,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             response.queues[name].CopyFrom(stats.to_proto())
         for name, stats in report.topics.items():
             response.topics[name].CopyFrom(stats.to_proto())
+        if request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY and self._peers is not None:
+            return await gather.statistics(response, self._peers)
         return response
 
     @rpc

@@ -172,6 +172,36 @@ COMPARISON_OPERATOR_GREATER_OR_EQUAL: ComparisonOperator.ValueType  # 5
 """Greater than or equal."""
 Global___ComparisonOperator: _TypeAlias = ComparisonOperator  # noqa: Y015
 
+class _QueryScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QueryScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QueryScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUERY_SCOPE_UNSPECIFIED: _QueryScope.ValueType  # 0
+    """Same as QUERY_SCOPE_LOCAL."""
+    QUERY_SCOPE_LOCAL: _QueryScope.ValueType  # 1
+    """The answering node's journal only."""
+    QUERY_SCOPE_TOPOLOGY: _QueryScope.ValueType  # 2
+    """Every live instance in the answering node's topology view. A job
+    offloaded from one instance to another is listed once, as its origin
+    records it; instances that do not answer in time are left out.
+    """
+
+class QueryScope(_QueryScope, metaclass=_QueryScopeEnumTypeWrapper):
+    """Where a query looks."""
+
+QUERY_SCOPE_UNSPECIFIED: QueryScope.ValueType  # 0
+"""Same as QUERY_SCOPE_LOCAL."""
+QUERY_SCOPE_LOCAL: QueryScope.ValueType  # 1
+"""The answering node's journal only."""
+QUERY_SCOPE_TOPOLOGY: QueryScope.ValueType  # 2
+"""Every live instance in the answering node's topology view. A job
+offloaded from one instance to another is listed once, as its origin
+records it; instances that do not answer in time are left out.
+"""
+Global___QueryScope: _TypeAlias = QueryScope  # noqa: Y015
+
 class _JobEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -834,6 +864,7 @@ class FindJobsRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     NEWEST_FIRST_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     type: Global___QueryType.ValueType
     """Which states to select."""
     topic: _builtins.str
@@ -848,6 +879,10 @@ class FindJobsRequest(_message.Message):
     """
     newest_first: _builtins.bool
     """Return the newest jobs first instead of the oldest."""
+    scope: Global___QueryScope.ValueType
+    """Where to look. QUERY_SCOPE_TOPOLOGY asks every live instance and merges
+    their answers (one page of at most `limit` jobs; no page_token).
+    """
     @_builtins.property
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyTemplate]:
         """A job matches when it matches any template (OR); no template matches all.
@@ -863,10 +898,11 @@ class FindJobsRequest(_message.Message):
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
         newest_first: _builtins.bool = ...,
+        scope: Global___QueryScope.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "newest_first", b"newest_first", "page_token", b"page_token", "templates", b"templates", "topic", b"topic", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "newest_first", b"newest_first", "page_token", b"page_token", "scope", b"scope", "templates", b"templates", "topic", b"topic", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1271,12 +1307,19 @@ class GetStatisticsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    SCOPE_FIELD_NUMBER: _builtins.int
+    scope: Global___QueryScope.ValueType
+    """Where to count. QUERY_SCOPE_TOPOLOGY sums the statistics of every live
+    instance (averages weighted by processed jobs).
+    """
     def __init__(
         self,
+        *,
+        scope: Global___QueryScope.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,53 @@
+"""TransferService: peers stream offloaded jobs and reports to this node (see transfer.proto)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
+
+from node.errors import JobmeshError
+from node.transfer.offloader import Offloader
+
+log = logging.getLogger(__name__)
+
+
+class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
+    """Applies each received frame, then acknowledges it."""
+
+    def __init__(self, offloader: Offloader) -> None:
+        self._offloader = offloader
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every open stream now (the node is stopping); senders resend unacknowledged frames."""
+        self._closing.set()
+
+    async def Exchange(  # type: ignore[override]  # the read/write API
+        self, request_iterator: AsyncIterator[transfer_pb2.TransferFrame], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Apply frames in order; acknowledge each after its commit."""
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            while True:
+                read = asyncio.ensure_future(context.read())
+                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    return
+                frame = read.result()
+                if frame is grpc.aio.EOF:
+                    return
+                await self._offloader.receive(frame)
+                await context.write(transfer_pb2.TransferAck(last_seq=frame.last_seq))
+        except JobmeshError as e:
+            log.warning("transfer from %s: %s", context.peer(), e)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (asyncio.CancelledError, grpc.RpcError):
+            # The sender went away or this node is stopping; it resends what it has no ack for.
+            return
+        finally:
+            closing.cancel()

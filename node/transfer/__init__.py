@@ -1,0 +1,1 @@
+"""Offloading: choose a target for each job, stream jobs to it and its reports back (see DESIGN.md)."""

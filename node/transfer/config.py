@@ -1,0 +1,22 @@
+"""Offloading configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """Offloading timings."""
+
+    capacity_interval_s: float = 0.5
+    """Shortest interval between two updates of the `jobmesh.capacity` property."""
+    reassign_grace_s: float = 10.0
+    """How long a target must be gone from the view before its unfinished jobs are reassigned."""
+    startup_grace_s: float = 30.0
+    """No reassignment this soon after start (a restarting topology is still forming)."""
+
+    @classmethod
+    def for_tests(cls) -> OffloadConfig:
+        """Short timings for tests."""
+        return cls(capacity_interval_s=0.2, reassign_grace_s=0.5, startup_grace_s=1.0)

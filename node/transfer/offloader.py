@@ -1,0 +1,268 @@
+"""The offloader: target selection, one sender stream per peer, reassignment when a target dies.
+
+Event-loop contract: create, start and stop it on the node's loop; `choose` may be called from
+the journal's writer thread (it reads only a snapshot taken on the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
+
+from node.discovery.topology import Topology
+from node.discovery.view import TopologyView
+from node.jobs.manager import JobManager
+from node.jobs.queues import QueueType
+from node.jobs.runner import now_us
+from node.services import transport
+from node.transfer.config import OffloadConfig
+from node.transfer.store import Placement, TransferStore, placements_for
+
+log = logging.getLogger(__name__)
+
+CAPACITY_PROPERTY = "jobmesh.capacity"
+"""Instance property: free job slots on the instance (published at most once per interval)."""
+FRAME_MAX_ITEMS = 1000
+FRAME_MAX_BYTES = 4 * 1024 * 1024
+IDLE_POLL_S = 0.2
+RECONNECT_DELAY_S = 0.2
+
+
+class Offloader:
+    """Offloads this node's jobs and receives jobs and reports from its peers."""
+
+    def __init__(self, manager: JobManager, topology: Topology, config: OffloadConfig | None = None) -> None:
+        self.manager = manager
+        self.topology = topology
+        self.config = config or OffloadConfig()
+        self.local_id = manager.instance_id
+        self.store = TransferStore(manager.store.journal, manager.store, self.local_id)
+        self._outstanding: dict[str, int] = {}
+        self._addresses: dict[str, str] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._kick = asyncio.Event()
+        self._assign_needed = asyncio.Event()
+        self._gone_since: dict[str, float] = {}
+        self._started_at = time.monotonic()
+        self._running = False
+        self._unsubscribe: list[Callable[[], object]] = []
+        self._view: TopologyView | None = None
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Start senders, assignment and capacity publishing (after the topology started)."""
+        self._running = True
+        self._outstanding = await self.store.outstanding()
+        self.manager.store.journal.recorder.local_instance = self.local_id
+        self.manager.remote_chooser = self.choose
+        self._unsubscribe.append(self.manager.add_event_listener(lambda _events: self._wake()))
+        self._unsubscribe.append(self.topology.subscribe(lambda _event: self._on_topology()).cancel)
+        self.manager.consumers.add_listener(self._on_topology)
+        self._refresh_view()
+        for coro in (self._dispatch(), self._assign_loop(), self._capacity_loop(), self._reaper()):
+            self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    async def stop(self) -> None:
+        """Stop all streams; undelivered items stay in the outbox."""
+        self._running = False
+        self.manager.remote_chooser = None
+        for undo in self._unsubscribe:
+            with contextlib.suppress(Exception):
+                undo()
+        tasks = [*self._tasks, *self._senders.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _wake(self) -> None:
+        kick, self._kick = self._kick, asyncio.Event()
+        kick.set()
+
+    def _on_topology(self, *_args: object) -> None:
+        if self._running:
+            self._refresh_view()
+            self._assign_needed.set()
+            self._wake()
+
+    async def consumption_changed(self) -> None:
+        """After a change of this node's consumers or settings: hand back what it no longer takes,
+        and look for targets for unassigned jobs now."""
+        await self.hand_back()
+        self._on_topology()
+
+    def _refresh_view(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            view = self.topology.view
+            self._view = view
+            for instance in view.instances:
+                if instance.endpoints and not instance.is_local:
+                    self._addresses[instance.id] = instance.address
+
+    # --- target selection ---
+
+    def choose(self, topic: str, queue: str) -> str | None:
+        """A live remote instance to run a job of `topic`, load-aware; None if there is none."""
+        view = self._view
+        if view is None:
+            return None
+        found = [i for i in view.consumers_of(topic) if not i.is_local]
+        if not found:
+            return None
+        own = view.local.cluster
+        same = [i for i in found if i.cluster == own]
+        found = same or found
+        config = self.manager.queues.get(queue)
+        if config is not None and config.type is QueueType.ORDERED:
+            return min(i.id for i in found)  # one target keeps the order
+
+        def load(instance_id: str, capacity: str | None) -> tuple[float, int, str]:
+            slots = max(1, int(capacity)) if capacity and capacity.isdigit() else 1
+            outstanding = self._outstanding.get(instance_id, 0)
+            return (outstanding / slots, outstanding, instance_id)
+
+        best = min(found, key=lambda i: load(i.id, i.properties.get(CAPACITY_PROPERTY)))
+        self._outstanding[best.id] = self._outstanding.get(best.id, 0) + 1
+        return best.id
+
+    # --- receiving ---
+
+    def _place(self, topic: str) -> Placement:
+        queue = self.manager.queues.for_topic(topic).name
+        local = self.manager.consumers.find(topic) is not None and self.manager.consumption.allows(topic)
+        target = self.local_id if local else None
+        return Placement(queue, target)
+
+    async def receive(self, frame: transfer_pb2.TransferFrame) -> None:
+        """Apply a frame from a peer (persisted when this returns)."""
+        applied = await self.store.apply(frame, placements_for(frame.jobs, self._place), now_us())
+        for target, count in applied.ended.items():
+            self._outstanding[target] = max(0, self._outstanding.get(target, 0) - count)
+        if applied.jobs_added:
+            self.manager.wake_runners()
+            if any(self._place(j.topic).target is None for j in frame.jobs):
+                await self.hand_back()
+        if applied.ended:
+            self._assign_needed.set()  # handed-back jobs wait for a new target
+
+    async def hand_back(self) -> None:
+        """Give back the jobs of other origins this node cannot take (see TransferStore.hand_back)."""
+        if await self.store.hand_back(now_us()):
+            self._wake()
+
+    # --- sending ---
+
+    async def _dispatch(self) -> None:
+        while True:
+            for peer in await self.store.peers():
+                task = self._senders.get(peer)
+                if task is None or task.done():
+                    self._senders[peer] = asyncio.get_running_loop().create_task(self._send_to(peer))
+            await self._idle()
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kick.wait(), IDLE_POLL_S)
+
+    async def _send_to(self, peer: str) -> None:
+        limit = self.manager.max_payload_bytes + FRAME_MAX_BYTES
+        while self._running:
+            self._refresh_view()
+            address = self._addresses.get(peer)
+            if address is None:
+                await asyncio.sleep(RECONNECT_DELAY_S)
+                continue
+            channel = transport.create_channel(address, limit)
+            try:
+                call = transfer_pb2_grpc.TransferServiceStub(channel).Exchange()
+                after = 0
+                while self._running:
+                    frame = await self.store.next_frame(peer, after, FRAME_MAX_ITEMS, FRAME_MAX_BYTES)
+                    if frame is None:
+                        await self._idle()
+                        continue
+                    await call.write(frame)
+                    ack = await call.read()
+                    if not isinstance(ack, transfer_pb2.TransferAck):
+                        raise ConnectionError("the peer closed the transfer stream")
+                    await self.store.drop(peer, ack.last_seq)
+                    after = ack.last_seq
+            except (grpc.aio.AioRpcError, ConnectionError, asyncio.InvalidStateError) as e:
+                log.debug("transfer to %s (%s) broke: %s", peer, address, e)
+            finally:
+                await channel.close()
+            await asyncio.sleep(RECONNECT_DELAY_S)
+
+    # --- assignment ---
+
+    async def _assign_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._assign_needed.wait(), 1.0)
+            self._assign_needed.clear()
+            self._refresh_view()
+            try:
+                if await self.store.assign(self.choose, now_us()):
+                    self._wake()
+            except Exception:
+                log.exception("assigning unassigned jobs failed")
+
+    async def _reaper(self) -> None:
+        """Reassign the unfinished jobs of targets gone from the view, after a grace period."""
+        rounds = 0
+        while True:
+            await asyncio.sleep(self.config.reassign_grace_s / 4)
+            rounds += 1
+            if rounds % 8 == 0:  # the in-memory counts drift (stopped, removed, deduplicated jobs)
+                self._outstanding = await self.store.outstanding()
+            self._refresh_view()
+            view = self._view
+            if view is None:
+                continue
+            live = {i.id for i in view.instances}
+            now = time.monotonic()
+            for target in [t for t, n in self._outstanding.items() if n > 0]:
+                if target in live:
+                    self._gone_since.pop(target, None)
+                    continue
+                since = self._gone_since.setdefault(target, now)
+                if (
+                    now - since < self.config.reassign_grace_s
+                    or now - self._started_at < self.config.startup_grace_s
+                ):
+                    continue
+                self._gone_since.pop(target, None)
+                self._outstanding[target] = 0
+                try:
+                    moved = await self.store.assign(self.choose, now_us(), from_peer=target)
+                except Exception:
+                    log.exception("reassigning the jobs of %s failed", target)
+                    continue
+                log.warning(
+                    "target %s is gone: reassigned %d unfinished jobs under a new epoch", target, moved
+                )
+                self.manager.wake_runners()
+                self._wake()
+
+    async def _capacity_loop(self) -> None:
+        """Publish free slots while this node consumes anything, at most once per interval."""
+        published: int | None = None
+        properties = self.topology.properties
+        while True:
+            if self.manager.consumers.patterns:
+                queues = self.manager.queues.all()
+                free = max(0, sum(q.parallelism for q in queues) - self.manager.active_count)
+                if free != published:
+                    properties.set(CAPACITY_PROPERTY, str(free))
+                    published = free
+            elif published is not None:
+                properties.remove(CAPACITY_PROPERTY)
+                published = None
+            await asyncio.sleep(self.config.capacity_interval_s)

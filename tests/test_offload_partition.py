@@ -1,0 +1,97 @@
+"""Offloading across a partition (netlab hosts): a worker cut off past the death timeout has its
+jobs reassigned; when the partition heals, its stale results are rejected (fencing).
+
+    subnet 1: origin (h1), w2 (h2)  ──br1── router ──br2──  subnet 2: w1 (h3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from harness import NodeFactory, NodeProcess, find_all, new_job, wait_for
+from jobmesh.v1 import jobs_pb2
+from netlab import Lab, LabUnsupported, check_supported
+from topo import start_all, view, wait_views
+
+PORT = 7710
+TOPIC = "offload/work"
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    try:
+        check_supported()
+    except LabUnsupported as e:
+        pytest.skip(str(e))
+    net = Lab()
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+def _node(lab: Lab, nodes: NodeFactory, name: str, subnet: int, consumer: bool) -> NodeProcess:
+    host = lab.add_host(name, subnet)
+    args = ["--name", name, "--host", "0.0.0.0", "--port", str(PORT)]
+    if name != "origin":
+        args += ["--seed", f"10.77.1.1:{PORT}"]
+    return nodes.create(
+        name,
+        consumers=["offload/**=consumers:sleep_briefly"] if consumer else [],
+        settings={"discovery.advertise_addresses": host.address},
+        extra_args=args,
+        netns=host.netns.path,
+        dial_host=host.mgmt_address,
+    )
+
+
+def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejected_after_the_heal(
+    lab: Lab, nodes: NodeFactory
+) -> None:
+    # Given an origin and worker w1 across the router, w1 busy with the origin's jobs
+    origin = _node(lab, nodes, "origin", 1, consumer=False)
+    w2 = _node(lab, nodes, "w2", 1, consumer=True)
+    w1 = _node(lab, nodes, "w1", 2, consumer=True)
+    origin.start()
+    start_all(w1)
+    wait_views([origin, w1], {"origin", "w1"}, timeout=15)
+    wait_for(
+        lambda: any("jobmesh.capacity" in i.properties for i in view(origin).instances if i.name == "w1"),
+        10.0,
+        "w1's capacity",
+    )
+    request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, sleep_s=0.4) for _ in range(60)])
+    ids = list(origin.stub.AddJobs(request).job_ids)
+    wait_for(
+        lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 2")[0][0] > 0, 10.0, "w1 to run"
+    )
+    start_all(w2)
+
+    # When w1 is cut off past the death timeout, then the partition heals
+    lab.cut_subnet(2)
+    try:
+        wait_for(lambda: "w1" not in {i.name for i in view(origin).instances}, 10.0, "w1 to be declared dead")
+
+        def all_moved() -> bool:
+            jobs = find_all(origin.stub, jobs_pb2.FindJobsRequest(topic=TOPIC, limit=1000))
+            return all(j.state == jobs_pb2.JOB_STATE_SUCCEEDED for j in jobs) and len(jobs) == 60
+
+        wait_for(all_moved, 30.0, "every job to succeed at the origin while w1 is cut off")
+        stale = w1.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0]
+    finally:
+        lab.heal_subnet(2)
+    wait_views([origin, w1, w2], {"origin", "w1", "w2"}, timeout=20)
+    wait_for(lambda: not w1.query_journal("SELECT 1 FROM outbox"), 15.0, "w1 to deliver its stale reports")
+
+    # Then every job ended exactly once at the origin; w1's late results changed nothing
+    jobs = find_all(origin.stub, jobs_pb2.FindJobsRequest(topic=TOPIC, limit=1000))
+    assert sorted(j.id for j in jobs) == sorted(ids)
+    assert all(j.state == jobs_pb2.JOB_STATE_SUCCEEDED for j in jobs)
+    finished = origin.query_journal("SELECT job_id, count(*) FROM job_events WHERE type = 4 GROUP BY job_id")
+    assert sorted(n for _, n in finished) == [1] * 60
+    moved = [j for j in jobs if j.target_instance == w2.instance_id]
+    assert moved, "w1's unfinished jobs were reassigned to w2"
+    assert stale > 0
+    done_by_w1 = {r[0] for r in w1.query_journal("SELECT id FROM jobs WHERE state = 3")}
+    assert done_by_w1 & {j.id for j in moved}, "w1 finished reassigned jobs too; those results were fenced"

@@ -1,0 +1,98 @@
+"""The transfer outbox and frame application on a real journal: idempotence and epoch fencing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobmesh.v1 import jobs_pb2, transfer_pb2
+
+from node.jobs.model import JobState
+from node.journal.jobs import JobStore, NewJobRecord
+from node.journal.journal import Journal
+from node.transfer.store import Placement, TransferStore
+
+
+def _record(job_id: str, origin: str, target: str | None, offload: bool) -> NewJobRecord:
+    return NewJobRecord(
+        id=job_id,
+        topic="t/a",
+        properties_json=None,
+        queue="main",
+        origin=origin,
+        target=target,
+        max_retries=0,
+        created_us=1,
+        payload=b"in",
+        offload=offload,
+    )
+
+
+def _report(job_id: str, epoch: int, seq: int) -> transfer_pb2.JobReport:
+    return transfer_pb2.JobReport(
+        job_id=job_id,
+        epoch=epoch,
+        report_seq=seq,
+        state=jobs_pb2.JOB_STATE_SUCCEEDED,
+        finished_us=9,
+        result_message=f"epoch {epoch}",
+        output_crc32=0,
+    )
+
+
+async def test_reports_of_an_old_epoch_are_rejected_and_a_duplicate_report_applies_once(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.open(tmp_path / "origin.sqlite")
+    try:
+        # Given a job offloaded to `peer`, then reassigned to `peer2` (epoch 1)
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, "origin")
+        await jobs.add_jobs([_record("j1", "origin", "peer", offload=True)])
+        assert await store.peers() == ["peer"]
+        assert await store.assign(lambda _t, _q: "peer2", 5, from_peer="peer") == 1
+        assert await store.peers() == ["peer2"]
+
+        # When the old target reports success under epoch 0
+        stale = transfer_pb2.TransferFrame(sender_id="peer", last_seq=1, reports=[_report("j1", 0, 1)])
+        assert not (await store.apply(stale, {}, 10)).ended
+
+        # Then it is rejected; the new target's report ends the job, once
+        job = await jobs.get_job("j1")
+        assert (job.state, job.target_instance) == (JobState.QUEUED, "peer2")
+        good = transfer_pb2.TransferFrame(sender_id="peer2", last_seq=3, reports=[_report("j1", 1, 3)])
+        assert (await store.apply(good, {}, 11)).ended == {"peer2": 1}
+        assert not (await store.apply(good, {}, 12)).ended
+        job = await jobs.get_job("j1")
+        assert (job.state, job.result_message) == (JobState.SUCCEEDED, "epoch 1")
+        finished = await journal.read(
+            lambda c: c.execute("SELECT count(*) FROM job_events WHERE type = 4").fetchone()[0]
+        )
+        assert finished == 1
+    finally:
+        journal.close()
+
+
+async def test_a_received_job_is_applied_once_per_origin_job_and_epoch(tmp_path: Path) -> None:
+    origin_journal = Journal.open(tmp_path / "origin.sqlite")
+    target_journal = Journal.open(tmp_path / "target.sqlite")
+    try:
+        origin_jobs = JobStore(origin_journal)
+        origin = TransferStore(origin_journal, origin_jobs, "origin")
+        await origin_jobs.add_jobs([_record("j1", "origin", "target", offload=True)])
+        frame = await origin.next_frame("target", 0, 100, 1 << 20)
+        assert frame is not None
+        assert [j.payload for j in frame.jobs] == [b"in"]
+
+        target_jobs = JobStore(target_journal)
+        target = TransferStore(target_journal, target_jobs, "target")
+        place = {"t/a": Placement("main", "target")}
+        assert (await target.apply(frame, place, 5)).jobs_added == 1
+        assert (await target.apply(frame, place, 6)).jobs_added == 0  # resent after a lost ack
+
+        job = await target_jobs.get_job("j1", include_payloads=True)
+        assert (job.origin_instance, job.target_instance, job.payload) == ("origin", "target", b"in")
+        await origin.drop("target", frame.last_seq)
+        assert await origin.peers() == []
+    finally:
+        origin_journal.close()
+        target_journal.close()
