@@ -385,11 +385,3 @@ def test_node_shutdown_stops_remote_jobs_requeues_them_and_ends_the_streams_clea
     node.start()
     job = get_job(node.stub, job_id)
     assert (job.state, job.retry_count) == (QUEUED, 0)
-
-
-@pytest.mark.skip(
-    reason="needs offloading (issue 5, not built yet): a job added on one namespace host must be "
-    "offloaded to the node another host's remote worker is connected to"
-)
-def test_a_worker_in_another_namespace_host_receives_jobs_offloaded_to_its_node() -> None:
-    """Issue 6 asks for it; it can only be written once nodes offload jobs to each other."""
