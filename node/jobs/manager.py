@@ -335,6 +335,11 @@ class JobManager:
         """Committed events after `after_seq` (-1: from now), then live ones, in batches."""
         return self.events.watch(after_seq, event_filter or EventFilter())
 
+    def journal_commits(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` on the loop after each commit that recorded job events (cheap: no
+        event objects); returns a function that removes it."""
+        return self._journal.add_commit_listener(listener)
+
     def add_event_listener(self, listener: Callable[[list[JobEvent]], None]) -> Callable[[], None]:
         """Call `listener(events)` on the loop after each commit; returns a function that removes it."""
         return self._journal.add_event_listener(listener)

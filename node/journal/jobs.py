@@ -260,6 +260,7 @@ class JobStore:
         offloaded = [(r.target, r.id) for r in fresh if r.offload and r.target is not None]
         if offloaded:
             conn.executemany("INSERT INTO outbox (peer, kind, job_id, epoch) VALUES (?, 1, ?, 0)", offloaded)
+            self._recorder.outbox_writes += 1
         with_payload = [r for r in fresh if r.payload]
         if with_payload:
             conn.executemany(

@@ -62,6 +62,7 @@ class Journal:
         """The newest committed event's sequence number."""
         self._events_committed = asyncio.Event()
         self._listeners: list[EventListener] = []
+        self._commit_listeners: list[Callable[[], None]] = []
         self.recorder = Recorder(head_seq + 1, asyncio.get_running_loop(), self._publish)
         writer.hooks = self.recorder
 
@@ -135,10 +136,21 @@ class Journal:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def add_commit_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` on the loop after each commit that recorded events (no event objects
+        are built for it); returns a function that removes it."""
+        self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
+
     def _publish(self, rows: list[tuple[Any, ...]]) -> None:
         self.head_seq = rows[-1][0]
         self._events_committed.set()
         self._events_committed = asyncio.Event()
+        for notify in list(self._commit_listeners):
+            try:
+                notify()
+            except Exception:
+                log.exception("commit listener failed")
         if not self._listeners:
             return  # events become objects only when someone listens
         events = [row_to_event(row) for row in rows]

@@ -85,6 +85,12 @@ class Recorder:
         self._mark = (0, 0)
         self.local_instance: str | None = None
         """This node's instance id; once set, events of jobs offloaded here queue reports to their origin."""
+        self.outbox_writes = 0
+        """Bumped (writer thread) by every operation that adds outbox rows: the transfer
+        sender wakes only when it changed, not after every commit."""
+        self.has_foreign_jobs = False
+        """Set once a job offloaded here from another origin exists (writer thread): until then the
+        per-commit report query is skipped, so a node that only runs its own jobs pays nothing."""
 
     @property
     def last_seq(self) -> int:
@@ -190,8 +196,9 @@ class Recorder:
                 "progress_total, progress_done, eta_us, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._events,
             )
-            if self.local_instance is not None:
+            if self.local_instance is not None and self.has_foreign_jobs:
                 # Reports to the origin of every offloaded job that changed, in the same transaction.
+                self.outbox_writes += 1
                 conn.execute(
                     "INSERT INTO outbox (peer, kind, job_id, epoch, progress) "
                     "SELECT j.origin, 2, j.id, j.epoch, e.type = 3 FROM job_events e JOIN jobs j ON j.id = e.job_id "

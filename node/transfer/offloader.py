@@ -54,6 +54,7 @@ class Offloader:
         self._running = False
         self._unsubscribe: list[Callable[[], object]] = []
         self._view: TopologyView | None = None
+        self._outbox_writes_seen = 0
 
     # --- lifecycle ---
 
@@ -61,9 +62,13 @@ class Offloader:
         """Start senders, assignment and capacity publishing (after the topology started)."""
         self._running = True
         self._outstanding = await self.store.outstanding()
-        self.manager.store.journal.recorder.local_instance = self.local_id
+        recorder = self.manager.store.journal.recorder
+        recorder.has_foreign_jobs = recorder.has_foreign_jobs or await self.store.has_unfinished_foreign_jobs(
+            self.local_id
+        )
+        recorder.local_instance = self.local_id
         self.manager.remote_chooser = self.choose
-        self._unsubscribe.append(self.manager.add_event_listener(lambda _events: self._wake()))
+        self._unsubscribe.append(self.manager.journal_commits(self._on_commit))
         self._unsubscribe.append(self.topology.subscribe(lambda _event: self._on_topology()).cancel)
         self.manager.consumers.add_listener(self._on_topology)
         self._refresh_view()
@@ -81,6 +86,14 @@ class Offloader:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _on_commit(self) -> None:
+        # Only commits that added outbox rows have something to send: waking on every commit
+        # would cost an outbox read per commit on a node that offloads nothing.
+        writes = self.manager.store.journal.recorder.outbox_writes
+        if writes != self._outbox_writes_seen:
+            self._outbox_writes_seen = writes
+            self._wake()
 
     def _wake(self) -> None:
         kick, self._kick = self._kick, asyncio.Event()

@@ -229,6 +229,7 @@ class TransferStore:
             retry_delay_us=job.retry_delay_us if job.HasField("retry_delay_us") else None,
             timeout_us=job.timeout_us if job.HasField("timeout_us") else None,
         )
+        self.jobs.journal.recorder.has_foreign_jobs = True
         self.jobs.insert(conn, [record])
         conn.execute("UPDATE jobs SET epoch = ? WHERE id = ?", (job.epoch, job.job_id))
         return 1
@@ -311,6 +312,7 @@ class TransferStore:
                 "INSERT INTO outbox (peer, kind, job_id, epoch) VALUES (?, ?, ?, ?)",
                 [(origin, KIND_REPORT, job_id, epoch) for job_id, origin, epoch in rows],
             )
+            self.jobs.journal.recorder.outbox_writes += 1
             return len(rows)
 
         return await self.journal.write(update)
@@ -351,6 +353,7 @@ class TransferStore:
                         "INSERT INTO outbox (peer, kind, job_id, epoch) VALUES (?, ?, ?, ?)",
                         (target, KIND_JOB, job_id, epoch),
                     )
+                    self.jobs.journal.recorder.outbox_writes += 1
                 moved += 1
             return moved
 
@@ -366,6 +369,15 @@ class TransferStore:
             ).fetchall()
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    async def has_unfinished_foreign_jobs(self, local_id: str) -> bool:
+        """True when a QUEUED or ACTIVE job here came from another origin."""
+        row = await self.journal.read(
+            lambda c: c.execute(
+                "SELECT 1 FROM jobs WHERE state IN (1, 2) AND origin != ? LIMIT 1", (local_id,)
+            ).fetchone()
+        )
+        return row is not None
 
 
 def placements_for(
