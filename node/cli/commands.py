@@ -110,6 +110,11 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--limit", type=int, default=100, help="at most this many jobs (default 100; 0 = all)")
     p.add_argument("--newest", action="store_true", help="newest first")
+    p.add_argument(
+        "--topology",
+        action="store_true",
+        help="ask every live instance (one page; offloaded jobs listed once)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON: {jobs, total_count}")
     p.set_defaults(handler=cmd_jobs)
 
@@ -206,7 +211,10 @@ def cmd_jobs(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
     def body(client: JobmeshClient) -> int:
         request = jobs_pb2.FindJobsRequest(
-            type=QUERY_TYPES[args.state], topic=args.topic or "", newest_first=args.newest
+            type=QUERY_TYPES[args.state],
+            topic=args.topic or "",
+            newest_first=args.newest,
+            scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY if args.topology else jobs_pb2.QUERY_SCOPE_LOCAL,
         )
         for template_text in args.where:
             template = request.templates.add()

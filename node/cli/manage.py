@@ -103,6 +103,7 @@ def add_parsers(sub: Any) -> None:
 
     p = client_parser(sub, "stats", "job statistics: global, per queue, per topic")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--topology", action="store_true", help="sum the statistics of every live instance")
     p.set_defaults(handler=client_command(cmd_stats))
 
     p = client_parser(sub, "watch", "stream job events (history after --after, then live)")
@@ -201,7 +202,8 @@ def cmd_queue(args: argparse.Namespace, client: JobmeshClient) -> int:
 
 def cmd_stats(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh stats`."""
-    response = client.call(client._stub.GetStatistics, jobs_pb2.GetStatisticsRequest())
+    scope = jobs_pb2.QUERY_SCOPE_TOPOLOGY if args.topology else jobs_pb2.QUERY_SCOPE_LOCAL
+    response = client.call(client._stub.GetStatistics, jobs_pb2.GetStatisticsRequest(scope=scope))
     if args.json:
         from google.protobuf.json_format import MessageToDict
 
