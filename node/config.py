@@ -159,6 +159,7 @@ class NodeConfig:
             retry_delay_max_s=j.retry_delay_max_s,
             timeout_s=j.timeout_s,
             keep_jobs=j.keep_jobs,
+            prefer_run_on_creation_instance=True,  # one node runs its own jobs as it always did
         )
 
     @classmethod

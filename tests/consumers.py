@@ -2,8 +2,8 @@
 
 They keep their state in files named by job properties, so a test can see what ran even
 across a kill -9: `attempts_file` gets one line (the wall-clock time) per attempt,
-`started_file` is created when an attempt starts, and blocking consumers wait for
-`release_file` to exist.
+`started_file` is created when an attempt starts, blocking consumers wait for
+`release_file` to exist, and `stopped_file` is created when one of them honours a stop request.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ def _wait_for_release(job: Job, context: JobContext, *, honour_stop: bool) -> bo
         if release is not None and release.exists():
             return True
         if honour_stop and context.is_stopped():
+            stopped = _path(job, "stopped_file")
+            if stopped is not None:
+                stopped.touch()
             return False
         time.sleep(POLL_S)
     return False

@@ -96,3 +96,77 @@ async def test_a_received_job_is_applied_once_per_origin_job_and_epoch(tmp_path:
     finally:
         origin_journal.close()
         target_journal.close()
+
+
+async def test_a_stop_or_remove_at_the_origin_reaches_the_target_once_and_only_for_its_epoch(
+    tmp_path: Path,
+) -> None:
+    origin_journal = Journal.open(tmp_path / "origin.sqlite")
+    target_journal = Journal.open(tmp_path / "target.sqlite")
+    try:
+        # Given two jobs offloaded to `target` and received there (queued)
+        origin_jobs = JobStore(origin_journal)
+        origin_journal.recorder.local_instance = "origin"
+        origin = TransferStore(origin_journal, origin_jobs, "origin")
+        await origin_jobs.add_jobs([_record(j, "origin", "target", offload=True) for j in ("j1", "j2")])
+        target_jobs = JobStore(target_journal)
+        target = TransferStore(target_journal, target_jobs, "target")
+        place = {"t/a": Placement("main", "target")}
+        frame = await origin.next_frame("target", 0, 100, 1 << 20)
+        assert frame is not None
+        await target.apply(frame, place, 5)
+        await origin.drop("target", frame.last_seq)
+
+        # When the origin stops j1 and removes j2
+        assert (await origin_jobs.stop("j1", 6)).state is JobState.STOPPED
+        assert (await origin_jobs.remove("j2", 6)) is not None
+        controls = await origin.next_frame("target", frame.last_seq, 100, 1 << 20)
+        assert controls is not None
+        assert [(c.job_id, c.epoch, c.remove) for c in controls.controls] == [
+            ("j1", 0, False),
+            ("j2", 0, True),
+        ]
+
+        # Then the target stops and drops them, once, even when the frame comes again
+        assert (await target.apply(controls, place, 7)).stop_running == ()
+        assert (await target.apply(controls, place, 8)).stop_running == ()
+        assert (await target_jobs.get_job("j1")).state is JobState.STOPPED
+        assert (await target_jobs.get_job("j2")).state is JobState.DROPPED
+        stopped = await target_journal.read(
+            lambda c: c.execute("SELECT count(*) FROM job_events WHERE type = 7").fetchone()[0]
+        )
+        assert stopped == 1
+
+        # And a control for another epoch changes nothing
+        await origin_jobs.add_jobs([_record("j3", "origin", "target", offload=True)])
+        again = await origin.next_frame("target", controls.last_seq, 100, 1 << 20)
+        assert again is not None
+        await target.apply(again, place, 9)
+        stale = transfer_pb2.TransferFrame(
+            sender_id="origin", last_seq=99, controls=[transfer_pb2.JobControl(job_id="j3", epoch=1)]
+        )
+        await target.apply(stale, place, 10)
+        assert (await target_jobs.get_job("j3")).state is JobState.QUEUED
+    finally:
+        origin_journal.close()
+        target_journal.close()
+
+
+async def test_a_job_stopped_while_its_gone_target_ran_it_ends_stopped_instead_of_moving(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.open(tmp_path / "origin.sqlite")
+    try:
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, "origin")
+        await jobs.add_jobs([_record(j, "origin", "peer", offload=True) for j in ("j1", "j2")])
+        await journal.write(lambda c: c.execute("UPDATE jobs SET state = 2"))  # both started on `peer`
+        await jobs.stop("j1", 5)  # stop requested while it runs there
+
+        assert await store.assign(lambda _t, _q: "peer2", 6, from_peer="peer") == 1
+
+        assert (await jobs.get_job("j1")).state is JobState.STOPPED
+        moved = await jobs.get_job("j2")
+        assert (moved.state, moved.target_instance) == (JobState.QUEUED, "peer2")
+    finally:
+        journal.close()

@@ -17,7 +17,7 @@ from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import JobContext
 from node.jobs.events import EventFilter, JobEvent
 from node.jobs.model import Job, JobState
-from node.jobs.queues import MAIN_QUEUE, QueueConfig, QueueDirectory
+from node.jobs.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
 from node.jobs.retention import Retention
 from node.jobs.runner import QueueRunner, now_us
 from node.jobs.scheduler import Scheduler
@@ -88,8 +88,9 @@ class JobManager:
         self._background: set[asyncio.Task[None]] = set()
         self.consumption = ConsumptionRules()
         """This node's topic consumption settings (see `apply_consumption`)."""
-        self.remote_chooser: Callable[[str, str], str | None] | None = None
-        """Offloading: `chooser(topic, queue)` picks a remote target when no local consumer matches."""
+        self.remote_chooser: Callable[[str, str, bool], str | None] | None = None
+        """Offloading: `chooser(topic, queue, include_local)` picks a target among the live remote
+        consumers of `topic` (and this node if `include_local`); None if there is none."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -163,10 +164,17 @@ class JobManager:
     # --- adding ----------------------------------------------------------------------------
 
     def _target_for(self, topic: str, queue: str | None = None) -> str | None:
-        if self.consumers.find(topic) is not None and self.consumption.allows(topic):
-            return self.instance_id
+        local = self.consumers.find(topic) is not None and self.consumption.allows(topic)
         chooser = self.remote_chooser
-        return None if chooser is None or queue is None else chooser(topic, queue)
+        if chooser is None or queue is None:
+            return self.instance_id if local else None
+        if local:
+            # The origin runs the job itself when its queue prefers the creating instance (the main
+            # queue does by default) or keeps order; otherwise it competes with the remote consumers.
+            config = self.queues.get(queue)
+            if config is None or config.prefer_run_on_creation_instance or config.type is QueueType.ORDERED:
+                return self.instance_id
+        return chooser(topic, queue, local)
 
     @property
     def max_payload_bytes(self) -> int:
@@ -350,10 +358,11 @@ class JobManager:
         """Stop a queued job now, or ask an active one to stop (it ends STOPPED when it returns)."""
         job = await self.store.stop(job_id, now_us())
         if job.state is JobState.ACTIVE:
-            self._request_stop(job_id)
+            self.request_stop(job_id)
         return job
 
-    def _request_stop(self, job_id: str) -> None:
+    def request_stop(self, job_id: str) -> None:
+        """Tell the consumer running `job_id` here (if any) to stop."""
         for runner in self._runners.values():
             if runner.request_stop(job_id):
                 return
@@ -362,7 +371,7 @@ class JobManager:
         """Drop a queued or active job (returns it DROPPED), or delete a finished one (returns None)."""
         job = await self.store.remove(job_id, now_us())
         if job is not None:
-            self._request_stop(job_id)
+            self.request_stop(job_id)
         return job
 
     async def retry_job(self, job_id: str) -> Job:

@@ -25,6 +25,10 @@ from node.topics import TopicPattern
 
 PAYLOAD_INPUT = 1
 PAYLOAD_OUTPUT = 2
+OUTBOX_STOP = 3
+"""Outbox kind: StopJob at the origin, for the target (1 job and 2 report: see node.transfer.store)."""
+OUTBOX_REMOVE = 4
+"""Outbox kind: RemoveJob at the origin, for the target."""
 
 COLUMNS = (
     "seq, id, topic, properties, state, queue, origin, target, retry_count, max_retries, attempt, "
@@ -774,6 +778,23 @@ class JobStore:
 
     # --- user operations ----------------------------------------------------------------------
 
+    def _forward_control(self, conn: sqlite3.Connection, job_id: str, kind: int) -> None:
+        """Offloading: queue a stop or remove request for the target of a job this node (its
+        origin) offloaded, in the transaction that stopped or removed it here."""
+        local = self._recorder.local_instance
+        if local is None:
+            return
+        row = conn.execute(
+            "SELECT target, epoch FROM jobs WHERE id = ? AND origin = ? AND target IS NOT NULL AND target != ?",
+            (job_id, local, local),
+        ).fetchone()
+        if row is not None:
+            conn.execute(
+                "INSERT INTO outbox (peer, kind, job_id, epoch) VALUES (?, ?, ?, ?)",
+                (row[0], kind, job_id, row[1]),
+            )
+            self._recorder.outbox_writes += 1
+
     async def stop(self, job_id: str, now_us: int) -> Job:
         """QUEUED -> STOPPED; ACTIVE -> stop requested; finished -> FailedPrecondition."""
 
@@ -800,6 +821,7 @@ class JobStore:
                 raise FailedPrecondition(
                     f"job {job_id} is already finished ({job.state.name}); nothing to stop"
                 )
+            self._forward_control(conn, job_id, OUTBOX_STOP)
             return self._require(conn, job_id)
 
         return await self.journal.write(update)
@@ -837,6 +859,7 @@ class JobStore:
                 job.retry_count,
                 "removed by a user",
             )
+            self._forward_control(conn, job_id, OUTBOX_REMOVE)
             return self._require(conn, job_id)
 
         return await self.journal.write(update)

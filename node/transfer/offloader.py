@@ -44,6 +44,8 @@ class Offloader:
         self.local_id = manager.instance_id
         self.store = TransferStore(manager.store.journal, manager.store, self.local_id)
         self._outstanding: dict[str, int] = {}
+        self._local_outstanding = 0
+        """Unfinished jobs `choose` gave this node itself (re-counted from the journal each second)."""
         self._addresses: dict[str, str] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -121,29 +123,50 @@ class Offloader:
 
     # --- target selection ---
 
-    def choose(self, topic: str, queue: str) -> str | None:
-        """A live remote instance to run a job of `topic`, load-aware; None if there is none."""
+    def choose(self, topic: str, queue: str, include_local: bool = False) -> str | None:
+        """A live instance to run a job of `topic`, load-aware: a remote consumer, or this node when
+        `include_local` (it consumes the topic) and it is the least loaded; None if there is none."""
+        local = self.local_id if include_local else None
         view = self._view
         if view is None:
-            return None
+            return local
         found = [i for i in view.consumers_of(topic) if not i.is_local]
         if not found:
-            return None
+            return local
         own = view.local.cluster
         same = [i for i in found if i.cluster == own]
+        if not same and local is not None:
+            return local  # own cluster first
         found = same or found
         config = self.manager.queues.get(queue)
         if config is not None and config.type is QueueType.ORDERED:
             return min(i.id for i in found)  # one target keeps the order
 
-        def load(instance_id: str, capacity: str | None) -> tuple[float, int, str]:
+        def load(outstanding: int, capacity: str | None) -> float:
             slots = max(1, int(capacity)) if capacity and capacity.isdigit() else 1
-            outstanding = self._outstanding.get(instance_id, 0)
-            return (outstanding / slots, outstanding, instance_id)
+            return outstanding / slots
 
-        best = min(found, key=lambda i: load(i.id, i.properties.get(CAPACITY_PROPERTY)))
-        self._outstanding[best.id] = self._outstanding.get(best.id, 0) + 1
-        return best.id
+        loads = [
+            (
+                load(self._outstanding.get(i.id, 0), i.properties.get(CAPACITY_PROPERTY)),
+                self._outstanding.get(i.id, 0),
+                i.id,
+            )
+            for i in found
+        ]
+        if local is not None:
+            outstanding = self._local_outstanding
+            loads.append((load(outstanding, str(self._local_free_slots())), outstanding, local))
+        _load, _count, best = min(loads)
+        if best == local:
+            self._local_outstanding += 1
+        else:
+            self._outstanding[best] = self._outstanding.get(best, 0) + 1
+        return best
+
+    def _local_free_slots(self) -> int:
+        """Free job slots on this node, as `_capacity_loop` publishes them."""
+        return max(0, sum(q.parallelism for q in self.manager.queues.all()) - self.manager.active_count)
 
     # --- receiving ---
 
@@ -164,6 +187,8 @@ class Offloader:
                 await self.hand_back()
         if applied.ended:
             self._assign_needed.set()  # handed-back jobs wait for a new target
+        for job_id in applied.stop_running:
+            self.manager.request_stop(job_id)
 
     async def hand_back(self) -> None:
         """Give back the jobs of other origins this node cannot take (see TransferStore.hand_back)."""
@@ -221,6 +246,11 @@ class Offloader:
                 await asyncio.wait_for(self._assign_needed.wait(), 1.0)
             self._assign_needed.clear()
             self._refresh_view()
+            if self._local_outstanding:
+                try:
+                    self._local_outstanding = await self.store.outstanding_here()
+                except Exception:
+                    log.exception("counting this node's own unfinished jobs failed")
             try:
                 if await self.store.assign(self.choose, now_us()):
                     self._wake()

@@ -18,7 +18,14 @@ from jobmesh.v1 import transfer_pb2
 from node.errors import InvalidArgument
 from node.jobs.events import EventType
 from node.jobs.model import JobState
-from node.journal.jobs import PAYLOAD_INPUT, PAYLOAD_OUTPUT, JobStore, NewJobRecord
+from node.journal.jobs import (
+    OUTBOX_REMOVE,
+    OUTBOX_STOP,
+    PAYLOAD_INPUT,
+    PAYLOAD_OUTPUT,
+    JobStore,
+    NewJobRecord,
+)
 from node.journal.journal import Journal
 
 KIND_JOB, KIND_REPORT = 1, 2
@@ -39,6 +46,7 @@ class Applied:
 
     jobs_added: int
     ended: Mapping[str, int]  # target instance id -> offloaded jobs that finished
+    stop_running: tuple[str, ...] = ()  # running jobs here whose origin stopped or removed them
 
 
 def _crc(data: bytes) -> int:
@@ -92,6 +100,10 @@ class TransferStore:
             size = 0
             last_report: dict[str, tuple[int, int, int]] = {}
             for seq, kind, job_id, epoch, progress in rows:
+                if kind in (OUTBOX_STOP, OUTBOX_REMOVE):
+                    frame.last_seq = seq
+                    frame.controls.add(job_id=job_id, epoch=epoch, remove=kind == OUTBOX_REMOVE)
+                    continue
                 if kind == KIND_REPORT:
                     (output_size,) = conn.execute(
                         "SELECT coalesce(max(output_size), 0) FROM jobs WHERE id = ?", (job_id,)
@@ -194,7 +206,8 @@ class TransferStore:
             for report in frame.reports:
                 if self._apply_report(conn, sender, report, now_us):
                     ended[sender] = ended.get(sender, 0) + 1
-            return Applied(added, ended)
+            running = [c.job_id for c in frame.controls if self._apply_control(conn, sender, c, now_us)]
+            return Applied(added, ended, tuple(running))
 
         return await self.journal.write(apply)
 
@@ -297,6 +310,55 @@ class TransferStore:
         )
         return state.is_finished
 
+    def _apply_control(
+        self, conn: sqlite3.Connection, sender: str, control: transfer_pb2.JobControl, now_us: int
+    ) -> bool:
+        """Stop or drop a job its origin stopped or removed; True if it runs here now (its
+        consumer must be told). Idempotent: finished, unknown or other-epoch jobs are left alone."""
+        row = conn.execute(
+            "SELECT state, topic, queue, retry_count FROM jobs WHERE id = ? AND origin = ? AND epoch = ?",
+            (control.job_id, sender, control.epoch),
+        ).fetchone()
+        if row is None or row[0] in _FINISHED:
+            return False
+        state, topic, queue, retry_count = JobState(row[0]), row[1], row[2], row[3]
+        if control.remove:
+            message = "removed at the origin"
+            conn.execute(
+                "UPDATE jobs SET state = 7, finished_us = ?, result_message = ? WHERE id = ?",
+                (now_us, message, control.job_id),
+            )
+            self.journal.recorder.event(
+                EventType.REMOVED,
+                now_us,
+                control.job_id,
+                topic,
+                queue,
+                JobState.DROPPED,
+                retry_count,
+                message,
+            )
+            return state is JobState.ACTIVE
+        if state is JobState.QUEUED:
+            message = "stopped at the origin"
+            conn.execute(
+                "UPDATE jobs SET state = 4, finished_us = ?, result_message = ? WHERE id = ?",
+                (now_us, message, control.job_id),
+            )
+            self.journal.recorder.event(
+                EventType.STOPPED,
+                now_us,
+                control.job_id,
+                topic,
+                queue,
+                JobState.STOPPED,
+                retry_count,
+                message,
+            )
+            return False
+        conn.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (control.job_id,))
+        return True
+
     async def hand_back(self, now_us: int) -> int:
         """Give jobs of other origins this node no longer consumes (QUEUED, unassigned) back to
         their origins: they end DROPPED here and a report tells the origin to reassign them."""
@@ -332,6 +394,24 @@ class TransferStore:
                     (local,),
                 ).fetchall()
             else:
+                # A job stopped here while it ran there ends STOPPED rather than running again.
+                message = "stopped by a user; its target is gone"
+                for job_id, topic, queue, retry_count in conn.execute(
+                    "UPDATE jobs SET state = 4, finished_us = ?, result_message = ? "
+                    "WHERE target = ? AND origin = ? AND state = 2 AND stop_requested = 1 "
+                    "RETURNING id, topic, queue, retry_count",
+                    (now_us, message, from_peer, local),
+                ).fetchall():
+                    self.journal.recorder.event(
+                        EventType.STOPPED,
+                        now_us,
+                        job_id,
+                        topic,
+                        queue,
+                        JobState.STOPPED,
+                        retry_count,
+                        message,
+                    )
                 rows = conn.execute(
                     "SELECT id, topic, queue FROM jobs WHERE target = ? AND origin = ? AND state IN (1, 2)",
                     (from_peer, local),
@@ -369,6 +449,16 @@ class TransferStore:
             ).fetchall()
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    async def outstanding_here(self) -> int:
+        """Unfinished jobs of this origin it runs itself."""
+        row = await self.journal.read(
+            lambda c: c.execute(
+                "SELECT count(*) FROM jobs WHERE target = ? AND state IN (1, 2) AND origin = ?",
+                (self.local_id, self.local_id),
+            ).fetchone()
+        )
+        return int(row[0])
 
     async def has_unfinished_foreign_jobs(self, local_id: str) -> bool:
         """True when a QUEUED or ACTIVE job here came from another origin."""

@@ -124,7 +124,11 @@ class QueueConfig(_message.Message):
     keep_jobs: _builtins.bool
     """Keep SUCCEEDED jobs in history (failed ones are always kept)."""
     prefer_run_on_creation_instance: _builtins.bool
-    """Offloading: prefer running jobs on the instance where they were added."""
+    """Offloading: prefer running jobs on the instance where they were added.
+    True: the instance where a job is added runs it whenever it consumes the
+    topic. False: that instance competes with the other live consumers of
+    the topic, load-aware. The main queue defaults to true.
+    """
     ranking: _builtins.int
     """When several queues match a topic, the highest ranking wins."""
     @_builtins.property

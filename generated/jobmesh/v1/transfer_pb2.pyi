@@ -48,6 +48,7 @@ class TransferFrame(_message.Message):
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
     REPORTS_FIELD_NUMBER: _builtins.int
+    CONTROLS_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
     """Instance id of the sending node."""
     last_seq: _builtins.int
@@ -62,6 +63,12 @@ class TransferFrame(_message.Message):
     def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobReport]:
         """Reports about jobs this node (their origin) offloaded to the sender."""
 
+    @_builtins.property
+    def controls(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobControl]:
+        """Stop and remove requests for jobs the sender (their origin) offloaded to
+        this node.
+        """
+
     def __init__(
         self,
         *,
@@ -69,10 +76,11 @@ class TransferFrame(_message.Message):
         last_seq: _builtins.int = ...,
         jobs: _abc.Iterable[Global___OffloadedJob] | None = ...,
         reports: _abc.Iterable[Global___JobReport] | None = ...,
+        controls: _abc.Iterable[Global___JobControl] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "last_seq", b"last_seq", "reports", b"reports", "sender_id", b"sender_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controls", b"controls", "jobs", b"jobs", "last_seq", b"last_seq", "reports", b"reports", "sender_id", b"sender_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -268,6 +276,39 @@ class TransferLogLine(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferLogLine: _TypeAlias = TransferLogLine  # noqa: Y015
+
+@_typing.final
+class JobControl(_message.Message):
+    """StopJob or RemoveJob at a job's origin, forwarded to the job's target. Applied
+    at most once in effect: a finished job, an unknown job or another epoch is
+    left alone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    epoch: _builtins.int
+    """The assignment epoch the origin stopped or removed."""
+    remove: _builtins.bool
+    """True: drop the job (RemoveJob); false: stop it (StopJob)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "job_id", b"job_id", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobControl: _TypeAlias = JobControl  # noqa: Y015
 
 @_typing.final
 class TransferAck(_message.Message):
