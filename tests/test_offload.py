@@ -63,14 +63,25 @@ def _all_succeeded(origin: NodeProcess, ids: list[str], timeout: float = 30.0) -
     return wait_for(done, timeout, f"{len(ids)} offloaded jobs to succeed at the origin")
 
 
-def test_origin_without_a_consumer_offloads_jobs_to_two_workers_and_shows_their_results(
+def test_origin_with_the_topic_disabled_offloads_2000_jobs_to_two_workers_and_shows_their_results(
     nodes: NodeFactory,
 ) -> None:
-    origin, workers = _cluster(nodes, "consumers:succeed")
+    # Given an origin that has a consumer for the topic but its consumption disabled, and two workers
+    origin = create(nodes, "origin", consumers=["offload/**=consumers:succeed"]).start()
+    done = _cli("topics", "disable", "offload/**", "--node", origin.address)
+    assert done.returncode == 0, done.stderr
+    workers = [
+        create(nodes, f"w{i}", seeds=[origin], consumers=["offload/**=consumers:succeed"]) for i in (1, 2)
+    ]
+    start_all(*workers)
+    wait_views([origin, *workers], {"origin", "w1", "w2"})
+    _consumes(origin, workers)
 
-    ids = _add(origin, 400)
-    jobs = _all_succeeded(origin, ids)
+    # When 2,000 jobs are added at the origin
+    ids = _add(origin, 1000) + _add(origin, 1000)
+    jobs = _all_succeeded(origin, ids, timeout=60.0)
 
+    # Then every one succeeded on a worker, exactly once, as the origin records it
     by_worker = {w.instance_id: w for w in workers}
     targets = {j.target_instance for j in jobs}
     assert targets == set(by_worker), f"both workers get jobs: {targets}"
@@ -78,10 +89,10 @@ def test_origin_without_a_consumer_offloads_jobs_to_two_workers_and_shows_their_
         ran = {row[0] for row in worker.query_journal("SELECT id FROM jobs WHERE state = 3")}
         assert ran == {j.id for j in jobs if j.target_instance == target}
         count = sum(1 for j in jobs if j.target_instance == target)
-        assert 100 <= count <= 300, f"load is spread evenly: {count} of 400 on one worker"
+        assert 500 <= count <= 1500, f"load is spread evenly: {count} of 2000 on one worker"
     assert all(j.result_message == "done: offload/work" for j in jobs)
     finished = origin.query_journal("SELECT job_id, count(*) FROM job_events WHERE type = 4 GROUP BY job_id")
-    assert len(finished) == 400
+    assert len(finished) == 2000
     assert all(n == 1 for _, n in finished)
     wait_for(lambda: not origin.query_journal("SELECT 1 FROM outbox"), 5.0, "the origin's outbox to drain")
     wait_for(
