@@ -300,3 +300,25 @@ def test_find_jobs_and_statistics_with_topology_scope_gather_every_instance_list
     assert len(local.jobs) < 41
     stats = origin.stub.GetStatistics(jobs_pb2.GetStatisticsRequest(scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY))
     assert getattr(stats, "global").finished == 41  # counted once, where each job ran
+
+
+def test_queued_jobs_of_a_suspended_queue_stay_at_the_origin_until_it_is_resumed(nodes: NodeFactory) -> None:
+    # Given an origin without a consumer whose main queue is suspended, and a worker
+    origin, workers = _cluster(nodes, "consumers:succeed", workers=1)
+    origin.queues.SuspendQueue(queues_pb2.QueueNameRequest(name="main"))
+
+    # When jobs are added at the origin
+    ids = _add(origin, 5)
+
+    # Then none is sent away while the queue is suspended (several assignment rounds pass)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        jobs = [get_job(origin.stub, i) for i in ids]
+        assert all(j.state == jobs_pb2.JOB_STATE_QUEUED and not j.target_instance for j in jobs)
+        time.sleep(0.1)
+    assert not workers[0].query_journal("SELECT 1 FROM jobs")
+
+    # And once it is resumed they run on the worker
+    origin.queues.ResumeQueue(queues_pb2.QueueNameRequest(name="main"))
+    jobs = _all_succeeded(origin, ids)
+    assert {j.target_instance for j in jobs} == {workers[0].instance_id}

@@ -163,6 +163,10 @@ class JobManager:
 
     # --- adding ----------------------------------------------------------------------------
 
+    def queue_suspended(self, name: str) -> bool:
+        """True while the queue called `name` is suspended."""
+        return name in self._suspended
+
     def _target_for(self, topic: str, queue: str | None = None) -> str | None:
         local = self.consumers.find(topic) is not None and self.consumption.allows(topic)
         chooser = self.remote_chooser

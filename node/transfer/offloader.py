@@ -127,6 +127,8 @@ class Offloader:
         """A live instance to run a job of `topic`, load-aware: a remote consumer, or this node when
         `include_local` (it consumes the topic) and it is the least loaded; None if there is none."""
         local = self.local_id if include_local else None
+        if self.manager.queue_suspended(queue):
+            return local  # a suspended queue's jobs stay put: none is sent away while it is suspended
         view = self._view
         if view is None:
             return local
