@@ -13,6 +13,7 @@ import time
 from harness import NodeFactory, NodeProcess, find_all, get_job, new_job, wait_for, watch
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2
 from topo import create, start_all, view, wait_views
+from worker_stream import WorkerStream
 
 from node.services import transport
 
@@ -322,3 +323,26 @@ def test_queued_jobs_of_a_suspended_queue_stay_at_the_origin_until_it_is_resumed
     origin.queues.ResumeQueue(queues_pb2.QueueNameRequest(name="main"))
     jobs = _all_succeeded(origin, ids)
     assert {j.target_instance for j in jobs} == {workers[0].instance_id}
+
+
+def test_a_worker_node_whose_consumer_goes_away_hands_its_queued_jobs_back_for_reassignment(
+    nodes: NodeFactory,
+) -> None:
+    # Given jobs offloaded to w1, whose only consumer is a remote worker holding one of them
+    origin = create(nodes, "origin").start()
+    w1 = create(nodes, "w1", seeds=[origin]).start()
+    wait_views([origin, w1], {"origin", "w1"})
+    stream = WorkerStream.connect(w1.channel, "offload/**", concurrency=1)
+    _consumes(origin, [w1])
+    ids = _add(origin, 6)
+    stream.expect("assignment")
+    # (the others wait on w1 for the worker's one slot)
+    wait_for(lambda: w1.query_journal("SELECT count(*) FROM jobs")[0][0] == 6, 10.0, "every job to reach w1")
+
+    # When the worker goes away, and another node that consumes the topic appears
+    stream.cancel()
+    w2 = create(nodes, "w2", seeds=[origin], consumers=["offload/**=consumers:succeed"]).start()
+
+    # Then w1 hands every job back and they all end SUCCEEDED at the origin, run by w2
+    jobs = _all_succeeded(origin, ids)
+    assert {j.target_instance for j in jobs} == {w2.instance_id}

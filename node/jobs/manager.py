@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -88,6 +88,8 @@ class JobManager:
         self._background: set[asyncio.Task[None]] = set()
         self.consumption = ConsumptionRules()
         """This node's topic consumption settings (see `apply_consumption`)."""
+        self.after_consumers_changed: Callable[[], Awaitable[None]] | None = None
+        """Offloading: called (on the loop) once jobs whose consumer is gone were unassigned here."""
         self.remote_chooser: Callable[[str, str, bool], str | None] | None = None
         """Offloading: `chooser(topic, queue, include_local)` picks a target among the live remote
         consumers of `topic` (and this node if `include_local`); None if there is none."""
@@ -500,6 +502,8 @@ class JobManager:
             async def assign() -> None:
                 await self._assign_local()
                 self._wake_for()
+                if self.after_consumers_changed is not None:
+                    await self.after_consumers_changed()
 
             task = asyncio.get_running_loop().create_task(assign())
             self._background.add(task)  # the loop keeps only weak references to tasks

@@ -70,6 +70,9 @@ class Offloader:
         )
         recorder.local_instance = self.local_id
         self.manager.remote_chooser = self.choose
+        # A consumer that went away (e.g. a remote worker's stream broke) leaves queued jobs of
+        # other origins unassigned here: hand them back so their origins place them elsewhere.
+        self.manager.after_consumers_changed = self.hand_back
         self._unsubscribe.append(self.manager.journal_commits(self._on_commit))
         self._unsubscribe.append(self.topology.subscribe(lambda _event: self._on_topology()).cancel)
         self.manager.consumers.add_listener(self._on_topology)
@@ -254,6 +257,9 @@ class Offloader:
                 except Exception:
                     log.exception("counting this node's own unfinished jobs failed")
             try:
+                # Jobs of other origins left unassigned here (their consumer went away, e.g. a
+                # remote worker's result re-queued one after it disconnected) go back to them.
+                await self.hand_back()
                 if await self.store.assign(self.choose, now_us()):
                     self._wake()
             except Exception:
