@@ -102,8 +102,9 @@ def test_origin_with_the_topic_disabled_offloads_2000_jobs_to_two_workers_and_sh
 
 
 def test_payload_travels_to_the_worker_and_the_output_comes_back_byte_identical(nodes: NodeFactory) -> None:
+    # 20 MB in test-sized chunks of 256 KiB (OffloadConfig.for_tests), both ways
     origin, _workers = _cluster(nodes, "consumers:echo", workers=1)
-    payload = os.urandom(5 * 1024 * 1024)
+    payload = os.urandom(20 * 1024 * 1024)
 
     (job_id,) = [origin.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(TOPIC, payload))).job.id]
     _all_succeeded(origin, [job_id])

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sqlite3
 from pathlib import Path
 
+import pytest
 from jobmesh.v1 import jobs_pb2, transfer_pb2
 
+from node.errors import InvalidArgument
 from node.jobs.model import JobState
 from node.journal.jobs import JobStore, NewJobRecord
 from node.journal.journal import Journal
-from node.transfer.store import Placement, TransferStore
+from node.transfer.chunks import ChunkAssembler, crc32
+from node.transfer.store import ChunkCursor, Placement, TransferStore
 
 
 def _record(job_id: str, origin: str, target: str | None, offload: bool) -> NewJobRecord:
@@ -170,3 +176,140 @@ async def test_a_job_stopped_while_its_gone_target_ran_it_ends_stopped_instead_o
         assert (moved.state, moved.target_instance) == (JobState.QUEUED, "peer2")
     finally:
         journal.close()
+
+
+async def _stream(
+    sender: TransferStore, receiver: TransferStore, peer: str, assembler: ChunkAssembler, *, max_bytes: int
+) -> list[transfer_pb2.TransferFrame]:
+    """Frames from `sender` to `receiver` until the outbox is empty, as the offloader sends them."""
+    sent: list[transfer_pb2.TransferFrame] = []
+    after, cursor = 0, None
+    while (
+        frame := await sender.next_frame(peer, after, 100, max_bytes, chunk_bytes=CHUNK, resume=cursor)
+    ) is not None:
+        sent.append(transfer_pb2.TransferFrame.FromString(frame.SerializeToString()))
+        await receiver.apply(frame, {"t/a": Placement("main", receiver.local_id)}, 5, assembler)
+        await sender.drop(peer, frame.last_seq)
+        after, cursor = frame.last_seq, ChunkCursor.after(frame)
+    return sent
+
+
+CHUNK = 64 * 1024
+
+
+async def test_a_large_payload_travels_in_bounded_chunks_and_arrives_byte_identical(tmp_path: Path) -> None:
+    origin_journal = Journal.open(tmp_path / "origin.sqlite")
+    target_journal = Journal.open(tmp_path / "target.sqlite")
+    try:
+        # Given a job with a payload of many chunks between two small ones
+        origin_jobs = JobStore(origin_journal)
+        origin = TransferStore(origin_journal, origin_jobs, "origin")
+        payload = os.urandom(10 * CHUNK + 123)
+        big = dataclasses.replace(_record("big", "origin", "target", offload=True), payload=payload)
+        await origin_jobs.add_jobs([_record("a", "origin", "target", offload=True), big])
+        await origin_jobs.add_jobs([_record("b", "origin", "target", offload=True)])
+        target_jobs = JobStore(target_journal)
+        target = TransferStore(target_journal, target_jobs, "target")
+
+        # When the origin streams its outbox, with frames of at most 3 chunks
+        frames = await _stream(origin, target, "target", ChunkAssembler(1 << 20), max_bytes=3 * CHUNK)
+
+        # Then every frame stays bounded, the chunks travel before their item, and all arrive intact
+        assert all(f.ByteSize() < 3 * CHUNK + 4096 for f in frames)
+        chunk_frames = [f for f in frames if f.chunks]
+        assert len(chunk_frames) == 4
+        assert all(not f.jobs for f in chunk_frames)
+        (item,) = [j for f in frames for j in f.jobs if j.job_id == "big"]
+        assert item.payload_chunked
+        assert not item.payload
+        for job_id, expected in (("a", b"in"), ("big", payload), ("b", b"in")):
+            job = await target_jobs.get_job(job_id, include_payloads=True)
+            assert job.payload == expected
+        assert await origin.peers() == []
+
+        # And the output of many chunks comes back with the job's report the same way
+        output = os.urandom(7 * CHUNK + 5)
+
+        def finish(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE jobs SET state = 3, finished_us = 9, output_size = ? WHERE id = 'big'", (len(output),)
+            )
+            c.execute(
+                "INSERT INTO payloads (job_seq, kind, data) SELECT seq, 2, ? FROM jobs WHERE id = 'big'",
+                (output,),
+            )
+            c.execute("INSERT INTO outbox (peer, kind, job_id, epoch) VALUES ('origin', 2, 'big', 0)")
+
+        await target_journal.write(finish)
+        frames = await _stream(target, origin, "origin", ChunkAssembler(1 << 20), max_bytes=3 * CHUNK)
+        assert len([f for f in frames if f.chunks]) == 3
+        (report,) = [r for f in frames for r in f.reports]
+        assert report.output_chunked
+        job = await origin_jobs.get_job("big", include_payloads=True)
+        assert job.state is JobState.SUCCEEDED
+        assert job.output_payload == output
+    finally:
+        origin_journal.close()
+        target_journal.close()
+
+
+def _chunks(payload: bytes, size: int) -> list[transfer_pb2.PayloadChunk]:
+    return [
+        transfer_pb2.PayloadChunk(
+            job_id="j1",
+            epoch=2,
+            offset=offset,
+            total_size=len(payload),
+            data=payload[offset : offset + size],
+            data_crc32=crc32(payload[offset : offset + size]),
+        )
+        for offset in range(0, len(payload), size)
+    ]
+
+
+def test_chunk_reassembly_verifies_every_chunk_and_the_whole_payload() -> None:
+    payload = os.urandom(1000)
+    assembler = ChunkAssembler(max_bytes=4096)
+
+    # A corrupted chunk is rejected
+    chunks = _chunks(payload, 300)
+    corrupted = transfer_pb2.PayloadChunk()
+    corrupted.CopyFrom(chunks[1])
+    corrupted.data = b"x" + corrupted.data[1:]
+    assembler.add(chunks[0])
+    with pytest.raises(InvalidArgument, match="checksum"):
+        assembler.add(corrupted)
+
+    # A partial payload is discarded; resent from offset 0 it reassembles intact
+    with pytest.raises(InvalidArgument, match="out of order"):
+        assembler.add(chunks[2])
+    for chunk in chunks[:2]:
+        assembler.add(chunk)
+    with pytest.raises(InvalidArgument, match="incomplete"):
+        assembler.take("j1", 2, False, crc32(payload))
+    for chunk in chunks:
+        assembler.add(chunk)
+    assert assembler.take("j1", 2, False, crc32(payload)) == payload
+
+    # A whole-payload checksum that does not match, another item, or too large a payload is rejected
+    for chunk in chunks:
+        assembler.add(chunk)
+    with pytest.raises(InvalidArgument, match="checksum"):
+        assembler.take("j1", 2, False, crc32(payload) ^ 1)
+    for chunk in chunks:
+        assembler.add(chunk)
+    with pytest.raises(InvalidArgument, match="incomplete"):
+        assembler.take("j1", 3, False, crc32(payload))
+    with pytest.raises(InvalidArgument, match="limit"):
+        ChunkAssembler(max_bytes=999).add(chunks[0])
+
+    # A frame whose chunked item has no chunks before it is rejected
+    frame = transfer_pb2.TransferFrame(
+        jobs=[
+            transfer_pb2.OffloadedJob(
+                job_id="j1", epoch=2, payload_chunked=True, payload_crc32=crc32(payload)
+            )
+        ]
+    )
+    with pytest.raises(InvalidArgument, match="incomplete"):
+        assembler.resolve(frame)

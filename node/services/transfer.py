@@ -31,6 +31,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     ) -> None:
         """Apply frames in order; acknowledge each after its commit."""
         closing = asyncio.ensure_future(self._closing.wait())
+        assembler = self._offloader.assembler()  # a partial payload is discarded with its stream
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
@@ -41,7 +42,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 frame = read.result()
                 if frame is grpc.aio.EOF:
                     return
-                await self._offloader.receive(frame)
+                await self._offloader.receive(frame, assembler)
                 await context.write(transfer_pb2.TransferAck(last_seq=frame.last_seq))
         except JobmeshError as e:
             log.warning("transfer from %s: %s", context.peer(), e)

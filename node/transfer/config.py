@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node.transfer.chunks import CHUNK_BYTES
+
 
 @dataclass(frozen=True)
 class OffloadConfig:
@@ -15,8 +17,10 @@ class OffloadConfig:
     """How long a target must be gone from the view before its unfinished jobs are reassigned."""
     startup_grace_s: float = 30.0
     """No reassignment this soon after start (a restarting topology is still forming)."""
+    chunk_bytes: int = CHUNK_BYTES
+    """Payloads larger than this travel to and from targets in chunks of this size."""
 
     @classmethod
     def for_tests(cls) -> OffloadConfig:
         """Short timings for tests."""
-        return cls(capacity_interval_s=0.2, reassign_grace_s=0.5, startup_grace_s=1.0)
+        return cls(capacity_interval_s=0.2, reassign_grace_s=0.5, startup_grace_s=1.0, chunk_bytes=256 * 1024)

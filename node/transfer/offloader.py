@@ -21,8 +21,9 @@ from node.jobs.manager import JobManager
 from node.jobs.queues import QueueType
 from node.jobs.runner import now_us
 from node.services import transport
+from node.transfer.chunks import ChunkAssembler
 from node.transfer.config import OffloadConfig
-from node.transfer.store import Placement, TransferStore, placements_for
+from node.transfer.store import ChunkCursor, Placement, TransferStore, placements_for
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ CAPACITY_PROPERTY = "jobmesh.capacity"
 """Instance property: free job slots on the instance (published at most once per interval)."""
 FRAME_MAX_ITEMS = 1000
 FRAME_MAX_BYTES = 4 * 1024 * 1024
+"""Frames stay about this size: larger payloads travel in chunks (see chunks.py)."""
 IDLE_POLL_S = 0.2
 RECONNECT_DELAY_S = 0.2
 
@@ -181,9 +183,15 @@ class Offloader:
         target = self.local_id if local else None
         return Placement(queue, target)
 
-    async def receive(self, frame: transfer_pb2.TransferFrame) -> None:
-        """Apply a frame from a peer (persisted when this returns)."""
-        applied = await self.store.apply(frame, placements_for(frame.jobs, self._place), now_us())
+    def assembler(self) -> ChunkAssembler:
+        """A reassembler of chunked payloads for one incoming transfer stream."""
+        return ChunkAssembler(self.manager.max_payload_bytes)
+
+    async def receive(
+        self, frame: transfer_pb2.TransferFrame, assembler: ChunkAssembler | None = None
+    ) -> None:
+        """Apply a frame from a peer (persisted when this returns); `assembler` is the stream's."""
+        applied = await self.store.apply(frame, placements_for(frame.jobs, self._place), now_us(), assembler)
         for target, count in applied.ended.items():
             self._outstanding[target] = max(0, self._outstanding.get(target, 0) - count)
         if applied.jobs_added:
@@ -226,8 +234,16 @@ class Offloader:
             try:
                 call = transfer_pb2_grpc.TransferServiceStub(channel).Exchange()
                 after = 0
+                cursor: ChunkCursor | None = None  # a partial payload is started again on a new stream
                 while self._running:
-                    frame = await self.store.next_frame(peer, after, FRAME_MAX_ITEMS, FRAME_MAX_BYTES)
+                    frame = await self.store.next_frame(
+                        peer,
+                        after,
+                        FRAME_MAX_ITEMS,
+                        FRAME_MAX_BYTES,
+                        chunk_bytes=self.config.chunk_bytes,
+                        resume=cursor,
+                    )
                     if frame is None:
                         await self._idle()
                         continue
@@ -237,6 +253,7 @@ class Offloader:
                         raise ConnectionError("the peer closed the transfer stream")
                     await self.store.drop(peer, ack.last_seq)
                     after = ack.last_seq
+                    cursor = ChunkCursor.after(frame)
             except (grpc.aio.AioRpcError, ConnectionError, asyncio.InvalidStateError) as e:
                 log.debug("transfer to %s (%s) broke: %s", peer, address, e)
             finally:

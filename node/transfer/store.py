@@ -9,7 +9,6 @@ row when it is sent, so a report always carries the newest state.
 from __future__ import annotations
 
 import sqlite3
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from node.journal.jobs import (
     NewJobRecord,
 )
 from node.journal.journal import Journal
+from node.transfer.chunks import CHUNK_BYTES, ChunkAssembler, crc32
 
 KIND_JOB, KIND_REPORT = 1, 2
 _FINISHED = tuple(int(s) for s in JobState if s.is_finished)
@@ -49,8 +49,23 @@ class Applied:
     stop_running: tuple[str, ...] = ()  # running jobs here whose origin stopped or removed them
 
 
-def _crc(data: bytes) -> int:
-    return zlib.crc32(data) & 0xFFFFFFFF
+_crc = crc32
+
+
+@dataclass(frozen=True)
+class ChunkCursor:
+    """Where the chunks of a payload sent on a stream so far end."""
+
+    key: tuple[str, int, bool]  # job id, epoch, output
+    offset: int
+
+    @classmethod
+    def after(cls, frame: transfer_pb2.TransferFrame) -> ChunkCursor | None:
+        """The cursor after an acknowledged frame: None unless it carried chunks."""
+        if not frame.chunks:
+            return None
+        last = frame.chunks[-1]
+        return cls((last.job_id, last.epoch, last.output), last.offset + len(last.data))
 
 
 def _event_for(state: JobState, is_progress: bool) -> EventType:
@@ -84,9 +99,21 @@ class TransferStore:
         return int(row[0])
 
     async def next_frame(
-        self, peer: str, after_seq: int, max_items: int, max_bytes: int
+        self,
+        peer: str,
+        after_seq: int,
+        max_items: int,
+        max_bytes: int,
+        *,
+        chunk_bytes: int = CHUNK_BYTES,
+        resume: ChunkCursor | None = None,
     ) -> transfer_pb2.TransferFrame | None:
-        """The next frame for `peer` after outbox seq `after_seq`, or None if nothing waits."""
+        """The next frame for `peer` after outbox seq `after_seq`, or None if nothing waits.
+
+        A payload larger than `chunk_bytes` goes in chunks (see chunks.py): while the first item
+        waiting has one, the frame carries only its chunks from `resume` (the cursor after the
+        chunks sent before on this stream, see `ChunkCursor.after`), then the item alone.
+        """
         local = self.local_id
 
         def build(conn: sqlite3.Connection) -> transfer_pb2.TransferFrame | None:
@@ -99,6 +126,37 @@ class TransferStore:
             frame = transfer_pb2.TransferFrame(sender_id=local)
             size = 0
             last_report: dict[str, tuple[int, int, int]] = {}
+            chunked: set[str] = set()
+
+            def chunk_frame(
+                key: tuple[str, int, bool], job_seq: int, total: int
+            ) -> transfer_pb2.TransferFrame | None:
+                offset = resume.offset if resume is not None and resume.key == key else 0
+                if offset >= total:
+                    return None  # every chunk went: now the item
+                chunks = transfer_pb2.TransferFrame(sender_id=local, last_seq=after_seq)
+                sent = 0
+                while offset < total and (not sent or sent + chunk_bytes <= max_bytes):
+                    (data,) = conn.execute(
+                        "SELECT substr(data, ?, ?) FROM payloads WHERE job_seq = ? AND kind = ?",
+                        (offset + 1, chunk_bytes, job_seq, PAYLOAD_OUTPUT if key[2] else PAYLOAD_INPUT),
+                    ).fetchone()
+                    data = bytes(data or b"")
+                    if not data:
+                        break
+                    chunks.chunks.add(
+                        job_id=key[0],
+                        epoch=key[1],
+                        output=key[2],
+                        offset=offset,
+                        total_size=total,
+                        data=data,
+                        data_crc32=_crc(data),
+                    )
+                    offset += len(data)
+                    sent += len(data)
+                return chunks
+
             for seq, kind, job_id, epoch, progress in rows:
                 if kind in (OUTBOX_STOP, OUTBOX_REMOVE):
                     frame.last_seq = seq
@@ -108,6 +166,23 @@ class TransferStore:
                     (output_size,) = conn.execute(
                         "SELECT coalesce(max(output_size), 0) FROM jobs WHERE id = ?", (job_id,)
                     ).fetchone()
+                    big = None
+                    if output_size > chunk_bytes:
+                        big = conn.execute(
+                            "SELECT j.seq, length(p.data) FROM jobs j JOIN payloads p ON p.job_seq = j.seq "
+                            f"AND p.kind = ? WHERE j.id = ? AND j.epoch = ? AND j.state IN {_FINISHED}",
+                            (PAYLOAD_OUTPUT, job_id, epoch),
+                        ).fetchone()
+                    if big is not None and big[1] > chunk_bytes:
+                        if frame.last_seq:
+                            break  # a chunked output goes first in a frame of its own
+                        chunks = chunk_frame((job_id, epoch, True), big[0], big[1])
+                        if chunks is not None:
+                            return chunks
+                        frame.last_seq = seq
+                        last_report[job_id] = (seq, epoch, progress)
+                        chunked.add(job_id)
+                        break
                     if size and size + output_size > max_bytes:
                         break  # a frame stays within the message limit; the rest goes next
                     size += output_size + 100
@@ -116,17 +191,31 @@ class TransferStore:
                     continue
                 row = conn.execute(
                     "SELECT j.topic, j.properties, j.max_retries, j.retry_delay_us, j.timeout_us, j.created_us, "
-                    "p.data FROM jobs j LEFT JOIN payloads p ON p.job_seq = j.seq AND p.kind = ? "
-                    "WHERE j.id = ? AND j.origin = ? AND j.target = ? AND j.epoch = ? AND j.state IN (1, 2)",
+                    "coalesce(length(p.data), 0), j.seq FROM jobs j LEFT JOIN payloads p ON p.job_seq = j.seq "
+                    "AND p.kind = ? WHERE j.id = ? AND j.origin = ? AND j.target = ? AND j.epoch = ? "
+                    "AND j.state IN (1, 2)",
                     (PAYLOAD_INPUT, job_id, local, peer, epoch),
                 ).fetchone()
-                payload = (row[6] or b"") if row is not None else b""
-                if size and size + len(payload) > max_bytes:
+                length = row[6] if row is not None else 0
+                if length > chunk_bytes and row is not None:
+                    if frame.last_seq:
+                        break  # a chunked payload goes first in a frame of its own
+                    chunks = chunk_frame((job_id, epoch, False), row[7], length)
+                    if chunks is not None:
+                        return chunks
+                if size and size + min(length, chunk_bytes) > max_bytes:
                     break
-                size += len(payload) + 200
+                size += min(length, chunk_bytes) + 200
                 frame.last_seq = seq
                 if row is None:  # reassigned, stopped or removed since: nothing to send
                     continue
+                payload = b""
+                if length:
+                    (payload,) = conn.execute(
+                        "SELECT data FROM payloads WHERE job_seq = ? AND kind = ?", (row[7], PAYLOAD_INPUT)
+                    ).fetchone()
+                    payload = bytes(payload)
+                is_chunked = length > chunk_bytes
                 job = frame.jobs.add(
                     job_id=job_id,
                     epoch=epoch,
@@ -134,13 +223,16 @@ class TransferStore:
                     properties_json=row[1] or "",
                     max_retries=row[2],
                     created_us=row[5],
-                    payload=payload,
+                    payload=b"" if is_chunked else payload,
                     payload_crc32=_crc(payload),
+                    payload_chunked=is_chunked,
                 )
                 if row[3] is not None:
                     job.retry_delay_us = row[3]
                 if row[4] is not None:
                     job.timeout_us = row[4]
+                if is_chunked:
+                    break  # the item of a chunked payload travels alone
             for job_id, (seq, epoch, progress) in last_report.items():
                 row = conn.execute(
                     "SELECT j.state, j.retry_count, j.started_us, j.finished_us, j.result_message, "
@@ -150,7 +242,8 @@ class TransferStore:
                 ).fetchone()
                 if row is None:
                     continue
-                output = (row[8] or b"") if row[0] in _FINISHED else b""
+                output = bytes(row[8] or b"") if row[0] in _FINISHED else b""
+                output_chunked = job_id in chunked and bool(output)
                 frame.reports.add(
                     job_id=job_id,
                     epoch=epoch,
@@ -164,8 +257,9 @@ class TransferStore:
                     progress_done=row[6] or 0,
                     eta_us=row[7] or 0,
                     is_progress=bool(progress) and row[0] == JobState.ACTIVE,
-                    output_payload=output,
+                    output_payload=b"" if output_chunked else output,
                     output_crc32=_crc(output),
+                    output_chunked=output_chunked,
                     log_count=row[9],
                     handed_back=row[0] == JobState.DROPPED and row[11] is None,
                 )
@@ -187,10 +281,23 @@ class TransferStore:
         )
 
     async def apply(
-        self, frame: transfer_pb2.TransferFrame, placements: Mapping[str, Placement], now_us: int
+        self,
+        frame: transfer_pb2.TransferFrame,
+        placements: Mapping[str, Placement],
+        now_us: int,
+        assembler: ChunkAssembler | None = None,
     ) -> Applied:
-        """Apply a received frame in one transaction; duplicates and stale epochs are ignored."""
+        """Apply a received frame in one transaction; duplicates and stale epochs are ignored.
+        Chunks and chunked items need the stream's `assembler` (see chunks.py)."""
         sender = frame.sender_id
+        if assembler is not None:
+            assembler.resolve(frame)
+        elif (
+            frame.chunks
+            or any(j.payload_chunked for j in frame.jobs)
+            or any(r.output_chunked for r in frame.reports)
+        ):
+            raise InvalidArgument("a chunked payload arrived outside a transfer stream")
         for job in frame.jobs:
             if _crc(job.payload) != job.payload_crc32:
                 raise InvalidArgument(f"job {job.job_id}: the payload checksum does not match; resend")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from jobmesh.v1 import jobs_pb2 as jobmesh_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jobmesh/v1/transfer.proto\x12\njobmesh.v1\x1a\x15jobmesh/v1/jobs.proto\"\xae\x01\n\rTransferFrame\x12\x11\n\tsender_id\x18\x01 \x01(\t\x12\x10\n\x08last_seq\x18\x02 \x01(\x03\x12&\n\x04jobs\x18\x03 \x03(\x0b\x32\x18.jobmesh.v1.OffloadedJob\x12&\n\x07reports\x18\x04 \x03(\x0b\x32\x15.jobmesh.v1.JobReport\x12(\n\x08\x63ontrols\x18\x05 \x03(\x0b\x32\x16.jobmesh.v1.JobControl\"\xfe\x01\n\x0cOffloadedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\x12\x13\n\x0bmax_retries\x18\x05 \x01(\x05\x12\x1b\n\x0eretry_delay_us\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\ntimeout_us\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\ncreated_us\x18\x08 \x01(\x03\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x15\n\rpayload_crc32\x18\n \x01(\rB\x11\n\x0f_retry_delay_usB\r\n\x0b_timeout_us\"\x93\x03\n\tJobReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x12\n\nreport_seq\x18\x03 \x01(\x03\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.jobmesh.v1.JobState\x12\x13\n\x0bretry_count\x18\x05 \x01(\x05\x12\x12\n\nstarted_us\x18\x06 \x01(\x03\x12\x13\n\x0b\x66inished_us\x18\x07 \x01(\x03\x12\x16\n\x0eresult_message\x18\x08 \x01(\t\x12\x16\n\x0eprogress_total\x18\t \x01(\x03\x12\x15\n\rprogress_done\x18\n \x01(\x03\x12\x0e\n\x06\x65ta_us\x18\x0b \x01(\x03\x12\x13\n\x0bis_progress\x18\x0c \x01(\x08\x12\x16\n\x0eoutput_payload\x18\r \x01(\x0c\x12\x14\n\x0coutput_crc32\x18\x0e \x01(\r\x12.\n\tlog_lines\x18\x0f \x03(\x0b\x32\x1b.jobmesh.v1.TransferLogLine\x12\x11\n\tlog_count\x18\x10 \x01(\x05\x12\x13\n\x0bhanded_back\x18\x11 \x01(\x08\"A\n\x0fTransferLogLine\x12\x0c\n\x04line\x18\x01 \x01(\x05\x12\x0f\n\x07time_us\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\";\n\nJobControl\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x0e\n\x06remove\x18\x03 \x01(\x08\"\x1f\n\x0bTransferAck\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\x32U\n\x0fTransferService\x12\x42\n\x08\x45xchange\x12\x19.jobmesh.v1.TransferFrame\x1a\x17.jobmesh.v1.TransferAck(\x01\x30\x01\x42\'\n\rio.jobmesh.v1P\x01Z\x14jobmesh/v1;jobmeshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19jobmesh/v1/transfer.proto\x12\njobmesh.v1\x1a\x15jobmesh/v1/jobs.proto\"\xd8\x01\n\rTransferFrame\x12\x11\n\tsender_id\x18\x01 \x01(\t\x12\x10\n\x08last_seq\x18\x02 \x01(\x03\x12&\n\x04jobs\x18\x03 \x03(\x0b\x32\x18.jobmesh.v1.OffloadedJob\x12&\n\x07reports\x18\x04 \x03(\x0b\x32\x15.jobmesh.v1.JobReport\x12(\n\x08\x63ontrols\x18\x05 \x03(\x0b\x32\x16.jobmesh.v1.JobControl\x12(\n\x06\x63hunks\x18\x06 \x03(\x0b\x32\x18.jobmesh.v1.PayloadChunk\"\x83\x01\n\x0cPayloadChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x0e\n\x06output\x18\x03 \x01(\x08\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x12\n\ntotal_size\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x12\n\ndata_crc32\x18\x07 \x01(\r\"\x97\x02\n\x0cOffloadedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\x12\x13\n\x0bmax_retries\x18\x05 \x01(\x05\x12\x1b\n\x0eretry_delay_us\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\ntimeout_us\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\ncreated_us\x18\x08 \x01(\x03\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x15\n\rpayload_crc32\x18\n \x01(\r\x12\x17\n\x0fpayload_chunked\x18\x0b \x01(\x08\x42\x11\n\x0f_retry_delay_usB\r\n\x0b_timeout_us\"\xab\x03\n\tJobReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x12\n\nreport_seq\x18\x03 \x01(\x03\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.jobmesh.v1.JobState\x12\x13\n\x0bretry_count\x18\x05 \x01(\x05\x12\x12\n\nstarted_us\x18\x06 \x01(\x03\x12\x13\n\x0b\x66inished_us\x18\x07 \x01(\x03\x12\x16\n\x0eresult_message\x18\x08 \x01(\t\x12\x16\n\x0eprogress_total\x18\t \x01(\x03\x12\x15\n\rprogress_done\x18\n \x01(\x03\x12\x0e\n\x06\x65ta_us\x18\x0b \x01(\x03\x12\x13\n\x0bis_progress\x18\x0c \x01(\x08\x12\x16\n\x0eoutput_payload\x18\r \x01(\x0c\x12\x14\n\x0coutput_crc32\x18\x0e \x01(\r\x12.\n\tlog_lines\x18\x0f \x03(\x0b\x32\x1b.jobmesh.v1.TransferLogLine\x12\x11\n\tlog_count\x18\x10 \x01(\x05\x12\x13\n\x0bhanded_back\x18\x11 \x01(\x08\x12\x16\n\x0eoutput_chunked\x18\x12 \x01(\x08\"A\n\x0fTransferLogLine\x12\x0c\n\x04line\x18\x01 \x01(\x05\x12\x0f\n\x07time_us\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\";\n\nJobControl\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x0e\n\x06remove\x18\x03 \x01(\x08\"\x1f\n\x0bTransferAck\x12\x10\n\x08last_seq\x18\x01 \x01(\x03\x32U\n\x0fTransferService\x12\x42\n\x08\x45xchange\x12\x19.jobmesh.v1.TransferFrame\x1a\x17.jobmesh.v1.TransferAck(\x01\x30\x01\x42\'\n\rio.jobmesh.v1P\x01Z\x14jobmesh/v1;jobmeshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rio.jobmesh.v1P\001Z\024jobmesh/v1;jobmeshv1'
   _globals['_TRANSFERFRAME']._serialized_start=65
-  _globals['_TRANSFERFRAME']._serialized_end=239
-  _globals['_OFFLOADEDJOB']._serialized_start=242
-  _globals['_OFFLOADEDJOB']._serialized_end=496
-  _globals['_JOBREPORT']._serialized_start=499
-  _globals['_JOBREPORT']._serialized_end=902
-  _globals['_TRANSFERLOGLINE']._serialized_start=904
-  _globals['_TRANSFERLOGLINE']._serialized_end=969
-  _globals['_JOBCONTROL']._serialized_start=971
-  _globals['_JOBCONTROL']._serialized_end=1030
-  _globals['_TRANSFERACK']._serialized_start=1032
-  _globals['_TRANSFERACK']._serialized_end=1063
-  _globals['_TRANSFERSERVICE']._serialized_start=1065
-  _globals['_TRANSFERSERVICE']._serialized_end=1150
+  _globals['_TRANSFERFRAME']._serialized_end=281
+  _globals['_PAYLOADCHUNK']._serialized_start=284
+  _globals['_PAYLOADCHUNK']._serialized_end=415
+  _globals['_OFFLOADEDJOB']._serialized_start=418
+  _globals['_OFFLOADEDJOB']._serialized_end=697
+  _globals['_JOBREPORT']._serialized_start=700
+  _globals['_JOBREPORT']._serialized_end=1127
+  _globals['_TRANSFERLOGLINE']._serialized_start=1129
+  _globals['_TRANSFERLOGLINE']._serialized_end=1194
+  _globals['_JOBCONTROL']._serialized_start=1196
+  _globals['_JOBCONTROL']._serialized_end=1255
+  _globals['_TRANSFERACK']._serialized_start=1257
+  _globals['_TRANSFERACK']._serialized_end=1288
+  _globals['_TRANSFERSERVICE']._serialized_start=1290
+  _globals['_TRANSFERSERVICE']._serialized_end=1375
 # @@protoc_insertion_point(module_scope)

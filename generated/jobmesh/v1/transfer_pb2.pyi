@@ -18,6 +18,16 @@ the target back to the origin. Every item carries the job's assignment
 epoch: when the origin reassigns a job it raises the epoch, and reports
 from an older epoch are rejected (fencing), so a job never ends twice.
 
+Payloads larger than the sender's chunk size (1 MiB by default) do not
+travel inside their item: the sender first sends frames of PayloadChunk
+messages (frames stay a few MiB however large the payload), then the item
+with `payload_chunked` / `output_chunked` set and the CRC-32 of the whole
+payload. The receiver reassembles the chunks of one payload at a time in
+memory (bounded by its payload limit), checks each chunk's CRC-32 and the
+whole payload's before it applies the item, and rejects the stream on any
+mismatch. A partially received payload is discarded when its stream ends:
+after a reconnect the sender starts the payload again from offset 0.
+
 Compatibility rule: fields and enum values are only ever added. A field
 number or enum number is never changed, renumbered or reused.
 """
@@ -49,6 +59,7 @@ class TransferFrame(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     REPORTS_FIELD_NUMBER: _builtins.int
     CONTROLS_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     sender_id: _builtins.str
     """Instance id of the sending node."""
     last_seq: _builtins.int
@@ -69,6 +80,13 @@ class TransferFrame(_message.Message):
         this node.
         """
 
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___PayloadChunk]:
+        """Consecutive chunks of one payload too large to travel inline. A frame
+        with chunks carries no items; its `last_seq` is that of the frame before
+        it (it acknowledges nothing new).
+        """
+
     def __init__(
         self,
         *,
@@ -77,14 +95,65 @@ class TransferFrame(_message.Message):
         jobs: _abc.Iterable[Global___OffloadedJob] | None = ...,
         reports: _abc.Iterable[Global___JobReport] | None = ...,
         controls: _abc.Iterable[Global___JobControl] | None = ...,
+        chunks: _abc.Iterable[Global___PayloadChunk] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["controls", b"controls", "jobs", b"jobs", "last_seq", b"last_seq", "reports", b"reports", "sender_id", b"sender_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "controls", b"controls", "jobs", b"jobs", "last_seq", b"last_seq", "reports", b"reports", "sender_id", b"sender_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferFrame: _TypeAlias = TransferFrame  # noqa: Y015
+
+@_typing.final
+class PayloadChunk(_message.Message):
+    """A piece of a job's input payload or of a report's output payload, sent in
+    offset order before the item it belongs to, on the same stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DATA_CRC32_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    epoch: _builtins.int
+    """The assignment epoch of the item the payload belongs to."""
+    output: _builtins.bool
+    """False: an OffloadedJob's input payload; true: a JobReport's output."""
+    offset: _builtins.int
+    """Byte offset of `data` in the whole payload; 0 starts a new payload (and
+    discards any unfinished one).
+    """
+    total_size: _builtins.int
+    """Size of the whole payload in bytes."""
+    data: _builtins.bytes
+    """The bytes from `offset`."""
+    data_crc32: _builtins.int
+    """CRC-32 of `data`, checked on arrival."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        output: _builtins.bool = ...,
+        offset: _builtins.int = ...,
+        total_size: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        data_crc32: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_crc32", b"data_crc32", "epoch", b"epoch", "job_id", b"job_id", "offset", b"offset", "output", b"output", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PayloadChunk: _TypeAlias = PayloadChunk  # noqa: Y015
 
 @_typing.final
 class OffloadedJob(_message.Message):
@@ -102,6 +171,7 @@ class OffloadedJob(_message.Message):
     CREATED_US_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     PAYLOAD_CRC32_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CHUNKED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id, unique across the topology (a UUIDv7 made by its origin)."""
     epoch: _builtins.int
@@ -124,6 +194,11 @@ class OffloadedJob(_message.Message):
     """The input payload (empty: none)."""
     payload_crc32: _builtins.int
     """CRC-32 of `payload`, checked on arrival."""
+    payload_chunked: _builtins.bool
+    """True: `payload` is empty here because the payload arrived before in
+    PayloadChunk messages on this stream; `payload_crc32` is the CRC-32 of
+    the whole reassembled payload.
+    """
     def __init__(
         self,
         *,
@@ -137,10 +212,11 @@ class OffloadedJob(_message.Message):
         created_us: _builtins.int = ...,
         payload: _builtins.bytes = ...,
         payload_crc32: _builtins.int = ...,
+        payload_chunked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_retry_delay_us", b"_retry_delay_us", "_timeout_us", b"_timeout_us", "retry_delay_us", b"retry_delay_us", "timeout_us", b"timeout_us"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_delay_us", b"_retry_delay_us", "_timeout_us", b"_timeout_us", "created_us", b"created_us", "epoch", b"epoch", "job_id", b"job_id", "max_retries", b"max_retries", "payload", b"payload", "payload_crc32", b"payload_crc32", "properties_json", b"properties_json", "retry_delay_us", b"retry_delay_us", "timeout_us", b"timeout_us", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_delay_us", b"_retry_delay_us", "_timeout_us", b"_timeout_us", "created_us", b"created_us", "epoch", b"epoch", "job_id", b"job_id", "max_retries", b"max_retries", "payload", b"payload", "payload_chunked", b"payload_chunked", "payload_crc32", b"payload_crc32", "properties_json", b"properties_json", "retry_delay_us", b"retry_delay_us", "timeout_us", b"timeout_us", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__retry_delay_us: _TypeAlias = _typing.Literal["retry_delay_us"]  # noqa: Y015
     _WhichOneofArgType__retry_delay_us: _TypeAlias = _typing.Literal["_retry_delay_us", b"_retry_delay_us"]  # noqa: Y015
@@ -176,6 +252,7 @@ class JobReport(_message.Message):
     LOG_LINES_FIELD_NUMBER: _builtins.int
     LOG_COUNT_FIELD_NUMBER: _builtins.int
     HANDED_BACK_FIELD_NUMBER: _builtins.int
+    OUTPUT_CHUNKED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id."""
     epoch: _builtins.int
@@ -214,6 +291,11 @@ class JobReport(_message.Message):
     """True if the target gives the job back without running it (it no longer
     consumes the topic); the origin then assigns it anew under a new epoch.
     """
+    output_chunked: _builtins.bool
+    """True: `output_payload` is empty here because the output arrived before
+    in PayloadChunk messages on this stream; `output_crc32` is the CRC-32 of
+    the whole reassembled output.
+    """
     @_builtins.property
     def log_lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferLogLine]:
         """Log lines the job has logged so far (the newest the target keeps)."""
@@ -238,10 +320,11 @@ class JobReport(_message.Message):
         log_lines: _abc.Iterable[Global___TransferLogLine] | None = ...,
         log_count: _builtins.int = ...,
         handed_back: _builtins.bool = ...,
+        output_chunked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_us", b"eta_us", "finished_us", b"finished_us", "handed_back", b"handed_back", "is_progress", b"is_progress", "job_id", b"job_id", "log_count", b"log_count", "log_lines", b"log_lines", "output_crc32", b"output_crc32", "output_payload", b"output_payload", "progress_done", b"progress_done", "progress_total", b"progress_total", "report_seq", b"report_seq", "result_message", b"result_message", "retry_count", b"retry_count", "started_us", b"started_us", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_us", b"eta_us", "finished_us", b"finished_us", "handed_back", b"handed_back", "is_progress", b"is_progress", "job_id", b"job_id", "log_count", b"log_count", "log_lines", b"log_lines", "output_chunked", b"output_chunked", "output_crc32", b"output_crc32", "output_payload", b"output_payload", "progress_done", b"progress_done", "progress_total", b"progress_total", "report_seq", b"report_seq", "result_message", b"result_message", "retry_count", b"retry_count", "started_us", b"started_us", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

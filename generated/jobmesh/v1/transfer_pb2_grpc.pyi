@@ -18,6 +18,16 @@ the target back to the origin. Every item carries the job's assignment
 epoch: when the origin reassigns a job it raises the epoch, and reports
 from an older epoch are rejected (fencing), so a job never ends twice.
 
+Payloads larger than the sender's chunk size (1 MiB by default) do not
+travel inside their item: the sender first sends frames of PayloadChunk
+messages (frames stay a few MiB however large the payload), then the item
+with `payload_chunked` / `output_chunked` set and the CRC-32 of the whole
+payload. The receiver reassembles the chunks of one payload at a time in
+memory (bounded by its payload limit), checks each chunk's CRC-32 and the
+whole payload's before it applies the item, and rejects the stream on any
+mismatch. A partially received payload is discarded when its stream ends:
+after a reconnect the sender starts the payload again from offset 0.
+
 Compatibility rule: fields and enum values are only ever added. A field
 number or enum number is never changed, renumbered or reused.
 """
