@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from harness import NodeFactory, NodeProcess, find_all, get_job, new_job, wait_for, watch
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2
@@ -347,3 +349,40 @@ def test_a_worker_node_whose_consumer_goes_away_hands_its_queued_jobs_back_for_r
     # Then w1 hands every job back and they all end SUCCEEDED at the origin, run by w2
     jobs = _all_succeeded(origin, ids)
     assert {j.target_instance for j in jobs} == {w2.instance_id}
+
+
+def test_a_restarted_origin_waits_out_its_startup_grace_before_reassigning_a_missing_targets_jobs(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    # Given a job running on w1, offloaded by an origin with a 3 s startup grace, and another worker w2
+    release = tmp_path / "release"
+    w1 = create(nodes, "w1", consumers=["offload/**=consumers:block_until_released"]).start()
+    origin = create(nodes, "origin", seeds=[w1], settings={"offload.startup_grace_s": 3.0}).start()
+    wait_views([origin, w1], {"origin", "w1"})
+    _consumes(origin, [w1])
+    (job_id,) = _add(origin, 1, release_file=str(release))  # type: ignore[arg-type]
+    wait_for(
+        lambda: get_job(origin.stub, job_id).state == jobs_pb2.JOB_STATE_ACTIVE, 10.0, "the job to start"
+    )
+    w2 = create(nodes, "w2", seeds=[origin], consumers=["offload/**=consumers:succeed"]).start()
+    wait_views([origin, w1, w2], {"origin", "w1", "w2"})
+
+    # When the origin restarts while w1 is frozen (gone from the view for longer than the
+    # reassignment grace, but not longer than the startup grace)
+    origin.terminate()
+    w1.send_signal(signal.SIGSTOP)
+    try:
+        origin.restart()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            # Then the job is not moved to w2 meanwhile
+            assert get_job(origin.stub, job_id).target_instance == w1.instance_id
+            time.sleep(0.1)
+    finally:
+        w1.send_signal(signal.SIGCONT)
+
+    # And when w1 is back in time, it finishes the job, which ran nowhere else
+    release.touch()
+    (job,) = _all_succeeded(origin, [job_id])
+    assert job.target_instance == w1.instance_id
+    assert not w2.query_journal("SELECT 1 FROM jobs WHERE id = ?", (job_id,))
