@@ -13,10 +13,13 @@ management. Nothing reaches the machine's own network.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pytest
 from harness import wait_for
 
 ROUTER_HOST = 254
@@ -166,3 +169,17 @@ class Lab:
             host.netns.close()
         self.router.close()
         self.fabric.close()
+
+
+@contextlib.contextmanager
+def lab_or_skip() -> Iterator[Lab]:
+    """A Lab for the duration of the block; skips the test where the kernel cannot build one."""
+    try:
+        check_supported()
+    except LabUnsupported as e:
+        pytest.skip(str(e))
+    net = Lab()
+    try:
+        yield net
+    finally:
+        net.close()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from harness import NodeFactory, NodeProcess
-from netlab import Lab, LabUnsupported, check_supported
+from netlab import Lab, lab_or_skip
 from topo import leader_names, names, start_all, wait_views
 
 PORT = 7710  # every host has its own port space
@@ -22,15 +22,8 @@ HOSTS = {"h1": 1, "h2": 1, "h3": 2, "h4": 2}
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    try:
-        check_supported()
-    except LabUnsupported as e:
-        pytest.skip(str(e))
-    net = Lab()
-    try:
+    with lab_or_skip() as net:
         yield net
-    finally:
-        net.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from harness import NodeFactory, NodeProcess, find_all, new_job, wait_for
 from jobmesh.v1 import jobs_pb2
-from netlab import Lab, LabUnsupported, check_supported
+from netlab import Lab, lab_or_skip
 from topo import start_all, view, wait_views
 
 PORT = 7710
@@ -20,15 +20,8 @@ TOPIC = "offload/work"
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    try:
-        check_supported()
-    except LabUnsupported as e:
-        pytest.skip(str(e))
-    net = Lab()
-    try:
+    with lab_or_skip() as net:
         yield net
-    finally:
-        net.close()
 
 
 def _node(lab: Lab, nodes: NodeFactory, name: str, subnet: int, consumer: bool) -> NodeProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from harness import NodeFactory, NodeProcess, find_all, new_job, wait_for
 from jobmesh.v1 import jobs_pb2
-from netlab import Host, Lab, LabUnsupported, check_supported
+from netlab import Host, Lab, lab_or_skip
 from topo import view, wait_views
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,15 +24,8 @@ TOPIC = "demo/upper"
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    try:
-        check_supported()
-    except LabUnsupported as e:
-        pytest.skip(str(e))
-    net = Lab()
-    try:
+    with lab_or_skip() as net:
         yield net
-    finally:
-        net.close()
 
 
 def _node(host: Host, nodes: NodeFactory, name: str, seed: str | None) -> NodeProcess:
