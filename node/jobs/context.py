@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from node.errors import InvalidArgument
+from node.instance import now_us
 from node.jobs.model import Job, JobResult
 from node.properties import validate_name
 
@@ -31,10 +31,6 @@ class Deferred:
 
 
 _DEFERRED = Deferred()
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class JobContext:
@@ -92,20 +88,20 @@ class JobContext:
         if steps < 0:
             raise InvalidArgument(f"steps must be >= 0, not {steps}")
         if self._store is not None:
-            eta = None if eta_s is None else _now_us() + int(eta_s * 1e6)
-            self._store.report_progress(self.job.id, self.job.attempt, _now_us(), total=steps, eta_us=eta)
+            eta = None if eta_s is None else now_us() + int(eta_s * 1e6)
+            self._store.report_progress(self.job.id, self.job.attempt, now_us(), total=steps, eta_us=eta)
 
     def increment_progress(self, steps: int = 1) -> None:
         """Mark `steps` more steps done; the ETA is re-estimated from the time per step so far."""
         if steps < 0:
             raise InvalidArgument(f"steps must be >= 0, not {steps}")
         if self._store is not None:
-            self._store.report_progress(self.job.id, self.job.attempt, _now_us(), increment=steps)
+            self._store.report_progress(self.job.id, self.job.attempt, now_us(), increment=steps)
 
     def update_eta(self, eta_s: float) -> None:
         """Set the estimated seconds until the job is done."""
         if self._store is not None:
-            now = _now_us()
+            now = now_us()
             self._store.report_progress(self.job.id, self.job.attempt, now, eta_us=now + int(eta_s * 1e6))
 
     def log(self, message: str, *args: object) -> None:
@@ -113,7 +109,7 @@ class JobContext:
         text = message % args if args else message
         if self._store is not None:
             self._store.append_log(
-                self.job.id, self.job.attempt, _now_us(), text[:MAX_LOG_LINE_CHARS], self._max_log_lines
+                self.job.id, self.job.attempt, now_us(), text[:MAX_LOG_LINE_CHARS], self._max_log_lines
             )
 
     def set_property(self, name: str, value: object) -> None:

@@ -13,13 +13,14 @@ from jobmesh.v1 import jobs_pb2, schedules_pb2
 
 from node.config import NodeConfig
 from node.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import JobContext
 from node.jobs.events import EventFilter, JobEvent
 from node.jobs.model import Job, JobState
 from node.jobs.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
 from node.jobs.retention import Retention
-from node.jobs.runner import QueueRunner, now_us
+from node.jobs.runner import QueueRunner
 from node.jobs.scheduler import Scheduler
 from node.journal.events import EventBatch, EventStore
 from node.journal.ids import JobIdGenerator

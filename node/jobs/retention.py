@@ -8,8 +8,8 @@ import logging
 
 from node.config import EventsConfig, HistoryConfig, parse_state_limits
 from node.errors import Unavailable
-from node.jobs.model import HISTORY_STATES, JobState
-from node.jobs.runner import now_us
+from node.instance import now_us
+from node.jobs.model import HISTORY_STATES
 from node.journal.events import EventStore
 from node.journal.jobs import JobStore
 
@@ -77,6 +77,3 @@ class Retention:
                 log.exception("history retention failed; trying again later")
             with contextlib.suppress(TimeoutError):
                 await asyncio.sleep(self._history.purge_interval_s)
-
-
-__all__ = ["JobState", "Retention"]

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from node.errors import ConsumerGone, Unavailable
+from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import Deferred, JobContext
 from node.jobs.model import Job, JobResult, Outcome
@@ -27,11 +27,6 @@ from node.jobs.queues import QueueConfig, QueueType
 from node.journal.jobs import AttemptReport, JobStore
 
 log = logging.getLogger(__name__)
-
-
-def now_us() -> int:
-    """Wall-clock time in microseconds since the epoch."""
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -209,14 +204,13 @@ class QueueRunner:
             jobs, head_due = await store.claim_ordered(me, config.name, now)
             return jobs, None if head_due is None else max(0.0, (head_due - now_us()) / 1e6)
         if config.type is QueueType.TOPIC_ROUND_ROBIN:
-            jobs = await store.claim_round_robin(me, config.name, now, free, self._last_topic)
+            jobs, due = await store.claim_round_robin(me, config.name, now, free, self._last_topic)
             if jobs:
                 self._last_topic = jobs[-1].topic
         else:
-            jobs = await store.claim(me, config.name, now, free)
+            jobs, due = await store.claim(me, config.name, now, free)
         if len(jobs) == free:
             return jobs, 0.0
-        due = await store.next_due_us(me, config.name)
         return jobs, None if due is None else max(0.0, (due - now_us()) / 1e6)
 
     async def _dispatch(self) -> None:

@@ -391,10 +391,26 @@ class JobStore:
             recorder.started(job.queue, job.topic, now_us - job.due_us, now_us)
         return jobs
 
-    async def claim(self, target: str, queue: str, now_us: int, limit: int) -> list[Job]:
-        """Start up to `limit` due QUEUED jobs of `queue` assigned to `target`, earliest due first."""
+    @staticmethod
+    def _next_due(
+        conn: sqlite3.Connection, jobs: list[Job], limit: int, target: str, queue: str
+    ) -> int | None:
+        """When the earliest QUEUED job left is due; only looked up when the claim took fewer than
+        `limit` (otherwise the runner claims again at once), in the claim's own transaction."""
+        if len(jobs) == limit:
+            return None
+        row = conn.execute(
+            "SELECT min(due_us) FROM jobs WHERE state = 1 AND target = ? AND queue = ?", (target, queue)
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
 
-        def update(conn: sqlite3.Connection) -> list[Job]:
+    async def claim(self, target: str, queue: str, now_us: int, limit: int) -> tuple[list[Job], int | None]:
+        """Start up to `limit` due QUEUED jobs of `queue` assigned to `target`, earliest due first.
+
+        Returns (started jobs, when the next remaining job is due: None if none or if `limit` were taken).
+        """
+
+        def update(conn: sqlite3.Connection) -> tuple[list[Job], int | None]:
             rows = conn.execute(
                 f"UPDATE jobs SET state = 2, attempt = attempt + 1, started_us = ?, progress_total = NULL, "
                 f"progress_done = NULL, eta_us = NULL WHERE seq IN (SELECT seq FROM jobs WHERE state = 1 "
@@ -402,7 +418,8 @@ class JobStore:
                 (now_us, target, queue, now_us, limit),
             ).fetchall()
             rows.sort(key=lambda r: (r[12], r[0]))  # RETURNING has no order: due, then seq
-            return self._started(rows, target, now_us)
+            jobs = self._started(rows, target, now_us)
+            return jobs, self._next_due(conn, jobs, limit, target, queue)
 
         return await self.journal.write(update)
 
@@ -428,10 +445,11 @@ class JobStore:
 
     async def claim_round_robin(
         self, target: str, queue: str, now_us: int, limit: int, last_topic: str
-    ) -> list[Job]:
-        """Start up to `limit` due jobs, one topic after another, starting after `last_topic`."""
+    ) -> tuple[list[Job], int | None]:
+        """Start up to `limit` due jobs, one topic after another, starting after `last_topic`
+        (returns the same pair as `claim`)."""
 
-        def update(conn: sqlite3.Connection) -> list[Job]:
+        def update(conn: sqlite3.Connection) -> tuple[list[Job], int | None]:
             seqs = [
                 r[0]
                 for r in conn.execute(
@@ -441,18 +459,10 @@ class JobStore:
                     (target, queue, now_us, last_topic, limit),
                 )
             ]
-            return self._start_rows(conn, seqs, target, now_us)
+            jobs = self._start_rows(conn, seqs, target, now_us)
+            return jobs, self._next_due(conn, jobs, limit, target, queue)
 
         return await self.journal.write(update)
-
-    async def next_due_us(self, target: str, queue: str) -> int | None:
-        """When the earliest QUEUED job of `queue` assigned to `target` is due (None if none)."""
-        row = await self.journal.read(
-            lambda c: c.execute(
-                "SELECT min(due_us) FROM jobs WHERE state = 1 AND target = ? AND queue = ?", (target, queue)
-            ).fetchone()
-        )
-        return None if row is None or row[0] is None else int(row[0])
 
     async def end_attempts(self, reports: Sequence[AttemptReport], now_us: int) -> list[bool]:
         """Apply consumer results in one operation; False for a report whose attempt is stale."""

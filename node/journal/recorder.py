@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from node.jobs.events import EventType, JobEvent
@@ -47,18 +47,8 @@ class StatsDelta:
         self.last_finished_us = max(self.last_finished_us, other.last_finished_us)
 
     def values(self) -> tuple[int, ...]:
-        """The counters in job_stats column order."""
-        return (
-            self.finished,
-            self.failed,
-            self.cancelled,
-            self.waiting_us,
-            self.waiting_count,
-            self.processing_us,
-            self.processing_count,
-            self.last_activated_us,
-            self.last_finished_us,
-        )
+        """The counters in job_stats column order (the field order)."""
+        return tuple(getattr(self, f.name) for f in fields(StatsDelta))
 
 
 _OUTCOME_INDEX = {"finished": 0, "failed": 1, "cancelled": 2}
@@ -239,7 +229,7 @@ EVENT_COLUMNS = (
 )
 
 
-def _row_to_event(row: tuple[object, ...] | sqlite3.Row) -> JobEvent:
+def row_to_event(row: tuple[object, ...] | sqlite3.Row) -> JobEvent:
     return JobEvent(
         seq=row[0],  # type: ignore[arg-type]
         type=EventType(row[1]),  # type: ignore[arg-type]
@@ -255,6 +245,3 @@ def _row_to_event(row: tuple[object, ...] | sqlite3.Row) -> JobEvent:
         eta_us=row[11],  # type: ignore[arg-type]
         target=row[12],  # type: ignore[arg-type]
     )
-
-
-row_to_event = _row_to_event

@@ -10,7 +10,7 @@ from typing import Any
 
 from jobmesh.v1 import schedules_pb2
 
-from node.errors import InvalidArgument, JobmeshError, NotFound
+from node.errors import JobmeshError, NotFound
 from node.journal.jobs import JobStore, NewJobRecord
 from node.journal.journal import Journal
 
@@ -210,6 +210,3 @@ class ScheduleStore:
             return added
 
         return await self.journal.write(fire)
-
-
-__all__ = ["InvalidArgument", "ScheduleStore", "StoredSchedule"]

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from jobmesh.v1 import jobs_pb2
 
 from node.jobs.model import JobState
 from node.journal.journal import Journal
-from node.journal.recorder import SCOPE_GLOBAL, SCOPE_QUEUE, SCOPE_TOPIC
+from node.journal.recorder import SCOPE_GLOBAL, SCOPE_QUEUE, StatsDelta
 
 
 @dataclass
-class Statistics:
-    """Counters and timings of a set of jobs (Sling's Statistics)."""
+class Statistics(StatsDelta):
+    """Counters and timings of a set of jobs (Sling's Statistics): the cumulative counters the
+    recorder keeps in `job_stats`, plus the live QUEUED and ACTIVE counts."""
 
     queued: int = 0
     active: int = 0
-    finished: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    waiting_us: int = 0
-    waiting_count: int = 0
-    processing_us: int = 0
-    processing_count: int = 0
-    last_activated_us: int = 0
-    last_finished_us: int = 0
 
     @property
     def processed(self) -> int:
@@ -71,17 +63,7 @@ class StatisticsReport:
     topics: dict[str, Statistics] = field(default_factory=dict)
 
 
-_COUNTERS = (
-    "finished",
-    "failed",
-    "cancelled",
-    "waiting_us",
-    "waiting_count",
-    "processing_us",
-    "processing_count",
-    "last_activated_us",
-    "last_finished_us",
-)
+_COUNTERS = tuple(f.name for f in fields(StatsDelta))  # job_stats columns, in order
 
 
 async def read_statistics(journal: Journal) -> StatisticsReport:
@@ -112,6 +94,3 @@ async def read_statistics(journal: Journal) -> StatisticsReport:
         return report
 
     return await journal.read(select)
-
-
-__all__ = ["SCOPE_TOPIC", "Statistics", "StatisticsReport", "read_statistics"]

@@ -17,9 +17,9 @@ from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
 
 from node.discovery.topology import Topology
 from node.discovery.view import TopologyView
+from node.instance import now_us
 from node.jobs.manager import JobManager
 from node.jobs.queues import QueueType
-from node.jobs.runner import now_us
 from node.services import transport
 from node.transfer.chunks import ChunkAssembler
 from node.transfer.config import OffloadConfig
