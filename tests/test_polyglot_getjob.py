@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from harness import NodeFactory, NodeProcess, add_job, wait_for_state
 from jobmesh.v1 import jobs_pb2 as J
+from polyglot import install_command
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-PACKAGES_FILE = ROOT / "scripts" / "polyglot-packages"
 BUILD_TIMEOUT_S = 300.0  # a cold build (C++, Go, Java) on a busy 2-core machine
 RUN_TIMEOUT_S = 60.0  # a JVM start on a busy machine included
 FINISHED_TOPIC = "polyglot/done"
@@ -89,17 +89,6 @@ PROGRAMS = [
         ("ruby", "-I", "build/gen", "getjob.rb"),
     ),
 ]
-
-
-def install_command(lang: str) -> str:
-    """The command that installs what `lang`'s program needs, from scripts/polyglot-packages."""
-    if lang == "node":
-        return "scripts/setup-polyglot (Node.js, npm, and `npm ci` in examples/node)"
-    for line in PACKAGES_FILE.read_text().splitlines():
-        name, _, packages = line.partition(" ")
-        if name == lang:
-            return f"apt-get install {packages} (scripts/setup-polyglot does, as root)"
-    raise AssertionError(f"{PACKAGES_FILE.name} has no line for {lang}")
 
 
 def run(args: Sequence[str | Path], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
