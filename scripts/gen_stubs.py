@@ -7,10 +7,10 @@ and service modules plus `.pyi` type stubs, importable as `jobmesh.v1`.
 Never edit generated files by hand; change the protos and run this again.
 
 Other languages go to `generated/LANG/` (not committed; replaced on each run):
-`cpp`, `php`, `ruby` (Debian: protobuf-compiler protobuf-compiler-grpc), `csharp`,
-`objc`, `java` (their gRPC plugin on PATH), `go` (protoc-gen-go, protoc-gen-go-grpc)
-and `node` (TypeScript types from @grpc/proto-loader; Node.js itself loads the .proto
-files at run time).
+`cpp`, `php`, `ruby` (Debian: protobuf-compiler protobuf-compiler-grpc libprotobuf-dev),
+`java` (Debian: protobuf-compiler-grpc-java-plugin), `csharp` and `objc` (their gRPC plugin on
+PATH; Debian packages neither), `go` (Debian: protoc-gen-go protoc-gen-go-grpc) and `node`
+(TypeScript types from @grpc/proto-loader; Node.js itself loads the .proto files at run time).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,26 +71,73 @@ def generate_python(out: Path) -> None:
     (out / "jobmesh" / "py.typed").touch()
 
 
-# protoc's own generator flag and the gRPC plugin that adds the services, per language.
-# Debian's protobuf-compiler-grpc has the cpp, php, python and ruby plugins.
+@dataclass(frozen=True)
+class ProtocLanguage:
+    """How protoc makes one language's stubs: its own generator plus a gRPC plugin."""
+
+    generator: str
+    """protoc's built-in generator (`--GENERATOR_out`) for the messages."""
+    plugins: tuple[str, ...]
+    """Names of the gRPC plugin that adds the services, the first one found on PATH wins."""
+    hint: str
+    """Where that plugin comes from, for the message when none is found."""
+
+
+# Debian's protobuf-compiler-grpc has the cpp, php, python and ruby plugins (`dpkg -L`); no
+# Debian package has a C# or Objective-C one (`apt-cache search grpc`).
+_GRPC_PLUGINS_HINT = "Debian: apt-get install protobuf-compiler-grpc"
 _PROTOC_LANGUAGES = {
-    "cpp": ("cpp", "grpc_cpp_plugin"),
-    "csharp": ("csharp", "grpc_csharp_plugin"),
-    "objc": ("objc", "grpc_objective_c_plugin"),
-    "php": ("php", "grpc_php_plugin"),
-    "ruby": ("ruby", "grpc_ruby_plugin"),
-    "java": ("java", "protoc-gen-grpc-java"),
+    "cpp": ProtocLanguage("cpp", ("grpc_cpp_plugin",), _GRPC_PLUGINS_HINT),
+    "php": ProtocLanguage("php", ("grpc_php_plugin",), _GRPC_PLUGINS_HINT),
+    "ruby": ProtocLanguage("ruby", ("grpc_ruby_plugin",), _GRPC_PLUGINS_HINT),
+    "java": ProtocLanguage(
+        "java",
+        ("protoc-gen-grpc-java", "grpc_java_plugin"),  # grpc-java's release name, Debian's name
+        "Debian: apt-get install protobuf-compiler-grpc-java-plugin",
+    ),
+    "csharp": ProtocLanguage(
+        "csharp",
+        ("grpc_csharp_plugin",),
+        "Debian packages none; NuGet's Grpc.Tools has it in tools/linux_x64/",
+    ),
+    "objc": ProtocLanguage(
+        "objc",
+        ("grpc_objective_c_plugin",),
+        "Debian packages none; build it from gRPC's sources (CMake target grpc_objective_c_plugin)",
+    ),
 }
-_INSTALL_HINT = "Debian: apt-get install protobuf-compiler protobuf-compiler-grpc"
+_PROTOC_HINT = "Debian: apt-get install protobuf-compiler"
+# protoc finds the well-known types (google/protobuf/*.proto) in the include directory beside it.
+_WELL_KNOWN_HINT = "Debian: apt-get install libprotobuf-dev"
+_GO_HINT = (
+    "Debian: apt-get install protoc-gen-go protoc-gen-go-grpc; elsewhere: go install "
+    "google.golang.org/protobuf/cmd/protoc-gen-go@latest google.golang.org/grpc/cmd/protoc-gen-go-grpc@latest"
+)
+# The Go module the stubs form: the prefix of every proto's go_package (see protos/).
+GO_MODULE = "jobmesh.example/api"
 NODE_TYPES_TOOL = "proto-loader-gen-types"
 NODE_EXAMPLE = ROOT / "examples" / "node"
+# The @grpc/proto-loader options the TypeScript types assume (examples/node/jobmesh.js uses them).
+NODE_LOADER_OPTIONS = {
+    "keepCase": "true",
+    "longs": "Number",
+    "enums": "String",
+    "defaults": "true",
+    "oneofs": "true",
+}
 
 
-def _protoc() -> str:
+def _protoc() -> list[str]:
+    """protoc and an include flag for the well-known types, or a message naming what is missing."""
     found = shutil.which("protoc")
     if found is None:
-        raise SystemExit(f"gen-stubs: protoc not found on PATH ({_INSTALL_HINT})")
-    return found
+        raise SystemExit(f"gen-stubs: protoc not found on PATH ({_PROTOC_HINT})")
+    include = Path(found).resolve().parent.parent / "include"
+    if not (include / "google" / "protobuf" / "timestamp.proto").is_file():
+        raise SystemExit(
+            f"gen-stubs: protoc has no google/protobuf/timestamp.proto in {include} ({_WELL_KNOWN_HINT})"
+        )
+    return [found, f"-I{PROTO_ROOT}", f"-I{include}"]
 
 
 def _relative_protos() -> list[str]:
@@ -98,17 +146,17 @@ def _relative_protos() -> list[str]:
 
 def generate_with_protoc(lang: str, out: Path) -> None:
     """Messages with protoc's generator for `lang`, services with that language's gRPC plugin."""
-    generator, plugin_name = _PROTOC_LANGUAGES[lang]
-    plugin = shutil.which(plugin_name)
+    language = _PROTOC_LANGUAGES[lang]
+    plugin = next(filter(None, map(shutil.which, language.plugins)), None)
     if plugin is None:
-        raise SystemExit(f"gen-stubs: {lang} needs the gRPC plugin {plugin_name} on PATH ({_INSTALL_HINT})")
+        names = " or ".join(language.plugins)
+        raise SystemExit(f"gen-stubs: {lang} needs the gRPC plugin {names} on PATH ({language.hint})")
     protoc = _protoc()
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
-            protoc,
-            f"-I{PROTO_ROOT}",
-            f"--{generator}_out={out}",
+            *protoc,
+            f"--{language.generator}_out={out}",
             f"--grpc_out={out}",
             f"--plugin=protoc-gen-grpc={plugin}",
             *_relative_protos(),
@@ -118,26 +166,28 @@ def generate_with_protoc(lang: str, out: Path) -> None:
 
 
 def generate_go(out: Path) -> None:
-    """Go messages and services with protoc-gen-go and protoc-gen-go-grpc (go install ...)."""
+    """Go messages and services (protoc-gen-go, protoc-gen-go-grpc) as the module GO_MODULE.
+
+    `out` becomes the module's root: `out/go.mod` names it, the package `jobmeshv1` is in
+    `out/jobmesh/v1`. Its requirements are left to the user's `go mod tidy`.
+    """
     for tool in ("protoc-gen-go", "protoc-gen-go-grpc"):
         if shutil.which(tool) is None:
-            raise SystemExit(
-                f"gen-stubs: go needs {tool} on PATH (go install google.golang.org/protobuf/cmd/protoc-gen-go@latest "
-                "google.golang.org/grpc/cmd/protoc-gen-go-grpc@latest)"
-            )
+            raise SystemExit(f"gen-stubs: go needs {tool} on PATH ({_GO_HINT})")
+    protoc = _protoc()
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
-            _protoc(),
-            f"-I{PROTO_ROOT}",
+            *protoc,
             f"--go_out={out}",
-            "--go_opt=paths=source_relative",
+            f"--go_opt=module={GO_MODULE}",
             f"--go-grpc_out={out}",
-            "--go-grpc_opt=paths=source_relative",
+            f"--go-grpc_opt=module={GO_MODULE}",
             *_relative_protos(),
         ],
         check=True,
     )
+    (out / "go.mod").write_text(f"module {GO_MODULE}\n\ngo 1.19\n")
 
 
 def generate_node(out: Path) -> None:
@@ -159,17 +209,19 @@ def generate_node(out: Path) -> None:
         [
             tool,
             *_relative_protos(),  # first: --includeDirs takes every value after it
-            "--keepCase",
-            "--longs=Number",
-            "--enums=String",
-            "--defaults",
-            "--oneofs",
+            *(f"--{name}={value}" for name, value in NODE_LOADER_OPTIONS.items()),
             "--includeComments",
             "--grpcLib=@grpc/grpc-js",
             f"--outDir={out}",
             f"--includeDirs={PROTO_ROOT}",
         ],
         check=True,
+    )
+    options = ", ".join(f"{name}: {value}" for name, value in NODE_LOADER_OPTIONS.items())
+    (out / "loader-options.ts").write_text(
+        "// The @grpc/proto-loader options these types assume: load the protos with\n"
+        "// protoLoader.loadSync(files, { ...LOADER_OPTIONS, includeDirs: [PROTO_ROOT] }).\n"
+        f"export const LOADER_OPTIONS = {{ {options} }} as const;\n"
     )
 
 

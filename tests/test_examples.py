@@ -3,7 +3,7 @@
 Installing what they need takes the network, which the suite's private namespace does not
 have: `scripts/setup-polyglot` (run by `scripts/test` before it enters the namespace)
 installs the npm packages and Debian's gRPC packages and builds the C++ client. Tests whose
-tools are genuinely missing are skipped, saying what to install.
+tools are genuinely missing are skipped, naming the command that installs them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from harness import (
     wait_for_state,
 )
 from jobmesh.v1 import jobs_pb2 as J
+from polyglot import install_command
 from worker_stream import WorkerStream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,6 @@ NODE_EXAMPLE = EXAMPLES / "node"
 CPP_EXAMPLE = EXAMPLES / "cpp"
 CPP_CLIENT = CPP_EXAMPLE / "build" / "jobmesh-client"
 RUN_TIMEOUT_S = 30.0
-SETUP_HINT = "run scripts/setup-polyglot (scripts/test does) to install it"
 
 
 @pytest.fixture(scope="module")
@@ -194,13 +194,14 @@ def nodejs() -> str:
     """The `node` binary, with the example's npm packages installed."""
     node_bin, npm = shutil.which("node"), shutil.which("npm")
     if node_bin is None or npm is None:
-        pytest.skip(f"Node.js or npm is not installed; {SETUP_HINT}")
+        pytest.skip(f"Node.js or npm is not installed; install: {install_command('node')}")
     if not (NODE_EXAMPLE / "node_modules" / "@grpc" / "grpc-js").is_dir():
         # No network in here: npm's cache is the only source. setup-polyglot fills it.
         result = run([npm, "ci", "--offline", "--no-audit", "--no-fund"], NODE_EXAMPLE, timeout=120)
         if result.returncode != 0:
             pytest.skip(
-                f"examples/node has no node_modules and npm's cache cannot provide them; {SETUP_HINT}"
+                "examples/node has no node_modules and npm's cache cannot provide them; "
+                f"install: {install_command('node')}"
             )
     return node_bin
 
@@ -278,12 +279,9 @@ def cpp_client() -> Path:
         tool for tool in ("make", "g++", "pkg-config", "protoc", "grpc_cpp_plugin") if not shutil.which(tool)
     ]
     if not missing and run(["pkg-config", "--exists", "grpc++", "protobuf"], ROOT).returncode != 0:
-        missing.append("libgrpc++-dev")
+        missing.append("libgrpc++-dev libprotobuf-dev")
     if missing:
-        pytest.skip(
-            f"the C++ example needs {', '.join(missing)} (Debian: apt-get install g++ make pkg-config "
-            f"protobuf-compiler protobuf-compiler-grpc libgrpc++-dev); {SETUP_HINT}"
-        )
+        pytest.skip(f"the C++ example needs {', '.join(missing)}; install: {install_command('cpp')}")
     result = run(["make", "-j2", "-C", CPP_EXAMPLE], ROOT, timeout=300)
     assert result.returncode == 0, f"building examples/cpp failed:\n{result.stdout}\n{result.stderr}"
     return CPP_CLIENT

@@ -11,6 +11,7 @@ const PROTO_FILES = ['jobs.proto', 'queues.proto', 'schedules.proto', 'workers.p
   (name) => `jobmesh/v1/${name}`,
 );
 
+// The TypeScript types of `scripts/gen-stubs node` assume these options (their loader-options.ts).
 // keepCase: fields keep their proto names (job_id, not jobId), as in every other language.
 // longs: Number is exact up to 2^53, plenty for sequence numbers and progress steps.
 // oneofs: a message with a oneof tells which field is set (`kind`).
@@ -79,6 +80,7 @@ function toJson(message) {
 
 module.exports = {
   grpc,
+  LOADER_OPTIONS,
   loadJobmesh,
   parseArgs,
   plainValue,
