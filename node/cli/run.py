@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.config import NodeConfig, load_config
+from node.config import NodeConfig, load_config, unknown_env_names
 from node.errors import ConfigError, JobmeshError
 from node.node import Node
 
@@ -137,6 +137,8 @@ def run_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
         sys.path.insert(0, os.getcwd())
         config = config_from_args(args, environ)
         configure_logging(config.log_level)
+        for warning in unknown_env_names(environ):
+            log.warning(warning)
         asyncio.run(serve(config))
     except ConfigError as e:
         print(f"jobmesh run: configuration error: {e}", file=sys.stderr)
