@@ -15,7 +15,7 @@ import os
 from types import TracebackType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobmesh.v1 import (
     jobs_pb2,
@@ -51,6 +51,7 @@ from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
 from node.journal.journal import Journal
 from node.services import transport
+from node.services.health import HealthService
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
 from node.services.schedules import ScheduleServicer
@@ -101,7 +102,7 @@ class Node:
         self._transfer: TransferServicer | None = None
         self._consumption: ConsumptionStore | None = None
         self._server: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
+        self._health: HealthService | None = None
         self.identity: InstanceIdentity | None = None
         self.port = 0
         self.topology = Topology(config.discovery)
@@ -187,7 +188,7 @@ class Node:
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self.workers, instance_id), server
         )
-        self._health = health.aio.HealthServicer()
+        self._health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         self.port = transport.bind(server, config.server.host, config.server.port)
