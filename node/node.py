@@ -51,6 +51,7 @@ from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
 from node.journal.journal import Journal
 from node.services import transport
+from node.services.decoding import BadRequestCounter, RequestDecoder
 from node.services.health import HealthService
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
@@ -104,6 +105,8 @@ class Node:
         self._server: grpc.aio.Server | None = None
         self._health: HealthService | None = None
         self.identity: InstanceIdentity | None = None
+        self.bad_requests = BadRequestCounter()
+        """Requests refused because they did not decode (logged at most every few seconds)."""
         self.port = 0
         self.topology = Topology(config.discovery)
         """Discovery, the topology view and this node's instance properties (see node.discovery)."""
@@ -174,7 +177,8 @@ class Node:
 
     async def _serve(self, instance_id: str) -> None:
         config = self.config
-        server = transport.create_server(config.jobs.max_payload_bytes)
+        # Every method decodes its own requests: garbage gets INVALID_ARGUMENT, not UNKNOWN.
+        server = transport.create_server(config.jobs.max_payload_bytes, [RequestDecoder(self.bad_requests)])
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self._live_peers), server)
         add_topology_servicers(server, self.topology)
         if self._offloader is not None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from node.errors import ConfigError
@@ -23,9 +25,11 @@ def _options(max_payload_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def create_server(max_payload_bytes: int) -> grpc.aio.Server:
-    """A new (not yet started) asyncio gRPC server."""
-    return grpc.aio.server(options=_options(max_payload_bytes))
+def create_server(
+    max_payload_bytes: int, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> grpc.aio.Server:
+    """A new (not yet started) asyncio gRPC server, its calls passing through `interceptors`."""
+    return grpc.aio.server(options=_options(max_payload_bytes), interceptors=list(interceptors))
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> int:
