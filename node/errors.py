@@ -57,3 +57,11 @@ class DataDirInUse(JournalError):
 
 class ConsumerLoadError(ConfigError):
     """A consumer named in the configuration cannot be imported or is not callable."""
+
+
+class JournalFull(ResourceExhausted):
+    """The journal's disk is full: writes fail until there is room again (reads keep working)."""
+
+
+class StorageUnavailable(Unavailable):
+    """The journal's storage refuses writes (read-only, I/O errors); reads may keep working."""

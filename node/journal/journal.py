@@ -73,7 +73,7 @@ class Journal:
         conn = open_connection(path, durability)
         migrate(conn)
         head = _last_event_seq(conn)
-        writer = JournalWriter(conn)
+        writer = JournalWriter(conn, path)
         journal = cls(path, durability, writer, readers, head)
         writer.start()
         return journal
