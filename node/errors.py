@@ -65,3 +65,15 @@ class JournalFull(ResourceExhausted):
 
 class StorageUnavailable(Unavailable):
     """The journal's storage refuses writes (read-only, I/O errors); reads may keep working."""
+
+
+class DataDirUnusable(JournalError):
+    """The data directory cannot be created, is not a directory, or is not writable."""
+
+
+class IdentityMismatch(JournalError):
+    """The journal is missing, empty, or of another instance than the data dir's identity file."""
+
+
+class AddressInUse(ConfigError):
+    """The server's host:port is taken (another node?)."""

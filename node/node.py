@@ -40,8 +40,8 @@ from node.errors import InvalidArgument
 from node.instance import (
     DataDirLock,
     InstanceIdentity,
+    choose_instance_id,
     default_name,
-    new_instance_id,
     now_us,
     remove_run_file,
     write_run_file,
@@ -49,7 +49,7 @@ from node.instance import (
 from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
-from node.journal.journal import Journal
+from node.journal.journal import Journal, discard_journal
 from node.services import transport
 from node.services.decoding import BadRequestCounter, RequestDecoder
 from node.services.health import HealthService
@@ -92,8 +92,10 @@ class Node:
     run on that loop.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, reset_journal: bool = False) -> None:
+        """`reset_journal`: move the journal aside and start with an empty one (keeping the id)."""
         self.config = config
+        self._reset_journal = reset_journal
         self.consumers = ConsumerRegistry()
         self.workers = RemoteWorkers(self.consumers)
         self._lock = DataDirLock(config.data_dir)
@@ -150,12 +152,14 @@ class Node:
         try:
             for spec in config.consumers:
                 self.consumers.register(spec.topics, load_handler(spec.handler), name=spec.handler)
+            if self._reset_journal:
+                discard_journal(config.data_dir / JOURNAL_FILE)
             self._journal = Journal.open(
                 config.data_dir / JOURNAL_FILE, config.journal.durability, config.journal.readers
             )
-            instance_id = await self._journal.get_meta("instance_id")
-            if instance_id is None:
-                instance_id = new_instance_id()
+            in_journal = await self._journal.get_meta("instance_id")
+            instance_id = choose_instance_id(config.data_dir, in_journal, reset_journal=self._reset_journal)
+            if in_journal is None:
                 await self._journal.set_meta("instance_id", instance_id)
             self._jobs = JobManager(self._journal, self.consumers, config, instance_id)
             self._offloader = Offloader(self._jobs, self.topology, config.offload)
