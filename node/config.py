@@ -9,6 +9,7 @@ reads argv and the environment; it passes them here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import typing
@@ -16,16 +17,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
 from node.jobs.queues import MAIN_QUEUE, QueueConfig
 from node.journal.connection import Durability
+from node.ranges import COUNT, NON_NEGATIVE_S, POSITIVE_S, Range, check_ranges
 from node.transfer.config import OffloadConfig
 
 DEFAULT_PORT = 7710
 ENV_PREFIX = "JOBMESH_"
+OTHER_ENV_NAMES = frozenset(
+    {
+        "JOBMESH_NODE",  # the CLI's default node address
+        "JOBMESH_NETNS",  # set inside the private network namespace of scripts/
+        "JOBMESH_PRIVATE_NETNS",  # scripts/run: start the node in a private network namespace
+        "JOBMESH_VENV",  # scripts/: where the virtual environment lives
+        "JOBMESH_SKIP_POLYGLOT_SETUP",  # scripts/setup-polyglot: install nothing
+    }
+)
+"""`JOBMESH_*` variables that are not node settings (a test keeps this list complete)."""
 
 
 @dataclass(frozen=True)
@@ -34,9 +46,9 @@ class ServerConfig:
 
     host: str = "0.0.0.0"
     """Address to listen on (`0.0.0.0` all IPv4 interfaces, `[::]` all, `127.0.0.1` local only)."""
-    port: int = DEFAULT_PORT
+    port: Annotated[int, Range(0, 65535)] = DEFAULT_PORT
     """TCP port; 0 picks a free one (written to `<data_dir>/node.json`)."""
-    shutdown_grace_s: float = 10.0
+    shutdown_grace_s: Annotated[float, NON_NEGATIVE_S] = 10.0
     """On SIGTERM/SIGINT: how long running jobs and RPCs get to finish before they are cut off."""
 
 
@@ -46,7 +58,7 @@ class JournalConfig:
 
     durability: Durability = Durability.NORMAL
     """`normal`: commits survive any process crash; `full`: also power loss (fsync each commit)."""
-    readers: int = 2
+    readers: Annotated[int, Range(1, 64)] = 2
     """Read connections (threads) serving queries beside the single writer."""
 
 
@@ -54,25 +66,25 @@ class JournalConfig:
 class JobsConfig:
     """Job processing on this node; the `max_parallel` .. `keep_jobs` keys configure the main queue."""
 
-    max_parallel: float = 15
+    max_parallel: Annotated[float, Range(0, 10_000, above=True, also=(-1,))] = 15
     """Main queue: jobs run at once (a count, a fraction of the cores between 0 and 1, or -1: all cores)."""
-    retries: int = 10
+    retries: Annotated[int, Range(0, 2**31 - 1, also=(-1,))] = 10
     """Main queue: retries after a failed first attempt before a job is GIVEN_UP; -1 retries forever."""
-    retry_delay_s: float = 2.0
+    retry_delay_s: Annotated[float, NON_NEGATIVE_S] = 2.0
     """Main queue: wait before a failed job runs again (a consumer may ask for another delay)."""
-    retry_backoff: float = 1.0
+    retry_backoff: Annotated[float, Range(1, 1000)] = 1.0
     """Main queue: each further retry waits this many times longer (1: fixed delay)."""
-    retry_delay_max_s: float = 3600.0
+    retry_delay_max_s: Annotated[float, NON_NEGATIVE_S] = 3600.0
     """Main queue: cap on the retry delay."""
-    timeout_s: float = 0.0
+    timeout_s: Annotated[float, NON_NEGATIVE_S] = 0.0
     """Main queue: an attempt running longer is stopped and counted failed; 0: no timeout."""
     keep_jobs: bool = True
     """Main queue: keep SUCCEEDED jobs in history."""
-    max_log_lines: int = 100
+    max_log_lines: Annotated[int, Range(0, 100_000)] = 100
     """Log lines kept per job (the newest)."""
-    max_payload_bytes: int = 64 * 1024 * 1024
+    max_payload_bytes: Annotated[int, Range(0, 2**31 - 1, unit="bytes")] = 64 * 1024 * 1024
     """Largest input payload a job may carry."""
-    max_properties_bytes: int = 64 * 1024
+    max_properties_bytes: Annotated[int, Range(2, 16 * 1024 * 1024, unit="bytes")] = 64 * 1024
     """Largest encoded size of one job's properties."""
 
 
@@ -80,15 +92,15 @@ class JobsConfig:
 class HistoryConfig:
     """Automatic purge of finished jobs (0 disables a limit)."""
 
-    max_age_s: float = 0.0
+    max_age_s: Annotated[float, NON_NEGATIVE_S] = 0.0
     """Delete finished jobs older than this."""
-    max_count: int = 0
+    max_count: Annotated[int, COUNT] = 0
     """Keep at most this many finished jobs (the newest)."""
     state_max_age_s: str = ""
     """Per-state age limits overriding max_age_s, e.g. `SUCCEEDED=3600,ERROR=604800`."""
     state_max_count: str = ""
     """Per-state count limits, e.g. `SUCCEEDED=100000`."""
-    purge_interval_s: float = 60.0
+    purge_interval_s: Annotated[float, POSITIVE_S] = 60.0
     """How often the purge runs."""
 
 
@@ -96,9 +108,9 @@ class HistoryConfig:
 class EventsConfig:
     """Retention of job events (the WatchJobs resume window)."""
 
-    max_age_s: float = 7 * 24 * 3600.0
+    max_age_s: Annotated[float, NON_NEGATIVE_S] = 7 * 24 * 3600.0
     """Delete events older than this; 0: no age limit."""
-    max_count: int = 1_000_000
+    max_count: Annotated[int, COUNT] = 1_000_000
     """Keep at most this many events; 0: no count limit."""
 
 
@@ -188,25 +200,13 @@ class NodeConfig:
         return config
 
     def validate(self) -> None:
-        """Raise ConfigError if a value is out of range."""
+        """Raise ConfigError if a value is out of range (numeric ranges are declared on the fields)."""
+        check_ranges(self)
         checks = [
-            (0 <= self.server.port <= 65535, f"server.port {self.server.port} is not a TCP port (0-65535)"),
-            (self.server.shutdown_grace_s >= 0, "server.shutdown_grace_s must be >= 0"),
-            (self.journal.readers >= 1, "journal.readers must be >= 1"),
-            (self.jobs.max_log_lines >= 0, "jobs.max_log_lines must be >= 0"),
-            (self.history.purge_interval_s > 0, "history.purge_interval_s must be > 0"),
-            # A negative age would put the cutoff in the future and purge the whole history.
-            (0 <= self.history.max_age_s < float("inf"), "history.max_age_s must be >= 0 (0: no age limit)"),
-            (self.history.max_count >= 0, "history.max_count must be >= 0 (0: no count limit)"),
-            (0 <= self.events.max_age_s < float("inf"), "events.max_age_s must be >= 0 (0: no age limit)"),
-            (self.events.max_count >= 0, "events.max_count must be >= 0 (0: no count limit)"),
-            (self.jobs.retries >= -1, f"jobs.retries is {self.jobs.retries}; use -1 (forever) or more"),
-            (self.jobs.retry_delay_s >= 0, "jobs.retry_delay_s must be >= 0"),
-            (self.jobs.max_payload_bytes >= 0, "jobs.max_payload_bytes must be >= 0"),
-            (self.jobs.max_properties_bytes >= 2, "jobs.max_properties_bytes must be >= 2"),
+            (bool(self.server.host.strip()), "server.host is empty; use 0.0.0.0, [::] or an address"),
             (
                 self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
-                f"log_level {self.log_level!r} unknown",
+                f"log_level {self.log_level!r} unknown; use DEBUG, INFO, WARNING or ERROR",
             ),
         ]
         for ok, message in checks:
@@ -334,10 +334,33 @@ def setting_keys(cls: type = NodeConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+def env_name(key: str) -> str:
+    """The environment variable of a setting: `jobs.max_parallel` -> `JOBMESH_JOBS_MAX_PARALLEL`."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     """Settings from `JOBMESH_*` variables (`JOBMESH_JOBS_MAX_PARALLEL` -> `jobs.max_parallel`)."""
-    by_env = {ENV_PREFIX + key.replace(".", "_").upper(): key for key in setting_keys()}
+    by_env = {env_name(key): key for key in setting_keys()}
     return {by_env[name]: value for name, value in environ.items() if name in by_env}
+
+
+def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each `JOBMESH_*` variable that is neither a setting nor a known variable.
+
+    A typo (`JOBMESH_JOBS_MAX_PARALEL`) would otherwise be ignored without a word; the warning
+    names the closest setting.
+    """
+    settings = [env_name(key) for key in setting_keys()]
+    known = set(settings) | OTHER_ENV_NAMES
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name, settings, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else "; see `jobmesh run --help` for the settings"
+        warnings.append(f"environment variable {name} is not a Jobmesh setting and is ignored{hint}")
+    return warnings
 
 
 def load_config(

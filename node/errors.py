@@ -57,3 +57,23 @@ class DataDirInUse(JournalError):
 
 class ConsumerLoadError(ConfigError):
     """A consumer named in the configuration cannot be imported or is not callable."""
+
+
+class JournalFull(ResourceExhausted):
+    """The journal's disk is full: writes fail until there is room again (reads keep working)."""
+
+
+class StorageUnavailable(Unavailable):
+    """The journal's storage refuses writes (read-only, I/O errors); reads may keep working."""
+
+
+class DataDirUnusable(JournalError):
+    """The data directory cannot be created, is not a directory, or is not writable."""
+
+
+class IdentityMismatch(JournalError):
+    """The journal is missing, empty, or of another instance than the data dir's identity file."""
+
+
+class AddressInUse(ConfigError):
+    """The server's host:port is taken (another node?)."""

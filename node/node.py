@@ -15,7 +15,7 @@ import os
 from types import TracebackType
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from jobmesh.v1 import (
     jobs_pb2,
@@ -40,8 +40,8 @@ from node.errors import InvalidArgument
 from node.instance import (
     DataDirLock,
     InstanceIdentity,
+    choose_instance_id,
     default_name,
-    new_instance_id,
     now_us,
     remove_run_file,
     write_run_file,
@@ -49,8 +49,10 @@ from node.instance import (
 from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
-from node.journal.journal import Journal
+from node.journal.journal import Journal, discard_journal
 from node.services import transport
+from node.services.decoding import BadRequestCounter, RequestDecoder
+from node.services.health import HealthService
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
 from node.services.schedules import ScheduleServicer
@@ -90,8 +92,10 @@ class Node:
     run on that loop.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, reset_journal: bool = False) -> None:
+        """`reset_journal`: move the journal aside and start with an empty one (keeping the id)."""
         self.config = config
+        self._reset_journal = reset_journal
         self.consumers = ConsumerRegistry()
         self.workers = RemoteWorkers(self.consumers)
         self._lock = DataDirLock(config.data_dir)
@@ -101,8 +105,10 @@ class Node:
         self._transfer: TransferServicer | None = None
         self._consumption: ConsumptionStore | None = None
         self._server: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
+        self._health: HealthService | None = None
         self.identity: InstanceIdentity | None = None
+        self.bad_requests = BadRequestCounter()
+        """Requests refused because they did not decode (logged at most every few seconds)."""
         self.port = 0
         self.topology = Topology(config.discovery)
         """Discovery, the topology view and this node's instance properties (see node.discovery)."""
@@ -146,12 +152,14 @@ class Node:
         try:
             for spec in config.consumers:
                 self.consumers.register(spec.topics, load_handler(spec.handler), name=spec.handler)
+            if self._reset_journal:
+                discard_journal(config.data_dir / JOURNAL_FILE)
             self._journal = Journal.open(
                 config.data_dir / JOURNAL_FILE, config.journal.durability, config.journal.readers
             )
-            instance_id = await self._journal.get_meta("instance_id")
-            if instance_id is None:
-                instance_id = new_instance_id()
+            in_journal = await self._journal.get_meta("instance_id")
+            instance_id = choose_instance_id(config.data_dir, in_journal, reset_journal=self._reset_journal)
+            if in_journal is None:
                 await self._journal.set_meta("instance_id", instance_id)
             self._jobs = JobManager(self._journal, self.consumers, config, instance_id)
             self._offloader = Offloader(self._jobs, self.topology, config.offload)
@@ -173,7 +181,8 @@ class Node:
 
     async def _serve(self, instance_id: str) -> None:
         config = self.config
-        server = transport.create_server(config.jobs.max_payload_bytes)
+        # Every method decodes its own requests: garbage gets INVALID_ARGUMENT, not UNKNOWN.
+        server = transport.create_server(config.jobs.max_payload_bytes, [RequestDecoder(self.bad_requests)])
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self._live_peers), server)
         add_topology_servicers(server, self.topology)
         if self._offloader is not None:
@@ -187,7 +196,7 @@ class Node:
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self.workers, instance_id), server
         )
-        self._health = health.aio.HealthServicer()
+        self._health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         self.port = transport.bind(server, config.server.host, config.server.port)

@@ -200,7 +200,7 @@ def test_discovery_settings_from_env_flags_and_toml(tmp_path: object) -> None:
         ("discovery.properties", "bad name=1", "invalid"),
         ("discovery.properties", "novalue", "not a valid"),
         ("discovery.suspicion_timeout_s", "0", "must be > 0"),
-        ("discovery.gossip_fanout", "0", "too small"),
+        ("discovery.gossip_fanout", "0", "must be >= 1"),
     ],
 )
 def test_invalid_discovery_settings_are_config_errors(key: str, value: str, message: str) -> None:

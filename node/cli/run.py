@@ -11,13 +11,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.config import NodeConfig, load_config
-from node.errors import ConfigError, JobmeshError
+from node.config import NodeConfig, load_config, unknown_env_names
+from node.errors import (
+    AddressInUse,
+    ConfigError,
+    DataDirInUse,
+    DataDirUnusable,
+    IdentityMismatch,
+    JobmeshError,
+    JournalError,
+)
 from node.node import Node
 
 log = logging.getLogger("jobmesh")
 
 EXIT_CONFIG = 78  # EX_CONFIG
+EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: the port or the data dir is taken by another process; try later
+# Start-up refusals, each one line on stderr and its own exit code (sysexits.h); anything else: 1.
+START_REFUSALS: tuple[tuple[type[JobmeshError], int], ...] = (
+    (IdentityMismatch, 65),  # EX_DATAERR: journal missing/empty/foreign for this data dir's identity
+    (DataDirUnusable, 73),  # EX_CANTCREAT: the data dir is a file, not creatable, read-only
+    (DataDirInUse, EXIT_TEMPFAIL),
+    (JournalError, 74),  # EX_IOERR: the journal cannot be opened (damaged, unreadable)
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -70,6 +86,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--test-preset", action="store_true", help="start from test timings (short delays, loopback)"
     )
+    p.add_argument(
+        "--reset-journal",
+        action="store_true",
+        help="start with an empty journal, keeping the instance id; the old one is moved aside, not deleted",
+    )
     p.set_defaults(handler=run_command)
 
 
@@ -109,13 +130,13 @@ def configure_logging(level: str) -> None:
     )
 
 
-async def serve(config: NodeConfig) -> None:
+async def serve(config: NodeConfig, reset_journal: bool = False) -> None:
     """Run a node until SIGINT or SIGTERM, then shut it down gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Node(config) as node:
+    async with Node(config, reset_journal=reset_journal) as node:
         print(
             f"jobmesh node {node.identity.name if node.identity else ''} listening on {node.address}",
             file=sys.stderr,
@@ -137,13 +158,18 @@ def run_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
         sys.path.insert(0, os.getcwd())
         config = config_from_args(args, environ)
         configure_logging(config.log_level)
-        asyncio.run(serve(config))
+        for warning in unknown_env_names(environ):
+            log.warning(warning)
+        asyncio.run(serve(config, args.reset_journal))
+    except AddressInUse as e:
+        print(f"jobmesh run: {e}", file=sys.stderr)
+        return EXIT_TEMPFAIL
     except ConfigError as e:
         print(f"jobmesh run: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except JobmeshError as e:
         print(f"jobmesh run: {e}", file=sys.stderr)
-        return 1
+        return next((code for kind, code in START_REFUSALS if isinstance(e, kind)), 1)
     log.info("stopped")
     logging.shutdown()
     # Consumer threads that ignore is_stopped() must not keep a stopped node alive;

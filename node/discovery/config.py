@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from node.discovery.properties import validate_properties
 from node.errors import ConfigError, InvalidArgument
+from node.ranges import NON_NEGATIVE_S, POSITIVE_S, Range
 
 _LABEL = re.compile(r"[A-Za-z0-9._-]*")
 MAX_CLUSTER_LENGTH = 63
@@ -34,31 +36,31 @@ class DiscoveryConfig:
     """`host` or `host:port` peers should dial; empty: derived from `server.host` and interfaces."""
     properties: dict[str, str] = field(default_factory=dict)
     """Instance properties to publish (TOML table; env/flags `name=value;name=value`)."""
-    max_properties_bytes: int = 16 * 1024
+    max_properties_bytes: Annotated[int, Range(2, 1024 * 1024, unit="bytes")] = 16 * 1024
     """Largest encoded size (UTF-8 names plus values) of this node's instance properties."""
-    probe_interval_s: float = 0.2
+    probe_interval_s: Annotated[float, POSITIVE_S] = 0.2
     """Protocol period: each node probes one peer (round robin) per period."""
-    probe_timeout_s: float = 0.25
+    probe_timeout_s: Annotated[float, POSITIVE_S] = 0.25
     """How long a direct probe waits for its answer; indirect probes get twice this."""
-    indirect_probes: int = 3
+    indirect_probes: Annotated[int, Range(0, 16)] = 3
     """Peers asked to probe a peer that did not answer a direct probe."""
-    suspicion_timeout_s: float = 1.5
+    suspicion_timeout_s: Annotated[float, POSITIVE_S] = 1.5
     """A suspected peer that does not refute within this time is declared dead."""
-    gossip_interval_s: float = 0.1
+    gossip_interval_s: Annotated[float, POSITIVE_S] = 0.1
     """How often pending membership news is pushed to `gossip_fanout` random peers."""
-    gossip_fanout: int = 3
+    gossip_fanout: Annotated[int, Range(1, 64)] = 3
     """Peers each gossip round pushes news to."""
-    retransmit_mult: int = 4
+    retransmit_mult: Annotated[int, Range(1, 64)] = 4
     """Each piece of news is sent `retransmit_mult * ceil(log10(members + 1))` times."""
-    sync_interval_s: float = 2.0
+    sync_interval_s: Annotated[float, POSITIVE_S] = 2.0
     """Full member-table exchange with one random peer; also retries seeds and dead peers."""
-    settle_delay_s: float = 0.1
+    settle_delay_s: Annotated[float, NON_NEGATIVE_S] = 0.1
     """Quiet time after a change before the new view is published (batches bursts)."""
-    leave_timeout_s: float = 0.3
+    leave_timeout_s: Annotated[float, NON_NEGATIVE_S] = 0.3
     """On shutdown, how long to wait for peers to acknowledge the leave."""
-    dead_retention_s: float = 60.0
+    dead_retention_s: Annotated[float, POSITIVE_S] = 60.0
     """How long dead/left members are remembered (and dead ones retried, to heal partitions)."""
-    provider_interval_s: float = 1.0
+    provider_interval_s: Annotated[float, POSITIVE_S] = 1.0
     """How often Python property providers are re-read (`properties.refresh()` is immediate)."""
 
     @classmethod
@@ -83,25 +85,7 @@ class DiscoveryConfig:
         )
 
     def validate(self) -> None:
-        """Raise ConfigError if a value is out of range."""
-        positive = (
-            "probe_interval_s",
-            "probe_timeout_s",
-            "suspicion_timeout_s",
-            "gossip_interval_s",
-            "sync_interval_s",
-            "provider_interval_s",
-            "dead_retention_s",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"discovery.{name} is {getattr(self, name)}; it must be > 0")
-        for name in ("settle_delay_s", "leave_timeout_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"discovery.{name} must be >= 0")
-        for name in ("indirect_probes", "gossip_fanout", "retransmit_mult"):
-            if getattr(self, name) < (0 if name == "indirect_probes" else 1):
-                raise ConfigError(f"discovery.{name} is {getattr(self, name)}; it is too small")
+        """Raise ConfigError for an invalid label, seed or property (numbers: `node.ranges`)."""
         if not _LABEL.fullmatch(self.cluster) or len(self.cluster) > MAX_CLUSTER_LENGTH:
             raise ConfigError(
                 f"discovery.cluster {self.cluster!r} is invalid: use up to {MAX_CLUSTER_LENGTH} "

@@ -41,4 +41,7 @@ def open_connection(path: Path, durability: Durability, *, readonly: bool = Fals
         conn.execute("PRAGMA foreign_keys = OFF")
         return conn
     except sqlite3.Error as e:
-        raise JournalError(f"cannot open journal {path}: {e}") from e
+        hint = ""
+        if isinstance(e, sqlite3.DatabaseError) and "not a database" in str(e):
+            hint = "; it is damaged: restore it from a backup, or move it aside with `jobmesh run --reset-journal`"
+        raise JournalError(f"cannot open journal {path}: {e}{hint}") from e

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,7 +74,7 @@ class Journal:
         conn = open_connection(path, durability)
         migrate(conn)
         head = _last_event_seq(conn)
-        writer = JournalWriter(conn)
+        writer = JournalWriter(conn, path)
         journal = cls(path, durability, writer, readers, head)
         writer.start()
         return journal
@@ -184,3 +185,27 @@ class Journal:
                 (key, value),
             )
         )
+
+
+def discard_journal(path: Path) -> Path | None:
+    """Move the journal at `path` (and its WAL files) aside; returns where, or None if there was none.
+
+    Nothing is deleted: `journal.sqlite.discarded-<time>` stays for inspection or recovery.
+    """
+    if not path.exists():
+        log.warning("--reset-journal: there was no journal at %s; starting with an empty one", path)
+        return None
+    aside = path.with_name(f"{path.name}.discarded-{time.strftime('%Y%m%dT%H%M%S')}")
+    size = path.stat().st_size
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.replace(aside.with_name(aside.name + suffix))
+    log.warning(
+        "--reset-journal: discarded the journal %s (%d bytes, every job, event, queue and schedule in it), "
+        "moved to %s; starting with an empty journal",
+        path,
+        size,
+        aside,
+    )
+    return aside

@@ -15,9 +15,11 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from node.errors import JournalError, Unavailable
+from node.journal.faults import FaultLog, storage_fault
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], T]
@@ -73,8 +75,10 @@ class CommitHooks(Protocol):
 class JournalWriter:
     """Runs write operations on one connection in a dedicated thread, with group commit."""
 
-    def __init__(self, conn: sqlite3.Connection, name: str = "journal-writer") -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, name: str = "journal-writer") -> None:
         self._conn = conn
+        self._path = path
+        self._faults = FaultLog()
         self.hooks: CommitHooks | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
@@ -144,6 +148,9 @@ class JournalWriter:
                     conn.execute("ROLLBACK TO op")
                     if hooks is not None:
                         hooks.operation_failed()
+                    fault = storage_fault(e, self._path)
+                    if fault is not None:
+                        raise  # the storage failed, not this operation: the whole batch fails
                     if pending.future is None:
                         log.warning("journal operation failed: %s", e)
                     results.append((False, e))
@@ -154,14 +161,16 @@ class JournalWriter:
                 hooks.before_commit(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
-            log.exception("journal commit failed")
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self._faults.failed(e)
+            with contextlib.suppress(sqlite3.Error):  # the rollback can fail on a broken disk too
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             if hooks is not None:
                 hooks.after_rollback()
-            error = JournalError(f"journal commit failed: {e}")
+            error = storage_fault(e, self._path) or JournalError(f"journal commit failed: {e}")
             results = [(False, error)] * len(batch)
         else:
+            self._faults.committed()
             if hooks is not None:
                 hooks.after_commit()
         self.commits += 1

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+from collections.abc import Sequence
+
 import grpc
 
-from node.errors import ConfigError
+from node.errors import AddressInUse, ConfigError
 
 # Room for the largest payload plus the job around it.
 _ENVELOPE_BYTES = 4 * 1024 * 1024
@@ -23,13 +27,36 @@ def _options(max_payload_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def create_server(max_payload_bytes: int) -> grpc.aio.Server:
-    """A new (not yet started) asyncio gRPC server."""
-    return grpc.aio.server(options=_options(max_payload_bytes))
+def create_server(
+    max_payload_bytes: int, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> grpc.aio.Server:
+    """A new (not yet started) asyncio gRPC server, its calls passing through `interceptors`."""
+    return grpc.aio.server(options=_options(max_payload_bytes), interceptors=list(interceptors))
+
+
+def _refuse_if_in_use(host: str, port: int) -> None:
+    """AddressInUse if something listens on host:port already.
+
+    Checked with a plain socket first: gRPC only says "failed to bind" (and logs a raw line),
+    which does not tell a port in use from an address that is not on this machine.
+    """
+    if port == 0:
+        return
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is fine
+        try:
+            probe.bind((bare, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise AddressInUse(f"port {port} on {host} is in use (another node?); choose --port") from e
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from e
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> int:
     """Listen on host:port (port 0: any free port); returns the port actually bound."""
+    _refuse_if_in_use(host, port)
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
