@@ -56,6 +56,7 @@ from node.services.health import HealthService
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
 from node.services.schedules import ScheduleServicer
+from node.services.shutdown import StreamShutdown
 from node.services.topics import TopicServicer
 from node.services.topology import add_topology_servicers
 from node.services.transfer import TransferServicer
@@ -109,6 +110,7 @@ class Node:
         self.identity: InstanceIdentity | None = None
         self.bad_requests = BadRequestCounter()
         """Requests refused because they did not decode (logged at most every few seconds)."""
+        self._stream_shutdown = StreamShutdown()
         self.port = 0
         self.topology = Topology(config.discovery)
         """Discovery, the topology view and this node's instance properties (see node.discovery)."""
@@ -182,7 +184,9 @@ class Node:
     async def _serve(self, instance_id: str) -> None:
         config = self.config
         # Every method decodes its own requests: garbage gets INVALID_ARGUMENT, not UNKNOWN.
-        server = transport.create_server(config.jobs.max_payload_bytes, [RequestDecoder(self.bad_requests)])
+        server = transport.create_server(
+            config.jobs.max_payload_bytes, [RequestDecoder(self.bad_requests), self._stream_shutdown]
+        )
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self._live_peers), server)
         add_topology_servicers(server, self.topology)
         if self._offloader is not None:
@@ -258,6 +262,7 @@ class Node:
     async def close(self, grace_s: float | None = None) -> None:
         """Stop gracefully: refuse new work, let running jobs finish within the grace, close all."""
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
+        self._stream_shutdown.close()  # watch streams end now with UNAVAILABLE, not cancelled later
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         # Leave first: peers stop counting on this node while its jobs wind down.
