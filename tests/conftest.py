@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 from harness import NodeFactory, NodeProcess, wait_for
 
+# Under CI=true a skipped test fails the run (see skip_policy).
+pytest_plugins = ["skip_policy"]
+
 # Interfaces tests may create themselves (multi-host tests name their veths and bridges so).
 TEST_LINK_PREFIX = "jm"
 LEAK_WAIT_S = 5.0
