@@ -134,6 +134,7 @@ def test_client_timeout_waits_for_a_node_that_is_still_starting(tmp_path: Path) 
     started = time.monotonic()
     early = jobmesh("add", "demo/early", "--node", address, "--timeout", "1", cwd=tmp_path)
     assert early.returncode == 4, describe(early)
+    assert f"jobmesh add: no node reachable at {address}" in early.stderr
     assert time.monotonic() - started >= 1.0
 
     with stopping_detached_nodes(data_dir):
@@ -159,8 +160,9 @@ def test_client_timeout_waits_for_a_node_that_is_still_starting(tmp_path: Path) 
 
 def test_a_node_in_a_private_namespace_is_reached_through_scripts_shell(tmp_path: Path) -> None:
     data_dir = tmp_path / ".jobmesh"
+    second_dir = tmp_path / "second"
     env = script_env(JOBMESH_PRIVATE_NETNS="1", SHELL="/bin/bash")
-    with stopping_detached_nodes(data_dir):
+    with stopping_detached_nodes(data_dir, second_dir):
         # Given a detached node in a network namespace of its own
         started = run([SCRIPTS / "run", "--detach", "--test-preset"], tmp_path, env)
         assert started.returncode == 0, describe(started)
@@ -196,10 +198,21 @@ def test_a_node_in_a_private_namespace_is_reached_through_scripts_shell(tmp_path
         found = run([SCRIPTS / "shell", "--data-dir", data_dir, "jobmesh", "job", job_id], elsewhere, env)
         assert found.returncode == 0, describe(found)
 
-        # Then scripts/stop stops it from outside the namespace
-        stopped = run([SCRIPTS / "stop"], tmp_path, env)
-        assert stopped.returncode == 0, describe(stopped)
-        assert not pid_running(pid)
+        # And a node started through scripts/shell runs in the same namespace
+        second = run(
+            [SCRIPTS / "shell", SCRIPTS / "run", "--detach", "--test-preset", "--data-dir", second_dir],
+            tmp_path,
+            env,
+        )
+        assert second.returncode == 0, describe(second)
+        second_pid = int((read_run_file(second_dir) or {})["pid"])
+        assert net_namespace(second_pid) == net_namespace(pid)
+
+        # Then scripts/stop stops them from outside the namespace
+        for directory, node_pid in ((second_dir, second_pid), (data_dir, pid)):
+            stopped = run([SCRIPTS / "stop", "--data-dir", directory], tmp_path, env)
+            assert stopped.returncode == 0, describe(stopped)
+            assert not pid_running(node_pid)
 
 
 def test_stop_and_shell_do_not_trust_a_node_json_left_by_a_crash(tmp_path: Path) -> None:

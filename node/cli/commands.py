@@ -164,7 +164,8 @@ def _run(args: argparse.Namespace, environ: dict[str, str], body: Any) -> int:
 
 def _report(args: argparse.Namespace, address: str, e: RpcError) -> int:
     """Print an RPC error for people and return its exit code."""
-    if e.code is grpc.StatusCode.UNAVAILABLE:
+    # Calls wait for a starting node until their deadline, so an absent node ends in DEADLINE_EXCEEDED.
+    if e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         print(f"jobmesh {args.command}: no node reachable at {address} ({e.details})", file=sys.stderr)
     else:
         print(f"jobmesh {args.command}: {e.details}", file=sys.stderr)
