@@ -91,21 +91,24 @@ def net_namespace(pid: int | str = "self") -> str:
     return os.readlink(f"/proc/{pid}/ns/net")
 
 
+def stop_pid(pid: int) -> None:
+    """SIGTERM a node and wait for it to go; SIGKILL it if it does not within 10 s."""
+    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not pid_running(pid), 10, f"node {pid} to stop")
+    if pid_running(pid):
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_running(pid), 5, f"node {pid} to die")
+
+
 @contextlib.contextmanager
 def stopping_detached_nodes(*data_dirs: Path) -> Iterator[None]:
-    """Kill whatever node still runs on these data dirs when the block ends (detached nodes are
+    """Stop whatever node still runs on these data dirs when the block ends (detached nodes are
     nobody's children, so nothing else would)."""
     try:
         yield
     finally:
         for data_dir in data_dirs:
             info = read_run_file(data_dir)
-            pid = int(info["pid"]) if info else 0
-            if not pid or not pid_running(pid):
-                continue
-            os.kill(pid, signal.SIGTERM)
-            with contextlib.suppress(AssertionError):
-                wait_for(lambda pid=pid: not pid_running(pid), 10, f"node {pid} to stop")
-            if pid_running(pid):
-                os.kill(pid, signal.SIGKILL)
-                wait_for(lambda pid=pid: not pid_running(pid), 5, f"node {pid} to die")
+            if info and pid_running(int(info["pid"])):
+                stop_pid(int(info["pid"]))
