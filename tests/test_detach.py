@@ -135,6 +135,13 @@ def test_client_timeout_waits_for_a_node_that_is_still_starting(tmp_path: Path) 
     early = jobmesh("add", "demo/early", "--node", address, "--timeout", "1", cwd=tmp_path)
     assert early.returncode == 4, describe(early)
     assert f"jobmesh add: no node reachable at {address}" in early.stderr
+    # and so do the commands that open a stream without a deadline
+    for command in (["watch"], ["topology", "--watch"]):
+        started = time.monotonic()
+        watching = jobmesh(*command, "--node", address, "--timeout", "1", cwd=tmp_path)
+        assert watching.returncode == 4, describe(watching)
+        assert f"no node reachable at {address}" in watching.stderr
+        assert time.monotonic() - started >= 1.0
     assert time.monotonic() - started >= 1.0
 
     with stopping_detached_nodes(data_dir):

@@ -61,6 +61,19 @@ def create_sync_channel(target: str, max_payload_bytes: int = 64 * 1024 * 1024) 
     return grpc.insecure_channel(target, options=options)
 
 
+def channel_ready(channel: grpc.Channel, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for a blocking channel to connect; False if it did not.
+
+    Streams opened without a deadline (watching) call this first, so a client's timeout
+    bounds their wait for the node too.
+    """
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        return False
+    return True
+
+
 # Membership messages are small; a whole member table with properties stays far below this.
 PEER_MESSAGE_BYTES = 16 * 1024 * 1024
 
