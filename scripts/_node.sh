@@ -1,12 +1,18 @@
 # Sourced by scripts/shell and scripts/stop: find the node running on a data dir.
 
-# `node_running PID`: true while PID is a live (not zombie) `... run ...` process. A node killed
-# with -9 leaves its node.json behind, and its PID may be reused: the command line tells.
-node_running() {
-    local stat cmdline
+# `process_alive PID`: true while PID exists and is not a zombie waiting to be reaped.
+process_alive() {
+    local stat
     stat="$(cat "/proc/${1:-0}/stat" 2>/dev/null)" || return 1
     stat="${stat##*) }"
-    [ "${stat%% *}" != "Z" ] || return 1
+    [ "${stat%% *}" != "Z" ]
+}
+
+# `node_running PID`: true while PID is a live `... run ...` process. A node killed with -9
+# leaves its node.json behind, and its PID may be reused: the command line tells.
+node_running() {
+    local cmdline
+    process_alive "${1:-0}" || return 1
     cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline")" || return 1
     case "$cmdline" in
     *" run "* | *" run") return 0 ;;
