@@ -91,10 +91,6 @@ class JobmeshClient:
 
         Iteration raises `grpc.RpcError` (use `RpcError.wrap` for the typed error).
         """
-        if timeout_s is None and not transport.channel_ready(self._channel, self.timeout_s):
-            raise RpcError(
-                grpc.StatusCode.UNAVAILABLE, f"nothing answered within {self.timeout_s}s", "WatchJobs"
-            )
         return self._stub.WatchJobs(request, timeout=timeout_s)
 
     def head_seq(self) -> int:

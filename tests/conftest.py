@@ -15,9 +15,6 @@ from typing import Any
 import pytest
 from harness import NodeFactory, NodeProcess, wait_for
 
-# Under CI=true a skipped test fails the run (see skip_policy).
-pytest_plugins = ["skip_policy"]
-
 # Interfaces tests may create themselves (multi-host tests name their veths and bridges so).
 TEST_LINK_PREFIX = "jm"
 LEAK_WAIT_S = 5.0
@@ -50,6 +47,10 @@ def netns_problem() -> str | None:
         "namespace), or by hand: unshare --net bash -c 'ip link set lo up; "
         "JOBMESH_NETNS=1 .venv/bin/python -m pytest tests'"
     )
+
+
+# Under CI=true a skipped test fails the run (see skip_policy).
+pytest_plugins = ["skip_policy"]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

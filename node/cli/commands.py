@@ -164,8 +164,7 @@ def _run(args: argparse.Namespace, environ: dict[str, str], body: Any) -> int:
 
 def _report(args: argparse.Namespace, address: str, e: RpcError) -> int:
     """Print an RPC error for people and return its exit code."""
-    # Calls wait for a starting node until their deadline, so an absent node ends in DEADLINE_EXCEEDED.
-    if e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if e.code is grpc.StatusCode.UNAVAILABLE:
         print(f"jobmesh {args.command}: no node reachable at {address} ({e.details})", file=sys.stderr)
     else:
         print(f"jobmesh {args.command}: {e.details}", file=sys.stderr)

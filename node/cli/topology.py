@@ -53,12 +53,6 @@ def cmd_topology(args: argparse.Namespace, environ: dict[str, str]) -> int:
     stub = topology_pb2_grpc.TopologyServiceStub(channel)
     try:
         if args.watch:
-            if not transport.channel_ready(channel, args.timeout):  # the stream itself has no deadline
-                print(
-                    f"jobmesh topology: no node reachable at {address} within {args.timeout}s",
-                    file=sys.stderr,
-                )
-                return EXIT_UNAVAILABLE
             stream = stub.WatchTopology(topology_pb2.WatchTopologyRequest())
             for count, response in enumerate(_events(stream), start=1):
                 print_event(response.event, args.json, sys.stdout)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import grpc
 
 from node.errors import ConfigError
@@ -47,31 +45,9 @@ def create_channel(target: str, max_payload_bytes: int = 64 * 1024 * 1024) -> gr
     return grpc.aio.insecure_channel(target, options=_options(max_payload_bytes))
 
 
-# Every call waits (within its deadline) for the node to accept connections instead of failing
-# at once, so a client's timeout also covers a node that is still starting.
-_WAIT_FOR_READY_CONFIG = json.dumps({"methodConfig": [{"name": [{}], "waitForReady": True}]})
-
-
 def create_sync_channel(target: str, max_payload_bytes: int = 64 * 1024 * 1024) -> grpc.Channel:
-    """A new blocking channel to `target` (for the CLI and simple clients); calls wait for ready."""
-    options: list[tuple[str, int | str]] = [
-        *_options(max_payload_bytes),
-        ("grpc.service_config", _WAIT_FOR_READY_CONFIG),
-    ]
-    return grpc.insecure_channel(target, options=options)
-
-
-def channel_ready(channel: grpc.Channel, timeout_s: float) -> bool:
-    """Wait up to `timeout_s` for a blocking channel to connect; False if it did not.
-
-    Streams opened without a deadline (watching) call this first, so a client's timeout
-    bounds their wait for the node too.
-    """
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout_s)
-    except grpc.FutureTimeoutError:
-        return False
-    return True
+    """A new blocking channel to `target` (for the CLI and simple clients)."""
+    return grpc.insecure_channel(target, options=_options(max_payload_bytes))
 
 
 # Membership messages are small; a whole member table with properties stays far below this.
