@@ -87,8 +87,8 @@ def test_detach_reports_a_node_that_cannot_start_with_its_log_and_exit_code(tmp_
             cwd=tmp_path,
         )  # fmt: skip
         assert result.returncode not in (0, None), describe(result)
-        assert f"the node exited (code {result.returncode}) before it served" in result.stdout
-        assert "no_such_module" in result.stdout, describe(result)
+        assert f"the node exited (code {result.returncode}) before it served" in result.stderr
+        assert "no_such_module" in result.stderr, describe(result)
         assert read_run_file(data_dir) is None
 
 
@@ -101,7 +101,7 @@ def test_detach_refuses_a_data_dir_another_node_runs_on(tmp_path: Path) -> None:
 
         second = jobmesh("run", "--detach", "--test-preset", "--data-dir", data_dir, cwd=tmp_path)
         assert second.returncode == 1, describe(second)
-        assert f"is in use by pid {pid}" in second.stdout
+        assert f"is in use by pid {pid}" in second.stderr
         # The first node is untouched
         assert pid_running(pid)
         assert int((read_run_file(data_dir) or {})["pid"]) == pid

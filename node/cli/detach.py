@@ -33,8 +33,11 @@ EXIT_FAILED = 1
 EXIT_INTERNAL = 70
 
 
-def start_detached(data_dir: Path, run: Callable[[], int], out: TextIO = sys.stdout) -> int:
-    """Run `run()` (the node, returning its exit code) in a detached child; wait until it serves."""
+def start_detached(data_dir: Path, run: Callable[[], int]) -> int:
+    """Run `run()` (the node, returning its exit code) in a detached child; wait until it serves.
+
+    The summary goes to stdout; why the node did not come up goes to stderr.
+    """
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / LOG_FILE
@@ -44,7 +47,7 @@ def start_detached(data_dir: Path, run: Callable[[], int], out: TextIO = sys.std
     pid = os.fork()
     if pid == 0:  # the node: never returns
         _become_node(log_path, run)
-    return _wait_until_serving(pid, data_dir, log_path, log_start, out)
+    return _wait_until_serving(pid, data_dir, log_path, log_start)
 
 
 def _become_node(log_path: Path, run: Callable[[], int]) -> None:
@@ -92,26 +95,29 @@ def _serving(address: str) -> bool:
         channel.close()
 
 
-def _wait_until_serving(pid: int, data_dir: Path, log_path: Path, log_start: int, out: TextIO) -> int:
+def _wait_until_serving(pid: int, data_dir: Path, log_path: Path, log_start: int) -> int:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             code = os.waitstatus_to_exitcode(status)
-            print(f"jobmesh run --detach: the node exited (code {code}) before it served; its log:", file=out)
+            print(
+                f"jobmesh run --detach: the node exited (code {code}) before it served; its log:",
+                file=sys.stderr,
+            )
             with log_path.open("rb") as log:
                 log.seek(log_start)
-                out.write(log.read().decode(errors="replace"))
+                sys.stderr.write(log.read().decode(errors="replace"))
             return code if code > 0 else EXIT_FAILED
         info = _read_run_file(data_dir)
         if info is not None and info.get("pid") == pid and _serving(str(info["address"])):
-            _print_summary(info, data_dir, log_path, out)
+            _print_summary(info, data_dir, log_path, sys.stdout)
             return 0
         if time.monotonic() >= deadline:
             print(
                 f"jobmesh run --detach: the node (PID {pid}) is not serving after {READY_TIMEOUT_S:.0f}s; "
                 f"it is still running: see {log_path}, stop it with kill {pid}",
-                file=out,
+                file=sys.stderr,
             )
             return EXIT_FAILED
         time.sleep(POLL_INTERVAL_S)
