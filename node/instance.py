@@ -56,7 +56,7 @@ class DataDirLock:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             handle = open(self.data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held open while locked
         except OSError as e:
-            raise DataDirUnusable(_unusable(self.data_dir, e)) from e
+            raise DataDirUnusable(unusable_data_dir(self.data_dir, e)) from e
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
@@ -98,7 +98,8 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _unusable(data_dir: Path, error: OSError) -> str:
+def unusable_data_dir(data_dir: Path, error: OSError) -> str:
+    """Why `data_dir` cannot be used, as one line telling what to do."""
     if data_dir.exists() and not data_dir.is_dir():
         reason = "it is a file, not a directory"
     elif error.errno == errno.EROFS:

@@ -34,6 +34,7 @@ from jobmesh.v1 import (
 )
 
 from node.config import NodeConfig
+from node.discovery.identity import format_endpoint
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
 from node.discovery.topology import Topology
 from node.errors import InvalidArgument
@@ -138,6 +139,16 @@ class Node:
         host = "127.0.0.1" if host in ("0.0.0.0", "", "::", "[::]") else host
         return f"{host}:{self.port}"
 
+    @property
+    def bound_address(self) -> str:
+        """`host:port` the gRPC server listens on (`0.0.0.0:7710` means every interface)."""
+        return format_endpoint(self.config.server.host or "0.0.0.0", self.port)
+
+    @property
+    def advertised_addresses(self) -> tuple[str, ...]:
+        """The `host:port` addresses peers are told to dial, preferred first (after start)."""
+        return self.topology.info.endpoints if self.topology.info is not None else ()
+
     async def __aenter__(self) -> Node:
         await self.start()
         return self
@@ -218,12 +229,18 @@ class Node:
                 "pid": os.getpid(),
                 "port": self.port,
                 "address": self.address,
+                "bound": self.bound_address,
+                "advertised": list(self.advertised_addresses),
                 "instance_id": instance_id,
                 "name": self.identity.name,
             },
         )
         log.info(
-            "node %s (%s) serving on %s:%d", self.identity.name, instance_id, config.server.host, self.port
+            "node %s (%s) serving on %s, advertised as %s",
+            self.identity.name,
+            instance_id,
+            self.bound_address,
+            ", ".join(self.advertised_addresses),
         )
 
     async def set_topic_consumption(self, pattern: str, setting: ConsumptionSetting) -> ConsumptionRules:

@@ -49,6 +49,10 @@ def netns_problem() -> str | None:
     )
 
 
+# Under CI=true a skipped test fails the run (see skip_policy).
+pytest_plugins = ["skip_policy"]
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     problem = netns_problem()
     if problem is not None:

@@ -1,4 +1,4 @@
-"""`jobmesh run`: start a node in the foreground until SIGINT/SIGTERM."""
+"""`jobmesh run`: start a node in the foreground until SIGINT/SIGTERM (or `--detach`ed)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from node.cli.detach import start_detached
 from node.config import NodeConfig, load_config, unknown_env_names
 from node.errors import (
     AddressInUse,
@@ -91,6 +92,12 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="start with an empty journal, keeping the instance id; the old one is moved aside, not deleted",
     )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background: return once the node serves, printing its address, PID, "
+        "data dir and log file (DATA_DIR/node.log)",
+    )
     p.set_defaults(handler=run_command)
 
 
@@ -137,10 +144,7 @@ async def serve(config: NodeConfig, reset_journal: bool = False) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Node(config, reset_journal=reset_journal) as node:
-        print(
-            f"jobmesh node {node.identity.name if node.identity else ''} listening on {node.address}",
-            file=sys.stderr,
-        )
+        print(banner(node), file=sys.stderr, flush=True)
         stopping = asyncio.ensure_future(stop.wait())
         refused = asyncio.ensure_future(node.topology.wait_failure())
         await asyncio.wait({stopping, refused}, return_when=asyncio.FIRST_COMPLETED)
@@ -151,16 +155,37 @@ async def serve(config: NodeConfig, reset_journal: bool = False) -> None:
         log.info("shutting down (grace %.1fs)", config.server.shutdown_grace_s)
 
 
+def banner(node: Node) -> str:
+    """The start-up line: where the node is bound, what clients here dial, what peers are told."""
+    name = node.identity.name if node.identity else ""
+    advertised = ", ".join(node.advertised_addresses) or "nothing"
+    return (
+        f"jobmesh node {name} serving: bound to {node.bound_address} (clients on this host dial "
+        f"{node.address}), advertised to peers as {advertised}"
+    )
+
+
 def run_command(args: argparse.Namespace, environ: dict[str, str]) -> int:
     """`jobmesh run`."""
     try:
         # Consumers named as module:callable are imported relative to the working directory.
         sys.path.insert(0, os.getcwd())
         config = config_from_args(args, environ)
+    except ConfigError as e:
+        print(f"jobmesh run: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.detach:
+        return start_detached(config.data_dir, lambda: run_node(config, environ, args.reset_journal))
+    return run_node(config, environ, args.reset_journal)
+
+
+def run_node(config: NodeConfig, environ: dict[str, str], reset_journal: bool = False) -> int:
+    """Serve until stopped; returns the exit code (and on a clean stop exits the process)."""
+    try:
         configure_logging(config.log_level)
         for warning in unknown_env_names(environ):
             log.warning(warning)
-        asyncio.run(serve(config, args.reset_journal))
+        asyncio.run(serve(config, reset_journal))
     except AddressInUse as e:
         print(f"jobmesh run: {e}", file=sys.stderr)
         return EXIT_TEMPFAIL

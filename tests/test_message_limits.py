@@ -1,0 +1,46 @@
+"""The message-size limits the README tells clients in other languages about: gRPC's default
+4 MiB receive limit (the same C core default in Python, C++, Ruby and PHP; Go, Java and grpc-js
+chose the same) refuses a job with a larger payload, the documented option lets it through,
+and sending needs no option."""
+
+from __future__ import annotations
+
+import grpc
+from harness import TESTS_DIR, NodeFactory, get_job, new_job, rpc_error
+from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+
+from node.config import JobsConfig
+
+# The receive limit the README tells clients to set: jobs.max_payload_bytes + 4 MiB.
+README_RECEIVE_LIMIT = 71303168
+DEFAULT_RECEIVE_LIMIT = 4 * 1024 * 1024
+PAYLOAD = b"\x5a" * (DEFAULT_RECEIVE_LIMIT + 1024 * 1024)
+
+
+def test_a_payload_over_4_mib_needs_the_receive_limit_the_readme_names(nodes: NodeFactory) -> None:
+    node = nodes.start("limits")
+    # Given a client with gRPC's default limits: sending a 5 MiB payload works
+    with grpc.insecure_channel(node.address) as plain:
+        stub = jobs_pb2_grpc.JobServiceStub(plain)
+        added = stub.AddJob(jobs_pb2.AddJobRequest(job=new_job("nobody/consumes", PAYLOAD)), timeout=30)
+        job_id = added.job.id
+        # But receiving it back does not
+        error = rpc_error(
+            lambda: stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id, include_payloads=True), timeout=30)
+        )
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Received message larger than max" in (error.details() or "")
+
+    # When the client raises its receive limit as the README says, the payload arrives whole
+    options = [("grpc.max_receive_message_length", README_RECEIVE_LIMIT)]
+    with grpc.insecure_channel(node.address, options=options) as raised:
+        job = get_job(jobs_pb2_grpc.JobServiceStub(raised), job_id, include_payloads=True)
+    assert job.payload == PAYLOAD
+
+
+def test_the_readme_names_the_limit_the_node_really_has() -> None:
+    """The node's limit is its jobs.max_payload_bytes plus 4 MiB of envelope; the README says so."""
+    default_payload_limit = JobsConfig().max_payload_bytes
+    assert default_payload_limit + 4 * 1024 * 1024 == README_RECEIVE_LIMIT
+    readme = (TESTS_DIR.parent / "README.md").read_text()
+    assert f"68 MiB = {README_RECEIVE_LIMIT} bytes" in readme
