@@ -16,7 +16,7 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from jobmesh.peer.v1 import membership_pb2, transfer_pb2, transfer_pb2_grpc
 from jobmesh.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
@@ -27,8 +27,6 @@ from jobmesh.v1 import (
     topics_pb2,
     topics_pb2_grpc,
     topology_pb2,
-    transfer_pb2,
-    transfer_pb2_grpc,
     workers_pb2,
     workers_pb2_grpc,
 )
@@ -53,6 +51,7 @@ from node.journal.journal import Journal
 from node.services import transport
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
+from node.services.reflection import add_reflection
 from node.services.schedules import ScheduleServicer
 from node.services.topics import TopicServicer
 from node.services.topology import add_topology_servicers
@@ -65,22 +64,20 @@ from node.transfer.rules import ConsumptionRules, ConsumptionSetting
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.sqlite"
-# The Jobmesh services (health reports each of them SERVING).
+# The Jobmesh services, public (jobmesh.v1) and node-to-node (jobmesh.peer.v1); health reports
+# each of them SERVING.
 JOBMESH_SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     queues_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
     schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     workers_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     topology_pb2.DESCRIPTOR.services_by_name["TopologyService"].full_name,
-    transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
     topics_pb2.DESCRIPTOR.services_by_name["TopicService"].full_name,
+    membership_pb2.DESCRIPTOR.services_by_name["MembershipService"].full_name,
+    transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
 )
-# Everything reflection lists.
-SERVICE_NAMES = (
-    *JOBMESH_SERVICE_NAMES,
-    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-    reflection.SERVICE_NAME,
-)
+# Everything reflection lists (besides the two reflection services themselves).
+SERVICE_NAMES = (*JOBMESH_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
 
 
 class Node:
@@ -189,7 +186,7 @@ class Node:
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        add_reflection(server, SERVICE_NAMES)
         self.port = transport.bind(server, config.server.host, config.server.port)
         await server.start()
         self._server = server

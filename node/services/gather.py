@@ -56,16 +56,19 @@ async def find_jobs(
             if job.id not in chosen or (authoritative and not chosen[job.id][0]):
                 chosen[job.id] = (authoritative, job)
     jobs = sorted((job for _, job in chosen.values()), key=lambda j: j.id, reverse=request.newest_first)
-    limit = request.limit or len(jobs)
-    return jobs_pb2.FindJobsResponse(jobs=jobs[:limit], total_count=len(jobs))
+    limit = request.page_size or len(jobs)
+    return jobs_pb2.FindJobsResponse(jobs=jobs[:limit], total_size=len(jobs))
 
 
 def _add(total: jobs_pb2.Statistics, part: jobs_pb2.Statistics) -> None:
     processed = total.processed + part.processed
     if processed:
-        for name in ("average_waiting_ms", "average_processing_ms"):
-            weighted = getattr(total, name) * total.processed + getattr(part, name) * part.processed
-            setattr(total, name, weighted / processed)
+        for name in ("average_waiting", "average_processing"):
+            weighted = (
+                getattr(total, name).ToMicroseconds() * total.processed
+                + getattr(part, name).ToMicroseconds() * part.processed
+            )
+            getattr(total, name).FromMicroseconds(round(weighted / processed))
     for name in ("queued", "active", "finished", "failed", "cancelled"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.processed = processed

@@ -11,6 +11,7 @@ from node.discovery.topology import Topology
 from node.discovery.view import InstanceDescription
 from node.errors import InvalidArgument, NotFound, PeerUnavailable
 from node.services import transport
+from node.services.paging import page_of
 from node.services.status import rpc
 from node.topics import TopicPattern
 from node.transfer.rules import ConsumptionRules, ConsumptionSetting
@@ -46,9 +47,19 @@ class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
     async def ListTopicConsumption(
         self, request: topics_pb2.ListTopicConsumptionRequest, context: grpc.aio.ServicerContext
     ) -> topics_pb2.ListTopicConsumptionResponse:
-        """Every live instance's consumer topics and settings."""
-        view = self._topology.view
-        return topics_pb2.ListTopicConsumptionResponse(instances=[describe(i) for i in view.instances])
+        """The live instances' consumer topics and settings, one page at a time."""
+        page = page_of(
+            "instances",
+            self._topology.view.instances,
+            lambda i: (i.cluster, i.start_time_us, i.id),  # the view's own order
+            request.page_size,
+            request.page_token,
+        )
+        return topics_pb2.ListTopicConsumptionResponse(
+            instances=[describe(i) for i in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
 
     @rpc
     async def SetTopicConsumption(
