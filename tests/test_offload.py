@@ -58,7 +58,7 @@ def _add(origin: NodeProcess, count: int, **props: float) -> list[str]:
 def _all_succeeded(origin: NodeProcess, ids: list[str], timeout: float = 30.0) -> list[jobs_pb2.Job]:
     def done() -> list[jobs_pb2.Job] | None:
         jobs = find_all(
-            origin.stub, jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, limit=1000)
+            origin.stub, jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, page_size=1000)
         )
         mine = [j for j in jobs if j.id in set(ids)]
         return mine if len(mine) == len(ids) and all(j.state == SUCCEEDED for j in mine) else None
@@ -292,15 +292,17 @@ def test_find_jobs_and_statistics_with_topology_scope_gather_every_instance_list
 
     # When any node is asked with topology scope
     request = jobs_pb2.FindJobsRequest(
-        type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, limit=1000, scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY
+        type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, page_size=1000, scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY
     )
     found = w2.stub.FindJobs(request)
 
     # Then every job is listed once, offloaded ones as their origin records them
     assert sorted(j.id for j in found.jobs) == sorted([*ids, own])
-    assert found.total_count == 41
+    assert found.total_size == 41
     assert all(j.origin_instance == origin.instance_id for j in found.jobs if j.id != own)
-    local = w2.stub.FindJobs(jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, limit=1000))
+    local = w2.stub.FindJobs(
+        jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, page_size=1000)
+    )
     assert len(local.jobs) < 41
     stats = origin.stub.GetStatistics(jobs_pb2.GetStatisticsRequest(scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY))
     assert getattr(stats, "global").finished == 41  # counted once, where each job ran

@@ -150,12 +150,14 @@ def test_purge_jobs_by_state_age_and_count_then_find_jobs_still_works(
     assert orphans(node) == []
 
     # FindJobs pages through what is left, with the right totals, newest first too
-    page = node.stub.FindJobs(S.FindJobsRequest(type=S.QUERY_TYPE_HISTORY, limit=100))
-    assert (len(page.jobs), page.total_count) == (100, 251)
+    page = node.stub.FindJobs(S.FindJobsRequest(type=S.QUERY_TYPE_HISTORY, page_size=100))
+    assert (len(page.jobs), page.total_size) == (100, 251)
     assert [
-        j.id for j in find_all(node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_HISTORY, limit=100))
+        j.id for j in find_all(node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_HISTORY, page_size=100))
     ] == sorted([*kept, stopped])
-    newest = find_all(node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_SUCCEEDED, limit=64, newest_first=True))
+    newest = find_all(
+        node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_SUCCEEDED, page_size=64, newest_first=True)
+    )
     assert [j.id for j in newest] == sorted(kept, reverse=True)
     assert set(kept) <= set(many)
 
