@@ -258,7 +258,7 @@ def test_a_worker_that_stops_consuming_a_topic_hands_its_queued_jobs_back_for_re
 ) -> None:
     # Given jobs offloaded to w1, waiting there in its suspended queue
     origin, (w1,) = _cluster(nodes, "consumers:succeed", workers=1)
-    w1.queues.SuspendQueue(queues_pb2.QueueNameRequest(name="main"))
+    w1.queues.SuspendQueue(queues_pb2.SuspendQueueRequest(name="main"))
     ids = _add(origin, 30)
     wait_for(
         lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 1")[0][0] == 30,
@@ -311,7 +311,7 @@ def test_find_jobs_and_statistics_with_topology_scope_gather_every_instance_list
 def test_queued_jobs_of_a_suspended_queue_stay_at_the_origin_until_it_is_resumed(nodes: NodeFactory) -> None:
     # Given an origin without a consumer whose main queue is suspended, and a worker
     origin, workers = _cluster(nodes, "consumers:succeed", workers=1)
-    origin.queues.SuspendQueue(queues_pb2.QueueNameRequest(name="main"))
+    origin.queues.SuspendQueue(queues_pb2.SuspendQueueRequest(name="main"))
 
     # When jobs are added at the origin
     ids = _add(origin, 5)
@@ -325,7 +325,7 @@ def test_queued_jobs_of_a_suspended_queue_stay_at_the_origin_until_it_is_resumed
     assert not workers[0].query_journal("SELECT 1 FROM jobs")
 
     # And once it is resumed they run on the worker
-    origin.queues.ResumeQueue(queues_pb2.QueueNameRequest(name="main"))
+    origin.queues.ResumeQueue(queues_pb2.ResumeQueueRequest(name="main"))
     jobs = _all_succeeded(origin, ids)
     assert {j.target_instance for j in jobs} == {workers[0].instance_id}
 

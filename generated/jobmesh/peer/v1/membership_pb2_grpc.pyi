@@ -22,8 +22,9 @@ of jobmesh.v1. Nodes of one release talk it among themselves; it may change
 between releases (MemberInfo.protocol_version says which one a node
 speaks). Clients and workers use the jobmesh.v1 services.
 
-Times and durations travel as integer microseconds, the journal's own unit:
-a frame carries thousands of items that the receiver writes as they come.
+Times and durations travel as integers with their unit in the name (`_us`,
+`_ms`), as the journal stores them: a frame carries thousands of items that
+the receiver writes as they come, with no conversion.
 """
 
 from collections import abc as _abc
