@@ -543,7 +543,7 @@ async def scenario_memory(s: Settings) -> Metrics:
         repeats = s.query_repeats
         queued_ms, first = await timed(lambda: stub.FindJobs(queued_page, timeout=120), repeats)
         if first.total_size != total or len(first.jobs) != 100:
-            raise RuntimeError(f"QUEUED total_count {first.total_size}, expected {total}")
+            raise RuntimeError(f"QUEUED total_size {first.total_size}, expected {total}")
         deep_token = first.next_page_token
         for _ in range(9):  # page 11 of 100-job pages (the token continues after a seq)
             deep_token = (
