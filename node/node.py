@@ -16,7 +16,7 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from jobmesh.peer.v1 import membership_pb2, transfer_pb2, transfer_pb2_grpc
+from jobmesh.peer.v1 import gather_pb2, gather_pb2_grpc, membership_pb2, transfer_pb2, transfer_pb2_grpc
 from jobmesh.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
@@ -49,6 +49,7 @@ from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
 from node.journal.journal import Journal
 from node.services import transport
+from node.services.gather import GatherServicer
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
 from node.services.reflection import add_reflection
@@ -75,6 +76,7 @@ JOBMESH_SERVICE_NAMES = (
     topics_pb2.DESCRIPTOR.services_by_name["TopicService"].full_name,
     membership_pb2.DESCRIPTOR.services_by_name["MembershipService"].full_name,
     transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
+    gather_pb2.DESCRIPTOR.services_by_name["GatherService"].full_name,
 )
 # Everything reflection lists (besides the two reflection services themselves).
 SERVICE_NAMES = (*JOBMESH_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
@@ -171,7 +173,9 @@ class Node:
     async def _serve(self, instance_id: str) -> None:
         config = self.config
         server = transport.create_server(config.jobs.max_payload_bytes)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self._live_peers), server)
+        job_servicer = JobServicer(self.jobs, self._live_peers)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
+        gather_pb2_grpc.add_GatherServiceServicer_to_server(GatherServicer(job_servicer), server)
         add_topology_servicers(server, self.topology)
         if self._offloader is not None:
             self._transfer = TransferServicer(self._offloader)

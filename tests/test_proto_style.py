@@ -93,7 +93,9 @@ def test_the_peer_protocol_says_it_is_outside_the_compatibility_promise(
     files: list[descriptor_pb2.FileDescriptorProto],
 ) -> None:
     peer = [f for f in files if f.package == PEER]
-    assert {f.name for f in peer} == {"jobmesh/peer/v1/membership.proto", "jobmesh/peer/v1/transfer.proto"}
+    assert {f.name for f in peer} == {
+        f"jobmesh/peer/v1/{name}.proto" for name in ("gather", "membership", "transfer")
+    }
     for f in peer:
         header = (PROTO_ROOT / f.name).read_text().split("\nsyntax =")[0]
         assert "OUTSIDE the public compatibility promise" in " ".join(header.split()), (

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from harness import NodeFactory, NodeProcess
-from jobmesh.peer.v1 import membership_pb2, transfer_pb2
+from jobmesh.peer.v1 import gather_pb2, membership_pb2, transfer_pb2
 from jobmesh.v1 import jobs_pb2, queues_pb2, schedules_pb2, topics_pb2, topology_pb2, workers_pb2
 
 # Every service of the protos, taken from the generated descriptors, not typed out by hand.
@@ -28,6 +28,7 @@ JOBMESH_SERVICES = {
         workers_pb2,
         membership_pb2,
         transfer_pb2,
+        gather_pb2,
     )
     for service in module.DESCRIPTOR.services_by_name.values()
 }
@@ -141,7 +142,7 @@ def test_grpcurl_lists_the_peer_services_and_calls_a_method_it_learned_by_reflec
     node: NodeProcess,
 ) -> None:
     listed = _grpcurl(node, node.address, "list").split()
-    assert {"jobmesh.peer.v1.MembershipService", "jobmesh.peer.v1.TransferService"} <= set(listed)
+    assert {f"jobmesh.peer.v1.{s}Service" for s in ("Membership", "Transfer", "Gather")} <= set(listed)
 
     out = _grpcurl(node, "-d", '{"page_size": 1}', node.address, "jobmesh.v1.QueueService/ListQueues")
 

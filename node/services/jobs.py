@@ -129,15 +129,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             raise InvalidArgument(
                 "page_token does not apply to scope QUERY_SCOPE_TOPOLOGY; raise page_size instead"
             )
+        response = await self.find_local_jobs(request)
+        if topology and self._peers is not None:
+            return await gather.find_jobs(request, self._manager.instance_id, response, self._peers)
+        return response
+
+    async def find_local_jobs(self, request: jobs_pb2.FindJobsRequest) -> jobs_pb2.FindJobsResponse:
+        """One page of this node's own jobs matching a query (its scope is not looked at)."""
         page = await self._manager.find_jobs(query_from_proto(request))
-        response = jobs_pb2.FindJobsResponse(
+        return jobs_pb2.FindJobsResponse(
             jobs=[self._job_proto(job) for job in page.jobs],
             next_page_token=page.next_page_token,
             total_size=page.total_count,
         )
-        if topology and self._peers is not None:
-            return await gather.find_jobs(request, self._manager.instance_id, response, self._peers)
-        return response
 
     @rpc
     async def StopJob(
@@ -189,6 +193,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def GetStatistics(
         self, request: jobs_pb2.GetStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetStatisticsResponse:
+        response = await self.local_statistics()
+        if request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY and self._peers is not None:
+            return await gather.statistics(response, self._peers)
+        return response
+
+    async def local_statistics(self) -> jobs_pb2.GetStatisticsResponse:
+        """This node's own statistics."""
         report = await self._manager.statistics()
         response = jobs_pb2.GetStatisticsResponse()
         getattr(response, "global").CopyFrom(report.global_.to_proto())  # `global` is a Python keyword
@@ -196,8 +207,6 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             response.queues[name].CopyFrom(stats.to_proto())
         for name, stats in report.topics.items():
             response.topics[name].CopyFrom(stats.to_proto())
-        if request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY and self._peers is not None:
-            return await gather.statistics(response, self._peers)
         return response
 
     @rpc
