@@ -13,7 +13,7 @@ import bisect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from node.errors import InvalidArgument
 
@@ -23,6 +23,16 @@ MAX_PAGE_TOKEN_CHARS = 512
 
 T = TypeVar("T")
 Key = tuple[str | int, ...]
+
+
+class PageRequest(Protocol):
+    """The paging fields every List request has."""
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def page_token(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -57,14 +67,13 @@ def _decode(kind: str, token: str, like: Key | None) -> Key:
     return tuple(after)
 
 
-def page_of(
-    kind: str, items: Sequence[T], key: Callable[[T], Key], page_size: int, page_token: str
-) -> Page[T]:
-    """The page of `items`, in `key` order, that follows the item `page_token` names.
+def page_of(kind: str, items: Sequence[T], key: Callable[[T], Key], request: PageRequest) -> Page[T]:
+    """The page of `items`, in `key` order, that follows the item the request's token names.
 
     `kind` names the list (tokens of another list are refused); InvalidArgument for a
     page_size outside 0..MAX_PAGE_SIZE (0: DEFAULT_PAGE_SIZE) or a token that is not ours.
     """
+    page_size, page_token = request.page_size, request.page_token
     if not 0 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument(
             f"page_size {page_size} is out of range; use 1..{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"

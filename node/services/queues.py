@@ -75,6 +75,11 @@ def config_from_proto(proto: queues_pb2.QueueConfig) -> QueueConfig:
         raise InvalidArgument(str(e)) from e
 
 
+def _queue_order(info: QueueInfo) -> tuple[int, str]:
+    """ListQueues' order: the main queue first, then by name."""
+    return int(info.config.name != MAIN_QUEUE), info.config.name
+
+
 def _require_name(name: str) -> str:
     if not name:
         raise InvalidArgument("name is empty; pass a queue name (ListQueues lists them)")
@@ -103,13 +108,7 @@ class QueueServicer(queues_pb2_grpc.QueueServiceServicer):
     async def ListQueues(
         self, request: queues_pb2.ListQueuesRequest, context: grpc.aio.ServicerContext
     ) -> queues_pb2.ListQueuesResponse:
-        page = page_of(
-            "queues",
-            await self._manager.list_queues(),
-            lambda q: (int(q.config.name != MAIN_QUEUE), q.config.name),  # main first, then by name
-            request.page_size,
-            request.page_token,
-        )
+        page = page_of("queues", await self._manager.list_queues(), _queue_order, request)
         return queues_pb2.ListQueuesResponse(
             queues=[info_to_proto(q) for q in page.items],
             next_page_token=page.next_page_token,

@@ -38,13 +38,8 @@ class ScheduleServicer(schedules_pb2_grpc.ScheduleServiceServicer):
     async def ListSchedules(
         self, request: schedules_pb2.ListSchedulesRequest, context: grpc.aio.ServicerContext
     ) -> schedules_pb2.ListSchedulesResponse:
-        page = page_of(
-            "schedules",
-            await self._manager.list_schedules(),
-            lambda s: (s.created_us, s.id),  # oldest first
-            request.page_size,
-            request.page_token,
-        )
+        schedules = await self._manager.list_schedules()
+        page = page_of("schedules", schedules, lambda s: (s.created_us, s.id), request)  # oldest first
         return schedules_pb2.ListSchedulesResponse(
             schedules=[s.to_proto() for s in page.items],
             next_page_token=page.next_page_token,

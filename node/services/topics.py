@@ -36,6 +36,11 @@ def describe(
     )
 
 
+def _view_order(instance: InstanceDescription) -> tuple[str, int, str]:
+    """A topology view's own order of instances: cluster, start time, id."""
+    return instance.cluster, instance.start_time_us, instance.id
+
+
 class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
     """Answers from the topology view; a change for another instance is forwarded to it."""
 
@@ -48,13 +53,7 @@ class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
         self, request: topics_pb2.ListTopicConsumptionRequest, context: grpc.aio.ServicerContext
     ) -> topics_pb2.ListTopicConsumptionResponse:
         """The live instances' consumer topics and settings, one page at a time."""
-        page = page_of(
-            "instances",
-            self._topology.view.instances,
-            lambda i: (i.cluster, i.start_time_us, i.id),  # the view's own order
-            request.page_size,
-            request.page_token,
-        )
+        page = page_of("instances", self._topology.view.instances, _view_order, request)
         return topics_pb2.ListTopicConsumptionResponse(
             instances=[describe(i) for i in page.items],
             next_page_token=page.next_page_token,
