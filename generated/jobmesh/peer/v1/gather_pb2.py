@@ -25,14 +25,14 @@ _sym_db = _symbol_database.Default()
 from jobmesh.v1 import jobs_pb2 as jobmesh_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobmesh/peer/v1/gather.proto\x12\x0fjobmesh.peer.v1\x1a\x15jobmesh/v1/jobs.proto\"B\n\x14\x46indLocalJobsRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.jobmesh.v1.FindJobsRequest\"C\n\x15\x46indLocalJobsResponse\x12*\n\x04page\x18\x01 \x01(\x0b\x32\x1c.jobmesh.v1.FindJobsResponse\"\x1b\n\x19GetLocalStatisticsRequest\"S\n\x1aGetLocalStatisticsResponse\x12\x35\n\nstatistics\x18\x01 \x01(\x0b\x32!.jobmesh.v1.GetStatisticsResponse2\xde\x01\n\rGatherService\x12^\n\rFindLocalJobs\x12%.jobmesh.peer.v1.FindLocalJobsRequest\x1a&.jobmesh.peer.v1.FindLocalJobsResponse\x12m\n\x12GetLocalStatistics\x12*.jobmesh.peer.v1.GetLocalStatisticsRequest\x1a+.jobmesh.peer.v1.GetLocalStatisticsResponseBP\n\x12io.jobmesh.peer.v1P\x01Z8github.com/jobmesh/jobmesh/gen/go/jobmesh/peer/v1;peerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobmesh/peer/v1/gather.proto\x12\x0fjobmesh.peer.v1\x1a\x15jobmesh/v1/jobs.proto\"B\n\x14\x46indLocalJobsRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.jobmesh.v1.FindJobsRequest\"C\n\x15\x46indLocalJobsResponse\x12*\n\x04page\x18\x01 \x01(\x0b\x32\x1c.jobmesh.v1.FindJobsResponse\"\x1b\n\x19GetLocalStatisticsRequest\"S\n\x1aGetLocalStatisticsResponse\x12\x35\n\nstatistics\x18\x01 \x01(\x0b\x32!.jobmesh.v1.GetStatisticsResponse2\xde\x01\n\rGatherService\x12^\n\rFindLocalJobs\x12%.jobmesh.peer.v1.FindLocalJobsRequest\x1a&.jobmesh.peer.v1.FindLocalJobsResponse\x12m\n\x12GetLocalStatistics\x12*.jobmesh.peer.v1.GetLocalStatisticsRequest\x1a+.jobmesh.peer.v1.GetLocalStatisticsResponseBB\n\x12io.jobmesh.peer.v1P\x01Z*jobmesh.example/api/jobmesh/peer/v1;peerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobmesh.peer.v1.gather_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
-  _globals['DESCRIPTOR']._serialized_options = b'\n\022io.jobmesh.peer.v1P\001Z8github.com/jobmesh/jobmesh/gen/go/jobmesh/peer/v1;peerv1'
+  _globals['DESCRIPTOR']._serialized_options = b'\n\022io.jobmesh.peer.v1P\001Z*jobmesh.example/api/jobmesh/peer/v1;peerv1'
   _globals['_FINDLOCALJOBSREQUEST']._serialized_start=72
   _globals['_FINDLOCALJOBSREQUEST']._serialized_end=138
   _globals['_FINDLOCALJOBSRESPONSE']._serialized_start=140
