@@ -180,6 +180,15 @@ def test_purge_jobs_refuses_bad_input(nodes: NodeFactory) -> None:
         (S.PurgeJobsRequest(states=[99]), "states[0] is 99"),  # type: ignore[list-item]
         (S.PurgeJobsRequest(keep_newest=-1), "keep_newest"),
         (S.PurgeJobsRequest(older_than=Duration(seconds=-5)), "older_than"),
+        # Beyond what a Duration may hold: refused, not an overflow inside the node
+        (
+            S.PurgeJobsRequest(older_than=Duration(seconds=2**63 - 1)),
+            "older_than (seconds 9223372036854775807",
+        ),
+        (
+            S.PurgeJobsRequest(older_than=Duration(seconds=5, nanos=-1)),
+            "is not a valid google.protobuf.Duration",
+        ),
     ]
     for request, fragment in cases:
         error = rpc_error(lambda request=request: node.stub.PurgeJobs(request))  # type: ignore[misc]

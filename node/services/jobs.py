@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node.durations import duration_from_seconds
+from node.durations import duration_from_seconds, optional_seconds
 from node.errors import InvalidArgument, JobmeshError, Unavailable
 from node.jobs.events import EventFilter, EventType
 from node.jobs.manager import JobManager
@@ -220,7 +220,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             states.append(JobState(value))
         if request.keep_newest < 0:
             raise InvalidArgument("keep_newest must be >= 0")
-        older = request.older_than.ToTimedelta().total_seconds() if request.HasField("older_than") else None
+        older = optional_seconds(request, "older_than", "older_than")
         if older is not None and older < 0:
             raise InvalidArgument("older_than must not be negative")
         purged = await self._manager.purge(states, older, request.keep_newest)
