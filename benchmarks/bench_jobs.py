@@ -19,7 +19,7 @@ Scenarios (targets from the "Node foundation" issue; durable = acknowledged afte
                 and full (information).
     lifecycle   add -> ACTIVE -> SUCCEEDED with a no-op consumer, sync (thread pool) and
                 async (event loop); time from the first AddJobs until FindJobs(SUCCEEDED,
-                topic).total_count reaches N (target >= 5,000 jobs/s).
+                topic).total_size reaches N (target >= 5,000 jobs/s).
     events      the sync lifecycle with a WatchJobs client streaming every event (ADDED,
                 STARTED, FINISHED) from a separate connection: its lag behind the journal
                 head, sampled every 100 ms, must not grow (target: keeps up with the
@@ -218,9 +218,9 @@ async def count(
     stub: jobs_pb2_grpc.JobServiceStub, query_type: jobs_pb2.QueryType.ValueType, topic: str = ""
 ) -> int:
     response = await stub.FindJobs(
-        jobs_pb2.FindJobsRequest(type=query_type, topic=topic, limit=1), timeout=60
+        jobs_pb2.FindJobsRequest(type=query_type, topic=topic, page_size=1), timeout=60
     )
-    return int(response.total_count)
+    return int(response.total_size)
 
 
 def micros(ts: Any) -> int:
@@ -469,7 +469,7 @@ async def scenario_latency(s: Settings, consumer: str) -> Metrics:
         for _ in range(total // 1000 + 2):
             page = await stub.FindJobs(
                 jobs_pb2.FindJobsRequest(
-                    type=jobs_pb2.QUERY_TYPE_SUCCEEDED, topic=topic, limit=1000, page_token=token
+                    type=jobs_pb2.QUERY_TYPE_SUCCEEDED, topic=topic, page_size=1000, page_token=token
                 ),
                 timeout=60,
             )
@@ -528,8 +528,8 @@ async def scenario_memory(s: Settings) -> Metrics:
         await asyncio.sleep(1.0)
         after_add = node.stats()
 
-        queued_page = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_QUEUED, limit=100)
-        topic_page = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_QUEUED, topic=topic, limit=100)
+        queued_page = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_QUEUED, page_size=100)
+        topic_page = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_QUEUED, topic=topic, page_size=100)
         condition = jobs_pb2.PropertyCondition(
             name="group",
             operator=jobs_pb2.COMPARISON_OPERATOR_EQUAL,
@@ -537,33 +537,33 @@ async def scenario_memory(s: Settings) -> Metrics:
         )
         template_page = jobs_pb2.FindJobsRequest(
             type=jobs_pb2.QUERY_TYPE_QUEUED,
-            limit=100,
+            page_size=100,
             templates=[jobs_pb2.PropertyTemplate(conditions=[condition])],
         )
         repeats = s.query_repeats
         queued_ms, first = await timed(lambda: stub.FindJobs(queued_page, timeout=120), repeats)
-        if first.total_count != total or len(first.jobs) != 100:
-            raise RuntimeError(f"QUEUED total_count {first.total_count}, expected {total}")
+        if first.total_size != total or len(first.jobs) != 100:
+            raise RuntimeError(f"QUEUED total_size {first.total_size}, expected {total}")
         deep_token = first.next_page_token
         for _ in range(9):  # page 11 of 100-job pages (the token continues after a seq)
             deep_token = (
                 await stub.FindJobs(
                     jobs_pb2.FindJobsRequest(
-                        type=jobs_pb2.QUERY_TYPE_QUEUED, limit=100, page_token=deep_token
+                        type=jobs_pb2.QUERY_TYPE_QUEUED, page_size=100, page_token=deep_token
                     ),
                     timeout=120,
                 )
             ).next_page_token
         next_page = jobs_pb2.FindJobsRequest(
-            type=jobs_pb2.QUERY_TYPE_QUEUED, limit=100, page_token=deep_token
+            type=jobs_pb2.QUERY_TYPE_QUEUED, page_size=100, page_token=deep_token
         )
         next_ms, _ = await timed(lambda: stub.FindJobs(next_page, timeout=120), repeats)
         topic_ms, _ = await timed(lambda: stub.FindJobs(topic_page, timeout=120), repeats)
         template_ms, matched = await timed(
             lambda: stub.FindJobs(template_page, timeout=120), max(3, repeats // 4)
         )
-        if matched.total_count != total // 100:
-            raise RuntimeError(f"template matched {matched.total_count}, expected {total // 100}")
+        if matched.total_size != total // 100:
+            raise RuntimeError(f"template matched {matched.total_size}, expected {total // 100}")
         job_id = first.jobs[50].id
         get_ms, _ = await timed(
             lambda: stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=60), repeats

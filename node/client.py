@@ -86,6 +86,16 @@ class JobmeshClient:
         except grpc.RpcError as e:
             raise RpcError(e.code(), e.details() or "", getattr(method, "_method", b"?").decode()) from e
 
+    def list_all(self, method: Callable[..., Any], request: Any, field: str) -> list[Any]:
+        """Every item of a paged List method (`field`: the response's repeated field), page by page."""
+        items: list[Any] = []
+        while True:
+            response = self.call(method, request)
+            items.extend(getattr(response, field))
+            if not response.next_page_token:
+                return items
+            request.page_token = response.next_page_token
+
     def watch(self, request: jobs_pb2.WatchJobsRequest, timeout_s: float | None = None) -> Any:
         """Open a WatchJobs stream: iterate it for responses, `cancel()` it when done.
 

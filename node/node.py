@@ -16,7 +16,7 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from jobmesh.peer.v1 import gather_pb2, gather_pb2_grpc, membership_pb2, transfer_pb2, transfer_pb2_grpc
 from jobmesh.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
@@ -27,8 +27,6 @@ from jobmesh.v1 import (
     topics_pb2,
     topics_pb2_grpc,
     topology_pb2,
-    transfer_pb2,
-    transfer_pb2_grpc,
     workers_pb2,
     workers_pb2_grpc,
 )
@@ -53,9 +51,11 @@ from node.jobs.remote import RemoteWorkers
 from node.journal.journal import Journal, discard_journal
 from node.services import transport
 from node.services.decoding import BadRequestCounter, RequestDecoder
+from node.services.gather import GatherServicer
 from node.services.health import HealthService
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
+from node.services.reflection import add_reflection
 from node.services.schedules import ScheduleServicer
 from node.services.shutdown import StreamShutdown
 from node.services.topics import TopicServicer
@@ -69,22 +69,21 @@ from node.transfer.rules import ConsumptionRules, ConsumptionSetting
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.sqlite"
-# The Jobmesh services (health reports each of them SERVING).
+# The Jobmesh services, public (jobmesh.v1) and node-to-node (jobmesh.peer.v1); health reports
+# each of them SERVING.
 JOBMESH_SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     queues_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
     schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
     workers_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     topology_pb2.DESCRIPTOR.services_by_name["TopologyService"].full_name,
-    transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
     topics_pb2.DESCRIPTOR.services_by_name["TopicService"].full_name,
+    membership_pb2.DESCRIPTOR.services_by_name["MembershipService"].full_name,
+    transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
+    gather_pb2.DESCRIPTOR.services_by_name["GatherService"].full_name,
 )
-# Everything reflection lists.
-SERVICE_NAMES = (
-    *JOBMESH_SERVICE_NAMES,
-    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-    reflection.SERVICE_NAME,
-)
+# Everything reflection lists (besides the two reflection services themselves).
+SERVICE_NAMES = (*JOBMESH_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
 
 
 class Node:
@@ -198,7 +197,9 @@ class Node:
         server = transport.create_server(
             config.jobs.max_payload_bytes, [RequestDecoder(self.bad_requests), self._stream_shutdown]
         )
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self._live_peers), server)
+        job_servicer = JobServicer(self.jobs, self._live_peers)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
+        gather_pb2_grpc.add_GatherServiceServicer_to_server(GatherServicer(job_servicer), server)
         add_topology_servicers(server, self.topology)
         if self._offloader is not None:
             self._transfer = TransferServicer(self._offloader)
@@ -213,7 +214,7 @@ class Node:
         )
         self._health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        add_reflection(server, SERVICE_NAMES)
         self.port = transport.bind(server, config.server.host, config.server.port)
         await server.start()
         self._server = server

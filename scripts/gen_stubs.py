@@ -29,7 +29,7 @@ PYTHON_OUT = ROOT / "generated"
 
 
 def proto_files() -> list[Path]:
-    """All .proto files of the public contract, sorted for stable output."""
+    """All .proto files (public jobmesh.v1 and peer jobmesh.peer.v1), sorted for stable output."""
     return sorted(PROTO_ROOT.rglob("*.proto"))
 
 

@@ -141,7 +141,7 @@ def test_add_jobs_with_one_invalid_job_adds_none_and_names_it(
     # Then the call fails naming jobs[position], and none of the good jobs was added
     assert error.code() == INVALID
     assert error.details().startswith(f"jobs[{position}]."), error.details()
-    assert node.stub.FindJobs(S.FindJobsRequest(topic=topic)).total_count == 0
+    assert node.stub.FindJobs(S.FindJobsRequest(topic=topic)).total_size == 0
     still_serving()
 
 
@@ -169,7 +169,7 @@ def test_add_jobs_over_the_batch_limit_is_resource_exhausted(
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "10001 jobs in one call" in error.details()
     assert "at most 10000" in error.details()
-    assert node.stub.FindJobs(S.FindJobsRequest(topic="bad/too-many")).total_count == 0
+    assert node.stub.FindJobs(S.FindJobsRequest(topic="bad/too-many")).total_size == 0
     still_serving()
 
 
@@ -180,7 +180,7 @@ def test_query_at_the_template_limits_is_served(node: NodeProcess) -> None:
 
     for templates in (many_templates, many_conditions):
         response = node.stub.FindJobs(S.FindJobsRequest(topic="bad/limits", templates=templates))
-        assert response.total_count == 0
+        assert response.total_size == 0
 
 
 def test_empty_add_jobs_adds_nothing(node: NodeProcess) -> None:
@@ -291,8 +291,8 @@ BAD_QUERIES: list[tuple[str, jobs_pb2.FindJobsRequest, tuple[str, ...]]] = [
         S.FindJobsRequest(templates=[template(*[condition("n", ">", i) for i in range(1000)])]),
         ("templates: 1000 conditions in all", "at most 256"),
     ),
-    ("negative-limit", S.FindJobsRequest(limit=-1), ("limit -1 is out of range",)),
-    ("huge-limit", S.FindJobsRequest(limit=10_001), ("limit 10001 is out of range",)),
+    ("negative-page-size", S.FindJobsRequest(page_size=-1), ("page_size -1 is out of range",)),
+    ("huge-page-size", S.FindJobsRequest(page_size=10_001), ("page_size 10001 is out of range",)),
     ("unknown-query-type", S.FindJobsRequest(type=42), ("type 42",)),  # type: ignore[arg-type]
     ("garbage-page-token", S.FindJobsRequest(page_token="not a token!"), ("page_token", "malformed")),
     ("base64-of-junk-page-token", S.FindJobsRequest(page_token="aGVsbG8="), ("page_token", "malformed")),
@@ -322,10 +322,10 @@ def test_find_jobs_refuses_a_malformed_query_with_a_message_naming_the_field(
 
 def test_valid_page_token_from_a_response_is_accepted(node: NodeProcess) -> None:
     node.stub.AddJobs(S.AddJobsRequest(jobs=[new_job("bad/paged") for _ in range(2)]))
-    first = node.stub.FindJobs(S.FindJobsRequest(topic="bad/paged", limit=1))
+    first = node.stub.FindJobs(S.FindJobsRequest(topic="bad/paged", page_size=1))
 
     second = node.stub.FindJobs(
-        S.FindJobsRequest(topic="bad/paged", limit=1, page_token=first.next_page_token)
+        S.FindJobsRequest(topic="bad/paged", page_size=1, page_token=first.next_page_token)
     )
 
     assert len(second.jobs) == 1

@@ -241,7 +241,7 @@ def test_property_templates_select_matching_jobs(
 
     labels = {job_id: label for label, job_id in template_jobs.items()}
     assert "".join(labels[j.id] for j in response.jobs) == expected
-    assert response.total_count == len(expected)
+    assert response.total_size == len(expected)
 
 
 def test_timestamp_condition_has_microsecond_precision(
@@ -273,7 +273,7 @@ def test_paging_walks_every_job_once_in_order(
 ) -> None:
     # Given seven jobs on one topic
     request = S.FindJobsRequest(
-        type=S.QUERY_TYPE_QUEUED, topic="find/paging", limit=3, newest_first=newest_first
+        type=S.QUERY_TYPE_QUEUED, topic="find/paging", page_size=3, newest_first=newest_first
     )
     pages: list[list[str]] = []
     tokens: list[str] = []
@@ -281,7 +281,7 @@ def test_paging_walks_every_job_once_in_order(
     # When the pages of 3 are fetched by following next_page_token
     while True:
         response = node.stub.FindJobs(request)
-        assert response.total_count == 7, "total_count counts over all pages"
+        assert response.total_size == 7, "total_size counts over all pages"
         pages.append([j.id for j in response.jobs])
         tokens.append(response.next_page_token)
         if not response.next_page_token:
@@ -299,38 +299,38 @@ def test_paging_walks_every_job_once_in_order(
     )
 
 
-def test_a_page_that_exactly_fills_the_limit_has_no_next_token(
+def test_a_page_that_exactly_fills_the_page_size_has_no_next_token(
     node: NodeProcess, seven_jobs: list[str]
 ) -> None:
-    response = node.stub.FindJobs(S.FindJobsRequest(topic="find/paging", limit=7))
+    response = node.stub.FindJobs(S.FindJobsRequest(topic="find/paging", page_size=7))
 
     assert [j.id for j in response.jobs] == seven_jobs
     assert response.next_page_token == ""
-    assert response.total_count == 7
+    assert response.total_size == 7
 
 
-def test_default_limit_returns_up_to_100_jobs(node: NodeProcess) -> None:
+def test_default_page_size_returns_up_to_100_jobs(node: NodeProcess) -> None:
     node.stub.AddJobs(S.AddJobsRequest(jobs=[new_job("find/many") for _ in range(101)]))
 
     response = node.stub.FindJobs(S.FindJobsRequest(topic="find/many"))
 
     assert len(response.jobs) == 100
-    assert response.total_count == 101
+    assert response.total_size == 101
     assert response.next_page_token
     rest = node.stub.FindJobs(S.FindJobsRequest(topic="find/many", page_token=response.next_page_token))
     assert len(rest.jobs) == 1
     assert rest.jobs[0].id not in {j.id for j in response.jobs}
 
 
-def test_total_count_counts_only_matching_jobs(node: NodeProcess) -> None:
+def test_total_size_counts_only_matching_jobs(node: NodeProcess) -> None:
     # Given five jobs of which three match a template
     node.stub.AddJobs(S.AddJobsRequest(jobs=[new_job("find/count", even=i % 2 == 0) for i in range(5)]))
-    request = S.FindJobsRequest(topic="find/count", limit=1, templates=[template(C("even", "=", True))])
+    request = S.FindJobsRequest(topic="find/count", page_size=1, templates=[template(C("even", "=", True))])
 
     # When one page of one job is asked for
     response = node.stub.FindJobs(request)
 
-    # Then total_count counts all three matches
+    # Then total_size counts all three matches
     assert len(response.jobs) == 1
-    assert response.total_count == 3
-    assert node.stub.FindJobs(S.FindJobsRequest(topic="find/count", limit=1)).total_count == 5
+    assert response.total_size == 3
+    assert node.stub.FindJobs(S.FindJobsRequest(topic="find/count", page_size=1)).total_size == 5

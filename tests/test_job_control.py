@@ -135,7 +135,7 @@ def test_removing_a_queued_job_drops_it_and_removing_it_again_deletes_it(node: N
         grpc.StatusCode.NOT_FOUND
     )
     found = node.stub.FindJobs(S.FindJobsRequest(topic="ctl/idle/remove"))
-    assert found.total_count == 0
+    assert found.total_size == 0
 
 
 def test_removing_an_active_job_drops_it_and_stops_its_consumer(node: NodeProcess, tmp_path: Path) -> None:

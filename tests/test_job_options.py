@@ -1,4 +1,4 @@
-"""Per-job options over the wire: max_retries, retry_delay_s and timeout_s override the job's queue."""
+"""Per-job options over the wire: max_retries, retry_delay and timeout override the job's queue."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from harness import NodeFactory, NodeProcess, attempts, find_all, new_job, rpc_error, wait_for_state
 from jobmesh.v1 import jobs_pb2
 
@@ -33,7 +34,7 @@ def test_max_retries_and_retry_delay_of_a_job_override_its_queue(node: NodeProce
     log = tmp_path / "attempts"
     job = new_job("opt/fail", attempts_file=str(log))
     job.max_retries = 2
-    job.retry_delay_s = 0.2
+    job.retry_delay.FromMilliseconds(200)
 
     added = add(node, job)
 
@@ -57,37 +58,49 @@ def test_zero_max_retries_means_one_attempt(node: NodeProcess, tmp_path: Path) -
 
 def test_a_job_reports_the_timeout_that_applies_to_it(node: NodeProcess) -> None:
     own = new_job("opt/timed/own")
-    own.timeout_s = 0.1
+    own.timeout.FromMilliseconds(100)
     queue_default = new_job("opt/timed/queue")
 
     with_own, with_queue = add(node, own), add(node, queue_default)
 
-    assert (with_own.timeout_s, with_queue.timeout_s) == (0.1, 0.3)
-    assert add(node, new_job("opt/none")).timeout_s == 0.0
+    assert (with_own.timeout.ToMilliseconds(), with_queue.timeout.ToMilliseconds()) == (100, 300)
+    assert not add(node, new_job("opt/none")).HasField("timeout"), "no timeout: unset"
     first = wait_for_state(node.stub, with_own.id, S.JOB_STATE_GIVEN_UP)
     second = wait_for_state(node.stub, with_queue.id, S.JOB_STATE_GIVEN_UP)
     assert first.result_message == "timed out after 0.1s"
     assert second.result_message == "timed out after 0.3s"
     assert second.finished_time.ToMicroseconds() - second.started_time.ToMicroseconds() >= 300_000
-    assert {j.timeout_s for j in find_all(node.stub, S.FindJobsRequest(topic="opt/timed/queue"))} == {0.3}
+    found = find_all(node.stub, S.FindJobsRequest(topic="opt/timed/queue"))
+    assert {j.timeout.ToMilliseconds() for j in found} == {300}
 
 
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
     [
         ("max_retries", -2, "job.max_retries is -2"),
-        ("retry_delay_s", -0.5, "job.retry_delay_s is -0.5"),
-        ("retry_delay_s", float("nan"), "job.retry_delay_s is nan"),
-        ("retry_delay_s", float("inf"), "job.retry_delay_s is inf"),
-        ("timeout_s", -1.0, "job.timeout_s is -1"),
-        ("timeout_s", 1e12, "job.timeout_s is 1000000000000.0; use a number of seconds from 0 to"),
+        ("retry_delay", Duration(nanos=-500_000_000), "job.retry_delay is -0.5s"),
+        (
+            "retry_delay",
+            Duration(seconds=1, nanos=-1),
+            "job.retry_delay (seconds 1, nanos -1) is not a valid",
+        ),
+        (
+            "retry_delay",
+            Duration(seconds=10**12),
+            "job.retry_delay (seconds 1000000000000, nanos 0) is not a",
+        ),
+        ("timeout", Duration(seconds=-1), "job.timeout is -1s"),
+        ("timeout", Duration(seconds=10**9), "job.timeout is 1e+09s; use a duration from 0 to"),
     ],
 )
 def test_invalid_per_job_option_is_refused(
-    node: NodeProcess, field: str, value: float, fragment: str
+    node: NodeProcess, field: str, value: int | Duration, fragment: str
 ) -> None:
     job = new_job("opt/bad")
-    setattr(job, field, value)
+    if isinstance(value, Duration):
+        getattr(job, field).CopyFrom(value)
+    else:
+        setattr(job, field, value)
 
     error = rpc_error(lambda: add(node, job))
 

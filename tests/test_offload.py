@@ -58,7 +58,7 @@ def _add(origin: NodeProcess, count: int, **props: float) -> list[str]:
 def _all_succeeded(origin: NodeProcess, ids: list[str], timeout: float = 30.0) -> list[jobs_pb2.Job]:
     def done() -> list[jobs_pb2.Job] | None:
         jobs = find_all(
-            origin.stub, jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, limit=1000)
+            origin.stub, jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, page_size=1000)
         )
         mine = [j for j in jobs if j.id in set(ids)]
         return mine if len(mine) == len(ids) and all(j.state == SUCCEEDED for j in mine) else None
@@ -258,7 +258,7 @@ def test_a_worker_that_stops_consuming_a_topic_hands_its_queued_jobs_back_for_re
 ) -> None:
     # Given jobs offloaded to w1, waiting there in its suspended queue
     origin, (w1,) = _cluster(nodes, "consumers:succeed", workers=1)
-    w1.queues.SuspendQueue(queues_pb2.QueueNameRequest(name="main"))
+    w1.queues.SuspendQueue(queues_pb2.SuspendQueueRequest(name="main"))
     ids = _add(origin, 30)
     wait_for(
         lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 1")[0][0] == 30,
@@ -292,15 +292,17 @@ def test_find_jobs_and_statistics_with_topology_scope_gather_every_instance_list
 
     # When any node is asked with topology scope
     request = jobs_pb2.FindJobsRequest(
-        type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, limit=1000, scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY
+        type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, page_size=1000, scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY
     )
     found = w2.stub.FindJobs(request)
 
     # Then every job is listed once, offloaded ones as their origin records them
     assert sorted(j.id for j in found.jobs) == sorted([*ids, own])
-    assert found.total_count == 41
+    assert found.total_size == 41
     assert all(j.origin_instance == origin.instance_id for j in found.jobs if j.id != own)
-    local = w2.stub.FindJobs(jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, limit=1000))
+    local = w2.stub.FindJobs(
+        jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=TOPIC, page_size=1000)
+    )
     assert len(local.jobs) < 41
     stats = origin.stub.GetStatistics(jobs_pb2.GetStatisticsRequest(scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY))
     assert getattr(stats, "global").finished == 41  # counted once, where each job ran
@@ -309,7 +311,7 @@ def test_find_jobs_and_statistics_with_topology_scope_gather_every_instance_list
 def test_queued_jobs_of_a_suspended_queue_stay_at_the_origin_until_it_is_resumed(nodes: NodeFactory) -> None:
     # Given an origin without a consumer whose main queue is suspended, and a worker
     origin, workers = _cluster(nodes, "consumers:succeed", workers=1)
-    origin.queues.SuspendQueue(queues_pb2.QueueNameRequest(name="main"))
+    origin.queues.SuspendQueue(queues_pb2.SuspendQueueRequest(name="main"))
 
     # When jobs are added at the origin
     ids = _add(origin, 5)
@@ -323,7 +325,7 @@ def test_queued_jobs_of_a_suspended_queue_stay_at_the_origin_until_it_is_resumed
     assert not workers[0].query_journal("SELECT 1 FROM jobs")
 
     # And once it is resumed they run on the worker
-    origin.queues.ResumeQueue(queues_pb2.QueueNameRequest(name="main"))
+    origin.queues.ResumeQueue(queues_pb2.ResumeQueueRequest(name="main"))
     jobs = _all_succeeded(origin, ids)
     assert {j.target_instance for j in jobs} == {workers[0].instance_id}
 

@@ -94,12 +94,12 @@ def test_stop_and_remove_at_the_origin_reach_the_target_and_end_the_job_there(
     assert _worker_state(worker, stubborn_id) == DROPPED
 
     # A job still queued on the worker (suspended queue), stopped at the origin: it never runs
-    worker.queues.SuspendQueue(queues_pb2.QueueNameRequest(name="main"))
+    worker.queues.SuspendQueue(queues_pb2.SuspendQueueRequest(name="main"))
     queued_id = _add(origin, COOP, tmp_path, "d")
     wait_for(lambda: _worker_state(worker, queued_id) == 1, 10.0, "the job to reach the worker")
     assert origin.stub.StopJob(jobs_pb2.StopJobRequest(job_id=queued_id)).job.state == STOPPED
     wait_for(lambda: _worker_state(worker, queued_id) == STOPPED, 10.0, "the job to be STOPPED on the worker")
-    worker.queues.ResumeQueue(queues_pb2.QueueNameRequest(name="main"))
+    worker.queues.ResumeQueue(queues_pb2.ResumeQueueRequest(name="main"))
     time.sleep(0.5)
     assert not (tmp_path / "d.attempts").exists(), "a job stopped at the origin never runs on the worker"
 

@@ -67,7 +67,7 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
         wait_for(lambda: "w1" not in {i.name for i in view(origin).instances}, 10.0, "w1 to be declared dead")
 
         def all_moved() -> bool:
-            jobs = find_all(origin.stub, jobs_pb2.FindJobsRequest(topic=TOPIC, limit=1000))
+            jobs = find_all(origin.stub, jobs_pb2.FindJobsRequest(topic=TOPIC, page_size=1000))
             return all(j.state == jobs_pb2.JOB_STATE_SUCCEEDED for j in jobs) and len(jobs) == 60
 
         wait_for(all_moved, 30.0, "every job to succeed at the origin while w1 is cut off")
@@ -78,7 +78,7 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
     wait_for(lambda: not w1.query_journal("SELECT 1 FROM outbox"), 15.0, "w1 to deliver its stale reports")
 
     # Then every job ended exactly once at the origin; w1's late results changed nothing
-    jobs = find_all(origin.stub, jobs_pb2.FindJobsRequest(topic=TOPIC, limit=1000))
+    jobs = find_all(origin.stub, jobs_pb2.FindJobsRequest(topic=TOPIC, page_size=1000))
     assert sorted(j.id for j in jobs) == sorted(ids)
     assert all(j.state == jobs_pb2.JOB_STATE_SUCCEEDED for j in jobs)
     finished = origin.query_journal("SELECT job_id, count(*) FROM job_events WHERE type = 4 GROUP BY job_id")

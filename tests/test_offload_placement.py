@@ -27,7 +27,7 @@ def _run(origin: NodeProcess, topic: str, count: int) -> Counter[str]:
     )
 
     def done() -> list[jobs_pb2.Job] | None:
-        request = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=topic, limit=1000)
+        request = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_ALL, topic=topic, page_size=1000)
         jobs = [j for j in find_all(origin.stub, request) if j.id in ids]
         ok = len(jobs) == count and all(j.state == jobs_pb2.JOB_STATE_SUCCEEDED for j in jobs)
         return jobs if ok else None

@@ -75,13 +75,69 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[descriptor_pb2.FileD
     return [f for f in descriptors.file if f.package.startswith("jobmesh.")]
 
 
+# The public contract, and the node-to-node protocol outside its compatibility promise.
+PUBLIC, PEER = "jobmesh.v1", "jobmesh.peer.v1"
+
+
 def test_every_proto_is_in_a_versioned_jobmesh_package(
     files: list[descriptor_pb2.FileDescriptorProto],
 ) -> None:
     assert files, "no protos found"
     for f in files:
-        assert f.package == "jobmesh.v1", f"{f.name}: package {f.package}"
-        assert f.name.startswith("jobmesh/v1/"), f"{f.name} must live in protos/jobmesh/v1/"
+        assert f.package in (PUBLIC, PEER), f"{f.name}: package {f.package}"
+        folder = f.package.replace(".", "/") + "/"
+        assert f.name.startswith(folder), f"{f.name} must live in protos/{folder}"
+
+
+def test_the_peer_protocol_says_it_is_outside_the_compatibility_promise(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
+    peer = [f for f in files if f.package == PEER]
+    assert {f.name for f in peer} == {
+        f"jobmesh/peer/v1/{name}.proto" for name in ("gather", "membership", "transfer")
+    }
+    for f in peer:
+        header = (PROTO_ROOT / f.name).read_text().split("\nsyntax =")[0]
+        assert "OUTSIDE the public compatibility promise" in " ".join(header.split()), (
+            f"{f.name}: its header must say it is outside the compatibility promise"
+        )
+
+
+_DURATION_SUFFIXES = ("_s", "_ms", "_us", "_seconds", "_millis")
+
+
+def test_public_durations_are_google_protobuf_durations(
+    files: list[descriptor_pb2.FileDescriptorProto],
+) -> None:
+    # A duration is a Duration, not a number with a unit in its name (timeout_s, eta_ms, ...)
+    bad = [
+        f"{f.name}: {m.name}.{field.name}"
+        for f in files
+        if f.package == PUBLIC
+        for m in _messages(f)
+        for field in m.field
+        if field.name.endswith(_DURATION_SUFFIXES)
+    ]
+    assert not bad, "durations that are not google.protobuf.Duration:\n" + "\n".join(bad)
+
+
+def test_every_public_list_pages(files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+    # AIP-158: every List/Find method takes page_size and page_token and answers with
+    # next_page_token and total_size.
+    messages = {f".{f.package}.{m.name}": m for f in files for m in f.message_type}
+    bad = []
+    for f in files:
+        for service in f.service if f.package == PUBLIC else ():
+            for method in service.method:
+                if not method.name.startswith(("List", "Find")):
+                    continue
+                request = {field.name for field in messages[method.input_type].field}
+                response = {field.name for field in messages[method.output_type].field}
+                if not {"page_size", "page_token"} <= request:
+                    bad.append(f"{service.name}.{method.name}: request needs page_size and page_token")
+                if not {"next_page_token", "total_size"} <= response:
+                    bad.append(f"{service.name}.{method.name}: response needs next_page_token and total_size")
+    assert not bad, "lists that do not page:\n" + "\n".join(bad)
 
 
 def test_every_service_method_message_field_and_enum_value_has_a_comment(

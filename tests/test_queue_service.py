@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from harness import NodeFactory, NodeProcess, add_job, find_all, get_job, rpc_error, wait_for_state
 from jobmesh.v1 import jobs_pb2, queues_pb2
 
 S = jobs_pb2
 Q = queues_pb2
+BAD_DURATION = Duration(seconds=1, nanos=-5)  # mixed signs: not a valid Duration
 FILE_QUEUES = json.dumps(
     [{"name": "file-q", "topics": ["fq/**"], "type": "ordered", "retry_delay_s": 0.05, "retries": 3}]
 )
@@ -44,7 +47,7 @@ def test_list_queues_shows_the_main_queue_then_configured_ones_with_their_settin
         4,
         False,
     )
-    assert (main.config.retry_delay_s, main.config.keep_jobs) == (0.05, True)
+    assert (main.config.retry_delay.ToTimedelta(), main.config.keep_jobs) == (timedelta(seconds=0.05), True)
     assert file_q.source == Q.QUEUE_SOURCE_CONFIG
     assert list(file_q.config.topics) == ["fq/**"]
     assert (file_q.config.type, file_q.parallelism, file_q.config.retries) == (Q.QUEUE_TYPE_ORDERED, 1, 3)
@@ -53,7 +56,7 @@ def test_list_queues_shows_the_main_queue_then_configured_ones_with_their_settin
 def test_suspended_queue_stays_suspended_across_restart_and_crash_until_resumed(nodes: NodeFactory) -> None:
     # Given a suspended queue holding jobs
     node = nodes.start("suspender", CONSUMERS, {"queues": FILE_QUEUES})
-    info = node.queues.SuspendQueue(Q.QueueNameRequest(name="file-q"))
+    info = node.queues.SuspendQueue(Q.SuspendQueueRequest(name="file-q")).queue
     assert info.suspended
     held = [add_job(node.stub, "fq/a", n=i) for i in range(3)]
     control_job_done(node)
@@ -70,7 +73,7 @@ def test_suspended_queue_stays_suspended_across_restart_and_crash_until_resumed(
         assert states(node, held) == [S.JOB_STATE_QUEUED] * 3
 
     # And it runs them once resumed
-    resumed = node.queues.ResumeQueue(Q.QueueNameRequest(name="file-q"))
+    resumed = node.queues.ResumeQueue(Q.ResumeQueueRequest(name="file-q")).queue
     assert not resumed.suspended
     for job_id in held:
         wait_for_state(node.stub, job_id, S.JOB_STATE_SUCCEEDED)
@@ -87,9 +90,9 @@ def test_suspend_lets_running_jobs_finish_and_clear_drops_the_queued_ones(
     wait_for_state(node.stub, running, S.JOB_STATE_ACTIVE)
 
     # When the main queue is suspended while a job runs, then more are added and the queue cleared
-    assert node.queues.SuspendQueue(Q.QueueNameRequest(name="main")).suspended
+    assert node.queues.SuspendQueue(Q.SuspendQueueRequest(name="main")).queue.suspended
     waiting = [add_job(node.stub, "ctl/y", n=i) for i in range(4)]
-    dropped = node.queues.ClearQueue(Q.QueueNameRequest(name="main")).dropped
+    dropped = node.queues.ClearQueue(Q.ClearQueueRequest(name="main")).dropped
 
     # Then the queued jobs are DROPPED, the running one is untouched and finishes when released
     assert dropped == 4
@@ -101,16 +104,16 @@ def test_suspend_lets_running_jobs_finish_and_clear_drops_the_queued_ones(
     wait_for_state(node.stub, running, S.JOB_STATE_SUCCEEDED)
     # And the suspended queue starts nothing new until resumed
     later = add_job(node.stub, "ctl/z")
-    assert node.queues.ClearQueue(Q.QueueNameRequest(name="main")).dropped == 1
+    assert node.queues.ClearQueue(Q.ClearQueueRequest(name="main")).dropped == 1
     assert get_job(node.stub, later).state == S.JOB_STATE_DROPPED
-    node.queues.ResumeQueue(Q.QueueNameRequest(name="main"))
+    node.queues.ResumeQueue(Q.ResumeQueueRequest(name="main"))
     control_job_done(node)
 
 
 def test_set_queue_moves_queued_jobs_to_it_and_delete_queue_moves_them_back(nodes: NodeFactory) -> None:
     # Given jobs waiting in the (suspended) main queue
     node = nodes.start("mover", CONSUMERS, {"queues": FILE_QUEUES})
-    node.queues.SuspendQueue(Q.QueueNameRequest(name="main"))
+    node.queues.SuspendQueue(Q.SuspendQueueRequest(name="main"))
     waiting = [add_job(node.stub, "mv/a", n=i) for i in range(2)]
     assert {get_job(node.stub, j).queue for j in waiting} == {"main"}
 
@@ -121,7 +124,7 @@ def test_set_queue_moves_queued_jobs_to_it_and_delete_queue_moves_them_back(node
         type=Q.QUEUE_TYPE_TOPIC_ROUND_ROBIN,
         max_parallel=2,
         retries=1,
-        retry_delay_s=0.05,
+        retry_delay=timedelta(seconds=0.05),
         keep_jobs=True,
         ranking=1,
     )
@@ -131,14 +134,15 @@ def test_set_queue_moves_queued_jobs_to_it_and_delete_queue_moves_them_back(node
     assert (info.source, info.parallelism, info.suspended) == (Q.QUEUE_SOURCE_API, 2, False)
     expected = Q.QueueConfig()
     expected.CopyFrom(config)
-    expected.retry_backoff, expected.retry_delay_max_s = 1.0, 3600.0  # the defaults of unset fields
-    expected.timeout_s = 0.0
+    expected.retry_backoff = 1.0  # the defaults of unset fields
+    expected.retry_delay_max.FromSeconds(3600)
+    expected.timeout.FromSeconds(0)
     assert info.config == expected
     for job_id in waiting:
         assert wait_for_state(node.stub, job_id, S.JOB_STATE_SUCCEEDED).queue == "movers"
 
     # When a job waits in it (suspended) and the queue is deleted
-    node.queues.SuspendQueue(Q.QueueNameRequest(name="movers"))
+    node.queues.SuspendQueue(Q.SuspendQueueRequest(name="movers"))
     parked = add_job(node.stub, "mv/b")
     assert get_job(node.stub, parked).queue == "movers"
     node.queues.DeleteQueue(Q.DeleteQueueRequest(name="movers"))
@@ -146,16 +150,23 @@ def test_set_queue_moves_queued_jobs_to_it_and_delete_queue_moves_them_back(node
     # Then the job moved to the queue that matches now, and the queue is gone
     assert get_job(node.stub, parked).queue == "main"
     assert "movers" not in queues_by_name(node)
-    node.queues.ResumeQueue(Q.QueueNameRequest(name="main"))
+    node.queues.ResumeQueue(Q.ResumeQueueRequest(name="main"))
     wait_for_state(node.stub, parked, S.JOB_STATE_SUCCEEDED)
 
 
 def test_queues_set_over_the_api_survive_a_restart_and_override_file_queues(nodes: NodeFactory) -> None:
     node = nodes.start("persister", CONSUMERS, {"queues": FILE_QUEUES})
     api = Q.QueueConfig(
-        name="api-q", topics=["api/*"], max_parallel=3, retries=-1, retry_delay_s=1.5, keep_jobs=True
+        name="api-q",
+        topics=["api/*"],
+        max_parallel=3,
+        retries=-1,
+        retry_delay=timedelta(seconds=1.5),
+        keep_jobs=True,
     )
-    override = Q.QueueConfig(name="file-q", topics=["fq/**", "more/**"], retries=7, retry_delay_s=0.5)
+    override = Q.QueueConfig(
+        name="file-q", topics=["fq/**", "more/**"], retries=7, retry_delay=timedelta(seconds=0.5)
+    )
     node.queues.SetQueue(Q.SetQueueRequest(config=api))
     node.queues.SetQueue(Q.SetQueueRequest(config=override))
 
@@ -163,7 +174,7 @@ def test_queues_set_over_the_api_survive_a_restart_and_override_file_queues(node
 
     listed = queues_by_name(node)
     assert (listed["api-q"].source, listed["api-q"].config.retries) == (Q.QUEUE_SOURCE_API, -1)
-    assert listed["api-q"].config.retry_delay_s == 1.5
+    assert listed["api-q"].config.retry_delay.ToTimedelta() == timedelta(seconds=1.5)
     assert (listed["file-q"].source, list(listed["file-q"].config.topics)) == (
         Q.QUEUE_SOURCE_API,
         ["fq/**", "more/**"],
@@ -241,26 +252,26 @@ def test_queue_rpcs_refuse_bad_input_and_the_node_keeps_serving(nodes: NodeFacto
         ),
         (
             lambda: q.SetQueue(
-                Q.SetQueueRequest(config=Q.QueueConfig(name="q", topics=["a"], retry_delay_s=float("inf")))
+                Q.SetQueueRequest(config=Q.QueueConfig(name="q", topics=["a"], retry_delay=BAD_DURATION))
             ),
             invalid,
-            "finite",
+            "config.retry_delay (seconds 1, nanos -5) is not a valid google.protobuf.Duration",
         ),
         (
             lambda: q.SetQueue(
-                Q.SetQueueRequest(config=Q.QueueConfig(name="q", topics=["a"], timeout_s=float("nan")))
+                Q.SetQueueRequest(config=Q.QueueConfig(name="q", topics=["a"], timeout=timedelta(seconds=-1)))
             ),
             invalid,
-            "finite",
+            "timeout_s must be >= 0",
         ),
         (lambda: q.DeleteQueue(Q.DeleteQueueRequest(name="nope")), missing, "no queue named 'nope'"),
         (lambda: q.DeleteQueue(Q.DeleteQueueRequest(name="main")), precondition, "not set over the API"),
         (lambda: q.DeleteQueue(Q.DeleteQueueRequest(name="file-q")), precondition, "not set over the API"),
-        (lambda: q.SuspendQueue(Q.QueueNameRequest(name="nope")), missing, "no queue named 'nope'"),
-        (lambda: q.SuspendQueue(Q.QueueNameRequest(name="")), invalid, "name is empty"),
-        (lambda: q.ResumeQueue(Q.QueueNameRequest(name="nope")), missing, "no queue named 'nope'"),
-        (lambda: q.ClearQueue(Q.QueueNameRequest(name="nope")), missing, "no queue named 'nope'"),
-        (lambda: q.ClearQueue(Q.QueueNameRequest(name="")), invalid, "name is empty"),
+        (lambda: q.SuspendQueue(Q.SuspendQueueRequest(name="nope")), missing, "no queue named 'nope'"),
+        (lambda: q.SuspendQueue(Q.SuspendQueueRequest(name="")), invalid, "name is empty"),
+        (lambda: q.ResumeQueue(Q.ResumeQueueRequest(name="nope")), missing, "no queue named 'nope'"),
+        (lambda: q.ClearQueue(Q.ClearQueueRequest(name="nope")), missing, "no queue named 'nope'"),
+        (lambda: q.ClearQueue(Q.ClearQueueRequest(name="")), invalid, "name is empty"),
     ]
     for call, code, fragment in cases:
         error = rpc_error(call)
@@ -279,15 +290,15 @@ def test_set_queue_with_only_a_name_and_topics_gets_the_file_defaults(nodes: Nod
     config = Q.QueueConfig(name="minimal", topics=["minimal/**"])
     info = node.queues.SetQueue(Q.SetQueueRequest(config=config)).queue
     c = info.config
-    assert (c.max_parallel, c.retries, c.retry_delay_s, c.retry_backoff, c.retry_delay_max_s) == (
+    assert (c.max_parallel, c.retries, c.retry_delay.seconds, c.retry_backoff, c.retry_delay_max.seconds) == (
         15,
         10,
         2,
         1,
         3600,
     )
-    assert (c.timeout_s, c.keep_jobs) == (0, True)
+    assert (c.timeout.ToTimedelta(), c.keep_jobs) == (timedelta(0), True)
     # And an explicit zero is kept: no retries, no delay
-    config = Q.QueueConfig(name="zeros", topics=["zeros/**"], retries=0, retry_delay_s=0.0)
+    config = Q.QueueConfig(name="zeros", topics=["zeros/**"], retries=0, retry_delay=timedelta(0))
     c = node.queues.SetQueue(Q.SetQueueRequest(config=config)).queue.config
-    assert (c.retries, c.retry_delay_s) == (0, 0)
+    assert (c.retries, c.retry_delay.ToTimedelta()) == (0, timedelta(0))

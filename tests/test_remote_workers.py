@@ -7,9 +7,11 @@ answers, breaks its stream or reconnects. Topics are distinct per test: the node
 from __future__ import annotations
 
 import signal
+from datetime import timedelta
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from harness import (
     NodeFactory,
     NodeProcess,
@@ -65,7 +67,7 @@ def test_a_worker_runs_a_job_and_its_reports_and_result_land_on_the_job(node: No
     assert get_job(node.stub, job_id).state == ACTIVE
     # When it reports progress, a log line and a property, then succeeds with an output payload
     stream.progress(assignment, total_steps=4)
-    stream.progress(assignment, increment_steps=3, eta_s=5.0)
+    stream.progress(assignment, increment_steps=3, eta=timedelta(seconds=5))
     stream.log(assignment, "halfway there")
     stream.set_property(assignment, "seen_by", "remote")
     wait_for(lambda: full_job(node, job_id).progress.completed_steps == 3, what="progress 3/4")
@@ -99,7 +101,7 @@ def test_a_failed_result_is_retried_after_its_delay_with_the_attempt_counted(nod
     job_id = add_job(node.stub, "retry/me")
 
     first = stream.expect("assignment")
-    stream.result(first, W.WORK_OUTCOME_FAILED, "try again", retry_delay_s=0.0)
+    stream.result(first, W.WORK_OUTCOME_FAILED, "try again", retry_delay=timedelta(0))
     second = stream.expect("assignment")
 
     assert (second.job_id, second.attempt, second.retry_count) == (job_id, first.attempt + 1, 1)
@@ -182,7 +184,7 @@ def test_an_attempt_that_times_out_is_stopped_and_keeps_the_slot_until_the_worke
     # Given a worker with one slot and a job whose attempts time out after 1 s
     stream = WorkerStream.connect(node.channel, "slow/**")
     job = new_job("slow/job")
-    job.timeout_s = 1.0
+    job.timeout.FromSeconds(1)
     job_id = node.stub.AddJob(J.AddJobRequest(job=job)).job.id
     first = stream.expect("assignment")
     # When the worker does not answer in time, it is told to stop, and the job is retried
@@ -325,7 +327,16 @@ def test_a_bad_registration_ends_the_stream_with_invalid_argument(
         ("result", W.WorkResult(job_id="", attempt=1, outcome=1), "result.job_id is empty"),
         ("result", W.WorkResult(job_id="j", attempt=0, outcome=1), "result.attempt is 0"),
         ("result", W.WorkResult(job_id="j", attempt=1), "result.outcome is 0"),
-        ("result", W.WorkResult(job_id="j", attempt=1, outcome=2, retry_delay_s=-1), "retry_delay_s is -1"),
+        (
+            "result",
+            W.WorkResult(job_id="j", attempt=1, outcome=2, retry_delay=timedelta(seconds=-1)),
+            "result.retry_delay is -1s",
+        ),
+        (
+            "progress",
+            W.WorkProgress(job_id="j", attempt=1, eta=Duration(seconds=-1, nanos=1)),
+            "progress.eta (seconds -1, nanos 1) is not a valid google.protobuf.Duration",
+        ),
         ("progress", W.WorkProgress(job_id="j", attempt=1, increment_steps=-2), "increment_steps is -2"),
         ("property", W.WorkProperty(job_id="j", attempt=1, name="1bad"), "property name '1bad' is invalid"),
         ("property", W.WorkProperty(job_id="j", attempt=1, name="ok"), "no value is set"),
@@ -338,6 +349,7 @@ def test_a_bad_registration_ends_the_stream_with_invalid_argument(
         "attempt-0",
         "no-outcome",
         "negative-delay",
+        "malformed-eta",
         "negative-steps",
         "bad-property-name",
         "property-without-value",

@@ -151,7 +151,7 @@ def test_jobs_acknowledged_before_kill_9_are_all_there_after_restart(nodes: Node
     node.start()
 
     # Then every acknowledged job is there, queued, with its properties and payload
-    found = find_all(node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_QUEUED, topic="acked/x", limit=1000))
+    found = find_all(node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_QUEUED, topic="acked/x", page_size=1000))
     assert [j.id for j in found] == ids
     assert [j.properties["i"].int_value for j in found] == list(range(500))
     assert get_job(node.stub, single, include_payloads=True).payload == b"last"

@@ -150,12 +150,14 @@ def test_purge_jobs_by_state_age_and_count_then_find_jobs_still_works(
     assert orphans(node) == []
 
     # FindJobs pages through what is left, with the right totals, newest first too
-    page = node.stub.FindJobs(S.FindJobsRequest(type=S.QUERY_TYPE_HISTORY, limit=100))
-    assert (len(page.jobs), page.total_count) == (100, 251)
+    page = node.stub.FindJobs(S.FindJobsRequest(type=S.QUERY_TYPE_HISTORY, page_size=100))
+    assert (len(page.jobs), page.total_size) == (100, 251)
     assert [
-        j.id for j in find_all(node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_HISTORY, limit=100))
+        j.id for j in find_all(node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_HISTORY, page_size=100))
     ] == sorted([*kept, stopped])
-    newest = find_all(node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_SUCCEEDED, limit=64, newest_first=True))
+    newest = find_all(
+        node.stub, S.FindJobsRequest(type=S.QUERY_TYPE_SUCCEEDED, page_size=64, newest_first=True)
+    )
     assert [j.id for j in newest] == sorted(kept, reverse=True)
     assert set(kept) <= set(many)
 
@@ -178,6 +180,15 @@ def test_purge_jobs_refuses_bad_input(nodes: NodeFactory) -> None:
         (S.PurgeJobsRequest(states=[99]), "states[0] is 99"),  # type: ignore[list-item]
         (S.PurgeJobsRequest(keep_newest=-1), "keep_newest"),
         (S.PurgeJobsRequest(older_than=Duration(seconds=-5)), "older_than"),
+        # Beyond what a Duration may hold: refused, not an overflow inside the node
+        (
+            S.PurgeJobsRequest(older_than=Duration(seconds=2**63 - 1)),
+            "older_than (seconds 9223372036854775807",
+        ),
+        (
+            S.PurgeJobsRequest(older_than=Duration(seconds=5, nanos=-1)),
+            "is not a valid google.protobuf.Duration",
+        ),
     ]
     for request, fragment in cases:
         error = rpc_error(lambda request=request: node.stub.PurgeJobs(request))  # type: ignore[misc]

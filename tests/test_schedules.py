@@ -34,12 +34,14 @@ def add_schedule(
 ) -> schedules_pb2.Schedule:
     schedule: schedules_pb2.Schedule = node.schedules.AddSchedule(
         R.AddScheduleRequest(name=name, job=new_job(topic, **props), rules=rules)  # type: ignore[arg-type]
-    )
+    ).schedule
     return schedule
 
 
 def get_schedule(node: NodeProcess, schedule_id: str) -> schedules_pb2.Schedule:
-    schedule: schedules_pb2.Schedule = node.schedules.GetSchedule(R.ScheduleIdRequest(id=schedule_id))
+    schedule: schedules_pb2.Schedule = node.schedules.GetSchedule(
+        R.GetScheduleRequest(id=schedule_id)
+    ).schedule
     return schedule
 
 
@@ -72,7 +74,7 @@ def test_at_schedule_fires_once_at_its_time(node: NodeProcess) -> None:
     when = time.time() + 0.4
     request = R.AddScheduleRequest(name="once", job=new_job("sched/once", n=1), rules=[at(when)])
     request.job.dedup_key = "ignored"
-    schedule = node.schedules.AddSchedule(request)
+    schedule = node.schedules.AddSchedule(request).schedule
     assert (schedule.name, schedule.fired_count, schedule.suspended) == ("once", 0, False)
     assert micros(schedule.next_time) == round(when * 1e6)
     assert not schedule.HasField("last_time")
@@ -174,7 +176,7 @@ def test_suspended_schedule_skips_its_occurrences_and_resumes_from_now(nodes: No
 
     # When both are suspended (persisted across a restart) and the `at` time passes
     for schedule in (once, daily):
-        suspended = node.schedules.SuspendSchedule(R.ScheduleIdRequest(id=schedule.id))
+        suspended = node.schedules.SuspendSchedule(R.SuspendScheduleRequest(id=schedule.id)).schedule
         assert suspended.suspended
     node.restart()
     assert all(get_schedule(node, s.id).suspended for s in (once, daily))
@@ -185,8 +187,8 @@ def test_suspended_schedule_skips_its_occurrences_and_resumes_from_now(nodes: No
     assert jobs_of(node, "sched/skipped") == []
 
     # And on resume the missed `at` occurrence is skipped, the daily one continues from now
-    resumed_once = node.schedules.ResumeSchedule(R.ScheduleIdRequest(id=once.id))
-    resumed_daily = node.schedules.ResumeSchedule(R.ScheduleIdRequest(id=daily.id))
+    resumed_once = node.schedules.ResumeSchedule(R.ResumeScheduleRequest(id=once.id)).schedule
+    resumed_daily = node.schedules.ResumeSchedule(R.ResumeScheduleRequest(id=daily.id)).schedule
     assert not resumed_once.suspended
     assert not resumed_once.HasField("next_time")
     assert not resumed_daily.suspended
@@ -201,14 +203,18 @@ def test_removed_schedule_is_gone_and_its_jobs_stay(node: NodeProcess) -> None:
     listed = [s.id for s in node.schedules.ListSchedules(R.ListSchedulesRequest()).schedules]
     assert listed[-2:] == [first.id, second.id], "oldest first"
 
-    node.schedules.RemoveSchedule(R.ScheduleIdRequest(id=first.id))
+    node.schedules.RemoveSchedule(R.RemoveScheduleRequest(id=first.id))
 
     assert [s.id for s in node.schedules.ListSchedules(R.ListSchedulesRequest()).schedules] == [
         *listed[:-2],
         second.id,
     ]
-    for call in (node.schedules.GetSchedule, node.schedules.RemoveSchedule, node.schedules.SuspendSchedule):
-        error = rpc_error(lambda call=call: call(R.ScheduleIdRequest(id=first.id)))  # type: ignore[misc]
+    for call, request in (
+        (node.schedules.GetSchedule, R.GetScheduleRequest(id=first.id)),
+        (node.schedules.RemoveSchedule, R.RemoveScheduleRequest(id=first.id)),
+        (node.schedules.SuspendSchedule, R.SuspendScheduleRequest(id=first.id)),
+    ):
+        error = rpc_error(lambda call=call, request=request: call(request))  # type: ignore[misc]
         assert error.code() == grpc.StatusCode.NOT_FOUND
         assert first.id in (error.details() or "")
     assert len(jobs_of(node, "sched/removed")) == 1
@@ -246,12 +252,12 @@ def test_schedule_rpcs_refuse_bad_input_and_the_node_keeps_serving(node: NodePro
         (add(job_with("a//b"), daily), "a//b"),
         (add(bad_property, daily), "1bad"),
         (add(job_with(max_retries=-5), daily), "max_retries is -5"),
-        (add(job_with(timeout_s=-1.0), daily), "timeout_s is -1"),
+        (add(job_with(timeout=timedelta(seconds=-1)), daily), "job.timeout is -1s"),
         (add(job_with(), daily, name="n" * 201), "name has more than 200"),
-        (lambda: node.schedules.GetSchedule(R.ScheduleIdRequest(id="")), "id is empty"),
-        (lambda: node.schedules.RemoveSchedule(R.ScheduleIdRequest()), "id is empty"),
-        (lambda: node.schedules.SuspendSchedule(R.ScheduleIdRequest()), "id is empty"),
-        (lambda: node.schedules.ResumeSchedule(R.ScheduleIdRequest()), "id is empty"),
+        (lambda: node.schedules.GetSchedule(R.GetScheduleRequest(id="")), "id is empty"),
+        (lambda: node.schedules.RemoveSchedule(R.RemoveScheduleRequest()), "id is empty"),
+        (lambda: node.schedules.SuspendSchedule(R.SuspendScheduleRequest()), "id is empty"),
+        (lambda: node.schedules.ResumeSchedule(R.ResumeScheduleRequest()), "id is empty"),
     ]
     for call, fragment in cases:
         error = rpc_error(call)
@@ -263,7 +269,7 @@ def test_schedule_rpcs_refuse_bad_input_and_the_node_keeps_serving(node: NodePro
             error.code(),
             error.details(),
         )
-    unknown = rpc_error(lambda: node.schedules.ResumeSchedule(R.ScheduleIdRequest(id="nope")))
+    unknown = rpc_error(lambda: node.schedules.ResumeSchedule(R.ResumeScheduleRequest(id="nope")))
     assert unknown.code() == grpc.StatusCode.NOT_FOUND
 
     # Nothing was stored, and the node still schedules
@@ -277,7 +283,7 @@ def test_a_schedule_whose_job_became_invalid_does_not_block_the_others(nodes: No
     when = time.time() + 0.3
     big = node.schedules.AddSchedule(
         R.AddScheduleRequest(job=new_job("sched/big", payload=b"x" * 500), rules=[at(when)])
-    )
+    ).schedule
     fine = add_schedule(node, "sched/fine", at(when))
     node.terminate()
     sleep_until(when + 0.05)

@@ -79,13 +79,14 @@ def test_statistics_count_every_outcome_time_it_exactly_and_survive_restart_and_
     topic = stats.topics["stat/ok"]
     waited = [micros(j.started_time) - micros(j.created_time) for j in jobs]
     processed = [micros(j.finished_time) - micros(j.started_time) for j in jobs]
-    assert topic.average_waiting_ms == pytest.approx(sum(waited) / 2 / 1000)
-    assert topic.average_processing_ms == pytest.approx(sum(processed) / 2 / 1000)
+    # Averages are Durations, to the microsecond
+    assert topic.average_waiting.ToMicroseconds() == pytest.approx(sum(waited) / 2, abs=1)
+    assert topic.average_processing.ToMicroseconds() == pytest.approx(sum(processed) / 2, abs=1)
     assert micros(topic.last_activated) == max(micros(j.started_time) for j in jobs)
     assert micros(topic.last_finished) == max(micros(j.finished_time) for j in jobs)
     every_finish = [micros(get_job(node.stub, j).finished_time) for j in [*ok, flaky, bad, other]]
     assert micros(g.last_finished) == max(every_finish)
-    assert g.average_processing_ms > 0
+    assert g.average_processing.ToMicroseconds() > 0
 
     # When the node restarts gracefully, and then crashes and starts again
     node.restart()
@@ -137,6 +138,6 @@ def test_an_attempt_cut_short_by_a_crash_counts_as_failed_like_its_retry_count_s
     stats = statistics_when(node.stub, lambda s: s.topics["crash/x"].processed == 2)
     topic = stats.topics["crash/x"]
     assert counts(topic) == (0, 0, 1, 1, 0, 2)
-    assert topic.average_processing_ms == pytest.approx(
-        (micros(job.finished_time) - micros(job.started_time)) / 1000
+    assert topic.average_processing.ToMicroseconds() == pytest.approx(
+        micros(job.finished_time) - micros(job.started_time), abs=1
     )

@@ -8,7 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from jobmesh.v1 import jobs_pb2, transfer_pb2
+from jobmesh.peer.v1 import transfer_pb2
+from jobmesh.v1 import jobs_pb2
 
 from node.errors import InvalidArgument
 from node.jobs.model import JobState
@@ -59,13 +60,13 @@ async def test_reports_of_an_old_epoch_are_rejected_and_a_duplicate_report_appli
         assert await store.peers() == ["peer2"]
 
         # When the old target reports success under epoch 0
-        stale = transfer_pb2.TransferFrame(sender_id="peer", last_seq=1, reports=[_report("j1", 0, 1)])
+        stale = transfer_pb2.ExchangeRequest(sender_id="peer", last_seq=1, reports=[_report("j1", 0, 1)])
         assert not (await store.apply(stale, {}, 10)).ended
 
         # Then it is rejected; the new target's report ends the job, once
         job = await jobs.get_job("j1")
         assert (job.state, job.target_instance) == (JobState.QUEUED, "peer2")
-        good = transfer_pb2.TransferFrame(sender_id="peer2", last_seq=3, reports=[_report("j1", 1, 3)])
+        good = transfer_pb2.ExchangeRequest(sender_id="peer2", last_seq=3, reports=[_report("j1", 1, 3)])
         assert (await store.apply(good, {}, 11)).ended == {"peer2": 1}
         assert not (await store.apply(good, {}, 12)).ended
         job = await jobs.get_job("j1")
@@ -148,7 +149,7 @@ async def test_a_stop_or_remove_at_the_origin_reaches_the_target_once_and_only_f
         again = await origin.next_frame("target", controls.last_seq, 100, 1 << 20)
         assert again is not None
         await target.apply(again, place, 9)
-        stale = transfer_pb2.TransferFrame(
+        stale = transfer_pb2.ExchangeRequest(
             sender_id="origin", last_seq=99, controls=[transfer_pb2.JobControl(job_id="j3", epoch=1)]
         )
         await target.apply(stale, place, 10)
@@ -180,14 +181,14 @@ async def test_a_job_stopped_while_its_gone_target_ran_it_ends_stopped_instead_o
 
 async def _stream(
     sender: TransferStore, receiver: TransferStore, peer: str, assembler: ChunkAssembler, *, max_bytes: int
-) -> list[transfer_pb2.TransferFrame]:
+) -> list[transfer_pb2.ExchangeRequest]:
     """Frames from `sender` to `receiver` until the outbox is empty, as the offloader sends them."""
-    sent: list[transfer_pb2.TransferFrame] = []
+    sent: list[transfer_pb2.ExchangeRequest] = []
     after, cursor = 0, None
     while (
         frame := await sender.next_frame(peer, after, 100, max_bytes, chunk_bytes=CHUNK, resume=cursor)
     ) is not None:
-        sent.append(transfer_pb2.TransferFrame.FromString(frame.SerializeToString()))
+        sent.append(transfer_pb2.ExchangeRequest.FromString(frame.SerializeToString()))
         await receiver.apply(frame, {"t/a": Placement("main", receiver.local_id)}, 5, assembler)
         await sender.drop(peer, frame.last_seq)
         after, cursor = frame.last_seq, ChunkCursor.after(frame)
@@ -304,7 +305,7 @@ def test_chunk_reassembly_verifies_every_chunk_and_the_whole_payload() -> None:
         ChunkAssembler(max_bytes=999).add(chunks[0])
 
     # A frame whose chunked item has no chunks before it is rejected
-    frame = transfer_pb2.TransferFrame(
+    frame = transfer_pb2.ExchangeRequest(
         jobs=[
             transfer_pb2.OffloadedJob(
                 job_id="j1", epoch=2, payload_chunked=True, payload_crc32=crc32(payload)

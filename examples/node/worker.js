@@ -39,7 +39,12 @@ async function processJob(job, workerName) {
     job.progress({ increment_steps: 1 });
   }
   if (job.retry_count < failAttempts) {
-    return { outcome: 'WORK_OUTCOME_FAILED', message: `attempt ${job.attempt} failed on purpose`, retry_delay_s: 0.1 };
+    // retry_delay is a google.protobuf.Duration: { seconds, nanos }.
+    return {
+      outcome: 'WORK_OUTCOME_FAILED',
+      message: `attempt ${job.attempt} failed on purpose`,
+      retry_delay: { seconds: 0, nanos: 100000000 },
+    };
   }
   return {
     outcome: 'WORK_OUTCOME_SUCCEEDED',

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "generated"))
@@ -96,7 +97,7 @@ def process(job: Job, worker_name: str) -> workers_pb2.WorkResult:
         return workers_pb2.WorkResult(
             outcome=workers_pb2.WORK_OUTCOME_FAILED,
             message=f"attempt {job.attempt} failed on purpose",
-            retry_delay_s=0.1,
+            retry_delay=timedelta(seconds=0.1),  # a google.protobuf.Duration
         )
     return workers_pb2.WorkResult(
         outcome=workers_pb2.WORK_OUTCOME_SUCCEEDED,

@@ -223,11 +223,11 @@ def cmd_jobs(args: argparse.Namespace, environ: dict[str, str]) -> int:
         if args.limit < 0:
             raise InvalidArgument(f"--limit {args.limit}: use 0 (all) or more")
         jobs: list[jobs_pb2.Job] = []
-        request.limit = min(args.limit, 1000) if args.limit else 1000
+        request.page_size = min(args.limit, 1000) if args.limit else 1000
         total = 0
         while True:
             page = client.find_jobs(request)
-            total = page.total_count
+            total = page.total_size
             jobs.extend(page.jobs)
             if not page.next_page_token or (args.limit and len(jobs) >= args.limit):
                 break

@@ -160,13 +160,11 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_queues(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh queues`."""
-    response = client.call(client.queues.ListQueues, queues_pb2.ListQueuesRequest())
+    queues = client.list_all(client.queues.ListQueues, queues_pb2.ListQueuesRequest(), "queues")
     if args.json:
         from google.protobuf.json_format import MessageToDict
 
-        render.print_json(
-            [MessageToDict(q, preserving_proto_field_name=True) for q in response.queues], sys.stdout
-        )
+        render.print_json([MessageToDict(q, preserving_proto_field_name=True) for q in queues], sys.stdout)
         return EXIT_OK
     rows = [
         (
@@ -179,7 +177,7 @@ def cmd_queues(args: argparse.Namespace, client: JobmeshClient) -> int:
             str(q.config.retries),
             ",".join(q.config.topics) or "(all others)",
         )
-        for q in response.queues
+        for q in queues
     ]
     render.print_table(
         rows, ("NAME", "TYPE", "STATE", "QUEUED", "ACTIVE", "PARALLEL", "RETRIES", "TOPICS"), sys.stdout
@@ -189,13 +187,15 @@ def cmd_queues(args: argparse.Namespace, client: JobmeshClient) -> int:
 
 def cmd_queue(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh queue suspend|resume|clear NAME`."""
-    request = queues_pb2.QueueNameRequest(name=args.name)
     if args.action == "clear":
-        response = client.call(client.queues.ClearQueue, request)
+        response = client.call(client.queues.ClearQueue, queues_pb2.ClearQueueRequest(name=args.name))
         print(f"dropped {response.dropped} queued jobs of {args.name}")
         return EXIT_OK
-    method = client.queues.SuspendQueue if args.action == "suspend" else client.queues.ResumeQueue
-    info = client.call(method, request)
+    if args.action == "suspend":
+        reply = client.call(client.queues.SuspendQueue, queues_pb2.SuspendQueueRequest(name=args.name))
+    else:
+        reply = client.call(client.queues.ResumeQueue, queues_pb2.ResumeQueueRequest(name=args.name))
+    info = reply.queue
     print(f"queue {info.config.name} is {'suspended' if info.suspended else 'running'}")
     return EXIT_OK
 
@@ -227,8 +227,8 @@ def cmd_stats(args: argparse.Namespace, client: JobmeshClient) -> int:
                 str(s.finished),
                 str(s.failed),
                 str(s.cancelled),
-                f"{s.average_waiting_ms:.1f}",
-                f"{s.average_processing_ms:.1f}",
+                f"{s.average_waiting.ToMicroseconds() / 1000:.1f}",
+                f"{s.average_processing.ToMicroseconds() / 1000:.1f}",
                 _time(s.last_finished, s.HasField("last_finished")),
             )
             for scope, name, s in rows
@@ -309,24 +309,25 @@ def cmd_schedule(args: argparse.Namespace, client: JobmeshClient) -> int:
         job = new_job(args.topic, dict(parse_assignment(t) for t in args.properties))
         schedule = client.call(
             stub.AddSchedule, schedules_pb2.AddScheduleRequest(name=args.name, job=job, rules=rules)
-        )
+        ).schedule
         if args.json:
             _print_schedules([schedule], True)
         else:
             print(schedule.id)
         return EXIT_OK
     if args.action == "list":
-        _print_schedules(
-            list(client.call(stub.ListSchedules, schedules_pb2.ListSchedulesRequest()).schedules), args.json
-        )
+        schedules = client.list_all(stub.ListSchedules, schedules_pb2.ListSchedulesRequest(), "schedules")
+        _print_schedules(schedules, args.json)
         return EXIT_OK
-    request = schedules_pb2.ScheduleIdRequest(id=args.id)
     if args.action == "rm":
-        client.call(stub.RemoveSchedule, request)
+        client.call(stub.RemoveSchedule, schedules_pb2.RemoveScheduleRequest(id=args.id))
         print(f"removed schedule {args.id}")
     else:
-        method = stub.SuspendSchedule if args.action == "suspend" else stub.ResumeSchedule
-        schedule = client.call(method, request)
+        if args.action == "suspend":
+            reply = client.call(stub.SuspendSchedule, schedules_pb2.SuspendScheduleRequest(id=args.id))
+        else:
+            reply = client.call(stub.ResumeSchedule, schedules_pb2.ResumeScheduleRequest(id=args.id))
+        schedule = reply.schedule
         print(f"schedule {schedule.id} is {'suspended' if schedule.suspended else 'active'}")
     return EXIT_OK
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ifaddr
-from jobmesh.v1 import membership_pb2
+from jobmesh.peer.v1 import membership_pb2
 
 from node.errors import ConfigError, InvalidArgument
 

@@ -17,7 +17,8 @@ import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from jobmesh.v1 import membership_pb2, topology_pb2
+from jobmesh.peer.v1 import membership_pb2
+from jobmesh.v1 import topology_pb2
 
 from node.discovery.identity import InstanceInfo
 from node.errors import InvalidArgument

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from jobmesh.v1 import membership_pb2
+from jobmesh.peer.v1 import membership_pb2
 
 from node.discovery.membership import MemberRecord
 

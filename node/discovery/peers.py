@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
-from jobmesh.v1 import membership_pb2_grpc
+from jobmesh.peer.v1 import membership_pb2_grpc
 
 from node.discovery.messages import (
     Ack,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from jobmesh.v1 import jobs_pb2, schedules_pb2
 
 from node.config import NodeConfig
+from node.durations import optional_seconds
 from node.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
@@ -219,10 +220,10 @@ class JobManager:
             )
         if max_retries is not None and max_retries < -1:
             raise InvalidArgument(f"{field}.max_retries is {max_retries}; use -1 (forever) or more")
-        for name, value in (("retry_delay_s", retry_delay_s), ("timeout_s", timeout_s)):
+        for name, value in (("retry_delay", retry_delay_s), ("timeout", timeout_s)):
             if value is not None and not 0 <= value <= MAX_JOB_SECONDS:
                 raise InvalidArgument(
-                    f"{field}.{name} is {value}; use a number of seconds from 0 to {MAX_JOB_SECONDS} (10 years)"
+                    f"{field}.{name} is {value:g}s; use a duration from 0 to {MAX_JOB_SECONDS}s (10 years)"
                 )
         queue = self.queues.for_topic(topic)
         target = self._target_for(topic, queue.name)
@@ -257,8 +258,8 @@ class JobManager:
             now_us(),
             dedup_key=new.dedup_key,
             max_retries=new.max_retries if new.HasField("max_retries") else None,
-            retry_delay_s=new.retry_delay_s if new.HasField("retry_delay_s") else None,
-            timeout_s=new.timeout_s if new.HasField("timeout_s") else None,
+            retry_delay_s=optional_seconds(new, "retry_delay", f"{field}.retry_delay"),
+            timeout_s=optional_seconds(new, "timeout", f"{field}.timeout"),
             field=field,
         )
 

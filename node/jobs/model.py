@@ -108,7 +108,7 @@ class Job:
         if self.dedup_key:
             proto.dedup_key = self.dedup_key
         if self.timeout_us:
-            proto.timeout_s = self.timeout_us / 1e6
+            proto.timeout.FromMicroseconds(self.timeout_us)
         if self.progress_total is not None or self.progress_done is not None:
             proto.progress.total_steps = self.progress_total or 0
             proto.progress.completed_steps = self.progress_done or 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 
 from jobmesh.v1 import jobs_pb2
 
+from node.durations import duration_from_us
 from node.jobs.model import JobState
 from node.journal.journal import Journal
 from node.journal.recorder import SCOPE_GLOBAL, SCOPE_QUEUE, StatsDelta
@@ -26,14 +27,14 @@ class Statistics(StatsDelta):
         return self.finished + self.failed + self.cancelled
 
     @property
-    def average_waiting_ms(self) -> float:
+    def average_waiting_us(self) -> int:
         """Average time from queued to started."""
-        return self.waiting_us / self.waiting_count / 1000 if self.waiting_count else 0.0
+        return round(self.waiting_us / self.waiting_count) if self.waiting_count else 0
 
     @property
-    def average_processing_ms(self) -> float:
+    def average_processing_us(self) -> int:
         """Average time from started to ended."""
-        return self.processing_us / self.processing_count / 1000 if self.processing_count else 0.0
+        return round(self.processing_us / self.processing_count) if self.processing_count else 0
 
     def to_proto(self) -> jobs_pb2.Statistics:
         """The public proto form."""
@@ -44,8 +45,8 @@ class Statistics(StatsDelta):
             failed=self.failed,
             cancelled=self.cancelled,
             processed=self.processed,
-            average_waiting_ms=self.average_waiting_ms,
-            average_processing_ms=self.average_processing_ms,
+            average_waiting=duration_from_us(self.average_waiting_us),
+            average_processing=duration_from_us(self.average_processing_us),
         )
         if self.last_activated_us:
             proto.last_activated.FromMicroseconds(self.last_activated_us)

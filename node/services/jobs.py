@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
+from node.durations import duration_from_seconds, optional_seconds
 from node.errors import InvalidArgument, JobmeshError, Unavailable
 from node.jobs.events import EventFilter, EventType
 from node.jobs.manager import JobManager
@@ -49,9 +50,9 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
     """Validate a FindJobsRequest and turn it into a journal query."""
     if request.type not in _STATES_BY_QUERY:
         raise InvalidArgument(f"type {request.type} is not a known QueryType")
-    if request.limit < 0 or request.limit > MAX_PAGE_SIZE:
+    if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
         raise InvalidArgument(
-            f"limit {request.limit} is out of range; use 1..{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"
+            f"page_size {request.page_size} is out of range; use 1..{MAX_PAGE_SIZE} (0: {DEFAULT_PAGE_SIZE})"
         )
     if len(request.templates) > MAX_TEMPLATES:
         raise InvalidArgument(
@@ -69,7 +70,7 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
         states=_STATES_BY_QUERY[request.type],
         topic=request.topic or None,
         templates=templates,
-        limit=request.limit or DEFAULT_PAGE_SIZE,
+        limit=request.page_size or DEFAULT_PAGE_SIZE,
         after_seq=decode_page_token(request.page_token) if request.page_token else None,
         newest_first=request.newest_first,
     )
@@ -86,7 +87,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         proto = job.to_proto()
         if job.timeout_us is None:  # no per-job timeout: the queue's applies
             queue = self._manager.queues.get(job.queue)
-            proto.timeout_s = queue.timeout_s if queue is not None else 0.0
+            if queue is not None and queue.timeout_s:
+                proto.timeout.CopyFrom(duration_from_seconds(queue.timeout_s))
         return proto
 
     @rpc
@@ -125,17 +127,21 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         topology = request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY
         if topology and request.page_token:
             raise InvalidArgument(
-                "page_token does not apply to scope QUERY_SCOPE_TOPOLOGY; raise limit instead"
+                "page_token does not apply to scope QUERY_SCOPE_TOPOLOGY; raise page_size instead"
             )
-        page = await self._manager.find_jobs(query_from_proto(request))
-        response = jobs_pb2.FindJobsResponse(
-            jobs=[self._job_proto(job) for job in page.jobs],
-            next_page_token=page.next_page_token,
-            total_count=page.total_count,
-        )
+        response = await self.find_local_jobs(request)
         if topology and self._peers is not None:
             return await gather.find_jobs(request, self._manager.instance_id, response, self._peers)
         return response
+
+    async def find_local_jobs(self, request: jobs_pb2.FindJobsRequest) -> jobs_pb2.FindJobsResponse:
+        """One page of this node's own jobs matching a query (its scope is not looked at)."""
+        page = await self._manager.find_jobs(query_from_proto(request))
+        return jobs_pb2.FindJobsResponse(
+            jobs=[self._job_proto(job) for job in page.jobs],
+            next_page_token=page.next_page_token,
+            total_size=page.total_count,
+        )
 
     @rpc
     async def StopJob(
@@ -187,6 +193,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def GetStatistics(
         self, request: jobs_pb2.GetStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetStatisticsResponse:
+        response = await self.local_statistics()
+        if request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY and self._peers is not None:
+            return await gather.statistics(response, self._peers)
+        return response
+
+    async def local_statistics(self) -> jobs_pb2.GetStatisticsResponse:
+        """This node's own statistics."""
         report = await self._manager.statistics()
         response = jobs_pb2.GetStatisticsResponse()
         getattr(response, "global").CopyFrom(report.global_.to_proto())  # `global` is a Python keyword
@@ -194,8 +207,6 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             response.queues[name].CopyFrom(stats.to_proto())
         for name, stats in report.topics.items():
             response.topics[name].CopyFrom(stats.to_proto())
-        if request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY and self._peers is not None:
-            return await gather.statistics(response, self._peers)
         return response
 
     @rpc
@@ -209,7 +220,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             states.append(JobState(value))
         if request.keep_newest < 0:
             raise InvalidArgument("keep_newest must be >= 0")
-        older = request.older_than.ToTimedelta().total_seconds() if request.HasField("older_than") else None
+        older = optional_seconds(request, "older_than", "older_than")
         if older is not None and older < 0:
             raise InvalidArgument("older_than must not be negative")
         purged = await self._manager.purge(states, older, request.keep_newest)

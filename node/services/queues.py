@@ -5,9 +5,11 @@ from __future__ import annotations
 import grpc
 from jobmesh.v1 import queues_pb2, queues_pb2_grpc
 
+from node.durations import duration_from_seconds, optional_seconds
 from node.errors import ConfigError, InvalidArgument
 from node.jobs.manager import JobManager, QueueInfo
-from node.jobs.queues import QueueConfig, QueueType
+from node.jobs.queues import MAIN_QUEUE, QueueConfig, QueueType
+from node.services.paging import page_of
 from node.services.status import rpc
 
 _TYPE_TO_PROTO = {
@@ -25,6 +27,10 @@ _SOURCE = {
 }
 
 
+# Duration fields of the proto and the QueueConfig field (seconds) each one sets.
+_DURATIONS = {"retry_delay": "retry_delay_s", "retry_delay_max": "retry_delay_max_s", "timeout": "timeout_s"}
+
+
 def config_to_proto(config: QueueConfig) -> queues_pb2.QueueConfig:
     """The proto form of a queue config."""
     return queues_pb2.QueueConfig(
@@ -33,10 +39,10 @@ def config_to_proto(config: QueueConfig) -> queues_pb2.QueueConfig:
         type=_TYPE_TO_PROTO[config.type],
         max_parallel=float(config.max_parallel),
         retries=config.retries,
-        retry_delay_s=config.retry_delay_s,
+        retry_delay=duration_from_seconds(config.retry_delay_s),
         retry_backoff=config.retry_backoff,
-        retry_delay_max_s=config.retry_delay_max_s,
-        timeout_s=config.timeout_s,
+        retry_delay_max=duration_from_seconds(config.retry_delay_max_s),
+        timeout=duration_from_seconds(config.timeout_s),
         keep_jobs=config.keep_jobs,
         prefer_run_on_creation_instance=config.prefer_run_on_creation_instance,
         ranking=config.ranking,
@@ -56,21 +62,22 @@ def config_from_proto(proto: queues_pb2.QueueConfig) -> QueueConfig:
         "prefer_run_on_creation_instance": proto.prefer_run_on_creation_instance,
         "ranking": proto.ranking,
     }
-    for field in (
-        "max_parallel",
-        "retries",
-        "retry_delay_s",
-        "retry_backoff",
-        "retry_delay_max_s",
-        "timeout_s",
-        "keep_jobs",
-    ):
+    for field in ("max_parallel", "retries", "retry_backoff", "keep_jobs"):
         if proto.HasField(field):
             values[field] = getattr(proto, field)
+    for field, name in _DURATIONS.items():
+        seconds = optional_seconds(proto, field, f"config.{field}")
+        if seconds is not None:
+            values[name] = seconds
     try:
         return QueueConfig.create(**values)
     except ConfigError as e:
         raise InvalidArgument(str(e)) from e
+
+
+def _queue_order(info: QueueInfo) -> tuple[int, str]:
+    """ListQueues' order: the main queue first, then by name."""
+    return int(info.config.name != MAIN_QUEUE), info.config.name
 
 
 def _require_name(name: str) -> str:
@@ -101,8 +108,11 @@ class QueueServicer(queues_pb2_grpc.QueueServiceServicer):
     async def ListQueues(
         self, request: queues_pb2.ListQueuesRequest, context: grpc.aio.ServicerContext
     ) -> queues_pb2.ListQueuesResponse:
+        page = page_of("queues", await self._manager.list_queues(), _queue_order, request)
         return queues_pb2.ListQueuesResponse(
-            queues=[info_to_proto(q) for q in await self._manager.list_queues()]
+            queues=[info_to_proto(q) for q in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
         )
 
     @rpc
@@ -123,19 +133,21 @@ class QueueServicer(queues_pb2_grpc.QueueServiceServicer):
 
     @rpc
     async def SuspendQueue(
-        self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
-    ) -> queues_pb2.QueueInfo:
-        return info_to_proto(await self._manager.suspend_queue(_require_name(request.name), True))
+        self, request: queues_pb2.SuspendQueueRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.SuspendQueueResponse:
+        info = await self._manager.suspend_queue(_require_name(request.name), True)
+        return queues_pb2.SuspendQueueResponse(queue=info_to_proto(info))
 
     @rpc
     async def ResumeQueue(
-        self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
-    ) -> queues_pb2.QueueInfo:
-        return info_to_proto(await self._manager.suspend_queue(_require_name(request.name), False))
+        self, request: queues_pb2.ResumeQueueRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.ResumeQueueResponse:
+        info = await self._manager.suspend_queue(_require_name(request.name), False)
+        return queues_pb2.ResumeQueueResponse(queue=info_to_proto(info))
 
     @rpc
     async def ClearQueue(
-        self, request: queues_pb2.QueueNameRequest, context: grpc.aio.ServicerContext
+        self, request: queues_pb2.ClearQueueRequest, context: grpc.aio.ServicerContext
     ) -> queues_pb2.ClearQueueResponse:
         return queues_pb2.ClearQueueResponse(
             dropped=await self._manager.clear_queue(_require_name(request.name))

@@ -11,6 +11,7 @@ from node.discovery.topology import Topology
 from node.discovery.view import InstanceDescription
 from node.errors import InvalidArgument, NotFound, PeerUnavailable
 from node.services import transport
+from node.services.paging import page_of
 from node.services.status import rpc
 from node.topics import TopicPattern
 from node.transfer.rules import ConsumptionRules, ConsumptionSetting
@@ -35,6 +36,11 @@ def describe(
     )
 
 
+def _view_order(instance: InstanceDescription) -> tuple[str, int, str]:
+    """A topology view's own order of instances: cluster, start time, id."""
+    return instance.cluster, instance.start_time_us, instance.id
+
+
 class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
     """Answers from the topology view; a change for another instance is forwarded to it."""
 
@@ -46,9 +52,13 @@ class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
     async def ListTopicConsumption(
         self, request: topics_pb2.ListTopicConsumptionRequest, context: grpc.aio.ServicerContext
     ) -> topics_pb2.ListTopicConsumptionResponse:
-        """Every live instance's consumer topics and settings."""
-        view = self._topology.view
-        return topics_pb2.ListTopicConsumptionResponse(instances=[describe(i) for i in view.instances])
+        """The live instances' consumer topics and settings, one page at a time."""
+        page = page_of("instances", self._topology.view.instances, _view_order, request)
+        return topics_pb2.ListTopicConsumptionResponse(
+            instances=[describe(i) for i in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
 
     @rpc
     async def SetTopicConsumption(

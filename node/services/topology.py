@@ -6,7 +6,8 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from jobmesh.v1 import membership_pb2, membership_pb2_grpc, topology_pb2, topology_pb2_grpc
+from jobmesh.peer.v1 import membership_pb2, membership_pb2_grpc
+from jobmesh.v1 import topology_pb2, topology_pb2_grpc
 
 from node.discovery.events import EventStreamOverflow
 from node.discovery.messages import Gossip, IndirectPing, Ping, Sync

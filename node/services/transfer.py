@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
+from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 
 from node.errors import JobmeshError
 from node.transfer.offloader import Offloader
@@ -27,7 +27,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         self._closing.set()
 
     async def Exchange(  # type: ignore[override]  # the read/write API
-        self, request_iterator: AsyncIterator[transfer_pb2.TransferFrame], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[transfer_pb2.ExchangeRequest], context: grpc.aio.ServicerContext
     ) -> None:
         """Apply frames in order; acknowledge each after its commit."""
         closing = asyncio.ensure_future(self._closing.wait())
@@ -43,7 +43,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 if frame is grpc.aio.EOF:
                     return
                 await self._offloader.receive(frame, assembler)
-                await context.write(transfer_pb2.TransferAck(last_seq=frame.last_seq))
+                await context.write(transfer_pb2.ExchangeResponse(last_seq=frame.last_seq))
         except JobmeshError as e:
             log.warning("transfer from %s: %s", context.peer(), e)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import grpc
 from jobmesh.v1 import workers_pb2, workers_pb2_grpc
 
+from node.durations import optional_seconds
 from node.errors import InvalidArgument, JobmeshError
 from node.jobs.model import JobResult, Outcome
 from node.jobs.remote import Assign, Command, RemoteWorker, RemoteWorkers
@@ -62,11 +63,9 @@ def result_from_proto(result: workers_pb2.WorkResult) -> JobResult:
         raise InvalidArgument(
             f"result.outcome is {result.outcome}; use WORK_OUTCOME_SUCCEEDED, _FAILED or _CANCELLED"
         )
-    delay = None
-    if result.HasField("retry_delay_s"):
-        delay = result.retry_delay_s
-        if not 0 <= delay <= MAX_ETA_S:
-            raise InvalidArgument(f"result.retry_delay_s is {delay}; use a number of seconds >= 0")
+    delay = optional_seconds(result, "retry_delay", "result.retry_delay")
+    if delay is not None and not 0 <= delay <= MAX_ETA_S:
+        raise InvalidArgument(f"result.retry_delay is {delay:g}s; use a duration from 0 to {MAX_ETA_S:g}s")
     return JobResult(outcome, result.message, delay, result.output_payload or None)
 
 
@@ -188,8 +187,9 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
                 raise InvalidArgument(f"progress.total_steps is {progress.total_steps}; use >= 0")
             if progress.increment_steps < 0:
                 raise InvalidArgument(f"progress.increment_steps is {progress.increment_steps}; use >= 0")
-            if progress.HasField("eta_s") and not 0 <= progress.eta_s <= MAX_ETA_S:
-                raise InvalidArgument(f"progress.eta_s is {progress.eta_s}; use a number of seconds >= 0")
+            eta_s = optional_seconds(progress, "eta", "progress.eta")
+            if eta_s is not None and not 0 <= eta_s <= MAX_ETA_S:
+                raise InvalidArgument(f"progress.eta is {eta_s:g}s; use a duration from 0 to {MAX_ETA_S:g}s")
             job_context = worker.context_for(progress.job_id, progress.attempt)
             if job_context is None:
                 return
@@ -197,8 +197,8 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
                 job_context.init_progress(progress.total_steps)
             if progress.increment_steps:
                 job_context.increment_progress(progress.increment_steps)
-            if progress.HasField("eta_s"):  # last: an explicit ETA beats the estimate from the pace
-                job_context.update_eta(progress.eta_s)
+            if eta_s is not None:  # last: an explicit ETA beats the estimate from the pace
+                job_context.update_eta(eta_s)
             return
         if kind == "log":
             line = message.log

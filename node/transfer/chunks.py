@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 
-from jobmesh.v1 import transfer_pb2
+from jobmesh.peer.v1 import transfer_pb2
 
 from node.errors import InvalidArgument
 
@@ -65,7 +65,7 @@ class ChunkAssembler:
             raise InvalidArgument(f"job {job_id}: the reassembled payload's checksum does not match; resend")
         return data
 
-    def resolve(self, frame: transfer_pb2.TransferFrame) -> None:
+    def resolve(self, frame: transfer_pb2.ExchangeRequest) -> None:
         """Take the frame's chunks, and put the reassembled payloads into its chunked items."""
         for chunk in frame.chunks:
             self.add(chunk)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 import grpc
-from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
+from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 
 from node.discovery.topology import Topology
 from node.discovery.view import TopologyView
@@ -188,7 +188,7 @@ class Offloader:
         return ChunkAssembler(self.manager.max_payload_bytes)
 
     async def receive(
-        self, frame: transfer_pb2.TransferFrame, assembler: ChunkAssembler | None = None
+        self, frame: transfer_pb2.ExchangeRequest, assembler: ChunkAssembler | None = None
     ) -> None:
         """Apply a frame from a peer (persisted when this returns); `assembler` is the stream's."""
         applied = await self.store.apply(frame, placements_for(frame.jobs, self._place), now_us(), assembler)
@@ -249,7 +249,7 @@ class Offloader:
                         continue
                     await call.write(frame)
                     ack = await call.read()
-                    if not isinstance(ack, transfer_pb2.TransferAck):
+                    if not isinstance(ack, transfer_pb2.ExchangeResponse):
                         raise ConnectionError("the peer closed the transfer stream")
                     await self.store.drop(peer, ack.last_seq)
                     after = ack.last_seq

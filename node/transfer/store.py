@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from jobmesh.v1 import transfer_pb2
+from jobmesh.peer.v1 import transfer_pb2
 
 from node.errors import InvalidArgument
 from node.jobs.events import EventType
@@ -60,7 +60,7 @@ class ChunkCursor:
     offset: int
 
     @classmethod
-    def after(cls, frame: transfer_pb2.TransferFrame) -> ChunkCursor | None:
+    def after(cls, frame: transfer_pb2.ExchangeRequest) -> ChunkCursor | None:
         """The cursor after an acknowledged frame: None unless it carried chunks."""
         if not frame.chunks:
             return None
@@ -107,7 +107,7 @@ class TransferStore:
         *,
         chunk_bytes: int = CHUNK_BYTES,
         resume: ChunkCursor | None = None,
-    ) -> transfer_pb2.TransferFrame | None:
+    ) -> transfer_pb2.ExchangeRequest | None:
         """The next frame for `peer` after outbox seq `after_seq`, or None if nothing waits.
 
         A payload larger than `chunk_bytes` goes in chunks (see chunks.py): while the first item
@@ -116,25 +116,25 @@ class TransferStore:
         """
         local = self.local_id
 
-        def build(conn: sqlite3.Connection) -> transfer_pb2.TransferFrame | None:
+        def build(conn: sqlite3.Connection) -> transfer_pb2.ExchangeRequest | None:
             rows = conn.execute(
                 "SELECT seq, kind, job_id, epoch, progress FROM outbox WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (peer, after_seq, max_items),
             ).fetchall()
             if not rows:
                 return None
-            frame = transfer_pb2.TransferFrame(sender_id=local)
+            frame = transfer_pb2.ExchangeRequest(sender_id=local)
             size = 0
             last_report: dict[str, tuple[int, int, int]] = {}
             chunked: set[str] = set()
 
             def chunk_frame(
                 key: tuple[str, int, bool], job_seq: int, total: int
-            ) -> transfer_pb2.TransferFrame | None:
+            ) -> transfer_pb2.ExchangeRequest | None:
                 offset = resume.offset if resume is not None and resume.key == key else 0
                 if offset >= total:
                     return None  # every chunk went: now the item
-                chunks = transfer_pb2.TransferFrame(sender_id=local, last_seq=after_seq)
+                chunks = transfer_pb2.ExchangeRequest(sender_id=local, last_seq=after_seq)
                 sent = 0
                 while offset < total and (not sent or sent + chunk_bytes <= max_bytes):
                     (data,) = conn.execute(
@@ -282,7 +282,7 @@ class TransferStore:
 
     async def apply(
         self,
-        frame: transfer_pb2.TransferFrame,
+        frame: transfer_pb2.ExchangeRequest,
         placements: Mapping[str, Placement],
         now_us: int,
         assembler: ChunkAssembler | None = None,

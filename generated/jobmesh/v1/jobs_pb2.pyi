@@ -7,9 +7,15 @@ A node keeps jobs durably in its own journal and runs the consumers it has
 for their topics. This file is the public contract that clients in every
 language use to add, inspect and control jobs.
 
-Compatibility rule: fields and enum values are only ever added. A field
-number or enum number is never changed, renumbered or reused; a field that
-is no longer used is marked `reserved`.
+Compatibility rule (frozen v1): fields and enum values are only ever added.
+A field number or enum number is never changed, renumbered or reused; a
+field that is no longer used is marked `reserved`. The test suite checks
+every change against the frozen descriptor set (protos/baseline/).
+
+Conventions of every jobmesh.v1 service: durations are
+google.protobuf.Duration, points in time google.protobuf.Timestamp; every
+List/Find method pages with page_size, page_token, next_page_token and
+total_size (AIP-158).
 """
 
 from collections import abc as _abc
@@ -358,8 +364,8 @@ class NewJob(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     DEDUP_KEY_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
-    RETRY_DELAY_S_FIELD_NUMBER: _builtins.int
-    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     topic: _builtins.str
     """The topic: slash-separated segments such as `images/resize`. Segments are
     non-empty and consist of letters, digits, `.`, `_` and `-`.
@@ -375,14 +381,22 @@ class NewJob(_message.Message):
     """
     max_retries: _builtins.int
     """Overrides the queue's retries for this job; -1 retries forever."""
-    retry_delay_s: _builtins.float
-    """Overrides the queue's retry delay (seconds) for this job."""
-    timeout_s: _builtins.float
-    """Overrides the queue's attempt timeout (seconds) for this job; 0 = none."""
     @_builtins.property
     def properties(self) -> _containers.MessageMap[_builtins.str, Global___PropertyValue]:
         """Typed properties. Names match `[A-Za-z_][A-Za-z0-9_.:-]*` (at most 128
         characters).
+        """
+
+    @_builtins.property
+    def retry_delay(self) -> _duration_pb2.Duration:
+        """Overrides the queue's retry delay for this job (>= 0); unset: the
+        queue's.
+        """
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Overrides the queue's attempt timeout for this job (>= 0; zero: no
+        timeout); unset: the queue's.
         """
 
     def __init__(
@@ -393,25 +407,16 @@ class NewJob(_message.Message):
         payload: _builtins.bytes = ...,
         dedup_key: _builtins.str = ...,
         max_retries: _builtins.int | None = ...,
-        retry_delay_s: _builtins.float | None = ...,
-        timeout_s: _builtins.float | None = ...,
+        retry_delay: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "_retry_delay_s", b"_retry_delay_s", "_timeout_s", b"_timeout_s", "max_retries", b"max_retries", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "max_retries", b"max_retries", "retry_delay", b"retry_delay", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "_retry_delay_s", b"_retry_delay_s", "_timeout_s", b"_timeout_s", "dedup_key", b"dedup_key", "max_retries", b"max_retries", "payload", b"payload", "properties", b"properties", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "dedup_key", b"dedup_key", "max_retries", b"max_retries", "payload", b"payload", "properties", b"properties", "retry_delay", b"retry_delay", "timeout", b"timeout", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
-    _WhichOneofReturnType__retry_delay_s: _TypeAlias = _typing.Literal["retry_delay_s"]  # noqa: Y015
-    _WhichOneofArgType__retry_delay_s: _TypeAlias = _typing.Literal["_retry_delay_s", b"_retry_delay_s"]  # noqa: Y015
-    _WhichOneofReturnType__timeout_s: _TypeAlias = _typing.Literal["timeout_s"]  # noqa: Y015
-    _WhichOneofArgType__timeout_s: _TypeAlias = _typing.Literal["_timeout_s", b"_timeout_s"]  # noqa: Y015
-    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_delay_s) -> _WhichOneofReturnType__retry_delay_s | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_s) -> _WhichOneofReturnType__timeout_s | None: ...
 
 Global___NewJob: _TypeAlias = NewJob  # noqa: Y015
 
@@ -525,7 +530,7 @@ class Job(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
     LOG_LINE_COUNT_FIELD_NUMBER: _builtins.int
-    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique, time-ordered id (a UUIDv7 string): ids sort in creation order."""
     topic: _builtins.str
@@ -560,8 +565,6 @@ class Job(_message.Message):
     """The idempotency key the job was added with (empty if none)."""
     log_line_count: _builtins.int
     """How many log lines the job has."""
-    timeout_s: _builtins.float
-    """The attempt timeout in seconds that applies to the job (0 = none)."""
     @_builtins.property
     def properties(self) -> _containers.MessageMap[_builtins.str, Global___PropertyValue]:
         """The job's properties, as added."""
@@ -592,6 +595,10 @@ class Job(_message.Message):
         request asked for it.
         """
 
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """The attempt timeout that applies to the job; unset: none."""
+
     def __init__(
         self,
         *,
@@ -618,11 +625,11 @@ class Job(_message.Message):
         progress: Global___JobProgress | None = ...,
         log: _abc.Iterable[Global___JobLogLine] | None = ...,
         log_line_count: _builtins.int = ...,
-        timeout_s: _builtins.float = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "finished_time", b"finished_time", "not_before_time", b"not_before_time", "progress", b"progress", "started_time", b"started_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "finished_time", b"finished_time", "not_before_time", b"not_before_time", "progress", b"progress", "started_time", b"started_time", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "dedup_key", b"dedup_key", "finished_time", b"finished_time", "id", b"id", "log", b"log", "log_line_count", b"log_line_count", "max_retries", b"max_retries", "not_before_time", b"not_before_time", "origin_instance", b"origin_instance", "output_payload", b"output_payload", "output_payload_size", b"output_payload_size", "payload", b"payload", "payload_size", b"payload_size", "progress", b"progress", "properties", b"properties", "queue", b"queue", "result_message", b"result_message", "retry_count", b"retry_count", "started_time", b"started_time", "state", b"state", "stop_requested", b"stop_requested", "target_instance", b"target_instance", "timeout_s", b"timeout_s", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "dedup_key", b"dedup_key", "finished_time", b"finished_time", "id", b"id", "log", b"log", "log_line_count", b"log_line_count", "max_retries", b"max_retries", "not_before_time", b"not_before_time", "origin_instance", b"origin_instance", "output_payload", b"output_payload", "output_payload_size", b"output_payload_size", "payload", b"payload", "payload_size", b"payload_size", "progress", b"progress", "properties", b"properties", "queue", b"queue", "result_message", b"result_message", "retry_count", b"retry_count", "started_time", b"started_time", "state", b"state", "stop_requested", b"stop_requested", "target_instance", b"target_instance", "timeout", b"timeout", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -861,7 +868,7 @@ class FindJobsRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     TOPIC_FIELD_NUMBER: _builtins.int
     TEMPLATES_FIELD_NUMBER: _builtins.int
-    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
@@ -871,17 +878,18 @@ class FindJobsRequest(_message.Message):
     """Only jobs of this exact topic (a valid topic, not a pattern); empty for
     every topic.
     """
-    limit: _builtins.int
-    """Page size: at most this many jobs per response (default 100, max 10,000)."""
+    page_size: _builtins.int
+    """At most this many jobs per response (0: 100; at most 10,000)."""
     page_token: _builtins.str
     """Token from a previous response's `next_page_token` to get the next page;
-    the other fields must be the same as in that request.
+    the other fields must be the same as in that request (page_size may
+    change).
     """
     newest_first: _builtins.bool
     """Return the newest jobs first instead of the oldest."""
     scope: Global___QueryScope.ValueType
     """Where to look. QUERY_SCOPE_TOPOLOGY asks every live instance and merges
-    their answers (one page of at most `limit` jobs; no page_token).
+    their answers (one page of at most `page_size` jobs; no page_token).
     """
     @_builtins.property
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyTemplate]:
@@ -895,14 +903,14 @@ class FindJobsRequest(_message.Message):
         type: Global___QueryType.ValueType = ...,
         topic: _builtins.str = ...,
         templates: _abc.Iterable[Global___PropertyTemplate] | None = ...,
-        limit: _builtins.int = ...,
+        page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         newest_first: _builtins.bool = ...,
         scope: Global___QueryScope.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "newest_first", b"newest_first", "page_token", b"page_token", "scope", b"scope", "templates", b"templates", "topic", b"topic", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "scope", b"scope", "templates", b"templates", "topic", b"topic", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -916,10 +924,10 @@ class FindJobsResponse(_message.Message):
 
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    TOTAL_COUNT_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty when this is the last one."""
-    total_count: _builtins.int
+    total_size: _builtins.int
     """How many jobs match the query in total, over all pages."""
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
@@ -930,11 +938,11 @@ class FindJobsResponse(_message.Message):
         *,
         jobs: _abc.Iterable[Global___Job] | None = ...,
         next_page_token: _builtins.str = ...,
-        total_count: _builtins.int = ...,
+        total_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token", "total_count", b"total_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1251,8 +1259,8 @@ class Statistics(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     PROCESSED_FIELD_NUMBER: _builtins.int
-    AVERAGE_WAITING_MS_FIELD_NUMBER: _builtins.int
-    AVERAGE_PROCESSING_MS_FIELD_NUMBER: _builtins.int
+    AVERAGE_WAITING_FIELD_NUMBER: _builtins.int
+    AVERAGE_PROCESSING_FIELD_NUMBER: _builtins.int
     LAST_ACTIVATED_FIELD_NUMBER: _builtins.int
     LAST_FINISHED_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
@@ -1267,10 +1275,14 @@ class Statistics(_message.Message):
     """Jobs that ended without success (GIVEN_UP, ERROR, STOPPED while active)."""
     processed: _builtins.int
     """Attempts that ended: finished + failed + cancelled."""
-    average_waiting_ms: _builtins.float
-    """Average time from queued to started, in milliseconds."""
-    average_processing_ms: _builtins.float
-    """Average time from started to ended, in milliseconds."""
+    @_builtins.property
+    def average_waiting(self) -> _duration_pb2.Duration:
+        """Average time from queued to started."""
+
+    @_builtins.property
+    def average_processing(self) -> _duration_pb2.Duration:
+        """Average time from started to ended."""
+
     @_builtins.property
     def last_activated(self) -> _timestamp_pb2.Timestamp:
         """When an attempt last started; unset if never."""
@@ -1288,14 +1300,14 @@ class Statistics(_message.Message):
         failed: _builtins.int = ...,
         cancelled: _builtins.int = ...,
         processed: _builtins.int = ...,
-        average_waiting_ms: _builtins.float = ...,
-        average_processing_ms: _builtins.float = ...,
+        average_waiting: _duration_pb2.Duration | None = ...,
+        average_processing: _duration_pb2.Duration | None = ...,
         last_activated: _timestamp_pb2.Timestamp | None = ...,
         last_finished: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_activated", b"last_activated", "last_finished", b"last_finished"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["average_processing", b"average_processing", "average_waiting", b"average_waiting", "last_activated", b"last_activated", "last_finished", b"last_finished"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "average_processing_ms", b"average_processing_ms", "average_waiting_ms", b"average_waiting_ms", "cancelled", b"cancelled", "failed", b"failed", "finished", b"finished", "last_activated", b"last_activated", "last_finished", b"last_finished", "processed", b"processed", "queued", b"queued"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "average_processing", b"average_processing", "average_waiting", b"average_waiting", "cancelled", b"cancelled", "failed", b"failed", "finished", b"finished", "last_activated", b"last_activated", "last_finished", b"last_finished", "processed", b"processed", "queued", b"queued"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,9 +7,15 @@ A node keeps jobs durably in its own journal and runs the consumers it has
 for their topics. This file is the public contract that clients in every
 language use to add, inspect and control jobs.
 
-Compatibility rule: fields and enum values are only ever added. A field
-number or enum number is never changed, renumbered or reused; a field that
-is no longer used is marked `reserved`.
+Compatibility rule (frozen v1): fields and enum values are only ever added.
+A field number or enum number is never changed, renumbered or reused; a
+field that is no longer used is marked `reserved`. The test suite checks
+every change against the frozen descriptor set (protos/baseline/).
+
+Conventions of every jobmesh.v1 service: durations are
+google.protobuf.Duration, points in time google.protobuf.Timestamp; every
+List/Find method pages with page_size, page_token, next_page_token and
+total_size (AIP-158).
 """
 
 from collections import abc as _abc

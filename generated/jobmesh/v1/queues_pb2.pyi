@@ -9,6 +9,7 @@ renumbered or reused.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -94,10 +95,10 @@ class QueueConfig(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     MAX_PARALLEL_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
-    RETRY_DELAY_S_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_FIELD_NUMBER: _builtins.int
     RETRY_BACKOFF_FIELD_NUMBER: _builtins.int
-    RETRY_DELAY_MAX_S_FIELD_NUMBER: _builtins.int
-    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_MAX_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     KEEP_JOBS_FIELD_NUMBER: _builtins.int
     PREFER_RUN_ON_CREATION_INSTANCE_FIELD_NUMBER: _builtins.int
     RANKING_FIELD_NUMBER: _builtins.int
@@ -111,16 +112,8 @@ class QueueConfig(_message.Message):
     """
     retries: _builtins.int
     """Retries after a failed first attempt; -1 retries forever."""
-    retry_delay_s: _builtins.float
-    """Delay before the first retry, in seconds."""
     retry_backoff: _builtins.float
     """Each further retry waits this many times longer (1 = fixed delay)."""
-    retry_delay_max_s: _builtins.float
-    """Upper bound of the retry delay, in seconds."""
-    timeout_s: _builtins.float
-    """An attempt running longer than this (seconds) is stopped and counted
-    failed; 0 = no timeout.
-    """
     keep_jobs: _builtins.bool
     """Keep SUCCEEDED jobs in history (failed ones are always kept)."""
     prefer_run_on_creation_instance: _builtins.bool
@@ -135,6 +128,20 @@ class QueueConfig(_message.Message):
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Topic patterns of the jobs the queue runs (`a/b`, `a/b/*`, `a/b/**`)."""
 
+    @_builtins.property
+    def retry_delay(self) -> _duration_pb2.Duration:
+        """Delay before the first retry (>= 0)."""
+
+    @_builtins.property
+    def retry_delay_max(self) -> _duration_pb2.Duration:
+        """Upper bound of the retry delay (>= 0)."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """An attempt running longer than this is stopped and counted failed; zero:
+        no timeout.
+        """
+
     def __init__(
         self,
         *,
@@ -143,17 +150,17 @@ class QueueConfig(_message.Message):
         type: Global___QueueType.ValueType = ...,
         max_parallel: _builtins.float | None = ...,
         retries: _builtins.int | None = ...,
-        retry_delay_s: _builtins.float | None = ...,
+        retry_delay: _duration_pb2.Duration | None = ...,
         retry_backoff: _builtins.float | None = ...,
-        retry_delay_max_s: _builtins.float | None = ...,
-        timeout_s: _builtins.float | None = ...,
+        retry_delay_max: _duration_pb2.Duration | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
         keep_jobs: _builtins.bool | None = ...,
         prefer_run_on_creation_instance: _builtins.bool = ...,
         ranking: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "_retry_delay_max_s", b"_retry_delay_max_s", "_retry_delay_s", b"_retry_delay_s", "_timeout_s", b"_timeout_s", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay_max_s", b"retry_delay_max_s", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay", b"retry_delay", "retry_delay_max", b"retry_delay_max", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "_retry_delay_max_s", b"_retry_delay_max_s", "_retry_delay_s", b"_retry_delay_s", "_timeout_s", b"_timeout_s", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "name", b"name", "prefer_run_on_creation_instance", b"prefer_run_on_creation_instance", "ranking", b"ranking", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay_max_s", b"retry_delay_max_s", "retry_delay_s", b"retry_delay_s", "timeout_s", b"timeout_s", "topics", b"topics", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "name", b"name", "prefer_run_on_creation_instance", b"prefer_run_on_creation_instance", "ranking", b"ranking", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay", b"retry_delay", "retry_delay_max", b"retry_delay_max", "timeout", b"timeout", "topics", b"topics", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__keep_jobs: _TypeAlias = _typing.Literal["keep_jobs"]  # noqa: Y015
     _WhichOneofArgType__keep_jobs: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs"]  # noqa: Y015
@@ -163,12 +170,6 @@ class QueueConfig(_message.Message):
     _WhichOneofArgType__retries: _TypeAlias = _typing.Literal["_retries", b"_retries"]  # noqa: Y015
     _WhichOneofReturnType__retry_backoff: _TypeAlias = _typing.Literal["retry_backoff"]  # noqa: Y015
     _WhichOneofArgType__retry_backoff: _TypeAlias = _typing.Literal["_retry_backoff", b"_retry_backoff"]  # noqa: Y015
-    _WhichOneofReturnType__retry_delay_max_s: _TypeAlias = _typing.Literal["retry_delay_max_s"]  # noqa: Y015
-    _WhichOneofArgType__retry_delay_max_s: _TypeAlias = _typing.Literal["_retry_delay_max_s", b"_retry_delay_max_s"]  # noqa: Y015
-    _WhichOneofReturnType__retry_delay_s: _TypeAlias = _typing.Literal["retry_delay_s"]  # noqa: Y015
-    _WhichOneofArgType__retry_delay_s: _TypeAlias = _typing.Literal["_retry_delay_s", b"_retry_delay_s"]  # noqa: Y015
-    _WhichOneofReturnType__timeout_s: _TypeAlias = _typing.Literal["timeout_s"]  # noqa: Y015
-    _WhichOneofArgType__timeout_s: _TypeAlias = _typing.Literal["_timeout_s", b"_timeout_s"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_jobs) -> _WhichOneofReturnType__keep_jobs | None: ...
     @_typing.overload
@@ -177,12 +178,6 @@ class QueueConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__retries) -> _WhichOneofReturnType__retries | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_backoff) -> _WhichOneofReturnType__retry_backoff | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_delay_max_s) -> _WhichOneofReturnType__retry_delay_max_s | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_delay_s) -> _WhichOneofReturnType__retry_delay_s | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_s) -> _WhichOneofReturnType__timeout_s | None: ...
 
 Global___QueueConfig: _TypeAlias = QueueConfig  # noqa: Y015
 
@@ -236,12 +231,23 @@ class ListQueuesRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many queues per response (0: 100; at most 1,000)."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token` to get the next page;
+    empty for the first page.
+    """
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -254,18 +260,26 @@ class ListQueuesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last one."""
+    total_size: _builtins.int
+    """How many queues there are in total, over all pages."""
     @_builtins.property
     def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueInfo]:
-        """Every queue: the main queue first, then by name."""
+        """The queues of this page: the main queue first, then by name."""
 
     def __init__(
         self,
         *,
         queues: _abc.Iterable[Global___QueueInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "queues", b"queues", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,7 +296,7 @@ class SetQueueRequest(_message.Message):
     def config(self) -> Global___QueueConfig:
         """The configuration to create or replace (matched by name). Unset optional
         fields take the defaults of a file queue: max_parallel 15, retries 10,
-        retry_delay_s 2, retry_backoff 1, retry_delay_max_s 3600, timeout_s 0
+        retry_delay 2 s, retry_backoff 1, retry_delay_max 3600 s, timeout 0
         (none), keep_jobs true.
         """
 
@@ -363,8 +377,8 @@ class DeleteQueueResponse(_message.Message):
 Global___DeleteQueueResponse: _TypeAlias = DeleteQueueResponse  # noqa: Y015
 
 @_typing.final
-class QueueNameRequest(_message.Message):
-    """A request naming one queue."""
+class SuspendQueueRequest(_message.Message):
+    """Request of SuspendQueue."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -382,7 +396,99 @@ class QueueNameRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___QueueNameRequest: _TypeAlias = QueueNameRequest  # noqa: Y015
+Global___SuspendQueueRequest: _TypeAlias = SuspendQueueRequest  # noqa: Y015
+
+@_typing.final
+class SuspendQueueResponse(_message.Message):
+    """Response of SuspendQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queue(self) -> Global___QueueInfo:
+        """The queue, now suspended."""
+
+    def __init__(
+        self,
+        *,
+        queue: Global___QueueInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuspendQueueResponse: _TypeAlias = SuspendQueueResponse  # noqa: Y015
+
+@_typing.final
+class ResumeQueueRequest(_message.Message):
+    """Request of ResumeQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The queue's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeQueueRequest: _TypeAlias = ResumeQueueRequest  # noqa: Y015
+
+@_typing.final
+class ResumeQueueResponse(_message.Message):
+    """Response of ResumeQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queue(self) -> Global___QueueInfo:
+        """The queue, now running."""
+
+    def __init__(
+        self,
+        *,
+        queue: Global___QueueInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeQueueResponse: _TypeAlias = ResumeQueueResponse  # noqa: Y015
+
+@_typing.final
+class ClearQueueRequest(_message.Message):
+    """Request of ClearQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The queue's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearQueueRequest: _TypeAlias = ClearQueueRequest  # noqa: Y015
 
 @_typing.final
 class ClearQueueResponse(_message.Message):

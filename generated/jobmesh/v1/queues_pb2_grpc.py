@@ -52,17 +52,17 @@ class QueueServiceStub:
                 _registered_method=True)
         self.SuspendQueue = channel.unary_unary(
                 '/jobmesh.v1.QueueService/SuspendQueue',
-                request_serializer=jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_queues__pb2.QueueInfo.FromString,
+                request_serializer=jobmesh_dot_v1_dot_queues__pb2.SuspendQueueRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_queues__pb2.SuspendQueueResponse.FromString,
                 _registered_method=True)
         self.ResumeQueue = channel.unary_unary(
                 '/jobmesh.v1.QueueService/ResumeQueue',
-                request_serializer=jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_queues__pb2.QueueInfo.FromString,
+                request_serializer=jobmesh_dot_v1_dot_queues__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_queues__pb2.ResumeQueueResponse.FromString,
                 _registered_method=True)
         self.ClearQueue = channel.unary_unary(
                 '/jobmesh.v1.QueueService/ClearQueue',
-                request_serializer=jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.SerializeToString,
+                request_serializer=jobmesh_dot_v1_dot_queues__pb2.ClearQueueRequest.SerializeToString,
                 response_deserializer=jobmesh_dot_v1_dot_queues__pb2.ClearQueueResponse.FromString,
                 _registered_method=True)
 
@@ -72,7 +72,8 @@ class QueueServiceServicer:
     """
 
     def ListQueues(self, request, context):
-        """Lists every queue with its configuration, state and counts.
+        """Lists the queues with their configuration, state and counts, one page at
+        a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,17 +137,17 @@ def add_QueueServiceServicer_to_server(servicer, server):
             ),
             'SuspendQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.SuspendQueue,
-                    request_deserializer=jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_queues__pb2.QueueInfo.SerializeToString,
+                    request_deserializer=jobmesh_dot_v1_dot_queues__pb2.SuspendQueueRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_queues__pb2.SuspendQueueResponse.SerializeToString,
             ),
             'ResumeQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeQueue,
-                    request_deserializer=jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_queues__pb2.QueueInfo.SerializeToString,
+                    request_deserializer=jobmesh_dot_v1_dot_queues__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_queues__pb2.ResumeQueueResponse.SerializeToString,
             ),
             'ClearQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearQueue,
-                    request_deserializer=jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.FromString,
+                    request_deserializer=jobmesh_dot_v1_dot_queues__pb2.ClearQueueRequest.FromString,
                     response_serializer=jobmesh_dot_v1_dot_queues__pb2.ClearQueueResponse.SerializeToString,
             ),
     }
@@ -257,8 +258,8 @@ class QueueService:
             request,
             target,
             '/jobmesh.v1.QueueService/SuspendQueue',
-            jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.SerializeToString,
-            jobmesh_dot_v1_dot_queues__pb2.QueueInfo.FromString,
+            jobmesh_dot_v1_dot_queues__pb2.SuspendQueueRequest.SerializeToString,
+            jobmesh_dot_v1_dot_queues__pb2.SuspendQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -284,8 +285,8 @@ class QueueService:
             request,
             target,
             '/jobmesh.v1.QueueService/ResumeQueue',
-            jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.SerializeToString,
-            jobmesh_dot_v1_dot_queues__pb2.QueueInfo.FromString,
+            jobmesh_dot_v1_dot_queues__pb2.ResumeQueueRequest.SerializeToString,
+            jobmesh_dot_v1_dot_queues__pb2.ResumeQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -311,7 +312,7 @@ class QueueService:
             request,
             target,
             '/jobmesh.v1.QueueService/ClearQueue',
-            jobmesh_dot_v1_dot_queues__pb2.QueueNameRequest.SerializeToString,
+            jobmesh_dot_v1_dot_queues__pb2.ClearQueueRequest.SerializeToString,
             jobmesh_dot_v1_dot_queues__pb2.ClearQueueResponse.FromString,
             options,
             channel_credentials,

@@ -38,7 +38,9 @@ class QueueServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> QueueServiceAsyncStub: ...
     ListQueues: _grpc.UnaryUnaryMultiCallable[_queues_pb2.ListQueuesRequest, _queues_pb2.ListQueuesResponse]
-    """Lists every queue with its configuration, state and counts."""
+    """Lists the queues with their configuration, state and counts, one page at
+    a time.
+    """
     SetQueue: _grpc.UnaryUnaryMultiCallable[_queues_pb2.SetQueueRequest, _queues_pb2.SetQueueResponse]
     """Creates or replaces a queue configuration. It is persisted in the node's
     journal and applies at once: queued jobs whose topic it matches move to it.
@@ -47,13 +49,13 @@ class QueueServiceStub:
     """Deletes a queue configuration made with SetQueue; its queued jobs move to
     the queue that now matches their topic.
     """
-    SuspendQueue: _grpc.UnaryUnaryMultiCallable[_queues_pb2.QueueNameRequest, _queues_pb2.QueueInfo]
+    SuspendQueue: _grpc.UnaryUnaryMultiCallable[_queues_pb2.SuspendQueueRequest, _queues_pb2.SuspendQueueResponse]
     """Suspends a queue: running jobs finish, no new job starts. Persisted: a
     suspended queue stays suspended across restarts until resumed.
     """
-    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queues_pb2.QueueNameRequest, _queues_pb2.QueueInfo]
+    ResumeQueue: _grpc.UnaryUnaryMultiCallable[_queues_pb2.ResumeQueueRequest, _queues_pb2.ResumeQueueResponse]
     """Resumes a suspended queue."""
-    ClearQueue: _grpc.UnaryUnaryMultiCallable[_queues_pb2.QueueNameRequest, _queues_pb2.ClearQueueResponse]
+    ClearQueue: _grpc.UnaryUnaryMultiCallable[_queues_pb2.ClearQueueRequest, _queues_pb2.ClearQueueResponse]
     """Removes every QUEUED job of a queue (they become DROPPED)."""
 
 @_typing.type_check_only
@@ -62,7 +64,9 @@ class QueueServiceAsyncStub(QueueServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListQueues: _aio.UnaryUnaryMultiCallable[_queues_pb2.ListQueuesRequest, _queues_pb2.ListQueuesResponse]  # type: ignore[assignment]
-    """Lists every queue with its configuration, state and counts."""
+    """Lists the queues with their configuration, state and counts, one page at
+    a time.
+    """
     SetQueue: _aio.UnaryUnaryMultiCallable[_queues_pb2.SetQueueRequest, _queues_pb2.SetQueueResponse]  # type: ignore[assignment]
     """Creates or replaces a queue configuration. It is persisted in the node's
     journal and applies at once: queued jobs whose topic it matches move to it.
@@ -71,13 +75,13 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """Deletes a queue configuration made with SetQueue; its queued jobs move to
     the queue that now matches their topic.
     """
-    SuspendQueue: _aio.UnaryUnaryMultiCallable[_queues_pb2.QueueNameRequest, _queues_pb2.QueueInfo]  # type: ignore[assignment]
+    SuspendQueue: _aio.UnaryUnaryMultiCallable[_queues_pb2.SuspendQueueRequest, _queues_pb2.SuspendQueueResponse]  # type: ignore[assignment]
     """Suspends a queue: running jobs finish, no new job starts. Persisted: a
     suspended queue stays suspended across restarts until resumed.
     """
-    ResumeQueue: _aio.UnaryUnaryMultiCallable[_queues_pb2.QueueNameRequest, _queues_pb2.QueueInfo]  # type: ignore[assignment]
+    ResumeQueue: _aio.UnaryUnaryMultiCallable[_queues_pb2.ResumeQueueRequest, _queues_pb2.ResumeQueueResponse]  # type: ignore[assignment]
     """Resumes a suspended queue."""
-    ClearQueue: _aio.UnaryUnaryMultiCallable[_queues_pb2.QueueNameRequest, _queues_pb2.ClearQueueResponse]  # type: ignore[assignment]
+    ClearQueue: _aio.UnaryUnaryMultiCallable[_queues_pb2.ClearQueueRequest, _queues_pb2.ClearQueueResponse]  # type: ignore[assignment]
     """Removes every QUEUED job of a queue (they become DROPPED)."""
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,7 +93,9 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queues_pb2.ListQueuesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queues_pb2.ListQueuesResponse, _abc.Awaitable[_queues_pb2.ListQueuesResponse]]:
-        """Lists every queue with its configuration, state and counts."""
+        """Lists the queues with their configuration, state and counts, one page at
+        a time.
+        """
 
     @_abc_1.abstractmethod
     def SetQueue(
@@ -114,9 +120,9 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def SuspendQueue(
         self,
-        request: _queues_pb2.QueueNameRequest,
+        request: _queues_pb2.SuspendQueueRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_queues_pb2.QueueInfo, _abc.Awaitable[_queues_pb2.QueueInfo]]:
+    ) -> _typing.Union[_queues_pb2.SuspendQueueResponse, _abc.Awaitable[_queues_pb2.SuspendQueueResponse]]:
         """Suspends a queue: running jobs finish, no new job starts. Persisted: a
         suspended queue stays suspended across restarts until resumed.
         """
@@ -124,15 +130,15 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ResumeQueue(
         self,
-        request: _queues_pb2.QueueNameRequest,
+        request: _queues_pb2.ResumeQueueRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_queues_pb2.QueueInfo, _abc.Awaitable[_queues_pb2.QueueInfo]]:
+    ) -> _typing.Union[_queues_pb2.ResumeQueueResponse, _abc.Awaitable[_queues_pb2.ResumeQueueResponse]]:
         """Resumes a suspended queue."""
 
     @_abc_1.abstractmethod
     def ClearQueue(
         self,
-        request: _queues_pb2.QueueNameRequest,
+        request: _queues_pb2.ClearQueueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queues_pb2.ClearQueueResponse, _abc.Awaitable[_queues_pb2.ClearQueueResponse]]:
         """Removes every QUEUED job of a queue (they become DROPPED)."""

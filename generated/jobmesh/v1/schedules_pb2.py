@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jobmesh.v1 import jobs_pb2 as jobmesh_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajobmesh/v1/schedules.proto\x12\njobmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobmesh/v1/jobs.proto\"2\n\x06\x41tRule\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\nHourlyRule\x12\x0e\n\x06minute\x18\x01 \x01(\x05\")\n\tDailyRule\x12\x0c\n\x04hour\x18\x01 \x01(\x05\x12\x0e\n\x06minute\x18\x02 \x01(\x05\"?\n\nWeeklyRule\x12\x13\n\x0b\x64\x61y_of_week\x18\x01 \x01(\x05\x12\x0c\n\x04hour\x18\x02 \x01(\x05\x12\x0e\n\x06minute\x18\x03 \x01(\x05\"8\n\x0bMonthlyRule\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\x05\x12\x0c\n\x04hour\x18\x02 \x01(\x05\x12\x0e\n\x06minute\x18\x03 \x01(\x05\"F\n\nYearlyRule\x12\r\n\x05month\x18\x01 \x01(\x05\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\x05\x12\x0c\n\x04hour\x18\x03 \x01(\x05\x12\x0e\n\x06minute\x18\x04 \x01(\x05\"\x9a\x02\n\x0cScheduleRule\x12 \n\x02\x61t\x18\x01 \x01(\x0b\x32\x12.jobmesh.v1.AtRuleH\x00\x12(\n\x06hourly\x18\x02 \x01(\x0b\x32\x16.jobmesh.v1.HourlyRuleH\x00\x12&\n\x05\x64\x61ily\x18\x03 \x01(\x0b\x32\x15.jobmesh.v1.DailyRuleH\x00\x12(\n\x06weekly\x18\x04 \x01(\x0b\x32\x16.jobmesh.v1.WeeklyRuleH\x00\x12*\n\x07monthly\x18\x05 \x01(\x0b\x32\x17.jobmesh.v1.MonthlyRuleH\x00\x12(\n\x06yearly\x18\x06 \x01(\x0b\x32\x16.jobmesh.v1.YearlyRuleH\x00\x12\x0e\n\x04\x63ron\x18\x07 \x01(\tH\x00\x42\x06\n\x04rule\"\xbb\x02\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1f\n\x03job\x18\x03 \x01(\x0b\x32\x12.jobmesh.v1.NewJob\x12\'\n\x05rules\x18\x04 \x03(\x0b\x32\x18.jobmesh.v1.ScheduleRule\x12\x11\n\tsuspended\x18\x05 \x01(\x08\x12-\n\tnext_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ired_count\x18\x08 \x01(\x03\x12\x30\n\x0c\x63reated_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\n \x01(\t\"l\n\x12\x41\x64\x64ScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.jobmesh.v1.NewJob\x12\'\n\x05rules\x18\x03 \x03(\x0b\x32\x18.jobmesh.v1.ScheduleRule\"\x16\n\x14ListSchedulesRequest\"@\n\x15ListSchedulesResponse\x12\'\n\tschedules\x18\x01 \x03(\x0b\x32\x14.jobmesh.v1.Schedule\"\x1f\n\x11ScheduleIdRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16RemoveScheduleResponse2\xd4\x03\n\x0fScheduleService\x12\x43\n\x0b\x41\x64\x64Schedule\x12\x1e.jobmesh.v1.AddScheduleRequest\x1a\x14.jobmesh.v1.Schedule\x12T\n\rListSchedules\x12 .jobmesh.v1.ListSchedulesRequest\x1a!.jobmesh.v1.ListSchedulesResponse\x12\x42\n\x0bGetSchedule\x12\x1d.jobmesh.v1.ScheduleIdRequest\x1a\x14.jobmesh.v1.Schedule\x12S\n\x0eRemoveSchedule\x12\x1d.jobmesh.v1.ScheduleIdRequest\x1a\".jobmesh.v1.RemoveScheduleResponse\x12\x46\n\x0fSuspendSchedule\x12\x1d.jobmesh.v1.ScheduleIdRequest\x1a\x14.jobmesh.v1.Schedule\x12\x45\n\x0eResumeSchedule\x12\x1d.jobmesh.v1.ScheduleIdRequest\x1a\x14.jobmesh.v1.ScheduleB;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ajobmesh/v1/schedules.proto\x12\njobmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobmesh/v1/jobs.proto\"2\n\x06\x41tRule\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\nHourlyRule\x12\x0e\n\x06minute\x18\x01 \x01(\x05\")\n\tDailyRule\x12\x0c\n\x04hour\x18\x01 \x01(\x05\x12\x0e\n\x06minute\x18\x02 \x01(\x05\"?\n\nWeeklyRule\x12\x13\n\x0b\x64\x61y_of_week\x18\x01 \x01(\x05\x12\x0c\n\x04hour\x18\x02 \x01(\x05\x12\x0e\n\x06minute\x18\x03 \x01(\x05\"8\n\x0bMonthlyRule\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\x05\x12\x0c\n\x04hour\x18\x02 \x01(\x05\x12\x0e\n\x06minute\x18\x03 \x01(\x05\"F\n\nYearlyRule\x12\r\n\x05month\x18\x01 \x01(\x05\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\x05\x12\x0c\n\x04hour\x18\x03 \x01(\x05\x12\x0e\n\x06minute\x18\x04 \x01(\x05\"\x9a\x02\n\x0cScheduleRule\x12 \n\x02\x61t\x18\x01 \x01(\x0b\x32\x12.jobmesh.v1.AtRuleH\x00\x12(\n\x06hourly\x18\x02 \x01(\x0b\x32\x16.jobmesh.v1.HourlyRuleH\x00\x12&\n\x05\x64\x61ily\x18\x03 \x01(\x0b\x32\x15.jobmesh.v1.DailyRuleH\x00\x12(\n\x06weekly\x18\x04 \x01(\x0b\x32\x16.jobmesh.v1.WeeklyRuleH\x00\x12*\n\x07monthly\x18\x05 \x01(\x0b\x32\x17.jobmesh.v1.MonthlyRuleH\x00\x12(\n\x06yearly\x18\x06 \x01(\x0b\x32\x16.jobmesh.v1.YearlyRuleH\x00\x12\x0e\n\x04\x63ron\x18\x07 \x01(\tH\x00\x42\x06\n\x04rule\"\xbb\x02\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1f\n\x03job\x18\x03 \x01(\x0b\x32\x12.jobmesh.v1.NewJob\x12\'\n\x05rules\x18\x04 \x03(\x0b\x32\x18.jobmesh.v1.ScheduleRule\x12\x11\n\tsuspended\x18\x05 \x01(\x08\x12-\n\tnext_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ired_count\x18\x08 \x01(\x03\x12\x30\n\x0c\x63reated_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\n \x01(\t\"l\n\x12\x41\x64\x64ScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.jobmesh.v1.NewJob\x12\'\n\x05rules\x18\x03 \x03(\x0b\x32\x18.jobmesh.v1.ScheduleRule\"=\n\x13\x41\x64\x64ScheduleResponse\x12&\n\x08schedule\x18\x01 \x01(\x0b\x32\x14.jobmesh.v1.Schedule\"=\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"m\n\x15ListSchedulesResponse\x12\'\n\tschedules\x18\x01 \x03(\x0b\x32\x14.jobmesh.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\" \n\x12GetScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x13GetScheduleResponse\x12&\n\x08schedule\x18\x01 \x01(\x0b\x32\x14.jobmesh.v1.Schedule\"#\n\x15RemoveScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x16SuspendScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"A\n\x17SuspendScheduleResponse\x12&\n\x08schedule\x18\x01 \x01(\x0b\x32\x14.jobmesh.v1.Schedule\"#\n\x15ResumeScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"@\n\x16ResumeScheduleResponse\x12&\n\x08schedule\x18\x01 \x01(\x0b\x32\x14.jobmesh.v1.Schedule\"\x18\n\x16RemoveScheduleResponse2\x95\x04\n\x0fScheduleService\x12N\n\x0b\x41\x64\x64Schedule\x12\x1e.jobmesh.v1.AddScheduleRequest\x1a\x1f.jobmesh.v1.AddScheduleResponse\x12T\n\rListSchedules\x12 .jobmesh.v1.ListSchedulesRequest\x1a!.jobmesh.v1.ListSchedulesResponse\x12N\n\x0bGetSchedule\x12\x1e.jobmesh.v1.GetScheduleRequest\x1a\x1f.jobmesh.v1.GetScheduleResponse\x12W\n\x0eRemoveSchedule\x12!.jobmesh.v1.RemoveScheduleRequest\x1a\".jobmesh.v1.RemoveScheduleResponse\x12Z\n\x0fSuspendSchedule\x12\".jobmesh.v1.SuspendScheduleRequest\x1a#.jobmesh.v1.SuspendScheduleResponse\x12W\n\x0eResumeSchedule\x12!.jobmesh.v1.ResumeScheduleRequest\x1a\".jobmesh.v1.ResumeScheduleResponseB;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,14 +52,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULE']._serialized_end=1019
   _globals['_ADDSCHEDULEREQUEST']._serialized_start=1021
   _globals['_ADDSCHEDULEREQUEST']._serialized_end=1129
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1131
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1153
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1155
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1219
-  _globals['_SCHEDULEIDREQUEST']._serialized_start=1221
-  _globals['_SCHEDULEIDREQUEST']._serialized_end=1252
-  _globals['_REMOVESCHEDULERESPONSE']._serialized_start=1254
-  _globals['_REMOVESCHEDULERESPONSE']._serialized_end=1278
-  _globals['_SCHEDULESERVICE']._serialized_start=1281
-  _globals['_SCHEDULESERVICE']._serialized_end=1749
+  _globals['_ADDSCHEDULERESPONSE']._serialized_start=1131
+  _globals['_ADDSCHEDULERESPONSE']._serialized_end=1192
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1194
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1255
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1257
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1366
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=1368
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=1400
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=1402
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=1463
+  _globals['_REMOVESCHEDULEREQUEST']._serialized_start=1465
+  _globals['_REMOVESCHEDULEREQUEST']._serialized_end=1500
+  _globals['_SUSPENDSCHEDULEREQUEST']._serialized_start=1502
+  _globals['_SUSPENDSCHEDULEREQUEST']._serialized_end=1538
+  _globals['_SUSPENDSCHEDULERESPONSE']._serialized_start=1540
+  _globals['_SUSPENDSCHEDULERESPONSE']._serialized_end=1605
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=1607
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=1642
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=1644
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=1708
+  _globals['_REMOVESCHEDULERESPONSE']._serialized_start=1710
+  _globals['_REMOVESCHEDULERESPONSE']._serialized_end=1734
+  _globals['_SCHEDULESERVICE']._serialized_start=1737
+  _globals['_SCHEDULESERVICE']._serialized_end=2270
 # @@protoc_insertion_point(module_scope)

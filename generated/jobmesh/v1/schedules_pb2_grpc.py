@@ -40,7 +40,7 @@ class ScheduleServiceStub:
         self.AddSchedule = channel.unary_unary(
                 '/jobmesh.v1.ScheduleService/AddSchedule',
                 request_serializer=jobmesh_dot_v1_dot_schedules__pb2.AddScheduleRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.Schedule.FromString,
+                response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.AddScheduleResponse.FromString,
                 _registered_method=True)
         self.ListSchedules = channel.unary_unary(
                 '/jobmesh.v1.ScheduleService/ListSchedules',
@@ -49,23 +49,23 @@ class ScheduleServiceStub:
                 _registered_method=True)
         self.GetSchedule = channel.unary_unary(
                 '/jobmesh.v1.ScheduleService/GetSchedule',
-                request_serializer=jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.Schedule.FromString,
+                request_serializer=jobmesh_dot_v1_dot_schedules__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.GetScheduleResponse.FromString,
                 _registered_method=True)
         self.RemoveSchedule = channel.unary_unary(
                 '/jobmesh.v1.ScheduleService/RemoveSchedule',
-                request_serializer=jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.SerializeToString,
+                request_serializer=jobmesh_dot_v1_dot_schedules__pb2.RemoveScheduleRequest.SerializeToString,
                 response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.RemoveScheduleResponse.FromString,
                 _registered_method=True)
         self.SuspendSchedule = channel.unary_unary(
                 '/jobmesh.v1.ScheduleService/SuspendSchedule',
-                request_serializer=jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.Schedule.FromString,
+                request_serializer=jobmesh_dot_v1_dot_schedules__pb2.SuspendScheduleRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.SuspendScheduleResponse.FromString,
                 _registered_method=True)
         self.ResumeSchedule = channel.unary_unary(
                 '/jobmesh.v1.ScheduleService/ResumeSchedule',
-                request_serializer=jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.Schedule.FromString,
+                request_serializer=jobmesh_dot_v1_dot_schedules__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_schedules__pb2.ResumeScheduleResponse.FromString,
                 _registered_method=True)
 
 
@@ -83,7 +83,7 @@ class ScheduleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSchedules(self, request, context):
-        """Lists every schedule.
+        """Lists the schedules, oldest first, one page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,7 +124,7 @@ def add_ScheduleServiceServicer_to_server(servicer, server):
             'AddSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.AddSchedule,
                     request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.AddScheduleRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_schedules__pb2.Schedule.SerializeToString,
+                    response_serializer=jobmesh_dot_v1_dot_schedules__pb2.AddScheduleResponse.SerializeToString,
             ),
             'ListSchedules': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSchedules,
@@ -133,23 +133,23 @@ def add_ScheduleServiceServicer_to_server(servicer, server):
             ),
             'GetSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSchedule,
-                    request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_schedules__pb2.Schedule.SerializeToString,
+                    request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.GetScheduleRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_schedules__pb2.GetScheduleResponse.SerializeToString,
             ),
             'RemoveSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveSchedule,
-                    request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.FromString,
+                    request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.RemoveScheduleRequest.FromString,
                     response_serializer=jobmesh_dot_v1_dot_schedules__pb2.RemoveScheduleResponse.SerializeToString,
             ),
             'SuspendSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.SuspendSchedule,
-                    request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_schedules__pb2.Schedule.SerializeToString,
+                    request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.SuspendScheduleRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_schedules__pb2.SuspendScheduleResponse.SerializeToString,
             ),
             'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.ResumeSchedule,
-                    request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_schedules__pb2.Schedule.SerializeToString,
+                    request_deserializer=jobmesh_dot_v1_dot_schedules__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_schedules__pb2.ResumeScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,7 +181,7 @@ class ScheduleService:
             target,
             '/jobmesh.v1.ScheduleService/AddSchedule',
             jobmesh_dot_v1_dot_schedules__pb2.AddScheduleRequest.SerializeToString,
-            jobmesh_dot_v1_dot_schedules__pb2.Schedule.FromString,
+            jobmesh_dot_v1_dot_schedules__pb2.AddScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,8 +234,8 @@ class ScheduleService:
             request,
             target,
             '/jobmesh.v1.ScheduleService/GetSchedule',
-            jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.SerializeToString,
-            jobmesh_dot_v1_dot_schedules__pb2.Schedule.FromString,
+            jobmesh_dot_v1_dot_schedules__pb2.GetScheduleRequest.SerializeToString,
+            jobmesh_dot_v1_dot_schedules__pb2.GetScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,7 +261,7 @@ class ScheduleService:
             request,
             target,
             '/jobmesh.v1.ScheduleService/RemoveSchedule',
-            jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.SerializeToString,
+            jobmesh_dot_v1_dot_schedules__pb2.RemoveScheduleRequest.SerializeToString,
             jobmesh_dot_v1_dot_schedules__pb2.RemoveScheduleResponse.FromString,
             options,
             channel_credentials,
@@ -288,8 +288,8 @@ class ScheduleService:
             request,
             target,
             '/jobmesh.v1.ScheduleService/SuspendSchedule',
-            jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.SerializeToString,
-            jobmesh_dot_v1_dot_schedules__pb2.Schedule.FromString,
+            jobmesh_dot_v1_dot_schedules__pb2.SuspendScheduleRequest.SerializeToString,
+            jobmesh_dot_v1_dot_schedules__pb2.SuspendScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,8 +315,8 @@ class ScheduleService:
             request,
             target,
             '/jobmesh.v1.ScheduleService/ResumeSchedule',
-            jobmesh_dot_v1_dot_schedules__pb2.ScheduleIdRequest.SerializeToString,
-            jobmesh_dot_v1_dot_schedules__pb2.Schedule.FromString,
+            jobmesh_dot_v1_dot_schedules__pb2.ResumeScheduleRequest.SerializeToString,
+            jobmesh_dot_v1_dot_schedules__pb2.ResumeScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

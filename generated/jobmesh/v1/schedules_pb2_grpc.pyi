@@ -40,19 +40,19 @@ class ScheduleServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ScheduleServiceAsyncStub: ...
-    AddSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.AddScheduleRequest, _schedules_pb2.Schedule]
+    AddSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.AddScheduleRequest, _schedules_pb2.AddScheduleResponse]
     """Adds a schedule."""
     ListSchedules: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.ListSchedulesRequest, _schedules_pb2.ListSchedulesResponse]
-    """Lists every schedule."""
-    GetSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.ScheduleIdRequest, _schedules_pb2.Schedule]
+    """Lists the schedules, oldest first, one page at a time."""
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.GetScheduleRequest, _schedules_pb2.GetScheduleResponse]
     """Returns one schedule."""
-    RemoveSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.ScheduleIdRequest, _schedules_pb2.RemoveScheduleResponse]
+    RemoveSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.RemoveScheduleRequest, _schedules_pb2.RemoveScheduleResponse]
     """Removes a schedule (jobs it already added stay)."""
-    SuspendSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.ScheduleIdRequest, _schedules_pb2.Schedule]
+    SuspendSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.SuspendScheduleRequest, _schedules_pb2.SuspendScheduleResponse]
     """Suspends a schedule: it adds no jobs until resumed (occurrences while
     suspended are skipped).
     """
-    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.ScheduleIdRequest, _schedules_pb2.Schedule]
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_schedules_pb2.ResumeScheduleRequest, _schedules_pb2.ResumeScheduleResponse]
     """Resumes a suspended schedule from now on."""
 
 @_typing.type_check_only
@@ -63,19 +63,19 @@ class ScheduleServiceAsyncStub(ScheduleServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    AddSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.AddScheduleRequest, _schedules_pb2.Schedule]  # type: ignore[assignment]
+    AddSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.AddScheduleRequest, _schedules_pb2.AddScheduleResponse]  # type: ignore[assignment]
     """Adds a schedule."""
     ListSchedules: _aio.UnaryUnaryMultiCallable[_schedules_pb2.ListSchedulesRequest, _schedules_pb2.ListSchedulesResponse]  # type: ignore[assignment]
-    """Lists every schedule."""
-    GetSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.ScheduleIdRequest, _schedules_pb2.Schedule]  # type: ignore[assignment]
+    """Lists the schedules, oldest first, one page at a time."""
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.GetScheduleRequest, _schedules_pb2.GetScheduleResponse]  # type: ignore[assignment]
     """Returns one schedule."""
-    RemoveSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.ScheduleIdRequest, _schedules_pb2.RemoveScheduleResponse]  # type: ignore[assignment]
+    RemoveSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.RemoveScheduleRequest, _schedules_pb2.RemoveScheduleResponse]  # type: ignore[assignment]
     """Removes a schedule (jobs it already added stay)."""
-    SuspendSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.ScheduleIdRequest, _schedules_pb2.Schedule]  # type: ignore[assignment]
+    SuspendSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.SuspendScheduleRequest, _schedules_pb2.SuspendScheduleResponse]  # type: ignore[assignment]
     """Suspends a schedule: it adds no jobs until resumed (occurrences while
     suspended are skipped).
     """
-    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.ScheduleIdRequest, _schedules_pb2.Schedule]  # type: ignore[assignment]
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_schedules_pb2.ResumeScheduleRequest, _schedules_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
     """Resumes a suspended schedule from now on."""
 
 class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -89,7 +89,7 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _schedules_pb2.AddScheduleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_schedules_pb2.Schedule, _abc.Awaitable[_schedules_pb2.Schedule]]:
+    ) -> _typing.Union[_schedules_pb2.AddScheduleResponse, _abc.Awaitable[_schedules_pb2.AddScheduleResponse]]:
         """Adds a schedule."""
 
     @_abc_1.abstractmethod
@@ -98,20 +98,20 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schedules_pb2.ListSchedulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_schedules_pb2.ListSchedulesResponse, _abc.Awaitable[_schedules_pb2.ListSchedulesResponse]]:
-        """Lists every schedule."""
+        """Lists the schedules, oldest first, one page at a time."""
 
     @_abc_1.abstractmethod
     def GetSchedule(
         self,
-        request: _schedules_pb2.ScheduleIdRequest,
+        request: _schedules_pb2.GetScheduleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_schedules_pb2.Schedule, _abc.Awaitable[_schedules_pb2.Schedule]]:
+    ) -> _typing.Union[_schedules_pb2.GetScheduleResponse, _abc.Awaitable[_schedules_pb2.GetScheduleResponse]]:
         """Returns one schedule."""
 
     @_abc_1.abstractmethod
     def RemoveSchedule(
         self,
-        request: _schedules_pb2.ScheduleIdRequest,
+        request: _schedules_pb2.RemoveScheduleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_schedules_pb2.RemoveScheduleResponse, _abc.Awaitable[_schedules_pb2.RemoveScheduleResponse]]:
         """Removes a schedule (jobs it already added stay)."""
@@ -119,9 +119,9 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def SuspendSchedule(
         self,
-        request: _schedules_pb2.ScheduleIdRequest,
+        request: _schedules_pb2.SuspendScheduleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_schedules_pb2.Schedule, _abc.Awaitable[_schedules_pb2.Schedule]]:
+    ) -> _typing.Union[_schedules_pb2.SuspendScheduleResponse, _abc.Awaitable[_schedules_pb2.SuspendScheduleResponse]]:
         """Suspends a schedule: it adds no jobs until resumed (occurrences while
         suspended are skipped).
         """
@@ -129,9 +129,9 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ResumeSchedule(
         self,
-        request: _schedules_pb2.ScheduleIdRequest,
+        request: _schedules_pb2.ResumeScheduleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_schedules_pb2.Schedule, _abc.Awaitable[_schedules_pb2.Schedule]]:
+    ) -> _typing.Union[_schedules_pb2.ResumeScheduleResponse, _abc.Awaitable[_schedules_pb2.ResumeScheduleResponse]]:
         """Resumes a suspended schedule from now on."""
 
 def add_ScheduleServiceServicer_to_server(servicer: ScheduleServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

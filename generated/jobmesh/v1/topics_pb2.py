@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17jobmesh/v1/topics.proto\x12\njobmesh.v1\"N\n\x0cTopicSetting\x12\r\n\x05topic\x18\x01 \x01(\t\x12/\n\x07setting\x18\x02 \x01(\x0e\x32\x1e.jobmesh.v1.ConsumptionSetting\"}\n\x13InstanceConsumption\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0f\x63onsumer_topics\x18\x03 \x03(\t\x12*\n\x08settings\x18\x04 \x03(\x0b\x32\x18.jobmesh.v1.TopicSetting\"\x1d\n\x1bListTopicConsumptionRequest\"R\n\x1cListTopicConsumptionResponse\x12\x32\n\tinstances\x18\x01 \x03(\x0b\x32\x1f.jobmesh.v1.InstanceConsumption\"n\n\x1aSetTopicConsumptionRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12/\n\x07setting\x18\x03 \x01(\x0e\x32\x1e.jobmesh.v1.ConsumptionSetting\"P\n\x1bSetTopicConsumptionResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.jobmesh.v1.InstanceConsumption*\x9f\x01\n\x12\x43onsumptionSetting\x12#\n\x1f\x43ONSUMPTION_SETTING_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONSUMPTION_SETTING_ENABLED\x10\x01\x12 \n\x1c\x43ONSUMPTION_SETTING_DISABLED\x10\x02\x12!\n\x1d\x43ONSUMPTION_SETTING_EXCLUSIVE\x10\x03\x32\xe1\x01\n\x0cTopicService\x12i\n\x14ListTopicConsumption\x12\'.jobmesh.v1.ListTopicConsumptionRequest\x1a(.jobmesh.v1.ListTopicConsumptionResponse\x12\x66\n\x13SetTopicConsumption\x12&.jobmesh.v1.SetTopicConsumptionRequest\x1a\'.jobmesh.v1.SetTopicConsumptionResponseB;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17jobmesh/v1/topics.proto\x12\njobmesh.v1\"N\n\x0cTopicSetting\x12\r\n\x05topic\x18\x01 \x01(\t\x12/\n\x07setting\x18\x02 \x01(\x0e\x32\x1e.jobmesh.v1.ConsumptionSetting\"}\n\x13InstanceConsumption\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0f\x63onsumer_topics\x18\x03 \x03(\t\x12*\n\x08settings\x18\x04 \x03(\x0b\x32\x18.jobmesh.v1.TopicSetting\"D\n\x1bListTopicConsumptionRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x7f\n\x1cListTopicConsumptionResponse\x12\x32\n\tinstances\x18\x01 \x03(\x0b\x32\x1f.jobmesh.v1.InstanceConsumption\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"n\n\x1aSetTopicConsumptionRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12/\n\x07setting\x18\x03 \x01(\x0e\x32\x1e.jobmesh.v1.ConsumptionSetting\"P\n\x1bSetTopicConsumptionResponse\x12\x31\n\x08instance\x18\x01 \x01(\x0b\x32\x1f.jobmesh.v1.InstanceConsumption*\x9f\x01\n\x12\x43onsumptionSetting\x12#\n\x1f\x43ONSUMPTION_SETTING_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ONSUMPTION_SETTING_ENABLED\x10\x01\x12 \n\x1c\x43ONSUMPTION_SETTING_DISABLED\x10\x02\x12!\n\x1d\x43ONSUMPTION_SETTING_EXCLUSIVE\x10\x03\x32\xe1\x01\n\x0cTopicService\x12i\n\x14ListTopicConsumption\x12\'.jobmesh.v1.ListTopicConsumptionRequest\x1a(.jobmesh.v1.ListTopicConsumptionResponse\x12\x66\n\x13SetTopicConsumption\x12&.jobmesh.v1.SetTopicConsumptionRequest\x1a\'.jobmesh.v1.SetTopicConsumptionResponseB;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,20 +32,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobmesh.v1.topics_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rio.jobmesh.v1P\001Z(jobmesh.example/api/jobmesh/v1;jobmeshv1'
-  _globals['_CONSUMPTIONSETTING']._serialized_start=556
-  _globals['_CONSUMPTIONSETTING']._serialized_end=715
+  _globals['_CONSUMPTIONSETTING']._serialized_start=640
+  _globals['_CONSUMPTIONSETTING']._serialized_end=799
   _globals['_TOPICSETTING']._serialized_start=39
   _globals['_TOPICSETTING']._serialized_end=117
   _globals['_INSTANCECONSUMPTION']._serialized_start=119
   _globals['_INSTANCECONSUMPTION']._serialized_end=244
   _globals['_LISTTOPICCONSUMPTIONREQUEST']._serialized_start=246
-  _globals['_LISTTOPICCONSUMPTIONREQUEST']._serialized_end=275
-  _globals['_LISTTOPICCONSUMPTIONRESPONSE']._serialized_start=277
-  _globals['_LISTTOPICCONSUMPTIONRESPONSE']._serialized_end=359
-  _globals['_SETTOPICCONSUMPTIONREQUEST']._serialized_start=361
-  _globals['_SETTOPICCONSUMPTIONREQUEST']._serialized_end=471
-  _globals['_SETTOPICCONSUMPTIONRESPONSE']._serialized_start=473
-  _globals['_SETTOPICCONSUMPTIONRESPONSE']._serialized_end=553
-  _globals['_TOPICSERVICE']._serialized_start=718
-  _globals['_TOPICSERVICE']._serialized_end=943
+  _globals['_LISTTOPICCONSUMPTIONREQUEST']._serialized_end=314
+  _globals['_LISTTOPICCONSUMPTIONRESPONSE']._serialized_start=316
+  _globals['_LISTTOPICCONSUMPTIONRESPONSE']._serialized_end=443
+  _globals['_SETTOPICCONSUMPTIONREQUEST']._serialized_start=445
+  _globals['_SETTOPICCONSUMPTIONREQUEST']._serialized_end=555
+  _globals['_SETTOPICCONSUMPTIONRESPONSE']._serialized_start=557
+  _globals['_SETTOPICCONSUMPTIONRESPONSE']._serialized_end=637
+  _globals['_TOPICSERVICE']._serialized_start=802
+  _globals['_TOPICSERVICE']._serialized_end=1027
 # @@protoc_insertion_point(module_scope)

@@ -52,7 +52,8 @@ class TopicServiceServicer:
     """
 
     def ListTopicConsumption(self, request, context):
-        """Every live instance with the topic patterns it consumes and its settings.
+        """The live instances with the topic patterns they consume and their
+        settings, one page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,9 @@ class TopicServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TopicServiceAsyncStub: ...
     ListTopicConsumption: _grpc.UnaryUnaryMultiCallable[_topics_pb2.ListTopicConsumptionRequest, _topics_pb2.ListTopicConsumptionResponse]
-    """Every live instance with the topic patterns it consumes and its settings."""
+    """The live instances with the topic patterns they consume and their
+    settings, one page at a time.
+    """
     SetTopicConsumption: _grpc.UnaryUnaryMultiCallable[_topics_pb2.SetTopicConsumptionRequest, _topics_pb2.SetTopicConsumptionResponse]
     """Set one instance's setting for a topic pattern (persisted there, applied
     at once).
@@ -58,7 +60,9 @@ class TopicServiceAsyncStub(TopicServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListTopicConsumption: _aio.UnaryUnaryMultiCallable[_topics_pb2.ListTopicConsumptionRequest, _topics_pb2.ListTopicConsumptionResponse]  # type: ignore[assignment]
-    """Every live instance with the topic patterns it consumes and its settings."""
+    """The live instances with the topic patterns they consume and their
+    settings, one page at a time.
+    """
     SetTopicConsumption: _aio.UnaryUnaryMultiCallable[_topics_pb2.SetTopicConsumptionRequest, _topics_pb2.SetTopicConsumptionResponse]  # type: ignore[assignment]
     """Set one instance's setting for a topic pattern (persisted there, applied
     at once).
@@ -73,7 +77,9 @@ class TopicServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _topics_pb2.ListTopicConsumptionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_topics_pb2.ListTopicConsumptionResponse, _abc.Awaitable[_topics_pb2.ListTopicConsumptionResponse]]:
-        """Every live instance with the topic patterns it consumes and its settings."""
+        """The live instances with the topic patterns they consume and their
+        settings, one page at a time.
+        """
 
     @_abc_1.abstractmethod
     def SetTopicConsumption(

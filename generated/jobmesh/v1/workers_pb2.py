@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from jobmesh.v1 import jobs_pb2 as jobmesh_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jobmesh/v1/workers.proto\x12\njobmesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobmesh/v1/jobs.proto\"\xf7\x01\n\x0bWorkRequest\x12\x32\n\x08register\x18\x01 \x01(\x0b\x32\x1e.jobmesh.v1.WorkerRegistrationH\x00\x12,\n\x08progress\x18\x02 \x01(\x0b\x32\x18.jobmesh.v1.WorkProgressH\x00\x12&\n\x03log\x18\x03 \x01(\x0b\x32\x17.jobmesh.v1.WorkLogLineH\x00\x12,\n\x08property\x18\x04 \x01(\x0b\x32\x18.jobmesh.v1.WorkPropertyH\x00\x12(\n\x06result\x18\x05 \x01(\x0b\x32\x16.jobmesh.v1.WorkResultH\x00\x42\x06\n\x04kind\"\xa2\x01\n\x0cWorkResponse\x12\x32\n\nregistered\x18\x01 \x01(\x0b\x32\x1c.jobmesh.v1.WorkerRegisteredH\x00\x12\x30\n\nassignment\x18\x02 \x01(\x0b\x32\x1a.jobmesh.v1.WorkAssignmentH\x00\x12$\n\x04stop\x18\x03 \x01(\x0b\x32\x14.jobmesh.v1.WorkStopH\x00\x42\x06\n\x04kind\"G\n\x12WorkerRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"O\n\x10WorkerRegistered\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"\xca\x02\n\x0eWorkAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05topic\x18\x03 \x01(\t\x12>\n\nproperties\x18\x04 \x03(\x0b\x32*.jobmesh.v1.WorkAssignment.PropertiesEntry\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x13\n\x0bretry_count\x18\x06 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x07 \x01(\x05\x12\x30\n\x0c\x63reated_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05queue\x18\t \x01(\t\x1aL\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.jobmesh.v1.PropertyValue:\x02\x38\x01\";\n\x08WorkStop\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x90\x01\n\x0cWorkProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x18\n\x0btotal_steps\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0fincrement_steps\x18\x04 \x01(\x03\x12\x12\n\x05\x65ta_s\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x0e\n\x0c_total_stepsB\x08\n\x06_eta_s\"?\n\x0bWorkLogLine\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"g\n\x0cWorkProperty\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12(\n\x05value\x18\x04 \x01(\x0b\x32\x19.jobmesh.v1.PropertyValue\"\xae\x01\n\nWorkResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.jobmesh.v1.WorkOutcome\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1a\n\rretry_delay_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0eoutput_payload\x18\x06 \x01(\x0c\x42\x10\n\x0e_retry_delay_s*|\n\x0bWorkOutcome\x12\x1c\n\x18WORK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORK_OUTCOME_SUCCEEDED\x10\x01\x12\x17\n\x13WORK_OUTCOME_FAILED\x10\x02\x12\x1a\n\x16WORK_OUTCOME_CANCELLED\x10\x03\x32N\n\rWorkerService\x12=\n\x04Work\x12\x17.jobmesh.v1.WorkRequest\x1a\x18.jobmesh.v1.WorkResponse(\x01\x30\x01\x42;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jobmesh/v1/workers.proto\x12\njobmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobmesh/v1/jobs.proto\"\xf7\x01\n\x0bWorkRequest\x12\x32\n\x08register\x18\x01 \x01(\x0b\x32\x1e.jobmesh.v1.WorkerRegistrationH\x00\x12,\n\x08progress\x18\x02 \x01(\x0b\x32\x18.jobmesh.v1.WorkProgressH\x00\x12&\n\x03log\x18\x03 \x01(\x0b\x32\x17.jobmesh.v1.WorkLogLineH\x00\x12,\n\x08property\x18\x04 \x01(\x0b\x32\x18.jobmesh.v1.WorkPropertyH\x00\x12(\n\x06result\x18\x05 \x01(\x0b\x32\x16.jobmesh.v1.WorkResultH\x00\x42\x06\n\x04kind\"\xa2\x01\n\x0cWorkResponse\x12\x32\n\nregistered\x18\x01 \x01(\x0b\x32\x1c.jobmesh.v1.WorkerRegisteredH\x00\x12\x30\n\nassignment\x18\x02 \x01(\x0b\x32\x1a.jobmesh.v1.WorkAssignmentH\x00\x12$\n\x04stop\x18\x03 \x01(\x0b\x32\x14.jobmesh.v1.WorkStopH\x00\x42\x06\n\x04kind\"G\n\x12WorkerRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"O\n\x10WorkerRegistered\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"\xca\x02\n\x0eWorkAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05topic\x18\x03 \x01(\t\x12>\n\nproperties\x18\x04 \x03(\x0b\x32*.jobmesh.v1.WorkAssignment.PropertiesEntry\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x13\n\x0bretry_count\x18\x06 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x07 \x01(\x05\x12\x30\n\x0c\x63reated_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05queue\x18\t \x01(\t\x1aL\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.jobmesh.v1.PropertyValue:\x02\x38\x01\";\n\x08WorkStop\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9a\x01\n\x0cWorkProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x18\n\x0btotal_steps\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0fincrement_steps\x18\x04 \x01(\x03\x12&\n\x03\x65ta\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0e\n\x0c_total_steps\"?\n\x0bWorkLogLine\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"g\n\x0cWorkProperty\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12(\n\x05value\x18\x04 \x01(\x0b\x32\x19.jobmesh.v1.PropertyValue\"\xb0\x01\n\nWorkResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.jobmesh.v1.WorkOutcome\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eoutput_payload\x18\x06 \x01(\x0c*|\n\x0bWorkOutcome\x12\x1c\n\x18WORK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORK_OUTCOME_SUCCEEDED\x10\x01\x12\x17\n\x13WORK_OUTCOME_FAILED\x10\x02\x12\x1a\n\x16WORK_OUTCOME_CANCELLED\x10\x03\x32N\n\rWorkerService\x12=\n\x04Work\x12\x17.jobmesh.v1.WorkRequest\x1a\x18.jobmesh.v1.WorkResponse(\x01\x30\x01\x42;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,30 +37,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\rio.jobmesh.v1P\001Z(jobmesh.example/api/jobmesh/v1;jobmeshv1'
   _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._loaded_options = None
   _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_WORKOUTCOME']._serialized_start=1553
-  _globals['_WORKOUTCOME']._serialized_end=1677
-  _globals['_WORKREQUEST']._serialized_start=97
-  _globals['_WORKREQUEST']._serialized_end=344
-  _globals['_WORKRESPONSE']._serialized_start=347
-  _globals['_WORKRESPONSE']._serialized_end=509
-  _globals['_WORKERREGISTRATION']._serialized_start=511
-  _globals['_WORKERREGISTRATION']._serialized_end=582
-  _globals['_WORKERREGISTERED']._serialized_start=584
-  _globals['_WORKERREGISTERED']._serialized_end=663
-  _globals['_WORKASSIGNMENT']._serialized_start=666
-  _globals['_WORKASSIGNMENT']._serialized_end=996
-  _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_start=920
-  _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_end=996
-  _globals['_WORKSTOP']._serialized_start=998
-  _globals['_WORKSTOP']._serialized_end=1057
-  _globals['_WORKPROGRESS']._serialized_start=1060
-  _globals['_WORKPROGRESS']._serialized_end=1204
-  _globals['_WORKLOGLINE']._serialized_start=1206
-  _globals['_WORKLOGLINE']._serialized_end=1269
-  _globals['_WORKPROPERTY']._serialized_start=1271
-  _globals['_WORKPROPERTY']._serialized_end=1374
-  _globals['_WORKRESULT']._serialized_start=1377
-  _globals['_WORKRESULT']._serialized_end=1551
-  _globals['_WORKERSERVICE']._serialized_start=1679
-  _globals['_WORKERSERVICE']._serialized_end=1757
+  _globals['_WORKOUTCOME']._serialized_start=1597
+  _globals['_WORKOUTCOME']._serialized_end=1721
+  _globals['_WORKREQUEST']._serialized_start=129
+  _globals['_WORKREQUEST']._serialized_end=376
+  _globals['_WORKRESPONSE']._serialized_start=379
+  _globals['_WORKRESPONSE']._serialized_end=541
+  _globals['_WORKERREGISTRATION']._serialized_start=543
+  _globals['_WORKERREGISTRATION']._serialized_end=614
+  _globals['_WORKERREGISTERED']._serialized_start=616
+  _globals['_WORKERREGISTERED']._serialized_end=695
+  _globals['_WORKASSIGNMENT']._serialized_start=698
+  _globals['_WORKASSIGNMENT']._serialized_end=1028
+  _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_start=952
+  _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_end=1028
+  _globals['_WORKSTOP']._serialized_start=1030
+  _globals['_WORKSTOP']._serialized_end=1089
+  _globals['_WORKPROGRESS']._serialized_start=1092
+  _globals['_WORKPROGRESS']._serialized_end=1246
+  _globals['_WORKLOGLINE']._serialized_start=1248
+  _globals['_WORKLOGLINE']._serialized_end=1311
+  _globals['_WORKPROPERTY']._serialized_start=1313
+  _globals['_WORKPROPERTY']._serialized_end=1416
+  _globals['_WORKRESULT']._serialized_start=1419
+  _globals['_WORKRESULT']._serialized_end=1595
+  _globals['_WORKERSERVICE']._serialized_start=1723
+  _globals['_WORKERSERVICE']._serialized_end=1801
 # @@protoc_insertion_point(module_scope)

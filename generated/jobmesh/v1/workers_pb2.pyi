@@ -44,6 +44,7 @@ is no longer used is marked `reserved`.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -368,7 +369,7 @@ Global___WorkStop: _TypeAlias = WorkStop  # noqa: Y015
 class WorkProgress(_message.Message):
     """Progress of a running job. Mirrors the in-process JobContext: set
     `total_steps` to announce the number of steps (done steps reset to 0), add
-    done steps with `increment_steps`, and give an ETA with `eta_s`; any
+    done steps with `increment_steps`, and give an ETA with `eta`; any
     combination in one message.
     """
 
@@ -378,7 +379,7 @@ class WorkProgress(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TOTAL_STEPS_FIELD_NUMBER: _builtins.int
     INCREMENT_STEPS_FIELD_NUMBER: _builtins.int
-    ETA_S_FIELD_NUMBER: _builtins.int
+    ETA_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id, as in its assignment."""
     attempt: _builtins.int
@@ -387,10 +388,12 @@ class WorkProgress(_message.Message):
     """When set: the total number of steps (>= 0); done steps reset to 0."""
     increment_steps: _builtins.int
     """Steps done since the last report (>= 0); the ETA is re-estimated from the
-    pace unless `eta_s` is given.
+    pace unless `eta` is given.
     """
-    eta_s: _builtins.float
-    """When set: the estimated seconds until the job is done (>= 0)."""
+    @_builtins.property
+    def eta(self) -> _duration_pb2.Duration:
+        """When set: the estimated time until the job is done (>= 0)."""
+
     def __init__(
         self,
         *,
@@ -398,19 +401,14 @@ class WorkProgress(_message.Message):
         attempt: _builtins.int = ...,
         total_steps: _builtins.int | None = ...,
         increment_steps: _builtins.int = ...,
-        eta_s: _builtins.float | None = ...,
+        eta: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_eta_s", b"_eta_s", "_total_steps", b"_total_steps", "eta_s", b"eta_s", "total_steps", b"total_steps"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "eta", b"eta", "total_steps", b"total_steps"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_s", b"_eta_s", "_total_steps", b"_total_steps", "attempt", b"attempt", "eta_s", b"eta_s", "increment_steps", b"increment_steps", "job_id", b"job_id", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps", "attempt", b"attempt", "eta", b"eta", "increment_steps", b"increment_steps", "job_id", b"job_id", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__eta_s: _TypeAlias = _typing.Literal["eta_s"]  # noqa: Y015
-    _WhichOneofArgType__eta_s: _TypeAlias = _typing.Literal["_eta_s", b"_eta_s"]  # noqa: Y015
     _WhichOneofReturnType__total_steps: _TypeAlias = _typing.Literal["total_steps"]  # noqa: Y015
     _WhichOneofArgType__total_steps: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__eta_s) -> _WhichOneofReturnType__eta_s | None: ...
-    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__total_steps) -> _WhichOneofReturnType__total_steps | None: ...
 
 Global___WorkProgress: _TypeAlias = WorkProgress  # noqa: Y015
@@ -493,7 +491,7 @@ class WorkResult(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
-    RETRY_DELAY_S_FIELD_NUMBER: _builtins.int
+    RETRY_DELAY_FIELD_NUMBER: _builtins.int
     OUTPUT_PAYLOAD_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id, as in its assignment."""
@@ -503,12 +501,14 @@ class WorkResult(_message.Message):
     """How the attempt ended."""
     message: _builtins.str
     """A message for the job's result (success message or failure reason)."""
-    retry_delay_s: _builtins.float
-    """For WORK_OUTCOME_FAILED: seconds before the retry (>= 0); unset for the
-    queue's retry delay.
-    """
     output_payload: _builtins.bytes
     """For WORK_OUTCOME_SUCCEEDED: the output payload (empty for none)."""
+    @_builtins.property
+    def retry_delay(self) -> _duration_pb2.Duration:
+        """For WORK_OUTCOME_FAILED: the delay before the retry (>= 0); unset for
+        the queue's retry delay.
+        """
+
     def __init__(
         self,
         *,
@@ -516,15 +516,13 @@ class WorkResult(_message.Message):
         attempt: _builtins.int = ...,
         outcome: Global___WorkOutcome.ValueType = ...,
         message: _builtins.str = ...,
-        retry_delay_s: _builtins.float | None = ...,
+        retry_delay: _duration_pb2.Duration | None = ...,
         output_payload: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_retry_delay_s", b"_retry_delay_s", "retry_delay_s", b"retry_delay_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_delay", b"retry_delay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_delay_s", b"_retry_delay_s", "attempt", b"attempt", "job_id", b"job_id", "message", b"message", "outcome", b"outcome", "output_payload", b"output_payload", "retry_delay_s", b"retry_delay_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "message", b"message", "outcome", b"outcome", "output_payload", b"output_payload", "retry_delay", b"retry_delay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__retry_delay_s: _TypeAlias = _typing.Literal["retry_delay_s"]  # noqa: Y015
-    _WhichOneofArgType__retry_delay_s: _TypeAlias = _typing.Literal["_retry_delay_s", b"_retry_delay_s"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_delay_s) -> _WhichOneofReturnType__retry_delay_s | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkResult: _TypeAlias = WorkResult  # noqa: Y015

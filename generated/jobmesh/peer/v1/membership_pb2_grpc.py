@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from jobmesh.v1 import membership_pb2 as jobmesh_dot_v1_dot_membership__pb2
+from jobmesh.peer.v1 import membership_pb2 as jobmesh_dot_peer_dot_v1_dot_membership__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in jobmesh/v1/membership_pb2_grpc.py depends on'
+        + ' but the generated code in jobmesh/peer/v1/membership_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -40,24 +40,24 @@ class MembershipServiceStub:
             channel: A grpc.Channel.
         """
         self.Ping = channel.unary_unary(
-                '/jobmesh.v1.MembershipService/Ping',
-                request_serializer=jobmesh_dot_v1_dot_membership__pb2.PingRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_membership__pb2.PingResponse.FromString,
+                '/jobmesh.peer.v1.MembershipService/Ping',
+                request_serializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.PingRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.PingResponse.FromString,
                 _registered_method=True)
         self.IndirectPing = channel.unary_unary(
-                '/jobmesh.v1.MembershipService/IndirectPing',
-                request_serializer=jobmesh_dot_v1_dot_membership__pb2.IndirectPingRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_membership__pb2.IndirectPingResponse.FromString,
+                '/jobmesh.peer.v1.MembershipService/IndirectPing',
+                request_serializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.IndirectPingRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.IndirectPingResponse.FromString,
                 _registered_method=True)
         self.Sync = channel.unary_unary(
-                '/jobmesh.v1.MembershipService/Sync',
-                request_serializer=jobmesh_dot_v1_dot_membership__pb2.SyncRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_membership__pb2.SyncResponse.FromString,
+                '/jobmesh.peer.v1.MembershipService/Sync',
+                request_serializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.SyncRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.SyncResponse.FromString,
                 _registered_method=True)
         self.Gossip = channel.unary_unary(
-                '/jobmesh.v1.MembershipService/Gossip',
-                request_serializer=jobmesh_dot_v1_dot_membership__pb2.GossipRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_membership__pb2.GossipResponse.FromString,
+                '/jobmesh.peer.v1.MembershipService/Gossip',
+                request_serializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.GossipRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.GossipResponse.FromString,
                 _registered_method=True)
 
 
@@ -102,29 +102,29 @@ def add_MembershipServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
-                    request_deserializer=jobmesh_dot_v1_dot_membership__pb2.PingRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_membership__pb2.PingResponse.SerializeToString,
+                    request_deserializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.PingRequest.FromString,
+                    response_serializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.PingResponse.SerializeToString,
             ),
             'IndirectPing': grpc.unary_unary_rpc_method_handler(
                     servicer.IndirectPing,
-                    request_deserializer=jobmesh_dot_v1_dot_membership__pb2.IndirectPingRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_membership__pb2.IndirectPingResponse.SerializeToString,
+                    request_deserializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.IndirectPingRequest.FromString,
+                    response_serializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.IndirectPingResponse.SerializeToString,
             ),
             'Sync': grpc.unary_unary_rpc_method_handler(
                     servicer.Sync,
-                    request_deserializer=jobmesh_dot_v1_dot_membership__pb2.SyncRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_membership__pb2.SyncResponse.SerializeToString,
+                    request_deserializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.SyncRequest.FromString,
+                    response_serializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.SyncResponse.SerializeToString,
             ),
             'Gossip': grpc.unary_unary_rpc_method_handler(
                     servicer.Gossip,
-                    request_deserializer=jobmesh_dot_v1_dot_membership__pb2.GossipRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_membership__pb2.GossipResponse.SerializeToString,
+                    request_deserializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.GossipRequest.FromString,
+                    response_serializer=jobmesh_dot_peer_dot_v1_dot_membership__pb2.GossipResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'jobmesh.v1.MembershipService', rpc_method_handlers)
+            'jobmesh.peer.v1.MembershipService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('jobmesh.v1.MembershipService', rpc_method_handlers)
+    server.add_registered_method_handlers('jobmesh.peer.v1.MembershipService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -150,9 +150,9 @@ class MembershipService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/jobmesh.v1.MembershipService/Ping',
-            jobmesh_dot_v1_dot_membership__pb2.PingRequest.SerializeToString,
-            jobmesh_dot_v1_dot_membership__pb2.PingResponse.FromString,
+            '/jobmesh.peer.v1.MembershipService/Ping',
+            jobmesh_dot_peer_dot_v1_dot_membership__pb2.PingRequest.SerializeToString,
+            jobmesh_dot_peer_dot_v1_dot_membership__pb2.PingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -177,9 +177,9 @@ class MembershipService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/jobmesh.v1.MembershipService/IndirectPing',
-            jobmesh_dot_v1_dot_membership__pb2.IndirectPingRequest.SerializeToString,
-            jobmesh_dot_v1_dot_membership__pb2.IndirectPingResponse.FromString,
+            '/jobmesh.peer.v1.MembershipService/IndirectPing',
+            jobmesh_dot_peer_dot_v1_dot_membership__pb2.IndirectPingRequest.SerializeToString,
+            jobmesh_dot_peer_dot_v1_dot_membership__pb2.IndirectPingResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -204,9 +204,9 @@ class MembershipService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/jobmesh.v1.MembershipService/Sync',
-            jobmesh_dot_v1_dot_membership__pb2.SyncRequest.SerializeToString,
-            jobmesh_dot_v1_dot_membership__pb2.SyncResponse.FromString,
+            '/jobmesh.peer.v1.MembershipService/Sync',
+            jobmesh_dot_peer_dot_v1_dot_membership__pb2.SyncRequest.SerializeToString,
+            jobmesh_dot_peer_dot_v1_dot_membership__pb2.SyncResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -231,9 +231,9 @@ class MembershipService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/jobmesh.v1.MembershipService/Gossip',
-            jobmesh_dot_v1_dot_membership__pb2.GossipRequest.SerializeToString,
-            jobmesh_dot_v1_dot_membership__pb2.GossipResponse.FromString,
+            '/jobmesh.peer.v1.MembershipService/Gossip',
+            jobmesh_dot_peer_dot_v1_dot_membership__pb2.GossipRequest.SerializeToString,
+            jobmesh_dot_peer_dot_v1_dot_membership__pb2.GossipResponse.FromString,
             options,
             channel_credentials,
             insecure,

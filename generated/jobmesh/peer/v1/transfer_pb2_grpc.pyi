@@ -28,13 +28,19 @@ whole payload's before it applies the item, and rejects the stream on any
 mismatch. A partially received payload is discarded when its stream ends:
 after a reconnect the sender starts the payload again from offset 0.
 
-Compatibility rule: fields and enum values are only ever added. A field
-number or enum number is never changed, renumbered or reused.
+Peer protocol: node-to-node only, OUTSIDE the public compatibility promise
+of jobmesh.v1. Nodes of one release talk it among themselves; it may change
+between releases (MemberInfo.protocol_version says which one a node
+speaks). Clients and workers use the jobmesh.v1 services.
+
+Times and durations travel as integers with their unit in the name (`_us`,
+`_ms`), as the journal stores them: a frame carries thousands of items that
+the receiver writes as they come, with no conversion.
 """
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from jobmesh.v1 import transfer_pb2 as _transfer_pb2
+from jobmesh.peer.v1 import transfer_pb2 as _transfer_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -62,7 +68,7 @@ class TransferServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TransferServiceAsyncStub: ...
-    Exchange: _grpc.StreamStreamMultiCallable[_transfer_pb2.TransferFrame, _transfer_pb2.TransferAck]
+    Exchange: _grpc.StreamStreamMultiCallable[_transfer_pb2.ExchangeRequest, _transfer_pb2.ExchangeResponse]
     """One sender's stream to this node: frames of outbox items in, one
     acknowledgement per frame out, in the same order, after the frame is
     committed to this node's journal.
@@ -73,7 +79,7 @@ class TransferServiceAsyncStub(TransferServiceStub):
     """Node-to-node transfer of offloaded jobs and their reports."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Exchange: _aio.StreamStreamMultiCallable[_transfer_pb2.TransferFrame, _transfer_pb2.TransferAck]  # type: ignore[assignment]
+    Exchange: _aio.StreamStreamMultiCallable[_transfer_pb2.ExchangeRequest, _transfer_pb2.ExchangeResponse]  # type: ignore[assignment]
     """One sender's stream to this node: frames of outbox items in, one
     acknowledgement per frame out, in the same order, after the frame is
     committed to this node's journal.
@@ -85,9 +91,9 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Exchange(
         self,
-        request_iterator: _MaybeAsyncIterator[_transfer_pb2.TransferFrame],
+        request_iterator: _MaybeAsyncIterator[_transfer_pb2.ExchangeRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_transfer_pb2.TransferAck], _abc.AsyncIterator[_transfer_pb2.TransferAck]]:
+    ) -> _typing.Union[_abc.Iterator[_transfer_pb2.ExchangeResponse], _abc.AsyncIterator[_transfer_pb2.ExchangeResponse]]:
         """One sender's stream to this node: frames of outbox items in, one
         acknowledgement per frame out, in the same order, after the frame is
         committed to this node's journal.

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from jobmesh.v1 import transfer_pb2 as jobmesh_dot_v1_dot_transfer__pb2
+from jobmesh.peer.v1 import transfer_pb2 as jobmesh_dot_peer_dot_v1_dot_transfer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in jobmesh/v1/transfer_pb2_grpc.py depends on'
+        + ' but the generated code in jobmesh/peer/v1/transfer_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,9 +36,9 @@ class TransferServiceStub:
             channel: A grpc.Channel.
         """
         self.Exchange = channel.stream_stream(
-                '/jobmesh.v1.TransferService/Exchange',
-                request_serializer=jobmesh_dot_v1_dot_transfer__pb2.TransferFrame.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_transfer__pb2.TransferAck.FromString,
+                '/jobmesh.peer.v1.TransferService/Exchange',
+                request_serializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeResponse.FromString,
                 _registered_method=True)
 
 
@@ -60,14 +60,14 @@ def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Exchange': grpc.stream_stream_rpc_method_handler(
                     servicer.Exchange,
-                    request_deserializer=jobmesh_dot_v1_dot_transfer__pb2.TransferFrame.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_transfer__pb2.TransferAck.SerializeToString,
+                    request_deserializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeRequest.FromString,
+                    response_serializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'jobmesh.v1.TransferService', rpc_method_handlers)
+            'jobmesh.peer.v1.TransferService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('jobmesh.v1.TransferService', rpc_method_handlers)
+    server.add_registered_method_handlers('jobmesh.peer.v1.TransferService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -89,9 +89,9 @@ class TransferService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/jobmesh.v1.TransferService/Exchange',
-            jobmesh_dot_v1_dot_transfer__pb2.TransferFrame.SerializeToString,
-            jobmesh_dot_v1_dot_transfer__pb2.TransferAck.FromString,
+            '/jobmesh.peer.v1.TransferService/Exchange',
+            jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeRequest.SerializeToString,
+            jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,8 +28,14 @@ whole payload's before it applies the item, and rejects the stream on any
 mismatch. A partially received payload is discarded when its stream ends:
 after a reconnect the sender starts the payload again from offset 0.
 
-Compatibility rule: fields and enum values are only ever added. A field
-number or enum number is never changed, renumbered or reused.
+Peer protocol: node-to-node only, OUTSIDE the public compatibility promise
+of jobmesh.v1. Nodes of one release talk it among themselves; it may change
+between releases (MemberInfo.protocol_version says which one a node
+speaks). Clients and workers use the jobmesh.v1 services.
+
+Times and durations travel as integers with their unit in the name (`_us`,
+`_ms`), as the journal stores them: a frame carries thousands of items that
+the receiver writes as they come, with no conversion.
 """
 
 from collections import abc as _abc
@@ -49,8 +55,8 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class TransferFrame(_message.Message):
-    """A batch of outbox items from one sender."""
+class ExchangeRequest(_message.Message):
+    """A frame: a batch of outbox items from one sender."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -103,7 +109,7 @@ class TransferFrame(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TransferFrame: _TypeAlias = TransferFrame  # noqa: Y015
+Global___ExchangeRequest: _TypeAlias = ExchangeRequest  # noqa: Y015
 
 @_typing.final
 class PayloadChunk(_message.Message):
@@ -394,8 +400,8 @@ class JobControl(_message.Message):
 Global___JobControl: _TypeAlias = JobControl  # noqa: Y015
 
 @_typing.final
-class TransferAck(_message.Message):
-    """Acknowledges one frame: every item up to `last_seq` is on the receiver's
+class ExchangeResponse(_message.Message):
+    """An acknowledgement: it acknowledges one frame: every item up to `last_seq` is on the receiver's
     disk (or was a duplicate) and the sender may drop it from its outbox.
     """
 
@@ -415,4 +421,4 @@ class TransferAck(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TransferAck: _TypeAlias = TransferAck  # noqa: Y015
+Global___ExchangeResponse: _TypeAlias = ExchangeResponse  # noqa: Y015

@@ -3,7 +3,7 @@
 isort:skip_file
 Jobmesh membership protocol, version 1: how nodes keep each other's
 topology views alive. Nodes talk it among themselves on their gRPC port;
-clients use topology.proto instead.
+clients use jobmesh/v1/topology.proto instead.
 
 It follows SWIM: each node probes one peer per protocol period (Ping); a
 peer that does not answer is probed through others (IndirectPing) and then
@@ -17,8 +17,14 @@ at equal incarnation DEAD/LEFT beat SUSPECT, which beats ALIVE. A node
 refutes a suspicion about itself by publishing ALIVE with a higher
 incarnation.
 
-Compatibility rule: fields and enum values are only ever added. A field
-number or enum number is never changed, renumbered or reused.
+Peer protocol: node-to-node only, OUTSIDE the public compatibility promise
+of jobmesh.v1. Nodes of one release talk it among themselves; it may change
+between releases (MemberInfo.protocol_version says which one a node
+speaks). Clients and workers use the jobmesh.v1 services.
+
+Times and durations travel as integers with their unit in the name (`_us`,
+`_ms`), as the journal stores them: a frame carries thousands of items that
+the receiver writes as they come, with no conversion.
 """
 
 from collections import abc as _abc
