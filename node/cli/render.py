@@ -47,7 +47,7 @@ def _field_json(field: Any, value: Any) -> Any:  # Any: upb and Python descripto
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         value_field = field.message_type.fields_by_name["value"]
         return {key: _single_json(value_field, value[key]) for key in sorted(value)}
-    if field.label == FieldDescriptor.LABEL_REPEATED:
+    if field.is_repeated:
         return [_single_json(field, item) for item in value]
     return _single_json(field, value)
 

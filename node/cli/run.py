@@ -11,13 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from node.cli.common import EXIT_CONFIG
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError, JobmeshError
 from node.node import Node
 
 log = logging.getLogger("jobmesh")
-
-EXIT_CONFIG = 78  # EX_CONFIG
 
 
 def add_parser(sub: Any) -> None:
