@@ -211,6 +211,8 @@ def _wait_ready(client: JobmeshClient, command: str) -> None:
     """Wait for the node (say so after a second); RpcError UNAVAILABLE at the --timeout deadline."""
     if client.wait_ready(min(_QUIET_WAIT_S, client.timeout_s)):
         return
+    if client.timeout_s <= _QUIET_WAIT_S:
+        raise RpcError(grpc.StatusCode.UNAVAILABLE, "it did not answer", "connect")
     print(
         f"jobmesh {command}: waiting up to {client.timeout_s:g}s for a node at {client.target}...",
         file=sys.stderr,
