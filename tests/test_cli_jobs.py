@@ -35,6 +35,13 @@ def cli(node: NodeProcess, *args: str, stdin: str | None = None) -> subprocess.C
     return jobmesh(*args, "--node", node.address, stdin=stdin)
 
 
+def add_lines(node: NodeProcess, lines: list[dict[str, Any]]) -> list[str]:
+    """Add one job per dict with `jobmesh add --from -`; returns their ids."""
+    return ok(
+        cli(node, "add", "--from", "-", stdin="".join(json.dumps(line) + "\n" for line in lines))
+    ).split()
+
+
 def keys(data: Any) -> Iterator[str]:
     """Every object key in a JSON document, at any depth (map keys included)."""
     if isinstance(data, dict):
@@ -142,15 +149,7 @@ def test_per_job_retries_and_timeout_override_the_queue(node: NodeProcess) -> No
 
 
 def test_paging_limit_page_token_and_all(node: NodeProcess) -> None:
-    ok(
-        cli(
-            node,
-            "add",
-            "--from",
-            "-",
-            stdin="".join(json.dumps({"topic": "cli/page", "properties": {"n": n}}) + "\n" for n in range(5)),
-        )
-    )
+    add_lines(node, [{"topic": "cli/page", "properties": {"n": n}} for n in range(5)])
     first = ok_json(cli(node, "jobs", "--topic", "cli/page", "--limit", "2", "--json"))
     assert [j["properties"]["n"] for j in first["jobs"]] == [0, 1]
     assert first["next_page_token"]
@@ -211,15 +210,7 @@ def test_watch_json_writes_one_compact_object_per_line(node: NodeProcess) -> Non
 
 
 def test_a_closed_output_pipe_ends_quietly(node: NodeProcess) -> None:
-    ok(
-        cli(
-            node,
-            "add",
-            "--from",
-            "-",
-            stdin="".join(json.dumps({"topic": "cli/pipe"}) + "\n" for _ in range(3000)),
-        )
-    )
+    add_lines(node, [{"topic": "cli/pipe"} for _ in range(3000)])
     command = f"{sys.executable} -m node jobs --topic cli/pipe --all --node {node.address} | head -1; echo ${{PIPESTATUS[0]}} >&2"
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False)
     assert result.stdout.split()[0] == "ID"

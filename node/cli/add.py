@@ -21,7 +21,7 @@ from jobmesh.v1 import jobs_pb2, topics_pb2
 
 from node.cli import render
 from node.cli.commands import print_job
-from node.cli.common import EXIT_JOB_FAILED, EXIT_OK, client_command, client_parser, read_file
+from node.cli.common import EXIT_JOB_FAILED, EXIT_OK, client_command, client_parser, read_file, respond
 from node.cli.topics import consumes
 from node.cli.values import TYPE_HELP, parse_assignment, parse_json_property
 from node.cli.watch import wait_with_progress
@@ -76,11 +76,7 @@ def cmd_add(args: argparse.Namespace, client: JobmeshClient) -> int:
     after_seq = client.head_seq() if args.wait else 0
     added = client.add(job)
     if not args.wait:
-        if args.json:
-            render.print_json(render.to_json(added), sys.stdout)
-        else:
-            print(added.id)
-        return EXIT_OK
+        return respond(args, added, added.id)
     print(f"added {added.id}, waiting...", file=sys.stderr)
     try:
         done = wait_with_progress(client, added.id, after_seq, args.wait_timeout, sys.stderr)

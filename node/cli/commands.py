@@ -10,7 +10,7 @@ from typing import Any
 from jobmesh.v1 import jobs_pb2, topology_pb2
 
 from node.cli import paging, render
-from node.cli.common import EXIT_OK, client_command, client_parser, write_file
+from node.cli.common import EXIT_OK, client_command, client_parser, respond, write_file
 from node.cli.values import parse_condition
 from node.client import JobmeshClient, RpcError
 
@@ -96,12 +96,7 @@ def cmd_jobs(args: argparse.Namespace, client: JobmeshClient) -> int:
         for condition_text in template_text.split("&"):
             template.conditions.append(parse_condition(condition_text.strip()).to_proto())
     listing = paging.fetch(client, client.jobs.FindJobs, request, "jobs", args)
-    if args.json:
-        render.print_json(listing.to_json(), sys.stdout)
-    else:
-        render.print_jobs(listing.items, sys.stdout)
-        paging.print_more_hint(listing, sys.stderr)
-    return EXIT_OK
+    return respond(args, listing.to_json(), lambda: paging.print_listing(listing, render.print_jobs))
 
 
 def cmd_job(args: argparse.Namespace, client: JobmeshClient) -> int:
@@ -127,13 +122,8 @@ def cmd_stop(args: argparse.Namespace, client: JobmeshClient) -> int:
 def cmd_rm(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh rm ID`."""
     response = client.remove_job(args.job_id)
-    if args.json:
-        render.print_json(render.to_json(response), sys.stdout)
-    elif response.deleted:
-        print(f"deleted {args.job_id} from history")
-    else:
-        print(f"dropped {args.job_id}")
-    return EXIT_OK
+    text = f"deleted {args.job_id} from history" if response.deleted else f"dropped {args.job_id}"
+    return respond(args, response, text)
 
 
 def cmd_retry(args: argparse.Namespace, client: JobmeshClient) -> int:

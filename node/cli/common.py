@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
+from node.cli import render
 from node.client import JobmeshClient, RpcError
 from node.config import DEFAULT_PORT
 from node.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -234,6 +236,19 @@ def report(command: str, address: str, timeout_s: float, e: RpcError) -> int:
     else:
         text = e.details or e.code.name
     return fail(command, text, code)
+
+
+def respond(
+    args: argparse.Namespace, result: Message | dict[str, Any], text: str | Callable[[], None]
+) -> int:
+    """Print `result` as JSON with --json, else `text` (or what `text()` prints); returns EXIT_OK."""
+    if args.json:
+        render.print_json(result if isinstance(result, dict) else render.to_json(result), sys.stdout)
+    elif callable(text):
+        text()
+    else:
+        print(text)
+    return EXIT_OK
 
 
 def fail(command: str, text: str, code: int) -> int:

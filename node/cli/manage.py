@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 from google.protobuf.duration_pb2 import Duration
 from jobmesh.v1 import jobs_pb2
 
 from node.cli import render
-from node.cli.common import EXIT_OK, client_command, client_parser
+from node.cli.common import client_command, client_parser, respond
 from node.cli.watch import EVENT_TYPES, cmd_watch
 from node.client import JobmeshClient
 from node.errors import InvalidArgument
@@ -67,9 +67,11 @@ def cmd_stats(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh stats`."""
     scope = jobs_pb2.QUERY_SCOPE_TOPOLOGY if args.topology else jobs_pb2.QUERY_SCOPE_LOCAL
     response = client.call(client.jobs.GetStatistics, jobs_pb2.GetStatisticsRequest(scope=scope))
-    if args.json:
-        render.print_json(render.to_json(response), sys.stdout)
-        return EXIT_OK
+    return respond(args, response, lambda: print_statistics(response, sys.stdout))
+
+
+def print_statistics(response: jobs_pb2.GetStatisticsResponse, out: TextIO) -> None:
+    """Statistics as a table: global, then per queue, then per topic."""
     rows = [("global", "", getattr(response, "global"))]
     rows += [("queue", name, response.queues[name]) for name in sorted(response.queues)]
     rows += [("topic", name, response.topics[name]) for name in sorted(response.topics)]
@@ -101,9 +103,8 @@ def cmd_stats(args: argparse.Namespace, client: JobmeshClient) -> int:
             "RUN MS",
             "LAST FINISHED",
         ),
-        sys.stdout,
+        out,
     )
-    return EXIT_OK
 
 
 def cmd_purge(args: argparse.Namespace, client: JobmeshClient) -> int:
@@ -114,8 +115,4 @@ def cmd_purge(args: argparse.Namespace, client: JobmeshClient) -> int:
     if args.older_than:
         request.older_than.CopyFrom(Duration(seconds=int(parse_duration(args.older_than))))
     response = client.call(client.jobs.PurgeJobs, request)
-    if args.json:
-        render.print_json(render.to_json(response), sys.stdout)
-    else:
-        print(f"purged {response.purged} jobs")
-    return EXIT_OK
+    return respond(args, response, f"purged {response.purged} jobs")

@@ -9,9 +9,10 @@ page with `--all`. Its JSON output is the RPC's response shape: the items under 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from google.protobuf.message import Message
 
@@ -96,7 +97,13 @@ def fetch(
     return Listing(field, items, token, total)
 
 
-def print_more_hint(listing: Listing, err: Any) -> None:
+def print_listing(listing: Listing, print_items: Callable[[list[Any], TextIO], None]) -> None:
+    """The items for people (stdout), then how to see more if the listing was cut (stderr)."""
+    print_items(listing.items, sys.stdout)
+    print_more_hint(listing, sys.stderr)
+
+
+def print_more_hint(listing: Listing, err: TextIO) -> None:
     """Tell people how to see the rest when a listing was cut."""
     if listing.next_page_token:
         shown = len(listing.items)

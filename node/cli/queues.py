@@ -9,7 +9,7 @@ from typing import Any, TextIO
 from jobmesh.v1 import queues_pb2
 
 from node.cli import paging, render
-from node.cli.common import EXIT_OK, action_parser, client_command, client_parser, command_group
+from node.cli.common import action_parser, client_command, client_parser, command_group, respond
 from node.client import JobmeshClient, set_seconds
 from node.errors import NotFound
 
@@ -86,9 +86,11 @@ def queue_type_name(value: int) -> str:
 def cmd_queues(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh queues`."""
     listing = paging.fetch(client, client.queues.ListQueues, queues_pb2.ListQueuesRequest(), "queues", args)
-    if args.json:
-        render.print_json(listing.to_json(), sys.stdout)
-        return EXIT_OK
+    return respond(args, listing.to_json(), lambda: paging.print_listing(listing, print_queues))
+
+
+def print_queues(queues: list[queues_pb2.QueueInfo], out: TextIO) -> None:
+    """Queues as a table."""
     rows = [
         (
             q.config.name,
@@ -100,11 +102,9 @@ def cmd_queues(args: argparse.Namespace, client: JobmeshClient) -> int:
             str(q.config.retries),
             ",".join(q.config.topics) or "(all others)",
         )
-        for q in listing.items
+        for q in queues
     ]
-    render.print_table(rows, HEADER, sys.stdout)
-    paging.print_more_hint(listing, sys.stderr)
-    return EXIT_OK
+    render.print_table(rows, HEADER, out)
 
 
 def find_queue(client: JobmeshClient, name: str) -> queues_pb2.QueueInfo | None:
@@ -127,27 +127,19 @@ def cmd_queue(args: argparse.Namespace, client: JobmeshClient) -> int:
         info = client.call(
             client.queues.SetQueue, queues_pb2.SetQueueRequest(config=_config(args, client))
         ).queue
-        return _show(info, args.json)
+        return _show(args, info)
     if args.action == "show":
         found = find_queue(client, args.name)
         if found is None:
             raise NotFound(f"no queue named {args.name!r}; `jobmesh queues` lists them")
-        return _show(found, args.json)
+        return _show(args, found)
     request = queues_pb2.QueueNameRequest(name=args.name)
     if args.action == "clear":
         response = client.call(client.queues.ClearQueue, request)
-        if args.json:
-            render.print_json(render.to_json(response), sys.stdout)
-        else:
-            print(f"dropped {response.dropped} queued jobs of {args.name}")
-        return EXIT_OK
+        return respond(args, response, f"dropped {response.dropped} queued jobs of {args.name}")
     method = client.queues.SuspendQueue if args.action == "suspend" else client.queues.ResumeQueue
     info = client.call(method, request)
-    if args.json:
-        render.print_json(render.to_json(info), sys.stdout)
-    else:
-        print(f"queue {info.config.name} is {'suspended' if info.suspended else 'running'}")
-    return EXIT_OK
+    return respond(args, info, f"queue {info.config.name} is {'suspended' if info.suspended else 'running'}")
 
 
 def _config(args: argparse.Namespace, client: JobmeshClient) -> queues_pb2.QueueConfig:
@@ -181,12 +173,8 @@ def _config(args: argparse.Namespace, client: JobmeshClient) -> queues_pb2.Queue
     return config
 
 
-def _show(info: queues_pb2.QueueInfo, as_json: bool) -> int:
-    if as_json:
-        render.print_json(render.to_json(info), sys.stdout)
-    else:
-        print_queue(info, sys.stdout)
-    return EXIT_OK
+def _show(args: argparse.Namespace, info: queues_pb2.QueueInfo) -> int:
+    return respond(args, info, lambda: print_queue(info, sys.stdout))
 
 
 def print_queue(info: queues_pb2.QueueInfo, out: TextIO) -> None:

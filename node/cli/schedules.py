@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from jobmesh.v1 import schedules_pb2
 
 from node.cli import paging, render
-from node.cli.common import EXIT_OK, action_parser, command_group
+from node.cli.common import action_parser, command_group, respond
 from node.cli.values import TYPE_HELP, parse_assignment
 from node.client import JobmeshClient, new_job
 from node.errors import InvalidArgument
@@ -90,7 +89,7 @@ def parse_rule(kind: str, text: str) -> schedules_pb2.ScheduleRule:
     return rule
 
 
-def print_schedules(schedules: list[schedules_pb2.Schedule]) -> None:
+def print_schedules(schedules: list[schedules_pb2.Schedule], out: TextIO) -> None:
     """Schedules as a table."""
     rows = [
         (
@@ -105,9 +104,7 @@ def print_schedules(schedules: list[schedules_pb2.Schedule]) -> None:
         )
         for s in schedules
     ]
-    render.print_table(
-        rows, ("ID", "NAME", "TOPIC", "STATE", "NEXT (UTC)", "LAST", "FIRED", "RULES"), sys.stdout
-    )
+    render.print_table(rows, ("ID", "NAME", "TOPIC", "STATE", "NEXT (UTC)", "LAST", "FIRED", "RULES"), out)
 
 
 def _rule_text(rule: schedules_pb2.ScheduleRule) -> str:
@@ -134,33 +131,18 @@ def cmd_schedule(args: argparse.Namespace, client: JobmeshClient) -> int:
         schedule = client.call(
             stub.AddSchedule, schedules_pb2.AddScheduleRequest(name=args.name, job=job, rules=rules)
         )
-        if args.json:
-            render.print_json(render.to_json(schedule), sys.stdout)
-        else:
-            print(schedule.id)
-        return EXIT_OK
+        return respond(args, schedule, schedule.id)
     if args.action == "list":
         listing = paging.fetch(
             client, stub.ListSchedules, schedules_pb2.ListSchedulesRequest(), "schedules", args
         )
-        if args.json:
-            render.print_json(listing.to_json(), sys.stdout)
-        else:
-            print_schedules(listing.items)
-            paging.print_more_hint(listing, sys.stderr)
-        return EXIT_OK
+        return respond(args, listing.to_json(), lambda: paging.print_listing(listing, print_schedules))
     request = schedules_pb2.ScheduleIdRequest(id=args.id)
     if args.action == "rm":
         response = client.call(stub.RemoveSchedule, request)
-        if args.json:
-            render.print_json(render.to_json(response), sys.stdout)
-        else:
-            print(f"removed schedule {args.id}")
-        return EXIT_OK
+        return respond(args, response, f"removed schedule {args.id}")
     method = stub.SuspendSchedule if args.action == "suspend" else stub.ResumeSchedule
     schedule = client.call(method, request)
-    if args.json:
-        render.print_json(render.to_json(schedule), sys.stdout)
-    else:
-        print(f"schedule {schedule.id} is {'suspended' if schedule.suspended else 'active'}")
-    return EXIT_OK
+    return respond(
+        args, schedule, f"schedule {schedule.id} is {'suspended' if schedule.suspended else 'active'}"
+    )

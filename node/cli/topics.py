@@ -12,8 +12,7 @@ from typing import Any, TextIO
 
 from jobmesh.v1 import topics_pb2
 
-from node.cli import render
-from node.cli.common import EXIT_OK, client_command, client_parser
+from node.cli.common import client_command, client_parser, respond
 from node.cli.render import print_table
 from node.client import JobmeshClient
 from node.errors import InvalidArgument
@@ -59,17 +58,9 @@ def cmd_topics(args: argparse.Namespace, client: JobmeshClient) -> int:
             instance=args.instance, topic=args.topic, setting=_ACTIONS[args.action]
         )
         changed = client.call(client.topics.SetTopicConsumption, request).instance
-        if args.json:
-            render.print_json(render.to_json(changed), sys.stdout)
-        else:
-            print(f"{changed.name}: {args.topic} {_NAMES[_ACTIONS[args.action]]}")
-        return EXIT_OK
+        return respond(args, changed, f"{changed.name}: {args.topic} {_NAMES[_ACTIONS[args.action]]}")
     response = client.call(client.topics.ListTopicConsumption, topics_pb2.ListTopicConsumptionRequest())
-    if args.json:
-        render.print_json(render.to_json(response), sys.stdout)
-    else:
-        print_matrix(list(response.instances), sys.stdout)
-    return EXIT_OK
+    return respond(args, response, lambda: print_matrix(list(response.instances), sys.stdout))
 
 
 def consumes(instance: topics_pb2.InstanceConsumption, topic: str) -> bool:

@@ -14,7 +14,7 @@ import grpc
 from jobmesh.v1 import topology_pb2
 
 from node.cli import render
-from node.cli.common import EXIT_OK, action_parser, client_command, client_parser, command_group
+from node.cli.common import EXIT_OK, action_parser, client_command, client_parser, command_group, respond
 from node.cli.render import print_table
 from node.client import JobmeshClient
 from node.discovery.properties import TOPICS_PROPERTY
@@ -50,11 +50,7 @@ def cmd_topology(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh topology [--wide] [--watch]`."""
     if not args.watch:
         view = client.call(client.topology.GetTopology, topology_pb2.GetTopologyRequest()).view
-        if args.json:
-            render.print_json(render.to_json(view), sys.stdout)
-        else:
-            print_view(view, sys.stdout, wide=args.wide)
-        return EXIT_OK
+        return respond(args, view, lambda: print_view(view, sys.stdout, wide=args.wide))
     stream = client.stream(client.topology.WatchTopology, topology_pb2.WatchTopologyRequest())
     try:
         for count, response in enumerate(_events(stream), start=1):
@@ -75,13 +71,8 @@ def cmd_property(args: argparse.Namespace, client: JobmeshClient) -> int:
     else:
         request.remove.append(args.key)
     response = client.call(client.topology.SetInstanceProperties, request)
-    if args.json:
-        render.print_json(render.to_json(response), sys.stdout)
-    else:
-        print_table(
-            [(k, response.properties[k]) for k in sorted(response.properties)], ("KEY", "VALUE"), sys.stdout
-        )
-    return EXIT_OK
+    rows = [(k, response.properties[k]) for k in sorted(response.properties)]
+    return respond(args, response, lambda: print_table(rows, ("KEY", "VALUE"), sys.stdout))
 
 
 def _events(stream: Any) -> Iterator[topology_pb2.WatchTopologyResponse]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
+from typing import Any, TextIO
 
 from jobmesh.v1 import workers_pb2
 
 from node.cli import paging, render
-from node.cli.common import EXIT_OK, client_command, client_parser
+from node.cli.common import client_command, client_parser, respond
 from node.client import JobmeshClient
 
 HEADER = ("WORKER", "NAME", "TOPICS", "CONCURRENCY", "IN FLIGHT")
@@ -27,12 +26,10 @@ def cmd_workers(args: argparse.Namespace, client: JobmeshClient) -> int:
     listing = paging.fetch(
         client, client.workers.ListWorkers, workers_pb2.ListWorkersRequest(), "workers", args
     )
-    if args.json:
-        render.print_json(listing.to_json(), sys.stdout)
-        return EXIT_OK
-    rows = [
-        (w.worker_id, w.name, ",".join(w.topics), str(w.concurrency), str(w.in_flight)) for w in listing.items
-    ]
-    render.print_table(rows, HEADER, sys.stdout)
-    paging.print_more_hint(listing, sys.stderr)
-    return EXIT_OK
+    return respond(args, listing.to_json(), lambda: paging.print_listing(listing, print_workers))
+
+
+def print_workers(workers: list[workers_pb2.ConnectedWorker], out: TextIO) -> None:
+    """Workers as a table."""
+    rows = [(w.worker_id, w.name, ",".join(w.topics), str(w.concurrency), str(w.in_flight)) for w in workers]
+    render.print_table(rows, HEADER, out)
