@@ -91,7 +91,11 @@ def new_job(
 
 
 class JobmeshClient:
-    """Blocking client of one node. Thread-safe; close it (or use `with`) when done."""
+    """Blocking client of one node. Thread-safe; close it (or use `with`) when done.
+
+    Every call waits for a node that is not serving yet (still starting, restarting) until
+    `timeout_s`, then fails with DEADLINE_EXCEEDED; `wait_ready` waits for the connection alone.
+    """
 
     def __init__(self, target: str, timeout_s: float = 30.0) -> None:
         self.target = target

@@ -83,6 +83,10 @@ def test_queue_set_creates_then_changes_only_the_settings_given(node: NodeProces
     suspended = ok_json(cli(node, "queue", "suspend", "cliq", "--json"))
     assert suspended["suspended"] is True
     assert "cliq" in ok(cli(node, "queues"))
+    one = cli(node, "queues", "--limit", "1")
+    assert len(ok(one).splitlines()) == 2  # header + main
+    assert one.stderr.startswith("(1 of 2 shown; --all for all")
+    assert len(ok_json(cli(node, "queues", "--all", "--json"))["queues"]) == 2
 
 
 def test_queue_show_of_an_unknown_queue_is_not_found(node: NodeProcess) -> None:

@@ -226,7 +226,9 @@ def _wait_ready(client: JobmeshClient, command: str) -> None:
 def report(command: str, address: str, timeout_s: float, e: RpcError) -> int:
     """Print an RPC error for people (one line) and return its exit code."""
     code = EXIT_BY_STATUS.get(e.code, EXIT_INTERNAL)
-    if code == EXIT_UNAVAILABLE:
+    if e.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        text = f"the node at {address} did not answer within {timeout_s:g}s; try a larger --timeout"
+    elif code == EXIT_UNAVAILABLE:
         text = (
             f"no node answered at {address} within {timeout_s:g}s ({e.details or e.code.name}); "
             "start one (scripts/run) or point --node or $JOBMESH_NODE at a running node"

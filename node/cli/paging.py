@@ -51,6 +51,8 @@ class Listing:
     items: list[Any]
     next_page_token: str
     total: tuple[str, int] | None
+    cut: bool = False
+    """True when a listing that comes in one page had more items than --limit."""
 
     def to_json(self) -> dict[str, Any]:
         """The listing in the JSON convention (the shape of the RPC's response)."""
@@ -92,9 +94,11 @@ def fetch(
         setattr(request, "page_token", token)  # noqa: B010
     total_field = next((name for name in _TOTAL_FIELDS if name in response.DESCRIPTOR.fields_by_name), None)
     total = None if total_field is None else (total_field, int(getattr(response, total_field)))
-    if limit and len(items) > limit:  # a listing that comes in one page: cut here, no token
+    cut = bool(limit) and len(items) > limit
+    if cut:  # a listing that comes in one page: cut here, no token to continue
+        total = total or ("total", len(items))
         items = items[:limit]
-    return Listing(field, items, token, total)
+    return Listing(field, items, token, total, cut)
 
 
 def print_listing(listing: Listing, print_items: Callable[[list[Any], TextIO], None]) -> None:
@@ -105,7 +109,8 @@ def print_listing(listing: Listing, print_items: Callable[[list[Any], TextIO], N
 
 def print_more_hint(listing: Listing, err: TextIO) -> None:
     """Tell people how to see the rest when a listing was cut."""
-    if listing.next_page_token:
-        shown = len(listing.items)
-        of = f" of {listing.total[1]}" if listing.total else ""
-        err.write(f"({shown}{of} shown; --all for all, or --page-token {listing.next_page_token} for more)\n")
+    if not listing.next_page_token and not listing.cut:
+        return
+    of = f" of {listing.total[1]}" if listing.total else ""
+    more = f", or --page-token {listing.next_page_token} for more" if listing.next_page_token else ""
+    err.write(f"({len(listing.items)}{of} shown; --all for all{more})\n")
