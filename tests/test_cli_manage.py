@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import sys
@@ -108,6 +109,9 @@ def test_property_set_and_unset_show_in_topology_wide(node: NodeProcess) -> None
     instance = ok_json(cli(node, "topology", "--json"))["instances"][0]
     assert instance["properties"]["rack"] == "r7"
     assert "rack" not in ok_json(cli(node, "property", "unset", "rack", "--json"))["properties"]
+    (line,) = ok(cli(node, "topology", "--watch", "--events", "1", "--json")).splitlines()
+    event = json.loads(line)
+    assert (event["type"], event["new_view"]["instances"][0]["name"]) == ("INIT", "cli-manage")
 
 
 def test_workers_lists_connected_workers_with_their_jobs_in_flight(

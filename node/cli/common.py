@@ -69,6 +69,8 @@ EXIT_BY_STATUS: dict[grpc.StatusCode, int] = {
 }
 
 DEFAULT_TIMEOUT_S = 10.0
+# The RpcError.method of a failure to connect at all.
+_CONNECT = "connect"
 # How long to wait silently before saying that the node is not answering yet.
 _QUIET_WAIT_S = 1.0
 _ADDRESS = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})")
@@ -214,25 +216,27 @@ def _wait_ready(client: JobmeshClient, command: str) -> None:
     if client.wait_ready(min(_QUIET_WAIT_S, client.timeout_s)):
         return
     if client.timeout_s <= _QUIET_WAIT_S:
-        raise RpcError(grpc.StatusCode.UNAVAILABLE, "it did not answer", "connect")
+        raise RpcError(grpc.StatusCode.UNAVAILABLE, "no connection", _CONNECT)
     print(
         f"jobmesh {command}: waiting up to {client.timeout_s:g}s for a node at {client.target}...",
         file=sys.stderr,
     )
     if not client.wait_ready(max(0.0, client.timeout_s - _QUIET_WAIT_S)):
-        raise RpcError(grpc.StatusCode.UNAVAILABLE, "it did not answer", "connect")
+        raise RpcError(grpc.StatusCode.UNAVAILABLE, "no connection", _CONNECT)
 
 
 def report(command: str, address: str, timeout_s: float, e: RpcError) -> int:
     """Print an RPC error for people (one line) and return its exit code."""
     code = EXIT_BY_STATUS.get(e.code, EXIT_INTERNAL)
-    if e.code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        text = f"the node at {address} did not answer within {timeout_s:g}s; try a larger --timeout"
-    elif code == EXIT_UNAVAILABLE:
+    if e.method == _CONNECT:
         text = (
-            f"no node answered at {address} within {timeout_s:g}s ({e.details or e.code.name}); "
+            f"no node answered at {address} within {timeout_s:g}s; "
             "start one (scripts/run) or point --node or $JOBMESH_NODE at a running node"
         )
+    elif e.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        text = f"the node at {address} did not answer within {timeout_s:g}s; try a larger --timeout"
+    elif e.code is grpc.StatusCode.UNAVAILABLE:  # calls wait for the connection: this is the node's answer
+        text = f"the node at {address} is unavailable: {e.details or 'the connection broke'}"
     elif code == EXIT_INTERNAL:
         text = f"the node failed: {e.code.name}: {e.details}"
     else:
