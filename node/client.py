@@ -1,4 +1,4 @@
-"""A small blocking Python client for a node's job, queue and schedule services, with typed errors.
+"""A small blocking Python client for a node's services, with typed errors.
 
 with JobmeshClient("127.0.0.1:7710") as client:
     job = client.add_job("images/resize", {"width": 100})
@@ -13,7 +13,16 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
+from google.protobuf.message import Message
+from jobmesh.v1 import (
+    jobs_pb2,
+    jobs_pb2_grpc,
+    queues_pb2_grpc,
+    schedules_pb2_grpc,
+    topics_pb2_grpc,
+    topology_pb2_grpc,
+    workers_pb2_grpc,
+)
 
 from node.errors import JobmeshError
 from node.properties import PropertyValue, value_to_proto
@@ -40,29 +49,66 @@ class RpcError(JobmeshError):
         self.details = message
         self.method = method
 
+    @classmethod
+    def wrap(cls, error: grpc.RpcError, method: str) -> RpcError:
+        """The typed error for a `grpc.RpcError` (e.g. one raised while iterating a stream)."""
+        code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
+        details = error.details() if callable(getattr(error, "details", None)) else str(error)
+        return cls(code, details or "", method)
+
+
+def set_seconds(message: Message, name: str, seconds: float) -> None:
+    """Set the `google.protobuf.Duration` field `name` of `message` to `seconds`."""
+    getattr(message, name).FromNanoseconds(round(seconds * 1e9))
+
 
 def new_job(
-    topic: str, properties: Mapping[str, PropertyValue] | None = None, payload: bytes = b""
+    topic: str,
+    properties: Mapping[str, PropertyValue] | None = None,
+    payload: bytes = b"",
+    *,
+    dedup_key: str = "",
+    max_retries: int | None = None,
+    retry_delay_s: float | None = None,
+    timeout_s: float | None = None,
 ) -> jobs_pb2.NewJob:
-    """A NewJob proto from Python values."""
-    proto = jobs_pb2.NewJob(topic=topic, payload=payload)
+    """A NewJob proto from Python values; None leaves the queue's setting in force."""
+    proto = jobs_pb2.NewJob(topic=topic, payload=payload, dedup_key=dedup_key)
     for name, value in (properties or {}).items():
         proto.properties[name].CopyFrom(value_to_proto(value, f"properties[{name!r}]"))
+    if max_retries is not None:
+        proto.max_retries = max_retries
+    if retry_delay_s is not None:
+        set_seconds(proto, "retry_delay", retry_delay_s)
+    if timeout_s is not None:
+        set_seconds(proto, "timeout", timeout_s)
     return proto
 
 
 class JobmeshClient:
-    """Blocking client of one node. Thread-safe; close it (or use `with`) when done."""
+    """Blocking client of one node. Thread-safe; close it (or use `with`) when done.
+
+    Every call waits for a node that is not serving yet (still starting, restarting) until
+    `timeout_s`, then fails with DEADLINE_EXCEEDED; `wait_ready` waits for the connection alone.
+    """
 
     def __init__(self, target: str, timeout_s: float = 30.0) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self._channel = transport.create_sync_channel(target)
-        self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        """JobService stub (use `call` for typed errors)."""
+        self._stub = self.jobs
         self.queues = queues_pb2_grpc.QueueServiceStub(self._channel)
         """QueueService stub (use `call` for typed errors)."""
         self.schedules = schedules_pb2_grpc.ScheduleServiceStub(self._channel)
         """ScheduleService stub (use `call` for typed errors)."""
+        self.topics = topics_pb2_grpc.TopicServiceStub(self._channel)
+        """TopicService stub (use `call` for typed errors)."""
+        self.topology = topology_pb2_grpc.TopologyServiceStub(self._channel)
+        """TopologyService stub (use `call` for typed errors, `stream` for WatchTopology)."""
+        self.workers = workers_pb2_grpc.WorkerServiceStub(self._channel)
+        """WorkerService stub (use `call` for typed errors)."""
 
     def __enter__(self) -> JobmeshClient:
         return self
@@ -76,42 +122,45 @@ class JobmeshClient:
         """Close the channel."""
         self._channel.close()
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the channel to connect (a node that is starting); True if it did."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
     def _call(self, method: str, request: Any) -> Any:
         return self.call(getattr(self._stub, method), request)
 
     def call(self, method: Callable[..., Any], request: Any) -> Any:
-        """Call a unary stub method with this client's timeout; gRPC errors become RpcError."""
+        """Call a unary stub method with this client's timeout; gRPC errors become RpcError.
+
+        The call waits for a node that is not serving yet (wait_for_ready) until the deadline.
+        """
         try:
-            return method(request, timeout=self.timeout_s)
+            return method(request, timeout=self.timeout_s, wait_for_ready=True)
         except grpc.RpcError as e:
-            raise RpcError(e.code(), e.details() or "", getattr(method, "_method", b"?").decode()) from e
+            raise RpcError.wrap(e, getattr(method, "_method", b"?").decode()) from e
 
-    def list_all(self, method: Callable[..., Any], request: Any, field: str) -> list[Any]:
-        """Every item of a paged List method (`field`: the response's repeated field), page by page."""
-        items: list[Any] = []
-        while True:
-            response = self.call(method, request)
-            items.extend(getattr(response, field))
-            if not response.next_page_token:
-                return items
-            request.page_token = response.next_page_token
-
-    def watch(self, request: jobs_pb2.WatchJobsRequest, timeout_s: float | None = None) -> Any:
-        """Open a WatchJobs stream: iterate it for responses, `cancel()` it when done.
+    def stream(self, method: Callable[..., Any], request: Any, timeout_s: float | None = None) -> Any:
+        """Open a server stream (no deadline unless `timeout_s`): iterate it, `cancel()` it when done.
 
         Iteration raises `grpc.RpcError` (use `RpcError.wrap` for the typed error).
         """
-        return self._stub.WatchJobs(request, timeout=timeout_s)
+        return method(request, timeout=timeout_s, wait_for_ready=True)
+
+    def watch(self, request: jobs_pb2.WatchJobsRequest, timeout_s: float | None = None) -> Any:
+        """Open a WatchJobs stream (see `stream`)."""
+        return self.stream(self._stub.WatchJobs, request, timeout_s)
 
     def head_seq(self) -> int:
         """The sequence number of the node's newest job event."""
-        call = self._stub.WatchJobs(
-            jobs_pb2.WatchJobsRequest(after_seq=-1, job_ids=["-"]), timeout=self.timeout_s
-        )
+        call = self.watch(jobs_pb2.WatchJobsRequest(after_seq=-1, job_ids=["-"]), self.timeout_s)
         try:
             return int(next(call).head_seq)
         except grpc.RpcError as e:
-            raise RpcError(e.code(), e.details() or "", "WatchJobs") from e
+            raise RpcError.wrap(e, "WatchJobs") from e
         finally:
             call.cancel()
 
@@ -123,10 +172,11 @@ class JobmeshClient:
         dedup_key: str = "",
     ) -> jobs_pb2.Job:
         """Add one job; returns it as committed (the existing job when `dedup_key` matched one)."""
-        job = new_job(topic, properties, payload)
-        job.dedup_key = dedup_key
-        response = self._call("AddJob", jobs_pb2.AddJobRequest(job=job))
-        return response.job  # type: ignore[no-any-return]
+        return self.add(new_job(topic, properties, payload, dedup_key=dedup_key))
+
+    def add(self, job: jobs_pb2.NewJob) -> jobs_pb2.Job:
+        """Add one job built with `new_job`; returns it as committed."""
+        return self._call("AddJob", jobs_pb2.AddJobRequest(job=job)).job  # type: ignore[no-any-return]
 
     def add_jobs(self, jobs: Sequence[jobs_pb2.NewJob]) -> list[str]:
         """Add many jobs atomically; returns their ids."""

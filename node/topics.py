@@ -11,8 +11,9 @@ MAX_TOPIC_LENGTH = 512
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def validate_topic(topic: str, field: str = "topic") -> str:
-    """Return `topic` if it is a valid topic, else raise InvalidArgument naming `field`."""
+def validate_topic(topic: str, field: str = "topic", shown: str | None = None) -> str:
+    """Return `topic` if it is a valid topic, else raise InvalidArgument naming `field` and
+    `shown` (default: the topic itself; a pattern shows its whole text)."""
     if not topic:
         raise InvalidArgument(f"{field} is empty; a topic looks like 'images/resize'")
     if len(topic) > MAX_TOPIC_LENGTH:
@@ -20,7 +21,7 @@ def validate_topic(topic: str, field: str = "topic") -> str:
     for segment in topic.split("/"):
         if not _SEGMENT.fullmatch(segment):
             raise InvalidArgument(
-                f"{field} {topic!r} is invalid: segments are non-empty and use only letters, digits, "
+                f"{field} {shown or topic!r} is invalid: segments are non-empty and use only letters, digits, "
                 "'.', '_' and '-', separated by single '/'"
             )
     return topic
@@ -42,9 +43,9 @@ class TopicPattern:
         for suffix, kind in (("/**", "descendants"), ("/*", "children")):
             if text.endswith(suffix):
                 base = text[: -len(suffix)]
-                validate_topic(base, f"topic pattern {text!r}")
+                validate_topic(base, "topic pattern", shown=text)
                 return cls(text, base, kind)
-        validate_topic(text, f"topic pattern {text!r}")
+        validate_topic(text, "topic pattern")
         return cls(text, text, "exact")
 
     def matches(self, topic: str) -> bool:

@@ -66,8 +66,11 @@ def test_reflection_describes_the_worker_stream_as_bidirectional(node: NodeProce
     file_proto: descriptor_pb2.FileDescriptorProto = database.FindFileContainingSymbol(WORKER_SERVICE)
 
     (service,) = [s for s in file_proto.service if s.name == "WorkerService"]
-    (work,) = service.method
-    assert (work.name, work.client_streaming, work.server_streaming) == ("Work", True, True)
+    methods = {m.name: m for m in service.method}
+    assert set(methods) == {"Work", "ListWorkers"}
+    work = methods["Work"]
+    assert (work.client_streaming, work.server_streaming) == (True, True)
+    assert not methods["ListWorkers"].client_streaming
     assert (work.input_type, work.output_type) == (".jobmesh.v1.WorkRequest", ".jobmesh.v1.WorkResponse")
 
 

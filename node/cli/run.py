@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from node.cli.common import EXIT_CONFIG
 from node.cli.detach import start_detached
 from node.config import NodeConfig, load_config, unknown_env_names
 from node.errors import (
@@ -26,7 +27,6 @@ from node.node import Node
 
 log = logging.getLogger("jobmesh")
 
-EXIT_CONFIG = 78  # EX_CONFIG
 EXIT_TEMPFAIL = 75  # EX_TEMPFAIL: the port or the data dir is taken by another process; try later
 # Start-up refusals, each one line on stderr and its own exit code (sysexits.h); anything else: 1.
 START_REFUSALS: tuple[tuple[type[JobmeshError], int], ...] = (

@@ -2,26 +2,23 @@
 
 `jobmesh topics` prints the matrix topics x instances; `jobmesh topics enable|disable|exclusive
 TOPIC [--instance NAME|ID]` changes one instance's setting (default: the node asked).
-Exit codes: 0 success; 2 bad input; 4 node unreachable; 70 unexpected error from the node.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, TextIO
 
-import grpc
-from google.protobuf.json_format import MessageToDict
-from jobmesh.v1 import topics_pb2, topics_pb2_grpc
+from jobmesh.v1 import topics_pb2
 
-from node.cli.commands import EXIT_INTERNAL, EXIT_OK, EXIT_UNAVAILABLE, node_address
+from node.cli.common import client_command, client_parser, respond
 from node.cli.render import print_table
-from node.services import transport
+from node.client import JobmeshClient
+from node.errors import InvalidArgument
 from node.topics import TopicPattern
+from node.transfer.rules import ConsumptionRules, ConsumptionSetting
 
-EXIT_USAGE = 2
 _ACTIONS = {
     "enable": topics_pb2.CONSUMPTION_SETTING_ENABLED,
     "disable": topics_pb2.CONSUMPTION_SETTING_DISABLED,
@@ -36,9 +33,10 @@ _NAMES = {
 
 def add_parser(sub: Any) -> None:
     """Register the `topics` subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser(
+    p = client_parser(
+        sub,
         "topics",
-        help="show or change which instances consume which topics",
+        "show or change which instances consume which topics",
         description="Without an action: the matrix of topics x instances with each setting "
         "(enabled, disabled, exclusive; '-' where the instance has no consumer). With one: change "
         "the setting of TOPIC (a topic pattern) on --instance (default: the node asked).",
@@ -48,48 +46,31 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--instance", metavar="NAME|ID", default="", help="instance to change (default: this node)"
     )
-    p.add_argument(
-        "--node", metavar="HOST:PORT", help="node to ask (default: $JOBMESH_NODE, node.json, :7710)"
-    )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node (default 30)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(handler=cmd_topics)
+    p.set_defaults(handler=client_command(cmd_topics))
 
 
-def cmd_topics(args: argparse.Namespace, environ: dict[str, str]) -> int:
+def cmd_topics(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh topics [enable|disable|exclusive TOPIC [--instance NAME|ID]]`."""
-    if args.action and not args.topic:
-        print(f"jobmesh topics {args.action}: give the TOPIC pattern", file=sys.stderr)
-        return EXIT_USAGE
-    address = node_address(args, environ)
-    channel = transport.create_sync_channel(address)
-    stub = topics_pb2_grpc.TopicServiceStub(channel)
-    try:
-        if args.action:
-            request = topics_pb2.SetTopicConsumptionRequest(
-                instance=args.instance, topic=args.topic, setting=_ACTIONS[args.action]
-            )
-            changed = stub.SetTopicConsumption(request, timeout=args.timeout).instance
-            if args.json:
-                sys.stdout.write(json.dumps(MessageToDict(changed), indent=2) + "\n")
-            else:
-                print(f"{changed.name}: {args.topic} {_NAMES[_ACTIONS[args.action]]}")
-            return EXIT_OK
-        response = stub.ListTopicConsumption(topics_pb2.ListTopicConsumptionRequest(), timeout=args.timeout)
-        if args.json:
-            sys.stdout.write(json.dumps(MessageToDict(response), indent=2) + "\n")
-        else:
-            print_matrix(list(response.instances), sys.stdout)
-        return EXIT_OK
-    except grpc.RpcError as e:
-        code, details = e.code(), e.details()
-        if code is grpc.StatusCode.UNAVAILABLE or code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            print(f"jobmesh topics: no node reachable at {address} ({details})", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        print(f"jobmesh topics: {details}", file=sys.stderr)
-        return EXIT_USAGE if code is grpc.StatusCode.INVALID_ARGUMENT else EXIT_INTERNAL
-    finally:
-        channel.close()
+    if args.action:
+        if not args.topic:
+            raise InvalidArgument("give the TOPIC pattern, e.g. `jobmesh topics disable images/**`")
+        request = topics_pb2.SetTopicConsumptionRequest(
+            instance=args.instance, topic=args.topic, setting=_ACTIONS[args.action]
+        )
+        changed = client.call(client.topics.SetTopicConsumption, request).instance
+        return respond(args, changed, f"{changed.name}: {args.topic} {_NAMES[_ACTIONS[args.action]]}")
+    response = client.call(client.topics.ListTopicConsumption, topics_pb2.ListTopicConsumptionRequest())
+    return respond(args, response, lambda: print_matrix(list(response.instances), sys.stdout))
+
+
+def consumes(instance: topics_pb2.InstanceConsumption, topic: str) -> bool:
+    """True when the instance has a consumer for `topic` and its settings let it take the topic."""
+    if not any(TopicPattern.parse(p).matches(topic) for p in instance.consumer_topics):
+        return False
+    rules = ConsumptionRules.from_settings(
+        {s.topic: ConsumptionSetting(s.setting) for s in instance.settings}
+    )
+    return rules.allows(topic)
 
 
 def cell(instance: topics_pb2.InstanceConsumption, topic: str) -> str:

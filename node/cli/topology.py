@@ -1,12 +1,9 @@
-"""`jobmesh topology`: the topology view of a running node, once or live (`--watch`).
-
-Exit codes: 0 success; 4 node unreachable; 70 unexpected error from the node.
-"""
+"""`jobmesh topology`: the topology view of a running node, once or live (`--watch`);
+`jobmesh property set|unset`: the instance properties of the node asked."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -14,69 +11,68 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import grpc
-from google.protobuf.json_format import MessageToDict
-from jobmesh.v1 import topology_pb2, topology_pb2_grpc
+from jobmesh.v1 import topology_pb2
 
-from node.cli.commands import EXIT_INTERNAL, EXIT_OK, EXIT_UNAVAILABLE, node_address
+from node.cli import render
+from node.cli.common import EXIT_OK, action_parser, client_command, client_parser, command_group, respond
 from node.cli.render import print_table
+from node.client import JobmeshClient
 from node.discovery.properties import TOPICS_PROPERTY
-from node.services import transport
 
 HEADER = ("NAME", "ID", "ADDRESS", "CLUSTER", "LEADER", "STATE", "TOPICS", "LAST HEARD")
 
 
-def add_parser(sub: Any) -> None:
-    """Register the `topology` subcommand."""
-    p: argparse.ArgumentParser = sub.add_parser(
+def add_parsers(sub: Any) -> None:
+    """Register `topology` and `property`."""
+    p = client_parser(
+        sub,
         "topology",
-        help="show the topology view of a node",
+        "show the topology view of a node",
         description="Show the instances a node sees (* marks the node answering), their clusters, "
         "leaders, states, consumed topics and when it last heard from them. --watch follows the "
         "topology events (TOPOLOGY_INIT, TOPOLOGY_CHANGING, TOPOLOGY_CHANGED, PROPERTIES_CHANGED).",
     )
-    p.add_argument(
-        "--node",
-        metavar="HOST:PORT",
-        help="node to ask (default: $JOBMESH_NODE, ./.jobmesh/node.json, :7710)",
-    )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node (default 30)")
+    p.add_argument("--wide", action="store_true", help="also show every instance property")
     p.add_argument("--watch", action="store_true", help="print every topology event until interrupted")
     p.add_argument("--events", type=int, metavar="N", help="with --watch: stop after N events")
-    p.add_argument("--json", action="store_true", help="print JSON (with --watch: one event per line)")
-    p.set_defaults(handler=cmd_topology)
+    p.set_defaults(handler=client_command(cmd_topology))
+
+    actions = command_group(
+        sub, "property", "set or remove an instance property of the node asked", cmd_property
+    )
+    setter = action_parser(actions, "set", "set KEY to VALUE (every peer sees it within a second)")
+    setter.add_argument("key")
+    setter.add_argument("value")
+    action_parser(actions, "unset", "remove KEY").add_argument("key")
 
 
-def cmd_topology(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    """`jobmesh topology [--watch]`."""
-    address = node_address(args, environ)
-    channel = transport.create_sync_channel(address)
-    stub = topology_pb2_grpc.TopologyServiceStub(channel)
+def cmd_topology(args: argparse.Namespace, client: JobmeshClient) -> int:
+    """`jobmesh topology [--wide] [--watch]`."""
+    if not args.watch:
+        view = client.call(client.topology.GetTopology, topology_pb2.GetTopologyRequest()).view
+        return respond(args, view, lambda: print_view(view, sys.stdout, wide=args.wide))
+    stream = client.stream(client.topology.WatchTopology, topology_pb2.WatchTopologyRequest())
     try:
-        if args.watch:
-            stream = stub.WatchTopology(topology_pb2.WatchTopologyRequest())
-            for count, response in enumerate(_events(stream), start=1):
-                print_event(response.event, args.json, sys.stdout)
-                sys.stdout.flush()
-                if args.events is not None and count >= args.events:
-                    stream.cancel()
-                    break
-        else:
-            view = stub.GetTopology(topology_pb2.GetTopologyRequest(), timeout=args.timeout).view
-            if args.json:
-                sys.stdout.write(json.dumps(view_to_dict(view), indent=2) + "\n")
-            else:
-                print_view(view, sys.stdout)
-        return EXIT_OK
-    except grpc.RpcError as e:
-        code = e.code()
-        details = e.details()
-        if code is grpc.StatusCode.UNAVAILABLE or code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            print(f"jobmesh topology: no node reachable at {address} ({details})", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        print(f"jobmesh topology: {details}", file=sys.stderr)
-        return EXIT_INTERNAL
+        for count, response in enumerate(_events(stream), start=1):
+            print_event(response.event, args.json, sys.stdout, wide=args.wide)
+            sys.stdout.flush()
+            if args.events is not None and count >= args.events:
+                break
     finally:
-        channel.close()
+        stream.cancel()
+    return EXIT_OK
+
+
+def cmd_property(args: argparse.Namespace, client: JobmeshClient) -> int:
+    """`jobmesh property set KEY VALUE` / `jobmesh property unset KEY`."""
+    request = topology_pb2.SetInstancePropertiesRequest()
+    if args.action == "set":
+        request.set[args.key] = args.value
+    else:
+        request.remove.append(args.key)
+    response = client.call(client.topology.SetInstanceProperties, request)
+    rows = [(k, response.properties[k]) for k in sorted(response.properties)]
+    return respond(args, response, lambda: print_table(rows, ("KEY", "VALUE"), sys.stdout))
 
 
 def _events(stream: Any) -> Iterator[topology_pb2.WatchTopologyResponse]:
@@ -92,8 +88,10 @@ def _ago(ts: Any, now: float) -> str:
     return f"{seconds:.1f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
-def view_rows(view: topology_pb2.TopologyView, now: float | None = None) -> list[tuple[str, ...]]:
-    """One table row per instance."""
+def view_rows(
+    view: topology_pb2.TopologyView, now: float | None = None, wide: bool = False
+) -> list[tuple[str, ...]]:
+    """One table row per instance (`wide`: with every property as KEY=VALUE)."""
     now = time.time() if now is None else now
     rows: list[tuple[str, ...]] = []
     for i in view.instances:
@@ -107,14 +105,15 @@ def view_rows(view: topology_pb2.TopologyView, now: float | None = None) -> list
                 topology_pb2.InstanceState.Name(i.state).removeprefix("INSTANCE_STATE_").lower(),
                 i.properties.get(TOPICS_PROPERTY, "") or "-",
                 "now" if i.local else _ago(i.last_heard, now),
+                *((",".join(f"{k}={i.properties[k]}" for k in sorted(i.properties)) or "-",) if wide else ()),
             )
         )
     return rows
 
 
-def print_view(view: topology_pb2.TopologyView, out: TextIO) -> None:
-    """The view as a table with a one-line summary."""
-    print_table(view_rows(view), HEADER, out)
+def print_view(view: topology_pb2.TopologyView, out: TextIO, wide: bool = False) -> None:
+    """The view as a table (`wide`: with the instance properties) and a one-line summary."""
+    print_table(view_rows(view, wide=wide), (*HEADER, "PROPERTIES") if wide else HEADER, out)
     leaders = ", ".join(f"{c.cluster or 'default'}: {_name(view, c.leader_id)}" for c in view.clusters)
     state = "current" if view.current else "changing"
     out.write(
@@ -130,20 +129,13 @@ def _name(view: topology_pb2.TopologyView, instance_id: str) -> str:
     return instance_id
 
 
-def view_to_dict(view: topology_pb2.TopologyView) -> dict[str, Any]:
-    """The JSON-ready form of a view (proto field names, enums by name)."""
-    return MessageToDict(view, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
-def print_event(event: topology_pb2.TopologyEvent, as_json: bool, out: TextIO) -> None:
+def print_event(event: topology_pb2.TopologyEvent, as_json: bool, out: TextIO, wide: bool = False) -> None:
     """One event: a JSON line, or a headline (with the changes) and the new view's table."""
+    if as_json:
+        render.print_json_line(render.to_json(event), out)
+        return
     kind = topology_pb2.TopologyEventType.Name(event.type).replace("TOPOLOGY_EVENT_TYPE_", "")
     kind = kind if kind == "PROPERTIES_CHANGED" else f"TOPOLOGY_{kind}"
-    if as_json:
-        data = MessageToDict(event, preserving_proto_field_name=True)
-        data["type"] = kind
-        out.write(json.dumps(data) + "\n")
-        return
     when = datetime.fromtimestamp(event.time.seconds + event.time.nanos / 1e9, UTC).strftime("%H:%M:%S.%f")[
         :-3
     ]
@@ -161,4 +153,4 @@ def print_event(event: topology_pb2.TopologyEvent, as_json: bool, out: TextIO) -
     )
     out.write(f"{when} {kind} view {versions} {' '.join(changes)}".rstrip() + "\n")
     if event.HasField("new_view"):
-        print_view(event.new_view, out)
+        print_view(event.new_view, out, wide)

@@ -71,3 +71,27 @@ def parse_condition(text: str) -> Condition:
     op = text[start : start + 2] if text[start : start + 2] in ("<=", ">=") else text[start]
     name, value = parse_typed_value(text[:start], text[start + len(op) :])
     return Condition.create(name, Operator(op), value, f"condition {text!r}")
+
+
+def parse_json_property(name_and_type: str, value: object, where: str) -> tuple[str, PropertyValue]:
+    """A property of a JSON Lines job: plain JSON values take their JSON type (string, int,
+    double, bool, list); `"name:TYPE": "text"` parses text as on the command line (for time, bytes)."""
+    name, _, kind = name_and_type.partition(":")
+    if kind:
+        if isinstance(value, list):
+            return name, [_scalar(kind.removesuffix("[]"), str(item), where) for item in value]
+        if not isinstance(value, str):
+            raise InvalidArgument(f"{where}: a typed property {name_and_type!r} takes its value as text")
+        return parse_typed_value(name_and_type, value)
+    if isinstance(value, list):
+        return name, [_json_scalar(item, where) for item in value]
+    return name, _json_scalar(value, where)
+
+
+def _json_scalar(value: object, where: str) -> Scalar:
+    if isinstance(value, str | bool | int | float):
+        return value
+    raise InvalidArgument(
+        f"{where}: {value!r} is not a string, number, bool or list; "
+        'give other types as "name:TYPE": "text", e.g. "when:time": "2026-01-01T00:00:00Z"'
+    )

@@ -34,27 +34,6 @@ def event_type_name(value: int) -> str:
     return jobs_pb2.JobEventType.Name(value).removeprefix("JOB_EVENT_TYPE_")  # type: ignore[arg-type]
 
 
-def event_to_dict(event: jobs_pb2.JobEvent) -> dict[str, Any]:
-    """The JSON form of an event."""
-    data: dict[str, Any] = {
-        "seq": event.seq,
-        "type": event_type_name(event.type),
-        "time": event.time.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z"),
-        "job_id": event.job_id,
-        "topic": event.topic,
-        "queue": event.queue,
-        "state": render.state_name(event.state),
-        "retry_count": event.retry_count,
-    }
-    if event.message:
-        data["message"] = event.message
-    if event.HasField("progress"):
-        data["progress"] = {"total": event.progress.total_steps, "completed": event.progress.completed_steps}
-    if event.target_instance:
-        data["target_instance"] = event.target_instance
-    return data
-
-
 def format_event(event: jobs_pb2.JobEvent) -> str:
     """One line per event for people."""
     when = event.time.ToDatetime(tzinfo=UTC).strftime("%H:%M:%S.%f")[:-3]
@@ -70,8 +49,15 @@ def cmd_watch(args: argparse.Namespace, client: JobmeshClient) -> int:
     """Print events until interrupted (or until --count events were printed)."""
     request = jobs_pb2.WatchJobsRequest(after_seq=args.after, topics=args.topic, job_ids=args.job)
     request.types.extend(EVENT_TYPES[t] for t in args.type)
-    printed = 0
     stream = client.watch(request)
+    try:
+        return _print_events(args, stream)
+    finally:
+        stream.cancel()
+
+
+def _print_events(args: argparse.Namespace, stream: Any) -> int:
+    printed = 0
     for message in stream:
         if message.gap_until_seq:
             print(
@@ -80,12 +66,11 @@ def cmd_watch(args: argparse.Namespace, client: JobmeshClient) -> int:
             )
         for event in message.events:
             if args.json:
-                render.print_json(event_to_dict(event), sys.stdout)
+                render.print_json_line(render.to_json(event), sys.stdout)
             else:
                 print(format_event(event), flush=True)
             printed += 1
             if args.count and printed >= args.count:
-                stream.cancel()
                 return 0
     return 0
 

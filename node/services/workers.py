@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from jobmesh.v1 import workers_pb2, workers_pb2_grpc
@@ -23,11 +23,13 @@ from node.errors import InvalidArgument, JobmeshError
 from node.jobs.model import JobResult, Outcome
 from node.jobs.remote import Assign, Command, RemoteWorker, RemoteWorkers
 from node.properties import fill_proto_properties, validate_name, value_from_proto
-from node.services.status import status_for
+from node.services.status import rpc, status_for
 
 log = logging.getLogger(__name__)
 
 MAX_ETA_S = 10 * 365 * 86400.0
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 _OUTCOMES = {
     workers_pb2.WORK_OUTCOME_SUCCEEDED: Outcome.SUCCEEDED,
     workers_pb2.WORK_OUTCOME_FAILED: Outcome.FAILED,
@@ -78,6 +80,48 @@ def _job_key(kind: str, job_id: str, attempt: int) -> None:
         )
 
 
+def _connection_number(worker_id: str) -> int:
+    """The number in a connection id (`w12` -> 12); ids grow, so it orders connections."""
+    return int(worker_id.removeprefix("w"))
+
+
+def list_workers(
+    workers: Sequence[RemoteWorker], request: workers_pb2.ListWorkersRequest
+) -> workers_pb2.ListWorkersResponse:
+    """One page of the connected workers, oldest connection first.
+
+    The page token is the connection number of the last worker of the previous page, so a
+    worker that disconnects between pages shifts nothing and none is listed twice.
+    """
+    if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+        raise InvalidArgument(
+            f"page_size is {request.page_size}; use 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}"
+        )
+    after = 0
+    if request.page_token:
+        if not request.page_token.isdigit():
+            raise InvalidArgument(
+                f"page_token {request.page_token!r} is malformed; pass a next_page_token unchanged"
+            )
+        after = int(request.page_token)
+    connected = [w for w in workers if w.connected and _connection_number(w.id) > after]
+    size = request.page_size or DEFAULT_PAGE_SIZE
+    page = connected[:size]
+    response = workers_pb2.ListWorkersResponse(
+        total_size=sum(1 for w in workers if w.connected),
+        next_page_token=str(_connection_number(page[-1].id)) if len(connected) > size else "",
+    )
+    for worker in page:
+        response.workers.add(
+            worker_id=worker.id,
+            name=worker.name,
+            topics=[p.text for p in worker.patterns],
+            concurrency=worker.concurrency,
+            in_flight=worker.outstanding,
+        )
+    return response
+
+
 class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
     """Serves WorkerService: connects remote workers to the node's `RemoteWorkers`."""
 
@@ -111,6 +155,12 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
         finally:
             if worker is not None:
                 self._workers.disconnect(worker, reason)
+
+    @rpc
+    async def ListWorkers(
+        self, request: workers_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> workers_pb2.ListWorkersResponse:
+        return list_workers(self._workers.workers, request)
 
     async def _register(self, context: grpc.aio.ServicerContext) -> RemoteWorker | None:
         """Read the registration and register the worker; None if the stream ended first."""

@@ -526,3 +526,103 @@ class WorkResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkResult: _TypeAlias = WorkResult  # noqa: Y015
+
+@_typing.final
+class ListWorkersRequest(_message.Message):
+    """Request of ListWorkers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many workers per response (0: 100; at most 1,000)."""
+    page_token: _builtins.str
+    """Token from a previous response's `next_page_token` to get the next page;
+    empty for the first page.
+    """
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkersRequest: _TypeAlias = ListWorkersRequest  # noqa: Y015
+
+@_typing.final
+class ConnectedWorker(_message.Message):
+    """A remote worker connected to the node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TOPICS_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    """The id the node gave this connection (as in WorkerRegistered.worker_id)."""
+    name: _builtins.str
+    """The name the worker registered (or the one the node gave it)."""
+    concurrency: _builtins.int
+    """How many jobs the worker runs at once."""
+    in_flight: _builtins.int
+    """Jobs sent to the worker whose result has not come back yet."""
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The topic patterns the worker consumes."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        topics: _abc.Iterable[_builtins.str] | None = ...,
+        concurrency: _builtins.int = ...,
+        in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "in_flight", b"in_flight", "name", b"name", "topics", b"topics", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectedWorker: _TypeAlias = ConnectedWorker  # noqa: Y015
+
+@_typing.final
+class ListWorkersResponse(_message.Message):
+    """Response of ListWorkers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last one."""
+    total_size: _builtins.int
+    """How many workers are connected in all, over all pages."""
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectedWorker]:
+        """The workers of this page, oldest connection first."""
+
+    def __init__(
+        self,
+        *,
+        workers: _abc.Iterable[Global___ConnectedWorker] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "total_size", b"total_size", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkersResponse: _TypeAlias = ListWorkersResponse  # noqa: Y015

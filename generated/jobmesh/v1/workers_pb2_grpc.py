@@ -40,6 +40,11 @@ class WorkerServiceStub:
                 request_serializer=jobmesh_dot_v1_dot_workers__pb2.WorkRequest.SerializeToString,
                 response_deserializer=jobmesh_dot_v1_dot_workers__pb2.WorkResponse.FromString,
                 _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/jobmesh.v1.WorkerService/ListWorkers',
+                request_serializer=jobmesh_dot_v1_dot_workers__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_workers__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -57,6 +62,14 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """Lists the remote workers connected to this node now (oldest connection
+        first), one page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +77,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Work,
                     request_deserializer=jobmesh_dot_v1_dot_workers__pb2.WorkRequest.FromString,
                     response_serializer=jobmesh_dot_v1_dot_workers__pb2.WorkResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=jobmesh_dot_v1_dot_workers__pb2.ListWorkersRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_workers__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +112,33 @@ class WorkerService:
             '/jobmesh.v1.WorkerService/Work',
             jobmesh_dot_v1_dot_workers__pb2.WorkRequest.SerializeToString,
             jobmesh_dot_v1_dot_workers__pb2.WorkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobmesh.v1.WorkerService/ListWorkers',
+            jobmesh_dot_v1_dot_workers__pb2.ListWorkersRequest.SerializeToString,
+            jobmesh_dot_v1_dot_workers__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

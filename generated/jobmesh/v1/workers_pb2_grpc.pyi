@@ -79,6 +79,10 @@ class WorkerServiceStub:
     stream lives as long as the worker wants jobs; closing or losing it
     re-queues the worker's unfinished jobs.
     """
+    ListWorkers: _grpc.UnaryUnaryMultiCallable[_workers_pb2.ListWorkersRequest, _workers_pb2.ListWorkersResponse]
+    """Lists the remote workers connected to this node now (oldest connection
+    first), one page at a time.
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -91,6 +95,10 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     acknowledgement of the registration, then jobs and stop requests). The
     stream lives as long as the worker wants jobs; closing or losing it
     re-queues the worker's unfinished jobs.
+    """
+    ListWorkers: _aio.UnaryUnaryMultiCallable[_workers_pb2.ListWorkersRequest, _workers_pb2.ListWorkersResponse]  # type: ignore[assignment]
+    """Lists the remote workers connected to this node now (oldest connection
+    first), one page at a time.
     """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +115,16 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         acknowledgement of the registration, then jobs and stop requests). The
         stream lives as long as the worker wants jobs; closing or losing it
         re-queues the worker's unfinished jobs.
+        """
+
+    @_abc_1.abstractmethod
+    def ListWorkers(
+        self,
+        request: _workers_pb2.ListWorkersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workers_pb2.ListWorkersResponse, _abc.Awaitable[_workers_pb2.ListWorkersResponse]]:
+        """Lists the remote workers connected to this node now (oldest connection
+        first), one page at a time.
         """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
