@@ -72,7 +72,7 @@ def test_add_from_a_file_adds_10000_jobs_in_line_order_within_the_bound(
     assert result.stderr.strip() == f"added {BULK_JOBS} jobs"
     assert elapsed < BULK_BOUND_S, f"{BULK_JOBS} jobs took {elapsed:.2f}s"
     listed = ok_json(cli(node, "jobs", "--topic", "cli/bulk", "--all", "--json"))
-    assert listed["total_count"] == BULK_JOBS
+    assert listed["total_size"] == BULK_JOBS
     assert [job["properties"]["i"] for job in listed["jobs"]] == list(range(BULK_JOBS))
     assert [job["id"] for job in listed["jobs"]] == ids
 
@@ -115,7 +115,7 @@ def test_add_from_stdin_takes_the_default_topic_typed_properties_and_per_line_se
     assert job["max_retries"] == 4
     other = ok_json(cli(node, "job", second, "--json"))
     assert (other["topic"], other["max_retries"], other["payload_size"]) == ("cli/stdin/other", 0, 2)
-    assert other["timeout_s"] == 7.0
+    assert other["timeout"] == 7.0
 
 
 def test_a_bad_line_adds_nothing_and_names_its_line(node: NodeProcess) -> None:
@@ -144,7 +144,7 @@ def test_per_job_retries_and_timeout_override_the_queue(node: NodeProcess) -> No
     # Then it is given up after its one attempt, and --wait exits 1
     assert result.returncode == 1, result.stderr
     job = json.loads(result.stdout)
-    assert (job["state"], job["max_retries"], job["timeout_s"]) == ("GIVEN_UP", 0, 5.0)
+    assert (job["state"], job["max_retries"], job["timeout"]) == ("GIVEN_UP", 0, 5.0)
     assert job["retry_count"] == 1  # one failed attempt; the queue's 10 retries did not apply
 
 
@@ -153,7 +153,7 @@ def test_paging_limit_page_token_and_all(node: NodeProcess) -> None:
     first = ok_json(cli(node, "jobs", "--topic", "cli/page", "--limit", "2", "--json"))
     assert [j["properties"]["n"] for j in first["jobs"]] == [0, 1]
     assert first["next_page_token"]
-    assert first["total_count"] == 5
+    assert first["total_size"] == 5
     rest = ok_json(
         cli(
             node,

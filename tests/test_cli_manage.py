@@ -71,8 +71,8 @@ def test_queue_set_creates_then_changes_only_the_settings_given(node: NodeProces
         ["cliq/**"],
         False,
     )
-    assert shown["retry_delay_s"] == 1.5
-    assert shown["timeout_s"] == 30.0
+    assert shown["retry_delay"] == 1.5
+    assert shown["timeout"] == 30.0
     text = ok(cli(node, "queue", "show", "cliq"))
     fields = dict(line.split(None, 1) for line in text.splitlines())
     assert (fields["name"], fields["state"], fields["type"], fields["retries"]) == (

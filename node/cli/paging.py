@@ -3,7 +3,7 @@
 A listing fetches pages until it has `--limit` items (asking each page for no more than it still
 needs, so the node's next page token continues exactly after the last item shown), or every
 page with `--all`. Its JSON output is the RPC's response shape: the items under their field name,
-`next_page_token` (empty at the end) and the total when the RPC reports one.
+`next_page_token` (empty at the end) and `total_size`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ from node.client import JobmeshClient
 from node.errors import InvalidArgument
 
 MAX_PAGE_SIZE = 1000
-# Request fields that give the page size, and response fields that give the total, by the names
-# the list RPCs use (FindJobs predates `page_size` / `total_size`).
-_PAGE_SIZE_FIELDS = ("page_size", "limit")
-_TOTAL_FIELDS = ("total_size", "total_count")
+"""The largest page a listing asks for (every v1 list RPC has page_size, page_token, total_size)."""
 
 
 def add_paging_options(parser: argparse.ArgumentParser, default_limit: int = 100) -> None:
@@ -45,22 +42,20 @@ def add_paging_options(parser: argparse.ArgumentParser, default_limit: int = 100
 
 @dataclass
 class Listing:
-    """The items fetched, the token that continues after them, and the total if the RPC reports it."""
+    """The items fetched, the token that continues after them, and the total the RPC reports."""
 
     field: str
     items: list[Any]
     next_page_token: str
-    total: tuple[str, int] | None
-    cut: bool = False
-    """True when a listing that comes in one page had more items than --limit."""
+    total_size: int
 
     def to_json(self) -> dict[str, Any]:
         """The listing in the JSON convention (the shape of the RPC's response)."""
-        data: dict[str, Any] = {self.field: [to_json(item) for item in self.items]}
-        data["next_page_token"] = self.next_page_token
-        if self.total is not None:
-            data[self.total[0]] = self.total[1]
-        return data
+        return {
+            self.field: [to_json(item) for item in self.items],
+            "next_page_token": self.next_page_token,
+            "total_size": self.total_size,
+        }
 
 
 def fetch(
@@ -74,31 +69,19 @@ def fetch(
     if args.limit < 0:
         raise InvalidArgument(f"--limit {args.limit}: use 0 (all) or more")
     limit = 0 if args.all else args.limit
-    fields = request.DESCRIPTOR.fields_by_name
-    size_field = next((name for name in _PAGE_SIZE_FIELDS if name in fields), None)
-    pages = "page_token" in fields
     if args.page_token:
-        if not pages:
-            raise InvalidArgument("--page-token: this listing comes in one page")
-        setattr(request, "page_token", args.page_token)  # noqa: B010  # checked above, per message
+        setattr(request, "page_token", args.page_token)  # noqa: B010  # every list request has one
     items: list[Any] = []
     while True:
-        if size_field is not None:
-            wanted = limit - len(items) if limit else MAX_PAGE_SIZE
-            setattr(request, size_field, min(wanted, MAX_PAGE_SIZE))
+        wanted = limit - len(items) if limit else MAX_PAGE_SIZE
+        setattr(request, "page_size", min(wanted, MAX_PAGE_SIZE))  # noqa: B010
         response = client.call(method, request)
         items.extend(getattr(response, field))
-        token = str(getattr(response, "next_page_token", ""))
+        token = str(response.next_page_token)
         if not token or (limit and len(items) >= limit):
             break
         setattr(request, "page_token", token)  # noqa: B010
-    total_field = next((name for name in _TOTAL_FIELDS if name in response.DESCRIPTOR.fields_by_name), None)
-    total = None if total_field is None else (total_field, int(getattr(response, total_field)))
-    cut = bool(limit) and len(items) > limit
-    if cut:  # a listing that comes in one page: cut here, no token to continue
-        total = total or ("total", len(items))
-        items = items[:limit]
-    return Listing(field, items, token, total, cut)
+    return Listing(field, items, token, int(response.total_size))
 
 
 def print_listing(listing: Listing, print_items: Callable[[list[Any], TextIO], None]) -> None:
@@ -109,8 +92,8 @@ def print_listing(listing: Listing, print_items: Callable[[list[Any], TextIO], N
 
 def print_more_hint(listing: Listing, err: TextIO) -> None:
     """Tell people how to see the rest when a listing was cut."""
-    if not listing.next_page_token and not listing.cut:
+    if not listing.next_page_token:
         return
-    of = f" of {listing.total[1]}" if listing.total else ""
-    more = f", or --page-token {listing.next_page_token} for more" if listing.next_page_token else ""
+    of = f" of {listing.total_size}"
+    more = f", or --page-token {listing.next_page_token} for more"
     err.write(f"({len(listing.items)}{of} shown; --all for all{more})\n")
