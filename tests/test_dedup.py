@@ -6,8 +6,11 @@ import threading
 
 import grpc
 import pytest
-from harness import NodeFactory, NodeProcess, find_all, new_job, rpc_error, wait_for_state
 from jobmesh.v1 import jobs_pb2
+
+from tests.support.job_calls import find_all, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
 
 S = jobs_pb2
 THREADS = 20

@@ -19,16 +19,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    get_job,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2 as J
-from worker_stream import WorkerStream
+
+from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.waiting import wait_for
+from tests.support.worker_stream import WorkerStream
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -64,7 +60,7 @@ class ExampleProcess:
                 raise AssertionError(f"exited with {self.process.returncode}:\n{self.output()}")
             return text in self.output()
 
-        wait_for(seen, what=f"{text!r} in the output of {self.process.args}")
+        wait_for(seen, what=f"{text!r} in the output of {self.process.args!r}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -159,7 +155,7 @@ def test_a_killed_worker_process_loses_no_job_they_complete_on_the_next_worker(
     ids = [add_job(node.stub, "crash/job", steps=100_000, step_ms=100) for _ in range(2)]
     for job_id in ids:
         wait_for(
-            lambda job_id=job_id: get_job(node.stub, job_id).progress.total_steps == 100_000,
+            lambda job_id=job_id: get_job(node.stub, job_id).progress.total_steps == 100_000,  # type: ignore[misc]
             what=f"the worker to start job {job_id}",
         )
     # When the process is killed with SIGKILL
@@ -168,7 +164,7 @@ def test_a_killed_worker_process_loses_no_job_they_complete_on_the_next_worker(
     # Then its jobs are re-queued with one more retry
     for job_id in ids:
         wait_for(
-            lambda job_id=job_id: (
+            lambda job_id=job_id: (  # type: ignore[misc]  # a lambda with a default argument
                 (job := get_job(node.stub, job_id)).state == J.JOB_STATE_QUEUED and job.retry_count == 1
             ),
             what=f"job {job_id} to be re-queued with retry count 1",

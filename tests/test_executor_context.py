@@ -6,8 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import NodeFactory, NodeProcess, add_job, get_job, wait_for, wait_for_state, watch
 from jobmesh.v1 import jobs_pb2
+
+from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.waiting import wait_for
+from tests.support.watching import watch
 
 S = jobs_pb2
 MAX_LOG_LINES = 3

@@ -6,17 +6,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    attempts,
-    get_job,
-    rpc_error,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2
+
+from tests.consumers import attempts
+from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    attempts,
-    get_job,
-    new_job,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2
+
+from tests.consumers import attempts
+from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
 
 RETRIES = 2
 

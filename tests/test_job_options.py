@@ -8,8 +8,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import NodeFactory, NodeProcess, attempts, find_all, new_job, rpc_error, wait_for_state
 from jobmesh.v1 import jobs_pb2
+
+from tests.consumers import attempts
+from tests.support.job_calls import find_all, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
 
 S = jobs_pb2
 QUEUES = json.dumps([{"name": "timed", "topics": ["opt/timed/**"], "timeout_s": 0.3, "retries": 0}])

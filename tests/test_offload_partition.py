@@ -6,22 +6,17 @@ jobs reassigned; when the partition heals, its stale results are rejected (fenci
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from harness import NodeFactory, NodeProcess, find_all, new_job, wait_for
 from jobmesh.v1 import jobs_pb2
-from netlab import Lab, lab_or_skip
-from topo import start_all, view, wait_views
+
+from tests.support.job_calls import find_all
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.netlab import Lab
+from tests.support.protos import new_job
+from tests.support.topology import start_all, view, wait_views
+from tests.support.waiting import wait_for
 
 PORT = 7710
 TOPIC = "offload/work"
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with lab_or_skip() as net:
-        yield net
 
 
 def _node(lab: Lab, nodes: NodeFactory, name: str, subnet: int, consumer: bool) -> NodeProcess:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import grpc
-from harness import NodeFactory, NodeProcess, add_job, find_all, get_job, rpc_error, wait_for_state
 from jobmesh.v1 import jobs_pb2, queues_pb2
+
+from tests.support.job_calls import add_job, find_all, get_job, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
 
 S = jobs_pb2
 Q = queues_pb2

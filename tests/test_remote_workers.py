@@ -6,22 +6,19 @@ answers, breaks its stream or reconnects. Topics are distinct per test: the node
 
 from __future__ import annotations
 
+import functools
 import signal
 
 import grpc
 import pytest
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    get_job,
-    new_job,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2 as J
 from jobmesh.v1 import workers_pb2 as W
-from worker_stream import WorkerStream
+
+from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
+from tests.support.worker_stream import WorkerStream
 
 QUEUED, ACTIVE, SUCCEEDED = J.JOB_STATE_QUEUED, J.JOB_STATE_ACTIVE, J.JOB_STATE_SUCCEEDED
 STOPPED, ERROR = J.JOB_STATE_STOPPED, J.JOB_STATE_ERROR
@@ -35,8 +32,15 @@ def node(module_nodes: NodeFactory) -> NodeProcess:
     return module_nodes.start("workers")
 
 
+def _unassigned(node: NodeProcess, job_id: str, retries: int) -> bool:
+    """True when the job is QUEUED for nobody with `retries` retries counted."""
+    job = get_job(node.stub, job_id)
+    return job.state == QUEUED and job.retry_count == retries and job.target_instance == ""
+
+
 def full_job(node: NodeProcess, job_id: str) -> J.Job:
-    return node.stub.GetJob(J.GetJobRequest(job_id=job_id, include_payloads=True, include_log=True)).job
+    job: J.Job = node.stub.GetJob(J.GetJobRequest(job_id=job_id, include_payloads=True, include_log=True)).job
+    return job
 
 
 def test_registration_is_acknowledged_with_the_node_and_the_applied_concurrency(node: NodeProcess) -> None:
@@ -229,11 +233,7 @@ def test_a_broken_stream_requeues_unfinished_jobs_with_one_more_retry_and_a_new_
     # Then both are QUEUED again with retry count 1, waiting for a consumer
     for job_id in ids:
         wait_for(
-            lambda job_id=job_id: (
-                (job := get_job(node.stub, job_id)).state == QUEUED
-                and job.retry_count == 1
-                and job.target_instance == ""
-            ),
+            functools.partial(_unassigned, node, job_id, 1),
             what=f"job {job_id} to be re-queued, unassigned, with retry count 1",
         )
     assert "disconnected" in get_job(node.stub, next(iter(ids))).result_message
@@ -262,11 +262,7 @@ def test_a_job_waiting_for_a_worker_slot_does_not_spend_a_retry_when_the_worker_
     # Then the job it ran counts a retry; the one that never reached it does not
     for job_id, retries in ((running_id, 1), (waiting_id, 0)):
         wait_for(
-            lambda job_id=job_id, retries=retries: (
-                (job := get_job(node.stub, job_id)).state == QUEUED
-                and job.retry_count == retries
-                and job.target_instance == ""
-            ),
+            functools.partial(_unassigned, node, job_id, retries),
             what=f"job {job_id} to wait, unassigned, with retry count {retries}",
         )
     again = WorkerStream.connect(node.channel, "slot/**", concurrency=2)
@@ -322,10 +318,22 @@ def test_a_bad_registration_ends_the_stream_with_invalid_argument(
     ("kind", "message", "expected"),
     [
         ("register", W.WorkerRegistration(topics=["x"]), "`register` may only be the first message"),
-        ("result", W.WorkResult(job_id="", attempt=1, outcome=1), "result.job_id is empty"),
-        ("result", W.WorkResult(job_id="j", attempt=0, outcome=1), "result.attempt is 0"),
+        (
+            "result",
+            W.WorkResult(job_id="", attempt=1, outcome=W.WORK_OUTCOME_SUCCEEDED),
+            "result.job_id is empty",
+        ),
+        (
+            "result",
+            W.WorkResult(job_id="j", attempt=0, outcome=W.WORK_OUTCOME_SUCCEEDED),
+            "result.attempt is 0",
+        ),
         ("result", W.WorkResult(job_id="j", attempt=1), "result.outcome is 0"),
-        ("result", W.WorkResult(job_id="j", attempt=1, outcome=2, retry_delay_s=-1), "retry_delay_s is -1"),
+        (
+            "result",
+            W.WorkResult(job_id="j", attempt=1, outcome=W.WORK_OUTCOME_FAILED, retry_delay_s=-1),
+            "retry_delay_s is -1",
+        ),
         ("progress", W.WorkProgress(job_id="j", attempt=1, increment_steps=-2), "increment_steps is -2"),
         ("property", W.WorkProperty(job_id="j", attempt=1, name="1bad"), "property name '1bad' is invalid"),
         ("property", W.WorkProperty(job_id="j", attempt=1, name="ok"), "no value is set"),

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import (
-    RUN_FILE,
-    NodeFactory,
-    add_job,
-    attempts,
-    find_all,
-    get_job,
-    new_job,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2
+
+from tests.consumers import attempts
+from tests.support.job_calls import add_job, find_all, get_job, wait_for_state
+from tests.support.launcher import RUN_FILE, NodeFactory
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 

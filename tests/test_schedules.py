@@ -9,8 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from harness import NodeFactory, NodeProcess, find_all, new_job, rpc_error, wait_for, wait_for_state
 from jobmesh.v1 import jobs_pb2, schedules_pb2
+
+from tests.support.job_calls import find_all, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 R = schedules_pb2

@@ -8,7 +8,9 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from harness import NodeFactory, NodeProcess, rpc_error
+
+from tests.support.job_calls import rpc_error
+from tests.support.launcher import NodeFactory, NodeProcess
 
 JOB_SERVICE = "jobmesh.v1.JobService"
 WORKER_SERVICE = "jobmesh.v1.WorkerService"

@@ -7,8 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import NodeFactory, add_job, get_job, wait_for, wait_for_state
 from jobmesh.v1 import jobs_pb2
+
+from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.launcher import NodeFactory
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 QUEUES = json.dumps([{"name": "statq", "topics": ["stat/**"], "retry_delay_s": 0.05}])

@@ -8,21 +8,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    get_job,
-    new_job,
-    rpc_error,
-    wait_for,
-    wait_for_state,
-    watch,
-)
 from jobmesh.v1 import jobs_pb2
 
 from node import Node, NodeConfig
 from node.journal.events import READ_BATCH
+from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
+from tests.support.watching import watch
 
 S = jobs_pb2
 E = jobs_pb2  # event types live in the same module
@@ -48,7 +42,7 @@ def journal_events(node: NodeProcess, topic_glob: str, after_seq: int = 0) -> li
         "SELECT seq, type, job_id FROM job_events WHERE topic GLOB ? AND seq > ? ORDER BY seq",
         (topic_glob, after_seq),
     )
-    return [(int(s), int(t), str(j)) for s, t, j in rows]  # type: ignore[call-overload]
+    return [(int(s), int(t), str(j)) for s, t, j in rows]
 
 
 def as_tuples(events: list[jobs_pb2.JobEvent]) -> list[tuple[int, int, str]]:
@@ -359,6 +353,6 @@ async def test_a_reader_that_falls_behind_retention_is_told_about_the_gap(tmp_pa
 
         # Then its next batch starts after the hole and says where
         second = await anext(stream)
-        await stream.aclose()
+        await stream.aclose()  # type: ignore[attr-defined]  # an async generator
     assert second.gap_until_seq == 1301
     assert [e.seq for e in second.events] == list(range(1301, 1501))

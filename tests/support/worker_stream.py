@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from harness import DEFAULT_TIMEOUT_S, PropertyInput, prop
 from jobmesh.v1 import workers_pb2, workers_pb2_grpc
+
+from .protos import PropertyInput, prop
+from .waiting import DEFAULT_TIMEOUT_S
 
 _END = object()
 
@@ -84,7 +86,7 @@ class WorkerStream:
     def result(
         self,
         job: workers_pb2.WorkAssignment,
-        outcome: int = workers_pb2.WORK_OUTCOME_SUCCEEDED,
+        outcome: workers_pb2.WorkOutcome.ValueType = workers_pb2.WORK_OUTCOME_SUCCEEDED,
         message: str = "",
         **fields: Any,
     ) -> None:

@@ -1,0 +1,123 @@
+"""The one deadline wait: poll a condition until it holds, fail with what it returned last.
+
+`wait_for` polls from plain code (blocking); `async_wait_for` polls on an event loop and
+accepts conditions that are coroutines or plain functions. Both keep polling while the
+condition raises one of `NOT_READY` (a server that does not answer yet, a file half
+written) and report the last value or error at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar, cast, overload
+
+import grpc
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 15.0
+POLL_INTERVAL_S = 0.01
+NOT_READY: tuple[type[BaseException], ...] = (grpc.RpcError, OSError, ValueError)
+"""Errors a condition may raise while what it checks is not ready yet: polling goes on."""
+
+
+class Deadline:
+    """A point `timeout` seconds from now on the monotonic clock."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._at = time.monotonic() + timeout
+
+    def left(self) -> float:
+        """Seconds until the deadline (0 once it passed)."""
+        return max(0.0, self._at - time.monotonic())
+
+    @property
+    def passed(self) -> bool:
+        """True once the deadline is reached."""
+        return time.monotonic() >= self._at
+
+
+class _Poll:
+    """One wait in progress: its deadline and what the condition gave last."""
+
+    def __init__(self, timeout: float, what: str) -> None:
+        self.deadline = Deadline(timeout)
+        self.what = what
+        self.last: object = None
+
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[None]:
+        """Around one call of the condition: a NOT_READY error is noted, not raised."""
+        try:
+            yield
+        except NOT_READY as e:
+            self.last = e
+
+    def holds(self, value: object) -> bool:
+        """Note `value`; True when it is truthy (the wait is over)."""
+        self.last = value
+        return bool(value)
+
+    def check(self) -> None:
+        """Raise AssertionError once the deadline passed."""
+        if self.deadline.passed:
+            raise AssertionError(
+                f"timed out after {self.deadline.timeout:.1f}s waiting for {self.what}; last value: {self.last!r}"
+            )
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    timeout: float = DEFAULT_TIMEOUT_S,
+    what: str = "condition",
+    interval: float = POLL_INTERVAL_S,
+) -> T:
+    """Call `condition` until it returns something truthy and return that; fail at the deadline."""
+    poll = _Poll(timeout, what)
+    while True:
+        with poll.attempt():
+            value = condition()
+            if poll.holds(value):
+                return cast(T, value)  # truthy, so not None
+        poll.check()
+        time.sleep(interval)
+
+
+@overload
+async def async_wait_for(
+    condition: Callable[[], Awaitable[T | None]],
+    timeout: float = ...,
+    what: str = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def async_wait_for(
+    condition: Callable[[], T | None],
+    timeout: float = ...,
+    what: str = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+async def async_wait_for(
+    condition: Callable[[], object],
+    timeout: float = DEFAULT_TIMEOUT_S,
+    what: str = "condition",
+    interval: float = POLL_INTERVAL_S,
+) -> object:
+    """Like `wait_for`, on the running event loop; `condition` may return an awaitable (a coroutine)."""
+    poll = _Poll(timeout, what)
+    while True:
+        with poll.attempt():
+            value = condition()
+            if poll.holds(await value if inspect.isawaitable(value) else value):
+                return poll.last
+        poll.check()
+        await asyncio.sleep(interval)
