@@ -44,10 +44,8 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,11 +58,13 @@ import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from node.services import transport
+from tests.support.launcher import NodeProcess, ProcStats
+from tests.support.protos import new_job
+from tests.support.waiting import async_wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 CONSUMERS = "benchmarks.consumers"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 
@@ -77,123 +77,64 @@ def log(message: str) -> None:
 # --- the node process ------------------------------------------------------------------------
 
 
-@dataclass
-class ProcStats:
-    """Memory and CPU of a process, from /proc."""
+class BenchNode:
+    """A fresh node (its own data dir under `work`) for one run, driven from here over grpc.aio.
 
-    rss_kib: int
-    hwm_kib: int
-    cpu_s: float
-
-
-def proc_stats(pid: int) -> ProcStats:
-    """VmRSS, VmHWM and user+system CPU seconds of `pid`."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    values = {}
-    for line in status.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
-    return ProcStats(values["VmRSS"], values["VmHWM"], cpu)
-
-
-class NodeProcess:
-    """`python -m node run --test-preset` in a fresh data dir, reachable over gRPC."""
+    The process itself is the suite's launcher (`tests.support.launcher.NodeProcess`).
+    """
 
     def __init__(
         self, work: Path, consumer: str | None, durability: str = "normal", extra: Sequence[str] = ()
     ):
-        self.data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=work))
-        args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
-        args += ["--durability", durability, "--log-level", "WARNING", *extra]
-        if consumer:
-            args += ["--consumer", f"bench/**={CONSUMERS}:{consumer}"]
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=work))
+        consumers = [f"bench/**={CONSUMERS}:{consumer}"] if consumer else []
+        args = ["--durability", durability, "--log-level", "WARNING", *extra]
+        self.process = NodeProcess(data_dir, work, consumers, extra_args=args)
         self.channel: grpc.aio.Channel | None = None
         self.stub: jobs_pb2_grpc.JobServiceStub | None = None
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        with open(self.data_dir / "node.log", "wb") as log_file:  # the child keeps its own descriptor
-            return subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-
-    def _terminate(self, timeout_s: float) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log(f"node {self.pid} ignored SIGTERM for {timeout_s}s; killing it")
-            self.proc.kill()
-            self.proc.wait()
+    def port(self) -> int:
+        return self.process.port
 
     async def start(self) -> jobs_pb2_grpc.JobServiceStub:
         """Start the node, wait until it serves, and return a stub on a fresh channel."""
-        self.proc = self._spawn()
-        run_file = self.data_dir / "node.json"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not run_file.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node did not write {run_file} in {START_TIMEOUT_S}s: {self.log_tail()}")
-            await asyncio.sleep(0.05)
-        self.port = int(json.loads(run_file.read_text())["port"])
+        self.process.spawn()
+        await self.process.async_wait_serving(START_TIMEOUT_S)
         self.channel = transport.create_channel(f"127.0.0.1:{self.port}")
         await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
         return self.stub
 
-    def log_tail(self) -> str:
-        try:
-            return (self.data_dir / "node.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
-
     def stats(self) -> ProcStats:
-        return proc_stats(self.pid)
+        return self.process.stats()
 
     def journal_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.data_dir.glob("journal.sqlite*"))
+        return self.process.journal_bytes()
 
     async def stop(self) -> None:
         if self.channel is not None:
             await self.channel.close()
-        if self.proc is not None:
-            await asyncio.to_thread(self._terminate, STOP_TIMEOUT_S)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.process.running:
+            try:
+                await asyncio.to_thread(self.process.terminate, STOP_TIMEOUT_S)
+            except AssertionError:  # it ignored SIGTERM and was killed
+                log(f"node {self.process.pid} ignored SIGTERM for {STOP_TIMEOUT_S}s; killed it")
+        shutil.rmtree(self.process.data_dir, ignore_errors=True)
 
 
 # --- requests --------------------------------------------------------------------------------
 
 
-def new_job(topic: str, index: int) -> jobs_pb2.NewJob:
+def bench_job(topic: str, index: int) -> jobs_pb2.NewJob:
     """A job with two small properties (an int that varies and a string), like a real client's."""
-    return jobs_pb2.NewJob(
-        topic=topic,
-        properties={
-            "n": jobs_pb2.PropertyValue(int_value=index),
-            "group": jobs_pb2.PropertyValue(string_value=f"g{index % 100}"),
-        },
-    )
+    return new_job(topic, n=index, group=f"g{index % 100}")
 
 
 def add_requests(topic: str, batch: int, distinct: int = 16) -> list[jobs_pb2.AddJobsRequest]:
     """A few distinct prebuilt AddJobs requests, cycled by the senders (client cost stays low)."""
     return [
-        jobs_pb2.AddJobsRequest(jobs=[new_job(topic, r * batch + i) for i in range(batch)])
+        jobs_pb2.AddJobsRequest(jobs=[bench_job(topic, r * batch + i) for i in range(batch)])
         for r in range(distinct)
     ]
 
@@ -221,6 +162,15 @@ async def count(
         jobs_pb2.FindJobsRequest(type=query_type, topic=topic, limit=1), timeout=60
     )
     return int(response.total_count)
+
+
+async def succeeded(stub: jobs_pb2_grpc.JobServiceStub, topic: str, total: int, timeout_s: float) -> None:
+    """Wait until `total` jobs of `topic` SUCCEEDED (AssertionError after `timeout_s`)."""
+
+    async def done() -> bool:
+        return await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) >= total
+
+    await async_wait_for(done, timeout_s, f"{total} jobs of {topic} to succeed")
 
 
 def micros(ts: Any) -> int:
@@ -260,7 +210,7 @@ Metrics = dict[str, float]
 
 
 async def scenario_add(s: Settings, durability: str) -> Metrics:
-    node = NodeProcess(s.work, None, durability)
+    node = BenchNode(s.work, None, durability)
     stub = await node.start()
     try:
         requests = add_requests("idle/add", s.batch)
@@ -282,16 +232,12 @@ async def scenario_add(s: Settings, durability: str) -> Metrics:
 
 
 async def scenario_lifecycle(s: Settings, consumer: str) -> Metrics:
-    node = NodeProcess(s.work, consumer)
+    node = BenchNode(s.work, consumer)
     stub = await node.start()
     try:
         topic = "bench/lifecycle"
         await send_batches(stub, add_requests("bench/warmup", 100, 1), 1, 1)  # warm-up: 100 jobs
-        deadline = time.monotonic() + 30
-        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, "bench/warmup") < 100:
-            if time.monotonic() > deadline:
-                raise RuntimeError("warm-up jobs did not finish in 30s")
-            await asyncio.sleep(0.05)
+        await succeeded(stub, "bench/warmup", 100, 30)
         requests = add_requests(topic, s.batch)
         calls = max(1, s.lifecycle_jobs // s.batch)
         total = calls * s.batch
@@ -342,7 +288,7 @@ async def head_seq(stub: jobs_pb2_grpc.JobServiceStub) -> int:
 
 async def scenario_events(s: Settings, consumer: str) -> Metrics:
     """The lifecycle scenario with a WatchJobs client streaming every event; measures its lag."""
-    node = NodeProcess(s.work, consumer)
+    node = BenchNode(s.work, consumer)
     stub = await node.start()
     watch_channel = transport.create_channel(f"127.0.0.1:{node.port}")  # its own connection
     try:
@@ -400,10 +346,10 @@ async def scenario_events(s: Settings, consumer: str) -> Metrics:
 
 
 async def scenario_single(s: Settings) -> Metrics:
-    node = NodeProcess(s.work, None)
+    node = BenchNode(s.work, None)
     stub = await node.start()
     try:
-        request = jobs_pb2.AddJobRequest(job=new_job("idle/single", 1))
+        request = jobs_pb2.AddJobRequest(job=bench_job("idle/single", 1))
         for _ in range(50):  # warm-up
             await stub.AddJob(request, timeout=30)
         latencies: list[float] = []
@@ -433,15 +379,15 @@ async def scenario_single(s: Settings) -> Metrics:
 
 
 async def scenario_latency(s: Settings, consumer: str) -> Metrics:
-    node = NodeProcess(s.work, consumer)
+    node = BenchNode(s.work, consumer)
     stub = await node.start()
     try:
         topic = "bench/latency"
-        warm = jobs_pb2.AddJobRequest(job=new_job("bench/warmup", 0))
+        warm = jobs_pb2.AddJobRequest(job=bench_job("bench/warmup", 0))
         for _ in range(20):
             await stub.AddJob(warm, timeout=30)
         total = int(s.latency_rate * s.latency_seconds)
-        requests = [jobs_pb2.AddJobRequest(job=new_job(topic, i)) for i in range(total)]
+        requests = [jobs_pb2.AddJobRequest(job=bench_job(topic, i)) for i in range(total)]
         rpc_latencies: list[float] = []
 
         async def add(request: jobs_pb2.AddJobRequest) -> None:
@@ -458,11 +404,7 @@ async def scenario_latency(s: Settings, consumer: str) -> Metrics:
             tasks.append(asyncio.create_task(add(request)))
         await asyncio.gather(*tasks)
         achieved_rate = total / (time.perf_counter() - t0)
-        deadline = time.monotonic() + 60
-        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
-            if time.monotonic() > deadline:
-                raise RuntimeError("latency jobs did not all succeed within 60s of the last add")
-            await asyncio.sleep(0.1)
+        await succeeded(stub, topic, total, 60)
         start_latencies: list[float] = []  # consumer start - created (from the consumer)
         claim_latencies: list[float] = []  # started_time - created_time (from the journal)
         token = ""
@@ -506,7 +448,7 @@ async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float
 
 
 async def scenario_memory(s: Settings) -> Metrics:
-    node = NodeProcess(s.work, None)
+    node = BenchNode(s.work, None)
     stub = await node.start()
     try:
         topic = "idle/memory"

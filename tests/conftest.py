@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.launcher import NodeFactory, NodeProcess
-from tests.support.leaks import check_tasks_ended, check_threads_ended
+from tests.support.leaks import leaked_tasks, leaked_threads
 from tests.support.netlab import Lab, lab_or_skip
 
 # Interfaces tests may create themselves (multi-host tests name their veths and bridges so).
@@ -61,10 +61,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 async def _run_without_leaking_tasks(test: Coroutine[Any, Any, None]) -> None:
     await test
-    try:
-        await check_tasks_ended()
-    except AssertionError as e:
-        pytest.fail(str(e), pytrace=False)
+    leaked = await leaked_tasks()
+    if leaked:
+        pytest.fail(f"the test left asyncio tasks running: {leaked}", pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -82,10 +81,9 @@ def no_thread_leaks() -> Iterator[None]:
     """Every test: fail it if threads it started are still alive a few seconds after it ends."""
     before = set(threading.enumerate())
     yield
-    try:
-        check_threads_ended(before)
-    except AssertionError as e:
-        pytest.fail(str(e), pytrace=False)
+    leaked = leaked_threads(before)
+    if leaked:
+        pytest.fail(f"the test left threads running: {leaked}", pytrace=False)
 
 
 # --- node processes ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from jobmesh.v1 import jobs_pb2
 
+from tests.support.fixtures import shared_node
 from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import condition, new_job, prop, raw_timestamp_value, raw_value, template
@@ -20,9 +21,7 @@ MAX_PAYLOAD = 1000
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("strict", ["bad/ok=consumers:succeed"], {"jobs.max_payload_bytes": MAX_PAYLOAD})
+node = shared_node("strict", ["bad/ok=consumers:succeed"], {"jobs.max_payload_bytes": MAX_PAYLOAD})
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from jobmesh.v1 import jobs_pb2 as J
 
+from tests.support.fixtures import shared_node
 from tests.support.job_calls import add_job, get_job, wait_for_state
-from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.launcher import NodeProcess
 from tests.support.waiting import wait_for
 from tests.support.worker_stream import WorkerStream
 
@@ -35,10 +36,8 @@ RUN_TIMEOUT_S = 30.0
 SETUP_HINT = "run scripts/setup-polyglot (scripts/test does) to install it"
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    # demo/inproc is consumed in the node itself, for the clients; other topics by example workers.
-    return module_nodes.start("examples", consumers=["demo/inproc=consumers:echo"])
+# demo/inproc is consumed in the node itself, for the clients; other topics by example workers.
+node = shared_node("examples", consumers=["demo/inproc=consumers:echo"])
 
 
 class ExampleProcess:

@@ -9,8 +9,9 @@ import pytest
 from jobmesh.v1 import jobs_pb2
 
 from tests.consumers import attempts
+from tests.support.fixtures import shared_node
 from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
-from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.launcher import NodeProcess
 from tests.support.waiting import wait_for
 
 S = jobs_pb2
@@ -25,9 +26,7 @@ CONSUMERS = (
 )
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("control", CONSUMERS)
+node = shared_node("control", CONSUMERS)
 
 
 def started(node: NodeProcess, topic: str, files: Path) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2
 
+from node import JobState
 from node.services import transport
 from tests.support.job_calls import find_all, get_job
 from tests.support.launcher import NodeFactory, NodeProcess
@@ -115,11 +116,7 @@ def test_kill_9_of_a_worker_mid_run_still_ends_every_job_succeeded_exactly_once_
 ) -> None:
     origin, (w1, w2) = start_cluster(nodes, "consumers:sleep_briefly")
     ids = _add(origin, 200, sleep_s=0.02)
-    wait_for(
-        lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0] >= 10,
-        15.0,
-        "w1 to finish some jobs",
-    )
+    wait_for(lambda: w1.count_jobs(JobState.SUCCEEDED) >= 10, 15.0, "w1 to finish some jobs")
 
     w1.kill()
     jobs = _all_succeeded(origin, ids, timeout=40.0)
@@ -141,11 +138,7 @@ def test_kill_9_of_the_origin_mid_run_and_restart_loses_no_job_and_ends_none_twi
     wait_views([origin, w1, w2], {"origin", "w1", "w2"})
     wait_consumes(origin, [w1, w2])
     ids = _add(origin, 300, sleep_s=0.01)
-    wait_for(
-        lambda: origin.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0] >= 20,
-        15.0,
-        "some jobs to succeed at the origin",
-    )
+    wait_for(lambda: origin.count_jobs(JobState.SUCCEEDED) >= 20, 15.0, "some jobs to succeed at the origin")
 
     # When the origin crashes while the workers keep running, and comes back
     origin.kill()
@@ -237,11 +230,7 @@ def test_a_worker_that_stops_consuming_a_topic_hands_its_queued_jobs_back_for_re
     origin, (w1,) = start_cluster(nodes, "consumers:succeed", workers=1)
     w1.queues.SuspendQueue(queues_pb2.QueueNameRequest(name="main"))
     ids = _add(origin, 30)
-    wait_for(
-        lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 1")[0][0] == 30,
-        10.0,
-        "the jobs to reach w1",
-    )
+    wait_for(lambda: w1.count_jobs(JobState.QUEUED) == 30, 10.0, "the jobs to reach w1")
     w2 = create(nodes, "w2", seeds=[origin], consumers=["offload/**=consumers:succeed"]).start()
     wait_consumes(origin, [w1, w2])
 
@@ -254,7 +243,7 @@ def test_a_worker_that_stops_consuming_a_topic_hands_its_queued_jobs_back_for_re
     assert {j.target_instance for j in jobs} == {w2.instance_id}
     finished = origin.query_journal("SELECT job_id, count(*) FROM job_events WHERE type = 4 GROUP BY job_id")
     assert sorted(n for _, n in finished) == [1] * 30
-    assert w1.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0] == 0
+    assert w1.count_jobs(JobState.SUCCEEDED) == 0
 
 
 def test_find_jobs_and_statistics_with_topology_scope_gather_every_instance_listing_each_job_once(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from jobmesh.v1 import jobs_pb2
 
+from node import JobState
 from tests.support.job_calls import find_all
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.netlab import Lab
@@ -51,9 +52,7 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
     )
     request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, sleep_s=0.4) for _ in range(60)])
     ids = list(origin.stub.AddJobs(request).job_ids)
-    wait_for(
-        lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 2")[0][0] > 0, 10.0, "w1 to run"
-    )
+    wait_for(lambda: w1.count_jobs(JobState.ACTIVE) > 0, 10.0, "w1 to run")
     start_all(w2)
 
     # When w1 is cut off past the death timeout, then the partition heals
@@ -66,7 +65,7 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
             return all(j.state == jobs_pb2.JOB_STATE_SUCCEEDED for j in jobs) and len(jobs) == 60
 
         wait_for(all_moved, 30.0, "every job to succeed at the origin while w1 is cut off")
-        stale = w1.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0]
+        stale = w1.count_jobs(JobState.SUCCEEDED)
     finally:
         lab.heal_subnet(2)
     wait_views([origin, w1, w2], {"origin", "w1", "w2"}, timeout=20)

@@ -14,6 +14,7 @@ import pytest
 from jobmesh.v1 import jobs_pb2 as J
 from jobmesh.v1 import workers_pb2 as W
 
+from tests.support.fixtures import shared_node
 from tests.support.job_calls import add_job, get_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import new_job
@@ -27,9 +28,7 @@ STOPPED, ERROR = J.JOB_STATE_STOPPED, J.JOB_STATE_ERROR
 SILENCE_S = 0.3
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("workers")
+node = shared_node("workers")
 
 
 def _unassigned(node: NodeProcess, job_id: str, retries: int) -> bool:
@@ -91,9 +90,7 @@ def test_jobs_added_before_a_worker_connects_wait_and_then_go_to_it(node: NodePr
     # When a worker for its topic connects
     stream = WorkerStream.connect(node.channel, "early/*")
     # Then it receives the job
-    assignment = stream.expect("assignment")
-    assert assignment.job_id == job_id
-    stream.result(assignment)
+    stream.succeed(job_id)
     wait_for_state(node.stub, job_id, SUCCEEDED)
     stream.cancel()
 
@@ -157,9 +154,7 @@ def test_workers_of_the_same_pattern_share_the_jobs(node: NodeProcess) -> None:
     one.cancel()
     two.result(b)
     later = add_job(node.stub, "share/later")
-    c = two.expect("assignment")
-    assert c.job_id == later
-    two.result(c)
+    two.succeed(later)
     for job_id in (*ids, later):
         wait_for_state(node.stub, job_id, SUCCEEDED)
     two.cancel()

@@ -12,7 +12,8 @@ from jobmesh.v1 import jobs_pb2
 
 from node import Node, NodeConfig
 from node.journal.events import READ_BATCH
-from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import add_job, add_running_job, get_job, rpc_error, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import new_job
 from tests.support.waiting import wait_for
@@ -23,17 +24,15 @@ E = jobs_pb2  # event types live in the same module
 LIFECYCLE = [S.JOB_EVENT_TYPE_ADDED, S.JOB_EVENT_TYPE_STARTED, S.JOB_EVENT_TYPE_FINISHED]
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start(
-        "watched",
-        [
-            "watch/**=consumers:succeed",
-            "resume/**=consumers:report_progress",
-            "fails/**=consumers:fail_then_succeed",
-            "stopme/**=consumers:block_until_released",
-        ],
-    )
+node = shared_node(
+    "watched",
+    [
+        "watch/**=consumers:succeed",
+        "resume/**=consumers:report_progress",
+        "fails/**=consumers:fail_then_succeed",
+        "stopme/**=consumers:block_until_released",
+    ],
+)
 
 
 def journal_events(node: NodeProcess, topic_glob: str, after_seq: int = 0) -> list[tuple[int, int, str]]:
@@ -243,9 +242,7 @@ def test_a_message_never_claims_events_it_did_not_send(node: NodeProcess) -> Non
 
 def test_stopped_and_removed_jobs_have_their_events(node: NodeProcess, tmp_path: Path) -> None:
     before = current_head(node)
-    started = tmp_path / "started"
-    active = add_job(node.stub, "stopme/a", started_file=str(started), release_file=str(tmp_path / "never"))
-    wait_for(started.exists, what="the job to start")
+    active, _ = add_running_job(node.stub, "stopme/a", tmp_path)
     node.stub.StopJob(S.StopJobRequest(job_id=active))
     wait_for_state(node.stub, active, S.JOB_STATE_STOPPED)
     node.stub.RemoveJob(S.RemoveJobRequest(job_id=active))  # deletes the history entry

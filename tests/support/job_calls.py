@@ -7,6 +7,8 @@ which state the job was in instead; `rpc_error` returns the error a call must fa
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
@@ -28,6 +30,43 @@ def get_job(stub: jobs_pb2_grpc.JobServiceStub, job_id: str, include_payloads: b
         jobs_pb2.GetJobRequest(job_id=job_id, include_payloads=include_payloads)
     ).job
     return job
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The files through which a consumer of tests/consumers.py reports and is released.
+
+    It creates `started` when an attempt begins, appends to `attempts` once per attempt,
+    and a blocking consumer returns once `release` exists (see tests/consumers.py).
+    """
+
+    started: Path
+    release: Path
+    attempts: Path
+
+    @classmethod
+    def under(cls, directory: Path, name: str = "job") -> JobFiles:
+        """`NAME.started`, `NAME.release` and `NAME.attempts` in `directory`."""
+        return cls(
+            directory / f"{name}.started", directory / f"{name}.release", directory / f"{name}.attempts"
+        )
+
+    def properties(self) -> dict[str, PropertyInput]:
+        """The job properties that name these files."""
+        return {f"{kind}_file": str(getattr(self, kind)) for kind in ("started", "release", "attempts")}
+
+
+def add_running_job(
+    stub: jobs_pb2_grpc.JobServiceStub, topic: str, directory: Path, **properties: PropertyInput
+) -> tuple[str, JobFiles]:
+    """Add a job for a consumer of tests/consumers.py and wait until its attempt started.
+
+    Returns its id and its files (in `directory`, named after the job's topic).
+    """
+    files = JobFiles.under(directory, topic.replace("/", "_"))
+    job_id = add_job(stub, topic, b"", **files.properties(), **properties)
+    wait_for(files.started.exists, what=f"job {job_id} to start")
+    return job_id, files
 
 
 def wait_for_state(

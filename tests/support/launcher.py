@@ -16,13 +16,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, Unpack
+from typing import Any, ParamSpec, TypedDict, Unpack
 
 import grpc
 from jobmesh.v1 import jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
+
+from node import JobState
 
 from .waiting import DEFAULT_TIMEOUT_S, async_wait_for, wait_for
 
@@ -32,6 +34,7 @@ STOP_TIMEOUT_S = 10.0
 RUN_FILE = "node.json"
 JOURNAL_FILE = "journal.sqlite"
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,10 @@ class NodeProcess:
         finally:
             conn.close()
 
+    def count_jobs(self, state: JobState) -> int:
+        """How many jobs of the node's journal are in `state` (read from the file, like query_journal)."""
+        return int(self.query_journal("SELECT count(*) FROM jobs WHERE state = ?", (int(state),))[0][0])
+
     def journal_bytes(self) -> int:
         """Size of the journal's files (database, WAL, shared memory)."""
         return sum(p.stat().st_size for p in self.data_dir.glob(f"{JOURNAL_FILE}*"))
@@ -299,6 +306,16 @@ class NodeProcess:
             text = path.read_text(errors="replace") if path.exists() else "(no log)"
             parts.append(f"--- {path.name} ---\n{text}")
         return "\n".join(parts)
+
+
+def _then_start(create: Callable[P, NodeProcess]) -> Callable[P, NodeProcess]:
+    """`create`, then start the node and wait until it serves (same arguments)."""
+
+    def start(*args: P.args, **kwargs: P.kwargs) -> NodeProcess:
+        return create(*args, **kwargs).start()
+
+    start.__doc__ = "A started, serving NodeProcess (the arguments of `create`)."
+    return start
 
 
 class NodeOptions(TypedDict, total=False):
@@ -329,16 +346,7 @@ class NodeFactory:
         self.nodes.append(node)
         return node
 
-    def start(
-        self,
-        name: str = "node",
-        consumers: Iterable[str] = (),
-        settings: Mapping[str, object] | None = None,
-        data_dir: Path | None = None,
-        **options: Unpack[NodeOptions],
-    ) -> NodeProcess:
-        """A started, serving NodeProcess (the arguments of `create`)."""
-        return self.create(name, consumers, settings, data_dir, **options).start()
+    start = _then_start(create)
 
     def close(self) -> list[str]:
         """Stop every running node gracefully; returns problems (bad exit codes, tracebacks)."""

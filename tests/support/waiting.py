@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar, cast, overload
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TypeAlias, TypeVar, cast, overload
 
 import grpc
 
@@ -63,61 +63,53 @@ class _Poll:
         self.last = value
         return bool(value)
 
-    def check(self) -> None:
-        """Raise AssertionError once the deadline passed."""
+    def _check(self) -> None:
         if self.deadline.passed:
             raise AssertionError(
                 f"timed out after {self.deadline.timeout:.1f}s waiting for {self.what}; last value: {self.last!r}"
             )
 
+    def __iter__(self) -> Iterator[_Poll]:
+        """Blocking: one round per try, `POLL_INTERVAL_S` apart; AssertionError at the deadline."""
+        while True:
+            yield self
+            self._check()
+            time.sleep(POLL_INTERVAL_S)
 
-def wait_for(
-    condition: Callable[[], T | None],
-    timeout: float = DEFAULT_TIMEOUT_S,
-    what: str = "condition",
-    interval: float = POLL_INTERVAL_S,
-) -> T:
+    async def __aiter__(self) -> AsyncIterator[_Poll]:
+        """The same on the running event loop."""
+        while True:
+            yield self
+            self._check()
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+
+Condition: TypeAlias = Callable[[], T | None]
+"""A check to poll: returns something truthy once what it waits for holds."""
+AsyncCondition: TypeAlias = Callable[[], Awaitable[T | None]]
+"""The same as a coroutine function."""
+
+
+def wait_for(condition: Condition[T], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition") -> T:
     """Call `condition` until it returns something truthy and return that; fail at the deadline."""
-    poll = _Poll(timeout, what)
-    while True:
+    for poll in _Poll(timeout, what):
         with poll.attempt():
-            value = condition()
-            if poll.holds(value):
-                return cast(T, value)  # truthy, so not None
-        poll.check()
-        time.sleep(interval)
+            if poll.holds(condition()):
+                return cast(T, poll.last)
+    raise AssertionError("unreachable: a poll ends by raising")
 
 
 @overload
-async def async_wait_for(
-    condition: Callable[[], Awaitable[T | None]],
-    timeout: float = ...,
-    what: str = ...,
-    interval: float = ...,
-) -> T: ...
-
-
+async def async_wait_for(condition: AsyncCondition[T], timeout: float = ..., what: str = ...) -> T: ...
 @overload
+async def async_wait_for(condition: Condition[T], timeout: float = ..., what: str = ...) -> T: ...
 async def async_wait_for(
-    condition: Callable[[], T | None],
-    timeout: float = ...,
-    what: str = ...,
-    interval: float = ...,
-) -> T: ...
-
-
-async def async_wait_for(
-    condition: Callable[[], object],
-    timeout: float = DEFAULT_TIMEOUT_S,
-    what: str = "condition",
-    interval: float = POLL_INTERVAL_S,
+    condition: Callable[[], object], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition"
 ) -> object:
-    """Like `wait_for`, on the running event loop; `condition` may return an awaitable (a coroutine)."""
-    poll = _Poll(timeout, what)
-    while True:
+    """Like `wait_for`, on the running event loop; `condition` may be a coroutine function."""
+    async for poll in _Poll(timeout, what):
         with poll.attempt():
             value = condition()
             if poll.holds(await value if inspect.isawaitable(value) else value):
                 return poll.last
-        poll.check()
-        await asyncio.sleep(interval)
+    raise AssertionError("unreachable: a poll ends by raising")

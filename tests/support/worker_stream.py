@@ -97,6 +97,13 @@ class WorkerStream:
             )
         )
 
+    def succeed(self, job_id: str) -> workers_pb2.WorkAssignment:
+        """Take the next message, which must assign `job_id`, and report it SUCCEEDED."""
+        assignment: workers_pb2.WorkAssignment = self.expect("assignment")
+        assert assignment.job_id == job_id, f"expected job {job_id}, got {assignment}"
+        self.result(assignment)
+        return assignment
+
     # --- receiving ---
 
     def receive(self, timeout: float = DEFAULT_TIMEOUT_S) -> workers_pb2.WorkResponse:
