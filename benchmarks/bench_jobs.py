@@ -91,20 +91,33 @@ class BenchNode:
         args = ["--durability", durability, "--log-level", "WARNING", *extra]
         self.process = NodeProcess(data_dir, work, consumers, extra_args=args)
         self.channel: grpc.aio.Channel | None = None
-        self.stub: jobs_pb2_grpc.JobServiceStub | None = None
+        self._stub: jobs_pb2_grpc.JobServiceStub | None = None
 
     @property
     def port(self) -> int:
         return self.process.port
 
-    async def start(self) -> jobs_pb2_grpc.JobServiceStub:
-        """Start the node, wait until it serves, and return a stub on a fresh channel."""
+    @property
+    def stub(self) -> jobs_pb2_grpc.JobServiceStub:
+        """A JobService stub on this run's channel."""
+        assert self._stub is not None, "the node is not started"
+        return self._stub
+
+    async def __aenter__(self) -> BenchNode:
+        """Start the node, wait until it serves, and open a channel to it."""
         self.process.spawn()
-        await self.process.async_wait_serving(START_TIMEOUT_S)
-        self.channel = transport.create_channel(f"127.0.0.1:{self.port}")
-        await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
-        self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
-        return self.stub
+        try:
+            await self.process.async_wait_serving(START_TIMEOUT_S)
+            self.channel = transport.create_channel(f"127.0.0.1:{self.port}")
+            await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
+        except BaseException:
+            await self.stop()
+            raise
+        self._stub = jobs_pb2_grpc.JobServiceStub(self.channel)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     def stats(self) -> ProcStats:
         return self.process.stats()
@@ -210,9 +223,8 @@ Metrics = dict[str, float]
 
 
 async def scenario_add(s: Settings, durability: str) -> Metrics:
-    node = BenchNode(s.work, None, durability)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, None, durability) as node:
+        stub = node.stub
         requests = add_requests("idle/add", s.batch)
         await send_batches(stub, requests, 2, 2)  # warm-up (connections, threads); not counted
         calls = max(1, s.add_jobs // s.batch)
@@ -227,14 +239,11 @@ async def scenario_add(s: Settings, durability: str) -> Metrics:
             raise RuntimeError(f"{queued} jobs QUEUED after adding {expected}")
         jobs = calls * s.batch
         return {"jobs_per_s": jobs / elapsed, "seconds": elapsed, "node_cpu_pct": 100 * cpu / elapsed}
-    finally:
-        await node.stop()
 
 
 async def scenario_lifecycle(s: Settings, consumer: str) -> Metrics:
-    node = BenchNode(s.work, consumer)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, consumer) as node:
+        stub = node.stub
         topic = "bench/lifecycle"
         await send_batches(stub, add_requests("bench/warmup", 100, 1), 1, 1)  # warm-up: 100 jobs
         await succeeded(stub, "bench/warmup", 100, 30)
@@ -271,8 +280,6 @@ async def scenario_lifecycle(s: Settings, consumer: str) -> Metrics:
             "add_phase_jobs_per_s": total / added_s,
             "node_cpu_pct": 100 * cpu / elapsed,
         }
-    finally:
-        await node.stop()
 
 
 async def head_seq(stub: jobs_pb2_grpc.JobServiceStub) -> int:
@@ -288,67 +295,62 @@ async def head_seq(stub: jobs_pb2_grpc.JobServiceStub) -> int:
 
 async def scenario_events(s: Settings, consumer: str) -> Metrics:
     """The lifecycle scenario with a WatchJobs client streaming every event; measures its lag."""
-    node = BenchNode(s.work, consumer)
-    stub = await node.start()
-    watch_channel = transport.create_channel(f"127.0.0.1:{node.port}")  # its own connection
-    try:
-        watch_stub = jobs_pb2_grpc.JobServiceStub(watch_channel)
-        topic = "bench/events"
-        requests = add_requests(topic, s.batch)
-        calls = max(1, s.lifecycle_jobs // s.batch)
-        total = calls * s.batch
-        expected_events = 3 * total  # ADDED, STARTED, FINISHED per job
-        start_seq = await head_seq(stub)
-        received = 0
-        last_seq = start_seq
-        watch = watch_stub.WatchJobs(jobs_pb2.WatchJobsRequest(after_seq=start_seq))
+    async with BenchNode(s.work, consumer) as node:
+        stub = node.stub
+        # The watcher has a connection of its own.
+        async with transport.create_channel(f"127.0.0.1:{node.port}") as watch_channel:
+            watch_stub = jobs_pb2_grpc.JobServiceStub(watch_channel)
+            topic = "bench/events"
+            requests = add_requests(topic, s.batch)
+            calls = max(1, s.lifecycle_jobs // s.batch)
+            total = calls * s.batch
+            expected_events = 3 * total  # ADDED, STARTED, FINISHED per job
+            start_seq = await head_seq(stub)
+            received = 0
+            last_seq = start_seq
+            watch = watch_stub.WatchJobs(jobs_pb2.WatchJobsRequest(after_seq=start_seq))
 
-        async def consume() -> None:
-            nonlocal received, last_seq
-            async for message in watch:
-                if message.gap_until_seq:
-                    raise RuntimeError(f"the watcher lost events (gap until {message.gap_until_seq})")
-                received += len(message.events)
-                if message.events:
-                    last_seq = message.events[-1].seq
-                if received >= expected_events:
-                    return
+            async def consume() -> None:
+                nonlocal received, last_seq
+                async for message in watch:
+                    if message.gap_until_seq:
+                        raise RuntimeError(f"the watcher lost events (gap until {message.gap_until_seq})")
+                    received += len(message.events)
+                    if message.events:
+                        last_seq = message.events[-1].seq
+                    if received >= expected_events:
+                        return
 
-        watcher = asyncio.create_task(consume())
-        lags: list[int] = []
-        timeout_s = max(60.0, total / 200)
-        t0 = time.perf_counter()
-        adding = asyncio.create_task(send_batches(stub, requests, calls, s.in_flight))
-        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
-            if time.perf_counter() - t0 > timeout_s:
-                raise RuntimeError(f"jobs did not finish within {timeout_s:.0f}s")
-            if watcher.done():
-                watcher.result()
-            lags.append(await head_seq(stub) - last_seq)
-            await asyncio.sleep(0.1)
-        jobs_done_s = time.perf_counter() - t0
-        await adding
-        await asyncio.wait_for(watcher, timeout_s)
-        drained_s = time.perf_counter() - t0
-        if received != expected_events:
-            raise RuntimeError(f"the watcher got {received} events; expected {expected_events}")
-        return {
-            "jobs_per_s": total / jobs_done_s,
-            "events_per_s": received / drained_s,
-            "lag_p50_events": percentile(lags, 50),
-            "lag_max_events": max(lags) if lags else 0.0,
-            "drain_after_last_job_ms": 1000 * (drained_s - jobs_done_s),
-        }
-    finally:
-        watch_channel_close = watch_channel.close()
-        await watch_channel_close
-        await node.stop()
+            watcher = asyncio.create_task(consume())
+            lags: list[int] = []
+            timeout_s = max(60.0, total / 200)
+            t0 = time.perf_counter()
+            adding = asyncio.create_task(send_batches(stub, requests, calls, s.in_flight))
+            while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
+                if time.perf_counter() - t0 > timeout_s:
+                    raise RuntimeError(f"jobs did not finish within {timeout_s:.0f}s")
+                if watcher.done():
+                    watcher.result()
+                lags.append(await head_seq(stub) - last_seq)
+                await asyncio.sleep(0.1)
+            jobs_done_s = time.perf_counter() - t0
+            await adding
+            await asyncio.wait_for(watcher, timeout_s)
+            drained_s = time.perf_counter() - t0
+            if received != expected_events:
+                raise RuntimeError(f"the watcher got {received} events; expected {expected_events}")
+            return {
+                "jobs_per_s": total / jobs_done_s,
+                "events_per_s": received / drained_s,
+                "lag_p50_events": percentile(lags, 50),
+                "lag_max_events": max(lags) if lags else 0.0,
+                "drain_after_last_job_ms": 1000 * (drained_s - jobs_done_s),
+            }
 
 
 async def scenario_single(s: Settings) -> Metrics:
-    node = BenchNode(s.work, None)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, None) as node:
+        stub = node.stub
         request = jobs_pb2.AddJobRequest(job=bench_job("idle/single", 1))
         for _ in range(50):  # warm-up
             await stub.AddJob(request, timeout=30)
@@ -374,14 +376,11 @@ async def scenario_single(s: Settings) -> Metrics:
             "rpc_p99_ms": 1000 * percentile(latencies, 99),
             "node_cpu_pct": 100 * cpu / elapsed,
         }
-    finally:
-        await node.stop()
 
 
 async def scenario_latency(s: Settings, consumer: str) -> Metrics:
-    node = BenchNode(s.work, consumer)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, consumer) as node:
+        stub = node.stub
         topic = "bench/latency"
         warm = jobs_pb2.AddJobRequest(job=bench_job("bench/warmup", 0))
         for _ in range(20):
@@ -433,8 +432,6 @@ async def scenario_latency(s: Settings, consumer: str) -> Metrics:
             "add_rpc_p99_ms": 1000 * percentile(rpc_latencies, 99),
             "rate_per_s": achieved_rate,
         }
-    finally:
-        await node.stop()
 
 
 async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float, Any]:
@@ -448,9 +445,8 @@ async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float
 
 
 async def scenario_memory(s: Settings) -> Metrics:
-    node = BenchNode(s.work, None)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, None) as node:
+        stub = node.stub
         topic = "idle/memory"
         requests = add_requests(topic, s.batch, distinct=100)  # properties n, group (100 groups)
         await send_batches(stub, requests, 1, 1)  # warm-up: one batch, then one query
@@ -525,8 +521,6 @@ async def scenario_memory(s: Settings) -> Metrics:
             "find_template_ms": template_ms,
             "get_job_ms": get_ms,
         }
-    finally:
-        await node.stop()
 
 
 # --- running and reporting ------------------------------------------------------------------------

@@ -97,10 +97,15 @@ class WorkerStream:
             )
         )
 
-    def succeed(self, job_id: str) -> workers_pb2.WorkAssignment:
-        """Take the next message, which must assign `job_id`, and report it SUCCEEDED."""
+    def take(self, job_id: str) -> workers_pb2.WorkAssignment:
+        """The next message, which must assign `job_id`."""
         assignment: workers_pb2.WorkAssignment = self.expect("assignment")
         assert assignment.job_id == job_id, f"expected job {job_id}, got {assignment}"
+        return assignment
+
+    def succeed(self, job_id: str) -> workers_pb2.WorkAssignment:
+        """Take the assignment of `job_id` (the next message) and report it SUCCEEDED."""
+        assignment = self.take(job_id)
         self.result(assignment)
         return assignment
 
