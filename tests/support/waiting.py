@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeAlias, TypeVar, cast, overload
 
 import grpc
@@ -69,19 +69,15 @@ class _Poll:
                 f"timed out after {self.deadline.timeout:.1f}s waiting for {self.what}; last value: {self.last!r}"
             )
 
-    def __iter__(self) -> Iterator[_Poll]:
-        """Blocking: one round per try, `POLL_INTERVAL_S` apart; AssertionError at the deadline."""
-        while True:
-            yield self
-            self._check()
-            time.sleep(POLL_INTERVAL_S)
+    def pause(self) -> None:
+        """Between two tries: AssertionError once the deadline passed, else sleep a little."""
+        self._check()
+        time.sleep(POLL_INTERVAL_S)
 
-    async def __aiter__(self) -> AsyncIterator[_Poll]:
-        """The same on the running event loop."""
-        while True:
-            yield self
-            self._check()
-            await asyncio.sleep(POLL_INTERVAL_S)
+    async def async_pause(self) -> None:
+        """`pause` on the running event loop."""
+        self._check()
+        await asyncio.sleep(POLL_INTERVAL_S)
 
 
 Condition: TypeAlias = Callable[[], T | None]
@@ -92,11 +88,12 @@ AsyncCondition: TypeAlias = Callable[[], Awaitable[T | None]]
 
 def wait_for(condition: Condition[T], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition") -> T:
     """Call `condition` until it returns something truthy and return that; fail at the deadline."""
-    for poll in _Poll(timeout, what):
+    poll = _Poll(timeout, what)
+    while True:
         with poll.attempt():
             if poll.holds(condition()):
                 return cast(T, poll.last)
-    raise AssertionError("unreachable: a poll ends by raising")
+        poll.pause()
 
 
 @overload
@@ -107,9 +104,10 @@ async def async_wait_for(
     condition: Callable[[], object], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition"
 ) -> object:
     """Like `wait_for`, on the running event loop; `condition` may be a coroutine function."""
-    async for poll in _Poll(timeout, what):
+    poll = _Poll(timeout, what)
+    while True:
         with poll.attempt():
             value = condition()
             if poll.holds(await value if inspect.isawaitable(value) else value):
                 return poll.last
-    raise AssertionError("unreachable: a poll ends by raising")
+        await poll.async_pause()
