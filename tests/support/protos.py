@@ -12,8 +12,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from jobmesh.v1 import jobs_pb2
 
-from node import client
-from node.cli.render import state_name
+from node import JobState, client
 from node.properties import PropertyValue, value_to_proto
 from node.templates import Operator
 
@@ -30,6 +29,11 @@ __all__ = [
     "state_name",
     "template",
 ]
+
+
+def state_name(state: int) -> str:
+    """`SUCCEEDED` for JOB_STATE_SUCCEEDED: the node's own JobState name (for assertion messages)."""
+    return JobState(state).name
 
 
 def prop(value: PropertyInput) -> jobs_pb2.PropertyValue:
