@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Sequence
 
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from .launcher import STOP_TIMEOUT_S
+from .streams import StreamReader
 from .waiting import DEFAULT_TIMEOUT_S, Deadline
 
 
@@ -20,38 +19,20 @@ class Watcher:
     taken yet are dropped.
     """
 
-    _END = object()
-
     def __init__(self, channel: grpc.Channel, request: jobs_pb2.WatchJobsRequest) -> None:
         self.call = jobs_pb2_grpc.JobServiceStub(channel).WatchJobs(request)
-        self.error: grpc.RpcError | None = None
         self.responses: list[jobs_pb2.WatchJobsResponse] = []
         self.events: list[jobs_pb2.JobEvent] = []
-        self._queue: queue.Queue[object] = queue.Queue()
-        self._ended = False
-        self._thread = threading.Thread(target=self._read, name="watcher", daemon=True)
-        self._thread.start()
+        self._reader = StreamReader(self.call, "watcher")
 
-    def _read(self) -> None:
-        try:
-            for response in self.call:
-                self._queue.put(response)
-        except grpc.RpcError as e:
-            self.error = e
-        finally:
-            self._queue.put(self._END)
+    @property
+    def error(self) -> grpc.RpcError | None:
+        """The status the stream failed with, if it did."""
+        return self._reader.error
 
     def next_response(self, timeout: float = DEFAULT_TIMEOUT_S) -> jobs_pb2.WatchJobsResponse:
         """Take the next response (AssertionError at the deadline or if the stream ended)."""
-        if self._ended:
-            raise AssertionError(f"the WatchJobs stream ended: {self.error!r}")
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no WatchJobs response within {timeout:.1f}s") from None
-        if item is self._END:
-            self._ended = True
-            raise AssertionError(f"the WatchJobs stream ended: {self.error!r}")
+        item = self._reader.take(timeout, "WatchJobs response")
         assert isinstance(item, jobs_pb2.WatchJobsResponse)
         self.responses.append(item)
         self.events.extend(item.events)
@@ -77,14 +58,14 @@ class Watcher:
 
     def error_code(self, timeout: float = DEFAULT_TIMEOUT_S) -> grpc.StatusCode:
         """Wait for the stream to fail; its status code."""
-        self._thread.join(timeout)
+        self._reader.join(timeout)
         assert self.error is not None, "the stream did not fail"
         return self.error.code()
 
     def close(self) -> None:
         """Cancel the stream and stop reading."""
         self.call.cancel()
-        self._thread.join(STOP_TIMEOUT_S)
+        self._reader.join(STOP_TIMEOUT_S)
 
     def __enter__(self) -> Watcher:
         return self
