@@ -149,6 +149,21 @@ def test_a_cancelled_result_ends_the_job_in_error_without_retries(
     assert (job.result_message, job.retry_count) == ("cannot be done", 0)
 
 
+def test_stop_job_reaches_the_worker_and_its_result_ends_the_job_stopped(
+    node: NodeProcess, connect: Connect
+) -> None:
+    stream = connect("stop/**")
+    assignment = hold(node, stream, "stop/me")
+
+    assert node.stub.StopJob(J.StopJobRequest(job_id=assignment.job_id)).job.stop_requested
+    stop = stream.expect("stop")
+    assert (stop.job_id, stop.attempt) == (assignment.job_id, assignment.attempt)
+    assert stop.reason
+    stream.result(assignment, W.WORK_OUTCOME_FAILED, "stopped as asked")
+
+    assert wait_for_state(node.stub, assignment.job_id, STOPPED).result_message == "stopped as asked"
+
+
 def test_a_worker_never_has_more_jobs_than_its_concurrency(node: NodeProcess, connect: Connect) -> None:
     # Given a worker with concurrency 2 and three jobs for it
     stream = connect("flow/**", concurrency=2)
@@ -185,21 +200,6 @@ def test_workers_of_the_same_pattern_share_the_jobs(node: NodeProcess, connect: 
     two.succeed(later)
     for job_id in (*ids, later):
         wait_for_state(node.stub, job_id, SUCCEEDED)
-
-
-def test_stop_job_reaches_the_worker_and_its_result_ends_the_job_stopped(
-    node: NodeProcess, connect: Connect
-) -> None:
-    stream = connect("stop/**")
-    assignment = hold(node, stream, "stop/me")
-
-    assert node.stub.StopJob(J.StopJobRequest(job_id=assignment.job_id)).job.stop_requested
-    stop = stream.expect("stop")
-    assert (stop.job_id, stop.attempt) == (assignment.job_id, assignment.attempt)
-    assert stop.reason
-    stream.result(assignment, W.WORK_OUTCOME_FAILED, "stopped as asked")
-
-    assert wait_for_state(node.stub, assignment.job_id, STOPPED).result_message == "stopped as asked"
 
 
 def test_an_attempt_that_times_out_is_stopped_and_keeps_the_slot_until_the_worker_reports(
