@@ -34,7 +34,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,23 +44,14 @@ from pathlib import Path
 import grpc
 from jobmesh.v1 import topology_pb2, topology_pb2_grpc
 
-from node.discovery.config import DiscoveryConfig
+from tests.support.launcher import NodeProcess
+from tests.support.topology import LAN_TIMINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-LAN = DiscoveryConfig.lan()
-TIMINGS = (
-    "probe_interval_s",
-    "probe_timeout_s",
-    "suspicion_timeout_s",
-    "gossip_interval_s",
-    "sync_interval_s",
-    "settle_delay_s",
-    "leave_timeout_s",
-)
 START_TIMEOUT_S = 120.0
 EVENT_TIMEOUT_S = 30.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -77,21 +67,18 @@ class Run:
 
 
 class Node:
-    """One node process and a watch on its topology events."""
+    """One node process (the suite's launcher) and a watch on its topology events."""
 
     def __init__(self, root: Path, name: str, join: str, seed: str | None) -> None:
         self.name = name
-        self.data_dir = root / name
-        args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
-        args += ["--name", name, "--log-level", "WARNING"]
-        for key in TIMINGS:
-            args += ["--set", f"discovery.{key}={getattr(LAN, key)}"]
+        args = ["--name", name, "--log-level", "WARNING"]
+        settings: dict[str, object] = dict(LAN_TIMINGS)
         if join == "mdns":
-            args += ["--set", "discovery.mdns=true"]
+            settings["discovery.mdns"] = "true"
         elif seed is not None:
             args += ["--seed", seed]
-        self.log = open(root / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        self.process = NodeProcess(root / name, root, settings=settings, extra_args=args)
+        self.process.spawn()
         self.address = ""
         self.events: list[tuple[float, frozenset[str]]] = []
         self._channel: grpc.aio.Channel | None = None
@@ -99,19 +86,9 @@ class Node:
 
     async def serving(self) -> float:
         """Wait until node.json names this process; returns the wall time it was seen."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log.name}")
-            try:
-                info = json.loads((self.data_dir / "node.json").read_text())
-                if info["pid"] == self.process.pid:
-                    self.address = info["address"]
-                    return time.time()
-            except (OSError, ValueError, KeyError):
-                pass
-            await asyncio.sleep(0.02)
-        raise TimeoutError(f"{self.name} did not serve within {START_TIMEOUT_S}s")
+        await self.process.async_wait_serving(START_TIMEOUT_S)
+        self.address = self.process.address
+        return time.time()
 
     def watch(self) -> None:
         """Record every settled view (node-side time, instance names) from WatchTopology."""
@@ -135,25 +112,25 @@ class Node:
         """The node's own start time (its view's local instance)."""
         assert self._channel is not None
         stub = topology_pb2_grpc.TopologyServiceStub(self._channel)
-        view = (await stub.GetTopology(topology_pb2.GetTopologyRequest(), timeout=5)).view
+        view: topology_pb2.TopologyView = (
+            await stub.GetTopology(topology_pb2.GetTopologyRequest(), timeout=5)
+        ).view
         local = next(i for i in view.instances if i.local)
         return local.start_time.seconds + local.start_time.nanos / 1e9
 
     def cpu_seconds(self) -> float:
         """utime + stime of the process so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return self.process.stats().cpu_s
 
     async def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Signal the process and wait for it; close the watch."""
-        if self.process.poll() is None:
+        if self.process.running:
             self.process.send_signal(sig)
-        await asyncio.get_running_loop().run_in_executor(None, self.process.wait)
+        await asyncio.to_thread(self.process.wait_exit, STOP_TIMEOUT_S)
         if self._watch is not None:
             self._watch.cancel()
         if self._channel is not None:
             await self._channel.close()
-        self.log.close()
 
 
 async def first_time(nodes: Sequence[Node], holds: object, since: float) -> float:

@@ -44,10 +44,8 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,11 +58,13 @@ import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from node.services import transport
+from tests.support.launcher import NodeProcess, ProcStats
+from tests.support.protos import new_job
+from tests.support.waiting import async_wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 CONSUMERS = "benchmarks.consumers"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 
@@ -77,123 +77,77 @@ def log(message: str) -> None:
 # --- the node process ------------------------------------------------------------------------
 
 
-@dataclass
-class ProcStats:
-    """Memory and CPU of a process, from /proc."""
+class BenchNode:
+    """A fresh node (its own data dir under `work`) for one run, driven from here over grpc.aio.
 
-    rss_kib: int
-    hwm_kib: int
-    cpu_s: float
-
-
-def proc_stats(pid: int) -> ProcStats:
-    """VmRSS, VmHWM and user+system CPU seconds of `pid`."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    values = {}
-    for line in status.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
-    return ProcStats(values["VmRSS"], values["VmHWM"], cpu)
-
-
-class NodeProcess:
-    """`python -m node run --test-preset` in a fresh data dir, reachable over gRPC."""
+    The process itself is the suite's launcher (`tests.support.launcher.NodeProcess`).
+    """
 
     def __init__(
         self, work: Path, consumer: str | None, durability: str = "normal", extra: Sequence[str] = ()
     ):
-        self.data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=work))
-        args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
-        args += ["--durability", durability, "--log-level", "WARNING", *extra]
-        if consumer:
-            args += ["--consumer", f"bench/**={CONSUMERS}:{consumer}"]
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=work))
+        consumers = [f"bench/**={CONSUMERS}:{consumer}"] if consumer else []
+        args = ["--durability", durability, "--log-level", "WARNING", *extra]
+        self.process = NodeProcess(data_dir, work, consumers, extra_args=args)
         self.channel: grpc.aio.Channel | None = None
-        self.stub: jobs_pb2_grpc.JobServiceStub | None = None
+        self._stub: jobs_pb2_grpc.JobServiceStub | None = None
 
     @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    def port(self) -> int:
+        return self.process.port
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        with open(self.data_dir / "node.log", "wb") as log_file:  # the child keeps its own descriptor
-            return subprocess.Popen(self.args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    @property
+    def stub(self) -> jobs_pb2_grpc.JobServiceStub:
+        """A JobService stub on this run's channel."""
+        assert self._stub is not None, "the node is not started"
+        return self._stub
 
-    def _terminate(self, timeout_s: float) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
+    async def __aenter__(self) -> BenchNode:
+        """Start the node, wait until it serves, and open a channel to it."""
+        self.process.spawn()
         try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            log(f"node {self.pid} ignored SIGTERM for {timeout_s}s; killing it")
-            self.proc.kill()
-            self.proc.wait()
+            await self.process.async_wait_serving(START_TIMEOUT_S)
+            self.channel = transport.create_channel(f"127.0.0.1:{self.port}")
+            await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
+        except BaseException:
+            await self.stop()
+            raise
+        self._stub = jobs_pb2_grpc.JobServiceStub(self.channel)
+        return self
 
-    async def start(self) -> jobs_pb2_grpc.JobServiceStub:
-        """Start the node, wait until it serves, and return a stub on a fresh channel."""
-        self.proc = self._spawn()
-        run_file = self.data_dir / "node.json"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not run_file.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node did not write {run_file} in {START_TIMEOUT_S}s: {self.log_tail()}")
-            await asyncio.sleep(0.05)
-        self.port = int(json.loads(run_file.read_text())["port"])
-        self.channel = transport.create_channel(f"127.0.0.1:{self.port}")
-        await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
-        self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
-        return self.stub
-
-    def log_tail(self) -> str:
-        try:
-            return (self.data_dir / "node.log").read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     def stats(self) -> ProcStats:
-        return proc_stats(self.pid)
+        return self.process.stats()
 
     def journal_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.data_dir.glob("journal.sqlite*"))
+        return self.process.journal_bytes()
 
     async def stop(self) -> None:
         if self.channel is not None:
             await self.channel.close()
-        if self.proc is not None:
-            await asyncio.to_thread(self._terminate, STOP_TIMEOUT_S)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.process.running:
+            try:
+                await asyncio.to_thread(self.process.terminate, STOP_TIMEOUT_S)
+            except AssertionError:  # it ignored SIGTERM and was killed
+                log(f"node {self.process.pid} ignored SIGTERM for {STOP_TIMEOUT_S}s; killed it")
+        shutil.rmtree(self.process.data_dir, ignore_errors=True)
 
 
 # --- requests --------------------------------------------------------------------------------
 
 
-def new_job(topic: str, index: int) -> jobs_pb2.NewJob:
+def bench_job(topic: str, index: int) -> jobs_pb2.NewJob:
     """A job with two small properties (an int that varies and a string), like a real client's."""
-    return jobs_pb2.NewJob(
-        topic=topic,
-        properties={
-            "n": jobs_pb2.PropertyValue(int_value=index),
-            "group": jobs_pb2.PropertyValue(string_value=f"g{index % 100}"),
-        },
-    )
+    return new_job(topic, n=index, group=f"g{index % 100}")
 
 
 def add_requests(topic: str, batch: int, distinct: int = 16) -> list[jobs_pb2.AddJobsRequest]:
     """A few distinct prebuilt AddJobs requests, cycled by the senders (client cost stays low)."""
     return [
-        jobs_pb2.AddJobsRequest(jobs=[new_job(topic, r * batch + i) for i in range(batch)])
+        jobs_pb2.AddJobsRequest(jobs=[bench_job(topic, r * batch + i) for i in range(batch)])
         for r in range(distinct)
     ]
 
@@ -221,6 +175,15 @@ async def count(
         jobs_pb2.FindJobsRequest(type=query_type, topic=topic, page_size=1), timeout=60
     )
     return int(response.total_size)
+
+
+async def succeeded(stub: jobs_pb2_grpc.JobServiceStub, topic: str, total: int, timeout_s: float) -> None:
+    """Wait until `total` jobs of `topic` SUCCEEDED (AssertionError after `timeout_s`)."""
+
+    async def done() -> bool:
+        return await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) >= total
+
+    await async_wait_for(done, timeout_s, f"{total} jobs of {topic} to succeed")
 
 
 def micros(ts: Any) -> int:
@@ -260,9 +223,8 @@ Metrics = dict[str, float]
 
 
 async def scenario_add(s: Settings, durability: str) -> Metrics:
-    node = NodeProcess(s.work, None, durability)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, None, durability) as node:
+        stub = node.stub
         requests = add_requests("idle/add", s.batch)
         await send_batches(stub, requests, 2, 2)  # warm-up (connections, threads); not counted
         calls = max(1, s.add_jobs // s.batch)
@@ -277,21 +239,14 @@ async def scenario_add(s: Settings, durability: str) -> Metrics:
             raise RuntimeError(f"{queued} jobs QUEUED after adding {expected}")
         jobs = calls * s.batch
         return {"jobs_per_s": jobs / elapsed, "seconds": elapsed, "node_cpu_pct": 100 * cpu / elapsed}
-    finally:
-        await node.stop()
 
 
 async def scenario_lifecycle(s: Settings, consumer: str) -> Metrics:
-    node = NodeProcess(s.work, consumer)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, consumer) as node:
+        stub = node.stub
         topic = "bench/lifecycle"
         await send_batches(stub, add_requests("bench/warmup", 100, 1), 1, 1)  # warm-up: 100 jobs
-        deadline = time.monotonic() + 30
-        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, "bench/warmup") < 100:
-            if time.monotonic() > deadline:
-                raise RuntimeError("warm-up jobs did not finish in 30s")
-            await asyncio.sleep(0.05)
+        await succeeded(stub, "bench/warmup", 100, 30)
         requests = add_requests(topic, s.batch)
         calls = max(1, s.lifecycle_jobs // s.batch)
         total = calls * s.batch
@@ -325,8 +280,6 @@ async def scenario_lifecycle(s: Settings, consumer: str) -> Metrics:
             "add_phase_jobs_per_s": total / added_s,
             "node_cpu_pct": 100 * cpu / elapsed,
         }
-    finally:
-        await node.stop()
 
 
 async def head_seq(stub: jobs_pb2_grpc.JobServiceStub) -> int:
@@ -342,68 +295,63 @@ async def head_seq(stub: jobs_pb2_grpc.JobServiceStub) -> int:
 
 async def scenario_events(s: Settings, consumer: str) -> Metrics:
     """The lifecycle scenario with a WatchJobs client streaming every event; measures its lag."""
-    node = NodeProcess(s.work, consumer)
-    stub = await node.start()
-    watch_channel = transport.create_channel(f"127.0.0.1:{node.port}")  # its own connection
-    try:
-        watch_stub = jobs_pb2_grpc.JobServiceStub(watch_channel)
-        topic = "bench/events"
-        requests = add_requests(topic, s.batch)
-        calls = max(1, s.lifecycle_jobs // s.batch)
-        total = calls * s.batch
-        expected_events = 3 * total  # ADDED, STARTED, FINISHED per job
-        start_seq = await head_seq(stub)
-        received = 0
-        last_seq = start_seq
-        watch = watch_stub.WatchJobs(jobs_pb2.WatchJobsRequest(after_seq=start_seq))
+    async with BenchNode(s.work, consumer) as node:
+        stub = node.stub
+        # The watcher has a connection of its own.
+        async with transport.create_channel(f"127.0.0.1:{node.port}") as watch_channel:
+            watch_stub = jobs_pb2_grpc.JobServiceStub(watch_channel)
+            topic = "bench/events"
+            requests = add_requests(topic, s.batch)
+            calls = max(1, s.lifecycle_jobs // s.batch)
+            total = calls * s.batch
+            expected_events = 3 * total  # ADDED, STARTED, FINISHED per job
+            start_seq = await head_seq(stub)
+            received = 0
+            last_seq = start_seq
+            watch = watch_stub.WatchJobs(jobs_pb2.WatchJobsRequest(after_seq=start_seq))
 
-        async def consume() -> None:
-            nonlocal received, last_seq
-            async for message in watch:
-                if message.gap_until_seq:
-                    raise RuntimeError(f"the watcher lost events (gap until {message.gap_until_seq})")
-                received += len(message.events)
-                if message.events:
-                    last_seq = message.events[-1].seq
-                if received >= expected_events:
-                    return
+            async def consume() -> None:
+                nonlocal received, last_seq
+                async for message in watch:
+                    if message.gap_until_seq:
+                        raise RuntimeError(f"the watcher lost events (gap until {message.gap_until_seq})")
+                    received += len(message.events)
+                    if message.events:
+                        last_seq = message.events[-1].seq
+                    if received >= expected_events:
+                        return
 
-        watcher = asyncio.create_task(consume())
-        lags: list[int] = []
-        timeout_s = max(60.0, total / 200)
-        t0 = time.perf_counter()
-        adding = asyncio.create_task(send_batches(stub, requests, calls, s.in_flight))
-        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
-            if time.perf_counter() - t0 > timeout_s:
-                raise RuntimeError(f"jobs did not finish within {timeout_s:.0f}s")
-            if watcher.done():
-                watcher.result()
-            lags.append(await head_seq(stub) - last_seq)
-            await asyncio.sleep(0.1)
-        jobs_done_s = time.perf_counter() - t0
-        await adding
-        await asyncio.wait_for(watcher, timeout_s)
-        drained_s = time.perf_counter() - t0
-        if received != expected_events:
-            raise RuntimeError(f"the watcher got {received} events; expected {expected_events}")
-        return {
-            "jobs_per_s": total / jobs_done_s,
-            "events_per_s": received / drained_s,
-            "lag_p50_events": percentile(lags, 50),
-            "lag_max_events": max(lags) if lags else 0.0,
-            "drain_after_last_job_ms": 1000 * (drained_s - jobs_done_s),
-        }
-    finally:
-        watch_channel_close = watch_channel.close()
-        await watch_channel_close
-        await node.stop()
+            watcher = asyncio.create_task(consume())
+            lags: list[int] = []
+            timeout_s = max(60.0, total / 200)
+            t0 = time.perf_counter()
+            adding = asyncio.create_task(send_batches(stub, requests, calls, s.in_flight))
+            while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
+                if time.perf_counter() - t0 > timeout_s:
+                    raise RuntimeError(f"jobs did not finish within {timeout_s:.0f}s")
+                if watcher.done():
+                    watcher.result()
+                lags.append(await head_seq(stub) - last_seq)
+                await asyncio.sleep(0.1)
+            jobs_done_s = time.perf_counter() - t0
+            await adding
+            await asyncio.wait_for(watcher, timeout_s)
+            drained_s = time.perf_counter() - t0
+            if received != expected_events:
+                raise RuntimeError(f"the watcher got {received} events; expected {expected_events}")
+            return {
+                "jobs_per_s": total / jobs_done_s,
+                "events_per_s": received / drained_s,
+                "lag_p50_events": percentile(lags, 50),
+                "lag_max_events": max(lags) if lags else 0.0,
+                "drain_after_last_job_ms": 1000 * (drained_s - jobs_done_s),
+            }
 
 
 async def scenario_single(s: Settings) -> Metrics:
-    node = NodeProcess(s.work, None)
-    stub = await node.start()
-    try:
-        request = jobs_pb2.AddJobRequest(job=new_job("idle/single", 1))
+    async with BenchNode(s.work, None) as node:
+        stub = node.stub
+        request = jobs_pb2.AddJobRequest(job=bench_job("idle/single", 1))
         for _ in range(50):  # warm-up
             await stub.AddJob(request, timeout=30)
         latencies: list[float] = []
@@ -428,20 +376,17 @@ async def scenario_single(s: Settings) -> Metrics:
             "rpc_p99_ms": 1000 * percentile(latencies, 99),
             "node_cpu_pct": 100 * cpu / elapsed,
         }
-    finally:
-        await node.stop()
 
 
 async def scenario_latency(s: Settings, consumer: str) -> Metrics:
-    node = NodeProcess(s.work, consumer)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, consumer) as node:
+        stub = node.stub
         topic = "bench/latency"
-        warm = jobs_pb2.AddJobRequest(job=new_job("bench/warmup", 0))
+        warm = jobs_pb2.AddJobRequest(job=bench_job("bench/warmup", 0))
         for _ in range(20):
             await stub.AddJob(warm, timeout=30)
         total = int(s.latency_rate * s.latency_seconds)
-        requests = [jobs_pb2.AddJobRequest(job=new_job(topic, i)) for i in range(total)]
+        requests = [jobs_pb2.AddJobRequest(job=bench_job(topic, i)) for i in range(total)]
         rpc_latencies: list[float] = []
 
         async def add(request: jobs_pb2.AddJobRequest) -> None:
@@ -458,11 +403,7 @@ async def scenario_latency(s: Settings, consumer: str) -> Metrics:
             tasks.append(asyncio.create_task(add(request)))
         await asyncio.gather(*tasks)
         achieved_rate = total / (time.perf_counter() - t0)
-        deadline = time.monotonic() + 60
-        while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
-            if time.monotonic() > deadline:
-                raise RuntimeError("latency jobs did not all succeed within 60s of the last add")
-            await asyncio.sleep(0.1)
+        await succeeded(stub, topic, total, 60)
         start_latencies: list[float] = []  # consumer start - created (from the consumer)
         claim_latencies: list[float] = []  # started_time - created_time (from the journal)
         token = ""
@@ -491,8 +432,6 @@ async def scenario_latency(s: Settings, consumer: str) -> Metrics:
             "add_rpc_p99_ms": 1000 * percentile(rpc_latencies, 99),
             "rate_per_s": achieved_rate,
         }
-    finally:
-        await node.stop()
 
 
 async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float, Any]:
@@ -506,9 +445,8 @@ async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float
 
 
 async def scenario_memory(s: Settings) -> Metrics:
-    node = NodeProcess(s.work, None)
-    stub = await node.start()
-    try:
+    async with BenchNode(s.work, None) as node:
+        stub = node.stub
         topic = "idle/memory"
         requests = add_requests(topic, s.batch, distinct=100)  # properties n, group (100 groups)
         await send_batches(stub, requests, 1, 1)  # warm-up: one batch, then one query
@@ -583,8 +521,6 @@ async def scenario_memory(s: Settings) -> Metrics:
             "find_template_ms": template_ms,
             "get_job_ms": get_ms,
         }
-    finally:
-        await node.stop()
 
 
 # --- running and reporting ------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import os
 import socket
@@ -13,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import NodeFactory, NodeProcess, wait_for
+
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.leaks import leaked_tasks, leaked_threads
+from tests.support.netlab import Lab, lab_or_skip
 
 # Interfaces tests may create themselves (multi-host tests name their veths and bridges so).
 TEST_LINK_PREFIX = "jm"
-LEAK_WAIT_S = 5.0
 
 
 # --- never on the machine's own network --------------------------------------------------------
@@ -50,7 +51,7 @@ def netns_problem() -> str | None:
 
 
 # Under CI=true a skipped test fails the run (see skip_policy).
-pytest_plugins = ["skip_policy"]
+pytest_plugins = ["tests.skip_policy"]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -59,25 +60,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(problem, returncode=3)
 
 
-# --- async tests (no plugin: asyncio.run per test, with a task-leak check) ---------------------
+# --- async tests (no plugin: asyncio.run per test) and leak guards ------------------------------
 
 
 async def _run_without_leaking_tasks(test: Coroutine[Any, Any, None]) -> None:
     await test
-    current = asyncio.current_task()
-
-    def others() -> set[asyncio.Task[Any]]:
-        return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
-
-    for _ in range(int(LEAK_WAIT_S / 0.01)):
-        if not others():
-            return
-        await asyncio.sleep(0.01)
-    leaked = others()
+    leaked = await leaked_tasks()
     if leaked:
-        pytest.fail(
-            f"the test left asyncio tasks running: {sorted(t.get_name() for t in leaked)}", pytrace=False
-        )
+        pytest.fail(f"the test left asyncio tasks running: {leaked}", pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -90,18 +80,12 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return True
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def no_thread_leaks() -> Iterator[None]:
-    """Fail the test if threads it started are still alive a few seconds after it ends."""
+    """Every test: fail it if threads it started are still alive a few seconds after it ends."""
     before = set(threading.enumerate())
     yield
-
-    def leftovers() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
-
-    with contextlib.suppress(AssertionError):  # reported below, by name
-        wait_for(lambda: not leftovers(), LEAK_WAIT_S, "threads started by the test to end")
-    leaked = sorted(t.name for t in leftovers())
+    leaked = leaked_threads(before)
     if leaked:
         pytest.fail(f"the test left threads running: {leaked}", pytrace=False)
 
@@ -144,3 +128,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                     seen.add(id(node))
                     report.sections.append((f"node {node.data_dir.name} log", node.log_text()))
     return report
+
+
+# --- the namespace lab -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A multi-host network lab (tests.support.netlab) for one test; skips where the kernel has none."""
+    with lab_or_skip() as net:
+        yield net
+
+
+@pytest.fixture(scope="module")
+def module_lab() -> Iterator[Lab]:
+    """Like `lab`, shared by the tests of one module."""
+    with lab_or_skip() as net:
+        yield net

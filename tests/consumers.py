@@ -38,6 +38,13 @@ def record_attempt(job: Job) -> int:
     return earlier
 
 
+def attempts(path: Path) -> list[float]:
+    """The attempt times `record_attempt` wrote to `path` (read by tests; none yet: empty)."""
+    if not path.exists():
+        return []
+    return [float(line) for line in path.read_text().split()]
+
+
 def _wait_for_release(job: Job, context: JobContext, *, honour_stop: bool) -> bool:
     """Block until `release_file` exists (True) or, if `honour_stop`, a stop is requested (False)."""
     release = _path(job, "release_file")

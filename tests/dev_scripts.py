@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import TESTS_DIR, wait_for
+from tests.support.launcher import TESTS_DIR
+from tests.support.waiting import wait_for
 
 ROOT = TESTS_DIR.parent
 SCRIPTS = ROOT / "scripts"

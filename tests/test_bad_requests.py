@@ -9,29 +9,19 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    condition,
-    get_job,
-    new_job,
-    prop,
-    rpc_error,
-    template,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2
+
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import condition, new_job, prop, raw_timestamp_value, raw_value, template
 
 S = jobs_pb2
 MAX_PAYLOAD = 1000
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("strict", ["bad/ok=consumers:succeed"], {"jobs.max_payload_bytes": MAX_PAYLOAD})
+node = shared_node("strict", ["bad/ok=consumers:succeed"], {"jobs.max_payload_bytes": MAX_PAYLOAD})
 
 
 @pytest.fixture
@@ -63,10 +53,6 @@ def empty_in_list() -> jobs_pb2.PropertyValue:
     return value
 
 
-def timestamp_value(seconds: int, nanos: int = 0) -> jobs_pb2.PropertyValue:
-    return jobs_pb2.PropertyValue(timestamp_value=Timestamp(seconds=seconds, nanos=nanos))
-
-
 MAX_TIMESTAMP_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the end of Timestamp's range
 MIN_TIMESTAMP_S = -62_135_596_800  # 0001-01-01T00:00:00Z
 
@@ -95,16 +81,20 @@ BAD_JOBS = [
     BadJob("empty-value", with_property("p", jobs_pb2.PropertyValue()), ("['p']", "no value is set")),
     BadJob("nested-list", with_property("p", nested_list()), ("['p'][1]", "cannot be nested")),
     BadJob("empty-value-in-list", with_property("p", empty_in_list()), ("['p'][1]", "no value is set")),
-    BadJob("nan", with_property("p", prop(float("nan"))), ("['p']", "not finite")),
-    BadJob("infinity", with_property("p", prop(float("-inf"))), ("['p']", "not finite")),
+    BadJob("nan", with_property("p", raw_value(double_value=float("nan"))), ("['p']", "not finite")),
+    BadJob("infinity", with_property("p", raw_value(double_value=float("-inf"))), ("['p']", "not finite")),
     BadJob(
-        "timestamp-after-9999", with_property("t", timestamp_value(MAX_TIMESTAMP_S + 1)), ("['t']", "range")
+        "timestamp-after-9999",
+        with_property("t", raw_timestamp_value(MAX_TIMESTAMP_S + 1)),
+        ("['t']", "range"),
     ),
     BadJob(
-        "timestamp-before-0001", with_property("t", timestamp_value(MIN_TIMESTAMP_S - 1)), ("['t']", "range")
+        "timestamp-before-0001",
+        with_property("t", raw_timestamp_value(MIN_TIMESTAMP_S - 1)),
+        ("['t']", "range"),
     ),
-    BadJob("timestamp-negative-nanos", with_property("t", timestamp_value(5, -1)), ("['t']", "nanos")),
-    BadJob("timestamp-nanos-overflow", with_property("t", timestamp_value(5, 10**9)), ("['t']", "nanos")),
+    BadJob("timestamp-negative-nanos", with_property("t", raw_timestamp_value(5, -1)), ("['t']", "nanos")),
+    BadJob("timestamp-nanos-overflow", with_property("t", raw_timestamp_value(5, 10**9)), ("['t']", "nanos")),
     BadJob("name-with-space", with_property("bad name", prop(1)), ("'bad name'", "is invalid")),
     BadJob("name-starting-with-digit", with_property("1st", prop(1)), ("'1st'", "is invalid")),
     BadJob("empty-name", with_property("", prop(1)), ("''", "is invalid")),
@@ -262,7 +252,7 @@ BAD_QUERIES: list[tuple[str, jobs_pb2.FindJobsRequest, tuple[str, ...]]] = [
     ),
     (
         "nan-value",
-        S.FindJobsRequest(templates=malformed(condition("n", "=", float("nan")))),
+        S.FindJobsRequest(templates=malformed(condition("n", "=", raw_value(double_value=float("nan"))))),
         ("templates[1].conditions[1].value", "not finite"),
     ),
     (
@@ -275,7 +265,7 @@ BAD_QUERIES: list[tuple[str, jobs_pb2.FindJobsRequest, tuple[str, ...]]] = [
         S.FindJobsRequest(
             templates=malformed(
                 S.PropertyCondition(
-                    name="t", operator=S.COMPARISON_OPERATOR_LESS, value=timestamp_value(10**15)
+                    name="t", operator=S.COMPARISON_OPERATOR_LESS, value=raw_timestamp_value(10**15)
                 )
             )
         ),

@@ -9,9 +9,10 @@ import subprocess
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
-from harness import NodeFactory, NodeProcess, wait_for
-from netlab import Namespace
-from topo import view
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.netlab import Namespace
+from tests.support.topology import view
+from tests.support.waiting import wait_for
 
 BANNER = re.compile(r"^jobmesh node (\S+) serving: .*$", re.MULTILINE)
 TCP_LISTEN = "0A"

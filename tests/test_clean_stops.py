@@ -6,9 +6,12 @@ import threading
 import time
 
 import grpc
-from harness import NodeFactory, add_job, watch
 from jobmesh.v1 import topology_pb2, topology_pb2_grpc
-from worker_stream import WorkerStream
+
+from tests.support.job_calls import add_job
+from tests.support.launcher import NodeFactory
+from tests.support.watching import watch
+from tests.support.worker_stream import WorkerStream
 
 STOPS = 20
 GRACE_S = 2.0  # the test preset's server.shutdown_grace_s

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import failed, jobmesh, ok, ok_json
-from harness import NodeFactory, NodeProcess
+
+from tests.cli_support import failed, jobmesh, ok, ok_json
+from tests.support.launcher import NodeFactory, NodeProcess
 
 # The target is 10,000 jobs in under 2 s; the suite shares the machine with other work,
 # so the bound is twice that. The figure is printed (pytest -s) and in the README.

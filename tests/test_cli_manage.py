@@ -12,13 +12,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cli_support import failed, jobmesh, ok, ok_json
-from harness import TESTS_DIR, NodeFactory, NodeProcess, rpc_error, wait_for
 from jobmesh.v1 import workers_pb2, workers_pb2_grpc
-from worker_stream import WorkerStream
 
 from node.cli import build_parser
 from node.cli.common import EXIT_BY_STATUS, EXIT_CODES
+from tests.cli_support import failed, jobmesh, ok, ok_json
+from tests.support.job_calls import rpc_error
+from tests.support.launcher import TESTS_DIR, NodeFactory, NodeProcess
+from tests.support.waiting import wait_for
+from tests.support.worker_stream import WorkerStream
 
 README = TESTS_DIR.parent / "README.md"
 

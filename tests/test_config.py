@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import NodeFactory, add_job, get_job
 from jobmesh.v1 import queues_pb2
 
 from node import ConfigError, Durability, Node, NodeConfig, load_config
+from tests.support.job_calls import add_job, get_job
+from tests.support.launcher import NodeFactory
 
 TOML = """
 data_dir = "data"

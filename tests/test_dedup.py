@@ -5,17 +5,18 @@ from __future__ import annotations
 import threading
 
 import grpc
-import pytest
-from harness import NodeFactory, NodeProcess, find_all, new_job, rpc_error, wait_for_state
 from jobmesh.v1 import jobs_pb2
+
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import find_all, rpc_error, wait_for_state
+from tests.support.launcher import NodeProcess
+from tests.support.protos import new_job
 
 S = jobs_pb2
 THREADS = 20
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("dedup", ["dedup/done/**=consumers:succeed"])
+node = shared_node("dedup", ["dedup/done/**=consumers:succeed"])
 
 
 def keyed(topic: str, key: str, **properties: object) -> jobs_pb2.NewJob:

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import grpc
-from dev_scripts import (
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.dev_scripts import (
     SCRIPTS,
     describe,
     jobmesh,
@@ -20,7 +22,6 @@ from dev_scripts import (
     script_env,
     stopping_detached_nodes,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def health(address: str, timeout: float = 5.0) -> int:

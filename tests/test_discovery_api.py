@@ -5,9 +5,6 @@ Runs on the test's event loop (conftest: fails on leftover tasks) and checks for
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,16 +13,7 @@ import pytest
 from node import Node, NodeConfig
 from node.discovery import TOPICS_PROPERTY, PeerState, TopologyEvent, TopologyEventType
 from node.errors import InvalidArgument
-
-pytestmark = pytest.mark.usefixtures("no_thread_leaks")
-
-
-async def eventually(condition: Callable[[], object], what: str, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.01)
+from tests.support.waiting import async_wait_for
 
 
 def config(path: Path, name: str, seeds: tuple[str, ...] = ()) -> NodeConfig:
@@ -49,8 +37,8 @@ async def test_offloading_sees_live_consumers_properties_and_events(tmp_path: Pa
             # A consumer registered at run time is published as `jobmesh.topics`
             b.consumers.register(["images/**"], handle)
             assert b.topology.properties.get(TOPICS_PROPERTY) == "images/**"
-            await eventually(
-                lambda: [i.name for i in a.topology.view.consumers_of("images/resize")] == ["b"], "b"
+            await async_wait_for(
+                lambda: [i.name for i in a.topology.view.consumers_of("images/resize")] == ["b"], what="b"
             )
             view = a.topology.view
             assert view.is_current
@@ -66,11 +54,16 @@ async def test_offloading_sees_live_consumers_properties_and_events(tmp_path: Pa
 
             # Python providers: read now and on refresh; every peer sees the change
             load = {"load": "1"}
+
+            def load_seen(value: str) -> bool:
+                seen = a.topology.view.find(peer.id)
+                return seen is not None and seen.properties.get("load") == value
+
             b.topology.properties.add_provider(lambda: dict(load))
-            await eventually(lambda: a.topology.view.find(peer.id).properties.get("load") == "1", "load 1")  # type: ignore[union-attr]
+            await async_wait_for(lambda: load_seen("1"), what="load 1")
             load["load"] = "2"
             b.topology.properties.refresh()
-            await eventually(lambda: a.topology.view.find(peer.id).properties.get("load") == "2", "load 2")  # type: ignore[union-attr]
+            await async_wait_for(lambda: load_seen("2"), what="load 2")
             with pytest.raises(InvalidArgument):
                 b.topology.properties.set("no spaces", "x")
 
@@ -80,7 +73,7 @@ async def test_offloading_sees_live_consumers_properties_and_events(tmp_path: Pa
             assert first.type is TopologyEventType.TOPOLOGY_INIT
             stream.close()
 
-        await eventually(lambda: a.topology.view.find(peer.id) is None, "b gone after its leave")
+        await async_wait_for(lambda: a.topology.view.find(peer.id) is None, what="b gone after its leave")
         subscription.cancel()
     kinds = [e.type for e in events]
     assert kinds[:3] == [

@@ -9,8 +9,19 @@ import signal
 import time
 
 import pytest
-from harness import NodeFactory, wait_for
-from topo import LAN_TIMINGS, create, instance, names, start_all, time_until, view, wait_views
+
+from tests.support.launcher import NodeFactory
+from tests.support.topology import (
+    LAN_TIMINGS,
+    create,
+    instance,
+    names,
+    start_all,
+    time_until,
+    view,
+    wait_views,
+)
+from tests.support.waiting import wait_for
 
 MDNS = {"discovery.mdns": "true"}
 

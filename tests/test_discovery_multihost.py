@@ -1,4 +1,4 @@
-"""Discovery across hosts: network namespaces on two subnets joined by a router (see netlab.py).
+"""Discovery across hosts: network namespaces on two subnets joined by a router (see tests/support/netlab.py).
 
     subnet 1: h1, h2  ──br1── router ──br2──  subnet 2: h3, h4
 
@@ -9,28 +9,21 @@ partitions the topology into {h1, h2} and {h3, h4}; bringing it back heals it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from harness import NodeFactory, NodeProcess
-from netlab import Lab, lab_or_skip
-from topo import leader_names, names, start_all, wait_views
+
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.netlab import Lab
+from tests.support.topology import leader_names, names, start_all, wait_views
 
 PORT = 7710  # every host has its own port space
 HOSTS = {"h1": 1, "h2": 1, "h3": 2, "h4": 2}
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with lab_or_skip() as net:
-        yield net
-
-
-@pytest.fixture(scope="module")
-def hosts(lab: Lab, module_nodes: NodeFactory) -> dict[str, NodeProcess]:
+def hosts(module_lab: Lab, module_nodes: NodeFactory) -> dict[str, NodeProcess]:
     nodes = {}
     for name, subnet in HOSTS.items():
-        host = lab.add_host(name, subnet)
+        host = module_lab.add_host(name, subnet)
         args = ["--name", name, "--host", "0.0.0.0", "--port", str(PORT)]
         if name == "h3":
             args += ["--seed", f"10.77.1.{list(HOSTS).index('h1') + 1}:{PORT}"]
@@ -63,17 +56,17 @@ def test_hosts_mdns_cannot_reach_join_through_one_seed_and_learn_every_member(
 
 
 def test_a_partition_splits_the_topology_and_its_heal_converges_to_one_view_and_one_leader(
-    lab: Lab, hosts: dict[str, NodeProcess]
+    module_lab: Lab, hosts: dict[str, NodeProcess]
 ) -> None:
     everyone = list(hosts.values())
     wait_views(everyone, set(HOSTS), timeout=15)
     left, right = [hosts["h1"], hosts["h2"]], [hosts["h3"], hosts["h4"]]
-    lab.cut_subnet(2)
+    module_lab.cut_subnet(2)
     try:
         left_views = wait_views(left, {"h1", "h2"})
         right_views = wait_views(right, {"h3", "h4"})
     finally:
-        lab.heal_subnet(2)
+        module_lab.heal_subnet(2)
     # During the partition each side had a view of its own with a leader of its own
     assert len({tuple(leader_names(v)) for v in left_views.values()}) == 1
     assert len({tuple(leader_names(v)) for v in right_views.values()}) == 1

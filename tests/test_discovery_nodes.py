@@ -20,9 +20,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import NodeFactory, NodeProcess, rpc_error, wait_for
 from jobmesh.v1 import topology_pb2
-from topo import (
+
+from node.discovery.identity import SERVICE_TYPE
+from tests.support.job_calls import rpc_error
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.topology import (
     create,
     instance,
     leader_names,
@@ -33,8 +36,7 @@ from topo import (
     view,
     wait_views,
 )
-
-from node.discovery.identity import SERVICE_TYPE
+from tests.support.waiting import wait_for
 
 MDNS = {"discovery.mdns": "true"}
 
@@ -272,7 +274,7 @@ def test_a_copied_data_dir_is_refused_and_the_original_stays(nodes: NodeFactory,
 # --- events and the CLI --------------------------------------------------------------------------------
 
 
-def _watch(node: NodeProcess) -> tuple[list[topology_pb2.TopologyEvent], grpc.Future]:  # type: ignore[type-arg]
+def _watch(node: NodeProcess) -> tuple[list[topology_pb2.TopologyEvent], grpc.Future]:
     events: list[topology_pb2.TopologyEvent] = []
     call = stub(node).WatchTopology(topology_pb2.WatchTopologyRequest())
 

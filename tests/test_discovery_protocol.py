@@ -8,7 +8,6 @@ processes are covered in test_discovery_nodes.py and test_discovery_multihost.py
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ from node.discovery.messages import Gossip
 from node.discovery.peers import MemoryNetwork
 from node.discovery.protocol import MembershipProtocol
 from node.instance import now_us
+from tests.support.waiting import async_wait_for
 
 FAST = DiscoveryConfig(
     mdns=False,
@@ -30,14 +30,6 @@ FAST = DiscoveryConfig(
     leave_timeout_s=0.1,
 )
 TIMEOUT_S = 5.0
-
-
-async def eventually(condition: Callable[[], object], what: str, within_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 class Cluster:
@@ -89,8 +81,10 @@ class Cluster:
         return None
 
     async def converged(self, names: set[str], within_s: float = TIMEOUT_S) -> None:
-        await eventually(
-            lambda: all(self.view(n) == names for n in names), f"views of {sorted(names)}", within_s
+        await async_wait_for(
+            lambda: all(self.view(n) == names for n in names),
+            what=f"views of {sorted(names)}",
+            timeout=within_s,
         )
 
     async def close(self) -> None:
@@ -128,8 +122,8 @@ async def test_a_crashed_member_is_suspected_then_declared_dead_everywhere(c: Cl
         await c.add(name, seeds)
     await c.converged({"a", "b", "c"})
     c.network.crash("c:1")
-    await eventually(
-        lambda: c.state("a", "c") is PeerState.DEAD and c.state("b", "c") is PeerState.DEAD, "c dead"
+    await async_wait_for(
+        lambda: c.state("a", "c") is PeerState.DEAD and c.state("b", "c") is PeerState.DEAD, what="c dead"
     )
     assert ("c", PeerState.SUSPECT) in c.history["a"] + c.history["b"]  # suspicion came first
 
@@ -141,13 +135,14 @@ async def test_a_member_paused_shorter_than_the_suspicion_timeout_is_not_declare
     await c.converged({"a", "b", "c"})
     inc = c.nodes["c"].local.incarnation
     c.network.pause("c:1")
-    await eventually(
-        lambda: c.state("a", "c") is PeerState.SUSPECT or c.state("b", "c") is PeerState.SUSPECT, "suspicion"
+    await async_wait_for(
+        lambda: c.state("a", "c") is PeerState.SUSPECT or c.state("b", "c") is PeerState.SUSPECT,
+        what="suspicion",
     )
     c.network.resume("c:1")
     # c refutes: a higher incarnation, ALIVE everywhere, and never DEAD on the way
-    await eventually(
-        lambda: c.state("a", "c") is PeerState.ALIVE and c.state("b", "c") is PeerState.ALIVE, "refuted"
+    await async_wait_for(
+        lambda: c.state("a", "c") is PeerState.ALIVE and c.state("b", "c") is PeerState.ALIVE, what="refuted"
     )
     assert c.nodes["c"].local.incarnation > inc
     await asyncio.sleep(FAST.suspicion_timeout_s)  # outlive any suspicion timer still running
@@ -198,13 +193,13 @@ async def test_a_restarted_member_replaces_its_previous_run(c: Cluster) -> None:
     c.network.crash("b:1")
     await old.stop()
     new = await c.add("b", seeds=("a",), instance_id=old.local.id, address="b2")
-    await eventually(
+    await async_wait_for(
         lambda: (
             (m := c.nodes["a"].table.get(old.local.id)) is not None
             and m.record.info.start_time_us == new.local.info.start_time_us
             and m.record.state is PeerState.ALIVE
         ),
-        "the new run of b in a's table",
+        what="the new run of b in a's table",
     )
 
 

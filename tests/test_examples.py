@@ -19,17 +19,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    get_job,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2 as J
-from polyglot import install_command
-from worker_stream import WorkerStream
+
+from tests.polyglot import install_command
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.launcher import NodeProcess
+from tests.support.waiting import wait_for
+from tests.support.worker_stream import WorkerStream
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -39,10 +36,8 @@ CPP_CLIENT = CPP_EXAMPLE / "build" / "jobmesh-client"
 RUN_TIMEOUT_S = 30.0
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    # demo/inproc is consumed in the node itself, for the clients; other topics by example workers.
-    return module_nodes.start("examples", consumers=["demo/inproc=consumers:echo"])
+# demo/inproc is consumed in the node itself, for the clients; other topics by example workers.
+node = shared_node("examples", consumers=["demo/inproc=consumers:echo"])
 
 
 class ExampleProcess:
@@ -64,7 +59,7 @@ class ExampleProcess:
                 raise AssertionError(f"exited with {self.process.returncode}:\n{self.output()}")
             return text in self.output()
 
-        wait_for(seen, what=f"{text!r} in the output of {self.process.args}")
+        wait_for(seen, what=f"{text!r} in the output of {self.process.args!r}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -98,6 +93,22 @@ def run(
     return subprocess.run(
         [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=dict(os.environ)
     )
+
+
+PYTHON_CLIENT = (sys.executable, EXAMPLES / "python" / "client.py")
+
+
+def client_job(
+    client: Sequence[str | Path], node: NodeProcess, tmp_path: Path, args: Sequence[str]
+) -> tuple[dict[str, object], str]:
+    """Run a client example that adds a job to `node` and waits for it.
+
+    Returns the job it printed, which must have SUCCEEDED, and what it wrote to stderr.
+    """
+    result = run([*client, "--node", node.address, "--timeout", "20", *args], tmp_path)
+    job = finished_job(result)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    return job, result.stderr
 
 
 def finished_job(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
@@ -137,18 +148,17 @@ def test_python_client_and_python_worker_examples_process_a_job(
     # Given the Python example worker consuming demo/py/**
     python_worker(examples, tmp_path, node, "--topic", "demo/py/**", "--name", "py-worker")
     # When the Python example client adds a job and waits for it
-    result = run(
-        [sys.executable, EXAMPLES / "python" / "client.py", "--node", node.address, "--timeout", "20",
-         "--payload-text", "hello from python", "demo/py/upper", "steps=3", "step_ms=10"],
+    job, stderr = client_job(
+        PYTHON_CLIENT,
+        node,
         tmp_path,
-    )  # fmt: skip
+        ["--payload-text", "hello from python", "demo/py/upper", "steps=3", "step_ms=10"],
+    )
     # Then the job succeeded on the worker, with its output, progress and property
-    job = finished_job(result)
-    assert job["state"] == "JOB_STATE_SUCCEEDED"
     assert output_text(job) == "HELLO FROM PYTHON"
     assert job["resultMessage"] == "processed by py-worker"
     assert job["properties"]["processed_by"] == {"stringValue": "py-worker"}  # type: ignore[index]
-    assert "PROGRESS" in result.stderr
+    assert "PROGRESS" in stderr
 
 
 def test_a_killed_worker_process_loses_no_job_they_complete_on_the_next_worker(
@@ -159,7 +169,7 @@ def test_a_killed_worker_process_loses_no_job_they_complete_on_the_next_worker(
     ids = [add_job(node.stub, "crash/job", steps=100_000, step_ms=100) for _ in range(2)]
     for job_id in ids:
         wait_for(
-            lambda job_id=job_id: get_job(node.stub, job_id).progress.total_steps == 100_000,
+            lambda job_id=job_id: get_job(node.stub, job_id).progress.total_steps == 100_000,  # type: ignore[misc]
             what=f"the worker to start job {job_id}",
         )
     # When the process is killed with SIGKILL
@@ -168,7 +178,7 @@ def test_a_killed_worker_process_loses_no_job_they_complete_on_the_next_worker(
     # Then its jobs are re-queued with one more retry
     for job_id in ids:
         wait_for(
-            lambda job_id=job_id: (
+            lambda job_id=job_id: (  # type: ignore[misc]  # a lambda with a default argument
                 (job := get_job(node.stub, job_id)).state == J.JOB_STATE_QUEUED and job.retry_count == 1
             ),
             what=f"job {job_id} to be re-queued with retry count 1",
@@ -219,17 +229,15 @@ def node_worker(
 def test_node_client_example_adds_a_job_and_watches_it_to_the_end(
     node: NodeProcess, nodejs: str, tmp_path: Path
 ) -> None:
-    result = run(
-        [nodejs, NODE_EXAMPLE / "client.js", "--node", node.address, "--timeout", "20",
-         "--payload-text", "from node", "demo/inproc", "size=3"],
+    job, stderr = client_job(
+        [nodejs, NODE_EXAMPLE / "client.js"],
+        node,
         tmp_path,
-    )  # fmt: skip
-
-    job = finished_job(result)
-    assert job["state"] == "JOB_STATE_SUCCEEDED"
+        ["--payload-text", "from node", "demo/inproc", "size=3"],
+    )
     assert output_text(job) == "echo:from node"
     assert job["properties"]["size"]["int_value"] == 3  # type: ignore[index]
-    assert "FINISHED" in result.stderr, "the client follows the job's events"
+    assert "FINISHED" in stderr, "the client follows the job's events"
 
 
 def test_node_worker_example_consumes_a_topic_with_progress_log_and_retries(
@@ -238,14 +246,13 @@ def test_node_worker_example_consumes_a_topic_with_progress_log_and_retries(
     # Given the Node.js example worker consuming demo/js/**
     node_worker(examples, tmp_path, nodejs, node, "--topic", "demo/js/**", "--name", "js-worker")
     # When the Python client adds a job whose first attempt fails
-    result = run(
-        [sys.executable, EXAMPLES / "python" / "client.py", "--node", node.address, "--timeout", "20",
-         "--payload-text", "shout", "demo/js/upper", "steps=2", "step_ms=10", "fail_attempts=1"],
+    job, _ = client_job(
+        PYTHON_CLIENT,
+        node,
         tmp_path,
-    )  # fmt: skip
+        ["--payload-text", "shout", "demo/js/upper", "steps=2", "step_ms=10", "fail_attempts=1"],
+    )
     # Then the worker retried and finished it, reporting as it went
-    job = finished_job(result)
-    assert job["state"] == "JOB_STATE_SUCCEEDED"
     assert job["retryCount"] == 1
     assert output_text(job) == "SHOUT"
     assert job["properties"]["processed_by"] == {"stringValue": "js-worker"}  # type: ignore[index]
@@ -291,14 +298,12 @@ def cpp_client() -> Path:
 def test_cpp_client_example_adds_a_job_and_waits_for_it(
     node: NodeProcess, cpp_client: Path, tmp_path: Path
 ) -> None:
-    result = run(
-        [cpp_client, "--node", node.address, "--timeout", "20", "--payload-text", "from c++",
-         "demo/inproc", "count=7", "ratio=0.5", "flag=true", "label=x"],
+    job, _ = client_job(
+        [cpp_client],
+        node,
         tmp_path,
-    )  # fmt: skip
-
-    job = finished_job(result)
-    assert job["state"] == "JOB_STATE_SUCCEEDED"
+        ["--payload-text", "from c++", "demo/inproc", "count=7", "ratio=0.5", "flag=true", "label=x"],
+    )
     assert output_text(job) == "echo:from c++"
     # The echo consumer describes the typed properties it received.
     assert job["result_message"] == repr(

@@ -6,25 +6,28 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import NodeFactory, NodeProcess, add_job, get_job, wait_for, wait_for_state, watch
 from jobmesh.v1 import jobs_pb2
+
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import add_job, add_running_job, get_job, wait_for_state
+from tests.support.launcher import NodeProcess
+from tests.support.waiting import wait_for
+from tests.support.watching import watch
 
 S = jobs_pb2
 MAX_LOG_LINES = 3
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start(
-        "context",
-        [
-            "ctx/progress=consumers:report_progress",
-            "ctx/log=consumers:log_lines",
-            "ctx/later=consumers:complete_from_another_thread",
-            "ctx/wait=consumers:wait_until_stopped",
-        ],
-        {"jobs.max_log_lines": MAX_LOG_LINES},
-    )
+node = shared_node(
+    "context",
+    [
+        "ctx/progress=consumers:report_progress",
+        "ctx/log=consumers:log_lines",
+        "ctx/later=consumers:complete_from_another_thread",
+        "ctx/wait=consumers:wait_until_stopped",
+    ],
+    {"jobs.max_log_lines": MAX_LOG_LINES},
+)
 
 
 def with_log(node: NodeProcess, job_id: str) -> jobs_pb2.Job:
@@ -113,14 +116,12 @@ def test_job_completed_later_from_another_thread_stays_active_until_then(
     node: NodeProcess, tmp_path: Path
 ) -> None:
     # Given a consumer that returned complete_later() at once and completes from its own thread
-    started, release = tmp_path / "started", tmp_path / "release"
-    job_id = add_job(node.stub, "ctx/later", started_file=str(started), release_file=str(release))
-    wait_for(started.exists, what="the consumer to run")
+    job_id, files = add_running_job(node.stub, "ctx/later", tmp_path)
 
     # Then the job stays ACTIVE after the consumer returned
     assert get_job(node.stub, job_id).state == S.JOB_STATE_ACTIVE
     # And ends with the result the thread reports (a second complete() is ignored)
-    release.touch()
+    files.release.touch()
     job = wait_for_state(node.stub, job_id, S.JOB_STATE_SUCCEEDED)
     assert job.result_message == "completed from another thread"
 
@@ -128,9 +129,7 @@ def test_job_completed_later_from_another_thread_stays_active_until_then(
 def test_stop_job_reaches_a_consumer_completing_later_through_is_stopped(
     node: NodeProcess, tmp_path: Path
 ) -> None:
-    started = tmp_path / "started"
-    job_id = add_job(node.stub, "ctx/later", started_file=str(started), release_file=str(tmp_path / "never"))
-    wait_for(started.exists, what="the consumer to run")
+    job_id, _ = add_running_job(node.stub, "ctx/later", tmp_path)
 
     stopping = node.stub.StopJob(S.StopJobRequest(job_id=job_id)).job
 

@@ -8,20 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    PropertyInput,
-    add_job,
-    condition,
-    find_all,
-    new_job,
-    prop,
-    state_name,
-    template,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2
+
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import add_job, find_all, wait_for_state
+from tests.support.launcher import NodeProcess
+from tests.support.protos import PropertyInput, condition, new_job, prop, state_name, template
 
 S = jobs_pb2  # short names in the tables below
 
@@ -41,9 +33,7 @@ class Population:
     release_file: Path
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("find", CONSUMERS, {"jobs.retries": 1})
+node = shared_node("find", CONSUMERS, {"jobs.retries": 1})
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import NodeFactory, NodeProcess, rpc_error
+
+from tests.support.job_calls import rpc_error
+from tests.support.launcher import NodeFactory, NodeProcess
 
 
 @pytest.fixture(scope="module")

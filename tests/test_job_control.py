@@ -6,17 +6,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    attempts,
-    get_job,
-    rpc_error,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2
+
+from tests.consumers import attempts
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
+from tests.support.launcher import NodeProcess
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 
@@ -30,9 +26,7 @@ CONSUMERS = (
 )
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("control", CONSUMERS)
+node = shared_node("control", CONSUMERS)
 
 
 def started(node: NodeProcess, topic: str, files: Path) -> str:

@@ -5,19 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    attempts,
-    get_job,
-    new_job,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2
+
+from tests.consumers import attempts
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.launcher import NodeProcess
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
 
 RETRIES = 2
 
@@ -36,9 +32,7 @@ CONSUMERS = (
 )
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("lifecycle", CONSUMERS, {"jobs.retries": RETRIES})
+node = shared_node("lifecycle", CONSUMERS, {"jobs.retries": RETRIES})
 
 
 def micros(ts: Timestamp) -> int:

@@ -9,20 +9,23 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from harness import NodeFactory, NodeProcess, attempts, find_all, new_job, rpc_error, wait_for_state
 from jobmesh.v1 import jobs_pb2
+
+from tests.consumers import attempts
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import find_all, rpc_error, wait_for_state
+from tests.support.launcher import NodeProcess
+from tests.support.protos import new_job
 
 S = jobs_pb2
 QUEUES = json.dumps([{"name": "timed", "topics": ["opt/timed/**"], "timeout_s": 0.3, "retries": 0}])
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start(
-        "options",
-        ["opt/**=consumers:fail_always", "opt/timed/**=consumers:wait_until_stopped"],
-        {"jobs.retries": 5, "queues": QUEUES},
-    )
+node = shared_node(
+    "options",
+    ["opt/**=consumers:fail_always", "opt/timed/**=consumers:wait_until_stopped"],
+    {"jobs.retries": 5, "queues": QUEUES},
+)
 
 
 def add(node: NodeProcess, job: jobs_pb2.NewJob) -> jobs_pb2.Job:

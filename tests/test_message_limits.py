@@ -6,10 +6,12 @@ and sending needs no option."""
 from __future__ import annotations
 
 import grpc
-from harness import TESTS_DIR, NodeFactory, get_job, new_job, rpc_error
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from node.config import JobsConfig
+from tests.support.job_calls import get_job, rpc_error
+from tests.support.launcher import TESTS_DIR, NodeFactory
+from tests.support.protos import new_job
 
 # The receive limit the README tells clients to set: jobs.max_payload_bytes + 4 MiB.
 README_RECEIVE_LIMIT = 71303168

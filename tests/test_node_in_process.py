@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,38 +17,11 @@ import pytest
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 import node
-from node.jobs.consumers import JobContext
 from node.node import JOURNAL_FILE
-
-pytestmark = pytest.mark.usefixtures("no_thread_leaks")
+from tests.support.in_process import job_in_state
+from tests.support.waiting import async_wait_for
 
 TIMEOUT_S = 10.0
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[object]], what: str, within_s: float = TIMEOUT_S
-) -> object:
-    """Await `condition()` until it is truthy; fail at the deadline."""
-    deadline = time.monotonic() + within_s
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}; last value {value!r}")
-        await asyncio.sleep(0.01)
-
-
-async def job_in_state(n: node.Node, job_id: str, *states: node.JobState) -> node.Job:
-    """Wait until the job is in one of `states`."""
-
-    async def check() -> node.Job | None:
-        job = await n.jobs.get_job(job_id)
-        return job if job.state in states else None
-
-    result = await eventually(check, f"job {job_id} to reach {[s.name for s in states]}")
-    assert isinstance(result, node.Job)
-    return result
 
 
 class Gate:
@@ -57,11 +29,11 @@ class Gate:
 
     def __init__(self, outcome: node.JobResult) -> None:
         self.outcome = outcome
-        self.contexts: list[JobContext] = []
+        self.contexts: list[node.JobContext] = []
         self.gates: list[asyncio.Event] = []
         self.tasks: list[asyncio.Task[Any]] = []  # the runner's task of each attempt
 
-    async def process(self, job: node.Job, context: JobContext) -> node.JobResult:
+    async def process(self, job: node.Job, context: node.JobContext) -> node.JobResult:
         gate = asyncio.Event()
         task = asyncio.current_task()
         assert task is not None
@@ -75,14 +47,14 @@ class Gate:
         async def check() -> bool:
             return len(self.contexts) >= count
 
-        await eventually(check, f"attempt {count} to start")
+        await async_wait_for(check, what=f"attempt {count} to start")
 
 
 async def test_python_api_adds_a_job_that_a_registered_consumer_runs(tmp_path: Path) -> None:
     # Given a node with a sync consumer registered from Python
     seen: list[dict[str, object]] = []
 
-    def consumer(job: node.Job, context: JobContext) -> node.JobResult:
+    def consumer(job: node.Job, context: node.JobContext) -> node.JobResult:
         seen.append(dict(job.properties))
         return node.JobResult.succeeded("ok", output=job.payload)
 
@@ -143,7 +115,7 @@ async def test_consumer_registered_later_takes_the_jobs_waiting_for_it(tmp_path:
         assert all(j.target_instance is None for j in waiting)
 
         # When a consumer for the topic is registered
-        async def consumer(job: node.Job, context: JobContext) -> None:
+        async def consumer(job: node.Job, context: node.JobContext) -> None:
             return None
 
         n.consumers.register(["later/*"], consumer)
@@ -154,7 +126,7 @@ async def test_consumer_registered_later_takes_the_jobs_waiting_for_it(tmp_path:
 
 
 async def test_most_specific_consumer_pattern_wins(tmp_path: Path) -> None:
-    def named(label: str) -> Callable[[node.Job, JobContext], node.JobResult]:
+    def named(label: str) -> Callable[[node.Job, node.JobContext], node.JobResult]:
         return lambda job, context: node.JobResult.succeeded(label)
 
     async with node.Node(node.NodeConfig.for_tests(tmp_path)) as n:
@@ -193,7 +165,7 @@ async def test_result_of_an_attempt_whose_job_was_removed_is_discarded(tmp_path:
         async def attempt_over() -> bool:
             return gate.tasks[0].done()
 
-        await eventually(attempt_over, "the attempt to end")
+        await async_wait_for(attempt_over, what="the attempt to end")
         final = await n.jobs.get_job(job.id)
         assert final.state is node.JobState.DROPPED
         assert final.result_message == "removed by a user"
@@ -201,9 +173,9 @@ async def test_result_of_an_attempt_whose_job_was_removed_is_discarded(tmp_path:
 
 async def test_stale_attempt_ending_does_not_lose_track_of_the_jobs_new_attempt(tmp_path: Path) -> None:
     release_first = asyncio.Event()
-    attempts: list[tuple[asyncio.Task[Any], JobContext]] = []
+    attempts: list[tuple[asyncio.Task[Any], node.JobContext]] = []
 
-    async def consumer(job: node.Job, context: JobContext) -> node.JobResult:
+    async def consumer(job: node.Job, context: node.JobContext) -> node.JobResult:
         task = asyncio.current_task()
         assert task is not None
         attempts.append((task, context))
@@ -221,10 +193,10 @@ async def test_stale_attempt_ending_does_not_lose_track_of_the_jobs_new_attempt(
         n.consumers.register(["stale/*"], consumer)
         # Given a job removed while active, then retried, so that a second attempt runs
         job = await n.jobs.add_job("stale/x")
-        await eventually(lambda: started(1), "the first attempt")
+        await async_wait_for(lambda: started(1), what="the first attempt")
         await n.jobs.remove_job(job.id)
         await n.jobs.retry_job(job.id)
-        await eventually(lambda: started(2), "the second attempt")
+        await async_wait_for(lambda: started(2), what="the second attempt")
 
         # When the first (stale) attempt finally returns, and its result is discarded
         release_first.set()
@@ -233,7 +205,7 @@ async def test_stale_attempt_ending_does_not_lose_track_of_the_jobs_new_attempt(
         async def first_over() -> bool:
             return first_task.done()
 
-        await eventually(first_over, "the stale attempt to end")
+        await async_wait_for(first_over, what="the stale attempt to end")
         assert (await n.jobs.get_job(job.id)).state is node.JobState.ACTIVE
 
         # Then the node still tracks the second attempt: a stop reaches its consumer
@@ -258,7 +230,7 @@ async def test_close_requeues_a_job_still_running_after_the_grace(tmp_path: Path
     # Given a job whose async consumer never returns on its own
     forever = asyncio.Event()
 
-    async def stuck(job: node.Job, context: JobContext) -> None:
+    async def stuck(job: node.Job, context: node.JobContext) -> None:
         await forever.wait()
 
     n = node.Node(node.NodeConfig.for_tests(tmp_path))
@@ -284,7 +256,7 @@ async def test_queued_jobs_whose_consumer_is_gone_after_a_restart_wait_unassigne
     # Given a job assigned to this node's consumer, still QUEUED when the node stopped
     forever = asyncio.Event()
 
-    async def stuck(job: node.Job, context: JobContext) -> None:
+    async def stuck(job: node.Job, context: node.JobContext) -> None:
         await forever.wait()
 
     first = node.Node(node.NodeConfig.for_tests(tmp_path))
@@ -311,7 +283,7 @@ async def test_queued_jobs_whose_consumer_is_gone_after_a_restart_wait_unassigne
 
 async def test_object_with_async_call_is_run_as_an_async_consumer(tmp_path: Path) -> None:
     class Handler:
-        async def __call__(self, job: node.Job, context: JobContext) -> node.JobResult:
+        async def __call__(self, job: node.Job, context: node.JobContext) -> node.JobResult:
             await asyncio.sleep(0)
             return node.JobResult.succeeded("awaited")
 
@@ -340,6 +312,6 @@ async def test_grpc_client_on_the_test_loop_talks_to_an_in_process_node(tmp_path
                 job = (await stub.GetJob(jobs_pb2.GetJobRequest(job_id=added.job.id))).job
                 return job if job.state == jobs_pb2.JOB_STATE_SUCCEEDED else None
 
-            job = await eventually(succeeded, "SUCCEEDED over gRPC")
+            job = await async_wait_for(succeeded, what="SUCCEEDED over gRPC")
             assert isinstance(job, jobs_pb2.Job)
             assert job.result_message == "via grpc.aio"

@@ -12,46 +12,24 @@ import sys
 import time
 from pathlib import Path
 
-from harness import NodeFactory, NodeProcess, find_all, get_job, new_job, wait_for, watch
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2
-from topo import create, start_all, view, wait_views
-from worker_stream import WorkerStream
 
+from node import JobState
 from node.services import transport
+from tests.support.job_calls import find_all, get_job
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.offload import TOPIC, start_cluster, wait_consumes
+from tests.support.protos import new_job
+from tests.support.topology import create, start_all, view, wait_views
+from tests.support.waiting import wait_for
+from tests.support.watching import watch
+from tests.support.worker_stream import WorkerStream
 
-TOPIC = "offload/work"
 SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
 
 
-def _consumes(origin: NodeProcess, workers: list[NodeProcess]) -> None:
-    """Wait until the origin sees every worker's topics and capacity."""
-    ids = {w.instance_id for w in workers}
-
-    def ready() -> bool:
-        seen = {
-            i.id
-            for i in view(origin).instances
-            if "offload/**" in i.properties.get("jobmesh.topics", "") and "jobmesh.capacity" in i.properties
-        }
-        return ids <= seen
-
-    wait_for(ready, 10.0, "the origin to see the workers' topics and capacity")
-
-
-def _cluster(nodes: NodeFactory, consumer: str, workers: int = 2) -> tuple[NodeProcess, list[NodeProcess]]:
-    origin = create(nodes, "origin").start()
-    procs = [
-        create(nodes, f"w{i}", seeds=[origin], consumers=[f"offload/**={consumer}"])
-        for i in range(1, workers + 1)
-    ]
-    start_all(*procs)
-    wait_views([origin, *procs], {"origin", *(f"w{i}" for i in range(1, workers + 1))})
-    _consumes(origin, procs)
-    return origin, procs
-
-
 def _add(origin: NodeProcess, count: int, **props: float) -> list[str]:
-    request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, **props) for _ in range(count)])
+    request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, b"", **props) for _ in range(count)])
     return list(origin.stub.AddJobs(request).job_ids)
 
 
@@ -78,7 +56,7 @@ def test_origin_with_the_topic_disabled_offloads_2000_jobs_to_two_workers_and_sh
     ]
     start_all(*workers)
     wait_views([origin, *workers], {"origin", "w1", "w2"})
-    _consumes(origin, workers)
+    wait_consumes(origin, workers)
 
     # When 2,000 jobs are added at the origin
     ids = _add(origin, 1000) + _add(origin, 1000)
@@ -105,7 +83,7 @@ def test_origin_with_the_topic_disabled_offloads_2000_jobs_to_two_workers_and_sh
 
 def test_payload_travels_to_the_worker_and_the_output_comes_back_byte_identical(nodes: NodeFactory) -> None:
     # 20 MB in test-sized chunks of 256 KiB (OffloadConfig.for_tests), both ways
-    origin, _workers = _cluster(nodes, "consumers:echo", workers=1)
+    origin, _workers = start_cluster(nodes, "consumers:echo", workers=1)
     payload = os.urandom(20 * 1024 * 1024)
 
     (job_id,) = [origin.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(TOPIC, payload))).job.id]
@@ -136,13 +114,9 @@ def test_a_topic_nobody_consumes_waits_unassigned_then_runs_when_a_consumer_appe
 def test_kill_9_of_a_worker_mid_run_still_ends_every_job_succeeded_exactly_once_at_the_origin(
     nodes: NodeFactory,
 ) -> None:
-    origin, (w1, w2) = _cluster(nodes, "consumers:sleep_briefly")
+    origin, (w1, w2) = start_cluster(nodes, "consumers:sleep_briefly")
     ids = _add(origin, 200, sleep_s=0.02)
-    wait_for(
-        lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0] >= 10,
-        15.0,
-        "w1 to finish some jobs",
-    )
+    wait_for(lambda: w1.count_jobs(JobState.SUCCEEDED) >= 10, 15.0, "w1 to finish some jobs")
 
     w1.kill()
     jobs = _all_succeeded(origin, ids, timeout=40.0)
@@ -162,13 +136,9 @@ def test_kill_9_of_the_origin_mid_run_and_restart_loses_no_job_and_ends_none_twi
     w2 = create(nodes, "w2", seeds=[w1], consumers=["offload/**=consumers:sleep_briefly"]).start()
     origin = create(nodes, "origin", seeds=[w1]).start()
     wait_views([origin, w1, w2], {"origin", "w1", "w2"})
-    _consumes(origin, [w1, w2])
+    wait_consumes(origin, [w1, w2])
     ids = _add(origin, 300, sleep_s=0.01)
-    wait_for(
-        lambda: origin.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0] >= 20,
-        15.0,
-        "some jobs to succeed at the origin",
-    )
+    wait_for(lambda: origin.count_jobs(JobState.SUCCEEDED) >= 20, 15.0, "some jobs to succeed at the origin")
 
     # When the origin crashes while the workers keep running, and comes back
     origin.kill()
@@ -196,7 +166,7 @@ def test_topic_consumption_set_from_another_node_moves_new_jobs_off_the_origin_a
     origin = create(nodes, "origin", consumers=["offload/**=consumers:succeed"]).start()
     worker = create(nodes, "w1", seeds=[origin], consumers=["offload/**=consumers:succeed"]).start()
     wait_views([origin, worker], {"origin", "w1"})
-    _consumes(origin, [worker])
+    wait_consumes(origin, [worker])
     (local,) = _add(origin, 1)
     assert _all_succeeded(origin, [local])[0].target_instance == origin.instance_id
 
@@ -235,7 +205,7 @@ def test_topic_consumption_set_from_another_node_moves_new_jobs_off_the_origin_a
 def test_the_origin_shows_remote_started_progress_log_and_result_events_with_the_target(
     nodes: NodeFactory,
 ) -> None:
-    origin, (worker,) = _cluster(nodes, "consumers:log_lines", workers=1)
+    origin, (worker,) = start_cluster(nodes, "consumers:log_lines", workers=1)
 
     with watch(origin.channel, after_seq=-1, topics=[TOPIC]) as watcher:
         (job_id,) = [origin.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(TOPIC, lines=3))).job.id]
@@ -257,16 +227,12 @@ def test_a_worker_that_stops_consuming_a_topic_hands_its_queued_jobs_back_for_re
     nodes: NodeFactory,
 ) -> None:
     # Given jobs offloaded to w1, waiting there in its suspended queue
-    origin, (w1,) = _cluster(nodes, "consumers:succeed", workers=1)
+    origin, (w1,) = start_cluster(nodes, "consumers:succeed", workers=1)
     w1.queues.SuspendQueue(queues_pb2.SuspendQueueRequest(name="main"))
     ids = _add(origin, 30)
-    wait_for(
-        lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 1")[0][0] == 30,
-        10.0,
-        "the jobs to reach w1",
-    )
+    wait_for(lambda: w1.count_jobs(JobState.QUEUED) == 30, 10.0, "the jobs to reach w1")
     w2 = create(nodes, "w2", seeds=[origin], consumers=["offload/**=consumers:succeed"]).start()
-    _consumes(origin, [w1, w2])
+    wait_consumes(origin, [w1, w2])
 
     # When w1 stops consuming the topic
     done = _cli("topics", "disable", "offload/**", "--node", w1.address)
@@ -277,14 +243,14 @@ def test_a_worker_that_stops_consuming_a_topic_hands_its_queued_jobs_back_for_re
     assert {j.target_instance for j in jobs} == {w2.instance_id}
     finished = origin.query_journal("SELECT job_id, count(*) FROM job_events WHERE type = 4 GROUP BY job_id")
     assert sorted(n for _, n in finished) == [1] * 30
-    assert w1.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0] == 0
+    assert w1.count_jobs(JobState.SUCCEEDED) == 0
 
 
 def test_find_jobs_and_statistics_with_topology_scope_gather_every_instance_listing_each_job_once(
     nodes: NodeFactory,
 ) -> None:
     # Given jobs offloaded from the origin, and a job added on a worker itself
-    origin, (w1, w2) = _cluster(nodes, "consumers:succeed")
+    origin, (w1, w2) = start_cluster(nodes, "consumers:succeed")
     ids = _add(origin, 40)
     _all_succeeded(origin, ids)
     own = w1.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(TOPIC))).job.id
@@ -310,7 +276,7 @@ def test_find_jobs_and_statistics_with_topology_scope_gather_every_instance_list
 
 def test_queued_jobs_of_a_suspended_queue_stay_at_the_origin_until_it_is_resumed(nodes: NodeFactory) -> None:
     # Given an origin without a consumer whose main queue is suspended, and a worker
-    origin, workers = _cluster(nodes, "consumers:succeed", workers=1)
+    origin, workers = start_cluster(nodes, "consumers:succeed", workers=1)
     origin.queues.SuspendQueue(queues_pb2.SuspendQueueRequest(name="main"))
 
     # When jobs are added at the origin
@@ -338,7 +304,7 @@ def test_a_worker_node_whose_consumer_goes_away_hands_its_queued_jobs_back_for_r
     w1 = create(nodes, "w1", seeds=[origin]).start()
     wait_views([origin, w1], {"origin", "w1"})
     stream = WorkerStream.connect(w1.channel, "offload/**", concurrency=1)
-    _consumes(origin, [w1])
+    wait_consumes(origin, [w1])
     ids = _add(origin, 6)
     stream.expect("assignment")
     # (the others wait on w1 for the worker's one slot)
@@ -361,7 +327,7 @@ def test_a_restarted_origin_waits_out_its_startup_grace_before_reassigning_a_mis
     w1 = create(nodes, "w1", consumers=["offload/**=consumers:block_until_released"]).start()
     origin = create(nodes, "origin", seeds=[w1], settings={"offload.startup_grace_s": 3.0}).start()
     wait_views([origin, w1], {"origin", "w1"})
-    _consumes(origin, [w1])
+    wait_consumes(origin, [w1])
     (job_id,) = _add(origin, 1, release_file=str(release))  # type: ignore[arg-type]
     wait_for(
         lambda: get_job(origin.stub, job_id).state == jobs_pb2.JOB_STATE_ACTIVE, 10.0, "the job to start"

@@ -7,9 +7,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness import NodeFactory, NodeProcess, new_job, wait_for, wait_for_state
 from jobmesh.v1 import jobs_pb2, queues_pb2
-from topo import create, start_all, view, wait_views
+
+from tests.support.job_calls import wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.topology import create, start_all, view, wait_views
+from tests.support.waiting import wait_for
 
 COOP = "offload/coop"
 STUBBORN = "offload/stubborn"
@@ -45,14 +49,14 @@ def _add(origin: NodeProcess, topic: str, tmp: Path, name: str) -> str:
     files = {
         f"{kind}_file": str(tmp / f"{name}.{kind}") for kind in ("started", "stopped", "release", "attempts")
     }
-    job = origin.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(topic, **files))).job
+    job = origin.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(topic, b"", **files))).job
     assert job.target_instance, "the job is offloaded when it is added"
-    return job.id
+    return str(job.id)
 
 
 def _worker_state(worker: NodeProcess, job_id: str) -> int | None:
     rows = worker.query_journal("SELECT state FROM jobs WHERE id = ?", (job_id,))
-    return int(rows[0][0]) if rows else None  # type: ignore[call-overload]
+    return int(rows[0][0]) if rows else None
 
 
 def test_stop_and_remove_at_the_origin_reach_the_target_and_end_the_job_there(

@@ -6,22 +6,18 @@ jobs reassigned; when the partition heals, its stale results are rejected (fenci
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-from harness import NodeFactory, NodeProcess, find_all, new_job, wait_for
 from jobmesh.v1 import jobs_pb2
-from netlab import Lab, lab_or_skip
-from topo import start_all, view, wait_views
+
+from node import JobState
+from tests.support.job_calls import find_all
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.netlab import Lab
+from tests.support.protos import new_job
+from tests.support.topology import start_all, view, wait_views
+from tests.support.waiting import wait_for
 
 PORT = 7710
 TOPIC = "offload/work"
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with lab_or_skip() as net:
-        yield net
 
 
 def _node(lab: Lab, nodes: NodeFactory, name: str, subnet: int, consumer: bool) -> NodeProcess:
@@ -56,9 +52,7 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
     )
     request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, sleep_s=0.4) for _ in range(60)])
     ids = list(origin.stub.AddJobs(request).job_ids)
-    wait_for(
-        lambda: w1.query_journal("SELECT count(*) FROM jobs WHERE state = 2")[0][0] > 0, 10.0, "w1 to run"
-    )
+    wait_for(lambda: w1.count_jobs(JobState.ACTIVE) > 0, 10.0, "w1 to run")
     start_all(w2)
 
     # When w1 is cut off past the death timeout, then the partition heals
@@ -71,7 +65,7 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
             return all(j.state == jobs_pb2.JOB_STATE_SUCCEEDED for j in jobs) and len(jobs) == 60
 
         wait_for(all_moved, 30.0, "every job to succeed at the origin while w1 is cut off")
-        stale = w1.query_journal("SELECT count(*) FROM jobs WHERE state = 3")[0][0]
+        stale = w1.count_jobs(JobState.SUCCEEDED)
     finally:
         lab.heal_subnet(2)
     wait_views([origin, w1, w2], {"origin", "w1", "w2"}, timeout=20)

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from harness import NodeFactory, NodeProcess, find_all, new_job, wait_for
 from jobmesh.v1 import jobs_pb2, queues_pb2
-from topo import create, start_all, view, wait_views
+
+from tests.support.job_calls import find_all
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.topology import create, start_all, view, wait_views
+from tests.support.waiting import wait_for
 
 SPREAD = "offload/spread"
 KEEP = "offload/keep"

@@ -13,9 +13,12 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from harness import NodeFactory, NodeProcess, new_job, rpc_error
 from jobmesh.v1 import queues_pb2, schedules_pb2, topics_pb2, topics_pb2_grpc
-from topo import create, start_all, wait_views
+
+from tests.support.job_calls import rpc_error
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.topology import create, start_all, wait_views
 
 Q, R, T = queues_pb2, schedules_pb2, topics_pb2
 

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import NodeFactory, NodeProcess, add_job, wait_for_state
 from jobmesh.v1 import jobs_pb2 as J
-from polyglot import install_command
+
+from tests.polyglot import install_command
+from tests.support.job_calls import add_job, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

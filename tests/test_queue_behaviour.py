@@ -11,16 +11,14 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from node import Job, JobContext, JobResult, JobState, Node, NodeConfig
 from node.errors import JobNotFound
 from node.jobs.events import EventType, JobEvent
-
-pytestmark = pytest.mark.usefixtures("no_thread_leaks")
+from tests.support.in_process import finished
+from tests.support.waiting import async_wait_for
 
 TIMEOUT_S = 10.0
 
@@ -30,31 +28,6 @@ def config_with(tmp_path: Path, *queues: dict[str, object], **settings: object) 
     overrides: dict[str, object] = {"queues": json.dumps(list(queues))}
     overrides.update({key.replace("__", "."): value for key, value in settings.items()})
     return NodeConfig.for_tests(tmp_path).with_overrides(overrides)
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[object]], what: str, within_s: float = TIMEOUT_S
-) -> object:
-    deadline = time.monotonic() + within_s
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}; last value {value!r}")
-        await asyncio.sleep(0.01)
-
-
-async def finished(n: Node, job_id: str) -> Job:
-    """Wait until the job is in a history state."""
-
-    async def check() -> Job | None:
-        job = await n.jobs.get_job(job_id)
-        return job if job.state.is_finished else None
-
-    job = await eventually(check, f"job {job_id} to finish")
-    assert isinstance(job, Job)
-    return job
 
 
 class Recorder:
@@ -269,7 +242,7 @@ async def test_unordered_queue_runs_up_to_max_parallel_jobs_at_once_and_never_mo
         async def three_running() -> bool:
             return state["running"] == 3
 
-        await eventually(three_running, "3 jobs to run at once")
+        await async_wait_for(three_running, what="3 jobs to run at once")
         await asyncio.sleep(0.1)  # room for a 4th to start, if the limit were broken
         counts = await n.jobs.count_by_state()
         assert counts == {JobState.ACTIVE: 3, JobState.QUEUED: 6}
@@ -387,8 +360,8 @@ async def test_queue_timeout_stops_the_attempt_and_counts_it_failed(tmp_path: Pa
         queue = report.queues["slow"]
         assert (queue.finished, queue.failed, queue.cancelled, queue.processed) == (0, 2, 2, 4)
         # And the sync consumer was told to stop (it cannot be killed)
-        await eventually(
-            lambda: _true_after(lambda: len(stopped_seen) == 2), "both sync attempts to see the stop"
+        await async_wait_for(
+            lambda: _true_after(lambda: len(stopped_seen) == 2), what="both sync attempts to see the stop"
         )
 
 
@@ -455,7 +428,7 @@ async def test_queue_without_keep_jobs_deletes_succeeded_jobs_but_keeps_failed_o
                 return True
             return False
 
-        await eventually(gone, "the succeeded job to be deleted")
+        await async_wait_for(gone, what="the succeeded job to be deleted")
         events = [e for e in await n.jobs.events.read_after(0) if e.job_id == ok.id]
         assert [e.type for e in events] == [EventType.ADDED, EventType.STARTED, EventType.FINISHED]
         assert (await n.jobs.statistics()).queues["forget"].finished == 1
@@ -504,7 +477,7 @@ async def test_event_listener_gets_committed_events_in_sequence_order(tmp_path: 
         async def all_finished() -> bool:
             return sum(1 for _, kind, _ in seen if kind is EventType.FINISHED) == 3
 
-        await eventually(all_finished, "3 FINISHED events")
+        await async_wait_for(all_finished, what="3 FINISHED events")
         remove()
         await n.jobs.add_job("unheard/x")
         stored = await n.jobs.events.read_after(0)

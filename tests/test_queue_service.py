@@ -7,8 +7,11 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from harness import NodeFactory, NodeProcess, add_job, find_all, get_job, rpc_error, wait_for_state
 from jobmesh.v1 import jobs_pb2, queues_pb2
+
+from tests.support.job_calls import add_job, find_all, get_job, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import duration
 
 S = jobs_pb2
 Q = queues_pb2
@@ -124,7 +127,7 @@ def test_set_queue_moves_queued_jobs_to_it_and_delete_queue_moves_them_back(node
         type=Q.QUEUE_TYPE_TOPIC_ROUND_ROBIN,
         max_parallel=2,
         retries=1,
-        retry_delay=timedelta(seconds=0.05),
+        retry_delay=duration(0.05),
         keep_jobs=True,
         ranking=1,
     )
@@ -161,12 +164,10 @@ def test_queues_set_over_the_api_survive_a_restart_and_override_file_queues(node
         topics=["api/*"],
         max_parallel=3,
         retries=-1,
-        retry_delay=timedelta(seconds=1.5),
+        retry_delay=duration(1.5),
         keep_jobs=True,
     )
-    override = Q.QueueConfig(
-        name="file-q", topics=["fq/**", "more/**"], retries=7, retry_delay=timedelta(seconds=0.5)
-    )
+    override = Q.QueueConfig(name="file-q", topics=["fq/**", "more/**"], retries=7, retry_delay=duration(0.5))
     node.queues.SetQueue(Q.SetQueueRequest(config=api))
     node.queues.SetQueue(Q.SetQueueRequest(config=override))
 
@@ -259,7 +260,7 @@ def test_queue_rpcs_refuse_bad_input_and_the_node_keeps_serving(nodes: NodeFacto
         ),
         (
             lambda: q.SetQueue(
-                Q.SetQueueRequest(config=Q.QueueConfig(name="q", topics=["a"], timeout=timedelta(seconds=-1)))
+                Q.SetQueueRequest(config=Q.QueueConfig(name="q", topics=["a"], timeout=duration(-1)))
             ),
             invalid,
             "timeout_s must be >= 0",
@@ -299,6 +300,6 @@ def test_set_queue_with_only_a_name_and_topics_gets_the_file_defaults(nodes: Nod
     )
     assert (c.timeout.ToTimedelta(), c.keep_jobs) == (timedelta(0), True)
     # And an explicit zero is kept: no retries, no delay
-    config = Q.QueueConfig(name="zeros", topics=["zeros/**"], retries=0, retry_delay=timedelta(0))
+    config = Q.QueueConfig(name="zeros", topics=["zeros/**"], retries=0, retry_delay=duration(0))
     c = node.queues.SetQueue(Q.SetQueueRequest(config=config)).queue.config
     assert (c.retries, c.retry_delay.ToTimedelta()) == (0, timedelta(0))

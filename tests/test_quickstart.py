@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-from dev_scripts import ROOT, describe, read_run_file, run, script_env, stopping_detached_nodes
+from tests.dev_scripts import ROOT, describe, read_run_file, run, script_env, stopping_detached_nodes
 
 QUICK_START_TIMEOUT_S = 180.0
 # What the quick start needs of the checkout (the .venv running the tests stands in for the

@@ -12,9 +12,10 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
-from harness import NodeFactory, NodeProcess
 from jobmesh.peer.v1 import gather_pb2, membership_pb2, transfer_pb2
 from jobmesh.v1 import jobs_pb2, queues_pb2, schedules_pb2, topics_pb2, topology_pb2, workers_pb2
+
+from tests.support.launcher import NodeFactory, NodeProcess
 
 # Every service of the protos, taken from the generated descriptors, not typed out by hand.
 JOBMESH_SERVICES = {

@@ -8,24 +8,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from harness import NodeFactory, NodeProcess, find_all, new_job, wait_for
 from jobmesh.v1 import jobs_pb2
-from netlab import Host, Lab, lab_or_skip
-from topo import view, wait_views
+
+from tests.support.job_calls import find_all
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.netlab import Host, Lab
+from tests.support.protos import new_job
+from tests.support.topology import view, wait_views
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 7710
 TOPIC = "demo/upper"
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with lab_or_skip() as net:
-        yield net
 
 
 def _node(host: Host, nodes: NodeFactory, name: str, seed: str | None) -> NodeProcess:

@@ -10,13 +10,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from test_node_in_process import eventually, job_in_state
 
 import node
 from node.errors import InvalidArgument, Unavailable
 from node.jobs.remote import Assign, RemoteWorker, Stop
-
-pytestmark = pytest.mark.usefixtures("no_thread_leaks")
+from tests.support.in_process import job_in_state
+from tests.support.waiting import async_wait_for
 
 
 async def next_command(worker: RemoteWorker) -> Assign | Stop:
@@ -82,7 +81,7 @@ async def test_disconnect_fails_unfinished_jobs_for_an_immediate_retry_and_unreg
             current = await n.jobs.get_job(job.id)
             return current.state is node.JobState.QUEUED and current.target_instance is None
 
-        await eventually(requeued, "the job to wait, unassigned")
+        await async_wait_for(requeued, what="the job to wait, unassigned")
         current = await n.jobs.get_job(job.id)
         assert current.retry_count == 1
         assert "cable cut" in current.result_message

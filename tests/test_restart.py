@@ -8,18 +8,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import (
-    RUN_FILE,
-    NodeFactory,
-    add_job,
-    attempts,
-    find_all,
-    get_job,
-    new_job,
-    wait_for,
-    wait_for_state,
-)
 from jobmesh.v1 import jobs_pb2
+
+from tests.consumers import attempts
+from tests.support.job_calls import add_job, add_running_job, find_all, get_job, wait_for_state
+from tests.support.launcher import RUN_FILE, NodeFactory
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 
@@ -75,18 +70,14 @@ def test_job_active_at_kill_9_runs_again_after_restart_and_succeeds(
 ) -> None:
     # Given a job whose consumer is blocked in its first attempt
     node = nodes.start("crashy", ["crash/**=consumers:block_until_released"])
-    started, release, log = tmp_path / "started", tmp_path / "release", tmp_path / "attempts"
-    job_id = add_job(
-        node.stub, "crash/job", started_file=str(started), release_file=str(release), attempts_file=str(log)
-    )
-    wait_for(started.exists, what="the first attempt to start")
+    job_id, files = add_running_job(node.stub, "crash/job", tmp_path)
     assert get_job(node.stub, job_id).state == S.JOB_STATE_ACTIVE
     first_pid = node.info["pid"]
 
     # When the node is killed with SIGKILL, and restarted after the consumer's blocker is gone
     assert node.kill() == -9
     assert (node.data_dir / RUN_FILE).exists(), "a crash leaves node.json behind"
-    release.touch()
+    files.release.touch()
     node.start()
 
     # Then the job runs again and succeeds, counting the attempt the crash cut short
@@ -94,7 +85,7 @@ def test_job_active_at_kill_9_runs_again_after_restart_and_succeeds(
     job = wait_for_state(node.stub, job_id, S.JOB_STATE_SUCCEEDED)
     assert job.retry_count == 1
     assert job.result_message == "released"
-    assert len(attempts(log)) == 2
+    assert len(attempts(files.attempts)) == 2
     assert "re-queued" in node.log_text()
 
 
@@ -103,9 +94,7 @@ def test_job_stopped_while_active_ends_stopped_when_a_crash_interrupts_it(
 ) -> None:
     # Given an active job whose consumer ignores the stop request that was made
     node = nodes.start("stop-crash", ["crash/**=consumers:block_ignoring_stop"])
-    started, log = tmp_path / "started", tmp_path / "attempts"
-    job_id = add_job(node.stub, "crash/stubborn", started_file=str(started), attempts_file=str(log))
-    wait_for(started.exists, what="the job to start")
+    job_id, files = add_running_job(node.stub, "crash/stubborn", tmp_path)
     assert node.stub.StopJob(S.StopJobRequest(job_id=job_id)).job.stop_requested
 
     # When the node is killed and restarted
@@ -116,15 +105,13 @@ def test_job_stopped_while_active_ends_stopped_when_a_crash_interrupts_it(
     job = get_job(node.stub, job_id)
     assert job.state == S.JOB_STATE_STOPPED
     assert job.HasField("finished_time")
-    assert len(attempts(log)) == 1
+    assert len(attempts(files.attempts)) == 1
 
 
 def test_job_active_at_kill_9_without_retries_left_is_given_up(nodes: NodeFactory, tmp_path: Path) -> None:
     # Given a node allowing no retries and a job blocked in its only attempt
     node = nodes.start("no-retries", ["crash/**=consumers:block_until_released"], {"jobs.retries": 0})
-    started, log = tmp_path / "started", tmp_path / "attempts"
-    job_id = add_job(node.stub, "crash/once", started_file=str(started), attempts_file=str(log))
-    wait_for(started.exists, what="the job to start")
+    job_id, files = add_running_job(node.stub, "crash/once", tmp_path)
 
     # When the node is killed and restarted
     node.kill()
@@ -135,7 +122,7 @@ def test_job_active_at_kill_9_without_retries_left_is_given_up(nodes: NodeFactor
     assert job.state == S.JOB_STATE_GIVEN_UP
     assert job.retry_count == 1
     assert "no retries left" in job.result_message
-    assert len(attempts(log)) == 1
+    assert len(attempts(files.attempts)) == 1
 
 
 def test_jobs_acknowledged_before_kill_9_are_all_there_after_restart(nodes: NodeFactory) -> None:
@@ -198,9 +185,7 @@ def test_graceful_shutdown_reports_not_serving_and_requeues_an_unfinished_job(
     node = nodes.start(
         "graceful", ["grace/**=consumers:block_until_released"], {"server.shutdown_grace_s": 0.5}
     )
-    started, release = tmp_path / "started", tmp_path / "release"
-    job_id = add_job(node.stub, "grace/job", started_file=str(started), release_file=str(release))
-    wait_for(started.exists, what="the job to start")
+    job_id, files = add_running_job(node.stub, "grace/job", tmp_path)
     health = health_pb2_grpc.HealthStub(node.channel)
 
     # When it gets SIGTERM
@@ -215,7 +200,7 @@ def test_graceful_shutdown_reports_not_serving_and_requeues_an_unfinished_job(
     )
     assert node.wait_exit() == 0
     # And after a restart the job runs again; the interrupted attempt is not counted as a failure
-    release.touch()
+    files.release.touch()
     node.start()
     job = wait_for_state(node.stub, job_id, S.JOB_STATE_SUCCEEDED)
     assert job.retry_count == 0

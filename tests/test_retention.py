@@ -7,11 +7,14 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from harness import NodeFactory, NodeProcess, add_job, find_all, new_job, rpc_error, wait_for, wait_for_state
 from jobmesh.v1 import jobs_pb2
 
 from node.config import NodeConfig
 from node.errors import ConfigError
+from tests.support.job_calls import add_job, find_all, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 CONSUMERS = [

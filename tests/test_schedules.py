@@ -9,18 +9,21 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from harness import NodeFactory, NodeProcess, find_all, new_job, rpc_error, wait_for, wait_for_state
 from jobmesh.v1 import jobs_pb2, schedules_pb2
+
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import find_all, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 R = schedules_pb2
 CONSUMERS = ["sched/**=consumers:succeed"]
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    """A node shared by the tests that need no restart (each uses its own topics)."""
-    return module_nodes.start("scheduler", CONSUMERS)
+# A node shared by the tests that need no restart (each uses its own topics).
+node = shared_node("scheduler", CONSUMERS)
 
 
 def at(when_s: float) -> schedules_pb2.ScheduleRule:

@@ -8,15 +8,16 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from harness import NodeFactory, NodeProcess, rpc_error
+
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import rpc_error
+from tests.support.launcher import NodeProcess
 
 JOB_SERVICE = "jobmesh.v1.JobService"
 WORKER_SERVICE = "jobmesh.v1.WorkerService"
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("services")
+node = shared_node("services")
 
 
 @pytest.mark.parametrize("service", ["", JOB_SERVICE, WORKER_SERVICE])

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import TESTS_DIR
+
+from tests.support.launcher import TESTS_DIR
 
 HINT = "needs the frobnicator: run scripts/setup-polyglot as root"
 SKIPPING_TEST = f"""

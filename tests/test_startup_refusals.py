@@ -12,7 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import NodeFactory, add_job, get_job, rpc_error
+
+from tests.support.job_calls import add_job, get_job, rpc_error
+from tests.support.launcher import NodeFactory
 
 RUN = [sys.executable, "-m", "node", "run", "--test-preset"]
 

@@ -7,8 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import NodeFactory, add_job, get_job, wait_for, wait_for_state
 from jobmesh.v1 import jobs_pb2
+
+from tests.support.job_calls import add_job, add_running_job, get_job, wait_for_state
+from tests.support.launcher import NodeFactory
+from tests.support.waiting import wait_for
 
 S = jobs_pb2
 QUEUES = json.dumps([{"name": "statq", "topics": ["stat/**"], "retry_delay_s": 0.05}])
@@ -122,14 +125,12 @@ def test_an_attempt_cut_short_by_a_crash_counts_as_failed_like_its_retry_count_s
 ) -> None:
     # Given a job running when the node is killed
     node = nodes.start("crashy", ["crash/**=consumers:block_until_released"])
-    started, release = tmp_path / "started", tmp_path / "release"
-    job_id = add_job(node.stub, "crash/x", started_file=str(started), release_file=str(release))
-    wait_for(started.exists, what="the job to start")
+    job_id, files = add_running_job(node.stub, "crash/x", tmp_path)
     node.kill()
 
     # When the node restarts and the job's second attempt succeeds
     node.start()
-    release.touch()
+    files.release.touch()
     job = wait_for_state(node.stub, job_id, S.JOB_STATE_SUCCEEDED)
 
     # Then the statistics count the cut-short attempt as failed, as the retry count does,

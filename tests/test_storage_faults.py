@@ -14,11 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import NodeFactory, NodeProcess, add_job, get_job
 
 from node.errors import JournalFull, StorageUnavailable
 from node.journal.faults import storage_fault
 from node.services.status import status_for
+from tests.support.job_calls import add_job, get_job
+from tests.support.launcher import NodeFactory, NodeProcess
 
 DISK_BYTES = 8 * 1024 * 1024
 PAYLOAD = b"p" * 32 * 1024

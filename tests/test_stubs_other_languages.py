@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from polyglot import install_command
+
+from tests.polyglot import install_command
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN_STUBS = ROOT / "scripts" / "gen_stubs.py"

@@ -10,8 +10,10 @@ import grpc
 import jobmesh
 import pytest
 from google.protobuf.descriptor import MethodDescriptor
-from harness import NodeFactory, NodeProcess, add_job, wait_for_state
 from jobmesh.v1 import jobs_pb2, workers_pb2
+
+from tests.support.job_calls import add_job, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
 
 # Not a protobuf message: field 0 does not exist and wire type 7 is not defined.
 GARBAGE = b"\x07\xff\xff\xff\xff"

@@ -8,38 +8,31 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import (
-    NodeFactory,
-    NodeProcess,
-    add_job,
-    get_job,
-    new_job,
-    rpc_error,
-    wait_for,
-    wait_for_state,
-    watch,
-)
 from jobmesh.v1 import jobs_pb2
 
 from node import Node, NodeConfig
 from node.journal.events import READ_BATCH
+from tests.support.fixtures import shared_node
+from tests.support.job_calls import add_job, add_running_job, get_job, rpc_error, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.waiting import wait_for
+from tests.support.watching import watch
 
 S = jobs_pb2
 E = jobs_pb2  # event types live in the same module
 LIFECYCLE = [S.JOB_EVENT_TYPE_ADDED, S.JOB_EVENT_TYPE_STARTED, S.JOB_EVENT_TYPE_FINISHED]
 
 
-@pytest.fixture(scope="module")
-def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start(
-        "watched",
-        [
-            "watch/**=consumers:succeed",
-            "resume/**=consumers:report_progress",
-            "fails/**=consumers:fail_then_succeed",
-            "stopme/**=consumers:block_until_released",
-        ],
-    )
+node = shared_node(
+    "watched",
+    [
+        "watch/**=consumers:succeed",
+        "resume/**=consumers:report_progress",
+        "fails/**=consumers:fail_then_succeed",
+        "stopme/**=consumers:block_until_released",
+    ],
+)
 
 
 def journal_events(node: NodeProcess, topic_glob: str, after_seq: int = 0) -> list[tuple[int, int, str]]:
@@ -48,7 +41,7 @@ def journal_events(node: NodeProcess, topic_glob: str, after_seq: int = 0) -> li
         "SELECT seq, type, job_id FROM job_events WHERE topic GLOB ? AND seq > ? ORDER BY seq",
         (topic_glob, after_seq),
     )
-    return [(int(s), int(t), str(j)) for s, t, j in rows]  # type: ignore[call-overload]
+    return [(int(s), int(t), str(j)) for s, t, j in rows]
 
 
 def as_tuples(events: list[jobs_pb2.JobEvent]) -> list[tuple[int, int, str]]:
@@ -249,9 +242,7 @@ def test_a_message_never_claims_events_it_did_not_send(node: NodeProcess) -> Non
 
 def test_stopped_and_removed_jobs_have_their_events(node: NodeProcess, tmp_path: Path) -> None:
     before = current_head(node)
-    started = tmp_path / "started"
-    active = add_job(node.stub, "stopme/a", started_file=str(started), release_file=str(tmp_path / "never"))
-    wait_for(started.exists, what="the job to start")
+    active, _ = add_running_job(node.stub, "stopme/a", tmp_path)
     node.stub.StopJob(S.StopJobRequest(job_id=active))
     wait_for_state(node.stub, active, S.JOB_STATE_STOPPED)
     node.stub.RemoveJob(S.RemoveJobRequest(job_id=active))  # deletes the history entry
@@ -359,6 +350,6 @@ async def test_a_reader_that_falls_behind_retention_is_told_about_the_gap(tmp_pa
 
         # Then its next batch starts after the hole and says where
         second = await anext(stream)
-        await stream.aclose()
+        await stream.aclose()  # type: ignore[attr-defined]  # an async generator
     assert second.gap_until_seq == 1301
     assert [e.seq for e in second.events] == list(range(1301, 1501))

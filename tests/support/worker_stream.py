@@ -8,15 +8,15 @@ node's messages into a queue, so waiting never blocks past the deadline.
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from harness import DEFAULT_TIMEOUT_S, PropertyInput, prop
 from jobmesh.v1 import workers_pb2, workers_pb2_grpc
 
-_END = object()
+from .protos import PropertyInput, prop
+from .streams import StreamReader
+from .waiting import DEFAULT_TIMEOUT_S
 
 
 class WorkerStream:
@@ -24,13 +24,19 @@ class WorkerStream:
 
     def __init__(self, channel: grpc.Channel) -> None:
         self._requests: queue.Queue[workers_pb2.WorkRequest | None] = queue.Queue()
-        self._responses: queue.Queue[Any] = queue.Queue()
-        self.error: grpc.RpcError | None = None
         self.registered: workers_pb2.WorkerRegistered | None = None
-        self.ended = threading.Event()
         self._call = workers_pb2_grpc.WorkerServiceStub(channel).Work(self._request_iterator())
-        self._reader = threading.Thread(target=self._read, name="worker-stream-reader", daemon=True)
-        self._reader.start()
+        # Once the node's side ends, end the request iterator too: grpc's thread reading it exits.
+        self._reader = StreamReader(
+            self._call, "worker-stream-reader", on_end=lambda: self._requests.put(None)
+        )
+        self.ended = self._reader.ended
+        """Set once the stream ended (see `error`)."""
+
+    @property
+    def error(self) -> grpc.RpcError | None:
+        """The status the stream failed with; None while it runs or if it ended with OK."""
+        return self._reader.error
 
     @classmethod
     def connect(
@@ -47,17 +53,6 @@ class WorkerStream:
     def _request_iterator(self) -> Iterator[workers_pb2.WorkRequest]:
         while (message := self._requests.get()) is not None:
             yield message
-
-    def _read(self) -> None:
-        try:
-            for message in self._call:
-                self._responses.put(message)
-        except grpc.RpcError as e:
-            self.error = e
-        finally:
-            self._requests.put(None)  # ends the request iterator: grpc's thread reading it exits
-            self._responses.put(_END)
-            self.ended.set()
 
     # --- sending ---
 
@@ -84,7 +79,7 @@ class WorkerStream:
     def result(
         self,
         job: workers_pb2.WorkAssignment,
-        outcome: int = workers_pb2.WORK_OUTCOME_SUCCEEDED,
+        outcome: workers_pb2.WorkOutcome.ValueType = workers_pb2.WORK_OUTCOME_SUCCEEDED,
         message: str = "",
         **fields: Any,
     ) -> None:
@@ -95,18 +90,24 @@ class WorkerStream:
             )
         )
 
+    def take(self, job_id: str) -> workers_pb2.WorkAssignment:
+        """The next message, which must assign `job_id`."""
+        assignment: workers_pb2.WorkAssignment = self.expect("assignment")
+        assert assignment.job_id == job_id, f"expected job {job_id}, got {assignment}"
+        return assignment
+
+    def succeed(self, job_id: str) -> workers_pb2.WorkAssignment:
+        """Take the assignment of `job_id` (the next message) and report it SUCCEEDED."""
+        assignment = self.take(job_id)
+        self.result(assignment)
+        return assignment
+
     # --- receiving ---
 
     def receive(self, timeout: float = DEFAULT_TIMEOUT_S) -> workers_pb2.WorkResponse:
         """The next message from the node; fails if the stream ends or nothing comes in time."""
-        try:
-            message = self._responses.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no message from the node within {timeout:.1f}s") from None
-        if message is _END:
-            self._responses.put(_END)
-            raise AssertionError(f"the stream ended: {self.error!r}")
-        return message  # type: ignore[no-any-return]
+        message: workers_pb2.WorkResponse = self._reader.take(timeout, "message from the node")
+        return message
 
     def expect(self, kind: str, timeout: float = DEFAULT_TIMEOUT_S) -> Any:
         """The next message, which must be of `kind` (registered, assignment, stop); its content."""
@@ -116,11 +117,8 @@ class WorkerStream:
 
     def assert_silent(self, within_s: float) -> None:
         """Nothing arrives from the node for `within_s` (for "never more than N" checks)."""
-        try:
-            message = self._responses.get(timeout=within_s)
-        except queue.Empty:
-            return
-        raise AssertionError(f"expected no message, got {message}")
+        message = self._reader.poll(within_s)
+        assert message is None, f"expected no message, got {message}"
 
     def wait_error(self, timeout: float = DEFAULT_TIMEOUT_S) -> grpc.RpcError:
         """Wait for the stream to end with an error status; return it."""

@@ -1,4 +1,4 @@
-"""Multi-host test networks built from network namespaces, inside the suite's private namespace.
+"""The namespace lab: multi-host test networks of network namespaces, inside the suite's private one.
 
 Each host is a network namespace held open by an `unshare --net sleep` process (no `ip netns`,
 so no mount namespace is needed); nodes run in it through `nsenter --net`. Hosts plug into
@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from harness import wait_for
+
+from .waiting import wait_for
 
 ROUTER_HOST = 254
 
@@ -173,7 +174,10 @@ class Lab:
 
 @contextlib.contextmanager
 def lab_or_skip() -> Iterator[Lab]:
-    """A Lab for the duration of the block; skips the test where the kernel cannot build one."""
+    """A Lab for the duration of the block; skips the test where the kernel cannot build one.
+
+    Tests take it as the `lab` (per test) or `module_lab` (per module) fixture of the conftest.
+    """
     try:
         check_supported()
     except LabUnsupported as e:

@@ -1,14 +1,16 @@
-"""Helpers for discovery tests with real node processes: start named nodes, read and await views."""
+"""Topology helpers for tests with real node processes: start named nodes, read and await their views."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-from harness import NodeFactory, NodeProcess, wait_for
 from jobmesh.v1 import topology_pb2, topology_pb2_grpc
 
 from node.discovery.config import DiscoveryConfig
+
+from .launcher import NodeFactory, NodeProcess
+from .waiting import wait_for
 
 RPC_TIMEOUT_S = 2.0
 LAN_TIMINGS = {
@@ -31,14 +33,14 @@ def create(
     name: str,
     seeds: Iterable[NodeProcess | str] = (),
     settings: Mapping[str, object] | None = None,
+    consumers: Iterable[str] = (),
     extra_args: Sequence[str] = (),
-    **kwargs: object,
 ) -> NodeProcess:
     """A node named `name` (instance name and data dir), joining through `seeds`; not started."""
     args = ["--name", name, *extra_args]
     for seed in seeds:
         args += ["--seed", seed if isinstance(seed, str) else seed.address]
-    return nodes.create(name, settings=settings, extra_args=args, **kwargs)  # type: ignore[arg-type]
+    return nodes.create(name, consumers, settings, extra_args=args)
 
 
 def start_all(*processes: NodeProcess) -> list[NodeProcess]:
@@ -56,7 +58,8 @@ def stub(node: NodeProcess) -> topology_pb2_grpc.TopologyServiceStub:
 def view(node: NodeProcess) -> topology_pb2.TopologyView:
     """The node's current topology view."""
     response = stub(node).GetTopology(topology_pb2.GetTopologyRequest(), timeout=RPC_TIMEOUT_S)
-    return response.view
+    current: topology_pb2.TopologyView = response.view
+    return current
 
 
 def names(v: topology_pb2.TopologyView) -> set[str]:
