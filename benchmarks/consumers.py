@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from node.jobs.consumers import JobContext
-from node.jobs.model import Job, JobResult
+from node.model.job import Job, JobResult
 
 
 def noop(job: Job, context: JobContext) -> None:

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
 
+from node import transport
 from node.errors import JobmeshError
 from node.properties import PropertyValue, value_to_proto
-from node.services import transport
 
 R = TypeVar("R")
 FINISHED_STATES = frozenset(

@@ -20,9 +20,8 @@ from typing import Any
 
 from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
-from node.jobs.queues import MAIN_QUEUE, QueueConfig
 from node.journal.connection import Durability
-from node.transfer.config import OffloadConfig
+from node.model.queues import MAIN_QUEUE, QueueConfig
 
 DEFAULT_PORT = 7710
 ENV_PREFIX = "JOBMESH_"
@@ -122,6 +121,29 @@ class ConsumerSpec:
         return cls(tuple(p.strip() for p in patterns.split(",") if p.strip()), handler.strip())
 
 
+CHUNK_BYTES = 1024 * 1024
+"""Default chunk size: payloads larger than this travel to and from targets in chunks."""
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """Offloading timings."""
+
+    capacity_interval_s: float = 0.5
+    """Shortest interval between two updates of the `jobmesh.capacity` property."""
+    reassign_grace_s: float = 10.0
+    """How long a target must be gone from the view before its unfinished jobs are reassigned."""
+    startup_grace_s: float = 30.0
+    """No reassignment this soon after start (a restarting topology is still forming)."""
+    chunk_bytes: int = CHUNK_BYTES
+    """Payloads larger than this travel to and from targets in chunks of this size."""
+
+    @classmethod
+    def for_tests(cls) -> OffloadConfig:
+        """Short timings for tests."""
+        return cls(capacity_interval_s=0.2, reassign_grace_s=0.5, startup_grace_s=1.0, chunk_bytes=256 * 1024)
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs to run. Build with `load_config`, or a preset."""
@@ -142,7 +164,7 @@ class NodeConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     """Peer discovery, membership and the topology view (node/discovery/config.py)."""
     offload: OffloadConfig = field(default_factory=OffloadConfig)
-    """Offloading: capacity publishing and reassignment timings (node/transfer/config.py)."""
+    """Offloading: capacity publishing and reassignment timings."""
 
     queues: tuple[QueueConfig, ...] = ()
     """Queue configurations besides the main queue (TOML `[[queues]]`; env/flags: a JSON list)."""

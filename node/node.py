@@ -33,6 +33,7 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
+from node import transport
 from node.config import NodeConfig
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
 from node.discovery.topology import Topology
@@ -50,7 +51,7 @@ from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
 from node.journal.journal import Journal
-from node.services import transport
+from node.model.consumption import ConsumptionRules, ConsumptionSetting
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
 from node.services.schedules import ScheduleServicer
@@ -60,7 +61,6 @@ from node.services.transfer import TransferServicer
 from node.services.workers import WorkerServicer
 from node.transfer.consumption import ConsumptionStore
 from node.transfer.offloader import Offloader
-from node.transfer.rules import ConsumptionRules, ConsumptionSetting
 
 log = logging.getLogger(__name__)
 

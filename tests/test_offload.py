@@ -17,7 +17,7 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2
 from topo import create, start_all, view, wait_views
 from worker_stream import WorkerStream
 
-from node.services import transport
+from node import transport
 
 TOPIC = "offload/work"
 SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED

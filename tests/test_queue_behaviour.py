@@ -18,7 +18,7 @@ import pytest
 
 from node import Job, JobContext, JobResult, JobState, Node, NodeConfig
 from node.errors import JobNotFound
-from node.jobs.events import EventType, JobEvent
+from node.model.events import EventType, JobEvent
 
 pytestmark = pytest.mark.usefixtures("no_thread_leaks")
 

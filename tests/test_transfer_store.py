@@ -11,9 +11,9 @@ import pytest
 from jobmesh.v1 import jobs_pb2, transfer_pb2
 
 from node.errors import InvalidArgument
-from node.jobs.model import JobState
 from node.journal.jobs import JobStore, NewJobRecord
 from node.journal.journal import Journal
+from node.model.job import JobState
 from node.transfer.chunks import ChunkAssembler, crc32
 from node.transfer.store import ChunkCursor, Placement, TransferStore
 

@@ -16,9 +16,9 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from jobmesh.v1 import topics_pb2, topics_pb2_grpc
 
+from node import transport
 from node.cli.commands import EXIT_INTERNAL, EXIT_OK, EXIT_UNAVAILABLE, node_address
 from node.cli.render import print_table
-from node.services import transport
 from node.topics import TopicPattern
 
 EXIT_USAGE = 2

@@ -16,9 +16,6 @@ from node.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceE
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import JobContext
-from node.jobs.events import EventFilter, JobEvent
-from node.jobs.model import Job, JobState
-from node.jobs.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
 from node.jobs.retention import Retention
 from node.jobs.runner import QueueRunner
 from node.jobs.scheduler import Scheduler
@@ -29,9 +26,12 @@ from node.journal.journal import Journal
 from node.journal.queues import QueueStore
 from node.journal.schedules import ScheduleStore, StoredSchedule
 from node.journal.stats import StatisticsReport, read_statistics
+from node.model.consumption import ConsumptionRules
+from node.model.events import EventFilter, JobEvent
+from node.model.job import Job, JobState
+from node.model.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
 from node.properties import encode_properties, encode_proto_properties
 from node.topics import TopicPattern, validate_topic
-from node.transfer.rules import ConsumptionRules
 
 MAX_JOBS_PER_ADD = 10_000
 MAX_DEDUP_KEY_CHARS = 256

@@ -7,9 +7,9 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from node.jobs.events import EventFilter, JobEvent
 from node.journal.journal import Journal
 from node.journal.recorder import EVENT_COLUMNS, row_to_event
+from node.model.events import EventFilter, JobEvent
 
 READ_BATCH = 1000
 COALESCE_BELOW = 100

@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from node.errors import FailedPrecondition, InvalidArgument, JobNotFound
-from node.jobs.events import EventType
-from node.jobs.lifecycle import after_attempt
-from node.jobs.model import Job, JobState, LogLine, Outcome
-from node.jobs.queues import QueueConfig
 from node.journal.journal import Journal
+from node.model.events import EventType
+from node.model.job import Job, JobState, LogLine, Outcome
+from node.model.lifecycle import after_attempt
+from node.model.queues import QueueConfig
 from node.properties import value_to_json
 from node.templates import Template, templates_to_sql
 from node.topics import TopicPattern

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from node.errors import Unavailable
-from node.jobs.events import JobEvent
 from node.journal.connection import Durability, open_connection
 from node.journal.recorder import Recorder, row_to_event
 from node.journal.schema import migrate
 from node.journal.writer import JournalWriter
+from node.model.events import JobEvent
 
 T = TypeVar("T")
 EventListener = Callable[[list[JobEvent]], None]

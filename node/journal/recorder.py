@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from node.jobs.events import EventType, JobEvent
-from node.jobs.model import JobState
+from node.model.events import EventType, JobEvent
+from node.model.job import JobState
 
 SCOPE_GLOBAL, SCOPE_QUEUE, SCOPE_TOPIC = 0, 1, 2
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, fields
 
 from jobmesh.v1 import jobs_pb2
 
-from node.jobs.model import JobState
 from node.journal.journal import Journal
 from node.journal.recorder import SCOPE_GLOBAL, SCOPE_QUEUE, StatsDelta
+from node.model.job import JobState
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node.services import transport
+from node import transport
 
 log = logging.getLogger(__name__)
 

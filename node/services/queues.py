@@ -7,7 +7,7 @@ from jobmesh.v1 import queues_pb2, queues_pb2_grpc
 
 from node.errors import ConfigError, InvalidArgument
 from node.jobs.manager import JobManager, QueueInfo
-from node.jobs.queues import QueueConfig, QueueType
+from node.model.queues import QueueConfig, QueueType
 from node.services.status import rpc
 
 _TYPE_TO_PROTO = {

@@ -15,14 +15,14 @@ from collections.abc import Callable
 import grpc
 from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
 
+from node import transport
+from node.config import OffloadConfig
 from node.discovery.topology import Topology
 from node.discovery.view import TopologyView
 from node.instance import now_us
 from node.jobs.manager import JobManager
-from node.jobs.queues import QueueType
-from node.services import transport
+from node.model.queues import QueueType
 from node.transfer.chunks import ChunkAssembler
-from node.transfer.config import OffloadConfig
 from node.transfer.store import ChunkCursor, Placement, TransferStore, placements_for
 
 log = logging.getLogger(__name__)

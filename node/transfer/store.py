@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from jobmesh.v1 import transfer_pb2
 
+from node.config import CHUNK_BYTES
 from node.errors import InvalidArgument
-from node.jobs.events import EventType
-from node.jobs.model import JobState
 from node.journal.jobs import (
     OUTBOX_REMOVE,
     OUTBOX_STOP,
@@ -26,7 +25,9 @@ from node.journal.jobs import (
     NewJobRecord,
 )
 from node.journal.journal import Journal
-from node.transfer.chunks import CHUNK_BYTES, ChunkAssembler, crc32
+from node.model.events import EventType
+from node.model.job import JobState
+from node.transfer.chunks import ChunkAssembler, crc32
 
 KIND_JOB, KIND_REPORT = 1, 2
 _FINISHED = tuple(int(s) for s in JobState if s.is_finished)

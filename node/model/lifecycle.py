@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.jobs.model import JobState, Outcome
+from node.model.job import JobState, Outcome
 
 
 @dataclass(frozen=True)
