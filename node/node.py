@@ -50,6 +50,7 @@ from node.instance import (
 from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
+from node.journal.jobs import JobStore
 from node.journal.journal import Journal
 from node.model.consumption import ConsumptionRules, ConsumptionSetting
 from node.services.jobs import JobServicer
@@ -61,6 +62,8 @@ from node.services.transfer import TransferServicer
 from node.services.workers import WorkerServicer
 from node.transfer.consumption import ConsumptionStore
 from node.transfer.offloader import Offloader
+from node.transfer.placement import PeerPlacement
+from node.transfer.store import TransferStore
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +156,12 @@ class Node:
             if instance_id is None:
                 instance_id = new_instance_id()
                 await self._journal.set_meta("instance_id", instance_id)
-            self._jobs = JobManager(self._journal, self.consumers, config, instance_id)
-            self._offloader = Offloader(self._jobs, self.topology, config.offload)
+            # The transfer store registers the outbox as the journal's hook before anything runs a
+            # job: reports of jobs from other origins are written from the first transaction on.
+            transfer = TransferStore(self._journal, JobStore(self._journal), instance_id)
+            placement = PeerPlacement(instance_id, self.topology, transfer)
+            self._jobs = JobManager(self._journal, self.consumers, config, instance_id, placement)
+            self._offloader = Offloader(self._jobs, self.topology, placement, transfer, config.offload)
             self._consumption = ConsumptionStore(self._journal)
             self._jobs.consumption = await self._consumption.load()
             self._publish_consumption(self._jobs.consumption)

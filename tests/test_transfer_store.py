@@ -11,14 +11,17 @@ import pytest
 from jobmesh.v1 import jobs_pb2, transfer_pb2
 
 from node.errors import InvalidArgument
-from node.journal.jobs import JobStore, NewJobRecord
+from node.journal.jobs import JobStore
 from node.journal.journal import Journal
+from node.journal.records import NewJobRecord
 from node.model.job import JobState
+from node.transfer.apply import Arrival
 from node.transfer.chunks import ChunkAssembler, crc32
-from node.transfer.store import ChunkCursor, Placement, TransferStore
+from node.transfer.frames import ChunkCursor
+from node.transfer.store import TransferStore
 
 
-def _record(job_id: str, origin: str, target: str | None, offload: bool) -> NewJobRecord:
+def _record(job_id: str, origin: str, target: str | None) -> NewJobRecord:
     return NewJobRecord(
         id=job_id,
         topic="t/a",
@@ -29,7 +32,6 @@ def _record(job_id: str, origin: str, target: str | None, offload: bool) -> NewJ
         max_retries=0,
         created_us=1,
         payload=b"in",
-        offload=offload,
     )
 
 
@@ -53,7 +55,7 @@ async def test_reports_of_an_old_epoch_are_rejected_and_a_duplicate_report_appli
         # Given a job offloaded to `peer`, then reassigned to `peer2` (epoch 1)
         jobs = JobStore(journal)
         store = TransferStore(journal, jobs, "origin")
-        await jobs.add_jobs([_record("j1", "origin", "peer", offload=True)])
+        await jobs.add_jobs([_record("j1", "origin", "peer")])
         assert await store.peers() == ["peer"]
         assert await store.assign(lambda _t, _q: "peer2", 5, from_peer="peer") == 1
         assert await store.peers() == ["peer2"]
@@ -84,14 +86,14 @@ async def test_a_received_job_is_applied_once_per_origin_job_and_epoch(tmp_path:
     try:
         origin_jobs = JobStore(origin_journal)
         origin = TransferStore(origin_journal, origin_jobs, "origin")
-        await origin_jobs.add_jobs([_record("j1", "origin", "target", offload=True)])
+        await origin_jobs.add_jobs([_record("j1", "origin", "target")])
         frame = await origin.next_frame("target", 0, 100, 1 << 20)
         assert frame is not None
         assert [j.payload for j in frame.jobs] == [b"in"]
 
         target_jobs = JobStore(target_journal)
         target = TransferStore(target_journal, target_jobs, "target")
-        place = {"t/a": Placement("main", "target")}
+        place = {"t/a": Arrival("main", "target")}
         assert (await target.apply(frame, place, 5)).jobs_added == 1
         assert (await target.apply(frame, place, 6)).jobs_added == 0  # resent after a lost ack
 
@@ -112,12 +114,11 @@ async def test_a_stop_or_remove_at_the_origin_reaches_the_target_once_and_only_f
     try:
         # Given two jobs offloaded to `target` and received there (queued)
         origin_jobs = JobStore(origin_journal)
-        origin_journal.recorder.local_instance = "origin"
         origin = TransferStore(origin_journal, origin_jobs, "origin")
-        await origin_jobs.add_jobs([_record(j, "origin", "target", offload=True) for j in ("j1", "j2")])
+        await origin_jobs.add_jobs([_record(j, "origin", "target") for j in ("j1", "j2")])
         target_jobs = JobStore(target_journal)
         target = TransferStore(target_journal, target_jobs, "target")
-        place = {"t/a": Placement("main", "target")}
+        place = {"t/a": Arrival("main", "target")}
         frame = await origin.next_frame("target", 0, 100, 1 << 20)
         assert frame is not None
         await target.apply(frame, place, 5)
@@ -144,7 +145,7 @@ async def test_a_stop_or_remove_at_the_origin_reaches_the_target_once_and_only_f
         assert stopped == 1
 
         # And a control for another epoch changes nothing
-        await origin_jobs.add_jobs([_record("j3", "origin", "target", offload=True)])
+        await origin_jobs.add_jobs([_record("j3", "origin", "target")])
         again = await origin.next_frame("target", controls.last_seq, 100, 1 << 20)
         assert again is not None
         await target.apply(again, place, 9)
@@ -165,7 +166,7 @@ async def test_a_job_stopped_while_its_gone_target_ran_it_ends_stopped_instead_o
     try:
         jobs = JobStore(journal)
         store = TransferStore(journal, jobs, "origin")
-        await jobs.add_jobs([_record(j, "origin", "peer", offload=True) for j in ("j1", "j2")])
+        await jobs.add_jobs([_record(j, "origin", "peer") for j in ("j1", "j2")])
         await journal.write(lambda c: c.execute("UPDATE jobs SET state = 2"))  # both started on `peer`
         await jobs.stop("j1", 5)  # stop requested while it runs there
 
@@ -188,7 +189,7 @@ async def _stream(
         frame := await sender.next_frame(peer, after, 100, max_bytes, chunk_bytes=CHUNK, resume=cursor)
     ) is not None:
         sent.append(transfer_pb2.TransferFrame.FromString(frame.SerializeToString()))
-        await receiver.apply(frame, {"t/a": Placement("main", receiver.local_id)}, 5, assembler)
+        await receiver.apply(frame, {"t/a": Arrival("main", receiver.local_id)}, 5, assembler)
         await sender.drop(peer, frame.last_seq)
         after, cursor = frame.last_seq, ChunkCursor.after(frame)
     return sent
@@ -205,9 +206,9 @@ async def test_a_large_payload_travels_in_bounded_chunks_and_arrives_byte_identi
         origin_jobs = JobStore(origin_journal)
         origin = TransferStore(origin_journal, origin_jobs, "origin")
         payload = os.urandom(10 * CHUNK + 123)
-        big = dataclasses.replace(_record("big", "origin", "target", offload=True), payload=payload)
-        await origin_jobs.add_jobs([_record("a", "origin", "target", offload=True), big])
-        await origin_jobs.add_jobs([_record("b", "origin", "target", offload=True)])
+        big = dataclasses.replace(_record("big", "origin", "target"), payload=payload)
+        await origin_jobs.add_jobs([_record("a", "origin", "target"), big])
+        await origin_jobs.add_jobs([_record("b", "origin", "target")])
         target_jobs = JobStore(target_journal)
         target = TransferStore(target_journal, target_jobs, "target")
 
@@ -275,7 +276,7 @@ def test_chunk_reassembly_verifies_every_chunk_and_the_whole_payload() -> None:
     chunks = _chunks(payload, 300)
     corrupted = transfer_pb2.PayloadChunk()
     corrupted.CopyFrom(chunks[1])
-    corrupted.data = b"x" + corrupted.data[1:]
+    corrupted.data = bytes([corrupted.data[0] ^ 0xFF]) + corrupted.data[1:]  # always differs
     assembler.add(chunks[0])
     with pytest.raises(InvalidArgument, match="checksum"):
         assembler.add(corrupted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -16,14 +16,16 @@ from node.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceE
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import JobContext
+from node.jobs.placement import LocalPlacement, Placement
 from node.jobs.retention import Retention
 from node.jobs.runner import QueueRunner
 from node.jobs.scheduler import Scheduler
 from node.journal.events import EventBatch, EventStore
 from node.journal.ids import JobIdGenerator
-from node.journal.jobs import AddedJob, JobPage, JobQuery, JobStore, NewJobRecord
+from node.journal.jobs import JobStore
 from node.journal.journal import Journal
 from node.journal.queues import QueueStore
+from node.journal.records import AddedJob, JobPage, JobQuery, NewJobRecord
 from node.journal.schedules import ScheduleStore, StoredSchedule
 from node.journal.stats import StatisticsReport, read_statistics
 from node.model.consumption import ConsumptionRules
@@ -65,7 +67,14 @@ class JobManager:
     Event listeners (`add_event_listener`) are called on the loop after each commit.
     """
 
-    def __init__(self, journal: Journal, consumers: ConsumerRegistry, config: NodeConfig, instance_id: str):
+    def __init__(
+        self,
+        journal: Journal,
+        consumers: ConsumerRegistry,
+        config: NodeConfig,
+        instance_id: str,
+        placement: Placement | None = None,
+    ):
         self._journal = journal
         self.consumers = consumers
         self._config = config
@@ -89,11 +98,8 @@ class JobManager:
         self._background: set[asyncio.Task[None]] = set()
         self.consumption = ConsumptionRules()
         """This node's topic consumption settings (see `apply_consumption`)."""
-        self.after_consumers_changed: Callable[[], Awaitable[None]] | None = None
-        """Offloading: called (on the loop) once jobs whose consumer is gone were unassigned here."""
-        self.remote_chooser: Callable[[str, str, bool], str | None] | None = None
-        """Offloading: `chooser(topic, queue, include_local)` picks a target among the live remote
-        consumers of `topic` (and this node if `include_local`); None if there is none."""
+        self._placement: Placement = placement or LocalPlacement(instance_id)
+        """Where jobs go that this node does not keep for itself (offloading; see placement.py)."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -127,6 +133,11 @@ class JobManager:
     def active_count(self) -> int:
         """Jobs running on this node now."""
         return sum(r.active_count for r in self._runners.values())
+
+    @property
+    def free_slots(self) -> int:
+        """Job slots of this node's queues not taken now."""
+        return max(0, sum(q.parallelism for q in self.queues.all()) - self.active_count)
 
     def _make_context(self, job: Job) -> JobContext:
         return JobContext(
@@ -172,16 +183,21 @@ class JobManager:
 
     def _target_for(self, topic: str, queue: str | None = None) -> str | None:
         local = self.consumers.find(topic) is not None and self.consumption.allows(topic)
-        chooser = self.remote_chooser
-        if chooser is None or queue is None:
+        if queue is None:
             return self.instance_id if local else None
-        if local:
-            # The origin runs the job itself when its queue prefers the creating instance (the main
-            # queue does by default) or keeps order; otherwise it competes with the remote consumers.
-            config = self.queues.get(queue)
-            if config is None or config.prefer_run_on_creation_instance or config.type is QueueType.ORDERED:
-                return self.instance_id
-        return chooser(topic, queue, local)
+        config = self.queues.get(queue)
+        # The origin runs the job itself when its queue prefers the creating instance (the main
+        # queue does by default) or keeps order; otherwise it competes with the remote consumers.
+        if local and (
+            config is None or config.prefer_run_on_creation_instance or config.type is QueueType.ORDERED
+        ):
+            return self.instance_id
+        return self._placement.choose(
+            topic,
+            config,
+            suspended=queue in self._suspended,
+            local_free_slots=self.free_slots if local else None,
+        )
 
     @property
     def max_payload_bytes(self) -> int:
@@ -233,7 +249,6 @@ class JobManager:
             queue=queue.name,
             origin=self.instance_id,
             target=target,
-            offload=target is not None and target != self.instance_id,
             max_retries=queue.retries if max_retries is None else max_retries,
             created_us=created,
             payload=payload,
@@ -349,11 +364,6 @@ class JobManager:
     def watch(self, after_seq: int, event_filter: EventFilter | None = None) -> AsyncIterator[EventBatch]:
         """Committed events after `after_seq` (-1: from now), then live ones, in batches."""
         return self.events.watch(after_seq, event_filter or EventFilter())
-
-    def journal_commits(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener()` on the loop after each commit that recorded job events (cheap: no
-        event objects); returns a function that removes it."""
-        return self._journal.add_commit_listener(listener)
 
     def add_event_listener(self, listener: Callable[[list[JobEvent]], None]) -> Callable[[], None]:
         """Call `listener(events)` on the loop after each commit; returns a function that removes it."""
@@ -503,8 +513,7 @@ class JobManager:
             async def assign() -> None:
                 await self._assign_local()
                 self._wake_for()
-                if self.after_consumers_changed is not None:
-                    await self.after_consumers_changed()
+                await self._placement.consumers_changed()
 
             task = asyncio.get_running_loop().create_task(assign())
             self._background.add(task)  # the loop keeps only weak references to tasks

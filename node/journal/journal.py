@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from node.errors import Unavailable
 from node.journal.connection import Durability, open_connection
+from node.journal.hooks import JournalHook, NoHook
 from node.journal.recorder import Recorder, row_to_event
 from node.journal.schema import migrate
 from node.journal.writer import JournalWriter
@@ -62,7 +63,6 @@ class Journal:
         """The newest committed event's sequence number."""
         self._events_committed = asyncio.Event()
         self._listeners: list[EventListener] = []
-        self._commit_listeners: list[Callable[[], None]] = []
         self.recorder = Recorder(head_seq + 1, asyncio.get_running_loop(), self._publish)
         writer.hooks = self.recorder
 
@@ -100,6 +100,22 @@ class Journal:
         """Transactions committed so far (for statistics and benchmarks)."""
         return self._writer.commits
 
+    @property
+    def hook(self) -> JournalHook:
+        """The registered hook (a `NoHook` until one is registered)."""
+        return self.recorder.hook
+
+    def register_hook(self, hook: JournalHook) -> None:
+        """Let `hook` ride along with every job change from now on (see node/journal/hooks.py).
+
+        One hook per journal. Register it before anything writes jobs (before the queue
+        runners start): changes committed earlier are never shown to it.
+        """
+        if not isinstance(self.recorder.hook, NoHook):
+            raise RuntimeError("the journal already has a hook")
+        # The writer thread reads the attribute per call: it sees the hook from its next operation.
+        self.recorder.hook = hook
+
     # --- plumbing --------------------------------------------------------------------------
 
     async def write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
@@ -136,21 +152,10 @@ class Journal:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def add_commit_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener()` on the loop after each commit that recorded events (no event objects
-        are built for it); returns a function that removes it."""
-        self._commit_listeners.append(listener)
-        return lambda: self._commit_listeners.remove(listener)
-
     def _publish(self, rows: list[tuple[Any, ...]]) -> None:
         self.head_seq = rows[-1][0]
         self._events_committed.set()
         self._events_committed = asyncio.Event()
-        for notify in list(self._commit_listeners):
-            try:
-                notify()
-            except Exception:
-                log.exception("commit listener failed")
         if not self._listeners:
             return  # events become objects only when someone listens
         events = [row_to_event(row) for row in rows]

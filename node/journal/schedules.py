@@ -11,8 +11,9 @@ from typing import Any
 from jobmesh.v1 import schedules_pb2
 
 from node.errors import JobmeshError, NotFound
-from node.journal.jobs import JobStore, NewJobRecord
+from node.journal.jobs import JobStore
 from node.journal.journal import Journal
+from node.journal.records import NewJobRecord
 
 log = logging.getLogger(__name__)
 _COLUMNS = "id, name, job, rules, suspended, next_us, last_us, fired_count, last_job_id, created_us"

@@ -9,7 +9,7 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from node.errors import InvalidArgument, JobmeshError, Unavailable
 from node.jobs.manager import JobManager
-from node.journal.jobs import JobQuery, decode_page_token
+from node.journal.records import JobQuery, decode_page_token
 from node.model.events import EventFilter, EventType
 from node.model.job import HISTORY_STATES, Job, JobState
 from node.services import gather
