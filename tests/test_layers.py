@@ -132,6 +132,11 @@ def test_no_lower_layer_imports_a_higher_one() -> None:
     assert wrong == [], "imports against the layer order (tests/test_layers.py LAYERS):\n" + "\n".join(wrong)
 
 
+def test_no_module_of_node_is_over_the_size_limit() -> None:
+    sizes = {str(p.relative_to(NODE.parent)): len(p.read_text().splitlines()) for p in NODE.rglob("*.py")}
+    assert {p: n for p, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
 @pytest.mark.parametrize(
     ("graph", "expected"),
     [

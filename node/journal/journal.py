@@ -36,9 +36,9 @@ def _last_event_seq(conn: sqlite3.Connection) -> int:
     Sequence numbers are assigned by the writer (not AUTOINCREMENT, which costs a write per
     row); a purge that empties the table records its highest seq, so none is ever reused.
     """
-    newest = conn.execute("SELECT max(seq) FROM job_events").fetchone()[0] or 0
+    newest = conn.execute("SELECT max(seq) AS seq FROM job_events").fetchone()["seq"] or 0
     floor = conn.execute("SELECT value FROM meta WHERE key = 'events_seq_floor'").fetchone()
-    return max(int(newest), int(floor[0]) if floor else 0)
+    return max(int(newest), int(floor["value"]) if floor else 0)
 
 
 class Journal:
@@ -179,7 +179,7 @@ class Journal:
     async def get_meta(self, key: str) -> str | None:
         """A value from the node's metadata table."""
         row = await self.read(lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
-        return None if row is None else str(row[0])
+        return None if row is None else str(row["value"])
 
     async def set_meta(self, key: str, value: str) -> None:
         """Store a metadata value."""

@@ -146,7 +146,7 @@ def schema_version(conn: sqlite3.Connection) -> int:
     if not has_meta:
         return 0
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row else 0
+    return int(row["value"]) if row else 0
 
 
 def migrate(conn: sqlite3.Connection) -> int:
