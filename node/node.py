@@ -61,6 +61,7 @@ from node.services.topology import add_topology_servicers
 from node.services.transfer import TransferServicer
 from node.services.workers import WorkerServicer
 from node.transfer.consumption import ConsumptionStore
+from node.transfer.link import TransferLink, TransferReceiver
 from node.transfer.offloader import Offloader
 from node.transfer.placement import PeerPlacement
 from node.transfer.store import TransferStore
@@ -93,8 +94,10 @@ class Node:
     run on that loop.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, transfer_link: TransferLink | None = None) -> None:
         self.config = config
+        self._transfer_link = transfer_link
+        """How offloaded jobs and reports reach peers; None: gRPC (tests pass an in-memory link)."""
         self.consumers = ConsumerRegistry()
         self.workers = RemoteWorkers(self.consumers)
         self._lock = DataDirLock(config.data_dir)
@@ -118,6 +121,13 @@ class Node:
         if self._jobs is None:
             raise RuntimeError("the node is not started")
         return self._jobs
+
+    @property
+    def transfer_receiver(self) -> TransferReceiver:
+        """What applies the transfer frames peers send (after start; for in-memory links)."""
+        if self._offloader is None:
+            raise RuntimeError("the node is not started")
+        return self._offloader
 
     @property
     def journal(self) -> Journal:
@@ -161,7 +171,9 @@ class Node:
             transfer = TransferStore(self._journal, JobStore(self._journal), instance_id)
             placement = PeerPlacement(instance_id, self.topology, transfer)
             self._jobs = JobManager(self._journal, self.consumers, config, instance_id, placement)
-            self._offloader = Offloader(self._jobs, self.topology, placement, transfer, config.offload)
+            self._offloader = Offloader(
+                self._jobs, self.topology, placement, transfer, config.offload, self._transfer_link
+            )
             self._consumption = ConsumptionStore(self._journal)
             self._jobs.consumption = await self._consumption.load()
             self._publish_consumption(self._jobs.consumption)

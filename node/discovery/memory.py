@@ -21,6 +21,7 @@ from node.discovery.messages import (
     SyncReply,
 )
 from node.errors import DuplicateInstance, PeerUnavailable, Unavailable
+from node.memnet import FaultModel
 
 if TYPE_CHECKING:
     from node.discovery.protocol import MembershipProtocol
@@ -28,19 +29,16 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
-class MemoryNetwork:
+class MemoryNetwork(FaultModel):
     """Protocols in one process, joined by an in-memory network (for tests of protocol logic).
 
-    `crash(address)` makes calls to it fail at once (connection refused); `pause(address)`
-    makes them time out (a stopped process) until `resume`; `cut(a, b)` drops traffic
-    between two addresses both ways until `heal`.
+    Faults (crash, pause, cut) as node.memnet describes: a call to a crashed peer fails at
+    once (connection refused), one to a paused or cut-off peer times out.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.nodes: dict[str, MembershipProtocol] = {}
-        self.crashed: set[str] = set()
-        self.paused: set[str] = set()
-        self.cuts: set[frozenset[str]] = set()
 
     def attach(self, address: str, protocol: MembershipProtocol) -> None:
         """Make `protocol` reachable at `address`."""
@@ -51,26 +49,6 @@ class MemoryNetwork:
         """The transport a protocol at `address` uses."""
         return MemoryTransport(self, address)
 
-    def crash(self, address: str) -> None:
-        """Calls to `address` fail at once."""
-        self.crashed.add(address)
-
-    def pause(self, address: str) -> None:
-        """Calls to `address` time out."""
-        self.paused.add(address)
-
-    def resume(self, address: str) -> None:
-        """Undo `pause`."""
-        self.paused.discard(address)
-
-    def cut(self, a: str, b: str) -> None:
-        """Drop traffic between `a` and `b`."""
-        self.cuts.add(frozenset((a, b)))
-
-    def heal(self) -> None:
-        """Undo every `cut`."""
-        self.cuts.clear()
-
     async def deliver(
         self,
         source: str,
@@ -80,9 +58,9 @@ class MemoryNetwork:
     ) -> R:
         """Run `handle` on the protocol at `address` as if the message came over the network."""
         node = self.nodes.get(address)
-        if node is None or address in self.crashed or source in self.crashed:
+        if node is None or self.refused(source, address):
             raise PeerUnavailable(f"{address}: connection refused")
-        if address in self.paused or source in self.paused or frozenset((source, address)) in self.cuts:
+        if self.silent(source, address):
             await asyncio.sleep(timeout_s)
             raise PeerUnavailable(f"{address}: deadline exceeded")
         try:

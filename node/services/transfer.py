@@ -10,7 +10,7 @@ import grpc
 from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
 
 from node.errors import JobmeshError
-from node.transfer.offloader import Offloader
+from node.transfer.link import TransferReceiver
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     """Applies each received frame, then acknowledges it."""
 
-    def __init__(self, offloader: Offloader) -> None:
+    def __init__(self, offloader: TransferReceiver) -> None:
         self._offloader = offloader
         self._closing = asyncio.Event()
 

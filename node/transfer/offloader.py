@@ -1,6 +1,7 @@
 """The offloader: one sender stream per peer, receiving frames, assignment, reassignment when a
 target dies, and capacity publishing. Targets are chosen by `PeerPlacement` (placement.py); the
-outbox (outbox.py) is written inside the journal's transactions through its hook.
+outbox (outbox.py) is written inside the journal's transactions through its hook; frames travel
+over a `TransferLink` (link.py).
 
 Event-loop contract: create, start and stop it on the node's loop.
 """
@@ -13,17 +14,17 @@ import logging
 import time
 from collections.abc import Callable
 
-import grpc
-from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
+from jobmesh.v1 import transfer_pb2
 
-from node import transport
 from node.config import OffloadConfig
 from node.discovery.topology import Topology
+from node.errors import PeerUnavailable
 from node.instance import now_us
 from node.jobs.manager import JobManager
 from node.transfer.apply import Arrival, arrivals_for
 from node.transfer.chunks import ChunkAssembler
 from node.transfer.frames import ChunkCursor
+from node.transfer.link import GrpcTransferLink, TransferLink, TransferStream
 from node.transfer.placement import CAPACITY_PROPERTY, PeerPlacement
 from node.transfer.store import TransferStore
 
@@ -46,8 +47,11 @@ class Offloader:
         placement: PeerPlacement,
         store: TransferStore,
         config: OffloadConfig | None = None,
+        link: TransferLink | None = None,
     ) -> None:
         self.manager = manager
+        self.link: TransferLink = link or GrpcTransferLink(manager.max_payload_bytes + FRAME_MAX_BYTES)
+        """How frames reach peers (gRPC unless a test joins nodes in memory, see link.py)."""
         self.topology = topology
         self.placement = placement
         self.store = store
@@ -167,16 +171,15 @@ class Offloader:
             await asyncio.wait_for(self._kick.wait(), IDLE_POLL_S)
 
     async def _send_to(self, peer: str) -> None:
-        limit = self.manager.max_payload_bytes + FRAME_MAX_BYTES
         while self._running:
             self._refresh_view()
             address = self._addresses.get(peer)
             if address is None:
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
-            channel = transport.create_channel(address, limit)
+            stream: TransferStream | None = None
             try:
-                call = transfer_pb2_grpc.TransferServiceStub(channel).Exchange()
+                stream = await self.link.open(address)
                 after = 0
                 cursor: ChunkCursor | None = None  # a partial payload is started again on a new stream
                 while self._running:
@@ -191,17 +194,14 @@ class Offloader:
                     if frame is None:
                         await self._idle()
                         continue
-                    await call.write(frame)
-                    ack = await call.read()
-                    if not isinstance(ack, transfer_pb2.TransferAck):
-                        raise ConnectionError("the peer closed the transfer stream")
-                    await self.store.drop(peer, ack.last_seq)
-                    after = ack.last_seq
+                    after = await stream.exchange(frame)
+                    await self.store.drop(peer, after)
                     cursor = ChunkCursor.after(frame)
-            except (grpc.aio.AioRpcError, ConnectionError, asyncio.InvalidStateError) as e:
+            except PeerUnavailable as e:
                 log.debug("transfer to %s (%s) broke: %s", peer, address, e)
             finally:
-                await channel.close()
+                if stream is not None:
+                    await stream.close()
             await asyncio.sleep(RECONNECT_DELAY_S)
 
     # --- assignment ---
