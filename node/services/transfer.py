@@ -45,7 +45,8 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 await self._offloader.receive(frame, assembler)
                 await context.write(transfer_pb2.TransferAck(last_seq=frame.last_seq))
         except JobmeshError as e:
-            log.warning("transfer from %s: %s", context.peer(), e)
+            # The text, not the exception: a kept log record would keep the call's frames alive.
+            log.warning("transfer from %s: %s", context.peer(), str(e))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (asyncio.CancelledError, grpc.RpcError):
             # The sender went away or this node is stopping; it resends what it has no ack for.
