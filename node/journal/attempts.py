@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from node.journal.records import (
     ACTIVE,
@@ -61,28 +61,16 @@ class Attempts(JobStorePart):
             ).fetchone()
             if row is None:
                 return False
-            transition = after_attempt(
-                report.outcome,
-                retry_count=row["retry_count"],
-                max_retries=row["max_retries"],
-                stop_requested=bool(row["stop_requested"]),
-            )
-            state, retry_count = transition.state, transition.retry_count
-            if state is JobState.QUEUED:
+
+            def delay_us(retry_count: int) -> int:
                 override_s = report.retry_delay_s
                 if override_s is None and row["retry_delay_us"] is not None:
                     override_s = row["retry_delay_us"] / 1e6
-                delay_us = report.queue.retry_delay_us(retry_count, override_s)
-                conn.execute(
-                    f"UPDATE jobs SET state = {QUEUED}, retry_count = ?, due_us = ?, result_message = ? WHERE seq = ?",
-                    (retry_count, now_us + delay_us, report.message, row["seq"]),
-                )
-            else:
-                conn.execute(
-                    "UPDATE jobs SET state = ?, retry_count = ?, finished_us = ?, result_message = ?, output_size = ? "
-                    "WHERE seq = ?",
-                    (int(state), retry_count, now_us, report.message, output_size, row["seq"]),
-                )
+                return report.queue.retry_delay_us(retry_count, override_s)
+
+            state, retry_count, _ = self._end_unsuccessful(
+                conn, row, report.outcome, report.message, now_us, delay_us=delay_us, output_size=output_size
+            )
         seq, topic, queue = row["seq"], row["topic"], row["queue"]
         if report.output and state is not JobState.QUEUED:
             conn.execute(
@@ -111,9 +99,57 @@ class Attempts(JobStorePart):
             delete_jobs(conn, [seq])
         return True
 
+    @staticmethod
+    def _end_unsuccessful(
+        conn: sqlite3.Connection,
+        row: sqlite3.Row,
+        outcome: Outcome,
+        message: str,
+        now_us: int,
+        *,
+        delay_us: Callable[[int], int] = lambda _retry_count: 0,
+        output_size: int | None = None,
+        given_up_note: str = "",
+    ) -> tuple[JobState, int, str]:
+        """End an attempt that did not succeed by the lifecycle rule: re-queued (due after
+        `delay_us(new retry count)`) or finished. Returns (state, retry count, message written)."""
+        transition = after_attempt(
+            outcome,
+            retry_count=row["retry_count"],
+            max_retries=row["max_retries"],
+            stop_requested=bool(row["stop_requested"]),
+        )
+        state, retry_count = transition.state, transition.retry_count
+        if state is JobState.GIVEN_UP:
+            message += given_up_note
+        if state is JobState.QUEUED:
+            conn.execute(
+                f"UPDATE jobs SET state = {QUEUED}, retry_count = ?, due_us = ?, result_message = ? WHERE seq = ?",
+                (retry_count, now_us + delay_us(retry_count), message, row["seq"]),
+            )
+        else:
+            conn.execute(
+                "UPDATE jobs SET state = ?, retry_count = ?, finished_us = ?, result_message = ?, "
+                "output_size = coalesce(?, output_size) WHERE seq = ?",
+                (int(state), retry_count, now_us, message, output_size, row["seq"]),
+            )
+        return state, retry_count, message
+
+    def _requeued(self, job_id: str, row: sqlite3.Row, message: str, now_us: int) -> None:
+        """The FAILED event of an attempt put back to QUEUED with its retry count unchanged."""
+        self._recorder.event(
+            EventType.FAILED,
+            now_us,
+            job_id,
+            row["topic"],
+            row["queue"],
+            JobState.QUEUED,
+            row["retry_count"],
+            message,
+        )
+
     async def requeue_active(self, job_ids: Sequence[tuple[str, int]], now_us: int) -> int:
         """Put ACTIVE attempts back to QUEUED, retry count unchanged (graceful shutdown)."""
-        recorder = self._recorder
 
         def update(conn: sqlite3.Connection) -> int:
             count = 0
@@ -125,16 +161,7 @@ class Attempts(JobStorePart):
                 ).fetchone()
                 if row is not None:
                     count += 1
-                    recorder.event(
-                        EventType.FAILED,
-                        now_us,
-                        job_id,
-                        row["topic"],
-                        row["queue"],
-                        JobState.QUEUED,
-                        row["retry_count"],
-                        "re-queued: the node shut down while the job ran",
-                    )
+                    self._requeued(job_id, row, "re-queued: the node shut down while the job ran", now_us)
             return count
 
         return await self.journal.write(update)
@@ -157,16 +184,7 @@ class Attempts(JobStorePart):
             ).fetchone()
             if row is None:
                 return False
-            self._recorder.event(
-                EventType.FAILED,
-                now_us,
-                job_id,
-                row["topic"],
-                row["queue"],
-                JobState.QUEUED,
-                row["retry_count"],
-                message,
-            )
+            self._requeued(job_id, row, message, now_us)
             return True
 
         return await self.journal.write(update)
@@ -188,24 +206,9 @@ class Attempts(JobStorePart):
                 (target,),
             ).fetchall()
             for row in lost:
-                transition = after_attempt(
-                    Outcome.FAILED,
-                    retry_count=row["retry_count"],
-                    max_retries=row["max_retries"],
-                    stop_requested=bool(row["stop_requested"]),
+                state, retries, text = self._end_unsuccessful(
+                    conn, row, Outcome.FAILED, CRASH_MESSAGE, now_us, given_up_note="; no retries left"
                 )
-                state, retries = transition.state, transition.retry_count
-                text = CRASH_MESSAGE + ("; no retries left" if state is JobState.GIVEN_UP else "")
-                if state is JobState.QUEUED:
-                    conn.execute(
-                        f"UPDATE jobs SET state = {QUEUED}, retry_count = ?, due_us = ?, result_message = ? WHERE seq = ?",
-                        (retries, now_us, text, row["seq"]),
-                    )
-                else:
-                    conn.execute(
-                        "UPDATE jobs SET state = ?, retry_count = ?, finished_us = ?, result_message = ? WHERE seq = ?",
-                        (int(state), retries, now_us, text, row["seq"]),
-                    )
                 kind, outcome = end_event(state)
                 recorder.event(
                     kind, now_us, row["id"], row["topic"], row["queue"], state, retries, text, target=target

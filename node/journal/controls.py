@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from node.errors import FailedPrecondition, InvalidArgument, JobNotFound
+from node.journal.recorder import Recorder
 from node.journal.records import (
     DROPPED,
     PAYLOAD_OUTPUT,
     QUEUED,
-    STOPPED,
+    JobRef,
     JobStorePart,
     delete_jobs,
     select_job,
@@ -33,6 +34,21 @@ def require_job(conn: sqlite3.Connection, job_id: str) -> Job:
     return job
 
 
+_FINISH_EVENTS = {JobState.STOPPED: EventType.STOPPED, JobState.DROPPED: EventType.REMOVED}
+
+
+def finish_job(
+    conn: sqlite3.Connection, recorder: Recorder, job: JobRef, state: JobState, message: str, now_us: int
+) -> None:
+    """End an unfinished job STOPPED or DROPPED, with its event, in the caller's transaction."""
+    event = _FINISH_EVENTS[state]
+    conn.execute(
+        f"UPDATE jobs SET state = {state:d}, finished_us = ?, result_message = ? WHERE id = ?",
+        (now_us, message, job.id),
+    )
+    recorder.event(event, now_us, job.id, job.topic, job.queue, state, job.retry_count, message)
+
+
 class Controls(JobStorePart):
     """What users do to jobs and to the history."""
 
@@ -42,21 +58,7 @@ class Controls(JobStorePart):
         def update(conn: sqlite3.Connection) -> Job:
             job = require_job(conn, job_id)
             if job.state is JobState.QUEUED:
-                message = "stopped by a user"
-                conn.execute(
-                    f"UPDATE jobs SET state = {STOPPED}, finished_us = ?, result_message = ? WHERE id = ?",
-                    (now_us, message, job_id),
-                )
-                self._recorder.event(
-                    EventType.STOPPED,
-                    now_us,
-                    job.id,
-                    job.topic,
-                    job.queue,
-                    JobState.STOPPED,
-                    job.retry_count,
-                    message,
-                )
+                finish_job(conn, self._recorder, job, JobState.STOPPED, "stopped by a user", now_us)
             elif job.state is JobState.ACTIVE:
                 conn.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (job_id,))
             else:
@@ -86,21 +88,7 @@ class Controls(JobStorePart):
                     "deleted from history",
                 )
                 return None
-            message = "removed by a user"
-            conn.execute(
-                f"UPDATE jobs SET state = {DROPPED}, finished_us = ?, result_message = ? WHERE id = ?",
-                (now_us, message, job_id),
-            )
-            self._recorder.event(
-                EventType.REMOVED,
-                now_us,
-                job.id,
-                job.topic,
-                job.queue,
-                JobState.DROPPED,
-                job.retry_count,
-                message,
-            )
+            finish_job(conn, self._recorder, job, JobState.DROPPED, "removed by a user", now_us)
             self._hook.job_cancelled(conn, job_id, removed=True)
             return require_job(conn, job_id)
 

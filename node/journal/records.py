@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from node.errors import InvalidArgument
 from node.model.job import Job, JobState, Outcome
@@ -111,6 +111,19 @@ def row_to_job(row: Sequence[Any]) -> Job:
         log_count=r.log_count,
         seq=r.seq,
     )
+
+
+class JobRef(Protocol):
+    """What an event about a job names (a Job, or a row selected with these columns)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def retry_count(self) -> int: ...
 
 
 def select_job(conn: sqlite3.Connection, job_id: str) -> Job | None:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from jobmesh.v1 import transfer_pb2
 
 from node.errors import InvalidArgument
+from node.journal.controls import finish_job
 from node.journal.jobs import JobStore
-from node.journal.records import DROPPED, FINISHED, PAYLOAD_OUTPUT, QUEUED, STOPPED, NewJobRecord
-from node.model.events import EventType
+from node.journal.records import FINISHED, PAYLOAD_OUTPUT, QUEUED, NewJobRecord
 from node.model.job import JobState
 from node.model.lifecycle import event_for
 from node.transfer.chunks import ChunkAssembler, crc32
@@ -62,6 +62,14 @@ def check_frame(frame: transfer_pb2.TransferFrame, assembler: ChunkAssembler | N
     for report in frame.reports:
         if crc32(report.output_payload) != report.output_crc32:
             raise InvalidArgument(f"report of job {report.job_id}: the output checksum does not match")
+
+
+@dataclass(frozen=True)
+class _Ref:
+    id: str
+    topic: str
+    queue: str
+    retry_count: int
 
 
 class FrameApplier:
@@ -203,28 +211,12 @@ class FrameApplier:
         if row is None:
             return False
         state = JobState(row["state"])
-        if control.remove:
-            message, new_state, event, sql_state = (
-                "removed at the origin",
-                JobState.DROPPED,
-                EventType.REMOVED,
-                DROPPED,
-            )
-        elif state is JobState.QUEUED:
-            message, new_state, event, sql_state = (
-                "stopped at the origin",
-                JobState.STOPPED,
-                EventType.STOPPED,
-                STOPPED,
-            )
-        else:
+        if not control.remove and state is JobState.ACTIVE:
             conn.execute("UPDATE jobs SET stop_requested = 1 WHERE id = ?", (control.job_id,))
             return True
-        conn.execute(
-            f"UPDATE jobs SET state = {sql_state}, finished_us = ?, result_message = ? WHERE id = ?",
-            (now_us, message, control.job_id),
-        )
-        self._recorder.event(
-            event, now_us, control.job_id, row["topic"], row["queue"], new_state, row["retry_count"], message
-        )
+        job = _Ref(control.job_id, row["topic"], row["queue"], row["retry_count"])
+        if control.remove:
+            finish_job(conn, self._recorder, job, JobState.DROPPED, "removed at the origin", now_us)
+        else:
+            finish_job(conn, self._recorder, job, JobState.STOPPED, "stopped at the origin", now_us)
         return state is JobState.ACTIVE
