@@ -128,3 +128,17 @@ async def test_reports_wait_in_the_workers_outbox_while_the_origins_link_is_down
         p.network.attach(p.origin_address, p.origin.transfer_receiver)
         await until(lambda: p.all_succeeded(more), "the remaining jobs to succeed")
         assert (await p.worker.jobs.count_by_state()) == {node.JobState.SUCCEEDED: 10}
+
+
+async def test_a_paused_worker_gets_the_held_frames_when_it_resumes(tmp_path: Path) -> None:
+    async with pair(tmp_path) as p:
+        # Given the worker's transfer side paused (frames to it are held, not refused)
+        p.network.pause(p.worker_address)
+        ids = await p.add(5)
+        await asyncio.sleep(0.5)
+        assert (await p.worker.jobs.count_by_state()) == {}
+
+        # When it resumes, the held frame arrives and every job runs once
+        p.network.resume(p.worker_address)
+        await until(lambda: p.all_succeeded(ids), "every job to succeed after the resume")
+        assert (await p.worker.jobs.count_by_state()) == {node.JobState.SUCCEEDED: 5}
