@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
@@ -32,6 +33,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         """Apply frames in order; acknowledge each after its commit."""
         closing = asyncio.ensure_future(self._closing.wait())
         assembler = self._offloader.assembler()  # a partial payload is discarded with its stream
+        read: asyncio.Future[Any] | None = None
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
@@ -53,3 +55,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             return
         finally:
             closing.cancel()
+            if read is not None and not read.done():
+                # The call ended under a pending read (the sender went away): its error is expected.
+                read.add_done_callback(_retrieve)
+                read.cancel()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
