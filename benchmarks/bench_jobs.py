@@ -57,7 +57,7 @@ from typing import Any
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node.services import transport
+from node import transport
 from tests.support.launcher import NodeProcess, ProcStats
 from tests.support.protos import new_job
 from tests.support.waiting import async_wait_for

@@ -28,8 +28,8 @@ from node.errors import (
     Unavailable,
 )
 from node.jobs.context import JobContext
-from node.jobs.model import Job, JobResult, JobState, Outcome
 from node.journal.connection import Durability
+from node.model.job import Job, JobResult, JobState, Outcome
 from node.node import Node
 
 __all__ = [

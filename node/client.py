@@ -24,9 +24,9 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
+from node import transport
 from node.errors import JobmeshError
 from node.properties import PropertyValue, value_to_proto
-from node.services import transport
 
 R = TypeVar("R")
 FINISHED_STATES = frozenset(

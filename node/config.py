@@ -21,10 +21,9 @@ from typing import Annotated, Any
 
 from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
-from node.jobs.queues import MAIN_QUEUE, QueueConfig
 from node.journal.connection import Durability
+from node.model.queues import MAIN_QUEUE, QueueConfig
 from node.ranges import COUNT, NON_NEGATIVE_S, POSITIVE_S, Range, check_ranges
-from node.transfer.config import OffloadConfig
 
 DEFAULT_PORT = 7710
 ENV_PREFIX = "JOBMESH_"
@@ -35,6 +34,7 @@ OTHER_ENV_NAMES = frozenset(
         "JOBMESH_PRIVATE_NETNS",  # scripts/run: start the node in a private network namespace
         "JOBMESH_VENV",  # scripts/: where the virtual environment lives
         "JOBMESH_SKIP_POLYGLOT_SETUP",  # scripts/setup-polyglot: install nothing
+        "JOBMESH_SKIP_BUF_SETUP",  # scripts/setup-buf: install nothing
     }
 )
 """`JOBMESH_*` variables that are not node settings (a test keeps this list complete)."""
@@ -134,6 +134,29 @@ class ConsumerSpec:
         return cls(tuple(p.strip() for p in patterns.split(",") if p.strip()), handler.strip())
 
 
+CHUNK_BYTES = 1024 * 1024
+"""Default chunk size: payloads larger than this travel to and from targets in chunks."""
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """Offloading timings."""
+
+    capacity_interval_s: Annotated[float, POSITIVE_S] = 0.5
+    """Shortest interval between two updates of the `jobmesh.capacity` property."""
+    reassign_grace_s: Annotated[float, NON_NEGATIVE_S] = 10.0
+    """How long a target must be gone from the view before its unfinished jobs are reassigned."""
+    startup_grace_s: Annotated[float, NON_NEGATIVE_S] = 30.0
+    """No reassignment this soon after start (a restarting topology is still forming)."""
+    chunk_bytes: Annotated[int, Range(1024, 8 * 1024 * 1024, unit="bytes")] = CHUNK_BYTES
+    """Payloads larger than this travel to and from targets in chunks of this size."""
+
+    @classmethod
+    def for_tests(cls) -> OffloadConfig:
+        """Short timings for tests."""
+        return cls(capacity_interval_s=0.2, reassign_grace_s=0.5, startup_grace_s=1.0, chunk_bytes=256 * 1024)
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs to run. Build with `load_config`, or a preset."""
@@ -154,7 +177,7 @@ class NodeConfig:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     """Peer discovery, membership and the topology view (node/discovery/config.py)."""
     offload: OffloadConfig = field(default_factory=OffloadConfig)
-    """Offloading: capacity publishing and reassignment timings (node/transfer/config.py)."""
+    """Offloading: capacity publishing and reassignment timings."""
 
     queues: tuple[QueueConfig, ...] = ()
     """Queue configurations besides the main queue (TOML `[[queues]]`; env/flags: a JSON list)."""

@@ -31,6 +31,7 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
+from node import transport
 from node.config import NodeConfig
 from node.discovery.identity import format_endpoint
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
@@ -48,10 +49,12 @@ from node.instance import (
 from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
+from node.journal.jobs import JobStore
 from node.journal.journal import Journal, discard_journal
-from node.services import transport
+from node.model.consumption import ConsumptionRules, ConsumptionSetting
 from node.services.decoding import BadRequestCounter, RequestDecoder
 from node.services.gather import GatherServicer
+from node.services.grpc_log import install_client_gone_filter
 from node.services.health import HealthService
 from node.services.jobs import JobServicer
 from node.services.queues import QueueServicer
@@ -63,8 +66,10 @@ from node.services.topology import add_topology_servicers
 from node.services.transfer import TransferServicer
 from node.services.workers import WorkerServicer
 from node.transfer.consumption import ConsumptionStore
+from node.transfer.link import TransferLink, TransferReceiver
 from node.transfer.offloader import Offloader
-from node.transfer.rules import ConsumptionRules, ConsumptionSetting
+from node.transfer.placement import PeerPlacement
+from node.transfer.store import TransferStore
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +98,14 @@ class Node:
     run on that loop.
     """
 
-    def __init__(self, config: NodeConfig, *, reset_journal: bool = False) -> None:
+    def __init__(
+        self, config: NodeConfig, *, reset_journal: bool = False, transfer_link: TransferLink | None = None
+    ) -> None:
         """`reset_journal`: move the journal aside and start with an empty one (keeping the id)."""
         self.config = config
         self._reset_journal = reset_journal
+        self._transfer_link = transfer_link
+        """How offloaded jobs and reports reach peers; None: gRPC (tests pass an in-memory link)."""
         self.consumers = ConsumerRegistry()
         self.workers = RemoteWorkers(self.consumers)
         self._lock = DataDirLock(config.data_dir)
@@ -111,6 +120,7 @@ class Node:
         self.bad_requests = BadRequestCounter()
         """Requests refused because they did not decode (logged at most every few seconds)."""
         self._stream_shutdown = StreamShutdown()
+        install_client_gone_filter()
         self.port = 0
         self.topology = Topology(config.discovery)
         """Discovery, the topology view and this node's instance properties (see node.discovery)."""
@@ -123,6 +133,13 @@ class Node:
         if self._jobs is None:
             raise RuntimeError("the node is not started")
         return self._jobs
+
+    @property
+    def transfer_receiver(self) -> TransferReceiver:
+        """What applies the transfer frames peers send (after start; for in-memory links)."""
+        if self._offloader is None:
+            raise RuntimeError("the node is not started")
+        return self._offloader
 
     @property
     def journal(self) -> Journal:
@@ -173,8 +190,14 @@ class Node:
             instance_id = choose_instance_id(config.data_dir, in_journal, reset_journal=self._reset_journal)
             if in_journal is None:
                 await self._journal.set_meta("instance_id", instance_id)
-            self._jobs = JobManager(self._journal, self.consumers, config, instance_id)
-            self._offloader = Offloader(self._jobs, self.topology, config.offload)
+            # The transfer store registers the outbox as the journal's hook before anything runs a
+            # job: reports of jobs from other origins are written from the first transaction on.
+            transfer = TransferStore(self._journal, JobStore(self._journal), instance_id)
+            placement = PeerPlacement(instance_id, self.topology, transfer)
+            self._jobs = JobManager(self._journal, self.consumers, config, instance_id, placement)
+            self._offloader = Offloader(
+                self._jobs, self.topology, placement, transfer, config.offload, self._transfer_link
+            )
             self._consumption = ConsumptionStore(self._journal)
             self._jobs.consumption = await self._consumption.load()
             self._publish_consumption(self._jobs.consumption)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from node.discovery.config import DiscoveryConfig
 from node.discovery.identity import InstanceInfo
 from node.discovery.membership import MemberRecord, PeerState
+from node.discovery.memory import MemoryNetwork
 from node.discovery.messages import Gossip
-from node.discovery.peers import MemoryNetwork
 from node.discovery.protocol import MembershipProtocol
 from node.instance import now_us
 from tests.support.waiting import async_wait_for

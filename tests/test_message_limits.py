@@ -46,3 +46,22 @@ def test_the_readme_names_the_limit_the_node_really_has() -> None:
     assert default_payload_limit + 4 * 1024 * 1024 == README_RECEIVE_LIMIT
     readme = (TESTS_DIR.parent / "README.md").read_text()
     assert f"68 MiB = {README_RECEIVE_LIMIT} bytes" in readme
+
+
+def test_a_client_refusing_a_large_response_leaves_one_warning_line_not_a_traceback(
+    nodes: NodeFactory,
+) -> None:
+    node = nodes.start("limits-log")
+    with grpc.insecure_channel(node.address) as plain:
+        stub = jobs_pb2_grpc.JobServiceStub(plain)
+        job_id = stub.AddJob(
+            jobs_pb2.AddJobRequest(job=new_job("nobody/consumes", PAYLOAD)), timeout=30
+        ).job.id
+        for _ in range(3):
+            rpc_error(
+                lambda: stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id, include_payloads=True), timeout=30)
+            )
+
+    log = node.log_text()
+    assert "Traceback" not in log
+    assert "ExecuteBatchError" not in log

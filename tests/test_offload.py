@@ -14,8 +14,7 @@ from pathlib import Path
 
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2
 
-from node import JobState
-from node.services import transport
+from node import JobState, transport
 from tests.support.job_calls import find_all, get_job
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.offload import TOPIC, start_cluster, wait_consumes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from node import Job, JobContext, JobResult, JobState, Node, NodeConfig
 from node.errors import JobNotFound
-from node.jobs.events import EventType, JobEvent
+from node.model.events import EventType, JobEvent
 from tests.support.in_process import finished
 from tests.support.waiting import async_wait_for
 

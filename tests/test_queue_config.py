@@ -10,7 +10,7 @@ import pytest
 
 from node.config import NodeConfig, load_config
 from node.errors import ConfigError
-from node.jobs.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
+from node.model.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
 
 
 def queue(name: str, *topics: str, **values: object) -> QueueConfig:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,33 +12,17 @@ from jobmesh.peer.v1 import transfer_pb2
 from jobmesh.v1 import jobs_pb2
 
 from node.errors import InvalidArgument
-from node.jobs.model import JobState
-from node.journal.jobs import JobStore, NewJobRecord
+from node.journal.jobs import JobStore
 from node.journal.journal import Journal
+from node.journal.records import NewJobRecord
+from node.model.job import JobState
+from node.transfer.apply import Arrival
 from node.transfer.chunks import ChunkAssembler, crc32
-from node.transfer.store import ChunkCursor, Placement, TransferStore
-
-OpenInstance = Callable[[str], tuple[Journal, JobStore, TransferStore]]
-"""Opens instance NAME's journal (NAME.sqlite), job store and transfer store."""
+from node.transfer.frames import ChunkCursor
+from node.transfer.store import TransferStore
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[OpenInstance]:
-    """Instances on real journal files in the test's temp dir, closed after the test."""
-    opened: list[Journal] = []
-
-    def open_instance(name: str) -> tuple[Journal, JobStore, TransferStore]:
-        journal = Journal.open(tmp_path / f"{name}.sqlite")
-        opened.append(journal)
-        jobs = JobStore(journal)
-        return journal, jobs, TransferStore(journal, jobs, name)
-
-    yield open_instance
-    for journal in opened:
-        journal.close()
-
-
-def _record(job_id: str, origin: str, target: str | None, offload: bool) -> NewJobRecord:
+def _record(job_id: str, origin: str, target: str | None) -> NewJobRecord:
     return NewJobRecord(
         id=job_id,
         topic="t/a",
@@ -50,7 +33,6 @@ def _record(job_id: str, origin: str, target: str | None, offload: bool) -> NewJ
         max_retries=0,
         created_us=1,
         payload=b"in",
-        offload=offload,
     )
 
 
@@ -67,110 +49,135 @@ def _report(job_id: str, epoch: int, seq: int) -> transfer_pb2.JobReport:
 
 
 async def test_reports_of_an_old_epoch_are_rejected_and_a_duplicate_report_applies_once(
-    instance: OpenInstance,
+    tmp_path: Path,
 ) -> None:
-    # Given a job offloaded to `peer`, then reassigned to `peer2` (epoch 1)
-    journal, jobs, store = instance("origin")
-    await jobs.add_jobs([_record("j1", "origin", "peer", offload=True)])
-    assert await store.peers() == ["peer"]
-    assert await store.assign(lambda _t, _q: "peer2", 5, from_peer="peer") == 1
-    assert await store.peers() == ["peer2"]
+    journal = Journal.open(tmp_path / "origin.sqlite")
+    try:
+        # Given a job offloaded to `peer`, then reassigned to `peer2` (epoch 1)
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, "origin")
+        await jobs.add_jobs([_record("j1", "origin", "peer")])
+        assert await store.peers() == ["peer"]
+        assert await store.assign(lambda _t, _q: "peer2", 5, from_peer="peer") == 1
+        assert await store.peers() == ["peer2"]
 
-    # When the old target reports success under epoch 0
-    stale = transfer_pb2.ExchangeRequest(sender_id="peer", last_seq=1, reports=[_report("j1", 0, 1)])
-    assert not (await store.apply(stale, {}, 10)).ended
+        # When the old target reports success under epoch 0
+        stale = transfer_pb2.ExchangeRequest(sender_id="peer", last_seq=1, reports=[_report("j1", 0, 1)])
+        assert not (await store.apply(stale, {}, 10)).ended
 
-    # Then it is rejected; the new target's report ends the job, once
-    job = await jobs.get_job("j1")
-    assert (job.state, job.target_instance) == (JobState.QUEUED, "peer2")
-    good = transfer_pb2.ExchangeRequest(sender_id="peer2", last_seq=3, reports=[_report("j1", 1, 3)])
-    assert (await store.apply(good, {}, 11)).ended == {"peer2": 1}
-    assert not (await store.apply(good, {}, 12)).ended
-    job = await jobs.get_job("j1")
-    assert (job.state, job.result_message) == (JobState.SUCCEEDED, "epoch 1")
-    finished = await journal.read(
-        lambda c: c.execute("SELECT count(*) FROM job_events WHERE type = 4").fetchone()[0]
-    )
-    assert finished == 1
+        # Then it is rejected; the new target's report ends the job, once
+        job = await jobs.get_job("j1")
+        assert (job.state, job.target_instance) == (JobState.QUEUED, "peer2")
+        good = transfer_pb2.ExchangeRequest(sender_id="peer2", last_seq=3, reports=[_report("j1", 1, 3)])
+        assert (await store.apply(good, {}, 11)).ended == {"peer2": 1}
+        assert not (await store.apply(good, {}, 12)).ended
+        job = await jobs.get_job("j1")
+        assert (job.state, job.result_message) == (JobState.SUCCEEDED, "epoch 1")
+        finished = await journal.read(
+            lambda c: c.execute("SELECT count(*) FROM job_events WHERE type = 4").fetchone()[0]
+        )
+        assert finished == 1
+    finally:
+        journal.close()
 
 
-async def test_a_received_job_is_applied_once_per_origin_job_and_epoch(instance: OpenInstance) -> None:
-    _, origin_jobs, origin = instance("origin")
-    await origin_jobs.add_jobs([_record("j1", "origin", "target", offload=True)])
-    frame = await origin.next_frame("target", 0, 100, 1 << 20)
-    assert frame is not None
-    assert [j.payload for j in frame.jobs] == [b"in"]
+async def test_a_received_job_is_applied_once_per_origin_job_and_epoch(tmp_path: Path) -> None:
+    origin_journal = Journal.open(tmp_path / "origin.sqlite")
+    target_journal = Journal.open(tmp_path / "target.sqlite")
+    try:
+        origin_jobs = JobStore(origin_journal)
+        origin = TransferStore(origin_journal, origin_jobs, "origin")
+        await origin_jobs.add_jobs([_record("j1", "origin", "target")])
+        frame = await origin.next_frame("target", 0, 100, 1 << 20)
+        assert frame is not None
+        assert [j.payload for j in frame.jobs] == [b"in"]
 
-    _, target_jobs, target = instance("target")
-    place = {"t/a": Placement("main", "target")}
-    assert (await target.apply(frame, place, 5)).jobs_added == 1
-    assert (await target.apply(frame, place, 6)).jobs_added == 0  # resent after a lost ack
+        target_jobs = JobStore(target_journal)
+        target = TransferStore(target_journal, target_jobs, "target")
+        place = {"t/a": Arrival("main", "target")}
+        assert (await target.apply(frame, place, 5)).jobs_added == 1
+        assert (await target.apply(frame, place, 6)).jobs_added == 0  # resent after a lost ack
 
-    job = await target_jobs.get_job("j1", include_payloads=True)
-    assert (job.origin_instance, job.target_instance, job.payload) == ("origin", "target", b"in")
-    await origin.drop("target", frame.last_seq)
-    assert await origin.peers() == []
+        job = await target_jobs.get_job("j1", include_payloads=True)
+        assert (job.origin_instance, job.target_instance, job.payload) == ("origin", "target", b"in")
+        await origin.drop("target", frame.last_seq)
+        assert await origin.peers() == []
+    finally:
+        origin_journal.close()
+        target_journal.close()
 
 
 async def test_a_stop_or_remove_at_the_origin_reaches_the_target_once_and_only_for_its_epoch(
-    instance: OpenInstance,
+    tmp_path: Path,
 ) -> None:
-    # Given two jobs offloaded to `target` and received there (queued)
-    origin_journal, origin_jobs, origin = instance("origin")
-    origin_journal.recorder.local_instance = "origin"
-    await origin_jobs.add_jobs([_record(j, "origin", "target", offload=True) for j in ("j1", "j2")])
-    target_journal, target_jobs, target = instance("target")
-    place = {"t/a": Placement("main", "target")}
-    frame = await origin.next_frame("target", 0, 100, 1 << 20)
-    assert frame is not None
-    await target.apply(frame, place, 5)
-    await origin.drop("target", frame.last_seq)
+    origin_journal = Journal.open(tmp_path / "origin.sqlite")
+    target_journal = Journal.open(tmp_path / "target.sqlite")
+    try:
+        # Given two jobs offloaded to `target` and received there (queued)
+        origin_jobs = JobStore(origin_journal)
+        origin = TransferStore(origin_journal, origin_jobs, "origin")
+        await origin_jobs.add_jobs([_record(j, "origin", "target") for j in ("j1", "j2")])
+        target_jobs = JobStore(target_journal)
+        target = TransferStore(target_journal, target_jobs, "target")
+        place = {"t/a": Arrival("main", "target")}
+        frame = await origin.next_frame("target", 0, 100, 1 << 20)
+        assert frame is not None
+        await target.apply(frame, place, 5)
+        await origin.drop("target", frame.last_seq)
 
-    # When the origin stops j1 and removes j2
-    assert (await origin_jobs.stop("j1", 6)).state is JobState.STOPPED
-    assert (await origin_jobs.remove("j2", 6)) is not None
-    controls = await origin.next_frame("target", frame.last_seq, 100, 1 << 20)
-    assert controls is not None
-    assert [(c.job_id, c.epoch, c.remove) for c in controls.controls] == [
-        ("j1", 0, False),
-        ("j2", 0, True),
-    ]
+        # When the origin stops j1 and removes j2
+        assert (await origin_jobs.stop("j1", 6)).state is JobState.STOPPED
+        assert (await origin_jobs.remove("j2", 6)) is not None
+        controls = await origin.next_frame("target", frame.last_seq, 100, 1 << 20)
+        assert controls is not None
+        assert [(c.job_id, c.epoch, c.remove) for c in controls.controls] == [
+            ("j1", 0, False),
+            ("j2", 0, True),
+        ]
 
-    # Then the target stops and drops them, once, even when the frame comes again
-    assert (await target.apply(controls, place, 7)).stop_running == ()
-    assert (await target.apply(controls, place, 8)).stop_running == ()
-    assert (await target_jobs.get_job("j1")).state is JobState.STOPPED
-    assert (await target_jobs.get_job("j2")).state is JobState.DROPPED
-    stopped = await target_journal.read(
-        lambda c: c.execute("SELECT count(*) FROM job_events WHERE type = 7").fetchone()[0]
-    )
-    assert stopped == 1
+        # Then the target stops and drops them, once, even when the frame comes again
+        assert (await target.apply(controls, place, 7)).stop_running == ()
+        assert (await target.apply(controls, place, 8)).stop_running == ()
+        assert (await target_jobs.get_job("j1")).state is JobState.STOPPED
+        assert (await target_jobs.get_job("j2")).state is JobState.DROPPED
+        stopped = await target_journal.read(
+            lambda c: c.execute("SELECT count(*) FROM job_events WHERE type = 7").fetchone()[0]
+        )
+        assert stopped == 1
 
-    # And a control for another epoch changes nothing
-    await origin_jobs.add_jobs([_record("j3", "origin", "target", offload=True)])
-    again = await origin.next_frame("target", controls.last_seq, 100, 1 << 20)
-    assert again is not None
-    await target.apply(again, place, 9)
-    stale = transfer_pb2.ExchangeRequest(
-        sender_id="origin", last_seq=99, controls=[transfer_pb2.JobControl(job_id="j3", epoch=1)]
-    )
-    await target.apply(stale, place, 10)
-    assert (await target_jobs.get_job("j3")).state is JobState.QUEUED
+        # And a control for another epoch changes nothing
+        await origin_jobs.add_jobs([_record("j3", "origin", "target")])
+        again = await origin.next_frame("target", controls.last_seq, 100, 1 << 20)
+        assert again is not None
+        await target.apply(again, place, 9)
+        stale = transfer_pb2.ExchangeRequest(
+            sender_id="origin", last_seq=99, controls=[transfer_pb2.JobControl(job_id="j3", epoch=1)]
+        )
+        await target.apply(stale, place, 10)
+        assert (await target_jobs.get_job("j3")).state is JobState.QUEUED
+    finally:
+        origin_journal.close()
+        target_journal.close()
 
 
 async def test_a_job_stopped_while_its_gone_target_ran_it_ends_stopped_instead_of_moving(
-    instance: OpenInstance,
+    tmp_path: Path,
 ) -> None:
-    journal, jobs, store = instance("origin")
-    await jobs.add_jobs([_record(j, "origin", "peer", offload=True) for j in ("j1", "j2")])
-    await journal.write(lambda c: c.execute("UPDATE jobs SET state = 2"))  # both started on `peer`
-    await jobs.stop("j1", 5)  # stop requested while it runs there
+    journal = Journal.open(tmp_path / "origin.sqlite")
+    try:
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, "origin")
+        await jobs.add_jobs([_record(j, "origin", "peer") for j in ("j1", "j2")])
+        await journal.write(lambda c: c.execute("UPDATE jobs SET state = 2"))  # both started on `peer`
+        await jobs.stop("j1", 5)  # stop requested while it runs there
 
-    assert await store.assign(lambda _t, _q: "peer2", 6, from_peer="peer") == 1
+        assert await store.assign(lambda _t, _q: "peer2", 6, from_peer="peer") == 1
 
-    assert (await jobs.get_job("j1")).state is JobState.STOPPED
-    moved = await jobs.get_job("j2")
-    assert (moved.state, moved.target_instance) == (JobState.QUEUED, "peer2")
+        assert (await jobs.get_job("j1")).state is JobState.STOPPED
+        moved = await jobs.get_job("j2")
+        assert (moved.state, moved.target_instance) == (JobState.QUEUED, "peer2")
+    finally:
+        journal.close()
 
 
 async def _stream(
@@ -183,7 +190,7 @@ async def _stream(
         frame := await sender.next_frame(peer, after, 100, max_bytes, chunk_bytes=CHUNK, resume=cursor)
     ) is not None:
         sent.append(transfer_pb2.ExchangeRequest.FromString(frame.SerializeToString()))
-        await receiver.apply(frame, {"t/a": Placement("main", receiver.local_id)}, 5, assembler)
+        await receiver.apply(frame, {"t/a": Arrival("main", receiver.local_id)}, 5, assembler)
         await sender.drop(peer, frame.last_seq)
         after, cursor = frame.last_seq, ChunkCursor.after(frame)
     return sent
@@ -192,54 +199,60 @@ async def _stream(
 CHUNK = 64 * 1024
 
 
-async def test_a_large_payload_travels_in_bounded_chunks_and_arrives_byte_identical(
-    instance: OpenInstance,
-) -> None:
-    # Given a job with a payload of many chunks between two small ones
-    _, origin_jobs, origin = instance("origin")
-    payload = os.urandom(10 * CHUNK + 123)
-    big = dataclasses.replace(_record("big", "origin", "target", offload=True), payload=payload)
-    await origin_jobs.add_jobs([_record("a", "origin", "target", offload=True), big])
-    await origin_jobs.add_jobs([_record("b", "origin", "target", offload=True)])
-    target_journal, target_jobs, target = instance("target")
+async def test_a_large_payload_travels_in_bounded_chunks_and_arrives_byte_identical(tmp_path: Path) -> None:
+    origin_journal = Journal.open(tmp_path / "origin.sqlite")
+    target_journal = Journal.open(tmp_path / "target.sqlite")
+    try:
+        # Given a job with a payload of many chunks between two small ones
+        origin_jobs = JobStore(origin_journal)
+        origin = TransferStore(origin_journal, origin_jobs, "origin")
+        payload = os.urandom(10 * CHUNK + 123)
+        big = dataclasses.replace(_record("big", "origin", "target"), payload=payload)
+        await origin_jobs.add_jobs([_record("a", "origin", "target"), big])
+        await origin_jobs.add_jobs([_record("b", "origin", "target")])
+        target_jobs = JobStore(target_journal)
+        target = TransferStore(target_journal, target_jobs, "target")
 
-    # When the origin streams its outbox, with frames of at most 3 chunks
-    frames = await _stream(origin, target, "target", ChunkAssembler(1 << 20), max_bytes=3 * CHUNK)
+        # When the origin streams its outbox, with frames of at most 3 chunks
+        frames = await _stream(origin, target, "target", ChunkAssembler(1 << 20), max_bytes=3 * CHUNK)
 
-    # Then every frame stays bounded, the chunks travel before their item, and all arrive intact
-    assert all(f.ByteSize() < 3 * CHUNK + 4096 for f in frames)
-    chunk_frames = [f for f in frames if f.chunks]
-    assert len(chunk_frames) == 4
-    assert all(not f.jobs for f in chunk_frames)
-    (item,) = [j for f in frames for j in f.jobs if j.job_id == "big"]
-    assert item.payload_chunked
-    assert not item.payload
-    for job_id, expected in (("a", b"in"), ("big", payload), ("b", b"in")):
-        job = await target_jobs.get_job(job_id, include_payloads=True)
-        assert job.payload == expected
-    assert await origin.peers() == []
+        # Then every frame stays bounded, the chunks travel before their item, and all arrive intact
+        assert all(f.ByteSize() < 3 * CHUNK + 4096 for f in frames)
+        chunk_frames = [f for f in frames if f.chunks]
+        assert len(chunk_frames) == 4
+        assert all(not f.jobs for f in chunk_frames)
+        (item,) = [j for f in frames for j in f.jobs if j.job_id == "big"]
+        assert item.payload_chunked
+        assert not item.payload
+        for job_id, expected in (("a", b"in"), ("big", payload), ("b", b"in")):
+            job = await target_jobs.get_job(job_id, include_payloads=True)
+            assert job.payload == expected
+        assert await origin.peers() == []
 
-    # And the output of many chunks comes back with the job's report the same way
-    output = os.urandom(7 * CHUNK + 5)
+        # And the output of many chunks comes back with the job's report the same way
+        output = os.urandom(7 * CHUNK + 5)
 
-    def finish(c: sqlite3.Connection) -> None:
-        c.execute(
-            "UPDATE jobs SET state = 3, finished_us = 9, output_size = ? WHERE id = 'big'", (len(output),)
-        )
-        c.execute(
-            "INSERT INTO payloads (job_seq, kind, data) SELECT seq, 2, ? FROM jobs WHERE id = 'big'",
-            (output,),
-        )
-        c.execute("INSERT INTO outbox (peer, kind, job_id, epoch) VALUES ('origin', 2, 'big', 0)")
+        def finish(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE jobs SET state = 3, finished_us = 9, output_size = ? WHERE id = 'big'", (len(output),)
+            )
+            c.execute(
+                "INSERT INTO payloads (job_seq, kind, data) SELECT seq, 2, ? FROM jobs WHERE id = 'big'",
+                (output,),
+            )
+            c.execute("INSERT INTO outbox (peer, kind, job_id, epoch) VALUES ('origin', 2, 'big', 0)")
 
-    await target_journal.write(finish)
-    frames = await _stream(target, origin, "origin", ChunkAssembler(1 << 20), max_bytes=3 * CHUNK)
-    assert len([f for f in frames if f.chunks]) == 3
-    (report,) = [r for f in frames for r in f.reports]
-    assert report.output_chunked
-    job = await origin_jobs.get_job("big", include_payloads=True)
-    assert job.state is JobState.SUCCEEDED
-    assert job.output_payload == output
+        await target_journal.write(finish)
+        frames = await _stream(target, origin, "origin", ChunkAssembler(1 << 20), max_bytes=3 * CHUNK)
+        assert len([f for f in frames if f.chunks]) == 3
+        (report,) = [r for f in frames for r in f.reports]
+        assert report.output_chunked
+        job = await origin_jobs.get_job("big", include_payloads=True)
+        assert job.state is JobState.SUCCEEDED
+        assert job.output_payload == output
+    finally:
+        origin_journal.close()
+        target_journal.close()
 
 
 def _chunks(payload: bytes, size: int) -> list[transfer_pb2.PayloadChunk]:
@@ -264,7 +277,7 @@ def test_chunk_reassembly_verifies_every_chunk_and_the_whole_payload() -> None:
     chunks = _chunks(payload, 300)
     corrupted = transfer_pb2.PayloadChunk()
     corrupted.CopyFrom(chunks[1])
-    corrupted.data = b"x" + corrupted.data[1:]
+    corrupted.data = bytes([corrupted.data[0] ^ 0xFF]) + corrupted.data[1:]  # always differs
     assembler.add(chunks[0])
     with pytest.raises(InvalidArgument, match="checksum"):
         assembler.add(corrupted)

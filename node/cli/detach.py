@@ -21,8 +21,8 @@ from typing import Any, TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from node import transport
 from node.instance import RUN_FILE, unusable_data_dir
-from node.services import transport
 
 LOG_FILE = "node.log"
 # A node starts in about a second; a loaded machine may need much longer.

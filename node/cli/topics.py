@@ -16,8 +16,8 @@ from node.cli.common import client_command, client_parser, respond
 from node.cli.render import print_table
 from node.client import JobmeshClient
 from node.errors import InvalidArgument
+from node.model.consumption import ConsumptionRules, ConsumptionSetting
 from node.topics import TopicPattern
-from node.transfer.rules import ConsumptionRules, ConsumptionSetting
 
 _ACTIONS = {
     "enable": topics_pb2.CONSUMPTION_SETTING_ENABLED,

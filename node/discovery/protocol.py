@@ -14,7 +14,8 @@ in its view, and retries one dead member (so partitions heal). Joining is a Sync
 peer: a seed, or one found by mDNS. A graceful shutdown pushes LEFT to every member.
 
 Two live nodes with one instance id (a copied data dir): whoever hears from the other
-compares start times; the later one is answered ALREADY_EXISTS (or fails itself) and stops.
+compares start times; the later one is answered ALREADY_EXISTS (or fails itself) and stops
+(duplicates.py).
 
 Threading: everything here runs on the node's event loop; `on_change` is called there, after
 every change to the members, their states or their properties.
@@ -30,6 +31,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from node.discovery.config import DiscoveryConfig
+from node.discovery.duplicates import DuplicateIds
 from node.discovery.gossip import BroadcastQueue
 from node.discovery.membership import Member, MemberRecord, PeerState, PeerTable, Verdict
 from node.discovery.messages import (
@@ -56,7 +58,7 @@ MIN_STALL_S = 0.25
 """A timer firing this much later than due means the loop (or the process) was stalled."""
 
 
-class MembershipProtocol:
+class MembershipProtocol(DuplicateIds):
     """One node's membership: its peer table and the tasks that keep it true.
 
     Create it on the node's event loop; `start()`, `leave()` and `stop()` it there.
@@ -105,17 +107,6 @@ class MembershipProtocol:
         ]
         for seed in self._seeds:
             self.contact(seed)
-
-    async def wait_failure(self) -> DuplicateInstance:
-        """Wait until this node must stop because another live node owns its instance id."""
-        if self._failure is None:
-            raise RuntimeError("the membership protocol is not started")
-        return await asyncio.shield(self._failure)
-
-    @property
-    def failed(self) -> bool:
-        """True once this node found it is a duplicate (it no longer talks to peers)."""
-        return self._failure is not None and self._failure.done()
 
     async def leave(self) -> None:
         """Tell every live member this node leaves (LEFT), waiting at most `leave_timeout_s`.
@@ -184,16 +175,7 @@ class MembershipProtocol:
         """Refuse messages while stopped, and settle a clash of instance ids with the sender."""
         if not self.running or self.failed:
             raise Unavailable("this node is not part of the topology (starting, leaving or stopped)")
-        local = self.table.local
-        if sender.id != local.id or sender.info.start_time_us == local.info.start_time_us:
-            return
-        if (sender.info.start_time_us, sender.info.endpoints) > (
-            local.info.start_time_us,
-            local.info.endpoints,
-        ):
-            raise DuplicateInstance(_duplicate_message(local, sender, self_is_duplicate=False))
-        self._fail(DuplicateInstance(_duplicate_message(sender, local, self_is_duplicate=True)))
-        raise Unavailable("this node stops: its instance id belongs to an earlier node")
+        self._settle_clash(sender)
 
     async def handle_ping(self, message: Ping) -> Ack:
         """Answer a direct probe."""
@@ -256,24 +238,6 @@ class MembershipProtocol:
             await self._sync_with(address)
         finally:
             self._contacting.discard(address)
-
-    def check_duplicate(self, address: str) -> None:
-        """Probe a node at `address` that advertises this node's instance id (mDNS)."""
-        if address in self.table.local.info.endpoints or not self.running:
-            return
-        self._spawn(self._ping_duplicate(address), f"duplicate-{address}")
-
-    async def _ping_duplicate(self, address: str) -> None:
-        ping = Ping(self.table.local, self.table.local.id)
-        try:
-            ack = await self._transport.ping(address, ping, self.config.probe_timeout_s * 2)
-        except PeerUnavailable:
-            return
-        except DuplicateInstance as e:
-            self._fail(e)
-            return
-        if ack.responder.id != self.table.local.id:
-            self._merge(ack.responder, heard=True)
 
     async def _sync_with(self, address: str) -> str | None:
         """Push-pull with `address`; returns the id of the member that answered."""
@@ -447,54 +411,6 @@ class MembershipProtocol:
         self.broadcasts.add(self.table.bump_local(above=record.incarnation))
         self._on_change()
 
-    def _own_id(self, record: MemberRecord) -> None:
-        """Another run uses this node's id: keep this node on top, and check whether it is alive."""
-        if record.incarnation >= self.table.local.incarnation:
-            self.broadcasts.add(self.table.bump_local(above=record.incarnation))
-            self._on_change()
-        if not record.state.in_view or set(record.info.endpoints) & set(self.table.local.info.endpoints):
-            return  # an earlier run of this node (it had our address): nothing to check
-        key = (record.info.address, record.info.start_time_us)
-        if key not in self._checked_duplicates:
-            self._checked_duplicates.add(key)
-            self.check_duplicate(record.info.address)
-
-    def _verify(self, record: MemberRecord) -> None:
-        """A new run claims a live member's id: apply it only if the known run no longer answers."""
-        pending = self._verifying.get(record.id)
-        if pending is None or record.incarnation > pending.incarnation:
-            self._verifying[record.id] = record
-        if pending is None:
-            self._spawn(self._verify_takeover(record.id), f"verify-{record.id}")
-
-    async def _verify_takeover(self, member_id: str) -> None:
-        member = self.table.get(member_id)
-        known = member.record if member else None
-        alive = False
-        if member is not None and known is not None:
-            try:
-                ack = await self._transport.ping(
-                    member.address, Ping(self.table.local, member_id), self.config.probe_timeout_s
-                )
-                alive = ack.responder.id == member_id and ack.responder.info == known.info
-            except (PeerUnavailable, DuplicateInstance):
-                alive = False
-        claim = self._verifying.pop(member_id)
-        if alive and known is not None and known.info.leader_key < claim.info.leader_key:
-            log.warning(
-                "ignoring %s at %s: instance id %s belongs to the live %s at %s, which started earlier "
-                "(a copied data dir?); the later node will be refused",
-                claim.info.name,
-                claim.info.address,
-                member_id,
-                known.info.name,
-                known.info.address,
-            )
-            return
-        current = self.table.get(member_id)
-        if current is None or claim.incarnation > current.record.incarnation:
-            self._apply(claim)
-
     # --- suspicion -------------------------------------------------------------------------------
 
     def _start_suspicion(self, record: MemberRecord) -> None:
@@ -576,22 +492,3 @@ class MembershipProtocol:
         member = self.table.get(member_id)
         if member is not None and member.record.state is PeerState.ALIVE and self.running:
             self._spawn(self._probe(member), f"probe-{member_id}")
-
-    def _fail(self, error: DuplicateInstance) -> None:
-        """This node is the later of two with one instance id: go silent and let the node stop."""
-        if self._failure is None or self._failure.done():
-            return
-        log.critical("%s", error)
-        self._failure.set_result(error)
-        for task in self._rounds:
-            task.cancel()
-
-
-def _duplicate_message(owner: MemberRecord, duplicate: MemberRecord, self_is_duplicate: bool) -> str:
-    who = "this node" if self_is_duplicate else f"the node at {duplicate.info.address}"
-    return (
-        f"instance id {owner.id} is already used by the live node {owner.info.name} at "
-        f"{owner.info.address}, which started earlier: {who} ({duplicate.info.name}) refuses to join. "
-        "Its data dir was probably copied from that node's; give it its own data dir "
-        "(an empty one gets a fresh instance id)."
-    )

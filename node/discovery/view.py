@@ -18,8 +18,8 @@ from jobmesh.v1 import topology_pb2
 
 from node.discovery.membership import Member, MemberRecord, PeerState
 from node.discovery.properties import TOPICS_PROPERTY, parse_topics
+from node.model.consumption import ConsumptionRules
 from node.topics import TopicPattern
-from node.transfer.rules import ConsumptionRules
 
 
 def timestamp_us(micros: int) -> Timestamp:

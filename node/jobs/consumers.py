@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 from node.errors import ConsumerLoadError, InvalidArgument
 from node.jobs.context import JobContext
-from node.jobs.model import Job, JobResult
+from node.model.job import Job, JobResult
 from node.topics import TopicPattern
 
 Handler: TypeAlias = Callable[[Job, JobContext], "JobResult | Awaitable[JobResult | None] | None"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from node.errors import InvalidArgument
 from node.instance import now_us
-from node.jobs.model import Job, JobResult
+from node.model.job import Job, JobResult
 from node.properties import validate_name
 
 if TYPE_CHECKING:

@@ -5,38 +5,36 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from jobmesh.v1 import jobs_pb2, schedules_pb2
 
 from node.config import NodeConfig
-from node.durations import optional_seconds
-from node.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from node.errors import FailedPrecondition, NotFound
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import JobContext
-from node.jobs.events import EventFilter, JobEvent
-from node.jobs.model import Job, JobState
-from node.jobs.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
+from node.jobs.intake import JobIntake
+from node.jobs.placement import LocalPlacement, Placement
 from node.jobs.retention import Retention
 from node.jobs.runner import QueueRunner
 from node.jobs.scheduler import Scheduler
 from node.journal.events import EventBatch, EventStore
 from node.journal.ids import JobIdGenerator
-from node.journal.jobs import AddedJob, JobPage, JobQuery, JobStore, NewJobRecord
+from node.journal.jobs import JobStore
 from node.journal.journal import Journal
 from node.journal.queues import QueueStore
+from node.journal.records import AddedJob, JobPage, JobQuery, NewJobRecord
 from node.journal.schedules import ScheduleStore, StoredSchedule
 from node.journal.stats import StatisticsReport, read_statistics
-from node.properties import encode_properties, encode_proto_properties
-from node.topics import TopicPattern, validate_topic
-from node.transfer.rules import ConsumptionRules
+from node.model.consumption import ConsumptionRules
+from node.model.events import EventFilter, JobEvent
+from node.model.job import Job, JobState
+from node.model.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
+from node.topics import TopicPattern
 
-MAX_JOBS_PER_ADD = 10_000
-MAX_DEDUP_KEY_CHARS = 256
-MAX_JOB_SECONDS = 10 * 365 * 86400
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +64,14 @@ class JobManager:
     Event listeners (`add_event_listener`) are called on the loop after each commit.
     """
 
-    def __init__(self, journal: Journal, consumers: ConsumerRegistry, config: NodeConfig, instance_id: str):
+    def __init__(
+        self,
+        journal: Journal,
+        consumers: ConsumerRegistry,
+        config: NodeConfig,
+        instance_id: str,
+        placement: Placement | None = None,
+    ):
         self._journal = journal
         self.consumers = consumers
         self._config = config
@@ -83,18 +88,16 @@ class JobManager:
         self._runners: dict[str, QueueRunner] = {}
         # Sized beyond the total parallelism: a timed-out sync consumer keeps its thread.
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="consumer")
-        self.scheduler = Scheduler(self._schedule_store, self._record_from_proto, self._wake_for)
+        self._intake = JobIntake(config.jobs, instance_id, self._ids, self._place)
+        self.scheduler = Scheduler(self._schedule_store, self._intake.from_proto, self._wake_for)
         self._retention = Retention(self.store, self.events, config.history, config.events)
         consumers.add_listener(self._on_consumers_changed)
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
         self.consumption = ConsumptionRules()
         """This node's topic consumption settings (see `apply_consumption`)."""
-        self.after_consumers_changed: Callable[[], Awaitable[None]] | None = None
-        """Offloading: called (on the loop) once jobs whose consumer is gone were unassigned here."""
-        self.remote_chooser: Callable[[str, str, bool], str | None] | None = None
-        """Offloading: `chooser(topic, queue, include_local)` picks a target among the live remote
-        consumers of `topic` (and this node if `include_local`); None if there is none."""
+        self._placement: Placement = placement or LocalPlacement(instance_id)
+        """Where jobs go that this node does not keep for itself (offloading; see placement.py)."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -128,6 +131,11 @@ class JobManager:
     def active_count(self) -> int:
         """Jobs running on this node now."""
         return sum(r.active_count for r in self._runners.values())
+
+    @property
+    def free_slots(self) -> int:
+        """Job slots of this node's queues not taken now."""
+        return max(0, sum(q.parallelism for q in self.queues.all()) - self.active_count)
 
     def _make_context(self, job: Job) -> JobContext:
         return JobContext(
@@ -171,18 +179,28 @@ class JobManager:
         """True while the queue called `name` is suspended."""
         return name in self._suspended
 
+    def _place(self, topic: str) -> tuple[QueueConfig, str | None]:
+        """The queue of a new job of `topic`, and its target (None: unassigned)."""
+        queue = self.queues.for_topic(topic)
+        return queue, self._target_for(topic, queue.name)
+
     def _target_for(self, topic: str, queue: str | None = None) -> str | None:
         local = self.consumers.find(topic) is not None and self.consumption.allows(topic)
-        chooser = self.remote_chooser
-        if chooser is None or queue is None:
+        if queue is None:
             return self.instance_id if local else None
-        if local:
-            # The origin runs the job itself when its queue prefers the creating instance (the main
-            # queue does by default) or keeps order; otherwise it competes with the remote consumers.
-            config = self.queues.get(queue)
-            if config is None or config.prefer_run_on_creation_instance or config.type is QueueType.ORDERED:
-                return self.instance_id
-        return chooser(topic, queue, local)
+        config = self.queues.get(queue)
+        # The origin runs the job itself when its queue prefers the creating instance (the main
+        # queue does by default) or keeps order; otherwise it competes with the remote consumers.
+        if local and (
+            config is None or config.prefer_run_on_creation_instance or config.type is QueueType.ORDERED
+        ):
+            return self.instance_id
+        return self._placement.choose(
+            topic,
+            config,
+            suspended=queue in self._suspended,
+            local_free_slots=self.free_slots if local else None,
+        )
 
     @property
     def max_payload_bytes(self) -> int:
@@ -192,76 +210,6 @@ class JobManager:
     def wake_runners(self) -> None:
         """Let every queue runner look for new work now."""
         self._wake_for()
-
-    def _check_payload(self, payload: bytes, field: str) -> None:
-        limit = self._config.jobs.max_payload_bytes
-        if len(payload) > limit:
-            raise InvalidArgument(
-                f"{field} is {len(payload)} bytes; the limit is {limit} bytes (jobs.max_payload_bytes)"
-            )
-
-    def _record(
-        self,
-        job_id: str,
-        topic: str,
-        props: str | None,
-        payload: bytes | None,
-        created: int,
-        *,
-        dedup_key: str = "",
-        max_retries: int | None = None,
-        retry_delay_s: float | None = None,
-        timeout_s: float | None = None,
-        field: str = "job",
-    ) -> NewJobRecord:
-        if len(dedup_key) > MAX_DEDUP_KEY_CHARS:
-            raise InvalidArgument(
-                f"{field}.dedup_key has {len(dedup_key)} characters; at most {MAX_DEDUP_KEY_CHARS}"
-            )
-        if max_retries is not None and max_retries < -1:
-            raise InvalidArgument(f"{field}.max_retries is {max_retries}; use -1 (forever) or more")
-        for name, value in (("retry_delay", retry_delay_s), ("timeout", timeout_s)):
-            if value is not None and not 0 <= value <= MAX_JOB_SECONDS:
-                raise InvalidArgument(
-                    f"{field}.{name} is {value:g}s; use a duration from 0 to {MAX_JOB_SECONDS}s (10 years)"
-                )
-        queue = self.queues.for_topic(topic)
-        target = self._target_for(topic, queue.name)
-        return NewJobRecord(
-            id=job_id,
-            topic=topic,
-            properties_json=props,
-            queue=queue.name,
-            origin=self.instance_id,
-            target=target,
-            offload=target is not None and target != self.instance_id,
-            max_retries=queue.retries if max_retries is None else max_retries,
-            created_us=created,
-            payload=payload,
-            dedup_key=dedup_key or None,
-            retry_delay_us=None if retry_delay_s is None else int(retry_delay_s * 1e6),
-            timeout_us=None if timeout_s is None else int(timeout_s * 1e6),
-        )
-
-    def _record_from_proto(self, new: jobs_pb2.NewJob, field: str, job_id: str | None = None) -> NewJobRecord:
-        validate_topic(new.topic, f"{field}.topic")
-        props = encode_proto_properties(
-            new.properties, f"{field}.properties", self._config.jobs.max_properties_bytes
-        )
-        if new.payload:
-            self._check_payload(new.payload, f"{field}.payload")
-        return self._record(
-            job_id or self._ids.next_id(),
-            new.topic,
-            props,
-            new.payload or None,
-            now_us(),
-            dedup_key=new.dedup_key,
-            max_retries=new.max_retries if new.HasField("max_retries") else None,
-            retry_delay_s=optional_seconds(new, "retry_delay", f"{field}.retry_delay"),
-            timeout_s=optional_seconds(new, "timeout", f"{field}.timeout"),
-            field=field,
-        )
 
     async def add_job(
         self,
@@ -275,16 +223,10 @@ class JobManager:
         timeout_s: float | None = None,
     ) -> Job:
         """Add one job from Python values; returns it once committed (an existing one on a dedup hit)."""
-        validate_topic(topic)
-        props = encode_properties(properties or {}, "properties", self._config.jobs.max_properties_bytes)
-        if payload:
-            self._check_payload(payload, "payload")
-        record = self._record(
-            self._ids.next_id(),
+        record = self._intake.from_values(
             topic,
-            props,
-            payload or None,
-            now_us(),
+            properties,
+            payload,
             dedup_key=dedup_key,
             max_retries=max_retries,
             retry_delay_s=retry_delay_s,
@@ -296,7 +238,7 @@ class JobManager:
 
     async def add_proto_job(self, new_job: jobs_pb2.NewJob, field: str = "job") -> tuple[Job, bool]:
         """Validate and add one job from the wire; returns it as committed, and whether it existed."""
-        (record,) = self._records_from_proto([new_job], field)
+        (record,) = self._intake.from_protos([new_job], field)
         (added,) = await self._commit([record])
         if added.deduplicated:
             return await self.store.get_job(added.id), True
@@ -306,19 +248,8 @@ class JobManager:
         self, new_jobs: Sequence[jobs_pb2.NewJob], field: str = "jobs"
     ) -> list[AddedJob]:
         """Validate and add jobs from the wire, all or none; returns them in request order."""
-        if len(new_jobs) > MAX_JOBS_PER_ADD:
-            raise ResourceExhausted(
-                f"{len(new_jobs)} jobs in one call; send at most {MAX_JOBS_PER_ADD} per call"
-            )
-        records = self._records_from_proto(new_jobs, field)
+        records = self._intake.from_protos(new_jobs, field)
         return await self._commit(records)
-
-    def _records_from_proto(self, new_jobs: Sequence[jobs_pb2.NewJob], field: str) -> list[NewJobRecord]:
-        ids = self._ids.next_ids(len(new_jobs))
-        return [
-            self._record_from_proto(new, f"{field}[{index}]" if field == "jobs" else field, job_id)
-            for index, (job_id, new) in enumerate(zip(ids, new_jobs, strict=True))
-        ]
 
     async def _commit(self, records: list[NewJobRecord]) -> list[AddedJob]:
         added = await self.store.add_jobs(records)
@@ -350,11 +281,6 @@ class JobManager:
     def watch(self, after_seq: int, event_filter: EventFilter | None = None) -> AsyncIterator[EventBatch]:
         """Committed events after `after_seq` (-1: from now), then live ones, in batches."""
         return self.events.watch(after_seq, event_filter or EventFilter())
-
-    def journal_commits(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener()` on the loop after each commit that recorded job events (cheap: no
-        event objects); returns a function that removes it."""
-        return self._journal.add_commit_listener(listener)
 
     def add_event_listener(self, listener: Callable[[list[JobEvent]], None]) -> Callable[[], None]:
         """Call `listener(events)` on the loop after each commit; returns a function that removes it."""
@@ -504,8 +430,7 @@ class JobManager:
             async def assign() -> None:
                 await self._assign_local()
                 self._wake_for()
-                if self.after_consumers_changed is not None:
-                    await self.after_consumers_changed()
+                await self._placement.consumers_changed()
 
             task = asyncio.get_running_loop().create_task(assign())
             self._background.add(task)  # the loop keeps only weak references to tasks

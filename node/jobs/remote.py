@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from node.errors import ConsumerGone, InvalidArgument, Unavailable
 from node.jobs.consumers import Consumer, ConsumerRegistry
 from node.jobs.context import JobContext
-from node.jobs.model import Job, JobResult
+from node.model.job import Job, JobResult
 from node.topics import TopicPattern
 
 log = logging.getLogger(__name__)

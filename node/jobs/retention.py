@@ -9,9 +9,9 @@ import logging
 from node.config import EventsConfig, HistoryConfig, parse_state_limits
 from node.errors import Unavailable
 from node.instance import now_us
-from node.jobs.model import HISTORY_STATES
 from node.journal.events import EventStore
 from node.journal.jobs import JobStore
+from node.model.job import HISTORY_STATES
 
 log = logging.getLogger(__name__)
 

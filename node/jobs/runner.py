@@ -22,9 +22,10 @@ from node.errors import ConsumerGone, Unavailable
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import Deferred, JobContext
-from node.jobs.model import Job, JobResult, Outcome
-from node.jobs.queues import QueueConfig, QueueType
-from node.journal.jobs import AttemptReport, JobStore
+from node.journal.jobs import JobStore
+from node.journal.records import AttemptReport
+from node.model.job import Job, JobResult, Outcome
+from node.model.queues import QueueConfig, QueueType
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from jobmesh.v1 import jobs_pb2, schedules_pb2
 from node.errors import NotFound, Unavailable
 from node.instance import now_us
 from node.jobs.schedules import decode_rules, encode_rules, next_time_us, validate_rules
-from node.journal.jobs import NewJobRecord
+from node.journal.records import NewJobRecord
 from node.journal.schedules import ScheduleStore, StoredSchedule
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ def open_connection(path: Path, durability: Durability, *, readonly: bool = Fals
             )
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row  # rows are read by column name
         conn.execute("PRAGMA busy_timeout = 10000")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")

@@ -7,9 +7,9 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from node.jobs.events import EventFilter, JobEvent
 from node.journal.journal import Journal
 from node.journal.recorder import EVENT_COLUMNS, row_to_event
+from node.model.events import EventFilter, JobEvent
 
 READ_BATCH = 1000
 COALESCE_BELOW = 100
@@ -36,8 +36,10 @@ class EventStore:
 
     async def oldest_seq(self) -> int:
         """The oldest retained event's seq (head + 1 when none is retained)."""
-        row = await self.journal.read(lambda c: c.execute("SELECT min(seq) FROM job_events").fetchone())
-        return int(row[0]) if row and row[0] is not None else self.journal.head_seq + 1
+        row = await self.journal.read(
+            lambda c: c.execute("SELECT min(seq) AS seq FROM job_events").fetchone()
+        )
+        return int(row["seq"]) if row and row["seq"] is not None else self.journal.head_seq + 1
 
     async def read_after(self, after_seq: int, limit: int = READ_BATCH) -> list[JobEvent]:
         """Committed events with seq > `after_seq`, oldest first."""

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from node.errors import Unavailable
-from node.jobs.events import JobEvent
 from node.journal.connection import Durability, open_connection
+from node.journal.hooks import JournalHook, NoHook
 from node.journal.recorder import Recorder, row_to_event
 from node.journal.schema import migrate
 from node.journal.writer import JournalWriter
+from node.model.events import JobEvent
 
 T = TypeVar("T")
 EventListener = Callable[[list[JobEvent]], None]
@@ -36,9 +37,9 @@ def _last_event_seq(conn: sqlite3.Connection) -> int:
     Sequence numbers are assigned by the writer (not AUTOINCREMENT, which costs a write per
     row); a purge that empties the table records its highest seq, so none is ever reused.
     """
-    newest = conn.execute("SELECT max(seq) FROM job_events").fetchone()[0] or 0
+    newest = conn.execute("SELECT max(seq) AS seq FROM job_events").fetchone()["seq"] or 0
     floor = conn.execute("SELECT value FROM meta WHERE key = 'events_seq_floor'").fetchone()
-    return max(int(newest), int(floor[0]) if floor else 0)
+    return max(int(newest), int(floor["value"]) if floor else 0)
 
 
 class Journal:
@@ -63,7 +64,6 @@ class Journal:
         """The newest committed event's sequence number."""
         self._events_committed = asyncio.Event()
         self._listeners: list[EventListener] = []
-        self._commit_listeners: list[Callable[[], None]] = []
         self.recorder = Recorder(head_seq + 1, asyncio.get_running_loop(), self._publish)
         writer.hooks = self.recorder
 
@@ -101,6 +101,22 @@ class Journal:
         """Transactions committed so far (for statistics and benchmarks)."""
         return self._writer.commits
 
+    @property
+    def hook(self) -> JournalHook:
+        """The registered hook (a `NoHook` until one is registered)."""
+        return self.recorder.hook
+
+    def register_hook(self, hook: JournalHook) -> None:
+        """Let `hook` ride along with every job change from now on (see node/journal/hooks.py).
+
+        One hook per journal. Register it before anything writes jobs (before the queue
+        runners start): changes committed earlier are never shown to it.
+        """
+        if not isinstance(self.recorder.hook, NoHook):
+            raise RuntimeError("the journal already has a hook")
+        # The writer thread reads the attribute per call: it sees the hook from its next operation.
+        self.recorder.hook = hook
+
     # --- plumbing --------------------------------------------------------------------------
 
     async def write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
@@ -137,21 +153,10 @@ class Journal:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def add_commit_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener()` on the loop after each commit that recorded events (no event objects
-        are built for it); returns a function that removes it."""
-        self._commit_listeners.append(listener)
-        return lambda: self._commit_listeners.remove(listener)
-
     def _publish(self, rows: list[tuple[Any, ...]]) -> None:
         self.head_seq = rows[-1][0]
         self._events_committed.set()
         self._events_committed = asyncio.Event()
-        for notify in list(self._commit_listeners):
-            try:
-                notify()
-            except Exception:
-                log.exception("commit listener failed")
         if not self._listeners:
             return  # events become objects only when someone listens
         events = [row_to_event(row) for row in rows]
@@ -175,7 +180,7 @@ class Journal:
     async def get_meta(self, key: str) -> str | None:
         """A value from the node's metadata table."""
         row = await self.read(lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
-        return None if row is None else str(row[0])
+        return None if row is None else str(row["value"])
 
     async def set_meta(self, key: str, value: str) -> None:
         """Store a metadata value."""

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from node.jobs.events import EventType, JobEvent
-from node.jobs.model import JobState
+from node.journal.hooks import JournalHook, NoHook
+from node.model.events import EventType, JobEvent
+from node.model.job import JobState
 
 SCOPE_GLOBAL, SCOPE_QUEUE, SCOPE_TOPIC = 0, 1, 2
 
@@ -73,14 +74,8 @@ class Recorder:
         # 1 ended finished / 2 failed / 3 cancelled (value = processing us or None).
         self._stats: list[tuple[str, str, int, int | None, int]] = []
         self._mark = (0, 0)
-        self.local_instance: str | None = None
-        """This node's instance id; once set, events of jobs offloaded here queue reports to their origin."""
-        self.outbox_writes = 0
-        """Bumped (writer thread) by every operation that adds outbox rows: the transfer
-        sender wakes only when it changed, not after every commit."""
-        self.has_foreign_jobs = False
-        """Set once a job offloaded here from another origin exists (writer thread): until then the
-        per-commit report query is skipped, so a node that only runs its own jobs pays nothing."""
+        self.hook: JournalHook = NoHook()
+        """What offloading adds to each commit (see `Journal.register_hook`)."""
 
     @property
     def last_seq(self) -> int:
@@ -186,15 +181,7 @@ class Recorder:
                 "progress_total, progress_done, eta_us, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._events,
             )
-            if self.local_instance is not None and self.has_foreign_jobs:
-                # Reports to the origin of every offloaded job that changed, in the same transaction.
-                self.outbox_writes += 1
-                conn.execute(
-                    "INSERT INTO outbox (peer, kind, job_id, epoch, progress) "
-                    "SELECT j.origin, 2, j.id, j.epoch, e.type = 3 FROM job_events e JOIN jobs j ON j.id = e.job_id "
-                    "WHERE e.seq BETWEEN ? AND ? AND e.type BETWEEN 2 AND 7 AND j.origin != ? ORDER BY e.seq",
-                    (self._events[0][0], self._events[-1][0], self.local_instance),
-                )
+            self.hook.events_recorded(conn, self._events[0][0], self._events[-1][0])
         if self._stats:
             conn.executemany(
                 "INSERT INTO job_stats (scope, name, finished, failed, cancelled, waiting_us, waiting_count, "
@@ -212,6 +199,7 @@ class Recorder:
 
     def after_commit(self) -> None:
         """Hand the committed events (as rows) to the event loop."""
+        self.hook.committed()
         rows = self._events
         self._events, self._stats, self._mark = [], [], (0, 0)
         if rows and not self._loop.is_closed():
@@ -229,19 +217,21 @@ EVENT_COLUMNS = (
 )
 
 
-def row_to_event(row: tuple[object, ...] | sqlite3.Row) -> JobEvent:
+def row_to_event(row: tuple[Any, ...] | sqlite3.Row) -> JobEvent:
+    """An event from a row selected with EVENT_COLUMNS (or a tuple the recorder recorded)."""
+    seq, kind, time_us, job_id, topic, queue, state, retry_count, message, total, done, eta_us, target = row
     return JobEvent(
-        seq=row[0],  # type: ignore[arg-type]
-        type=EventType(row[1]),  # type: ignore[arg-type]
-        time_us=row[2],  # type: ignore[arg-type]
-        job_id=row[3],  # type: ignore[arg-type]
-        topic=row[4],  # type: ignore[arg-type]
-        queue=row[5],  # type: ignore[arg-type]
-        state=JobState(row[6]),  # type: ignore[arg-type]
-        retry_count=row[7],  # type: ignore[arg-type]
-        message=row[8] or "",  # type: ignore[arg-type]
-        progress_total=row[9] or 0,  # type: ignore[arg-type]
-        progress_done=row[10] or 0,  # type: ignore[arg-type]
-        eta_us=row[11],  # type: ignore[arg-type]
-        target=row[12],  # type: ignore[arg-type]
+        seq=seq,
+        type=EventType(kind),
+        time_us=time_us,
+        job_id=job_id,
+        topic=topic,
+        queue=queue,
+        state=JobState(state),
+        retry_count=retry_count,
+        message=message or "",
+        progress_total=total or 0,
+        progress_done=done or 0,
+        eta_us=eta_us,
+        target=target,
     )

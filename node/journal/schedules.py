@@ -11,8 +11,9 @@ from typing import Any
 from jobmesh.v1 import schedules_pb2
 
 from node.errors import JobmeshError, NotFound
-from node.journal.jobs import JobStore, NewJobRecord
+from node.journal.jobs import JobStore
 from node.journal.journal import Journal
+from node.journal.records import NewJobRecord
 
 log = logging.getLogger(__name__)
 _COLUMNS = "id, name, job, rules, suspended, next_us, last_us, fired_count, last_job_id, created_us"
@@ -55,17 +56,18 @@ class StoredSchedule:
 
 
 def _row(row: Any) -> StoredSchedule:
+    """A StoredSchedule from a row selected with _COLUMNS."""
     return StoredSchedule(
-        str(row[0]),
-        str(row[1]),
-        bytes(row[2]),
-        bytes(row[3]),
-        bool(row[4]),
-        row[5],
-        row[6],
-        int(row[7]),
-        row[8],
-        int(row[9]),
+        id=str(row["id"]),
+        name=str(row["name"]),
+        job=bytes(row["job"]),
+        rules=bytes(row["rules"]),
+        suspended=bool(row["suspended"]),
+        next_us=row["next_us"],
+        last_us=row["last_us"],
+        fired_count=int(row["fired_count"]),
+        last_job_id=row["last_job_id"],
+        created_us=int(row["created_us"]),
     )
 
 
@@ -136,10 +138,10 @@ class ScheduleStore:
         """The earliest next occurrence of an active schedule."""
         row = await self.journal.read(
             lambda c: c.execute(
-                "SELECT min(next_us) FROM schedules WHERE suspended = 0 AND next_us IS NOT NULL"
+                "SELECT min(next_us) AS due FROM schedules WHERE suspended = 0 AND next_us IS NOT NULL"
             ).fetchone()
         )
-        return None if row is None or row[0] is None else int(row[0])
+        return None if row is None or row["due"] is None else int(row["due"])
 
     async def fire_due(
         self,

@@ -123,7 +123,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE outbox (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- delivery order; never reused
         peer TEXT NOT NULL,                      -- instance id to deliver to
-        kind INTEGER NOT NULL,                   -- 1 job (origin -> target), 2 report (target -> origin)
+        kind INTEGER NOT NULL,                   -- OutboxKind (node/transfer/outbox.py)
         job_id TEXT NOT NULL,
         epoch INTEGER NOT NULL,
         progress INTEGER NOT NULL DEFAULT 0      -- report: 1 if caused by a PROGRESS event
@@ -146,7 +146,7 @@ def schema_version(conn: sqlite3.Connection) -> int:
     if not has_meta:
         return 0
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row else 0
+    return int(row["value"]) if row else 0
 
 
 def migrate(conn: sqlite3.Connection) -> int:

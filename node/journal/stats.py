@@ -8,9 +8,10 @@ from dataclasses import dataclass, field, fields
 from jobmesh.v1 import jobs_pb2
 
 from node.durations import duration_from_us
-from node.jobs.model import JobState
 from node.journal.journal import Journal
 from node.journal.recorder import SCOPE_GLOBAL, SCOPE_QUEUE, StatsDelta
+from node.journal.records import UNFINISHED
+from node.model.job import JobState
 
 
 @dataclass
@@ -73,16 +74,16 @@ async def read_statistics(journal: Journal) -> StatisticsReport:
     def select(conn: sqlite3.Connection) -> StatisticsReport:
         report = StatisticsReport()
         for row in conn.execute(f"SELECT scope, name, {', '.join(_COUNTERS)} FROM job_stats"):
-            scope, name = row[0], row[1]
+            scope, name = row["scope"], row["name"]
             if scope == SCOPE_GLOBAL:
                 stats = report.global_
             else:
                 table = report.queues if scope == SCOPE_QUEUE else report.topics
                 stats = table.setdefault(name, Statistics())
-            for attribute, value in zip(_COUNTERS, row[2:], strict=True):
-                setattr(stats, attribute, value)
+            for attribute in _COUNTERS:
+                setattr(stats, attribute, row[attribute])
         counts = conn.execute(
-            "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN (1, 2) GROUP BY queue, topic, state"
+            f"SELECT queue, topic, state, count(*) FROM jobs WHERE state IN {UNFINISHED} GROUP BY queue, topic, state"
         )
         for queue, topic, state, count in counts:
             attribute = "queued" if state == JobState.QUEUED else "active"

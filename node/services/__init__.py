@@ -1,1 +1,1 @@
-"""gRPC servicers and the one place servers and channels are created."""
+"""gRPC servicers: the API of node.jobs, node.discovery and node.transfer (channels: node.transport)."""

@@ -15,7 +15,7 @@ import grpc
 from jobmesh.peer.v1 import gather_pb2, gather_pb2_grpc
 from jobmesh.v1 import jobs_pb2
 
-from node.services import transport
+from node import transport
 from node.services.status import rpc
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from node.durations import duration_from_seconds, optional_seconds
 from node.errors import InvalidArgument, JobmeshError, Unavailable
-from node.jobs.events import EventFilter, EventType
 from node.jobs.manager import JobManager
-from node.jobs.model import HISTORY_STATES, Job, JobState
-from node.journal.jobs import JobQuery, decode_page_token
+from node.journal.records import JobQuery, decode_page_token
+from node.model.events import EventFilter, EventType
+from node.model.job import HISTORY_STATES, Job, JobState
 from node.services import gather
 from node.services.status import rpc, status_for
 from node.templates import Template

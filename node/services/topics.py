@@ -7,14 +7,14 @@ from collections.abc import Awaitable, Callable
 import grpc
 from jobmesh.v1 import topics_pb2, topics_pb2_grpc
 
+from node import transport
 from node.discovery.topology import Topology
 from node.discovery.view import InstanceDescription
 from node.errors import InvalidArgument, NotFound, PeerUnavailable
-from node.services import transport
+from node.model.consumption import ConsumptionRules, ConsumptionSetting
 from node.services.paging import page_of
 from node.services.status import rpc
 from node.topics import TopicPattern
-from node.transfer.rules import ConsumptionRules, ConsumptionSetting
 
 FORWARD_TIMEOUT_S = 5.0
 SetLocal = Callable[[str, ConsumptionSetting], Awaitable[ConsumptionRules]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from jobmesh.peer.v1 import membership_pb2, membership_pb2_grpc
@@ -68,12 +68,13 @@ class TopologyServicer(topology_pb2_grpc.TopologyServiceServicer):
 class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
     """MembershipService: the peer-to-peer side of the membership protocol."""
 
-    def __init__(self, topology: Topology) -> None:
-        self._topology = topology
+    def __init__(self, protocol: Callable[[], MembershipProtocol]) -> None:
+        self._get_protocol = protocol
+        """The protocol to answer with (RuntimeError while there is none, e.g. not started)."""
 
     def _protocol(self) -> MembershipProtocol:
         try:
-            return self._topology.protocol
+            return self._get_protocol()
         except RuntimeError as e:
             raise Unavailable("this node is not part of the topology yet") from e
 
@@ -109,4 +110,6 @@ class MembershipServicer(membership_pb2_grpc.MembershipServiceServicer):
 def add_topology_servicers(server: grpc.aio.Server, topology: Topology) -> None:
     """Serve TopologyService and MembershipService for `topology` on `server`."""
     topology_pb2_grpc.add_TopologyServiceServicer_to_server(TopologyServicer(topology), server)
-    membership_pb2_grpc.add_MembershipServiceServicer_to_server(MembershipServicer(topology), server)
+    membership_pb2_grpc.add_MembershipServiceServicer_to_server(
+        MembershipServicer(lambda: topology.protocol), server
+    )

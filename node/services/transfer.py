@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 
 from node.errors import JobmeshError
-from node.transfer.offloader import Offloader
+from node.transfer.link import TransferReceiver
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     """Applies each received frame, then acknowledges it."""
 
-    def __init__(self, offloader: Offloader) -> None:
+    def __init__(self, offloader: TransferReceiver) -> None:
         self._offloader = offloader
         self._closing = asyncio.Event()
 
@@ -32,6 +33,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         """Apply frames in order; acknowledge each after its commit."""
         closing = asyncio.ensure_future(self._closing.wait())
         assembler = self._offloader.assembler()  # a partial payload is discarded with its stream
+        read: asyncio.Future[Any] | None = None
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
@@ -45,10 +47,20 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 await self._offloader.receive(frame, assembler)
                 await context.write(transfer_pb2.ExchangeResponse(last_seq=frame.last_seq))
         except JobmeshError as e:
-            log.warning("transfer from %s: %s", context.peer(), e)
+            # The text, not the exception: a kept log record would keep the call's frames alive.
+            log.warning("transfer from %s: %s", context.peer(), str(e))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (asyncio.CancelledError, grpc.RpcError):
             # The sender went away or this node is stopping; it resends what it has no ack for.
             return
         finally:
             closing.cancel()
+            if read is not None and not read.done():
+                # The call ended under a pending read (the sender went away): its error is expected.
+                read.add_done_callback(_retrieve)
+                read.cancel()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

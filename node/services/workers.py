@@ -20,8 +20,8 @@ from jobmesh.v1 import workers_pb2, workers_pb2_grpc
 
 from node.durations import optional_seconds
 from node.errors import InvalidArgument, JobmeshError
-from node.jobs.model import JobResult, Outcome
 from node.jobs.remote import Assign, Command, RemoteWorker, RemoteWorkers
+from node.model.job import JobResult, Outcome
 from node.properties import fill_proto_properties, validate_name, value_from_proto
 from node.services.status import rpc, status_for
 

@@ -15,9 +15,6 @@ from jobmesh.peer.v1 import transfer_pb2
 
 from node.errors import InvalidArgument
 
-CHUNK_BYTES = 1024 * 1024
-"""Default chunk size: payloads larger than this travel in chunks."""
-
 
 def crc32(data: bytes | bytearray) -> int:
     """CRC-32 as the transfer protocol carries it."""

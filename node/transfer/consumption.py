@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 
 from node.journal.journal import Journal
-from node.transfer.rules import ConsumptionRules, ConsumptionSetting
+from node.model.consumption import ConsumptionRules, ConsumptionSetting
 
 
 class ConsumptionStore:

@@ -8,7 +8,7 @@ from enum import IntEnum
 from google.protobuf.timestamp_pb2 import Timestamp
 from jobmesh.v1 import jobs_pb2
 
-from node.jobs.model import JobState
+from node.model.job import JobState
 from node.topics import TopicPattern
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.jobs.model import JobState, Outcome
+from node.model.events import EventType
+from node.model.job import JobState, Outcome
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,27 @@ def after_attempt(
     if 0 <= max_retries < retries:
         return Transition(JobState.GIVEN_UP, retries)
     return Transition(JobState.QUEUED, retries)
+
+
+_END_EVENTS = {
+    JobState.SUCCEEDED: (EventType.FINISHED, "finished"),
+    JobState.QUEUED: (EventType.FAILED, "failed"),
+    JobState.GIVEN_UP: (EventType.CANCELLED, "cancelled"),
+    JobState.ERROR: (EventType.CANCELLED, "cancelled"),
+    JobState.STOPPED: (EventType.STOPPED, "cancelled"),
+}
+
+
+def end_event(state: JobState) -> tuple[EventType, str]:
+    """The event an attempt that left the job in `state` records, and its statistics outcome
+    (finished, failed or cancelled)."""
+    return _END_EVENTS[state]
+
+
+def event_for(state: JobState, *, is_progress: bool = False) -> EventType:
+    """The event that announces a job now in `state` (a mirrored report, for instance)."""
+    if state is JobState.ACTIVE:
+        return EventType.PROGRESS if is_progress else EventType.STARTED
+    if state is JobState.DROPPED:
+        return EventType.CANCELLED
+    return _END_EVENTS[state][0]

@@ -1,0 +1,89 @@
+"""How the offloader reaches peers: a small seam with two implementations.
+
+A `TransferLink` opens one `TransferStream` per peer; the stream sends a frame and returns the
+outbox seq the peer acknowledged (after its commit). `GrpcTransferLink` (the default) speaks
+TransferService.Exchange over a channel from node.transport; `MemoryTransferNetwork`
+(node.transfer.memory) joins offloaders in one process, with crashes, pauses and cuts.
+
+Contract (tests/test_transfer_link_contract.py runs it against both): frames arrive in order,
+each applied before its ack; every failure (unreachable peer, broken stream, a frame the peer
+rejected) raises PeerUnavailable, after which the stream is done and the sender opens a new one
+(a partial chunked payload is discarded with its stream). Coroutines run on the node's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import grpc
+from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
+
+from node import transport
+from node.errors import PeerUnavailable
+from node.transfer.chunks import ChunkAssembler
+
+
+class TransferReceiver(Protocol):
+    """The receiving side of transfer streams (the Offloader)."""
+
+    def assembler(self) -> ChunkAssembler:
+        """A reassembler of chunked payloads for one incoming stream."""
+        ...
+
+    async def receive(
+        self, frame: transfer_pb2.ExchangeRequest, assembler: ChunkAssembler | None = None
+    ) -> None:
+        """Apply `frame` (persisted when this returns); JobmeshError if it is invalid."""
+
+
+class TransferStream(Protocol):
+    """One open stream to a peer."""
+
+    async def exchange(self, frame: transfer_pb2.ExchangeRequest) -> int:
+        """Send `frame`; returns the outbox seq the peer acknowledged. PeerUnavailable on any failure."""
+        ...
+
+    async def close(self) -> None:
+        """End the stream (idempotent)."""
+
+
+class TransferLink(Protocol):
+    """Opens transfer streams to peers."""
+
+    async def open(self, address: str) -> TransferStream:
+        """A stream to the peer at `address` (PeerUnavailable if it cannot be reached)."""
+        ...
+
+
+class GrpcTransferLink:
+    """TransferLink over gRPC: a channel and an Exchange call per stream."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._max_message_bytes = max_message_bytes
+
+    async def open(self, address: str) -> TransferStream:
+        """Dial `address`; connection errors surface on the first exchange."""
+        channel = transport.create_channel(address, self._max_message_bytes)
+        return _GrpcStream(address, channel, transfer_pb2_grpc.TransferServiceStub(channel).Exchange())
+
+
+class _GrpcStream:
+    def __init__(self, address: str, channel: grpc.aio.Channel, call: grpc.aio.StreamStreamCall) -> None:
+        self._address = address
+        self._channel = channel
+        self._call = call
+
+    async def exchange(self, frame: transfer_pb2.ExchangeRequest) -> int:
+        try:
+            await self._call.write(frame)
+            ack = await self._call.read()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
+            raise PeerUnavailable(f"transfer stream to {self._address} broke: {e}") from e
+        if not isinstance(ack, transfer_pb2.ExchangeResponse):
+            raise PeerUnavailable(f"{self._address} closed the transfer stream")
+        return int(ack.last_seq)
+
+    async def close(self) -> None:
+        self._call.cancel()
+        await self._channel.close()

@@ -1,0 +1,144 @@
+"""Offloading between two real nodes in one event loop, their transfer streams on the in-memory
+network (node.transfer.memory): faults of the transfer link without OS processes. Discovery is
+real (gRPC membership on loopback, seeds); only the transfer streams are in memory. The same
+behaviours with real processes and real links stay in test_offload*.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+import node
+from node.transfer.memory import MemoryTransferLink, MemoryTransferNetwork
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks")
+
+TOPIC = "mem/work"
+TIMEOUT_S = 15.0
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, within_s: float = TIMEOUT_S) -> None:
+    """Await `condition()` until it is true; fail at the deadline."""
+    deadline = time.monotonic() + within_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Pair:
+    """An origin without consumers and a worker that consumes TOPIC, joined by `network`."""
+
+    def __init__(self, origin: node.Node, worker: node.Node, network: MemoryTransferNetwork) -> None:
+        self.origin, self.worker, self.network = origin, worker, network
+        self.origin_address = origin.topology.view.local.address
+        self.worker_address = worker.topology.view.local.address
+
+    async def states(self, ids: list[str]) -> list[node.JobState]:
+        return [(await self.origin.jobs.get_job(i)).state for i in ids]
+
+    async def all_succeeded(self, ids: list[str]) -> bool:
+        return all(s is node.JobState.SUCCEEDED for s in await self.states(ids))
+
+    async def add(self, count: int) -> list[str]:
+        return [(await self.origin.jobs.add_job(TOPIC, {"n": n})).id for n in range(count)]
+
+
+def _node(
+    path: Path, network: MemoryTransferNetwork, seeds: tuple[str, ...] = ()
+) -> tuple[node.Node, MemoryTransferLink]:
+    config = node.NodeConfig.for_tests(path)
+    config = dataclasses.replace(config, discovery=dataclasses.replace(config.discovery, seeds=seeds))
+    link = network.link(str(path))
+    return node.Node(config, transfer_link=link), link
+
+
+@asynccontextmanager
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """Start both nodes, attach them to the network under the addresses peers dial, and wait until
+    the origin sees the worker consume TOPIC."""
+    network = MemoryTransferNetwork()
+    origin, origin_link = _node(tmp_path / "origin", network)
+    async with origin:
+        worker, worker_link = _node(tmp_path / "worker", network, seeds=(origin.address,))
+        worker.consumers.register(
+            ["mem/**"], lambda job, _context: node.JobResult.succeeded(f"done {job.id}")
+        )
+        async with worker:
+            for n, link in ((origin, origin_link), (worker, worker_link)):
+                address = n.topology.view.local.address
+                link.source = address  # faults are named by the addresses peers dial
+                network.attach(address, n.transfer_receiver)
+            p = Pair(origin, worker, network)
+
+            async def sees_worker() -> bool:
+                return any(not i.is_local for i in origin.topology.view.consumers_of(TOPIC))
+
+            await until(sees_worker, "the origin to see the worker's topics")
+            yield p
+
+
+async def test_offloaded_jobs_end_at_the_origin_with_the_workers_results(tmp_path: Path) -> None:
+    async with pair(tmp_path) as p:
+        ids = await p.add(20)
+        await until(lambda: p.all_succeeded(ids), "every job to succeed at the origin")
+        job = await p.origin.jobs.get_job(ids[0])
+        assert job.result_message == f"done {ids[0]}"
+        assert job.target_instance == p.worker.identity.id  # type: ignore[union-attr]
+
+
+async def test_a_cut_transfer_link_holds_the_jobs_until_it_heals(tmp_path: Path) -> None:
+    async with pair(tmp_path) as p:
+        # Given the transfer link between them cut (membership still sees both alive)
+        p.network.cut(p.origin_address, p.worker_address)
+
+        # When jobs are added, none reaches the worker
+        ids = await p.add(10)
+        await asyncio.sleep(0.5)
+        assert set(await p.states(ids)) == {node.JobState.QUEUED}
+        assert (await p.worker.jobs.count_by_state()) == {}
+
+        # Then once the link heals, every job runs there once and ends at the origin
+        p.network.heal()
+        await until(lambda: p.all_succeeded(ids), "every job to succeed after the heal")
+        assert (await p.worker.jobs.count_by_state()) == {node.JobState.SUCCEEDED: 10}
+
+
+async def test_reports_wait_in_the_workers_outbox_while_the_origins_link_is_down(tmp_path: Path) -> None:
+    async with pair(tmp_path) as p:
+        ids = await p.add(5)
+        await until(lambda: p.all_succeeded(ids), "the first jobs to succeed")
+
+        # Given the origin's receiving side gone (its transfer server crashed)
+        p.network.crash(p.origin_address)
+        more = await p.add(5)
+
+        # The worker cannot report (nor the origin send, its own link refused): jobs stay open
+        await asyncio.sleep(0.5)
+        assert not await p.all_succeeded(more)
+
+        # When it is back, the outboxes drain and every job ends SUCCEEDED once
+        p.network.attach(p.origin_address, p.origin.transfer_receiver)
+        await until(lambda: p.all_succeeded(more), "the remaining jobs to succeed")
+        assert (await p.worker.jobs.count_by_state()) == {node.JobState.SUCCEEDED: 10}
+
+
+async def test_a_paused_worker_gets_the_held_frames_when_it_resumes(tmp_path: Path) -> None:
+    async with pair(tmp_path) as p:
+        # Given the worker's transfer side paused (frames to it are held, not refused)
+        p.network.pause(p.worker_address)
+        ids = await p.add(5)
+        await asyncio.sleep(0.5)
+        assert (await p.worker.jobs.count_by_state()) == {}
+
+        # When it resumes, the held frame arrives and every job runs once
+        p.network.resume(p.worker_address)
+        await until(lambda: p.all_succeeded(ids), "every job to succeed after the resume")
+        assert (await p.worker.jobs.count_by_state()) == {node.JobState.SUCCEEDED: 5}
