@@ -25,6 +25,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
 
+from node.transport import Keepalive, Transport
+
 T = TypeVar("T")
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -368,11 +370,15 @@ class NodeProcess:
         """The instance id the current run reported."""
         return str(self.info["instance_id"])
 
+    def client_transport(self, keepalive: Keepalive | None = None) -> Transport:
+        """A client's transport for this node (see `node.transport.Transport`)."""
+        return Transport(keepalive)
+
     @property
     def channel(self) -> grpc.Channel:
         """A blocking channel to the current run (closed when the node stops)."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = self.client_transport().create_sync_channel(self.address)
         return self._channel
 
     @property

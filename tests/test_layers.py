@@ -17,7 +17,7 @@ NODE = Path(__file__).resolve().parent.parent / "node"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # bottom: foundations every layer may use
     ("errors",),
-    ("instance", "topics", "properties", "templates", "transport"),
+    ("instance", "topics", "properties", "templates", "security", "transport"),
     # the job model: values and pure rules, no I/O
     ("model",),
     # durable storage of the model
