@@ -59,7 +59,7 @@ from typing import Any
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node import transport
+from node.transport import Transport
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -151,7 +151,7 @@ class NodeProcess:
                 raise RuntimeError(f"node did not write {run_file} in {START_TIMEOUT_S}s: {self.log_tail()}")
             await asyncio.sleep(0.05)
         self.port = int(json.loads(run_file.read_text())["port"])
-        self.channel = transport.create_channel(f"127.0.0.1:{self.port}")
+        self.channel = Transport().create_channel(f"127.0.0.1:{self.port}")
         await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
         return self.stub
@@ -344,7 +344,7 @@ async def scenario_events(s: Settings, consumer: str) -> Metrics:
     """The lifecycle scenario with a WatchJobs client streaming every event; measures its lag."""
     node = NodeProcess(s.work, consumer)
     stub = await node.start()
-    watch_channel = transport.create_channel(f"127.0.0.1:{node.port}")  # its own connection
+    watch_channel = Transport().create_channel(f"127.0.0.1:{node.port}")  # its own connection
     try:
         watch_stub = jobs_pb2_grpc.JobServiceStub(watch_channel)
         topic = "bench/events"

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
 
-from node import transport
 from node.errors import JobmeshError
 from node.properties import PropertyValue, value_to_proto
+from node.transport import Transport
 
 R = TypeVar("R")
 FINISHED_STATES = frozenset(
@@ -54,10 +54,10 @@ def new_job(
 class JobmeshClient:
     """Blocking client of one node. Thread-safe; close it (or use `with`) when done."""
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, target: str, timeout_s: float = 30.0, transport: Transport | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = transport.create_sync_channel(target)
+        self._channel = (transport or Transport()).create_sync_channel(target)
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.queues = queues_pb2_grpc.QueueServiceStub(self._channel)
         """QueueService stub (use `call` for typed errors)."""

@@ -33,7 +33,6 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
-from node import transport
 from node.config import NodeConfig
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
 from node.discovery.topology import Topology
@@ -61,6 +60,7 @@ from node.services.transfer import TransferServicer
 from node.services.workers import WorkerServicer
 from node.transfer.consumption import ConsumptionStore
 from node.transfer.offloader import Offloader
+from node.transport import Keepalive, Transport
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,11 @@ class Node:
         self._health: health.aio.HealthServicer | None = None
         self.identity: InstanceIdentity | None = None
         self.port = 0
-        self.topology = Topology(config.discovery)
+        self.transport = Transport(
+            Keepalive(config.server.keepalive_interval_s, config.server.keepalive_timeout_s)
+        )
+        """Makes every server and channel of this node (TLS material, keepalive, limits)."""
+        self.topology = Topology(config.discovery, channels=self.transport)
         """Discovery, the topology view and this node's instance properties (see node.discovery)."""
         # Peers (offloading) read which topics this node consumes from its instance properties.
         self.consumers.add_listener(self._publish_topics)
@@ -154,7 +158,7 @@ class Node:
                 instance_id = new_instance_id()
                 await self._journal.set_meta("instance_id", instance_id)
             self._jobs = JobManager(self._journal, self.consumers, config, instance_id)
-            self._offloader = Offloader(self._jobs, self.topology, config.offload)
+            self._offloader = Offloader(self._jobs, self.topology, config.offload, self.transport)
             self._consumption = ConsumptionStore(self._journal)
             self._jobs.consumption = await self._consumption.load()
             self._publish_consumption(self._jobs.consumption)
@@ -173,14 +177,16 @@ class Node:
 
     async def _serve(self, instance_id: str) -> None:
         config = self.config
-        server = transport.create_server(config.jobs.max_payload_bytes)
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.jobs, self._live_peers), server)
+        server = self.transport.create_server(config.jobs.max_payload_bytes)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(self.jobs, self._live_peers, self.transport), server
+        )
         add_topology_servicers(server, self.topology)
         if self._offloader is not None:
             self._transfer = TransferServicer(self._offloader)
             transfer_pb2_grpc.add_TransferServiceServicer_to_server(self._transfer, server)
         topics_pb2_grpc.add_TopicServiceServicer_to_server(
-            TopicServicer(self.topology, self.set_topic_consumption), server
+            TopicServicer(self.topology, self.set_topic_consumption, self.transport), server
         )
         queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.jobs), server)
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(self.jobs), server)
@@ -190,7 +196,7 @@ class Node:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
-        self.port = transport.bind(server, config.server.host, config.server.port)
+        self.port = self.transport.bind(server, config.server.host, config.server.port)
         await server.start()
         self._server = server
         for name in ("", *JOBMESH_SERVICE_NAMES):

@@ -17,7 +17,7 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2
 from topo import create, start_all, view, wait_views
 from worker_stream import WorkerStream
 
-from node import transport
+from node.transport import Transport
 
 TOPIC = "offload/work"
 SUCCEEDED = jobs_pb2.JOB_STATE_SUCCEEDED
@@ -111,7 +111,7 @@ def test_payload_travels_to_the_worker_and_the_output_comes_back_byte_identical(
     (job_id,) = [origin.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(TOPIC, payload))).job.id]
     _all_succeeded(origin, [job_id])
 
-    with transport.create_sync_channel(origin.address) as channel:  # payloads beyond gRPC's 4 MiB default
+    with Transport().create_sync_channel(origin.address) as channel:  # payloads beyond gRPC's 4 MiB default
         job = get_job(jobs_pb2_grpc.JobServiceStub(channel), job_id, include_payloads=True)
     assert hashlib.sha256(job.payload).digest() == hashlib.sha256(payload).digest()
     assert hashlib.sha256(job.output_payload).digest() == hashlib.sha256(b"echo:" + payload).digest()

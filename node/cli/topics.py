@@ -16,10 +16,10 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from jobmesh.v1 import topics_pb2, topics_pb2_grpc
 
-from node import transport
 from node.cli.commands import EXIT_INTERNAL, EXIT_OK, EXIT_UNAVAILABLE, node_address
 from node.cli.render import print_table
 from node.topics import TopicPattern
+from node.transport import Transport
 
 EXIT_USAGE = 2
 _ACTIONS = {
@@ -62,7 +62,7 @@ def cmd_topics(args: argparse.Namespace, environ: dict[str, str]) -> int:
         print(f"jobmesh topics {args.action}: give the TOPIC pattern", file=sys.stderr)
         return EXIT_USAGE
     address = node_address(args, environ)
-    channel = transport.create_sync_channel(address)
+    channel = Transport().create_sync_channel(address)
     stub = topics_pb2_grpc.TopicServiceStub(channel)
     try:
         if args.action:

@@ -17,10 +17,10 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from jobmesh.v1 import topology_pb2, topology_pb2_grpc
 
-from node import transport
 from node.cli.commands import EXIT_INTERNAL, EXIT_OK, EXIT_UNAVAILABLE, node_address
 from node.cli.render import print_table
 from node.discovery.properties import TOPICS_PROPERTY
+from node.transport import Transport
 
 HEADER = ("NAME", "ID", "ADDRESS", "CLUSTER", "LEADER", "STATE", "TOPICS", "LAST HEARD")
 
@@ -49,7 +49,7 @@ def add_parser(sub: Any) -> None:
 def cmd_topology(args: argparse.Namespace, environ: dict[str, str]) -> int:
     """`jobmesh topology [--watch]`."""
     address = node_address(args, environ)
-    channel = transport.create_sync_channel(address)
+    channel = Transport().create_sync_channel(address)
     stub = topology_pb2_grpc.TopologyServiceStub(channel)
     try:
         if args.watch:

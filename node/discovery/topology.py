@@ -30,6 +30,7 @@ from node.discovery.protocol import MembershipProtocol
 from node.discovery.view import TopologyView, build_view
 from node.errors import DuplicateInstance
 from node.instance import InstanceIdentity, now_us
+from node.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,14 @@ class Topology:
     `start()` it once the gRPC server serves, `stop()` it first thing on shutdown.
     """
 
-    def __init__(self, config: DiscoveryConfig, transport: PeerTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: DiscoveryConfig,
+        transport: PeerTransport | None = None,
+        channels: Transport | None = None,
+    ) -> None:
         self.config = config
+        self._channels = channels or Transport()
         self.properties = InstanceProperties(config.max_properties_bytes, config.properties)
         """This node's instance properties (thread-safe)."""
         self._transport = transport
@@ -70,7 +77,7 @@ class Topology:
         )
         local = MemberRecord(self.info, identity.start_time_us, PeerState.ALIVE, self.properties.snapshot())
         transport = self._transport or GrpcPeerTransport(
-            reconnect_backoff_ms=max(50, round(config.probe_interval_s * 1000))
+            reconnect_backoff_ms=max(50, round(config.probe_interval_s * 1000)), channels=self._channels
         )
         self._protocol = MembershipProtocol(config, local, transport, self._membership_changed, config.seeds)
         self._tracker = ViewTracker(config.settle_delay_s, self._snapshot)

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node import transport
+from node.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +20,12 @@ PeerList = Callable[[], list[tuple[str, str]]]
 
 
 async def _ask_all(
-    peers: Sequence[tuple[str, str]], call: Callable[[jobs_pb2_grpc.JobServiceStub], Awaitable[Any]]
+    channels: Transport,
+    peers: Sequence[tuple[str, str]],
+    call: Callable[[jobs_pb2_grpc.JobServiceStub], Awaitable[Any]],
 ) -> list[tuple[str, Any]]:
     async def ask(instance_id: str, address: str) -> tuple[str, Any] | None:
-        async with transport.create_channel(address) as channel:
+        async with channels.create_channel(address) as channel:
             try:
                 return instance_id, await call(jobs_pb2_grpc.JobServiceStub(channel))
             except grpc.aio.AioRpcError as e:
@@ -37,7 +39,11 @@ async def _ask_all(
 
 
 async def find_jobs(
-    request: jobs_pb2.FindJobsRequest, local_id: str, local: jobs_pb2.FindJobsResponse, peers: PeerList
+    request: jobs_pb2.FindJobsRequest,
+    local_id: str,
+    local: jobs_pb2.FindJobsResponse,
+    peers: PeerList,
+    channels: Transport,
 ) -> jobs_pb2.FindJobsResponse:
     """Merge the answers of every instance; an offloaded job appears once, as its origin has it."""
     forwarded = jobs_pb2.FindJobsRequest()
@@ -45,6 +51,7 @@ async def find_jobs(
     forwarded.scope = jobs_pb2.QUERY_SCOPE_LOCAL
     answers = [(local_id, local)]
     answers += await _ask_all(
+        channels,
         peers(),
         lambda stub: stub.FindJobs(forwarded, timeout=PEER_QUERY_TIMEOUT_S),
     )
@@ -82,11 +89,12 @@ def _add(total: jobs_pb2.Statistics, part: jobs_pb2.Statistics) -> None:
 
 
 async def statistics(
-    local: jobs_pb2.GetStatisticsResponse, peers: PeerList
+    local: jobs_pb2.GetStatisticsResponse, peers: PeerList, channels: Transport
 ) -> jobs_pb2.GetStatisticsResponse:
     """The sum of every instance's statistics."""
     request = jobs_pb2.GetStatisticsRequest(scope=jobs_pb2.QUERY_SCOPE_LOCAL)
     answers = await _ask_all(
+        channels,
         peers(),
         lambda stub: stub.GetStatistics(request, timeout=PEER_QUERY_TIMEOUT_S),
     )

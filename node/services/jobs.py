@@ -16,6 +16,7 @@ from node.services import gather
 from node.services.status import rpc, status_for
 from node.templates import Template
 from node.topics import TopicPattern, validate_topic
+from node.transport import Transport
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
@@ -78,9 +79,12 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """Serves JobService from a JobManager."""
 
-    def __init__(self, manager: JobManager, peers: gather.PeerList | None = None) -> None:
+    def __init__(
+        self, manager: JobManager, peers: gather.PeerList | None = None, channels: Transport | None = None
+    ) -> None:
         self._manager = manager
         self._peers = peers
+        self._channels = channels or Transport()
 
     def _job_proto(self, job: Job) -> jobs_pb2.Job:
         proto = job.to_proto()
@@ -134,7 +138,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             total_count=page.total_count,
         )
         if topology and self._peers is not None:
-            return await gather.find_jobs(request, self._manager.instance_id, response, self._peers)
+            return await gather.find_jobs(
+                request, self._manager.instance_id, response, self._peers, self._channels
+            )
         return response
 
     @rpc
@@ -195,7 +201,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         for name, stats in report.topics.items():
             response.topics[name].CopyFrom(stats.to_proto())
         if request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY and self._peers is not None:
-            return await gather.statistics(response, self._peers)
+            return await gather.statistics(response, self._peers, self._channels)
         return response
 
     @rpc

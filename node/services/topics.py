@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable
 import grpc
 from jobmesh.v1 import topics_pb2, topics_pb2_grpc
 
-from node import transport
 from node.discovery.topology import Topology
 from node.discovery.view import InstanceDescription
 from node.errors import InvalidArgument, NotFound, PeerUnavailable
 from node.model.consumption import ConsumptionRules, ConsumptionSetting
 from node.services.status import rpc
 from node.topics import TopicPattern
+from node.transport import Transport
 
 FORWARD_TIMEOUT_S = 5.0
 SetLocal = Callable[[str, ConsumptionSetting], Awaitable[ConsumptionRules]]
@@ -38,9 +38,10 @@ def describe(
 class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
     """Answers from the topology view; a change for another instance is forwarded to it."""
 
-    def __init__(self, topology: Topology, set_local: SetLocal) -> None:
+    def __init__(self, topology: Topology, set_local: SetLocal, channels: Transport | None = None) -> None:
         self._topology = topology
         self._set_local = set_local
+        self._channels = channels or Transport()
 
     @rpc
     async def ListTopicConsumption(
@@ -70,7 +71,7 @@ class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
             rules = await self._set_local(request.topic, setting)
             return topics_pb2.SetTopicConsumptionResponse(instance=describe(instance, rules))
         forwarded = topics_pb2.SetTopicConsumptionRequest(topic=request.topic, setting=request.setting)
-        async with transport.create_channel(instance.address) as channel:
+        async with self._channels.create_channel(instance.address) as channel:
             try:
                 response: topics_pb2.SetTopicConsumptionResponse = await topics_pb2_grpc.TopicServiceStub(
                     channel

@@ -15,7 +15,6 @@ from collections.abc import Callable
 import grpc
 from jobmesh.v1 import transfer_pb2, transfer_pb2_grpc
 
-from node import transport
 from node.config import OffloadConfig
 from node.discovery.topology import Topology
 from node.discovery.view import TopologyView
@@ -24,6 +23,7 @@ from node.jobs.manager import JobManager
 from node.model.queues import QueueType
 from node.transfer.chunks import ChunkAssembler
 from node.transfer.store import ChunkCursor, Placement, TransferStore, placements_for
+from node.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,15 @@ RECONNECT_DELAY_S = 0.2
 class Offloader:
     """Offloads this node's jobs and receives jobs and reports from its peers."""
 
-    def __init__(self, manager: JobManager, topology: Topology, config: OffloadConfig | None = None) -> None:
+    def __init__(
+        self,
+        manager: JobManager,
+        topology: Topology,
+        config: OffloadConfig | None = None,
+        channels: Transport | None = None,
+    ) -> None:
         self.manager = manager
+        self._channels = channels or Transport()
         self.topology = topology
         self.config = config or OffloadConfig()
         self.local_id = manager.instance_id
@@ -230,7 +237,7 @@ class Offloader:
             if address is None:
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
-            channel = transport.create_channel(address, limit)
+            channel = self._channels.create_channel(address, limit)
             try:
                 call = transfer_pb2_grpc.TransferServiceStub(channel).Exchange()
                 after = 0
