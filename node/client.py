@@ -7,6 +7,7 @@ with JobmeshClient("127.0.0.1:7710") as client:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -17,7 +18,7 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_g
 
 from node.errors import JobmeshError
 from node.properties import PropertyValue, value_to_proto
-from node.transport import Transport
+from node.transport import Transport, client_transport
 
 R = TypeVar("R")
 FINISHED_STATES = frozenset(
@@ -57,7 +58,7 @@ class JobmeshClient:
     def __init__(self, target: str, timeout_s: float = 30.0, transport: Transport | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = (transport or Transport()).create_sync_channel(target)
+        self._channel = (transport or client_transport(os.environ)).create_sync_channel(target)
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
         self.queues = queues_pb2_grpc.QueueServiceStub(self._channel)
         """QueueService stub (use `call` for typed errors)."""

@@ -61,6 +61,7 @@ from node.services.workers import WorkerServicer
 from node.transfer.consumption import ConsumptionStore
 from node.transfer.offloader import Offloader
 from node.transport import Keepalive, Transport
+from node.trust import ADMITS_PROPERTY, NodeTrust
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class Node:
         )
         """Makes every server and channel of this node (TLS material, keepalive, limits)."""
         self.topology = Topology(config.discovery, channels=self.transport)
+        self.trust = NodeTrust(config, self.transport, self.topology.properties, self._admitters)
+        """Cluster material, the call interceptor, ClusterService and certificate renewal."""
         """Discovery, the topology view and this node's instance properties (see node.discovery)."""
         # Peers (offloading) read which topics this node consumes from its instance properties.
         self.consumers.add_listener(self._publish_topics)
@@ -177,7 +180,9 @@ class Node:
 
     async def _serve(self, instance_id: str) -> None:
         config = self.config
-        server = self.transport.create_server(config.jobs.max_payload_bytes)
+        interceptors = await self.trust.prepare(instance_id)
+        server = self.transport.create_server(config.jobs.max_payload_bytes, interceptors)
+        self.trust.add_servicers(server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobServicer(self.jobs, self._live_peers, self.transport), server
         )
@@ -203,6 +208,7 @@ class Node:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
         await self.topology.start(self.identity, self.port, config.server.host)
+        self.trust.start()
         if self._offloader is not None:
             await self._offloader.start()
         write_run_file(
@@ -237,6 +243,14 @@ class Node:
             else:
                 self.topology.properties.remove(name)
 
+    def _admitters(self) -> list[str]:
+        """Addresses of live peers that hold the CA key."""
+        return [
+            i.address
+            for i in self.topology.view.instances
+            if not i.is_local and i.endpoints and i.properties.get(ADMITS_PROPERTY) == "true"
+        ]
+
     def _live_peers(self) -> list[tuple[str, str]]:
         """(instance id, address) of every live instance but this one (topology-wide queries)."""
         return [(i.id, i.address) for i in self.topology.view.instances if not i.is_local and i.endpoints]
@@ -257,6 +271,7 @@ class Node:
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        await self.trust.stop()
         # Leave first: peers stop counting on this node while its jobs wind down.
         await self.topology.stop()
         if self._offloader is not None:

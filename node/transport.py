@@ -10,12 +10,13 @@ pings more often than every five minutes with GOAWAY too_many_pings).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
 
 from node.errors import ConfigError
-from node.security import pki
+from node.security import bearer, credentials, pki
 from node.security.cluster import TlsMaterial
 
 # Room for the largest payload plus the job around it.
@@ -117,12 +118,14 @@ class Transport:
         if tls.key is None or tls.chain is None:
             raise ConfigError("a server needs a node key and certificate")
         self._served = tls
-        # Client certificates are requested, not required: clients may use a bearer token
-        # instead. The interceptor requires a cluster certificate on peer services.
+        # Every caller must present a certificate of the cluster CA, so a stranger is refused in
+        # the handshake. (gRPC Python cannot request a certificate without requiring it:
+        # require_client_authentication=False does not ask for one at all, which would leave
+        # peers without an identity.) Clients add a bearer token for their scopes.
         return grpc.dynamic_ssl_server_credentials(
             self._certificate_configuration(tls),
             self._fetch_configuration,
-            require_client_authentication=False,
+            require_client_authentication=True,
         )
 
     @staticmethod
@@ -149,22 +152,19 @@ class Transport:
 
     def _channel_credentials(self) -> grpc.ChannelCredentials:
         assert self._tls is not None
-        tls = self._tls
-        credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.chain)
-        if self._token:
-            return grpc.composite_channel_credentials(
-                credentials, grpc.access_token_call_credentials(self._token)
-            )
-        return credentials
+        return grpc.ssl_channel_credentials(self._tls.ca, self._tls.key, self._tls.chain)
 
     def create_channel(self, target: str, max_payload_bytes: int = DEFAULT_PAYLOAD_BYTES) -> grpc.aio.Channel:
         """A new asyncio channel to `target` (`host:port`)."""
         return self._aio_channel(target, self._channel_options(max_payload_bytes))
 
     def _aio_channel(self, target: str, options: list[tuple[str, int | str]]) -> grpc.aio.Channel:
+        interceptors = bearer.aio_interceptors(self._token) if self._token and self._tls else None
         if self._tls is None:
             return grpc.aio.insecure_channel(target, options=options)
-        return grpc.aio.secure_channel(target, self._channel_credentials(), options=options)
+        return grpc.aio.secure_channel(
+            target, self._channel_credentials(), options, interceptors=interceptors
+        )
 
     def create_sync_channel(
         self, target: str, max_payload_bytes: int = DEFAULT_PAYLOAD_BYTES
@@ -173,7 +173,8 @@ class Transport:
         options = self._channel_options(max_payload_bytes)
         if self._tls is None:
             return grpc.insecure_channel(target, options=options)
-        return grpc.secure_channel(target, self._channel_credentials(), options=options)
+        channel = grpc.secure_channel(target, self._channel_credentials(), options=options)
+        return grpc.intercept_channel(channel, bearer.SyncBearer(self._token)) if self._token else channel
 
     def create_peer_channel(self, target: str, reconnect_backoff_ms: int) -> grpc.aio.Channel:
         """A new asyncio channel to a peer node, for the membership protocol.
@@ -192,13 +193,20 @@ class Transport:
         ]
         return self._aio_channel(target, options)
 
-    def join_channel(self, target: str, ca: bytes) -> grpc.aio.Channel:
-        """A TLS channel to an admitting node, trusting only the pinned CA (no client certificate yet)."""
-        options = self._channel_options(PEER_MESSAGE_BYTES)
+    def join_channel(self, target: str, ca: bytes, key: bytes, cert: bytes) -> grpc.aio.Channel:
+        """A TLS channel to an admitting node for joining: trusts only the pinned CA and presents
+        the join token's bootstrap certificate."""
+        options: list[tuple[str, int | str]] = [
+            *_limits(PEER_MESSAGE_BYTES),
+            *self.keepalive.client_options(),
+        ]
         options.append(("grpc.ssl_target_name_override", pki.SERVER_NAME))
-        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca), options=options)
+        return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca, key, cert), options=options)
 
 
-def client_transport(tls: TlsMaterial | None, token: str | None) -> Transport:
-    """The transport of a client (CLI, tests): trusts the CA, sends the token."""
-    return Transport(tls=tls, token=token)
+def client_transport(
+    environ: Mapping[str, str], token: str | None = None, keepalive: Keepalive | None = None
+) -> Transport:
+    """The transport of a client (CLI, tests) with the credentials `credentials.find` picks."""
+    found = credentials.find(environ, token)
+    return Transport(keepalive, tls=found.tls, token=found.token)

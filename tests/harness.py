@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,7 +26,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
 
-from node.transport import Keepalive, Transport
+from node.security.cluster import CLUSTER_DIR, ClusterFiles
+from node.transport import Keepalive, Transport, client_transport
 
 T = TypeVar("T")
 
@@ -205,6 +207,22 @@ def attempts(path: Path) -> list[float]:
 # --- node processes ----------------------------------------------------------------------------
 
 
+def shared_cluster(root: Path) -> Path:
+    """A data dir under `root` holding a cluster CA with its key (made on first use)."""
+    path = root / "shared-cluster"
+    if not ClusterFiles(path).has_ca():
+        ClusterFiles(path).init()
+    return path
+
+
+def seed_cluster(data_dir: Path, cluster: Path) -> Path:
+    """Put the CA (and its key) of `cluster` into a new data dir: at its first start the node
+    issues its own certificate there, so every node seeded so is of one cluster."""
+    if not ClusterFiles(data_dir).has_ca():
+        shutil.copytree(cluster / CLUSTER_DIR, data_dir / CLUSTER_DIR)
+    return data_dir
+
+
 class NodeProcess:
     """One `python -m node run --test-preset` process on a data dir; restartable on the same dir."""
 
@@ -217,8 +235,11 @@ class NodeProcess:
         extra_args: Sequence[str] = (),
         netns: str | None = None,
         dial_host: str | None = None,
+        cluster: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.cluster = cluster
+        """A data dir whose cluster (CA and key) this node joins at its first start; None: its own."""
         self.log_dir = log_dir
         self.consumers = tuple(consumers)
         self.settings = dict(settings or {})
@@ -255,6 +276,8 @@ class NodeProcess:
         if self.running:
             raise RuntimeError(f"node on {self.data_dir} is already running")
         self._close_channel()  # a channel to an earlier run would dial its old port
+        if self.cluster is not None and "--insecure" not in self.extra_args:
+            seed_cluster(self.data_dir, self.cluster)
         self.runs += 1
         log_path = self.log_dir / f"{self.data_dir.name}-run{self.runs}.log"
         self.log_paths.append(log_path)
@@ -370,9 +393,31 @@ class NodeProcess:
         """The instance id the current run reported."""
         return str(self.info["instance_id"])
 
-    def client_transport(self, keepalive: Keepalive | None = None) -> Transport:
-        """A client's transport for this node (see `node.transport.Transport`)."""
-        return Transport(keepalive)
+    def client_transport(self, keepalive: Keepalive | None = None, token: str | None = None) -> Transport:
+        """A client's transport for this node: its data dir's CA, client certificate and admin
+        token (or `token`); plaintext for an `--insecure` node."""
+        if "--insecure" in self.extra_args:
+            return Transport(keepalive)
+        return client_transport(self.cli_environ(), token, keepalive)
+
+    def cli_environ(self) -> dict[str, str]:
+        """The environment for a `jobmesh` command talking to this node: its data dir's credentials."""
+        return {
+            **os.environ,
+            "JOBMESH_DATA_DIR": str(self.data_dir),
+            "JOBMESH_PROFILE": str(self.data_dir / "no-profile"),
+        }
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `jobmesh ARGS` with this node's credentials (ARGS name the node with --node)."""
+        return subprocess.run(
+            [sys.executable, "-m", "node", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=self.cli_environ(),
+        )
 
     @property
     def channel(self) -> grpc.Channel:
@@ -427,6 +472,14 @@ class NodeFactory:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.nodes: list[NodeProcess] = []
+        self._cluster: Path | None = None
+
+    @property
+    def cluster(self) -> Path:
+        """A data dir holding the CA (with its key) every node of this factory joins by default."""
+        if self._cluster is None:
+            self._cluster = shared_cluster(self.root)
+        return self._cluster
 
     def create(
         self,
@@ -437,8 +490,9 @@ class NodeFactory:
         data_dir: Path | None = None,
         netns: str | None = None,
         dial_host: str | None = None,
+        own_cluster: bool = False,
     ) -> NodeProcess:
-        """A NodeProcess that is not started yet."""
+        """A NodeProcess that is not started yet, in the factory's cluster (`own_cluster`: a new one)."""
         node = NodeProcess(
             data_dir or self.root / name,
             self.root,
@@ -447,6 +501,7 @@ class NodeFactory:
             extra_args=extra_args,
             netns=netns,
             dial_host=dial_host,
+            cluster=None if own_cluster else self.cluster,
         )
         self.nodes.append(node)
         return node
@@ -460,9 +515,12 @@ class NodeFactory:
         data_dir: Path | None = None,
         netns: str | None = None,
         dial_host: str | None = None,
+        own_cluster: bool = False,
     ) -> NodeProcess:
         """A started, serving NodeProcess."""
-        return self.create(name, consumers, settings, extra_args, data_dir, netns, dial_host).start()
+        return self.create(
+            name, consumers, settings, extra_args, data_dir, netns, dial_host, own_cluster
+        ).start()
 
     def close(self) -> list[str]:
         """Stop every running node gracefully; returns problems (bad exit codes, tracebacks)."""

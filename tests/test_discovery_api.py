@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from harness import seed_cluster, shared_cluster
 
 from node import Node, NodeConfig
 from node.discovery import TOPICS_PROPERTY, PeerState, TopologyEvent, TopologyEventType
@@ -29,7 +30,7 @@ async def eventually(condition: Callable[[], object], what: str, within_s: float
 
 
 def config(path: Path, name: str, seeds: tuple[str, ...] = ()) -> NodeConfig:
-    base = NodeConfig.for_tests(path / name)
+    base = NodeConfig.for_tests(seed_cluster(path / name, shared_cluster(path)))
     return replace(base, name=name, discovery=replace(base.discovery, seeds=seeds))
 
 

@@ -42,7 +42,8 @@ SETUP_HINT = "run scripts/setup-polyglot (scripts/test does) to install it"
 @pytest.fixture(scope="module")
 def node(module_nodes: NodeFactory) -> NodeProcess:
     # demo/inproc is consumed in the node itself, for the clients; other topics by example workers.
-    return module_nodes.start("examples", consumers=["demo/inproc=consumers:echo"])
+    # The examples do not speak TLS with tokens yet (issue 12 item 5): their node is --insecure.
+    return module_nodes.start("examples", consumers=["demo/inproc=consumers:echo"], extra_args=["--insecure"])
 
 
 class ExampleProcess:

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the gRPC API, and the client of it
     ("services", "client"),
     # the Node that wires everything together, and the package's public surface
-    ("node", "__init__"),
+    ("trust", "node", "__init__"),
     ("cli", "__main__"),
 )
 """Units of node/ (sub-packages and top-level modules), lowest layer first. A unit may import

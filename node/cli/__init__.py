@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from node.cli import commands, manage, run, topics, topology
+from node.cli import cluster, commands, manage, run, topics, topology
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     topology.add_parser(sub)
     topics.add_parser(sub)
     manage.add_parsers(sub)
+    cluster.add_parsers(sub)
     return parser
 
 

@@ -17,12 +17,14 @@ import grpc
 from jobmesh.v1 import jobs_pb2
 
 from node.cli import render
+from node.cli.cluster import add_token_argument
 from node.cli.values import TYPE_HELP, parse_assignment, parse_condition
 from node.cli.watch import wait_with_progress
 from node.client import JobmeshClient, RpcError
 from node.config import DEFAULT_PORT
 from node.errors import InvalidArgument
 from node.instance import RUN_FILE
+from node.transport import client_transport
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -70,6 +72,7 @@ def client_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParse
         help="node to talk to (default: $JOBMESH_NODE, ./.jobmesh/node.json, :7710)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node (default 30)")
+    add_token_argument(p)
     return p
 
 
@@ -148,7 +151,9 @@ def _run(args: argparse.Namespace, environ: dict[str, str], body: Any) -> int:
     """Connect, run `body(client)`, and turn errors into messages and exit codes."""
     address = node_address(args, environ)
     try:
-        with JobmeshClient(address, timeout_s=args.timeout) as client:
+        with JobmeshClient(
+            address, timeout_s=args.timeout, transport=client_transport(environ, args.token)
+        ) as client:
             return int(body(client))
     except InvalidArgument as e:
         print(f"jobmesh {args.command}: {e}", file=sys.stderr)

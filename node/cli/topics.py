@@ -16,10 +16,11 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from jobmesh.v1 import topics_pb2, topics_pb2_grpc
 
+from node.cli.cluster import add_token_argument
 from node.cli.commands import EXIT_INTERNAL, EXIT_OK, EXIT_UNAVAILABLE, node_address
 from node.cli.render import print_table
 from node.topics import TopicPattern
-from node.transport import Transport
+from node.transport import client_transport
 
 EXIT_USAGE = 2
 _ACTIONS = {
@@ -52,6 +53,7 @@ def add_parser(sub: Any) -> None:
         "--node", metavar="HOST:PORT", help="node to ask (default: $JOBMESH_NODE, node.json, :7710)"
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node (default 30)")
+    add_token_argument(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_topics)
 
@@ -62,7 +64,7 @@ def cmd_topics(args: argparse.Namespace, environ: dict[str, str]) -> int:
         print(f"jobmesh topics {args.action}: give the TOPIC pattern", file=sys.stderr)
         return EXIT_USAGE
     address = node_address(args, environ)
-    channel = Transport().create_sync_channel(address)
+    channel = client_transport(environ, args.token).create_sync_channel(address)
     stub = topics_pb2_grpc.TopicServiceStub(channel)
     try:
         if args.action:

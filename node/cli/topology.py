@@ -17,10 +17,11 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from jobmesh.v1 import topology_pb2, topology_pb2_grpc
 
+from node.cli.cluster import add_token_argument
 from node.cli.commands import EXIT_INTERNAL, EXIT_OK, EXIT_UNAVAILABLE, node_address
 from node.cli.render import print_table
 from node.discovery.properties import TOPICS_PROPERTY
-from node.transport import Transport
+from node.transport import client_transport
 
 HEADER = ("NAME", "ID", "ADDRESS", "CLUSTER", "LEADER", "STATE", "TOPICS", "LAST HEARD")
 
@@ -40,6 +41,7 @@ def add_parser(sub: Any) -> None:
         help="node to ask (default: $JOBMESH_NODE, ./.jobmesh/node.json, :7710)",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the node (default 30)")
+    add_token_argument(p)
     p.add_argument("--watch", action="store_true", help="print every topology event until interrupted")
     p.add_argument("--events", type=int, metavar="N", help="with --watch: stop after N events")
     p.add_argument("--json", action="store_true", help="print JSON (with --watch: one event per line)")
@@ -49,7 +51,7 @@ def add_parser(sub: Any) -> None:
 def cmd_topology(args: argparse.Namespace, environ: dict[str, str]) -> int:
     """`jobmesh topology [--watch]`."""
     address = node_address(args, environ)
-    channel = Transport().create_sync_channel(address)
+    channel = client_transport(environ, args.token).create_sync_channel(address)
     stub = topology_pb2_grpc.TopologyServiceStub(channel)
     try:
         if args.watch:

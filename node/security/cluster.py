@@ -62,6 +62,8 @@ class ClusterFiles:
         self.node_cert = self.dir / "node.pem"
         self.node_key = self.dir / "node.key"
         self.admin_token = self.dir / "admin.token"
+        self.client_cert = self.dir / "client.pem"
+        self.client_key = self.dir / "client.key"
 
     def has_ca(self) -> bool:
         """True if this data dir belongs to a cluster (knows its CA)."""
@@ -93,6 +95,7 @@ class ClusterFiles:
         write_private(self.ca_key, pki.key_pem(key))
         write_private(self.ca_cert, pki.cert_pem(cert), 0o644)
         self.write_admin_token(key)
+        self.write_client_certificate()
         return cert
 
     def write_admin_token(self, ca_key: ec.EllipticCurvePrivateKey) -> str:
@@ -100,6 +103,39 @@ class ClusterFiles:
         token = tokens.sign(tokens.new_claims("local-admin", ["admin"], [], 0), ca_key)
         write_private(self.admin_token, token.encode())
         return token
+
+    def write_client_certificate(self, name: str = "local", days: float = pki.CA_DAYS) -> None:
+        """A client certificate of this cluster for the CLI on this machine (`client.pem`/`.key`).
+
+        The server requires a certificate of the cluster CA on every connection; a client's
+        rights come from its bearer token, not from this certificate.
+        """
+        key = pki.new_key()
+        cert = pki.issue(
+            self.read_ca_key(),
+            self.read_ca(),
+            key.public_key(),
+            pki.CLIENT_URI_PREFIX + name,
+            (),
+            datetime.timedelta(days=days),
+        )
+        write_private(self.client_key, pki.key_pem(key))
+        write_private(self.client_cert, pki.cert_pem(cert), 0o644)
+
+    def client_material(self) -> TlsMaterial | None:
+        """TLS material for a client on this machine, if the data dir has it: the local client
+        certificate (rights from the token), else the node's own (a node that joined: all rights)."""
+        if not self.ca_cert.exists():
+            return None
+        ca = self.ca_cert.read_bytes()
+        for cert, key in ((self.client_cert, self.client_key), (self.node_cert, self.node_key)):
+            if cert.exists() and key.exists():
+                return TlsMaterial(ca=ca, key=key.read_bytes(), chain=cert.read_bytes())
+        return None
+
+    def read_admin_token(self) -> str | None:
+        """The local admin token, if this data dir has one."""
+        return self.admin_token.read_text().strip() if self.admin_token.exists() else None
 
     def install_ca(self, ca: x509.Certificate) -> None:
         """Record the CA of the cluster this node joined."""

@@ -25,6 +25,7 @@ SERVER_NAME = "node.jobmesh"
 """DNS name in every node certificate; channels verify it (`grpc.ssl_target_name_override`)."""
 INSTANCE_URI_PREFIX = "jobmesh:instance:"
 CLIENT_URI_PREFIX = "jobmesh:client:"
+JOIN_URI_PREFIX = "jobmesh:join:"
 CA_DAYS = 3650
 SHORT_FINGERPRINT_CHARS = 16
 
@@ -156,13 +157,16 @@ def issue(
     """A leaf certificate (server and client use) for `public_key`, naming `uri` in its SAN."""
     now = _now()
     common_name = uri.rsplit(":", 1)[-1][:64]
+    # Valid from a little earlier, for clocks slightly behind; a tenth of the lifetime at most,
+    # so renewal at a fraction of the lifetime stays meaningful for short test lifetimes.
+    backdate = min(datetime.timedelta(minutes=5), lifetime / 10)
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_before(now - backdate)
         .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -193,6 +197,8 @@ class CertIdentity:
 
     instance_id: str = ""
     client: str = ""
+    join_token: str = ""
+    """Set for a join token's bootstrap certificate (its token id)."""
 
 
 def identity_of(cert: x509.Certificate) -> CertIdentity:
@@ -211,6 +217,8 @@ def identity_of_uris(uris: list[str]) -> CertIdentity:
             return CertIdentity(instance_id=uri.removeprefix(INSTANCE_URI_PREFIX))
         if uri.startswith(CLIENT_URI_PREFIX):
             return CertIdentity(client=uri.removeprefix(CLIENT_URI_PREFIX))
+        if uri.startswith(JOIN_URI_PREFIX):
+            return CertIdentity(join_token=uri.removeprefix(JOIN_URI_PREFIX))
     return CertIdentity()
 
 
