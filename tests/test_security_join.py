@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from harness import NodeFactory, NodeProcess, add_job, wait_for, wait_for_state
@@ -111,3 +112,38 @@ def test_certificates_renew_before_they_expire_with_jobs_flowing(nodes: NodeFact
     assert done > 5
     token = JoinToken.parse(join_token(a))
     assert token.ca_fingerprint == pki.fingerprint(ClusterFiles(a.data_dir).read_ca())
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_cluster_init_and_status(nodes: NodeFactory, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    made = cli("cluster", "init", "--data-dir", str(fresh))
+    assert made.returncode == 0, made.stderr
+    files = ClusterFiles(fresh)
+    for secret in (files.ca_key, files.admin_token, files.client_key):
+        assert oct(secret.stat().st_mode & 0o777) == "0o600", secret
+    fingerprint = pki.fingerprint(files.read_ca())
+    assert fingerprint in made.stdout
+    assert cli("cluster", "init", "--data-dir", str(fresh)).returncode == 1  # never over an existing CA
+    status = cli("cluster", "status", "--data-dir", str(fresh)).stdout
+    assert fingerprint in status
+    assert "none yet" in status
+
+    a = nodes.start("a")
+    b = joiner(nodes, "b", a, join_token(a)).start()
+    wait_for(lambda: b.instance_id in view_ids(a), 15, "b in a's view")
+    shown = cli("cluster", "status", "--data-dir", str(b.data_dir)).stdout
+    assert "admits others  no" in shown
+    assert f"instance {b.instance_id}" in shown
+
+    def admitting() -> str:
+        lines = cli("cluster", "status", "--data-dir", str(b.data_dir)).stdout.splitlines()
+        return next((line for line in lines if line.startswith("admitting ")), "")
+
+    line = wait_for(lambda: str(a.info["name"]) in admitting() and admitting(), 15, "a listed as admitting")
+    assert str(b.info["name"]) not in line

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+from jobmesh.v1 import topology_pb2, topology_pb2_grpc
+
 from node.errors import JobmeshError
+from node.instance import RUN_FILE
 from node.security import pki
 from node.security.cluster import ClusterFiles
 from node.security.join import JoinTokens
 from node.security.registry import TokenRegistry
+from node.transport import client_transport
+from node.trust import ADMITS_PROPERTY
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -123,7 +130,29 @@ def cmd_status(args: argparse.Namespace, environ: dict[str, str]) -> int:
     else:
         identity = pki.identity_of(cert)
         print(f"node cert      instance {identity.instance_id}, expires {_when(pki.expires_at(cert))}")
+    admitting = _admitting_nodes(files, environ)
+    if admitting is not None:
+        print(f"admitting      {', '.join(admitting) or 'none of the live nodes'}")
     return EXIT_OK
+
+
+def _admitting_nodes(files: ClusterFiles, environ: dict[str, str]) -> list[str] | None:
+    """Names of the live instances that hold the CA key, asked of the running node (None if it
+    does not run or does not answer)."""
+    try:
+        address = str(json.loads((files.dir.parent / RUN_FILE).read_text())["address"])
+    except (OSError, ValueError, KeyError):
+        return None
+    environ = {**environ, "JOBMESH_DATA_DIR": str(files.dir.parent)}
+    with client_transport(environ).create_sync_channel(address) as channel:
+        try:
+            reply = topology_pb2_grpc.TopologyServiceStub(channel).GetTopology(
+                topology_pb2.GetTopologyRequest(), timeout=5
+            )
+        except grpc.RpcError:
+            return None
+    admitting = [i for i in reply.view.instances if i.properties.get(ADMITS_PROPERTY) == "true"]
+    return [f"{i.name} ({', '.join(i.endpoints[:1])})" for i in admitting]
 
 
 def cmd_join_token(args: argparse.Namespace, environ: dict[str, str]) -> int:
