@@ -46,6 +46,8 @@ import grpc
 from jobmesh.v1 import topology_pb2, topology_pb2_grpc
 
 from node.discovery.config import DiscoveryConfig
+from node.security.cluster import CLUSTER_DIR, ClusterFiles
+from node.transport import client_transport
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -76,12 +78,23 @@ class Run:
     idle_cpu_percent: list[float] = field(default_factory=list)
 
 
+def shared_cluster(root: Path) -> Path:
+    """A data dir under `root` with the cluster CA of this run (made on first use)."""
+    path = root / "shared-cluster"
+    if not ClusterFiles(path).has_ca():
+        ClusterFiles(path).init()
+    return path
+
+
 class Node:
     """One node process and a watch on its topology events."""
 
     def __init__(self, root: Path, name: str, join: str, seed: str | None) -> None:
         self.name = name
         self.data_dir = root / name
+        # Every node of a run is of one cluster: it finds the shared CA (and key) and issues
+        # its own certificate at start.
+        shutil.copytree(shared_cluster(root) / CLUSTER_DIR, self.data_dir / CLUSTER_DIR)
         args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
         args += ["--name", name, "--log-level", "WARNING"]
         for key in TIMINGS:
@@ -115,7 +128,8 @@ class Node:
 
     def watch(self) -> None:
         """Record every settled view (node-side time, instance names) from WatchTopology."""
-        self._channel = grpc.aio.insecure_channel(self.address)
+        environ = {"JOBMESH_DATA_DIR": str(self.data_dir), "JOBMESH_PROFILE": os.devnull}
+        self._channel = client_transport(environ).create_channel(self.address)
         stub = topology_pb2_grpc.TopologyServiceStub(self._channel)
 
         async def read() -> None:

@@ -59,7 +59,7 @@ from typing import Any
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node.transport import Transport
+from node.transport import Transport, client_transport
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -100,6 +100,10 @@ def proc_stats(pid: int) -> ProcStats:
     return ProcStats(values["VmRSS"], values["VmHWM"], cpu)
 
 
+NODE_FLAGS: list[str] = []
+"""Flags every benchmark node gets (`--insecure` with the option of that name)."""
+
+
 class NodeProcess:
     """`python -m node run --test-preset` in a fresh data dir, reachable over gRPC."""
 
@@ -108,7 +112,7 @@ class NodeProcess:
     ):
         self.data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=work))
         args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
-        args += ["--durability", durability, "--log-level", "WARNING", *extra]
+        args += ["--durability", durability, "--log-level", "WARNING", *NODE_FLAGS, *extra]
         if consumer:
             args += ["--consumer", f"bench/**={CONSUMERS}:{consumer}"]
         self.args = args
@@ -151,10 +155,16 @@ class NodeProcess:
                 raise RuntimeError(f"node did not write {run_file} in {START_TIMEOUT_S}s: {self.log_tail()}")
             await asyncio.sleep(0.05)
         self.port = int(json.loads(run_file.read_text())["port"])
-        self.channel = Transport().create_channel(f"127.0.0.1:{self.port}")
+        self.channel = self.transport().create_channel(f"127.0.0.1:{self.port}")
         await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
         return self.stub
+
+    def transport(self) -> Transport:
+        """A client transport with the node's local credentials (CA, client certificate, admin token)."""
+        if "--insecure" in NODE_FLAGS:
+            return Transport()
+        return client_transport({"JOBMESH_DATA_DIR": str(self.data_dir), "JOBMESH_PROFILE": os.devnull})
 
     def log_tail(self) -> str:
         try:
@@ -344,7 +354,7 @@ async def scenario_events(s: Settings, consumer: str) -> Metrics:
     """The lifecycle scenario with a WatchJobs client streaming every event; measures its lag."""
     node = NodeProcess(s.work, consumer)
     stub = await node.start()
-    watch_channel = Transport().create_channel(f"127.0.0.1:{node.port}")  # its own connection
+    watch_channel = node.transport().create_channel(f"127.0.0.1:{node.port}")  # its own connection
     try:
         watch_stub = jobs_pb2_grpc.JobServiceStub(watch_channel)
         topic = "bench/events"
@@ -738,6 +748,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=10, help="length of a latency run (10 s)")
     p.add_argument("--memory-jobs", type=int, default=1_000_000, help="jobs in the memory run (1,000,000)")
     p.add_argument("--work-dir", type=Path, help="where node data dirs go (default: a temp dir)")
+    p.add_argument(
+        "--insecure", action="store_true", help="nodes serve plaintext (default: mutual TLS and tokens)"
+    )
     p.add_argument("--json", type=Path, help="write results here (default benchmarks/results/<time>.json)")
     args = p.parse_args(argv)
     if args.quick:
@@ -817,6 +830,8 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[Result]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.insecure:
+        NODE_FLAGS.append("--insecure")
     if os.environ.get("JOBMESH_NETNS") != "1":
         print("bench_jobs: run me through benchmarks/run (a private network namespace)", file=sys.stderr)
         return 2
