@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from types import TracebackType
 
 import grpc
@@ -110,7 +111,9 @@ class Node:
         )
         """Makes every server and channel of this node (TLS material, keepalive, limits)."""
         self.topology = Topology(config.discovery, channels=self.transport)
-        self.trust = NodeTrust(config, self.transport, self.topology.properties, self._admitters)
+        self.trust = NodeTrust(
+            config, self.transport, self.topology.properties, self._admitters, self._peer_properties
+        )
         """Cluster material, the call interceptor, ClusterService and certificate renewal."""
         """Discovery, the topology view and this node's instance properties (see node.discovery)."""
         # Peers (offloading) read which topics this node consumes from its instance properties.
@@ -250,6 +253,10 @@ class Node:
             for i in self.topology.view.instances
             if not i.is_local and i.endpoints and i.properties.get(ADMITS_PROPERTY) == "true"
         ]
+
+    def _peer_properties(self) -> list[Mapping[str, str]]:
+        """Instance properties of every live instance but this one."""
+        return [i.properties for i in self.topology.view.instances if not i.is_local]
 
     def _live_peers(self) -> list[tuple[str, str]]:
         """(instance id, address) of every live instance but this one (topology-wide queries)."""

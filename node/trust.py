@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 from cryptography import x509
@@ -33,6 +33,11 @@ INSECURE_PROPERTY = "jobmesh.insecure"
 """Instance property of a node that runs with `--insecure` (visible in the topology view)."""
 ADMITS_PROPERTY = "jobmesh.admits"
 """Instance property of a node that holds the CA key (it can admit and renew others)."""
+REVOKED_PROPERTY = "jobmesh.revoked"
+"""Instance property: the revoked token ids this node knows (comma-separated); every node adopts
+the revocations its peers publish, so a revocation reaches the whole cluster within a gossip
+round or two."""
+REVOCATION_POLL_S = 0.1
 RENEW_CHECK_MAX_S = 60.0
 
 
@@ -45,15 +50,19 @@ class NodeTrust:
         transport: Transport,
         properties: InstanceProperties,
         admitters: Callable[[], list[str]],
+        peer_properties: Callable[[], list[Mapping[str, str]]],
     ) -> None:
         self._config = config
         self._transport = transport
         self._properties = properties
         self._admitters = admitters
         """Addresses of live peers that admit (for renewal of a node without the CA key)."""
+        self._peer_properties = peer_properties
+        """Instance properties of the live peers (where their revocations come from)."""
         self.files = ClusterFiles(config.data_dir)
+        self.registry = TokenRegistry(self.files)
         self._instance_id = ""
-        self._renewer: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def _lifetime(self) -> datetime.timedelta:
@@ -79,7 +88,7 @@ class NodeTrust:
         self._transport.update_tls(bootstrap(self.files, instance_id, self._addresses(), self._lifetime))
         if self.files.admits():
             self._properties.set(ADMITS_PROPERTY, "true")
-        return [AuthInterceptor(self.files.read_ca(), TokenRegistry(self.files).revoked)]
+        return [AuthInterceptor(self.files.read_ca(), self.registry.revoked)]
 
     async def _join(self, token: JoinToken) -> None:
         seeds = self._config.discovery.seeds
@@ -106,17 +115,42 @@ class NodeTrust:
             )
 
     def start(self) -> None:
-        """Start renewing this node's certificate before it expires."""
+        """Start renewing this node's certificate, and sharing token revocations with peers."""
         if self._transport.secure:
-            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop(), name="cert-renewal")
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._renew_loop(), name="cert-renewal"),
+                loop.create_task(self._revocation_loop(), name="token-revocations"),
+            ]
 
     async def stop(self) -> None:
-        """Stop renewing."""
-        if self._renewer is not None:
-            self._renewer.cancel()
+        """Stop the background tasks."""
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
+                await task
+        self._tasks = []
+
+    async def _revocation_loop(self) -> None:
+        published: frozenset[str] = frozenset()
+        while True:
+            learnt = frozenset(
+                token_id
+                for properties in self._peer_properties()
+                for token_id in properties.get(REVOKED_PROPERTY, "").split(",")
+                if token_id
+            )
+            if not learnt <= self.registry.revoked():
+                self.registry.add_revoked(learnt)
+                log.info("adopted %d token revocation(s) from peers", len(learnt - published))
+            own = self.registry.revoked()
+            if own != published:
+                try:
+                    self._properties.set(REVOKED_PROPERTY, ",".join(sorted(own)))
+                    published = own
+                except JobmeshError as e:  # too many for the properties budget: still enforced here
+                    log.error("cannot publish the token revocations to peers: %s", e)
+            await asyncio.sleep(REVOCATION_POLL_S)
 
     async def _renew_loop(self) -> None:
         fraction = self._config.security.renew_fraction

@@ -177,3 +177,29 @@ def test_insecure_still_works_and_says_so(nodes: NodeFactory) -> None:
     view = topology_pb2_grpc.TopologyServiceStub(a.channel).GetTopology(topology_pb2.GetTopologyRequest())
     assert all(i.properties.get("jobmesh.insecure") == "true" for i in view.view.instances)
     assert not (Path(a.data_dir) / "cluster").exists()
+
+
+def test_a_revocation_reaches_another_node_within_a_second(nodes: NodeFactory) -> None:
+    a = nodes.start("a")
+    b = nodes.start("b", settings={"discovery.seeds": a.address})
+    wait_for(
+        lambda: b.instance_id in instance_ids(a) and a.instance_id in instance_ids(b), 15, "a and b meet"
+    )
+    leaked = token(a, "--scope", "read", "--name", "leaked")  # made on a, valid on b too
+    token_id = jobmesh("token", "list", "--data-dir", str(a.data_dir)).splitlines()[-1].split()[0]
+    with stub_with(b, b.client_transport(token=leaked)) as stub:
+        stub.FindJobs(jobs_pb2.FindJobsRequest(limit=1))
+        jobmesh("token", "revoke", "--data-dir", str(a.data_dir), token_id)
+        revoked_at = time.monotonic()  # the command has returned: revoked on a
+
+        def refused_on_b() -> bool:
+            try:
+                stub.FindJobs(jobs_pb2.FindJobsRequest(limit=1), timeout=2)
+            except grpc.RpcError as e:
+                return e.code() == grpc.StatusCode.UNAUTHENTICATED
+            return False
+
+        wait_for(refused_on_b, 5, "b to refuse the revoked token")
+        took = time.monotonic() - revoked_at
+    assert took < 1.0, f"the revocation took {took:.2f}s to reach b"
+    assert token_id in ClusterFiles(b.data_dir).dir.joinpath("revoked.json").read_text()  # b keeps it

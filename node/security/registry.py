@@ -46,6 +46,11 @@ class TokenRegistry:
         write_private(self.revoked_path, json.dumps(ids).encode())
         return known
 
+    def add_revoked(self, ids: frozenset[str]) -> None:
+        """Record revocations learnt from peers (the list only grows)."""
+        merged = sorted(self.revoked() | ids)
+        write_private(self.revoked_path, json.dumps(merged).encode())
+
     def revoked(self) -> frozenset[str]:
         """The revoked token ids (re-read when the file changes)."""
         try:
