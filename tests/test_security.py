@@ -203,3 +203,25 @@ def test_a_revocation_reaches_another_node_within_a_second(nodes: NodeFactory) -
         took = time.monotonic() - revoked_at
     assert took < 1.0, f"the revocation took {took:.2f}s to reach b"
     assert token_id in ClusterFiles(b.data_dir).dir.joinpath("revoked.json").read_text()  # b keeps it
+
+
+def test_a_client_on_another_machine_uses_a_bundle_and_a_profile(nodes: NodeFactory, tmp_path: Path) -> None:
+    node = nodes.start("a", consumers=["remote/**=consumers:succeed"])
+    bundle = tmp_path / "bundle"
+    jobmesh("cluster", "client", "--data-dir", str(node.data_dir), "--name", "laptop", "--out", str(bundle))
+    assert oct((bundle / "client.key").stat().st_mode & 0o777) == "0o600"
+    submit = token(node, "--scope", "submit", "--topics", "remote/**")
+    profile = tmp_path / "config.toml"
+    profile.write_text(
+        f'ca = "{bundle}/ca.pem"\ncert = "{bundle}/client.pem"\nkey = "{bundle}/client.key"\ntoken = "{submit}"\n'
+    )
+    # No data dir of a node here: everything comes from the profile.
+    environ = {"JOBMESH_PROFILE": str(profile), "JOBMESH_DATA_DIR": str(tmp_path / "none"), "PATH": ""}
+    run = [sys.executable, "-m", "node", "add", "remote/x", "--wait", "--node", node.address]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False, env=environ)
+    assert done.returncode == 0, done.stderr
+    refused = subprocess.run(
+        [*run[:4], "other/x", *run[5:]], capture_output=True, text=True, timeout=60, check=False, env=environ
+    )
+    assert refused.returncode != 0
+    assert "other/x" in refused.stderr

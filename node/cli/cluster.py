@@ -20,7 +20,7 @@ from jobmesh.v1 import topology_pb2, topology_pb2_grpc
 from node.errors import JobmeshError
 from node.instance import RUN_FILE
 from node.security import pki
-from node.security.cluster import ClusterFiles
+from node.security.cluster import ClusterFiles, write_private
 from node.security.join import JoinTokens
 from node.security.registry import TokenRegistry
 from node.transport import client_transport
@@ -69,6 +69,11 @@ def add_parsers(sub: Any) -> None:
     _data_dir_parser(actions, "status", "CA fingerprint, this node's certificate, who admits").set_defaults(
         handler=cmd_status
     )
+    p = _data_dir_parser(actions, "client", "write a client certificate bundle for another machine")
+    p.add_argument("--name", required=True, help="who the certificate is for (logs)")
+    p.add_argument("--out", type=Path, required=True, help="directory for ca.pem, client.pem, client.key")
+    p.add_argument("--days", type=float, default=365.0, help="validity (default 365)")
+    p.set_defaults(handler=cmd_client_bundle)
     join = actions.add_parser("token", help="join tokens").add_subparsers(dest="what", required=True)
     p = _data_dir_parser(join, "create", "print a join token for a new node")
     p.add_argument("--ttl", type=parse_duration, default=3600.0, help="lifetime (default 1h)")
@@ -153,6 +158,25 @@ def _admitting_nodes(files: ClusterFiles, environ: dict[str, str]) -> list[str] 
             return None
     admitting = [i for i in reply.view.instances if i.properties.get(ADMITS_PROPERTY) == "true"]
     return [f"{i.name} ({', '.join(i.endpoints[:1])})" for i in admitting]
+
+
+def cmd_client_bundle(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    """`jobmesh cluster client`: the TLS half of a remote client's credentials (the token is the other)."""
+    files = _files(args, environ)
+    try:
+        key_pem, cert_pem = files.issue_client(args.name, args.days)
+    except JobmeshError as e:
+        return _fail("cluster client", e)
+    out: Path = args.out
+    write_private(out / "client.key", key_pem)
+    write_private(out / "client.pem", cert_pem, 0o644)
+    write_private(out / "ca.pem", files.ca_cert.read_bytes(), 0o644)
+    print(f"wrote {out}/ca.pem, client.pem, client.key; in ~/.config/jobmesh/config.toml put:")
+    print(
+        f'ca = "{out.resolve()}/ca.pem"\ncert = "{out.resolve()}/client.pem"\nkey = "{out.resolve()}/client.key"'
+    )
+    print('token = "..."   # from `jobmesh token create`')
+    return EXIT_OK
 
 
 def cmd_join_token(args: argparse.Namespace, environ: dict[str, str]) -> int:

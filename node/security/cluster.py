@@ -110,6 +110,12 @@ class ClusterFiles:
         The server requires a certificate of the cluster CA on every connection; a client's
         rights come from its bearer token, not from this certificate.
         """
+        key_pem, cert_pem = self.issue_client(name, days)
+        write_private(self.client_key, key_pem)
+        write_private(self.client_cert, cert_pem, 0o644)
+
+    def issue_client(self, name: str, days: float) -> tuple[bytes, bytes]:
+        """A new client key and certificate (PEM) of this cluster, naming `jobmesh:client:<name>`."""
         key = pki.new_key()
         cert = pki.issue(
             self.read_ca_key(),
@@ -119,8 +125,7 @@ class ClusterFiles:
             (),
             datetime.timedelta(days=days),
         )
-        write_private(self.client_key, pki.key_pem(key))
-        write_private(self.client_cert, pki.cert_pem(cert), 0o644)
+        return pki.key_pem(key), pki.cert_pem(cert)
 
     def client_material(self) -> TlsMaterial | None:
         """TLS material for a client on this machine, if the data dir has it: the local client
