@@ -4,6 +4,7 @@ handshake, tokens carry scopes checked on every call, `--insecure` keeps plainte
 from __future__ import annotations
 
 import contextlib
+import datetime
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from harness import NodeFactory, NodeProcess, add_job, new_job, rpc_error, wait_
 from jobmesh.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
+    membership_pb2,
+    membership_pb2_grpc,
     queues_pb2,
     queues_pb2_grpc,
     topology_pb2,
@@ -25,6 +28,9 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
+from node.discovery.identity import InstanceInfo
+from node.discovery.membership import MemberRecord, PeerState
+from node.security import pki
 from node.security.cluster import ClusterFiles, TlsMaterial
 from node.transport import Transport
 
@@ -225,3 +231,38 @@ def test_a_client_on_another_machine_uses_a_bundle_and_a_profile(nodes: NodeFact
     )
     assert refused.returncode != 0
     assert "other/x" in refused.stderr
+
+
+def test_out_of_range_incarnations_are_refused_even_from_a_member(nodes: NodeFactory) -> None:
+    victim = nodes.start("victim")
+    # An authenticated member (a node certificate of this cluster) that lies about the victim.
+    cluster = ClusterFiles(nodes.cluster)
+    key = pki.new_key()
+    mallory_id = "mallory"
+    cert = pki.issue(
+        cluster.read_ca_key(),
+        cluster.read_ca(),
+        key.public_key(),
+        pki.INSTANCE_URI_PREFIX + mallory_id,
+        (),
+        datetime.timedelta(hours=1),
+    )
+    ca = cluster.ca_cert.read_bytes()
+    mallory = Transport(tls=TlsMaterial(ca, pki.key_pem(key), pki.cert_pem(cert) + ca))
+    now_us = int(time.time() * 1e6)
+    sender = MemberRecord(InstanceInfo(mallory_id, "mallory", now_us, ("127.0.0.1:1",)), 1, PeerState.ALIVE)
+    lie = MemberRecord(
+        InstanceInfo(victim.instance_id, "victim", 1, (victim.address,)), 2**64 - 1, PeerState.LEFT
+    )
+    request = membership_pb2.GossipRequest(sender=sender.to_proto(), records=[lie.to_proto()])
+    channel = mallory.create_sync_channel(victim.address)
+    try:
+        error = rpc_error(
+            lambda: membership_pb2_grpc.MembershipServiceStub(channel).Gossip(request, timeout=5)
+        )
+    finally:
+        channel.close()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "incarnation" in error.details()
+    assert victim.instance_id in instance_ids(victim)  # its own view still reads, with itself in it
+    assert victim.running
