@@ -24,6 +24,8 @@ from jobmesh.v1 import (
     queues_pb2_grpc,
     topology_pb2,
     topology_pb2_grpc,
+    transfer_pb2,
+    transfer_pb2_grpc,
     workers_pb2,
     workers_pb2_grpc,
 )
@@ -233,36 +235,52 @@ def test_a_client_on_another_machine_uses_a_bundle_and_a_profile(nodes: NodeFact
     assert "other/x" in refused.stderr
 
 
-def test_out_of_range_incarnations_are_refused_even_from_a_member(nodes: NodeFactory) -> None:
-    victim = nodes.start("victim")
-    # An authenticated member (a node certificate of this cluster) that lies about the victim.
+def a_member(nodes: NodeFactory, instance_id: str) -> Transport:
+    """Credentials of an authenticated member of the factory's cluster: a node certificate."""
     cluster = ClusterFiles(nodes.cluster)
     key = pki.new_key()
-    mallory_id = "mallory"
     cert = pki.issue(
         cluster.read_ca_key(),
         cluster.read_ca(),
         key.public_key(),
-        pki.INSTANCE_URI_PREFIX + mallory_id,
+        pki.INSTANCE_URI_PREFIX + instance_id,
         (),
         datetime.timedelta(hours=1),
     )
     ca = cluster.ca_cert.read_bytes()
-    mallory = Transport(tls=TlsMaterial(ca, pki.key_pem(key), pki.cert_pem(cert) + ca))
+    return Transport(tls=TlsMaterial(ca, pki.key_pem(key), pki.cert_pem(cert) + ca))
+
+
+def record(instance_id: str, start_us: int, address: str, incarnation: int, state: PeerState) -> MemberRecord:
+    return MemberRecord(InstanceInfo(instance_id, instance_id[:8], start_us, (address,)), incarnation, state)
+
+
+def test_a_member_may_not_lie_about_another_instance_or_overflow_an_incarnation(nodes: NodeFactory) -> None:
+    victim = nodes.start("victim")
+    channel = a_member(nodes, "mallory").create_sync_channel(victim.address)
+    membership = membership_pb2_grpc.MembershipServiceStub(channel)
     now_us = int(time.time() * 1e6)
-    sender = MemberRecord(InstanceInfo(mallory_id, "mallory", now_us, ("127.0.0.1:1",)), 1, PeerState.ALIVE)
-    lie = MemberRecord(
-        InstanceInfo(victim.instance_id, "victim", 1, (victim.address,)), 2**64 - 1, PeerState.LEFT
-    )
-    request = membership_pb2.GossipRequest(sender=sender.to_proto(), records=[lie.to_proto()])
-    channel = mallory.create_sync_channel(victim.address)
+    mallory = record("mallory", now_us, "127.0.0.1:1", 1, PeerState.ALIVE)
     try:
-        error = rpc_error(
-            lambda: membership_pb2_grpc.MembershipServiceStub(channel).Gossip(request, timeout=5)
-        )
+        # "You are me, and I started earlier": the duplicate-id check must not fire.
+        impostor = record(victim.instance_id, 1, "127.0.0.1:1", 1, PeerState.ALIVE)
+        ping = membership_pb2.PingRequest(sender=impostor.to_proto(), target_id=victim.instance_id)
+        error = rpc_error(lambda: membership.Ping(ping, timeout=5))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, error
+        assert "may speak only for itself" in error.details()
+        # Its own voice, but an incarnation nobody can refute.
+        lie = record(victim.instance_id, 1, victim.address, 2**64 - 1, PeerState.LEFT)
+        gossip = membership_pb2.GossipRequest(sender=mallory.to_proto(), records=[lie.to_proto()])
+        error = rpc_error(lambda: membership.Gossip(gossip, timeout=5))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        assert "incarnation" in error.details()
+        # A transfer frame in another origin's name.
+        frames = iter([transfer_pb2.TransferFrame(sender_id=victim.instance_id)])
+        with pytest.raises(grpc.RpcError) as refused:
+            list(transfer_pb2_grpc.TransferServiceStub(channel).Exchange(frames, timeout=5))
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         channel.close()
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-    assert "incarnation" in error.details()
-    assert victim.instance_id in instance_ids(victim)  # its own view still reads, with itself in it
     assert victim.running
+    assert victim.instance_id in instance_ids(victim)  # its own view still reads, with itself in it
+    assert job_count(victim) == 0

@@ -20,7 +20,7 @@ from cryptography import x509
 from node.security import pki, tokens
 from node.security.scopes import JOIN, OPEN, REQUIRED_SCOPE, Principal
 
-Check = Callable[[grpc.aio.ServicerContext, Any], Awaitable[None]]
+Check = Callable[[grpc.aio.ServicerContext, Any], Awaitable[Principal]]
 
 
 @functools.lru_cache(maxsize=256)
@@ -38,6 +38,28 @@ def _topics_of(request: Any) -> list[str]:
     if name == "WorkRequest" and request.WhichOneof("kind") == "register":
         return list(request.register.topics)
     return []
+
+
+_SENDER_RECORD = frozenset({"PingRequest", "IndirectPingRequest", "SyncRequest", "GossipRequest"})
+
+
+def refusal(caller: Principal, request: Any) -> str | None:
+    """Why `request` is refused for `caller` beyond its scope: a topic outside its patterns, or a
+    node speaking for another instance (membership sender, transfer frame sender)."""
+    refused = caller.topic_refused(_topics_of(request))
+    if refused is not None:
+        return f"{caller.name} may not use topic {refused!r} (its patterns: {', '.join(caller.topics)})"
+    name = type(request).__name__
+    claimed = (
+        request.sender.info.id
+        if name in _SENDER_RECORD
+        else request.sender_id
+        if name == "TransferFrame"
+        else None
+    )
+    if caller.is_node and claimed is not None and claimed != caller.instance_id:
+        return f"{caller.name} may speak only for itself, not for instance {claimed!r}"
+    return None
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -84,19 +106,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def _check(
         self, method: str, required: str, context: grpc.aio.ServicerContext, request: Any
-    ) -> None:
+    ) -> Principal:
         caller = await self.principal(context)
         missing = caller.missing(required)
         if missing is not None:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{method} needs {missing}; {caller.name} lacks it"
             )
-        refused = caller.topic_refused(_topics_of(request)) if request is not None else None
+        refused = refusal(caller, request) if request is not None else None
         if refused is not None:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{caller.name} may not use topic {refused!r} (its patterns: {', '.join(caller.topics)})",
-            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        return caller
 
     async def intercept_service(
         self,
@@ -116,17 +136,28 @@ def _now() -> float:
 
 
 class _FirstAgain:
-    """A servicer context whose first `read()` returns a message the interceptor already read."""
+    """A servicer context whose first `read()` returns a message the interceptor already read,
+    and whose later reads are checked too: a refused message ends the request stream (EOF for
+    the servicer) and `refused` says why, for the interceptor's abort once the servicer returns."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, first: Any) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext, first: Any, caller: Principal) -> None:
         self._context = context
         self._first: Any = first
+        self._caller = caller
+        self.refused: str | None = None
 
     async def read(self) -> Any:
         if self._first is not None:
             first, self._first = self._first, None
             return first
-        return await self._context.read()
+        if self.refused is not None:
+            return grpc.aio.EOF
+        message = await self._context.read()
+        if message is not grpc.aio.EOF:
+            self.refused = refusal(self._caller, message)
+            if self.refused is not None:
+                return grpc.aio.EOF
+        return message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -174,10 +205,13 @@ def _wrap(handler: grpc.RpcMethodHandler, check: Check) -> grpc.RpcMethodHandler
         # The first message (a worker's registration) is checked here, before the servicer runs,
         # so a refusal is this wrapper's abort, never an error inside the servicer.
         first = await context.read()
-        await check(context, None if first is grpc.aio.EOF else first)
-        again = _FirstAgain(context, None if first is grpc.aio.EOF else first)
+        caller = await check(context, None if first is grpc.aio.EOF else first)
+        again = _FirstAgain(context, None if first is grpc.aio.EOF else first, caller)
         original = handler.stream_unary or handler.stream_stream
-        return await _forward(original(_requests(again), again), context)
+        result = await _forward(original(_requests(again), again), context)
+        if again.refused is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, again.refused)
+        return result
 
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(streaming, **serde)
