@@ -210,7 +210,7 @@ class Node:
         for name in ("", *JOBMESH_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
-        await self.topology.start(self.identity, self.port, config.server.host)
+        await self.topology.start(self.identity, self.port, config.server.host, self.trust.fingerprint)
         self.trust.start()
         if self._offloader is not None:
             await self._offloader.start()

@@ -65,6 +65,13 @@ class NodeTrust:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def fingerprint(self) -> str:
+        """Short fingerprint of the cluster CA ("" with --insecure or before `prepare`)."""
+        if not self._transport.secure:
+            return ""
+        return pki.short_fingerprint(self.files.read_ca())
+
+    @property
     def _lifetime(self) -> datetime.timedelta:
         return datetime.timedelta(seconds=self._config.security.cert_lifetime_s)
 

@@ -284,3 +284,19 @@ def test_a_member_may_not_lie_about_another_instance_or_overflow_an_incarnation(
     assert victim.running
     assert victim.instance_id in instance_ids(victim)  # its own view still reads, with itself in it
     assert job_count(victim) == 0
+
+
+def test_two_clusters_on_one_lan_stay_apart(nodes: NodeFactory) -> None:
+    mdns = {"discovery.mdns": "true"}
+    a = nodes.start("a", settings=mdns)
+    b = nodes.start("b", settings=mdns)
+    other = nodes.start("other", settings=mdns, own_cluster=True)
+    wait_for(
+        lambda: b.instance_id in instance_ids(a) and a.instance_id in instance_ids(b), 15, "a and b meet"
+    )
+    wait_for(lambda: "another cluster" in other.log_text(), 15, "the other cluster to ignore a and b")
+    assert "another cluster" in a.log_text()
+    assert other.instance_id not in instance_ids(a) | instance_ids(b)
+    assert instance_ids(other) == {other.instance_id}
+    # Ignored by mDNS, never dialled: no failed handshakes between the clusters.
+    assert "CERTIFICATE_VERIFY_FAILED" not in other.log_text() + a.log_text() + b.log_text()

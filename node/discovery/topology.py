@@ -64,8 +64,9 @@ class Topology:
 
     # --- lifecycle ---
 
-    async def start(self, identity: InstanceIdentity, port: int, host: str) -> None:
-        """Join the topology as `identity`, serving gRPC on `host:port`."""
+    async def start(self, identity: InstanceIdentity, port: int, host: str, fingerprint: str = "") -> None:
+        """Join the topology as `identity`, serving gRPC on `host:port`; `fingerprint`: the short
+        cluster CA fingerprint (mDNS advertises it and ignores nodes of other clusters)."""
         config = self.config
         self._loop = asyncio.get_running_loop()
         self.info = InstanceInfo(
@@ -84,7 +85,11 @@ class Topology:
         await self._protocol.start()
         if config.mdns:
             self._mdns = MdnsDiscovery(
-                self.info, interface_addresses(config.interfaces), self._found, self._protocol.probe_soon
+                self.info,
+                interface_addresses(config.interfaces),
+                self._found,
+                self._protocol.probe_soon,
+                fingerprint,
             )
             await self._mdns.start()
         self._refresher = self._loop.create_task(self._refresh_providers(), name="topology-providers")
