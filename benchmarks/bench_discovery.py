@@ -44,7 +44,7 @@ from pathlib import Path
 import grpc
 from jobmesh.v1 import topology_pb2, topology_pb2_grpc
 
-from tests.support.launcher import NodeProcess
+from tests.support.launcher import NodeProcess, shared_cluster
 from tests.support.topology import LAN_TIMINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +77,11 @@ class Node:
             settings["discovery.mdns"] = "true"
         elif seed is not None:
             args += ["--seed", seed]
-        self.process = NodeProcess(root / name, root, settings=settings, extra_args=args)
+        # Every node of a run is of one cluster: it finds the shared CA (and key) and issues its
+        # own certificate at start.
+        self.process = NodeProcess(
+            root / name, root, settings=settings, extra_args=args, cluster=shared_cluster(root)
+        )
         self.process.spawn()
         self.address = ""
         self.events: list[tuple[float, frozenset[str]]] = []
@@ -92,7 +96,7 @@ class Node:
 
     def watch(self) -> None:
         """Record every settled view (node-side time, instance names) from WatchTopology."""
-        self._channel = grpc.aio.insecure_channel(self.address)
+        self._channel = self.process.client_transport().create_channel(self.address)
         stub = topology_pb2_grpc.TopologyServiceStub(self._channel)
 
         async def read() -> None:

@@ -57,8 +57,8 @@ from typing import Any
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
-from node import transport
-from tests.support.launcher import NodeProcess, ProcStats
+from node.transport import Transport
+from tests.support.launcher import NodeProcess, ProcStats, shared_cluster
 from tests.support.protos import new_job
 from tests.support.waiting import async_wait_for
 
@@ -67,6 +67,10 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 CONSUMERS = "benchmarks.consumers"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
+
+
+NODE_FLAGS: list[str] = []
+"""Flags every benchmark node gets (`--insecure` with the option of that name)."""
 
 
 def log(message: str) -> None:
@@ -88,8 +92,10 @@ class BenchNode:
     ):
         data_dir = Path(tempfile.mkdtemp(prefix="node-", dir=work))
         consumers = [f"bench/**={CONSUMERS}:{consumer}"] if consumer else []
-        args = ["--durability", durability, "--log-level", "WARNING", *extra]
-        self.process = NodeProcess(data_dir, work, consumers, extra_args=args)
+        args = ["--durability", durability, "--log-level", "WARNING", *NODE_FLAGS, *extra]
+        # Secure by default: every node of a run is of one cluster; clients use its admin token.
+        cluster = None if "--insecure" in NODE_FLAGS else shared_cluster(work)
+        self.process = NodeProcess(data_dir, work, consumers, extra_args=args, cluster=cluster)
         self.channel: grpc.aio.Channel | None = None
         self._stub: jobs_pb2_grpc.JobServiceStub | None = None
 
@@ -108,7 +114,7 @@ class BenchNode:
         self.process.spawn()
         try:
             await self.process.async_wait_serving(START_TIMEOUT_S)
-            self.channel = transport.create_channel(f"127.0.0.1:{self.port}")
+            self.channel = self.transport().create_channel(f"127.0.0.1:{self.port}")
             await asyncio.wait_for(self.channel.channel_ready(), START_TIMEOUT_S)
         except BaseException:
             await self.stop()
@@ -118,6 +124,10 @@ class BenchNode:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    def transport(self) -> Transport:
+        """A client transport with the node's local credentials (CA, client certificate, admin token)."""
+        return self.process.client_transport()
 
     def stats(self) -> ProcStats:
         return self.process.stats()
@@ -298,7 +308,7 @@ async def scenario_events(s: Settings, consumer: str) -> Metrics:
     async with BenchNode(s.work, consumer) as node:
         stub = node.stub
         # The watcher has a connection of its own.
-        async with transport.create_channel(f"127.0.0.1:{node.port}") as watch_channel:
+        async with node.transport().create_channel(f"127.0.0.1:{node.port}") as watch_channel:
             watch_stub = jobs_pb2_grpc.JobServiceStub(watch_channel)
             topic = "bench/events"
             requests = add_requests(topic, s.batch)
@@ -674,6 +684,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=10, help="length of a latency run (10 s)")
     p.add_argument("--memory-jobs", type=int, default=1_000_000, help="jobs in the memory run (1,000,000)")
     p.add_argument("--work-dir", type=Path, help="where node data dirs go (default: a temp dir)")
+    p.add_argument(
+        "--insecure", action="store_true", help="nodes serve plaintext (default: mutual TLS and tokens)"
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="nodes serve plaintext (default: mutual TLS and tokens)"
+    )
     p.add_argument("--json", type=Path, help="write results here (default benchmarks/results/<time>.json)")
     args = p.parse_args(argv)
     if args.quick:
@@ -753,6 +769,8 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[Result]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.insecure:
+        NODE_FLAGS.append("--insecure")
     if os.environ.get("JOBMESH_NETNS") != "1":
         print("bench_jobs: run me through benchmarks/run (a private network namespace)", file=sys.stderr)
         return 2

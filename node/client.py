@@ -7,6 +7,7 @@ with JobmeshClient("127.0.0.1:7710") as client:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -24,9 +25,9 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
-from node import transport
 from node.errors import JobmeshError
 from node.properties import PropertyValue, value_to_proto
+from node.transport import Transport, client_transport
 
 R = TypeVar("R")
 FINISHED_STATES = frozenset(
@@ -92,10 +93,10 @@ class JobmeshClient:
     `timeout_s`, then fails with DEADLINE_EXCEEDED; `wait_ready` waits for the connection alone.
     """
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, target: str, timeout_s: float = 30.0, transport: Transport | None = None) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._channel = transport.create_sync_channel(target)
+        self._channel = (transport or client_transport(os.environ)).create_sync_channel(target)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
         """JobService stub (use `call` for typed errors)."""
         self._stub = self.jobs

@@ -50,6 +50,27 @@ class ServerConfig:
     """TCP port; 0 picks a free one (written to `<data_dir>/node.json`)."""
     shutdown_grace_s: Annotated[float, NON_NEGATIVE_S] = 10.0
     """On SIGTERM/SIGINT: how long running jobs and RPCs get to finish before they are cut off."""
+    keepalive_interval_s: Annotated[float, Range(0.01, 3600, unit="s")] = 2.0
+    """HTTP/2 keepalive ping period of every connection (both ways; idle streams stay open)."""
+    keepalive_timeout_s: Annotated[float, Range(0.01, 3600, unit="s")] = 2.0
+    """A connection whose ping is unanswered this long is dead (a silent link is found in ~4 s)."""
+
+
+DAY_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Trust: the cluster PKI, mutual TLS between nodes and bearer tokens for clients."""
+
+    insecure: bool = False
+    """Plaintext, no authentication (today's LAN behaviour); warned about at start."""
+    join: str = ""
+    """A join token from `jobmesh cluster token create`: join that cluster at first start."""
+    cert_lifetime_s: Annotated[float, Range(1, 100 * 365 * DAY_S, unit="s")] = 30 * DAY_S
+    """Lifetime of the node certificates this node issues."""
+    renew_fraction: Annotated[float, Range(0.1, 0.99)] = 2 / 3
+    """A node certificate is renewed once this fraction of its lifetime has passed."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +199,8 @@ class NodeConfig:
     """Peer discovery, membership and the topology view (node/discovery/config.py)."""
     offload: OffloadConfig = field(default_factory=OffloadConfig)
     """Offloading: capacity publishing and reassignment timings."""
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """Cluster PKI, mutual TLS and client tokens."""
 
     queues: tuple[QueueConfig, ...] = ()
     """Queue configurations besides the main queue (TOML `[[queues]]`; env/flags: a JSON list)."""
@@ -207,7 +230,15 @@ class NodeConfig:
         """Short timings, loopback, a free port: for tests and benchmarks."""
         return cls(
             data_dir=data_dir,
-            server=ServerConfig(host="127.0.0.1", port=0, shutdown_grace_s=2.0),
+            # Pings every 100 ms keep the keepalive path busy in every test; the timeout is
+            # generous because a loaded test machine may answer a ping late.
+            server=ServerConfig(
+                host="127.0.0.1",
+                port=0,
+                shutdown_grace_s=2.0,
+                keepalive_interval_s=0.1,
+                keepalive_timeout_s=1.0,
+            ),
             jobs=JobsConfig(retry_delay_s=0.05),
             discovery=DiscoveryConfig.for_tests(),
             offload=OffloadConfig.for_tests(),

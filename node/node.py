@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from types import TracebackType
 
 import grpc
@@ -31,7 +32,6 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
-from node import transport
 from node.config import NodeConfig
 from node.discovery.identity import format_endpoint
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
@@ -66,10 +66,12 @@ from node.services.topology import add_topology_servicers
 from node.services.transfer import TransferServicer
 from node.services.workers import WorkerServicer
 from node.transfer.consumption import ConsumptionStore
-from node.transfer.link import TransferLink, TransferReceiver
-from node.transfer.offloader import Offloader
+from node.transfer.link import GrpcTransferLink, TransferLink, TransferReceiver
+from node.transfer.offloader import FRAME_MAX_BYTES, Offloader
 from node.transfer.placement import PeerPlacement
 from node.transfer.store import TransferStore
+from node.transport import Keepalive, Transport
+from node.trust import ADMITS_PROPERTY, NodeTrust
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,15 @@ class Node:
         self._stream_shutdown = StreamShutdown()
         install_client_gone_filter()
         self.port = 0
-        self.topology = Topology(config.discovery)
+        self.transport = Transport(
+            Keepalive(config.server.keepalive_interval_s, config.server.keepalive_timeout_s)
+        )
+        """Makes every server and channel of this node (TLS material, keepalive, limits)."""
+        self.topology = Topology(config.discovery, channels=self.transport)
+        self.trust = NodeTrust(
+            config, self.transport, self.topology.properties, self._admitters, self._peer_properties
+        )
+        """Cluster material, the call interceptor, ClusterService and certificate renewal."""
         """Discovery, the topology view and this node's instance properties (see node.discovery)."""
         # Peers (offloading) read which topics this node consumes from its instance properties.
         self.consumers.add_listener(self._publish_topics)
@@ -196,7 +206,13 @@ class Node:
             placement = PeerPlacement(instance_id, self.topology, transfer)
             self._jobs = JobManager(self._journal, self.consumers, config, instance_id, placement)
             self._offloader = Offloader(
-                self._jobs, self.topology, placement, transfer, config.offload, self._transfer_link
+                self._jobs,
+                self.topology,
+                placement,
+                transfer,
+                config.offload,
+                self._transfer_link
+                or GrpcTransferLink(self.transport, config.jobs.max_payload_bytes + FRAME_MAX_BYTES),
             )
             self._consumption = ConsumptionStore(self._journal)
             self._jobs.consumption = await self._consumption.load()
@@ -216,11 +232,14 @@ class Node:
 
     async def _serve(self, instance_id: str) -> None:
         config = self.config
-        # Every method decodes its own requests: garbage gets INVALID_ARGUMENT, not UNKNOWN.
-        server = transport.create_server(
-            config.jobs.max_payload_bytes, [RequestDecoder(self.bad_requests), self._stream_shutdown]
-        )
-        job_servicer = JobServicer(self.jobs, self._live_peers)
+        # Outermost first: requests are decoded (garbage gets INVALID_ARGUMENT, not UNKNOWN), so
+        # the trust interceptors check decoded messages (scopes, topics, the sender's identity);
+        # innermost, StreamShutdown wraps the servicers' own response generators.
+        trust = await self.trust.prepare(instance_id)
+        interceptors = [RequestDecoder(self.bad_requests), *trust, self._stream_shutdown]
+        server = self.transport.create_server(config.jobs.max_payload_bytes, interceptors)
+        self.trust.add_servicers(server)
+        job_servicer = JobServicer(self.jobs, self._live_peers, self.transport)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
         gather_pb2_grpc.add_GatherServiceServicer_to_server(GatherServicer(job_servicer), server)
         add_topology_servicers(server, self.topology)
@@ -228,7 +247,7 @@ class Node:
             self._transfer = TransferServicer(self._offloader)
             transfer_pb2_grpc.add_TransferServiceServicer_to_server(self._transfer, server)
         topics_pb2_grpc.add_TopicServiceServicer_to_server(
-            TopicServicer(self.topology, self.set_topic_consumption), server
+            TopicServicer(self.topology, self.set_topic_consumption, self.transport), server
         )
         queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.jobs), server)
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(self.jobs), server)
@@ -238,13 +257,14 @@ class Node:
         self._health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         add_reflection(server, SERVICE_NAMES)
-        self.port = transport.bind(server, config.server.host, config.server.port)
+        self.port = self.transport.bind(server, config.server.host, config.server.port)
         await server.start()
         self._server = server
         for name in ("", *JOBMESH_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
-        await self.topology.start(self.identity, self.port, config.server.host)
+        await self.topology.start(self.identity, self.port, config.server.host, self.trust.fingerprint)
+        self.trust.start()
         if self._offloader is not None:
             await self._offloader.start()
         write_run_file(
@@ -285,6 +305,18 @@ class Node:
             else:
                 self.topology.properties.remove(name)
 
+    def _admitters(self) -> list[str]:
+        """Addresses of live peers that hold the CA key."""
+        return [
+            i.address
+            for i in self.topology.view.instances
+            if not i.is_local and i.endpoints and i.properties.get(ADMITS_PROPERTY) == "true"
+        ]
+
+    def _peer_properties(self) -> list[Mapping[str, str]]:
+        """Instance properties of every live instance but this one."""
+        return [i.properties for i in self.topology.view.instances if not i.is_local]
+
     def _live_peers(self) -> list[tuple[str, str]]:
         """(instance id, address) of every live instance but this one (topology-wide queries)."""
         return [(i.id, i.address) for i in self.topology.view.instances if not i.is_local and i.endpoints]
@@ -306,6 +338,7 @@ class Node:
         self._stream_shutdown.close()  # watch streams end now with UNAVAILABLE, not cancelled later
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        await self.trust.stop()
         # Leave first: peers stop counting on this node while its jobs wind down.
         await self.topology.stop()
         if self._offloader is not None:

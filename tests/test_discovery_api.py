@@ -13,11 +13,12 @@ import pytest
 from node import Node, NodeConfig
 from node.discovery import TOPICS_PROPERTY, PeerState, TopologyEvent, TopologyEventType
 from node.errors import InvalidArgument
+from tests.support.launcher import seed_cluster, shared_cluster
 from tests.support.waiting import async_wait_for
 
 
 def config(path: Path, name: str, seeds: tuple[str, ...] = ()) -> NodeConfig:
-    base = NodeConfig.for_tests(path / name)
+    base = NodeConfig.for_tests(seed_cluster(path / name, shared_cluster(path)))
     return replace(base, name=name, discovery=replace(base.discovery, seeds=seeds))
 
 

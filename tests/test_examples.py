@@ -37,7 +37,8 @@ RUN_TIMEOUT_S = 30.0
 
 
 # demo/inproc is consumed in the node itself, for the clients; other topics by example workers.
-node = shared_node("examples", consumers=["demo/inproc=consumers:echo"])
+# The examples do not speak TLS with tokens yet (issue 12 item 5): their node is --insecure.
+node = shared_node("examples", consumers=["demo/inproc=consumers:echo"], extra_args=["--insecure"])
 
 
 class ExampleProcess:

@@ -17,7 +17,17 @@ NODE = Path(__file__).resolve().parent.parent / "node"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # bottom: foundations every layer may use
     ("errors",),
-    ("instance", "topics", "properties", "templates", "transport", "memnet", "ranges", "durations"),
+    (
+        "instance",
+        "topics",
+        "properties",
+        "templates",
+        "security",
+        "transport",
+        "memnet",
+        "ranges",
+        "durations",
+    ),
     # the job model: values and pure rules, no I/O
     ("model",),
     # durable storage of the model
@@ -33,7 +43,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the gRPC API, and the client of it
     ("services", "client"),
     # the Node that wires everything together, and the package's public surface
-    ("node", "__init__"),
+    ("trust", "node", "__init__"),
     ("cli", "__main__"),
 )
 """Units of node/ (sub-packages and top-level modules), lowest layer first. A unit may import

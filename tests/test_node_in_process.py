@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
@@ -304,7 +303,7 @@ async def test_second_node_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> No
 async def test_grpc_client_on_the_test_loop_talks_to_an_in_process_node(tmp_path: Path) -> None:
     async with node.Node(node.NodeConfig.for_tests(tmp_path)) as n:
         n.consumers.register(["aio/*"], lambda job, context: node.JobResult.succeeded("via grpc.aio"))
-        async with grpc.aio.insecure_channel(n.address) as channel:
+        async with n.transport.create_channel(n.address) as channel:  # the node's own certificate
             stub = jobs_pb2_grpc.JobServiceStub(channel)
             added = await stub.AddJob(jobs_pb2.AddJobRequest(job=jobs_pb2.NewJob(topic="aio/x")))
 

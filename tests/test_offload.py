@@ -7,14 +7,12 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2
 
-from node import JobState, transport
+from node import JobState
 from tests.support.job_calls import find_all, get_job
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.offload import TOPIC, start_cluster, wait_consumes
@@ -48,7 +46,7 @@ def test_origin_with_the_topic_disabled_offloads_2000_jobs_to_two_workers_and_sh
 ) -> None:
     # Given an origin that has a consumer for the topic but its consumption disabled, and two workers
     origin = create(nodes, "origin", consumers=["offload/**=consumers:succeed"]).start()
-    done = _cli("topics", "disable", "offload/**", "--node", origin.address)
+    done = origin.cli("topics", "disable", "offload/**", "--node", origin.address)
     assert done.returncode == 0, done.stderr
     workers = [
         create(nodes, f"w{i}", seeds=[origin], consumers=["offload/**=consumers:succeed"]) for i in (1, 2)
@@ -88,7 +86,9 @@ def test_payload_travels_to_the_worker_and_the_output_comes_back_byte_identical(
     (job_id,) = [origin.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job(TOPIC, payload))).job.id]
     _all_succeeded(origin, [job_id])
 
-    with transport.create_sync_channel(origin.address) as channel:  # payloads beyond gRPC's 4 MiB default
+    with origin.client_transport().create_sync_channel(
+        origin.address
+    ) as channel:  # payloads beyond gRPC's 4 MiB default
         job = get_job(jobs_pb2_grpc.JobServiceStub(channel), job_id, include_payloads=True)
     assert hashlib.sha256(job.payload).digest() == hashlib.sha256(payload).digest()
     assert hashlib.sha256(job.output_payload).digest() == hashlib.sha256(b"echo:" + payload).digest()
@@ -152,12 +152,6 @@ def test_kill_9_of_the_origin_mid_run_and_restart_loses_no_job_and_ends_none_twi
     assert all(n == 1 for _, n in finished)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "node", *args], capture_output=True, text=True, timeout=30, check=False
-    )
-
-
 def test_topic_consumption_set_from_another_node_moves_new_jobs_off_the_origin_and_survives_a_restart(
     nodes: NodeFactory,
 ) -> None:
@@ -170,7 +164,7 @@ def test_topic_consumption_set_from_another_node_moves_new_jobs_off_the_origin_a
     assert _all_succeeded(origin, [local])[0].target_instance == origin.instance_id
 
     # When the origin's consumption of the topic is disabled through the worker's node
-    done = _cli("topics", "disable", "offload/**", "--instance", "origin", "--node", worker.address)
+    done = worker.cli("topics", "disable", "offload/**", "--instance", "origin", "--node", worker.address)
     assert done.returncode == 0, done.stderr
     wait_for(
         lambda: any(
@@ -183,7 +177,7 @@ def test_topic_consumption_set_from_another_node_moves_new_jobs_off_the_origin_a
     # Then new jobs go to the worker, and the matrix shows the setting from any node
     ids = _add(origin, 50)
     assert {j.target_instance for j in _all_succeeded(origin, ids)} == {worker.instance_id}
-    matrix = _cli("topics", "--node", worker.address)
+    matrix = worker.cli("topics", "--node", worker.address)
     assert matrix.returncode == 0, matrix.stderr
     lines = matrix.stdout.splitlines()
     assert lines[0].split() == ["TOPIC", "origin", "w1"]
@@ -234,7 +228,7 @@ def test_a_worker_that_stops_consuming_a_topic_hands_its_queued_jobs_back_for_re
     wait_consumes(origin, [w1, w2])
 
     # When w1 stops consuming the topic
-    done = _cli("topics", "disable", "offload/**", "--node", w1.address)
+    done = w1.cli("topics", "disable", "offload/**", "--node", w1.address)
     assert done.returncode == 0, done.stderr
 
     # Then its queued jobs go back to the origin, which gives them to w2; each ends once

@@ -19,7 +19,6 @@ import grpc
 import pytest
 from jobmesh.peer.v1 import membership_pb2_grpc
 
-from node import transport
 from node.discovery.config import DiscoveryConfig
 from node.discovery.identity import InstanceInfo
 from node.discovery.membership import MemberRecord, PeerState
@@ -30,6 +29,7 @@ from node.discovery.protocol import MembershipProtocol
 from node.errors import DuplicateInstance, PeerUnavailable
 from node.instance import now_us
 from node.services.topology import MembershipServicer
+from node.transport import Transport
 
 QUIET = DiscoveryConfig(mdns=False, probe_interval_s=60, sync_interval_s=60, gossip_interval_s=60)
 """No rounds of their own during a test: only the calls the test makes."""
@@ -106,8 +106,8 @@ class GrpcPeers(Peers):
         self._bound: dict[str, MembershipProtocol] = {}
 
     async def _listen(self, name: str) -> str:
-        server = transport.create_server(1024 * 1024)
-        port = transport.bind(server, "127.0.0.1", 0)
+        server = Transport().create_server(1024 * 1024)
+        port = Transport().bind(server, "127.0.0.1", 0)
         address = f"127.0.0.1:{port}"
         membership_pb2_grpc.add_MembershipServiceServicer_to_server(
             MembershipServicer(lambda: self._bound[address]), server
@@ -120,7 +120,7 @@ class GrpcPeers(Peers):
         self._bound[address] = protocol
 
     def _transport(self, source: str) -> PeerTransport:
-        return GrpcPeerTransport(reconnect_backoff_ms=100)
+        return GrpcPeerTransport(reconnect_backoff_ms=100, channels=Transport())
 
     async def crash(self, address: str) -> None:
         await self._servers.pop(address).stop(0)

@@ -174,7 +174,7 @@ def test_node_json_describes_the_running_node(nodes: NodeFactory) -> None:
     assert info["name"] == "described-node"
     assert info["address"] == f"127.0.0.1:{info['port']}"
     assert info["pid"] == node.process.pid  # type: ignore[union-attr]
-    with grpc.insecure_channel(info["address"]) as channel:
+    with node.client_transport().create_sync_channel(info["address"]) as channel:
         grpc.channel_ready_future(channel).result(timeout=5)
 
 

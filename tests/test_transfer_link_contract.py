@@ -17,13 +17,13 @@ import grpc
 import pytest
 from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 
-from node import transport
 from node.errors import PeerUnavailable
 from node.services.transfer import TransferServicer
 from node.transfer.apply import check_frame
 from node.transfer.chunks import ChunkAssembler, crc32
 from node.transfer.link import GrpcTransferLink, TransferLink
 from node.transfer.memory import MemoryTransferNetwork
+from node.transport import Transport
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -91,16 +91,16 @@ class GrpcLinks(Links):
         self._servers: dict[str, tuple[grpc.aio.Server, TransferServicer]] = {}
 
     async def _serve(self, name: str, receiver: Receiver) -> str:
-        server = transport.create_server(MAX_PAYLOAD_BYTES)
+        server = Transport().create_server(MAX_PAYLOAD_BYTES)
         servicer = TransferServicer(receiver)
         transfer_pb2_grpc.add_TransferServiceServicer_to_server(servicer, server)
-        address = f"127.0.0.1:{transport.bind(server, '127.0.0.1', 0)}"
+        address = f"127.0.0.1:{Transport().bind(server, '127.0.0.1', 0)}"
         await server.start()
         self._servers[address] = (server, servicer)
         return address
 
     def link(self) -> TransferLink:
-        return GrpcTransferLink(2 * MAX_PAYLOAD_BYTES)
+        return GrpcTransferLink(Transport(), 2 * MAX_PAYLOAD_BYTES)
 
     async def crash(self, address: str) -> None:
         server, servicer = self._servers.pop(address)

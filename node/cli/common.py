@@ -23,6 +23,7 @@ from node.client import JobmeshClient, RpcError
 from node.config import DEFAULT_PORT
 from node.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.instance import RUN_FILE
+from node.transport import client_transport
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -131,7 +132,16 @@ def connection_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--json", action="store_true", help="print JSON (streams: one object per line); see README"
     )
+    add_token_argument(group)
     return parent
+
+
+def add_token_argument(options: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The `--token` option of every command that talks to a node."""
+    options.add_argument(
+        "--token",
+        help="bearer token (default: $JOBMESH_TOKEN, the profile, the local data dir's admin token)",
+    )
 
 
 CONNECTION = connection_options()
@@ -194,7 +204,9 @@ def run_client(args: argparse.Namespace, environ: dict[str, str], body: Body) ->
     except InvalidArgument as e:
         return fail(command, str(e), EXIT_USAGE)
     try:
-        with JobmeshClient(address, timeout_s=args.timeout) as client:
+        with JobmeshClient(
+            address, timeout_s=args.timeout, transport=client_transport(environ, args.token)
+        ) as client:
             _wait_ready(client, command)
             return int(body(args, client))
     except InvalidArgument as e:

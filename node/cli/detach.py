@@ -21,8 +21,8 @@ from typing import Any, TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from node import transport
 from node.instance import RUN_FILE, unusable_data_dir
+from node.transport import client_transport
 
 LOG_FILE = "node.log"
 # A node starts in about a second; a loaded machine may need much longer.
@@ -84,9 +84,11 @@ def _read_run_file(data_dir: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
-def _serving(address: str) -> bool:
-    """True when the node at `address` answers the health check with SERVING."""
-    channel = transport.create_sync_channel(address)
+def _serving(address: str, data_dir: Path) -> bool:
+    """True when the node at `address` answers the health check with SERVING (over TLS with the
+    CA in its data dir, unless it serves plaintext)."""
+    environ = {**os.environ, "JOBMESH_DATA_DIR": str(data_dir)}
+    channel = client_transport(environ).create_sync_channel(address)
     try:
         stub = health_pb2_grpc.HealthStub(channel)
         # Fail fast while the child is still binding: the loop around this checks that it lives.
@@ -115,7 +117,7 @@ def _wait_until_serving(pid: int, data_dir: Path, log_path: Path, log_start: int
                 sys.stderr.write(log.read().decode(errors="replace"))
             return code if code > 0 else EXIT_FAILED
         info = _read_run_file(data_dir)
-        if info is not None and info.get("pid") == pid and _serving(str(info["address"])):
+        if info is not None and info.get("pid") == pid and _serving(str(info["address"]), data_dir):
             _print_summary(info, data_dir, log_path, sys.stdout)
             return 0
         if time.monotonic() >= deadline:

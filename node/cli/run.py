@@ -72,6 +72,17 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="do not advertise or browse by mDNS (discovery.mdns=false)",
     )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve plaintext without authentication (security.insecure; warned about at start)",
+    )
+    p.add_argument(
+        "--join",
+        metavar="TOKEN",
+        help="join the cluster of --seed with a token from `jobmesh cluster token create` (security.join)",
+    )
     p.add_argument("--max-parallel", type=int, help="jobs run at once (default 15)")
     p.add_argument("--durability", choices=["normal", "full"], help="journal durability (default normal)")
     p.add_argument(
@@ -120,6 +131,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> NodeC
         "discovery.cluster": args.cluster,
         "discovery.mdns": args.mdns,
         "discovery.seeds": ",".join(args.seed) or None,
+        "security.insecure": args.insecure,
+        "security.join": args.join,
     }
     overrides.update({k: v for k, v in flag_settings.items() if v is not None})
     if args.consumer:

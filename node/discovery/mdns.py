@@ -1,7 +1,8 @@
 """mDNS / DNS-SD with python-zeroconf: advertise this node, browse for the others.
 
 The node registers `<name>-<id8>._jobmesh._tcp.local.` (SRV: its gRPC port; A: its IPv4
-endpoints; TXT: `id`, `protover`, `cluster`, `name`), so standard DNS-SD tools
+endpoints; TXT: `id`, `protover`, `cluster`, `name`, `ca` (the short CA fingerprint; nodes of
+another cluster are ignored)), so standard DNS-SD tools
 (`avahi-browse _jobmesh._tcp`, `dns-sd -B _jobmesh._tcp`) list it. Browsing reports every
 other node's address and id; additions and updates become joins (a Sync), removals a
 probe. mDNS never decides liveness: records stay cached after a crash, and a goodbye can be
@@ -60,8 +61,12 @@ class MdnsDiscovery:
         interface_addresses: Sequence[str],
         on_found: PeerFound,
         on_gone: PeerGone,
+        fingerprint: str = "",
     ) -> None:
         self.info = info
+        self._fingerprint = fingerprint
+        """Short CA fingerprint, advertised as TXT `ca`; advertisements with another are ignored."""
+        self._foreign: set[str] = set()
         self._interfaces = list(interface_addresses)
         self._on_found = on_found
         self._on_gone = on_gone
@@ -94,6 +99,7 @@ class MdnsDiscovery:
                 "protover": str(PROTOCOL_VERSION),
                 "cluster": self.info.cluster,
                 "name": self.info.name,
+                "ca": self._fingerprint,
             },
             server=f"jobmesh-{self.info.id[:8]}-{port}.local.",
         )
@@ -166,6 +172,11 @@ class MdnsDiscovery:
         addresses = info.parsed_addresses(IPVersion.V4Only)
         if not instance_id or not addresses or not info.port:
             log.debug("mDNS: %s is not a Jobmesh node (no id, address or port)", name)
+            return
+        if self._fingerprint and properties.get("ca", "") != self._fingerprint:
+            if name not in self._foreign:  # once per advertisement, not on every refresh
+                self._foreign.add(name)
+                log.info("mDNS: ignoring %s: another cluster (CA %r)", name, properties.get("ca", ""))
             return
         self._ids_by_name[name] = instance_id
         self._on_found(format_endpoint(addresses[0], info.port), instance_id)

@@ -64,6 +64,10 @@ _TO_PROTO = {
 }
 
 
+MAX_INCARNATION = 2**63 - 1
+"""Incarnations at or above this are refused: one more (a refutation) must still be an int64."""
+
+
 @dataclass(frozen=True)
 class MemberRecord:
     """What is known about one member at one incarnation: the unit of gossip."""
@@ -104,6 +108,8 @@ class MemberRecord:
         """Decode a peer's record; raises InvalidArgument when it is unusable."""
         if not proto.HasField("info"):
             raise InvalidArgument(f"{field}.info is missing")
+        if proto.incarnation >= MAX_INCARNATION:  # refuting it must still fit in an int64
+            raise InvalidArgument(f"{field}.incarnation {proto.incarnation} is out of range (< 2^63-1)")
         return cls(
             info=InstanceInfo.from_proto(proto.info, f"{field}.info"),
             incarnation=proto.incarnation,

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import grpc
 from jobmesh.peer.v1 import membership_pb2_grpc
 
-from node import transport
 from node.discovery.messages import (
     Ack,
     Gossip,
@@ -30,6 +29,7 @@ from node.discovery.messages import (
     SyncReply,
 )
 from node.errors import DuplicateInstance, InvalidArgument, PeerUnavailable
+from node.transport import Transport
 
 if TYPE_CHECKING:
     pass
@@ -77,15 +77,16 @@ class PeerTransport(Protocol):
 class GrpcPeerTransport:
     """PeerTransport over gRPC: one channel per peer address, reused across calls."""
 
-    def __init__(self, reconnect_backoff_ms: int) -> None:
+    def __init__(self, reconnect_backoff_ms: int, channels: Transport) -> None:
         self._reconnect_backoff_ms = reconnect_backoff_ms
+        self._channels = channels
         self._stubs: dict[str, tuple[grpc.aio.Channel, membership_pb2_grpc.MembershipServiceStub]] = {}
         self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
 
     def _stub(self, address: str) -> membership_pb2_grpc.MembershipServiceStub:
         entry = self._stubs.get(address)
         if entry is None:
-            channel = transport.create_peer_channel(address, self._reconnect_backoff_ms)
+            channel = self._channels.create_peer_channel(address, self._reconnect_backoff_ms)
             entry = (channel, membership_pb2_grpc.MembershipServiceStub(channel))
             self._stubs[address] = entry
         return entry[1]

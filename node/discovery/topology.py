@@ -30,6 +30,7 @@ from node.discovery.protocol import MembershipProtocol
 from node.discovery.view import TopologyView, build_view
 from node.errors import DuplicateInstance
 from node.instance import InstanceIdentity, now_us
+from node.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,14 @@ class Topology:
     `start()` it once the gRPC server serves, `stop()` it first thing on shutdown.
     """
 
-    def __init__(self, config: DiscoveryConfig, transport: PeerTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: DiscoveryConfig,
+        transport: PeerTransport | None = None,
+        channels: Transport | None = None,
+    ) -> None:
         self.config = config
+        self._channels = channels or Transport()
         self.properties = InstanceProperties(config.max_properties_bytes, config.properties)
         """This node's instance properties (thread-safe)."""
         self._transport = transport
@@ -57,8 +64,9 @@ class Topology:
 
     # --- lifecycle ---
 
-    async def start(self, identity: InstanceIdentity, port: int, host: str) -> None:
-        """Join the topology as `identity`, serving gRPC on `host:port`."""
+    async def start(self, identity: InstanceIdentity, port: int, host: str, fingerprint: str = "") -> None:
+        """Join the topology as `identity`, serving gRPC on `host:port`; `fingerprint`: the short
+        cluster CA fingerprint (mDNS advertises it and ignores nodes of other clusters)."""
         config = self.config
         self._loop = asyncio.get_running_loop()
         self.info = InstanceInfo(
@@ -70,14 +78,18 @@ class Topology:
         )
         local = MemberRecord(self.info, identity.start_time_us, PeerState.ALIVE, self.properties.snapshot())
         transport = self._transport or GrpcPeerTransport(
-            reconnect_backoff_ms=max(50, round(config.probe_interval_s * 1000))
+            reconnect_backoff_ms=max(50, round(config.probe_interval_s * 1000)), channels=self._channels
         )
         self._protocol = MembershipProtocol(config, local, transport, self._membership_changed, config.seeds)
         self._tracker = ViewTracker(config.settle_delay_s, self._snapshot)
         await self._protocol.start()
         if config.mdns:
             self._mdns = MdnsDiscovery(
-                self.info, interface_addresses(config.interfaces), self._found, self._protocol.probe_soon
+                self.info,
+                interface_addresses(config.interfaces),
+                self._found,
+                self._protocol.probe_soon,
+                fingerprint,
             )
             await self._mdns.start()
         self._refresher = self._loop.create_task(self._refresh_providers(), name="topology-providers")

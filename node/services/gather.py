@@ -15,8 +15,8 @@ import grpc
 from jobmesh.peer.v1 import gather_pb2, gather_pb2_grpc
 from jobmesh.v1 import jobs_pb2
 
-from node import transport
 from node.services.status import rpc
+from node.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,12 @@ PeerList = Callable[[], list[tuple[str, str]]]
 
 
 async def _ask_all(
-    peers: Sequence[tuple[str, str]], call: Callable[[gather_pb2_grpc.GatherServiceStub], Awaitable[Any]]
+    channels: Transport,
+    peers: Sequence[tuple[str, str]],
+    call: Callable[[gather_pb2_grpc.GatherServiceStub], Awaitable[Any]],
 ) -> list[tuple[str, Any]]:
     async def ask(instance_id: str, address: str) -> tuple[str, Any] | None:
-        async with transport.create_channel(address) as channel:
+        async with channels.create_channel(address) as channel:
             try:
                 return instance_id, await call(gather_pb2_grpc.GatherServiceStub(channel))
             except grpc.aio.AioRpcError as e:
@@ -43,7 +45,11 @@ async def _ask_all(
 
 
 async def find_jobs(
-    request: jobs_pb2.FindJobsRequest, local_id: str, local: jobs_pb2.FindJobsResponse, peers: PeerList
+    request: jobs_pb2.FindJobsRequest,
+    local_id: str,
+    local: jobs_pb2.FindJobsResponse,
+    peers: PeerList,
+    channels: Transport,
 ) -> jobs_pb2.FindJobsResponse:
     """Merge the answers of every instance; an offloaded job appears once, as its origin has it."""
     forwarded = gather_pb2.FindLocalJobsRequest(query=request)
@@ -51,7 +57,7 @@ async def find_jobs(
     answers += [
         (answerer, response.page)
         for answerer, response in await _ask_all(
-            peers(), lambda stub: stub.FindLocalJobs(forwarded, timeout=PEER_QUERY_TIMEOUT_S)
+            channels, peers(), lambda stub: stub.FindLocalJobs(forwarded, timeout=PEER_QUERY_TIMEOUT_S)
         )
     ]
     chosen: dict[str, tuple[bool, jobs_pb2.Job]] = {}
@@ -90,12 +96,12 @@ def _add(total: jobs_pb2.Statistics, part: jobs_pb2.Statistics) -> None:
 
 
 async def statistics(
-    local: jobs_pb2.GetStatisticsResponse, peers: PeerList
+    local: jobs_pb2.GetStatisticsResponse, peers: PeerList, channels: Transport
 ) -> jobs_pb2.GetStatisticsResponse:
     """The sum of every instance's statistics."""
     request = gather_pb2.GetLocalStatisticsRequest()
     answers = await _ask_all(
-        peers(), lambda stub: stub.GetLocalStatistics(request, timeout=PEER_QUERY_TIMEOUT_S)
+        channels, peers(), lambda stub: stub.GetLocalStatistics(request, timeout=PEER_QUERY_TIMEOUT_S)
     )
     total = jobs_pb2.GetStatisticsResponse()
     total.CopyFrom(local)

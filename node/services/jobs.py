@@ -17,6 +17,7 @@ from node.services import gather
 from node.services.status import rpc, status_for
 from node.templates import Template
 from node.topics import TopicPattern, validate_topic
+from node.transport import Transport
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 10_000
@@ -79,9 +80,12 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """Serves JobService from a JobManager."""
 
-    def __init__(self, manager: JobManager, peers: gather.PeerList | None = None) -> None:
+    def __init__(
+        self, manager: JobManager, peers: gather.PeerList | None = None, channels: Transport | None = None
+    ) -> None:
         self._manager = manager
         self._peers = peers
+        self._channels = channels or Transport()
 
     def _job_proto(self, job: Job) -> jobs_pb2.Job:
         proto = job.to_proto()
@@ -131,7 +135,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             )
         response = await self.find_local_jobs(request)
         if topology and self._peers is not None:
-            return await gather.find_jobs(request, self._manager.instance_id, response, self._peers)
+            return await gather.find_jobs(
+                request, self._manager.instance_id, response, self._peers, self._channels
+            )
         return response
 
     async def find_local_jobs(self, request: jobs_pb2.FindJobsRequest) -> jobs_pb2.FindJobsResponse:
@@ -195,7 +201,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.GetStatisticsResponse:
         response = await self.local_statistics()
         if request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY and self._peers is not None:
-            return await gather.statistics(response, self._peers)
+            return await gather.statistics(response, self._peers, self._channels)
         return response
 
     async def local_statistics(self) -> jobs_pb2.GetStatisticsResponse:

@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 import grpc
 from jobmesh.v1 import topics_pb2, topics_pb2_grpc
 
-from node import transport
 from node.discovery.topology import Topology
 from node.discovery.view import InstanceDescription
 from node.errors import InvalidArgument, NotFound, PeerUnavailable
@@ -15,6 +14,7 @@ from node.model.consumption import ConsumptionRules, ConsumptionSetting
 from node.services.paging import page_of
 from node.services.status import rpc
 from node.topics import TopicPattern
+from node.transport import Transport
 
 FORWARD_TIMEOUT_S = 5.0
 SetLocal = Callable[[str, ConsumptionSetting], Awaitable[ConsumptionRules]]
@@ -44,9 +44,10 @@ def _view_order(instance: InstanceDescription) -> tuple[str, int, str]:
 class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
     """Answers from the topology view; a change for another instance is forwarded to it."""
 
-    def __init__(self, topology: Topology, set_local: SetLocal) -> None:
+    def __init__(self, topology: Topology, set_local: SetLocal, channels: Transport | None = None) -> None:
         self._topology = topology
         self._set_local = set_local
+        self._channels = channels or Transport()
 
     @rpc
     async def ListTopicConsumption(
@@ -80,7 +81,7 @@ class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
             rules = await self._set_local(request.topic, setting)
             return topics_pb2.SetTopicConsumptionResponse(instance=describe(instance, rules))
         forwarded = topics_pb2.SetTopicConsumptionRequest(topic=request.topic, setting=request.setting)
-        async with transport.create_channel(instance.address) as channel:
+        async with self._channels.create_channel(instance.address) as channel:
             try:
                 response: topics_pb2.SetTopicConsumptionResponse = await topics_pb2_grpc.TopicServiceStub(
                     channel

@@ -2,7 +2,7 @@
 
 A `TransferLink` opens one `TransferStream` per peer; the stream sends a frame and returns the
 outbox seq the peer acknowledged (after its commit). `GrpcTransferLink` (the default) speaks
-TransferService.Exchange over a channel from node.transport; `MemoryTransferNetwork`
+TransferService.Exchange over a channel of the node's `Transport`; `MemoryTransferNetwork`
 (node.transfer.memory) joins offloaders in one process, with crashes, pauses and cuts.
 
 Contract (tests/test_transfer_link_contract.py runs it against both): frames arrive in order,
@@ -19,9 +19,9 @@ from typing import Protocol
 import grpc
 from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 
-from node import transport
 from node.errors import PeerUnavailable
 from node.transfer.chunks import ChunkAssembler
+from node.transport import Transport
 
 
 class TransferReceiver(Protocol):
@@ -59,12 +59,14 @@ class TransferLink(Protocol):
 class GrpcTransferLink:
     """TransferLink over gRPC: a channel and an Exchange call per stream."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, channels: Transport, max_message_bytes: int) -> None:
+        self._channels = channels
+        """The node's one channel factory (TLS, keepalive, limits)."""
         self._max_message_bytes = max_message_bytes
 
     async def open(self, address: str) -> TransferStream:
         """Dial `address`; connection errors surface on the first exchange."""
-        channel = transport.create_channel(address, self._max_message_bytes)
+        channel = self._channels.create_channel(address, self._max_message_bytes)
         return _GrpcStream(address, channel, transfer_pb2_grpc.TransferServiceStub(channel).Exchange())
 
 

@@ -27,6 +27,7 @@ from node.transfer.frames import ChunkCursor
 from node.transfer.link import GrpcTransferLink, TransferLink, TransferStream
 from node.transfer.placement import CAPACITY_PROPERTY, PeerPlacement
 from node.transfer.store import TransferStore
+from node.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class Offloader:
         link: TransferLink | None = None,
     ) -> None:
         self.manager = manager
-        self.link: TransferLink = link or GrpcTransferLink(manager.max_payload_bytes + FRAME_MAX_BYTES)
+        self.link: TransferLink = link or GrpcTransferLink(
+            Transport(), manager.max_payload_bytes + FRAME_MAX_BYTES
+        )
         """How frames reach peers (gRPC unless a test joins nodes in memory, see link.py)."""
         self.topology = topology
         self.placement = placement

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import pytest
 
@@ -10,7 +10,10 @@ from .launcher import NodeFactory, NodeProcess
 
 
 def shared_node(
-    name: str, consumers: Iterable[str] = (), settings: Mapping[str, object] | None = None
+    name: str,
+    consumers: Iterable[str] = (),
+    settings: Mapping[str, object] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Callable[..., NodeProcess]:
     """A module-scoped `node` fixture: one node process, started once for the module's tests.
 
@@ -19,6 +22,6 @@ def shared_node(
     """
 
     def node(module_nodes: NodeFactory) -> NodeProcess:
-        return module_nodes.start(name, consumers, settings)
+        return module_nodes.start(name, consumers, settings, extra_args=extra_args)
 
     return pytest.fixture(scope="module", name="node")(node)

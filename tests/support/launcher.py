@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,6 +26,8 @@ import grpc
 from jobmesh.v1 import jobs_pb2_grpc, queues_pb2_grpc, schedules_pb2_grpc
 
 from node import JobState
+from node.security.cluster import CLUSTER_DIR, ClusterFiles
+from node.transport import Keepalive, Transport, client_transport
 
 from .waiting import DEFAULT_TIMEOUT_S, async_wait_for, wait_for
 
@@ -59,6 +62,22 @@ def proc_stats(pid: int) -> ProcStats:
     return ProcStats(values["VmRSS"], values["VmHWM"], cpu)
 
 
+def shared_cluster(root: Path) -> Path:
+    """A data dir under `root` holding a cluster CA with its key (made on first use)."""
+    path = root / "shared-cluster"
+    if not ClusterFiles(path).has_ca():
+        ClusterFiles(path).init()
+    return path
+
+
+def seed_cluster(data_dir: Path, cluster: Path) -> Path:
+    """Put the CA (and its key) of `cluster` into a new data dir: at its first start the node
+    issues its own certificate there, so every node seeded so is of one cluster."""
+    if not ClusterFiles(data_dir).has_ca():
+        shutil.copytree(cluster / CLUSTER_DIR, data_dir / CLUSTER_DIR)
+    return data_dir
+
+
 class NodeProcess:
     """One `python -m node run --test-preset` process on a data dir; restartable on the same dir."""
 
@@ -71,8 +90,11 @@ class NodeProcess:
         extra_args: Sequence[str] = (),
         netns: str | None = None,
         dial_host: str | None = None,
+        cluster: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.cluster = cluster
+        """A data dir whose cluster (CA and key) this node joins at its first start; None: its own."""
         self.log_dir = log_dir
         self.consumers = tuple(consumers)
         """`--consumer` specs (`topic/**=module:function`)."""
@@ -113,6 +135,8 @@ class NodeProcess:
         if self.running:
             raise RuntimeError(f"node on {self.data_dir} is already running")
         self._close_channel()  # a channel to an earlier run would dial its old port
+        if self.cluster is not None and "--insecure" not in self.extra_args:
+            seed_cluster(self.data_dir, self.cluster)
         self.runs += 1
         log_path = self.log_dir / f"{self.data_dir.name}-run{self.runs}.log"
         self.log_paths.append(log_path)
@@ -253,11 +277,37 @@ class NodeProcess:
         """The instance id the current run reported."""
         return str(self.info["instance_id"])
 
+    def client_transport(self, keepalive: Keepalive | None = None, token: str | None = None) -> Transport:
+        """A client's transport for this node: its data dir's CA, client certificate and admin
+        token (or `token`); plaintext for an `--insecure` node."""
+        if "--insecure" in self.extra_args:
+            return Transport(keepalive)
+        return client_transport(self.cli_environ(), token, keepalive)
+
+    def cli_environ(self) -> dict[str, str]:
+        """The environment for a `jobmesh` command talking to this node: its data dir's credentials."""
+        return {
+            **os.environ,
+            "JOBMESH_DATA_DIR": str(self.data_dir),
+            "JOBMESH_PROFILE": str(self.data_dir / "no-profile"),
+        }
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `jobmesh ARGS` with this node's credentials (ARGS name the node with --node)."""
+        return subprocess.run(
+            [sys.executable, "-m", "node", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=self.cli_environ(),
+        )
+
     @property
     def channel(self) -> grpc.Channel:
         """A blocking channel to the current run (closed when the node stops)."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = self.client_transport().create_sync_channel(self.address)
         return self._channel
 
     @property
@@ -332,6 +382,14 @@ class NodeFactory:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.nodes: list[NodeProcess] = []
+        self._cluster: Path | None = None
+
+    @property
+    def cluster(self) -> Path:
+        """A data dir holding the CA (with its key) every node of this factory joins by default."""
+        if self._cluster is None:
+            self._cluster = shared_cluster(self.root)
+        return self._cluster
 
     def create(
         self,
@@ -339,10 +397,15 @@ class NodeFactory:
         consumers: Iterable[str] = (),
         settings: Mapping[str, object] | None = None,
         data_dir: Path | None = None,
+        own_cluster: bool = False,
         **options: Unpack[NodeOptions],
     ) -> NodeProcess:
-        """A NodeProcess that is not started yet (data dir `root/name` unless given)."""
-        node = NodeProcess(data_dir or self.root / name, self.root, tuple(consumers), settings, **options)
+        """A NodeProcess that is not started yet (data dir `root/name` unless given), in the
+        factory's cluster unless `own_cluster` (to test clusters that must not mix)."""
+        cluster = None if own_cluster else self.cluster
+        node = NodeProcess(
+            data_dir or self.root / name, self.root, tuple(consumers), settings, cluster=cluster, **options
+        )
         self.nodes.append(node)
         return node
 
