@@ -238,17 +238,10 @@ def test_a_client_on_another_machine_uses_a_bundle_and_a_profile(nodes: NodeFact
 def a_member(nodes: NodeFactory, instance_id: str) -> Transport:
     """Credentials of an authenticated member of the factory's cluster: a node certificate."""
     cluster = ClusterFiles(nodes.cluster)
-    key = pki.new_key()
-    cert = pki.issue(
-        cluster.read_ca_key(),
-        cluster.read_ca(),
-        key.public_key(),
-        pki.INSTANCE_URI_PREFIX + instance_id,
-        (),
-        datetime.timedelta(hours=1),
-    )
+    uri = pki.INSTANCE_URI_PREFIX + instance_id
+    key_pem, cert = cluster.issue_key_and_cert(uri, (), datetime.timedelta(hours=1))
     ca = cluster.ca_cert.read_bytes()
-    return Transport(tls=TlsMaterial(ca, pki.key_pem(key), pki.cert_pem(cert) + ca))
+    return Transport(tls=TlsMaterial(ca, key_pem, pki.cert_pem(cert) + ca))
 
 
 def record(instance_id: str, start_us: int, address: str, incarnation: int, state: PeerState) -> MemberRecord:

@@ -116,16 +116,18 @@ class ClusterFiles:
 
     def issue_client(self, name: str, days: float) -> tuple[bytes, bytes]:
         """A new client key and certificate (PEM) of this cluster, naming `jobmesh:client:<name>`."""
-        key = pki.new_key()
-        cert = pki.issue(
-            self.read_ca_key(),
-            self.read_ca(),
-            key.public_key(),
-            pki.CLIENT_URI_PREFIX + name,
-            (),
-            datetime.timedelta(days=days),
+        key_pem, cert = self.issue_key_and_cert(
+            pki.CLIENT_URI_PREFIX + name, (), datetime.timedelta(days=days)
         )
-        return pki.key_pem(key), pki.cert_pem(cert)
+        return key_pem, pki.cert_pem(cert)
+
+    def issue_key_and_cert(
+        self, uri: str, addresses: tuple[str, ...], lifetime: datetime.timedelta
+    ) -> tuple[bytes, x509.Certificate]:
+        """A fresh key (PEM) and a certificate for it naming `uri`, signed with this CA key."""
+        key = pki.new_key()
+        cert = pki.issue(self.read_ca_key(), self.read_ca(), key.public_key(), uri, addresses, lifetime)
+        return pki.key_pem(key), cert
 
     def client_material(self) -> TlsMaterial | None:
         """TLS material for a client on this machine, if the data dir has it: the local client
@@ -162,16 +164,9 @@ class ClusterFiles:
 
     def issue_own(self, instance_id: str, addresses: tuple[str, ...], lifetime: datetime.timedelta) -> None:
         """Issue this node a fresh key and certificate with its own CA key."""
-        key = pki.new_key()
-        cert = pki.issue(
-            self.read_ca_key(),
-            self.read_ca(),
-            key.public_key(),
-            pki.INSTANCE_URI_PREFIX + instance_id,
-            addresses,
-            lifetime,
+        self.install_node(
+            *self.issue_key_and_cert(pki.INSTANCE_URI_PREFIX + instance_id, addresses, lifetime)
         )
-        self.install_node(pki.key_pem(key), cert)
 
     def material(self) -> TlsMaterial:
         """This node's TLS material (NotInCluster if it has no certificate)."""
