@@ -30,6 +30,8 @@ ENV_PREFIX = "JOBMESH_"
 OTHER_ENV_NAMES = frozenset(
     {
         "JOBMESH_NODE",  # the CLI's default node address
+        "JOBMESH_TOKEN",  # the CLI's bearer token
+        "JOBMESH_PROFILE",  # the CLI's profile file (named nodes and their credentials)
         "JOBMESH_NETNS",  # set inside the private network namespace of scripts/
         "JOBMESH_PRIVATE_NETNS",  # scripts/run: start the node in a private network namespace
         "JOBMESH_VENV",  # scripts/: where the virtual environment lives

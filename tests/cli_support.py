@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support.launcher import NodeProcess
+
 CLI_TIMEOUT_S = 60.0
 
 
@@ -28,6 +30,11 @@ def jobmesh(
         cwd=cwd,
         env=environ,
     )
+
+
+def credentials(node: NodeProcess) -> dict[str, str]:
+    """The environment that gives `jobmesh` a node's local credentials (its CA and admin token)."""
+    return {"JOBMESH_DATA_DIR": str(node.data_dir), "JOBMESH_PROFILE": str(node.data_dir / "no-profile")}
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

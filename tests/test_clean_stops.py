@@ -52,7 +52,7 @@ def test_sigterm_ends_a_node_with_open_watch_worker_and_peer_streams_cleanly_eve
     for run in range(STOPS):
         # With a job watch, a topology watch, a remote worker and offloaded jobs in flight
         # (on a channel of their own: terminate() closes the node's test channel first)
-        streams = grpc.insecure_channel(str(origin.info["address"]))
+        streams = origin.client_transport().create_sync_channel(str(origin.info["address"]))
         jobs = watch(streams, after_seq=-1)
         topology = TopologyWatcher(streams)
         worker = WorkerStream.connect(streams, "stops/local/**")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli_support import failed, jobmesh, ok, ok_json
+from tests.cli_support import credentials, failed, jobmesh, ok, ok_json
 from tests.support.launcher import NodeFactory, NodeProcess
 
 # The target is 10,000 jobs in under 2 s; the suite shares the machine with other work,
@@ -33,7 +33,7 @@ def node(module_nodes: NodeFactory) -> NodeProcess:
 
 
 def cli(node: NodeProcess, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return jobmesh(*args, "--node", node.address, stdin=stdin)
+    return jobmesh(*args, "--node", node.address, stdin=stdin, env=credentials(node))
 
 
 def add_lines(node: NodeProcess, lines: list[dict[str, Any]]) -> list[str]:

@@ -16,7 +16,7 @@ from jobmesh.v1 import workers_pb2, workers_pb2_grpc
 
 from node.cli import build_parser
 from node.cli.common import EXIT_BY_STATUS, EXIT_CODES
-from tests.cli_support import failed, jobmesh, ok, ok_json
+from tests.cli_support import credentials, failed, jobmesh, ok, ok_json
 from tests.support.job_calls import rpc_error
 from tests.support.launcher import TESTS_DIR, NodeFactory, NodeProcess
 from tests.support.waiting import wait_for
@@ -31,7 +31,7 @@ def node(module_nodes: NodeFactory) -> NodeProcess:
 
 
 def cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return jobmesh(*args, "--node", node.address)
+    return jobmesh(*args, "--node", node.address, env=credentials(node))
 
 
 @pytest.fixture
@@ -217,6 +217,10 @@ def test_not_found_job_is_exit_3(node: NodeProcess) -> None:
     assert failed(cli(node, "job", "01a00000-0000-7000-8000-000000000000"), 3).startswith("jobmesh job: ")
 
 
+# Commands that work on a data dir (--data-dir), not on a node they dial.
+DATA_DIR_COMMANDS = frozenset({"run", "cluster", "token", "check"})
+
+
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return dict(found[0].choices) if found else {}
@@ -230,7 +234,7 @@ def _leaf_commands() -> list[list[str]]:
         for action, leaf in leaves.items():
             required = [a for a in leaf._positionals._group_actions if a.nargs is None]
             commands.append([name, *([action] if action else []), *["X"] * len(required)])
-    return [c for c in commands if c[0] != "run"]
+    return [c for c in commands if c[0] not in DATA_DIR_COMMANDS]
 
 
 @pytest.mark.parametrize("command", _leaf_commands(), ids=" ".join)

@@ -62,6 +62,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/" + _TOPOLOGY + "WatchTopology": "read",
     "/" + _TOPOLOGY + "SetInstanceProperties": "admin",
     "/jobmesh.v1.WorkerService/Work": "work",
+    "/jobmesh.v1.WorkerService/ListWorkers": "read",
 }
 """Every method a node serves -> the scope it needs (tests/test_security_scopes.py checks it is complete)."""
 
