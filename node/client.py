@@ -58,6 +58,14 @@ class RpcError(JobmeshError):
         return cls(code, details or "", method)
 
 
+def _method_name(method: Callable[..., Any]) -> str:
+    """`/pkg.Service/Method` of a stub method (bytes on a plain channel, str behind interceptors)."""
+    name = getattr(method, "_method", None)
+    if isinstance(name, bytes):
+        return name.decode()
+    return name if isinstance(name, str) else "?"
+
+
 def set_seconds(message: Message, name: str, seconds: float) -> None:
     """Set the `google.protobuf.Duration` field `name` of `message` to `seconds`."""
     getattr(message, name).FromNanoseconds(round(seconds * 1e9))
@@ -142,7 +150,7 @@ class JobmeshClient:
         try:
             return method(request, timeout=self.timeout_s, wait_for_ready=True)
         except grpc.RpcError as e:
-            raise RpcError.wrap(e, getattr(method, "_method", b"?").decode()) from e
+            raise RpcError.wrap(e, _method_name(method)) from e
 
     def stream(self, method: Callable[..., Any], request: Any, timeout_s: float | None = None) -> Any:
         """Open a server stream (no deadline unless `timeout_s`): iterate it, `cancel()` it when done.

@@ -17,7 +17,14 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from jobmesh.peer.v1 import gather_pb2, gather_pb2_grpc, membership_pb2, transfer_pb2, transfer_pb2_grpc
+from jobmesh.peer.v1 import (
+    cluster_pb2,
+    gather_pb2,
+    gather_pb2_grpc,
+    membership_pb2,
+    transfer_pb2,
+    transfer_pb2_grpc,
+)
 from jobmesh.v1 import (
     jobs_pb2,
     jobs_pb2_grpc,
@@ -89,8 +96,10 @@ JOBMESH_SERVICE_NAMES = (
     transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
     gather_pb2.DESCRIPTOR.services_by_name["GatherService"].full_name,
 )
+# Served only by nodes that admit others (they hold the CA key) in the secure default.
+CLUSTER_SERVICE_NAME = cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name
 # Everything reflection lists (besides the two reflection services themselves).
-SERVICE_NAMES = (*JOBMESH_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class Node:
@@ -238,7 +247,8 @@ class Node:
         trust = await self.trust.prepare(instance_id)
         interceptors = [RequestDecoder(self.bad_requests), *trust, self._stream_shutdown]
         server = self.transport.create_server(config.jobs.max_payload_bytes, interceptors)
-        self.trust.add_servicers(server)
+        admits = self.trust.add_servicers(server)
+        served = (*JOBMESH_SERVICE_NAMES, *([CLUSTER_SERVICE_NAME] if admits else []))
         job_servicer = JobServicer(self.jobs, self._live_peers, self.transport)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
         gather_pb2_grpc.add_GatherServiceServicer_to_server(GatherServicer(job_servicer), server)
@@ -256,11 +266,11 @@ class Node:
         )
         self._health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        add_reflection(server, SERVICE_NAMES)
+        add_reflection(server, (*served, HEALTH_SERVICE_NAME))
         self.port = self.transport.bind(server, config.server.host, config.server.port)
         await server.start()
         self._server = server
-        for name in ("", *JOBMESH_SERVICE_NAMES):
+        for name in ("", *served):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
         await self.topology.start(self.identity, self.port, config.server.host, self.trust.fingerprint)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from jobmesh.v1 import cluster_pb2, cluster_pb2_grpc
+from jobmesh.peer.v1 import cluster_pb2, cluster_pb2_grpc
 
 from node.config import NodeConfig
 from node.discovery.properties import InstanceProperties
@@ -114,12 +114,14 @@ class NodeTrust:
                 problems.append(f"{seed}: {e}")
         raise JobmeshError("cannot join: " + "; ".join(problems))
 
-    def add_servicers(self, server: grpc.aio.Server) -> None:
-        """Serve ClusterService on a node that holds the CA key."""
+    def add_servicers(self, server: grpc.aio.Server) -> bool:
+        """Serve ClusterService on a node that holds the CA key; True if it does."""
         if self.files.admits() and not self._config.security.insecure:
             cluster_pb2_grpc.add_ClusterServiceServicer_to_server(
                 ClusterServicer(self.files, self._lifetime), server
             )
+            return True
+        return False
 
     def start(self) -> None:
         """Start renewing this node's certificate, and sharing token revocations with peers."""

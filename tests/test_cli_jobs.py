@@ -213,7 +213,14 @@ def test_watch_json_writes_one_compact_object_per_line(node: NodeProcess) -> Non
 def test_a_closed_output_pipe_ends_quietly(node: NodeProcess) -> None:
     add_lines(node, [{"topic": "cli/pipe"} for _ in range(3000)])
     command = f"{sys.executable} -m node jobs --topic cli/pipe --all --node {node.address} | head -1; echo ${{PIPESTATUS[0]}} >&2"
-    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=node.cli_environ(),
+    )
     assert result.stdout.split()[0] == "ID"
     assert result.stderr.strip() == "141", result.stderr
 

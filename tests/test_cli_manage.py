@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -180,6 +181,8 @@ def test_timeout_waits_for_a_node_that_is_still_starting(nodes: NodeFactory) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # The node does not exist yet: the client trusts (and holds a token of) its cluster's CA.
+        env={**os.environ, "JOBMESH_DATA_DIR": str(nodes.cluster), "JOBMESH_PROFILE": os.devnull},
     )
     try:
         assert client.stderr is not None

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from node.transport import client_transport
 from tests.dev_scripts import (
     SCRIPTS,
     describe,
@@ -24,9 +24,11 @@ from tests.dev_scripts import (
 )
 
 
-def health(address: str, timeout: float = 5.0) -> int:
-    """The node's overall health status, asked once without waiting for a connection."""
-    with grpc.insecure_channel(address) as channel:
+def health(address: str, data_dir: Path, timeout: float = 5.0) -> int:
+    """The node's overall health status, asked once without waiting for a connection (over TLS,
+    trusting the CA in the node's data dir)."""
+    transport = client_transport({"JOBMESH_DATA_DIR": str(data_dir), "JOBMESH_PROFILE": os.devnull})
+    with transport.create_sync_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service="")
         return int(stub.Check(request, timeout=timeout, wait_for_ready=False).status)
@@ -45,7 +47,7 @@ def test_detach_returns_once_the_node_serves_and_says_where_it_is_and_how_to_sto
         info = read_run_file(data_dir)
         assert info is not None, describe(result)
         pid, address = int(info["pid"]), str(info["address"])
-        assert health(address) == health_pb2.HealthCheckResponse.SERVING
+        assert health(address, data_dir) == health_pb2.HealthCheckResponse.SERVING
         assert pid_running(pid)
         assert os.getsid(pid) == pid
         # And the summary names its address, PID, data dir, log and how to stop it

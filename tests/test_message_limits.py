@@ -20,7 +20,8 @@ PAYLOAD = b"\x5a" * (DEFAULT_RECEIVE_LIMIT + 1024 * 1024)
 
 
 def test_a_payload_over_4_mib_needs_the_receive_limit_the_readme_names(nodes: NodeFactory) -> None:
-    node = nodes.start("limits")
+    # A client with gRPC's defaults: plaintext keeps it minimal (the limits are the same over TLS).
+    node = nodes.start("limits", extra_args=["--insecure"])
     # Given a client with gRPC's default limits: sending a 5 MiB payload works
     with grpc.insecure_channel(node.address) as plain:
         stub = jobs_pb2_grpc.JobServiceStub(plain)
@@ -51,7 +52,7 @@ def test_the_readme_names_the_limit_the_node_really_has() -> None:
 def test_a_client_refusing_a_large_response_leaves_one_warning_line_not_a_traceback(
     nodes: NodeFactory,
 ) -> None:
-    node = nodes.start("limits-log")
+    node = nodes.start("limits-log", extra_args=["--insecure"])
     with grpc.insecure_channel(node.address) as plain:
         stub = jobs_pb2_grpc.JobServiceStub(plain)
         job_id = stub.AddJob(

@@ -17,6 +17,7 @@ import pytest
 
 import node
 from node.transfer.memory import MemoryTransferLink, MemoryTransferNetwork
+from tests.support.launcher import seed_cluster, shared_cluster
 
 pytestmark = pytest.mark.usefixtures("no_thread_leaks")
 
@@ -54,7 +55,8 @@ class Pair:
 def _node(
     path: Path, network: MemoryTransferNetwork, seeds: tuple[str, ...] = ()
 ) -> tuple[node.Node, MemoryTransferLink]:
-    config = node.NodeConfig.for_tests(path)
+    # Both nodes of one cluster (membership runs over real gRPC with mutual TLS).
+    config = node.NodeConfig.for_tests(seed_cluster(path, shared_cluster(path.parent)))
     config = dataclasses.replace(config, discovery=dataclasses.replace(config.discovery, seeds=seeds))
     link = network.link(str(path))
     return node.Node(config, transfer_link=link), link

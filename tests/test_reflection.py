@@ -44,7 +44,8 @@ Ask = Callable[[reflection_pb2.ServerReflectionRequest], reflection_pb2.ServerRe
 
 @pytest.fixture(scope="module")
 def node(module_nodes: NodeFactory) -> NodeProcess:
-    return module_nodes.start("reflection")
+    # grpcurl here dials plaintext; reflection's own scope (read) is checked in test_security_scopes.
+    return module_nodes.start("reflection", extra_args=["--insecure"])
 
 
 @pytest.fixture(params=VERSIONS)

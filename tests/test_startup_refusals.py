@@ -127,7 +127,7 @@ def test_a_port_in_use_is_refused_with_exit_75_naming_port_and_host(tmp_path: Pa
 
     assert run.returncode == 75
     assert (
-        run.stderr.strip()
+        run.stderr.strip().splitlines()[-1]
         == f"jobmesh run: port {port} on 127.0.0.1 is in use (another node?); choose --port"
     )
 

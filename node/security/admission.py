@@ -9,7 +9,7 @@ import logging
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from jobmesh.v1 import cluster_pb2, cluster_pb2_grpc
+from jobmesh.peer.v1 import cluster_pb2, cluster_pb2_grpc
 
 from node.security import pki
 from node.security.cluster import ClusterFiles
@@ -40,9 +40,8 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         self._lifetime = lifetime
         self._tokens = JoinTokens(files)
 
-    def _issue(
-        self, csr_pem: bytes, instance_id: str, addresses: list[str]
-    ) -> cluster_pb2.CertificateResponse:
+    def _issue(self, csr_pem: bytes, instance_id: str, addresses: list[str]) -> dict[str, bytes]:
+        """The fields of a Join/Renew response: the new certificate and the CA's."""
         csr = pki.load_csr(csr_pem)
         public_key = csr.public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
@@ -56,13 +55,11 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
             _addresses(list(addresses)),
             self._lifetime,
         )
-        return cluster_pb2.CertificateResponse(
-            certificate_pem=pki.cert_pem(cert), ca_certificate_pem=pki.cert_pem(ca)
-        )
+        return {"certificate_pem": pki.cert_pem(cert), "ca_certificate_pem": pki.cert_pem(ca)}
 
     async def Join(
         self, request: cluster_pb2.JoinRequest, context: grpc.aio.ServicerContext
-    ) -> cluster_pb2.CertificateResponse:
+    ) -> cluster_pb2.JoinResponse:
         """Redeem a join token for a node certificate."""
         caller = _caller(context)
         if caller.join_token != request.token_id:
@@ -83,15 +80,17 @@ class ClusterServicer(cluster_pb2_grpc.ClusterServiceServicer):
         except pki.PkiError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         log.info("admitted instance %s with join token %s", instance_id, request.token_id)
-        return response
+        return cluster_pb2.JoinResponse(**response)
 
     async def Renew(
         self, request: cluster_pb2.RenewRequest, context: grpc.aio.ServicerContext
-    ) -> cluster_pb2.CertificateResponse:
+    ) -> cluster_pb2.RenewResponse:
         """A fresh certificate for the calling member (its id from its current certificate)."""
         caller = _caller(context)
         try:
-            return self._issue(request.csr_pem, caller.instance_id, list(request.addresses))
+            return cluster_pb2.RenewResponse(
+                **self._issue(request.csr_pem, caller.instance_id, list(request.addresses))
+            )
         except pki.PkiError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         raise AssertionError("unreachable")  # abort raises

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives import serialization
-from jobmesh.v1 import cluster_pb2, cluster_pb2_grpc
+from jobmesh.peer.v1 import cluster_pb2, cluster_pb2_grpc
 
 from node.security import pki
 from node.security.cluster import ClusterFiles

@@ -10,13 +10,13 @@ is derived from the secret. The joining node pins the CA by its fingerprint,
 connects with the bootstrap certificate, and proves the secret with an HMAC
 over its certificate request: the secret itself never travels.
 
-Compatibility rule: fields are only ever added. A field number is never
-changed, renumbered or reused.
+Peer protocol: node-to-node only, OUTSIDE the public compatibility promise
+of jobmesh.v1 (see gather.proto).
 """
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from jobmesh.v1 import cluster_pb2 as _cluster_pb2
+from jobmesh.peer.v1 import cluster_pb2 as _cluster_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -44,9 +44,9 @@ class ClusterServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ClusterServiceAsyncStub: ...
-    Join: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.JoinRequest, _cluster_pb2.CertificateResponse]
+    Join: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.JoinRequest, _cluster_pb2.JoinResponse]
     """A new node asks for its certificate with a join token."""
-    Renew: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.RenewRequest, _cluster_pb2.CertificateResponse]
+    Renew: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.RenewRequest, _cluster_pb2.RenewResponse]
     """A member asks for a fresh certificate before its current one expires;
     the instance id is the one in the caller's current certificate.
     """
@@ -56,9 +56,9 @@ class ClusterServiceAsyncStub(ClusterServiceStub):
     """Admission to the cluster, served by nodes that hold the CA key."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Join: _aio.UnaryUnaryMultiCallable[_cluster_pb2.JoinRequest, _cluster_pb2.CertificateResponse]  # type: ignore[assignment]
+    Join: _aio.UnaryUnaryMultiCallable[_cluster_pb2.JoinRequest, _cluster_pb2.JoinResponse]  # type: ignore[assignment]
     """A new node asks for its certificate with a join token."""
-    Renew: _aio.UnaryUnaryMultiCallable[_cluster_pb2.RenewRequest, _cluster_pb2.CertificateResponse]  # type: ignore[assignment]
+    Renew: _aio.UnaryUnaryMultiCallable[_cluster_pb2.RenewRequest, _cluster_pb2.RenewResponse]  # type: ignore[assignment]
     """A member asks for a fresh certificate before its current one expires;
     the instance id is the one in the caller's current certificate.
     """
@@ -71,7 +71,7 @@ class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _cluster_pb2.JoinRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cluster_pb2.CertificateResponse, _abc.Awaitable[_cluster_pb2.CertificateResponse]]:
+    ) -> _typing.Union[_cluster_pb2.JoinResponse, _abc.Awaitable[_cluster_pb2.JoinResponse]]:
         """A new node asks for its certificate with a join token."""
 
     @_abc_1.abstractmethod
@@ -79,7 +79,7 @@ class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _cluster_pb2.RenewRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cluster_pb2.CertificateResponse, _abc.Awaitable[_cluster_pb2.CertificateResponse]]:
+    ) -> _typing.Union[_cluster_pb2.RenewResponse, _abc.Awaitable[_cluster_pb2.RenewResponse]]:
         """A member asks for a fresh certificate before its current one expires;
         the instance id is the one in the caller's current certificate.
         """

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from jobmesh.v1 import cluster_pb2 as jobmesh_dot_v1_dot_cluster__pb2
+from jobmesh.peer.v1 import cluster_pb2 as jobmesh_dot_peer_dot_v1_dot_cluster__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in jobmesh/v1/cluster_pb2_grpc.py depends on'
+        + ' but the generated code in jobmesh/peer/v1/cluster_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,14 +36,14 @@ class ClusterServiceStub:
             channel: A grpc.Channel.
         """
         self.Join = channel.unary_unary(
-                '/jobmesh.v1.ClusterService/Join',
-                request_serializer=jobmesh_dot_v1_dot_cluster__pb2.JoinRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_cluster__pb2.CertificateResponse.FromString,
+                '/jobmesh.peer.v1.ClusterService/Join',
+                request_serializer=jobmesh_dot_peer_dot_v1_dot_cluster__pb2.JoinRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_peer_dot_v1_dot_cluster__pb2.JoinResponse.FromString,
                 _registered_method=True)
         self.Renew = channel.unary_unary(
-                '/jobmesh.v1.ClusterService/Renew',
-                request_serializer=jobmesh_dot_v1_dot_cluster__pb2.RenewRequest.SerializeToString,
-                response_deserializer=jobmesh_dot_v1_dot_cluster__pb2.CertificateResponse.FromString,
+                '/jobmesh.peer.v1.ClusterService/Renew',
+                request_serializer=jobmesh_dot_peer_dot_v1_dot_cluster__pb2.RenewRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_peer_dot_v1_dot_cluster__pb2.RenewResponse.FromString,
                 _registered_method=True)
 
 
@@ -71,19 +71,19 @@ def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
-                    request_deserializer=jobmesh_dot_v1_dot_cluster__pb2.JoinRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_cluster__pb2.CertificateResponse.SerializeToString,
+                    request_deserializer=jobmesh_dot_peer_dot_v1_dot_cluster__pb2.JoinRequest.FromString,
+                    response_serializer=jobmesh_dot_peer_dot_v1_dot_cluster__pb2.JoinResponse.SerializeToString,
             ),
             'Renew': grpc.unary_unary_rpc_method_handler(
                     servicer.Renew,
-                    request_deserializer=jobmesh_dot_v1_dot_cluster__pb2.RenewRequest.FromString,
-                    response_serializer=jobmesh_dot_v1_dot_cluster__pb2.CertificateResponse.SerializeToString,
+                    request_deserializer=jobmesh_dot_peer_dot_v1_dot_cluster__pb2.RenewRequest.FromString,
+                    response_serializer=jobmesh_dot_peer_dot_v1_dot_cluster__pb2.RenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'jobmesh.v1.ClusterService', rpc_method_handlers)
+            'jobmesh.peer.v1.ClusterService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('jobmesh.v1.ClusterService', rpc_method_handlers)
+    server.add_registered_method_handlers('jobmesh.peer.v1.ClusterService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -105,9 +105,9 @@ class ClusterService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/jobmesh.v1.ClusterService/Join',
-            jobmesh_dot_v1_dot_cluster__pb2.JoinRequest.SerializeToString,
-            jobmesh_dot_v1_dot_cluster__pb2.CertificateResponse.FromString,
+            '/jobmesh.peer.v1.ClusterService/Join',
+            jobmesh_dot_peer_dot_v1_dot_cluster__pb2.JoinRequest.SerializeToString,
+            jobmesh_dot_peer_dot_v1_dot_cluster__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -132,9 +132,9 @@ class ClusterService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/jobmesh.v1.ClusterService/Renew',
-            jobmesh_dot_v1_dot_cluster__pb2.RenewRequest.SerializeToString,
-            jobmesh_dot_v1_dot_cluster__pb2.CertificateResponse.FromString,
+            '/jobmesh.peer.v1.ClusterService/Renew',
+            jobmesh_dot_peer_dot_v1_dot_cluster__pb2.RenewRequest.SerializeToString,
+            jobmesh_dot_peer_dot_v1_dot_cluster__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,8 +10,8 @@ is derived from the secret. The joining node pins the CA by its fingerprint,
 connects with the bootstrap certificate, and proves the secret with an HMAC
 over its certificate request: the secret itself never travels.
 
-Compatibility rule: fields are only ever added. A field number is never
-changed, renumbered or reused.
+Peer protocol: node-to-node only, OUTSIDE the public compatibility promise
+of jobmesh.v1 (see gather.proto).
 """
 
 from collections import abc as _abc
@@ -98,7 +98,7 @@ class RenewRequest(_message.Message):
 Global___RenewRequest: _TypeAlias = RenewRequest  # noqa: Y015
 
 @_typing.final
-class CertificateResponse(_message.Message):
+class JoinResponse(_message.Message):
     """A certificate issued by the cluster CA."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -121,4 +121,30 @@ class CertificateResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CertificateResponse: _TypeAlias = CertificateResponse  # noqa: Y015
+Global___JoinResponse: _TypeAlias = JoinResponse  # noqa: Y015
+
+@_typing.final
+class RenewResponse(_message.Message):
+    """The renewed certificate, issued by the cluster CA (fields as in JoinResponse)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.bytes
+    """PEM of the new node certificate."""
+    ca_certificate_pem: _builtins.bytes
+    """PEM of the cluster CA certificate."""
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.bytes = ...,
+        ca_certificate_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate_pem", b"ca_certificate_pem", "certificate_pem", b"certificate_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewResponse: _TypeAlias = RenewResponse  # noqa: Y015
