@@ -94,7 +94,7 @@ def test_the_peer_protocol_says_it_is_outside_the_compatibility_promise(
 ) -> None:
     peer = [f for f in files if f.package == PEER]
     assert {f.name for f in peer} == {
-        f"jobmesh/peer/v1/{name}.proto" for name in ("gather", "membership", "transfer")
+        f"jobmesh/peer/v1/{name}.proto" for name in ("cluster", "gather", "membership", "transfer")
     }
     for f in peer:
         header = (PROTO_ROOT / f.name).read_text().split("\nsyntax =")[0]

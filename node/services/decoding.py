@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 import grpc
 
 from node.errors import InvalidArgument
+from node.services.wrapping import WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +66,18 @@ class BadRequestCounter:
             self._last_log = now
 
 
-class RequestDecoder(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RequestDecoder(WrappingInterceptor):
     """Server interceptor: every method decodes its own requests (see the module docstring)."""
 
     def __init__(self, counter: BadRequestCounter | None = None) -> None:
+        super().__init__()
         self.counter = counter or BadRequestCounter()
-        # Handlers are registered once per method: wrap each once, not on every call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """The handler with the identity deserializer, decoding inside."""
+        if handler.request_deserializer is None:
             return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, _decoding_handler(handler, method, self.counter))
-            self._wrapped[method] = cached
-        return cached[1]
+        return _decoding_handler(handler, method, self.counter)
 
 
 def _type_name(deserialize: Decode) -> str:

@@ -13,41 +13,29 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from node.services.wrapping import WrappingInterceptor
+
 SHUTTING_DOWN = "the node is shutting down; reconnect (to another node, or here after its restart) and resume"
 
 
-class StreamShutdown(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class StreamShutdown(WrappingInterceptor):
     """Server interceptor ending every open generator stream at `close()` (event loop only)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._closing = asyncio.Event()
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def close(self) -> None:
         """End every open stream now, and every stream opened from now on at once."""
         self._closing.set()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, self._wrap(handler))
-            self._wrapped[method] = cached
-        return cached[1]
-
-    def _wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """Generator streams end at `close()`; every other handler is left as it is."""
         options = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
