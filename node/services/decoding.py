@@ -17,6 +17,7 @@ cannot flood the log with them.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -208,5 +209,11 @@ def _streaming(
             return await start(raw, context, request)
         except UndecodableRequest as e:
             await _abort_undecodable(context, e)
+        except asyncio.CancelledError:
+            # grpc cancels the streams still open when the server stops; the servicers
+            # (WorkerService.Work, TransferService.Exchange) end quietly then, but the cancellation
+            # can also land in a wrapper around them. Ending normally keeps grpc from logging it
+            # as an unhandled error: nobody is left to answer.
+            return None
 
     return coroutine
