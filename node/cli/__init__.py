@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from node.cli import add, commands, common, manage, queues, run, schedules, topics, topology, workers
+from node.cli import add, check, commands, common, manage, queues, run, schedules, topics, topology, workers
 
 
 def version() -> str:
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     workers.add_parser(sub)
     topology.add_parsers(sub)
     topics.add_parser(sub)
+    check.add_parser(sub)
     return parser
 
 
