@@ -20,6 +20,7 @@ from node.errors import PayloadDamaged
 from node.journal.connection import Durability, open_connection
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
+from node.journal.payloads import PAYLOAD_OUTPUT, store_payload
 from node.journal.records import NewJobRecord
 from node.journal.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from node.model.job import JobState
@@ -191,5 +192,35 @@ async def test_a_job_with_a_damaged_payload_is_dropped_instead_of_sent_to_a_peer
         bad = await jobs.get_job("bad")
         assert bad.state is JobState.DROPPED
         assert "damaged" in bad.result_message
+    finally:
+        journal.close()
+
+
+async def test_a_damaged_output_is_left_out_of_the_report_to_the_origin(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "target.sqlite")
+    try:
+        # Given a job of `origin` that finished here with an output, damaged since
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, "target")
+        await jobs.add_jobs([dataclasses.replace(_record("j1", b"in", "target"), origin="origin")])
+
+        def finish(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE jobs SET state = 3, finished_us = 9, result_message = 'done', output_size = 3")
+            store_payload(c, 1, PAYLOAD_OUTPUT, b"out")
+            c.execute("UPDATE payloads SET data = x'000000' WHERE kind = ?", (PAYLOAD_OUTPUT,))
+            c.execute("INSERT INTO outbox (peer, kind, job_id, epoch) VALUES ('origin', 2, 'j1', 0)")
+
+        await journal.write(finish)
+
+        # When its report is built
+        frame = await store.next_frame("origin", 0, 10, 1 << 20)
+
+        # Then the report goes without the damaged bytes, and its message says why
+        assert frame is not None
+        (report,) = frame.reports
+        assert report.output_payload == b""
+        assert report.result_message.startswith(
+            "done; output not sent: job j1: its output payload is damaged"
+        )
     finally:
         journal.close()
