@@ -6,10 +6,12 @@ recognisable pattern written as the payload (SQLite's integrity_check does not n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sqlite3
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -35,18 +37,13 @@ EXIT_IN_USE = 5
 PATTERN = b"JOBMESH-INTEGRITY-PATTERN-0123456789-" * 200
 
 
+# A queued job of topic t/a from `origin` (id, topic, properties, queue, origin, target,
+# max_retries, created_us, payload); each test gives it an id, a payload and a target.
+_JOB = NewJobRecord("", "t/a", None, "main", "origin", None, 3, 1, None)
+
+
 def _record(job_id: str, payload: bytes, target: str | None = None) -> NewJobRecord:
-    return NewJobRecord(
-        id=job_id,
-        topic="t/a",
-        properties_json=None,
-        queue="main",
-        origin="origin",
-        target=target,
-        max_retries=3,
-        created_us=1,
-        payload=payload,
-    )
+    return dataclasses.replace(_JOB, id=job_id, payload=payload, target=target)
 
 
 def _damage_journal(journal: Path, pattern: bytes) -> None:
@@ -172,15 +169,24 @@ async def test_damage_is_counted_per_read_and_logged_once_per_payload(
         journal.close()
 
 
-async def test_a_job_with_a_damaged_payload_is_dropped_instead_of_sent_to_a_peer(tmp_path: Path) -> None:
-    journal = Journal.open(tmp_path / "origin.sqlite")
+@contextlib.asynccontextmanager
+async def _transfer_store(
+    path: Path, local_id: str
+) -> AsyncIterator[tuple[Journal, JobStore, TransferStore]]:
+    journal = Journal.open(path)
     try:
-        # Given two jobs offloaded to `peer`, the first one's payload damaged at rest
         jobs = JobStore(journal)
-        store = TransferStore(journal, jobs, "origin")
+        yield journal, jobs, TransferStore(journal, jobs, local_id)
+    finally:
+        journal.close()
+
+
+async def test_a_job_with_a_damaged_payload_is_dropped_instead_of_sent_to_a_peer(tmp_path: Path) -> None:
+    async with _transfer_store(tmp_path / "origin.sqlite", "origin") as (journal, jobs, store):
+        # Given two jobs offloaded to `peer`, the first one's payload damaged at rest
         await jobs.add_jobs([_record("bad", b"bad bytes", "peer")])
         await journal.write(_damage_in_place)
-        await jobs.add_jobs([dataclasses.replace(_record("good", b"good bytes", "peer"))])
+        await jobs.add_jobs([_record("good", b"good bytes", "peer")])
 
         # When the next frame for the peer is built
         frame = await store.next_frame("peer", 0, 10, 1 << 20)
@@ -192,17 +198,12 @@ async def test_a_job_with_a_damaged_payload_is_dropped_instead_of_sent_to_a_peer
         bad = await jobs.get_job("bad")
         assert bad.state is JobState.DROPPED
         assert "damaged" in bad.result_message
-    finally:
-        journal.close()
 
 
 async def test_a_damaged_output_is_left_out_of_the_report_to_the_origin(tmp_path: Path) -> None:
-    journal = Journal.open(tmp_path / "target.sqlite")
-    try:
+    async with _transfer_store(tmp_path / "target.sqlite", "target") as (journal, jobs, store):
         # Given a job of `origin` that finished here with an output, damaged since
-        jobs = JobStore(journal)
-        store = TransferStore(journal, jobs, "target")
-        await jobs.add_jobs([dataclasses.replace(_record("j1", b"in", "target"), origin="origin")])
+        await jobs.add_jobs([_record("j1", b"in", "target")])
 
         def finish(c: sqlite3.Connection) -> None:
             c.execute("UPDATE jobs SET state = 3, finished_us = 9, result_message = 'done', output_size = 3")
@@ -222,5 +223,3 @@ async def test_a_damaged_output_is_left_out_of_the_report_to_the_origin(tmp_path
         assert report.result_message.startswith(
             "done; output not sent: job j1: its output payload is damaged"
         )
-    finally:
-        journal.close()

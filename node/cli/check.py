@@ -78,12 +78,11 @@ def _handle(args: argparse.Namespace, environ: dict[str, str]) -> int:
     lock = DataDirLock(data_dir)
     try:
         lock.acquire()
-    except DataDirInUse as e:
-        print(f"jobmesh check: {e}; check reads a stopped node's journal", file=sys.stderr)
-        return EXIT_PRECONDITION
-    except JournalError as e:
-        print(f"jobmesh check: {e}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+    except JournalError as e:  # DataDirInUse: a node runs there; else the dir cannot be used
+        in_use = isinstance(e, DataDirInUse)
+        hint = "; check reads a stopped node's journal" if in_use else ""
+        print(f"jobmesh check: {e}{hint}", file=sys.stderr)
+        return EXIT_PRECONDITION if in_use else EXIT_NOT_FOUND
     try:
         report = check_journal(path)
     finally:
