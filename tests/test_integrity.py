@@ -104,7 +104,9 @@ def test_damaged_payload_is_data_loss_its_consumer_never_runs_and_check_finds_it
     # While the clean job runs with its intact payload
     wait_for_state(node.stub, clean_id, jobs_pb2.JOB_STATE_SUCCEEDED)
     assert get_job(node.stub, clean_id, include_payloads=True).payload == b"clean bytes"
-    # And the log has one ERROR for the damaged payload, not one per read
+    # And the node counts one damaged payload, and logs one ERROR for it, not one per read
+    statistics = node.stub.GetStatistics(jobs_pb2.GetStatisticsRequest())
+    assert statistics.damaged_payloads == 1
     assert node.log_text().count(f"job {damaged_id}: its input payload is damaged") == 1
 
     # And `jobmesh check` refuses, in one line, while the node runs
