@@ -81,6 +81,8 @@ class TransferStore:
         job = select_job(conn, damage.job_id)
         if job is not None and not job.state.is_finished:
             finish_job(conn, self.journal.recorder, job, JobState.DROPPED, str(damage), now_us())
+            # A copy sent before the damage, under this epoch, is removed from the target too.
+            self.outbox.job_cancelled(conn, job.id, removed=True)
 
     async def apply(
         self,
