@@ -42,6 +42,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import sqlite3
@@ -149,15 +150,17 @@ class BenchNode:
 # --- requests --------------------------------------------------------------------------------
 
 
-def bench_job(topic: str, index: int) -> jobs_pb2.NewJob:
+def bench_job(topic: str, index: int, payload: bytes = b"") -> jobs_pb2.NewJob:
     """A job with two small properties (an int that varies and a string), like a real client's."""
-    return new_job(topic, n=index, group=f"g{index % 100}")
+    return new_job(topic, payload, n=index, group=f"g{index % 100}")
 
 
-def add_requests(topic: str, batch: int, distinct: int = 16) -> list[jobs_pb2.AddJobsRequest]:
+def add_requests(
+    topic: str, batch: int, distinct: int = 16, payload: bytes = b""
+) -> list[jobs_pb2.AddJobsRequest]:
     """A few distinct prebuilt AddJobs requests, cycled by the senders (client cost stays low)."""
     return [
-        jobs_pb2.AddJobsRequest(jobs=[bench_job(topic, r * batch + i) for i in range(batch)])
+        jobs_pb2.AddJobsRequest(jobs=[bench_job(topic, r * batch + i, payload) for i in range(batch)])
         for r in range(distinct)
     ]
 
@@ -227,6 +230,12 @@ class Settings:
     latency_seconds: float
     memory_jobs: int
     query_repeats: int
+    payload_bytes: int = 0
+    """Input payload of each job in the add and lifecycle scenarios (random bytes, 0: none)."""
+
+    @property
+    def payload(self) -> bytes:
+        return random.Random(self.payload_bytes).randbytes(self.payload_bytes)
 
 
 Metrics = dict[str, float]
@@ -235,7 +244,7 @@ Metrics = dict[str, float]
 async def scenario_add(s: Settings, durability: str) -> Metrics:
     async with BenchNode(s.work, None, durability) as node:
         stub = node.stub
-        requests = add_requests("idle/add", s.batch)
+        requests = add_requests("idle/add", s.batch, payload=s.payload)
         await send_batches(stub, requests, 2, 2)  # warm-up (connections, threads); not counted
         calls = max(1, s.add_jobs // s.batch)
         cpu0 = node.stats().cpu_s
@@ -257,7 +266,7 @@ async def scenario_lifecycle(s: Settings, consumer: str) -> Metrics:
         topic = "bench/lifecycle"
         await send_batches(stub, add_requests("bench/warmup", 100, 1), 1, 1)  # warm-up: 100 jobs
         await succeeded(stub, "bench/warmup", 100, 30)
-        requests = add_requests(topic, s.batch)
+        requests = add_requests(topic, s.batch, payload=s.payload)
         calls = max(1, s.lifecycle_jobs // s.batch)
         total = calls * s.batch
         timeout_s = max(60.0, total / 200)  # bounded even if the node is very slow
@@ -683,6 +692,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-rate", type=float, default=300, help="AddJob calls/s in the latency run (300)")
     p.add_argument("--latency-seconds", type=float, default=10, help="length of a latency run (10 s)")
     p.add_argument("--memory-jobs", type=int, default=1_000_000, help="jobs in the memory run (1,000,000)")
+    p.add_argument(
+        "--payload-bytes", type=int, default=0, help="input payload per job in add and lifecycle (default 0)"
+    )
     p.add_argument("--work-dir", type=Path, help="where node data dirs go (default: a temp dir)")
     p.add_argument(
         "--insecure", action="store_true", help="nodes serve plaintext (default: mutual TLS and tokens)"
@@ -717,6 +729,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[Result]:
         latency_seconds=args.latency_seconds,
         memory_jobs=args.memory_jobs,
         query_repeats=20,
+        payload_bytes=args.payload_bytes,
     )
     chosen = args.scenarios.split(",")
     batch = f"batches of {s.batch}, {s.in_flight} in flight"

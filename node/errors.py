@@ -77,3 +77,15 @@ class IdentityMismatch(JournalError):
 
 class AddressInUse(ConfigError):
     """The server's host:port is taken (another node?)."""
+
+
+class DataLoss(JobmeshError):
+    """Stored data is damaged: it is reported, never served as good data."""
+
+
+class PayloadDamaged(DataLoss):
+    """A stored payload does not match the checksum it was stored with."""
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id

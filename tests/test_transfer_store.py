@@ -237,8 +237,9 @@ async def test_a_large_payload_travels_in_bounded_chunks_and_arrives_byte_identi
                 "UPDATE jobs SET state = 3, finished_us = 9, output_size = ? WHERE id = 'big'", (len(output),)
             )
             c.execute(
-                "INSERT INTO payloads (job_seq, kind, data) SELECT seq, 2, ? FROM jobs WHERE id = 'big'",
-                (output,),
+                "INSERT INTO payloads (job_seq, kind, data, crc32) SELECT seq, 2, ?, jobmesh_crc32(?) "
+                "FROM jobs WHERE id = 'big'",
+                (output, output),
             )
             c.execute("INSERT INTO outbox (peer, kind, job_id, epoch) VALUES ('origin', 2, 'big', 0)")
 

@@ -8,7 +8,20 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from node.cli import add, cluster, commands, common, manage, queues, run, schedules, topics, topology, workers
+from node.cli import (
+    add,
+    check,
+    cluster,
+    commands,
+    common,
+    manage,
+    queues,
+    run,
+    schedules,
+    topics,
+    topology,
+    workers,
+)
 
 
 def version() -> str:
@@ -41,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     topology.add_parsers(sub)
     topics.add_parser(sub)
     cluster.add_parsers(sub)
+    check.add_parser(sub)
     return parser
 
 

@@ -33,6 +33,7 @@ EXIT_UNAVAILABLE = 4
 EXIT_PRECONDITION = 5
 EXIT_TIMEOUT = 6
 EXIT_DENIED = 7
+EXIT_DAMAGED = 8
 EXIT_INTERNAL = 70
 EXIT_CONFIG = 78  # EX_CONFIG, from `jobmesh run`
 EXIT_INTERRUPTED = 130
@@ -47,6 +48,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_PRECONDITION, "the state does not allow that (e.g. retry of a job that is not finished)"),
     (EXIT_TIMEOUT, "timed out waiting for a job (--wait-timeout)"),
     (EXIT_DENIED, "not authenticated or not allowed"),
+    (EXIT_DAMAGED, "stored data is damaged (DATA_LOSS; `jobmesh check` found damage)"),
     (EXIT_INTERNAL, "unexpected error from the node"),
     (EXIT_CONFIG, "configuration error (`jobmesh run`)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
@@ -67,6 +69,7 @@ EXIT_BY_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.ABORTED: EXIT_PRECONDITION,
     grpc.StatusCode.UNAUTHENTICATED: EXIT_DENIED,
     grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
+    grpc.StatusCode.DATA_LOSS: EXIT_DAMAGED,
 }
 
 DEFAULT_TIMEOUT_S = 10.0

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from node.errors import ConsumerGone, Unavailable
+from node.errors import ConsumerGone, PayloadDamaged, Unavailable
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import Deferred, JobContext
@@ -330,7 +330,13 @@ class QueueRunner:
             return None
         try:
             if job.payload_size:
-                job = replace(job, payload=await self._store.get_payload(job.id))
+                try:
+                    payload = await self._store.get_payload(job.id)
+                except PayloadDamaged as e:
+                    # The consumer never sees damaged bytes. No retry can mend them, so the job
+                    # ends now in ERROR (CANCELLED) instead of spending its retries on the same bytes.
+                    return JobResult.cancelled(str(e))
+                job = replace(job, payload=payload)
                 context.job = job
             if consumer.is_async:
                 result = await consumer.handler(job, context)  # type: ignore[misc]

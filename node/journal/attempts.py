@@ -12,6 +12,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Sequence
 
+from node.journal.payloads import store_payload
 from node.journal.records import (
     ACTIVE,
     PAYLOAD_OUTPUT,
@@ -73,10 +74,7 @@ class Attempts(JobStorePart):
             )
         seq, topic, queue = row["seq"], row["topic"], row["queue"]
         if report.output and state is not JobState.QUEUED:
-            conn.execute(
-                "INSERT OR REPLACE INTO payloads (job_seq, kind, data) VALUES (?, ?, ?)",
-                (seq, PAYLOAD_OUTPUT, report.output),
-            )
+            store_payload(conn, seq, PAYLOAD_OUTPUT, report.output)
         kind, outcome = end_event(state)
         recorder = self._recorder
         recorder.event(

@@ -7,6 +7,7 @@ from enum import Enum
 from pathlib import Path
 
 from node.errors import JournalError
+from node.journal.payloads import register_checksum
 
 _CACHE_KIB = 16 * 1024  # page cache per connection; jobs are never held in Python memory
 
@@ -40,6 +41,7 @@ def open_connection(path: Path, durability: Durability, *, readonly: bool = Fals
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA foreign_keys = OFF")
+        register_checksum(conn)  # the v4 migration and `jobmesh check` compute checksums in SQL
         return conn
     except sqlite3.Error as e:
         hint = ""

@@ -18,6 +18,7 @@ from node.errors import JobNotFound
 from node.journal.attempts import Attempts
 from node.journal.claims import Claims
 from node.journal.controls import Controls
+from node.journal.payloads import read_payload, store_input_payloads
 from node.journal.records import (
     COLUMNS,
     PAYLOAD_INPUT,
@@ -88,10 +89,7 @@ class JobStore(Claims, Attempts, Controls):
         )
         with_payload = [r for r in fresh if r.payload]
         if with_payload:
-            conn.executemany(
-                "INSERT INTO payloads (job_seq, kind, data) SELECT seq, ?, ? FROM jobs WHERE id = ?",
-                [(PAYLOAD_INPUT, r.payload, r.id) for r in with_payload],
-            )
+            store_input_payloads(conn, [(r.id, r.payload) for r in with_payload if r.payload])
         if fresh:
             self._hook.jobs_added(conn, fresh)
         return added
@@ -111,14 +109,11 @@ class JobStore(Claims, Attempts, Controls):
                 raise JobNotFound(f"no job with id {job_id!r} on this node")
             job = row_to_job(row)
             if include_payloads:
-                payloads = {
-                    p["kind"]: p["data"]
-                    for p in conn.execute("SELECT kind, data FROM payloads WHERE job_seq = ?", (job.seq,))
-                }
+                integrity = self.journal.integrity
                 job = replace(
                     job,
-                    payload=payloads.get(PAYLOAD_INPUT, b""),
-                    output_payload=payloads.get(PAYLOAD_OUTPUT, b""),
+                    payload=read_payload(conn, integrity, job_id, job.seq, PAYLOAD_INPUT) or b"",
+                    output_payload=read_payload(conn, integrity, job_id, job.seq, PAYLOAD_OUTPUT) or b"",
                 )
             if include_log:
                 lines = conn.execute(
@@ -130,14 +125,17 @@ class JobStore(Claims, Attempts, Controls):
         return await self.journal.read(select)
 
     async def get_payload(self, job_id: str) -> bytes | None:
-        """The input payload of a job (None if it has none)."""
+        """The verified input payload of a job (None if it has none), or PayloadDamaged."""
         row = await self.journal.read(
             lambda c: c.execute(
-                "SELECT data FROM payloads JOIN jobs ON jobs.seq = payloads.job_seq WHERE jobs.id = ? AND kind = ?",
+                "SELECT data, crc32 FROM payloads JOIN jobs ON jobs.seq = payloads.job_seq "
+                "WHERE jobs.id = ? AND kind = ?",
                 (job_id, PAYLOAD_INPUT),
             ).fetchone()
         )
-        return None if row is None else bytes(row["data"])
+        if row is None:
+            return None
+        return self.journal.integrity.verify(job_id, PAYLOAD_INPUT, bytes(row["data"]), row["crc32"])
 
     async def find_jobs(self, query: JobQuery) -> JobPage:
         """One page of jobs matching `query`, with the total count over all pages."""

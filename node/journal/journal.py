@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from node.errors import Unavailable
 from node.journal.connection import Durability, open_connection
 from node.journal.hooks import JournalHook, NoHook
+from node.journal.payloads import PayloadIntegrity
 from node.journal.recorder import Recorder, row_to_event
 from node.journal.schema import migrate
 from node.journal.writer import JournalWriter
@@ -62,6 +63,8 @@ class Journal:
         self._closed = False
         self.head_seq = head_seq
         """The newest committed event's sequence number."""
+        self.integrity = PayloadIntegrity(path)
+        """Verifies payloads read from this journal and counts the damaged ones."""
         self._events_committed = asyncio.Event()
         self._listeners: list[EventListener] = []
         self.recorder = Recorder(head_seq + 1, asyncio.get_running_loop(), self._publish)

@@ -15,19 +15,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from node.errors import InvalidArgument
+from node.journal.payloads import PAYLOAD_INPUT, PAYLOAD_OUTPUT
 from node.model.job import Job, JobState, Outcome
 from node.model.queues import QueueConfig
 from node.templates import Template
 from node.topics import TopicPattern
 
+__all__ = ["PAYLOAD_INPUT", "PAYLOAD_OUTPUT"]  # re-exported: the stores name the kinds from here
+
 if TYPE_CHECKING:
     from node.journal.hooks import JournalHook
     from node.journal.journal import Journal
 
-PAYLOAD_INPUT = 1
-"""payloads.kind of a job's input payload."""
-PAYLOAD_OUTPUT = 2
-"""payloads.kind of a job's output payload."""
 
 QUEUED = f"{JobState.QUEUED:d}"
 ACTIVE = f"{JobState.ACTIVE:d}"

@@ -135,6 +135,12 @@ MIGRATIONS: tuple[str, ...] = (
         setting INTEGER NOT NULL                 -- 2 disabled, 3 exclusive (enabled: no row)
     );
     """,
+    # v4: integrity at rest: every payload carries its checksum (see node/journal/payloads.py);
+    # the payloads stored before get theirs here, computed from the bytes as they are now.
+    """
+    ALTER TABLE payloads ADD COLUMN crc32 INTEGER NOT NULL DEFAULT 0;
+    UPDATE payloads SET crc32 = jobmesh_crc32(data);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -112,6 +112,7 @@ async def statistics(
             _add(total.queues[name], stats)
         for name, stats in response.topics.items():
             _add(total.topics[name], stats)
+        total.damaged_payloads += response.damaged_payloads
     return total
 
 

@@ -213,6 +213,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             response.queues[name].CopyFrom(stats.to_proto())
         for name, stats in report.topics.items():
             response.topics[name].CopyFrom(stats.to_proto())
+        response.damaged_payloads = self._manager.store.journal.integrity.damaged_payloads
         return response
 
     @rpc

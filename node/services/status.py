@@ -11,6 +11,7 @@ import grpc
 
 from node.errors import (
     ConfigError,
+    DataLoss,
     DuplicateInstance,
     FailedPrecondition,
     InvalidArgument,
@@ -31,6 +32,7 @@ STATUS_BY_ERROR: tuple[tuple[type[JobmeshError], grpc.StatusCode], ...] = (
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (DuplicateInstance, grpc.StatusCode.ALREADY_EXISTS),
+    (DataLoss, grpc.StatusCode.DATA_LOSS),
 )
 
 

@@ -15,6 +15,7 @@ from jobmesh.peer.v1 import transfer_pb2
 from node.errors import InvalidArgument
 from node.journal.controls import finish_job
 from node.journal.jobs import JobStore
+from node.journal.payloads import store_payload
 from node.journal.records import FINISHED, PAYLOAD_OUTPUT, QUEUED, NewJobRecord
 from node.model.job import JobState
 from node.model.lifecycle import event_for
@@ -180,10 +181,7 @@ class FrameApplier:
                 "UPDATE jobs SET log_count = max(log_count, ?) WHERE seq = ?", (report.log_count, seq)
             )
         if report.output_payload:
-            conn.execute(
-                "INSERT OR REPLACE INTO payloads (job_seq, kind, data) VALUES (?, ?, ?)",
-                (seq, PAYLOAD_OUTPUT, report.output_payload),
-            )
+            store_payload(conn, seq, PAYLOAD_OUTPUT, report.output_payload)
         self._recorder.event(
             event_for(state, is_progress=report.is_progress),
             now_us,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from jobmesh.peer.v1 import transfer_pb2
 
 from node.config import CHUNK_BYTES
+from node.errors import PayloadDamaged
+from node.journal.payloads import PayloadIntegrity, read_payload
 from node.journal.records import FINISHED, PAYLOAD_INPUT, PAYLOAD_OUTPUT, UNFINISHED
 from node.model.job import JobState
 from node.transfer.chunks import crc32
@@ -59,17 +61,24 @@ def build_frame(
     peer: str,
     after_seq: int,
     limits: FrameLimits,
+    integrity: PayloadIntegrity,
     resume: ChunkCursor | None = None,
 ) -> transfer_pb2.ExchangeRequest | None:
     """The next frame for `peer` after outbox seq `after_seq` (None if nothing waits), read in one
-    transaction; `resume` is the stream's cursor after the chunks it sent before."""
+    transaction; `resume` is the stream's cursor after the chunks it sent before.
+
+    Every payload is verified against its stored checksum before it goes (once per payload when
+    it goes in chunks, before the first). A damaged input raises PayloadDamaged naming the job
+    (it must not reach the target); a damaged output is left out of its report, whose message
+    says so, so that the origin does not store it as the job's output.
+    """
     items = conn.execute(
         "SELECT seq, kind, job_id, epoch, progress FROM outbox WHERE peer = ? AND seq > ? ORDER BY seq LIMIT ?",
         (peer, after_seq, limits.max_items),
     ).fetchall()
     if not items:
         return None
-    return _FrameBuilder(conn, local_id, peer, after_seq, limits, resume).build(items)
+    return _FrameBuilder(conn, local_id, peer, after_seq, limits, integrity, resume).build(items)
 
 
 @dataclass
@@ -79,6 +88,7 @@ class _FrameBuilder:
     peer: str
     after_seq: int
     limits: FrameLimits
+    integrity: PayloadIntegrity
     resume: ChunkCursor | None
     frame: transfer_pb2.ExchangeRequest = field(init=False)
     chunks: transfer_pb2.ExchangeRequest | None = None
@@ -144,6 +154,11 @@ class _FrameBuilder:
         ).fetchone()
         if row is None or row["size"] <= self.limits.chunk_bytes:
             return None
+        if not self._resuming((job_id, epoch, True)):
+            try:  # before the first chunk: a damaged output goes in no chunks (see _fill_reports)
+                self._payload(job_id, row["seq"], PAYLOAD_OUTPUT)
+            except PayloadDamaged:
+                return None
         return row["seq"], row["size"]
 
     def _add_job(self, item: sqlite3.Row) -> bool:
@@ -158,6 +173,9 @@ class _FrameBuilder:
         ).fetchone()
         length = row["size"] if row is not None else 0
         chunked = length > chunk_bytes
+        payload = b""
+        if length and not (chunked and self._resuming((job_id, epoch, False))):
+            payload = self._payload(job_id, row["seq"], PAYLOAD_INPUT)  # verified: raises if damaged
         if chunked:
             if self.frame.last_seq:
                 return False  # a chunked payload goes first, in a frame of its own
@@ -170,7 +188,8 @@ class _FrameBuilder:
         self.frame.last_seq = item["seq"]
         if row is None:  # reassigned, stopped or removed since: nothing to send
             return True
-        payload = self._payload(row["seq"], PAYLOAD_INPUT) if length else b""
+        if chunked and not payload:  # verified before its first chunk; read whole for the checksum
+            payload = self._payload(job_id, row["seq"], PAYLOAD_INPUT)
         job = self.frame.jobs.add(
             job_id=job_id,
             epoch=epoch,
@@ -188,11 +207,13 @@ class _FrameBuilder:
             job.timeout_us = row["timeout_us"]
         return not chunked  # the item of a chunked payload travels alone
 
-    def _payload(self, job_seq: int, kind: int) -> bytes:
-        row = self.conn.execute(
-            "SELECT data FROM payloads WHERE job_seq = ? AND kind = ?", (job_seq, kind)
-        ).fetchone()
-        return bytes(row["data"]) if row is not None else b""
+    def _payload(self, job_id: str, job_seq: int, kind: int) -> bytes:
+        """A verified payload (b"" if there is none), or PayloadDamaged."""
+        return read_payload(self.conn, self.integrity, job_id, job_seq, kind) or b""
+
+    def _resuming(self, key: ChunkKey) -> bool:
+        """True when the stream already sent chunks of this payload (it was verified before them)."""
+        return self.resume is not None and self.resume.key == key and self.resume.offset > 0
 
     # --- chunks ---
 
@@ -232,7 +253,8 @@ class _FrameBuilder:
         for job_id, (seq, epoch, progress) in self.reports.items():
             row = self.conn.execute(
                 "SELECT j.seq, j.state, j.retry_count, j.started_us, j.finished_us, j.result_message, "
-                "j.progress_total, j.progress_done, j.eta_us, p.data AS output, j.log_count, j.target FROM jobs j "
+                "j.progress_total, j.progress_done, j.eta_us, p.data AS output, p.crc32 AS output_crc32, j.log_count, "
+                "j.target FROM jobs j "
                 "LEFT JOIN payloads p ON p.job_seq = j.seq AND p.kind = ? WHERE j.id = ? AND j.epoch = ?",
                 (PAYLOAD_OUTPUT, job_id, epoch),
             ).fetchone()
@@ -240,6 +262,12 @@ class _FrameBuilder:
                 continue
             state = JobState(row["state"])
             output = bytes(row["output"] or b"") if state.is_finished else b""
+            message = row["result_message"] or ""
+            if output:
+                try:
+                    self.integrity.verify(job_id, PAYLOAD_OUTPUT, output, row["output_crc32"])
+                except PayloadDamaged as e:
+                    output, message = b"", f"{message}; output not sent: {e}".lstrip("; ")
             output_chunked = job_id in self.chunked_outputs and bool(output)
             report = self.frame.reports.add(
                 job_id=job_id,
@@ -249,7 +277,7 @@ class _FrameBuilder:
                 retry_count=row["retry_count"],
                 started_us=row["started_us"] or 0,
                 finished_us=row["finished_us"] or 0,
-                result_message=row["result_message"] or "",
+                result_message=message,
                 progress_total=row["progress_total"] or 0,
                 progress_done=row["progress_done"] or 0,
                 eta_us=row["eta_us"] or 0,

@@ -5,14 +5,20 @@
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from collections.abc import Mapping
 
 from jobmesh.peer.v1 import transfer_pb2
 
 from node.config import CHUNK_BYTES
+from node.errors import PayloadDamaged
+from node.instance import now_us
+from node.journal.controls import finish_job
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
-from node.journal.records import UNFINISHED
+from node.journal.records import UNFINISHED, select_job
+from node.model.job import JobState
 from node.transfer.apply import Applied, Arrival, FrameApplier, check_frame
 from node.transfer.assign import Assigner, Chooser
 from node.transfer.chunks import ChunkAssembler
@@ -60,10 +66,23 @@ class TransferStore:
     ) -> transfer_pb2.ExchangeRequest | None:
         """The next frame for `peer` after outbox seq `after_seq`, or None if nothing waits; `resume`
         is the cursor after the chunks sent before on this stream (see frames.py)."""
-        limits = FrameLimits(max_items, max_bytes, chunk_bytes)
-        return await self.journal.read(
-            lambda conn: build_frame(conn, self.local_id, peer, after_seq, limits, resume)
-        )
+        limits, integrity = FrameLimits(max_items, max_bytes, chunk_bytes), self.journal.integrity
+        while True:
+            try:
+                return await self.journal.read(
+                    lambda conn: build_frame(conn, self.local_id, peer, after_seq, limits, integrity, resume)
+                )
+            except PayloadDamaged as e:
+                # Its input is damaged here: the job is dropped (a retry cannot mend the bytes),
+                # so it is not sent, and the next frame is built without it.
+                await self.journal.write(functools.partial(self._drop_damaged, damage=e))
+
+    def _drop_damaged(self, conn: sqlite3.Connection, damage: PayloadDamaged) -> None:
+        job = select_job(conn, damage.job_id)
+        if job is not None and not job.state.is_finished:
+            finish_job(conn, self.journal.recorder, job, JobState.DROPPED, str(damage), now_us())
+            # A copy sent before the damage, under this epoch, is removed from the target too.
+            self.outbox.job_cancelled(conn, job.id, removed=True)
 
     async def apply(
         self,

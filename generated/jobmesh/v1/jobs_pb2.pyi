@@ -1388,6 +1388,13 @@ class GetStatisticsResponse(_message.Message):
     GLOBAL_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
     TOPICS_FIELD_NUMBER: _builtins.int
+    DAMAGED_PAYLOADS_FIELD_NUMBER: _builtins.int
+    damaged_payloads: _builtins.int
+    """Stored payloads (input or output) found damaged since the node started:
+    their bytes no longer match the checksum stored with them, so they were
+    not served (DATA_LOSS). Each payload counts once; `jobmesh check` on the
+    stopped node lists them all. QUERY_SCOPE_TOPOLOGY sums every instance's.
+    """
     @_builtins.property
     def queues(self) -> _containers.MessageMap[_builtins.str, Global___Statistics]:
         """Per queue name."""
@@ -1401,10 +1408,11 @@ class GetStatisticsResponse(_message.Message):
         *,
         queues: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
         topics: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
+        damaged_payloads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["global", b"global"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["global", b"global", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
