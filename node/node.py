@@ -49,6 +49,7 @@ from node.instance import (
 from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
+from node.jobs.validation import JobLimits
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal, discard_journal
 from node.model.consumption import ConsumptionRules, ConsumptionSetting
@@ -192,7 +193,9 @@ class Node:
                 await self._journal.set_meta("instance_id", instance_id)
             # The transfer store registers the outbox as the journal's hook before anything runs a
             # job: reports of jobs from other origins are written from the first transaction on.
-            transfer = TransferStore(self._journal, JobStore(self._journal), instance_id)
+            transfer = TransferStore(
+                self._journal, JobStore(self._journal), instance_id, JobLimits.of(config.jobs)
+            )
             placement = PeerPlacement(instance_id, self.topology, transfer)
             self._jobs = JobManager(self._journal, self.consumers, config, instance_id, placement)
             self._offloader = Offloader(

@@ -10,10 +10,11 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 from node.durations import duration_from_seconds, optional_seconds
 from node.errors import InvalidArgument, JobmeshError, Unavailable
 from node.jobs.manager import JobManager
-from node.journal.records import JobQuery, decode_page_token
+from node.journal.records import JobQuery
 from node.model.events import EventFilter, EventType
 from node.model.job import HISTORY_STATES, Job, JobState
 from node.services import gather
+from node.services.paging import bound_kind, decode_token, encode_token
 from node.services.status import rpc, status_for
 from node.templates import Template
 from node.topics import TopicPattern, validate_topic
@@ -46,6 +47,16 @@ def _require_id(job_id: str) -> str:
     return job_id
 
 
+def _after_seq(request: jobs_pb2.FindJobsRequest) -> int | None:
+    """The row a FindJobs page token continues after (tokens are bound to their query)."""
+    if not request.page_token:
+        return None
+    (seq,) = decode_token(bound_kind("jobs", request), request.page_token, (0,))
+    if not isinstance(seq, int) or seq < 0:
+        raise InvalidArgument("page_token is malformed; pass a next_page_token of this query unchanged")
+    return seq
+
+
 def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
     """Validate a FindJobsRequest and turn it into a journal query."""
     if request.type not in _STATES_BY_QUERY:
@@ -71,7 +82,7 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
         topic=request.topic or None,
         templates=templates,
         limit=request.page_size or DEFAULT_PAGE_SIZE,
-        after_seq=decode_page_token(request.page_token) if request.page_token else None,
+        after_seq=_after_seq(request),
         newest_first=request.newest_first,
     )
 
@@ -139,7 +150,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         page = await self._manager.find_jobs(query_from_proto(request))
         return jobs_pb2.FindJobsResponse(
             jobs=[self._job_proto(job) for job in page.jobs],
-            next_page_token=page.next_page_token,
+            next_page_token=""
+            if page.next_after_seq is None
+            else encode_token(bound_kind("jobs", request), (page.next_after_seq,)),
             total_size=page.total_count,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,31 @@ from node.transfer.link import TransferReceiver
 
 log = logging.getLogger(__name__)
 
+LOG_INTERVAL_S = 5.0
+"""At most one log line per this many seconds about refused frames: a peer cannot flood the log."""
+
+
+class RefusedFrames:
+    """Counts frames refused with INVALID_ARGUMENT and logs them at most once per interval (loop only)."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        self.total = 0
+        """Refused frames since start."""
+        self._interval_s = interval_s
+        self._unlogged = 0
+        self._last_log = float("-inf")
+
+    def record(self, peer: str, reason: str) -> None:
+        """Count one refused frame; log the latest reason when the interval has passed."""
+        self.total += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last_log >= self._interval_s:
+            # The text, not the exception: a kept log record would keep the call's frames alive.
+            log.warning("%d transfer frame(s) refused (latest from %s: %s)", self._unlogged, peer, reason)
+            self._unlogged = 0
+            self._last_log = now
+
 
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     """Applies each received frame, then acknowledges it."""
@@ -22,6 +48,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     def __init__(self, offloader: TransferReceiver) -> None:
         self._offloader = offloader
         self._closing = asyncio.Event()
+        self.refused = RefusedFrames()
 
     def close(self) -> None:
         """End every open stream now (the node is stopping); senders resend unacknowledged frames."""
@@ -47,8 +74,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 await self._offloader.receive(frame, assembler)
                 await context.write(transfer_pb2.ExchangeResponse(last_seq=frame.last_seq))
         except JobmeshError as e:
-            # The text, not the exception: a kept log record would keep the call's frames alive.
-            log.warning("transfer from %s: %s", context.peer(), str(e))
+            self.refused.record(context.peer(), str(e))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (asyncio.CancelledError, grpc.RpcError):
             # The sender went away or this node is stopping; it resends what it has no ack for.
