@@ -84,7 +84,9 @@ def decode_token(kind: str, token: str, like: Key | None) -> Key:
         decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, binascii.Error, RecursionError) as e:
         raise InvalidArgument(malformed) from e
-    made_for = decoded.get("list") if isinstance(decoded, dict) else None
+    if not isinstance(decoded, dict):
+        raise InvalidArgument(malformed)
+    made_for = decoded.get("list")
     if not isinstance(made_for, str) or made_for.split(":")[0] != kind.split(":")[0]:
         raise InvalidArgument(
             f"page_token does not belong to this list ({kind.split(':')[0]}); start again without one"
