@@ -10,6 +10,7 @@ import pkgutil
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import jobmesh
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
@@ -82,7 +83,8 @@ def _hostile_scalar(field: FieldDescriptor, rng: random.Random) -> object:
     if kind == F.TYPE_BOOL:
         return True
     if kind == F.TYPE_ENUM:
-        return rng.choice((-1, 65, 2**31 - 1, *(v.number for v in field.enum_type.values)))
+        known = [v.number for v in field.enum_type.values] if field.enum_type is not None else []
+        return rng.choice((-1, 65, 2**31 - 1, *known))
     if kind == F.TYPE_BYTES:
         return rng.choice(_BYTES)
     return rng.choice(_STRINGS)
@@ -93,14 +95,10 @@ def _leaves(
 ) -> Iterator[tuple[FieldDescriptor, ...]]:
     """Every field path down to MAX_DEPTH (message fields yield themselves and their fields)."""
     for field in descriptor.fields:
-        path = (*prefix, field)
+        path, inner = (*prefix, field), field.message_type
         yield path
-        if (
-            field.type == F.TYPE_MESSAGE
-            and len(path) < MAX_DEPTH
-            and not field.message_type.GetOptions().map_entry
-        ):
-            yield from _leaves(field.message_type, path)
+        if inner is not None and len(path) < MAX_DEPTH and not inner.GetOptions().map_entry:
+            yield from _leaves(inner, path)
 
 
 def field_paths(descriptor: Descriptor) -> list[tuple[FieldDescriptor, ...]]:
@@ -111,7 +109,7 @@ def field_paths(descriptor: Descriptor) -> list[tuple[FieldDescriptor, ...]]:
 def _target(message: Message, path: tuple[FieldDescriptor, ...]) -> Message:
     """The message holding the last field of `path`, created on the way (repeated: one element)."""
     for field in path[:-1]:
-        if field.label == F.LABEL_REPEATED:
+        if field.is_repeated:
             container = getattr(message, field.name)
             message = container[0] if len(container) else container.add()
         else:
@@ -120,21 +118,21 @@ def _target(message: Message, path: tuple[FieldDescriptor, ...]) -> Message:
 
 
 def _set(message: Message, field: FieldDescriptor, rng: random.Random) -> str:
-    name = field.name
-    if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
-        key_field = field.message_type.fields_by_name["key"]
-        value_field = field.message_type.fields_by_name["value"]
+    name, entry = field.name, field.message_type
+    if field.type == F.TYPE_MESSAGE and entry is not None and entry.GetOptions().map_entry:
+        key_field = entry.fields_by_name["key"]
+        value_field = entry.fields_by_name["value"]
         mapping = getattr(message, name)
         for _ in range(rng.choice((1, 3, 2000))):
             key = _hostile_scalar(key_field, rng)
             if isinstance(key, str):
                 key = f"{key[:200]}{rng.randrange(10**6)}"
             if value_field.type == F.TYPE_MESSAGE:
-                mapping[key].SetInParent()  # type: ignore[index]
+                mapping[key].SetInParent()
             else:
-                mapping[key] = _hostile_scalar(value_field, rng)  # type: ignore[index]
+                mapping[key] = _hostile_scalar(value_field, rng)
         return f"{name}: {len(mapping)} hostile entries"
-    if field.label == F.LABEL_REPEATED:
+    if field.is_repeated:
         container = getattr(message, name)
         count = rng.choice((1, 5, 3000))
         for _ in range(count):
@@ -165,7 +163,7 @@ def _invalid_utf8(field: FieldDescriptor) -> bytes:
 
 def mutations(base: Message, rng: random.Random, per_field: int) -> Iterator[Mutation]:
     """Hostile variants of `base`: each field path `per_field` times, some with a second change."""
-    descriptor = base.DESCRIPTOR
+    descriptor: Any = base.DESCRIPTOR
     paths = field_paths(descriptor)
     for path in paths:
         for _ in range(per_field):
@@ -179,6 +177,7 @@ def mutations(base: Message, rng: random.Random, per_field: int) -> Iterator[Mut
             except (TypeError, ValueError) as e:  # a value this field's Python type refuses
                 change = f"(skipped: {e})"
             yield Mutation(request.SerializeToString(), ".".join(f.name for f in path) + ": " + change)
-    for field in descriptor.fields:
-        if field.type == F.TYPE_STRING and field.label != F.LABEL_REPEATED:
+    top: list[FieldDescriptor] = list(descriptor.fields)
+    for field in top:
+        if field.type == F.TYPE_STRING and not field.is_repeated:
             yield Mutation(base.SerializeToString() + _invalid_utf8(field), f"{field.name}: invalid UTF-8")
