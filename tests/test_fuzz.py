@@ -32,7 +32,7 @@ from jobmesh.v1 import (
 )
 
 from node.transfer.chunks import crc32
-from tests.support.fuzzing import Mutation, message_class, mutations, served_methods
+from tests.support.fuzzing import Mutation, message_class, method_call, mutations, served_methods
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import new_job
 
@@ -40,7 +40,7 @@ BUDGET_S = 40.0
 """The fuzzing stops starting new requests after this long (the whole test stays under a minute)."""
 STREAM_WAIT_S = 0.4
 """A streaming call is given this long, then its deadline ends it (DEADLINE_EXCEEDED is fine)."""
-PER_FIELD = 4
+PER_FIELD = 6
 MAX_PER_STREAM_METHOD = 12
 CANARIES = 5
 EXPECTED = {
@@ -79,6 +79,10 @@ def valid_base(method: MethodDescriptor) -> Message:
         return schedules_pb2.AddScheduleRequest(name="s", job=new_job("fuzz/a"), rules=[at_rule()])
     if name == "SetQueue":
         return queues_pb2.SetQueueRequest(config=queues_pb2.QueueConfig(name="fuzz-q", topics=["fuzz/q/**"]))
+    if name == "SetTopicConsumption":
+        return topics_pb2.SetTopicConsumptionRequest(
+            topic="fuzz/t/**", setting=topics_pb2.CONSUMPTION_SETTING_DISABLED
+        )
     if name == "Work":
         return workers_pb2.WorkRequest(
             register=workers_pb2.WorkerRegistration(name="w", topics=["fuzz/w"], concurrency=1)
@@ -98,15 +102,8 @@ def valid_base(method: MethodDescriptor) -> Message:
 
 def call(channel: grpc.Channel, method: MethodDescriptor, payload: bytes) -> grpc.StatusCode:
     """The status a raw request gets (streams: after STREAM_WAIT_S at most)."""
-    path = f"/{method.containing_service.full_name}/{method.name}"
-    kinds = {
-        (False, False): channel.unary_unary,
-        (False, True): channel.unary_stream,
-        (True, False): channel.stream_unary,
-        (True, True): channel.stream_stream,
-    }
+    stub = method_call(channel, method)
     streaming = method.client_streaming or method.server_streaming
-    stub = kinds[(method.client_streaming, method.server_streaming)](path)
     request = iter([payload]) if method.client_streaming else payload
     try:
         result = stub(request, timeout=STREAM_WAIT_S if streaming else 15)

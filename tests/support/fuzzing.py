@@ -8,10 +8,11 @@ import base64
 import importlib
 import pkgutil
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import jobmesh
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
@@ -52,6 +53,18 @@ def served_methods() -> Iterator[MethodDescriptor]:
             module = importlib.import_module(module_info.name)
             for service in module.DESCRIPTOR.services_by_name.values():
                 yield from service.methods
+
+
+def method_call(channel: grpc.Channel, method: MethodDescriptor) -> Callable[..., Any]:
+    """A raw-bytes callable of `method` on `channel`, of the method's streaming kind."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    kinds: dict[tuple[bool, bool], Callable[[str], Callable[..., Any]]] = {
+        (False, False): channel.unary_unary,
+        (False, True): channel.unary_stream,
+        (True, False): channel.stream_unary,
+        (True, True): channel.stream_stream,
+    }
+    return kinds[(method.client_streaming, method.server_streaming)](path)
 
 
 def message_class(descriptor: Descriptor) -> type[Message]:
