@@ -274,19 +274,28 @@ class Node:
         """Persist this node's setting for a topic pattern, publish it, and apply it at once."""
         if self._consumption is None:
             raise RuntimeError("the node is not started")
-        rules = await self._consumption.set(pattern, setting)
-        self._publish_consumption(rules)
+        settings = {p: s for p, s in self.jobs.consumption.settings().items() if p != pattern}
+        if setting is not ConsumptionSetting.ENABLED:
+            settings[pattern] = setting
+        # Published first (refused whole if the properties would not fit), stored second: a
+        # setting that could not be published would otherwise stop the node's next start.
+        self._publish_consumption(ConsumptionRules.from_settings(settings))
+        try:
+            rules = await self._consumption.set(pattern, setting)
+        except BaseException:
+            self._publish_consumption(self.jobs.consumption)
+            raise
         await self.jobs.apply_consumption(rules)
         if self._offloader is not None:
             await self._offloader.consumption_changed()
         return rules
 
     def _publish_consumption(self, rules: ConsumptionRules) -> None:
-        for name, value in rules.properties().items():
-            if value:
-                self.topology.properties.set(name, value)
-            else:
-                self.topology.properties.remove(name)
+        published = rules.properties()
+        self.topology.properties.update(
+            {name: value for name, value in published.items() if value},
+            remove=[name for name, value in published.items() if not value],
+        )
 
     def _live_peers(self) -> list[tuple[str, str]]:
         """(instance id, address) of every live instance but this one (topology-wide queries)."""

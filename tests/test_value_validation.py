@@ -17,6 +17,7 @@ from jobmesh.v1 import jobs_pb2, queues_pb2, schedules_pb2, topics_pb2, topics_p
 from node.transfer.chunks import crc32
 from tests.support.job_calls import add_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.waiting import wait_for
 
 Call = Callable[[NodeProcess], Message]
 
@@ -267,3 +268,31 @@ def test_valid_peer_data_is_taken_and_every_read_works_after_refusals_and_a_rest
     assert "Traceback" not in log
     assert " ERROR " not in log
     assert log.count("transfer frame(s) refused") <= 3  # rate-limited, not one line per frame
+
+
+def test_consumption_settings_that_cannot_be_published_are_refused_not_stored(nodes: NodeFactory) -> None:
+    node = nodes.start("consumption-limit", [])
+    topics = topics_pb2_grpc.TopicServiceStub(node.channel)
+    refusals: list[str] = []
+    kept = 0
+    for i in range(120):
+        request = topics_pb2.SetTopicConsumptionRequest(
+            topic=f"t{i}/{'x' * 200}/**", setting=topics_pb2.CONSUMPTION_SETTING_DISABLED
+        )
+        try:
+            kept = len(topics.SetTopicConsumption(request, timeout=10).instance.settings)
+        except grpc.RpcError as e:
+            refusals.append(f"{e.code().name}: {e.details()}")
+
+    node.restart()  # stored settings are published at start: all of them must still fit
+
+    def settings_listed() -> int:
+        listed = topics_pb2_grpc.TopicServiceStub(node.channel).ListTopicConsumption(
+            topics_pb2.ListTopicConsumptionRequest(), timeout=10
+        )
+        return len(listed.instances[0].settings) if listed.instances else 0
+
+    assert refusals
+    assert all(r.startswith("INVALID_ARGUMENT") and "discovery.max_properties_bytes" in r for r in refusals)
+    assert kept == 120 - len(refusals)
+    wait_for(lambda: settings_listed() == kept, what=f"{kept} settings listed after the restart")

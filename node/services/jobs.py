@@ -25,6 +25,10 @@ MAX_PAGE_SIZE = 10_000
 # and statements with more than 32766 parameters.
 MAX_TEMPLATES = 256
 MAX_CONDITIONS = 256
+# A watch filter is matched against every event, and a purge takes a list of states: bounded.
+MAX_WATCH_TOPICS = 256
+MAX_WATCH_JOB_IDS = 10_000
+MAX_ENUM_VALUES = 64
 
 _STATES_BY_QUERY: dict[int, tuple[JobState, ...]] = {
     jobs_pb2.QUERY_TYPE_UNSPECIFIED: tuple(JobState),
@@ -39,6 +43,11 @@ _STATES_BY_QUERY: dict[int, tuple[JobState, ...]] = {
     jobs_pb2.QUERY_TYPE_ERROR: (JobState.ERROR,),
     jobs_pb2.QUERY_TYPE_DROPPED: (JobState.DROPPED,),
 }
+
+
+def _check_count(field: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise InvalidArgument(f"{field} has {count} entries; at most {limit}")
 
 
 def _require_id(job_id: str) -> str:
@@ -226,6 +235,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def PurgeJobs(
         self, request: jobs_pb2.PurgeJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.PurgeJobsResponse:
+        _check_count("states", len(request.states), MAX_ENUM_VALUES)
         states = []
         for index, value in enumerate(request.states):
             if value not in {int(s) for s in HISTORY_STATES}:
@@ -242,6 +252,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
 def filter_from_proto(request: jobs_pb2.WatchJobsRequest) -> EventFilter:
     """Validate a WatchJobsRequest's filters."""
+    _check_count("topics", len(request.topics), MAX_WATCH_TOPICS)
+    _check_count("job_ids", len(request.job_ids), MAX_WATCH_JOB_IDS)
+    _check_count("types", len(request.types), MAX_ENUM_VALUES)
     patterns = tuple(TopicPattern.parse(t) for t in request.topics)
     types = set()
     for index, value in enumerate(request.types):

@@ -84,13 +84,12 @@ def decode_token(kind: str, token: str, like: Key | None) -> Key:
         decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, binascii.Error, RecursionError) as e:
         raise InvalidArgument(malformed) from e
+    foreign = f"does not belong to this list ({kind.split(':')[0]}); start again without one"
     if not isinstance(decoded, dict):
-        raise InvalidArgument(malformed)
+        raise InvalidArgument(f"page_token {token[:40]!r} is malformed: it {foreign}")
     made_for = decoded.get("list")
     if not isinstance(made_for, str) or made_for.split(":")[0] != kind.split(":")[0]:
-        raise InvalidArgument(
-            f"page_token does not belong to this list ({kind.split(':')[0]}); start again without one"
-        )
+        raise InvalidArgument(f"page_token {foreign}")
     if made_for != kind:
         raise InvalidArgument(
             "page_token was made for another query; repeat that query unchanged or start again without one"
