@@ -13,6 +13,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -34,7 +35,7 @@ from jobmesh.v1 import (
 from node.transfer.chunks import crc32
 from tests.support.fuzzing import Mutation, message_class, method_call, mutations, served_methods
 from tests.support.launcher import NodeFactory, NodeProcess
-from tests.support.protos import new_job
+from tests.support.protos import condition, new_job, template
 
 BUDGET_S = 40.0
 """The fuzzing stops starting new requests after this long (the whole test stays under a minute)."""
@@ -62,42 +63,84 @@ def fuzz_seed() -> int:
     return int(os.environ.get("FUZZ_SEED") or random.SystemRandom().randrange(2**32))
 
 
-def at_rule() -> schedules_pb2.ScheduleRule:
+def daily_rule() -> schedules_pb2.ScheduleRule:
     rule = schedules_pb2.ScheduleRule()
     rule.daily.hour = 3
     return rule
 
 
+def full_job(topic: str) -> jobs_pb2.NewJob:
+    """A job using every NewJob field, so each one gets mutated from a valid value."""
+    job = new_job(topic, b"in", n=1, when=datetime(2030, 1, 1, tzinfo=UTC), tags=["a", "b"])
+    job.dedup_key, job.max_retries = "d", 2
+    job.retry_delay.FromSeconds(1)
+    job.timeout.FromSeconds(5)
+    return job
+
+
+def exchange_frame() -> transfer_pb2.ExchangeRequest:
+    """A valid frame with a job, a report and a control (of jobs this node does not have)."""
+    job = transfer_pb2.OffloadedJob(
+        job_id="fuzz-peer-job",
+        epoch=1,
+        topic="fuzz/p",
+        properties_json='{"n":1}',
+        created_us=1_700_000_000_000_000,
+    )
+    job.payload_crc32 = crc32(job.payload)
+    report = transfer_pb2.JobReport(
+        job_id="fuzz-other",
+        epoch=1,
+        report_seq=1,
+        state=jobs_pb2.JOB_STATE_SUCCEEDED,
+        output_crc32=crc32(b""),
+    )
+    report.log_lines.add(line=1, time_us=1_700_000_000_000_000, message="m")
+    control = transfer_pb2.JobControl(job_id="fuzz-other", epoch=1)
+    return transfer_pb2.ExchangeRequest(
+        sender_id="fuzz-peer", last_seq=1, jobs=[job], reports=[report], controls=[control]
+    )
+
+
 def valid_base(method: MethodDescriptor) -> Message:
     """A valid request of the method to mutate (an empty one where that is valid)."""
-    name = method.name
-    if name == "AddJob":
-        return jobs_pb2.AddJobRequest(job=new_job("fuzz/a", b"in", n=1))
-    if name == "AddJobs":
-        return jobs_pb2.AddJobsRequest(jobs=[new_job("fuzz/a", b"in", n=1)])
-    if name == "AddSchedule":
-        return schedules_pb2.AddScheduleRequest(name="s", job=new_job("fuzz/a"), rules=[at_rule()])
-    if name == "SetQueue":
-        return queues_pb2.SetQueueRequest(config=queues_pb2.QueueConfig(name="fuzz-q", topics=["fuzz/q/**"]))
-    if name == "SetTopicConsumption":
-        return topics_pb2.SetTopicConsumptionRequest(
+    bases: dict[str, Callable[[], Message]] = {
+        "AddJob": lambda: jobs_pb2.AddJobRequest(job=full_job("fuzz/a")),
+        "AddJobs": lambda: jobs_pb2.AddJobsRequest(jobs=[full_job("fuzz/a")]),
+        "FindJobs": lambda: jobs_pb2.FindJobsRequest(
+            topic="fuzz/a", templates=[template(condition("n", ">=", 1))], page_size=5
+        ),
+        "WatchJobs": lambda: jobs_pb2.WatchJobsRequest(
+            topics=["fuzz/**"], types=[jobs_pb2.JOB_EVENT_TYPE_ADDED], after_seq=0
+        ),
+        "AddSchedule": lambda: schedules_pb2.AddScheduleRequest(
+            name="s", job=full_job("fuzz/a"), rules=[daily_rule()]
+        ),
+        "SetQueue": lambda: queues_pb2.SetQueueRequest(config=queue_config()),
+        "SetTopicConsumption": lambda: topics_pb2.SetTopicConsumptionRequest(
             topic="fuzz/t/**", setting=topics_pb2.CONSUMPTION_SETTING_DISABLED
-        )
-    if name == "Work":
-        return workers_pb2.WorkRequest(
+        ),
+        "Work": lambda: workers_pb2.WorkRequest(
             register=workers_pb2.WorkerRegistration(name="w", topics=["fuzz/w"], concurrency=1)
-        )
-    if name == "Exchange":
-        job = transfer_pb2.OffloadedJob(
-            job_id="fuzz-peer-job", epoch=1, topic="fuzz/p", created_us=1_700_000_000_000_000
-        )
-        job.payload_crc32 = crc32(job.payload)
-        return transfer_pb2.ExchangeRequest(sender_id="fuzz-peer", last_seq=1, jobs=[job])
+        ),
+        "Exchange": exchange_frame,
+    }
+    if method.name in bases:
+        return bases[method.name]()
     request = message_class(method.input_type)()
     for field in ("job_id", "name", "id"):
         if field in request.DESCRIPTOR.fields_by_name:
             setattr(request, field, "fuzz-missing")
     return request
+
+
+def queue_config() -> queues_pb2.QueueConfig:
+    config = queues_pb2.QueueConfig(name="fuzz-q", topics=["fuzz/q/**"], max_parallel=2, retries=1, ranking=1)
+    config.retry_backoff, config.keep_jobs = 2.0, True
+    config.retry_delay.FromSeconds(1)
+    config.retry_delay_max.FromSeconds(10)
+    config.timeout.FromSeconds(30)
+    return config
 
 
 def call(channel: grpc.Channel, method: MethodDescriptor, payload: bytes) -> grpc.StatusCode:

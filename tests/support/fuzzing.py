@@ -43,7 +43,7 @@ _STRINGS = (
     "{nope",
 )
 _BYTES = (b"", b"\xff\xfe\xc0\x80", bytes(range(256)) * 400, b"\x00" * 10)
-MAX_DEPTH = 3
+MAX_DEPTH = 4
 
 
 def served_methods() -> Iterator[MethodDescriptor]:
