@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,34 +11,10 @@ import grpc
 from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 
 from node.errors import JobmeshError
+from node.services.decoding import BadRequestCounter
 from node.transfer.link import TransferReceiver
 
 log = logging.getLogger(__name__)
-
-LOG_INTERVAL_S = 5.0
-"""At most one log line per this many seconds about refused frames: a peer cannot flood the log."""
-
-
-class RefusedFrames:
-    """Counts frames refused with INVALID_ARGUMENT and logs them at most once per interval (loop only)."""
-
-    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
-        self.total = 0
-        """Refused frames since start."""
-        self._interval_s = interval_s
-        self._unlogged = 0
-        self._last_log = float("-inf")
-
-    def record(self, peer: str, reason: str) -> None:
-        """Count one refused frame; log the latest reason when the interval has passed."""
-        self.total += 1
-        self._unlogged += 1
-        now = time.monotonic()
-        if now - self._last_log >= self._interval_s:
-            # The text, not the exception: a kept log record would keep the call's frames alive.
-            log.warning("%d transfer frame(s) refused (latest from %s: %s)", self._unlogged, peer, reason)
-            self._unlogged = 0
-            self._last_log = now
 
 
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
@@ -48,7 +23,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     def __init__(self, offloader: TransferReceiver) -> None:
         self._offloader = offloader
         self._closing = asyncio.Event()
-        self.refused = RefusedFrames()
+        # The text, not the exception, is logged: a kept log record would keep the call's frames alive.
+        self.refused = BadRequestCounter(
+            message="%d transfer frame(s) refused (latest from %s: %s)", logger=log
+        )
 
     def close(self) -> None:
         """End every open stream now (the node is stopping); senders resend unacknowledged frames."""
