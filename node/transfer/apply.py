@@ -48,11 +48,11 @@ def arrivals_for(
 
 
 def check_frame(
-    frame: transfer_pb2.ExchangeRequest, assembler: ChunkAssembler | None, limits: JobLimits
+    frame: transfer_pb2.ExchangeRequest, assembler: ChunkAssembler | None, limits: JobLimits | None = None
 ) -> None:
     """Check every value like client data, reassemble chunked payloads (with the stream's
     `assembler`) and check every checksum; InvalidArgument before anything is stored."""
-    check_exchange(frame, limits)
+    check_exchange(frame, limits or JobLimits())
     if assembler is not None:
         assembler.resolve(frame)
     elif (
