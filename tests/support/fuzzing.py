@@ -20,7 +20,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 F = FieldDescriptor
 _INT32 = (0, -1, 1, 2**31 - 1, -(2**31))
-_INT64 = (0, -1, 2**63 - 1, -(2**63), 2**53 + 1, 10**15)
+_INT64 = (0, -1, 2**63 - 1, -(2**63), 2**53 + 1, 10**15, 315_576_000_000)  # the last: the largest Duration
 _UINT32 = (0, 2**32 - 1)
 _UINT64 = (0, 2**64 - 1)
 _DOUBLE = (1e308, -1e308, float("nan"), float("inf"), float("-inf"), 5e-324, -0.0, 0.5, 1e9)
