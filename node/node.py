@@ -56,6 +56,7 @@ from node.instance import (
 from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
+from node.jobs.validation import JobLimits
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal, discard_journal
 from node.model.consumption import ConsumptionRules, ConsumptionSetting
@@ -211,7 +212,9 @@ class Node:
                 await self._journal.set_meta("instance_id", instance_id)
             # The transfer store registers the outbox as the journal's hook before anything runs a
             # job: reports of jobs from other origins are written from the first transaction on.
-            transfer = TransferStore(self._journal, JobStore(self._journal), instance_id)
+            transfer = TransferStore(
+                self._journal, JobStore(self._journal), instance_id, JobLimits.of(config.jobs)
+            )
             placement = PeerPlacement(instance_id, self.topology, transfer)
             self._jobs = JobManager(self._journal, self.consumers, config, instance_id, placement)
             self._offloader = Offloader(
@@ -301,19 +304,28 @@ class Node:
         """Persist this node's setting for a topic pattern, publish it, and apply it at once."""
         if self._consumption is None:
             raise RuntimeError("the node is not started")
-        rules = await self._consumption.set(pattern, setting)
-        self._publish_consumption(rules)
+        settings = {p: s for p, s in self.jobs.consumption.settings().items() if p != pattern}
+        if setting is not ConsumptionSetting.ENABLED:
+            settings[pattern] = setting
+        # Published first (refused whole if the properties would not fit), stored second: a
+        # setting that could not be published would otherwise stop the node's next start.
+        self._publish_consumption(ConsumptionRules.from_settings(settings))
+        try:
+            rules = await self._consumption.set(pattern, setting)
+        except BaseException:
+            self._publish_consumption(self.jobs.consumption)
+            raise
         await self.jobs.apply_consumption(rules)
         if self._offloader is not None:
             await self._offloader.consumption_changed()
         return rules
 
     def _publish_consumption(self, rules: ConsumptionRules) -> None:
-        for name, value in rules.properties().items():
-            if value:
-                self.topology.properties.set(name, value)
-            else:
-                self.topology.properties.remove(name)
+        published = rules.properties()
+        self.topology.properties.update(
+            {name: value for name, value in published.items() if value},
+            remove=[name for name, value in published.items() if not value],
+        )
 
     def _admitters(self) -> list[str]:
         """Addresses of live peers that hold the CA key."""

@@ -123,6 +123,48 @@ def _dump_checked(encoded: dict[str, Any], field: str, max_bytes: int) -> str:
     return text
 
 
+def _stored_scalar_ok(value: Any) -> bool:
+    if isinstance(value, bool | str):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict) and len(value) == 1:
+        if isinstance(value.get("$b"), str):
+            try:
+                base64.b64decode(value["$b"], validate=True)
+            except ValueError:
+                return False
+            return True
+        micros = value.get("$t")
+        return (
+            type(micros) is int
+            and MIN_TIMESTAMP_S * 1_000_000 <= micros <= MAX_TIMESTAMP_S * 1_000_000 + 999_999
+        )
+    return False
+
+
+def check_properties_json(text: str, field: str, max_bytes: int) -> None:
+    """Raise InvalidArgument unless `text` is the stored JSON form of valid properties.
+
+    For properties that arrive already encoded (from a peer): what is stored must decode
+    again on every later read, exactly like properties encoded here."""
+    if len(text) > max_bytes:
+        raise InvalidArgument(f"{field}: properties take {len(text)} bytes encoded; the limit is {max_bytes}")
+    try:
+        decoded = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise InvalidArgument(f"{field} is not valid JSON: {str(e)[:80]}") from e
+    if not isinstance(decoded, dict):
+        raise InvalidArgument(f"{field} is not a JSON object of properties")
+    for name, value in decoded.items():
+        validate_name(name, field)
+        items = value if isinstance(value, list) else [value]
+        if not all(_stored_scalar_ok(item) for item in items):
+            raise InvalidArgument(f"{field}[{name!r}] is not a valid stored property value")
+
+
 # --- Python values <-> stored JSON --------------------------------------------------------
 
 

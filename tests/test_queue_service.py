@@ -263,7 +263,7 @@ def test_queue_rpcs_refuse_bad_input_and_the_node_keeps_serving(nodes: NodeFacto
                 Q.SetQueueRequest(config=Q.QueueConfig(name="q", topics=["a"], timeout=duration(-1)))
             ),
             invalid,
-            "timeout_s must be >= 0",
+            "timeout_s is -1.0; it must be >= 0",
         ),
         (lambda: q.DeleteQueue(Q.DeleteQueueRequest(name="nope")), missing, "no queue named 'nope'"),
         (lambda: q.DeleteQueue(Q.DeleteQueueRequest(name="main")), precondition, "not set over the API"),

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from collections.abc import Iterator
-
 import grpc
-import jobmesh
 import pytest
 from google.protobuf.descriptor import MethodDescriptor
 from jobmesh.v1 import jobs_pb2, workers_pb2
 
+from tests.support.fuzzing import method_call, served_methods
 from tests.support.job_calls import add_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
 
 # Not a protobuf message: field 0 does not exist and wire type 7 is not defined.
 GARBAGE = b"\x07\xff\xff\xff\xff"
-
-
-def served_methods() -> Iterator[MethodDescriptor]:
-    """Every method of every service in the generated stubs (public and node-to-node)."""
-    for module_info in pkgutil.walk_packages(jobmesh.__path__, "jobmesh."):
-        if module_info.name.endswith("_pb2"):
-            module = importlib.import_module(module_info.name)
-            for service in module.DESCRIPTOR.services_by_name.values():
-                yield from service.methods
 
 
 METHODS = sorted(served_methods(), key=lambda m: m.full_name)
@@ -38,13 +25,7 @@ def node(module_nodes: NodeFactory) -> NodeProcess:
 
 def call_with_raw_bytes(channel: grpc.Channel, method: MethodDescriptor, payload: bytes) -> grpc.RpcError:
     path = f"/{method.containing_service.full_name}/{method.name}"
-    kinds = {
-        (False, False): channel.unary_unary,
-        (False, True): channel.unary_stream,
-        (True, False): channel.stream_unary,
-        (True, True): channel.stream_stream,
-    }
-    call = kinds[(method.client_streaming, method.server_streaming)](path)
+    call = method_call(channel, method)
     request = iter([payload]) if method.client_streaming else payload
     try:
         result = call(request, timeout=10)

@@ -12,8 +12,9 @@ from jobmesh.v1 import jobs_pb2
 
 from node.config import JobsConfig
 from node.durations import optional_seconds
-from node.errors import InvalidArgument, ResourceExhausted
+from node.errors import ResourceExhausted
 from node.instance import now_us
+from node.jobs.validation import JobLimits, check_job_options, check_payload
 from node.journal.ids import JobIdGenerator
 from node.journal.records import NewJobRecord
 from node.model.queues import QueueConfig
@@ -21,8 +22,6 @@ from node.properties import encode_properties, encode_proto_properties
 from node.topics import validate_topic
 
 MAX_JOBS_PER_ADD = 10_000
-MAX_DEDUP_KEY_CHARS = 256
-MAX_JOB_SECONDS = 10 * 365 * 86400
 
 Place = Callable[[str], tuple[QueueConfig, "str | None"]]
 """`place(topic)`: the queue of a new job of `topic` and its target (None: unassigned)."""
@@ -36,6 +35,7 @@ class JobIntake:
         self._instance_id = instance_id
         self._ids = ids
         self._place = place
+        self._limits = JobLimits.of(config)
 
     def from_values(
         self,
@@ -97,11 +97,7 @@ class JobIntake:
         ]
 
     def _check_payload(self, payload: bytes, field: str) -> None:
-        limit = self._config.max_payload_bytes
-        if len(payload) > limit:
-            raise InvalidArgument(
-                f"{field} is {len(payload)} bytes; the limit is {limit} bytes (jobs.max_payload_bytes)"
-            )
+        check_payload(len(payload), self._limits, field)
 
     def _record(
         self,
@@ -116,17 +112,13 @@ class JobIntake:
         timeout_s: float | None = None,
         field: str = "job",
     ) -> NewJobRecord:
-        if len(dedup_key) > MAX_DEDUP_KEY_CHARS:
-            raise InvalidArgument(
-                f"{field}.dedup_key has {len(dedup_key)} characters; at most {MAX_DEDUP_KEY_CHARS}"
-            )
-        if max_retries is not None and max_retries < -1:
-            raise InvalidArgument(f"{field}.max_retries is {max_retries}; use -1 (forever) or more")
-        for name, value in (("retry_delay", retry_delay_s), ("timeout", timeout_s)):
-            if value is not None and not 0 <= value <= MAX_JOB_SECONDS:
-                raise InvalidArgument(
-                    f"{field}.{name} is {value:g}s; use a duration from 0 to {MAX_JOB_SECONDS}s (10 years)"
-                )
+        check_job_options(
+            field,
+            dedup_key=dedup_key,
+            max_retries=max_retries,
+            retry_delay_s=retry_delay_s,
+            timeout_s=timeout_s,
+        )
         queue, target = self._place(topic)
         return NewJobRecord(
             id=job_id,

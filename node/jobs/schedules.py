@@ -13,7 +13,7 @@ from jobmesh.v1 import schedules_pb2
 
 from node.errors import InvalidArgument
 from node.jobs.cron import CronExpression
-from node.properties import micros_to_datetime
+from node.properties import MAX_TIMESTAMP_S, micros_to_datetime
 
 MAX_RULES = 64
 
@@ -32,8 +32,15 @@ def validate_rule(rule: schedules_pb2.ScheduleRule, field: str) -> None:
             f"{field}: no rule is set (set one of at, hourly, daily, weekly, monthly, yearly, cron)"
         )
     if kind == "at":
-        if rule.at.time.seconds <= 0:
+        time = rule.at.time
+        if time.seconds <= 0:
             raise InvalidArgument(f"{field}.at.time is missing")
+        # A later time cannot be a datetime (year 9999 is the last) and would fail when computed.
+        if time.seconds > MAX_TIMESTAMP_S or not 0 <= time.nanos <= 999_999_999:
+            raise InvalidArgument(
+                f"{field}.at.time (seconds {time.seconds}, nanos {time.nanos}) is not a time "
+                "up to 9999-12-31T23:59:59Z"
+            )
         return
     if kind == "cron":
         CronExpression.parse(rule.cron)

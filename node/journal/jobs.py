@@ -29,7 +29,6 @@ from node.journal.records import (
     JobPage,
     JobQuery,
     NewJobRecord,
-    encode_page_token,
     pattern_sql,
     row_to_job,
     state_list,
@@ -162,8 +161,7 @@ class JobStore(Claims, Attempts, Controls):
             total = conn.execute(f"SELECT count(*) AS n FROM jobs WHERE {base_where}", params).fetchone()["n"]
             more = len(rows) > query.limit
             jobs = [row_to_job(r) for r in rows[: query.limit]]
-            token = encode_page_token(jobs[-1].seq) if more and jobs else ""
-            return JobPage(jobs, int(total), token)
+            return JobPage(jobs, int(total), jobs[-1].seq if more and jobs else None)
 
         return await self.journal.read(select)
 

@@ -7,14 +7,11 @@ use the partial indexes whose WHERE names a state literal (see schema.py).
 
 from __future__ import annotations
 
-import base64
-import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from node.errors import InvalidArgument
 from node.journal.payloads import PAYLOAD_INPUT, PAYLOAD_OUTPUT
 from node.model.job import Job, JobState, Outcome
 from node.model.queues import QueueConfig
@@ -202,7 +199,8 @@ class JobPage:
 
     jobs: list[Job]
     total_count: int
-    next_page_token: str
+    next_after_seq: int | None
+    """The seq the next page continues after (the service makes it a page token); None: the last page."""
 
 
 @dataclass(frozen=True)
@@ -218,23 +216,6 @@ class AttemptReport:
     output: bytes | None = None
     seq: int = 0
     """The job's row (from the claim); 0: look it up by id."""
-
-
-def encode_page_token(seq: int) -> str:
-    """The opaque token that continues a query after row `seq`."""
-    return base64.urlsafe_b64encode(json.dumps({"after": seq}).encode()).decode()
-
-
-def decode_page_token(token: str) -> int:
-    """The row a token continues after, or InvalidArgument."""
-    try:
-        after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
-        # A row seq is a SQLite INTEGER: anything else would fail deep in the query.
-        if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63:
-            raise TypeError(after)
-        return after
-    except (ValueError, KeyError, TypeError) as e:
-        raise InvalidArgument(f"page_token {token!r} is malformed; pass a next_page_token unchanged") from e
 
 
 def pattern_sql(patterns: Sequence[TopicPattern]) -> tuple[str, list[str]]:

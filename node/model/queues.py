@@ -14,11 +14,26 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from node.errors import ConfigError, InvalidArgument
+from node.ranges import MAX_DURATION_S, Range
 from node.topics import TopicPattern
 
 MAIN_QUEUE = "main"
 _CORES = os.cpu_count() or 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_QUEUE_TOPICS = 256
+"""Topic patterns of one queue: each one is matched against every new job's topic."""
+_INT32 = Range(-(2**31), 2**31 - 1)
+# What each number may be: a value outside would be stored and then fail a later read or
+# overflow a timer (1e308 parallel jobs, a retry delay of 10^20 s), so it is refused here.
+_RANGES = {
+    "max_parallel": Range(0, 10_000, above=True, also=(-1,)),
+    "retries": Range(0, 2**31 - 1, also=(-1,)),
+    "retry_delay_s": Range(0, MAX_DURATION_S, unit="s"),
+    "retry_backoff": Range(1, 1000),
+    "retry_delay_max_s": Range(0, MAX_DURATION_S, unit="s"),
+    "timeout_s": Range(0, MAX_DURATION_S, unit="s"),
+    "ranking": _INT32,
+}
 
 
 class QueueType(Enum):
@@ -79,36 +94,27 @@ class QueueConfig:
     def validated(self) -> QueueConfig:
         """This config with parsed patterns, or ConfigError."""
         where = f"queue {self.name!r}"
-        numbers = {
-            "max_parallel": self.max_parallel,
-            "retries": self.retries,
-            "retry_delay_s": self.retry_delay_s,
-            "retry_backoff": self.retry_backoff,
-            "retry_delay_max_s": self.retry_delay_max_s,
-            "timeout_s": self.timeout_s,
-            "ranking": self.ranking,
-        }
-        for key, value in numbers.items():
-            # inf or NaN would pass the range checks below and fail later, inside a commit.
+        for key, allowed in _RANGES.items():
+            value = getattr(self, key)
+            # inf or NaN would pass a range check and fail later, inside a commit.
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ConfigError(f"{where}: {key} must be a finite number, not {value!r}")
             if key in ("retries", "ranking") and not float(value).is_integer():
                 raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}")
+            problem = allowed.problem(value)
+            if problem is not None:
+                raise ConfigError(f"{where}: {key} is {value!r}; {problem}")
         checks = [
             (
                 isinstance(self.name, str) and bool(_NAME.fullmatch(self.name)),
                 f"{where}: names use letters, digits, '.', '_', '-' (max 100)",
             ),
-            (self.max_parallel == -1 or self.max_parallel > 0, f"{where}: max_parallel must be > 0 or -1"),
             (
                 self.max_parallel < 1 or float(self.max_parallel).is_integer(),
                 f"{where}: max_parallel >= 1 must be whole",
             ),
-            (self.retries >= -1, f"{where}: retries must be -1 (forever) or more"),
-            (self.retry_delay_s >= 0 and self.retry_delay_max_s >= 0, f"{where}: retry delays must be >= 0"),
-            (self.retry_backoff >= 1.0, f"{where}: retry_backoff must be >= 1.0"),
-            (self.timeout_s >= 0, f"{where}: timeout_s must be >= 0 (0: none)"),
             (self.name == MAIN_QUEUE or bool(self.topics), f"{where}: needs topic patterns"),
+            (len(self.topics) <= MAX_QUEUE_TOPICS, f"{where}: at most {MAX_QUEUE_TOPICS} topic patterns"),
         ]
         for ok, message in checks:
             if not ok:

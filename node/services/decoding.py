@@ -42,27 +42,31 @@ class UndecodableRequest(InvalidArgument):
 
 
 class BadRequestCounter:
-    """Counts undecodable requests and logs them at most once per interval (thread-unsafe: loop only)."""
+    """Counts refused requests and logs them at most once per interval (thread-unsafe: loop only).
 
-    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+    `message` is a %-format of the count since the last line and the `record` arguments."""
+
+    def __init__(
+        self,
+        interval_s: float = LOG_INTERVAL_S,
+        message: str = "%d undecodable request(s) refused with INVALID_ARGUMENT (latest: %s from %s)",
+        logger: logging.Logger = log,
+    ) -> None:
         self.total = 0
-        """Undecodable requests since start."""
+        """Refused requests since start."""
         self._interval_s = interval_s
+        self._message = message
+        self._log = logger
         self._unlogged = 0
         self._last_log = float("-inf")
 
-    def record(self, method: str, peer: str) -> None:
-        """Count one undecodable request; log a summary when the interval has passed."""
+    def record(self, *latest: str) -> None:
+        """Count one refused request; log a summary with the `latest` details when the interval has passed."""
         self.total += 1
         self._unlogged += 1
         now = time.monotonic()
         if now - self._last_log >= self._interval_s:
-            log.warning(
-                "%d undecodable request(s) refused with INVALID_ARGUMENT (latest: %s from %s)",
-                self._unlogged,
-                method,
-                peer,
-            )
+            self._log.warning(self._message, self._unlogged, *latest)
             self._unlogged = 0
             self._last_log = now
 

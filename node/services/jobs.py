@@ -10,10 +10,11 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 from node.durations import duration_from_seconds, optional_seconds
 from node.errors import InvalidArgument, JobmeshError, Unavailable
 from node.jobs.manager import JobManager
-from node.journal.records import JobQuery, decode_page_token
+from node.journal.records import JobQuery
 from node.model.events import EventFilter, EventType
 from node.model.job import HISTORY_STATES, Job, JobState
 from node.services import gather
+from node.services.paging import bound_kind, decode_token, encode_token
 from node.services.status import rpc, status_for
 from node.templates import Template
 from node.topics import TopicPattern, validate_topic
@@ -25,6 +26,10 @@ MAX_PAGE_SIZE = 10_000
 # and statements with more than 32766 parameters.
 MAX_TEMPLATES = 256
 MAX_CONDITIONS = 256
+# A watch filter is matched against every event, and a purge takes a list of states: bounded.
+MAX_WATCH_TOPICS = 256
+MAX_WATCH_JOB_IDS = 10_000
+MAX_ENUM_VALUES = 64
 
 _STATES_BY_QUERY: dict[int, tuple[JobState, ...]] = {
     jobs_pb2.QUERY_TYPE_UNSPECIFIED: tuple(JobState),
@@ -41,10 +46,25 @@ _STATES_BY_QUERY: dict[int, tuple[JobState, ...]] = {
 }
 
 
+def _check_count(field: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise InvalidArgument(f"{field} has {count} entries; at most {limit}")
+
+
 def _require_id(job_id: str) -> str:
     if not job_id:
         raise InvalidArgument("job_id is empty; pass the id AddJob returned")
     return job_id
+
+
+def _after_seq(request: jobs_pb2.FindJobsRequest) -> int | None:
+    """The row a FindJobs page token continues after (tokens are bound to their query)."""
+    if not request.page_token:
+        return None
+    (seq,) = decode_token(bound_kind("jobs", request), request.page_token, (0,))
+    if not isinstance(seq, int) or seq < 0:
+        raise InvalidArgument("page_token is malformed; pass a next_page_token of this query unchanged")
+    return seq
 
 
 def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
@@ -72,7 +92,7 @@ def query_from_proto(request: jobs_pb2.FindJobsRequest) -> JobQuery:
         topic=request.topic or None,
         templates=templates,
         limit=request.page_size or DEFAULT_PAGE_SIZE,
-        after_seq=decode_page_token(request.page_token) if request.page_token else None,
+        after_seq=_after_seq(request),
         newest_first=request.newest_first,
     )
 
@@ -145,7 +165,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         page = await self._manager.find_jobs(query_from_proto(request))
         return jobs_pb2.FindJobsResponse(
             jobs=[self._job_proto(job) for job in page.jobs],
-            next_page_token=page.next_page_token,
+            next_page_token=""
+            if page.next_after_seq is None
+            else encode_token(bound_kind("jobs", request), (page.next_after_seq,)),
             total_size=page.total_count,
         )
 
@@ -220,6 +242,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def PurgeJobs(
         self, request: jobs_pb2.PurgeJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.PurgeJobsResponse:
+        _check_count("states", len(request.states), MAX_ENUM_VALUES)
         states = []
         for index, value in enumerate(request.states):
             if value not in {int(s) for s in HISTORY_STATES}:
@@ -236,6 +259,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
 def filter_from_proto(request: jobs_pb2.WatchJobsRequest) -> EventFilter:
     """Validate a WatchJobsRequest's filters."""
+    _check_count("topics", len(request.topics), MAX_WATCH_TOPICS)
+    _check_count("job_ids", len(request.job_ids), MAX_WATCH_JOB_IDS)
+    _check_count("types", len(request.types), MAX_ENUM_VALUES)
     patterns = tuple(TopicPattern.parse(t) for t in request.topics)
     types = set()
     for index, value in enumerate(request.types):

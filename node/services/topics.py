@@ -70,6 +70,8 @@ class TopicServicer(topics_pb2_grpc.TopicServiceServicer):
             TopicPattern.parse(request.topic)
         except InvalidArgument as e:
             raise InvalidArgument(f"topic: {e}") from e
+        if request.setting and request.setting not in {int(s) for s in ConsumptionSetting}:
+            raise InvalidArgument(f"setting {request.setting} is not a known ConsumptionSetting")
         setting = ConsumptionSetting(request.setting or ConsumptionSetting.ENABLED)
         view = self._topology.view
         wanted = request.instance

@@ -19,6 +19,9 @@ from node.services.status import rpc
 
 log = logging.getLogger(__name__)
 
+MAX_REMOVED_PROPERTIES = 1000
+"""Names one SetInstanceProperties call may remove (the properties set are bounded in bytes)."""
+
 
 class TopologyServicer(topology_pb2_grpc.TopologyServiceServicer):
     """TopologyService: read and watch this node's topology view; set its instance properties."""
@@ -55,6 +58,10 @@ class TopologyServicer(topology_pb2_grpc.TopologyServiceServicer):
     async def SetInstanceProperties(
         self, request: topology_pb2.SetInstancePropertiesRequest, context: grpc.aio.ServicerContext
     ) -> topology_pb2.SetInstancePropertiesResponse:
+        if len(request.remove) > MAX_REMOVED_PROPERTIES:
+            raise InvalidArgument(
+                f"remove has {len(request.remove)} names; at most {MAX_REMOVED_PROPERTIES} per call"
+            )
         for name in [*request.set, *request.remove]:
             if name.startswith(RESERVED_PREFIX):
                 raise InvalidArgument(

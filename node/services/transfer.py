@@ -11,6 +11,7 @@ import grpc
 from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 
 from node.errors import JobmeshError
+from node.services.decoding import BadRequestCounter
 from node.transfer.link import TransferReceiver
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     def __init__(self, offloader: TransferReceiver) -> None:
         self._offloader = offloader
         self._closing = asyncio.Event()
+        # The text, not the exception, is logged: a kept log record would keep the call's frames alive.
+        self.refused = BadRequestCounter(
+            message="%d transfer frame(s) refused (latest from %s: %s)", logger=log
+        )
 
     def close(self) -> None:
         """End every open stream now (the node is stopping); senders resend unacknowledged frames."""
@@ -47,8 +52,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 await self._offloader.receive(frame, assembler)
                 await context.write(transfer_pb2.ExchangeResponse(last_seq=frame.last_seq))
         except JobmeshError as e:
-            # The text, not the exception: a kept log record would keep the call's frames alive.
-            log.warning("transfer from %s: %s", context.peer(), str(e))
+            self.refused.record(context.peer(), str(e))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (asyncio.CancelledError, grpc.RpcError):
             # The sender went away or this node is stopping; it resends what it has no ack for.

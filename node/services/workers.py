@@ -23,13 +23,12 @@ from node.errors import InvalidArgument, JobmeshError
 from node.jobs.remote import Assign, Command, RemoteWorker, RemoteWorkers
 from node.model.job import JobResult, Outcome
 from node.properties import fill_proto_properties, validate_name, value_from_proto
+from node.services.paging import page_of
 from node.services.status import rpc, status_for
 
 log = logging.getLogger(__name__)
 
 MAX_ETA_S = 10 * 365 * 86400.0
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 _OUTCOMES = {
     workers_pb2.WORK_OUTCOME_SUCCEEDED: Outcome.SUCCEEDED,
     workers_pb2.WORK_OUTCOME_FAILED: Outcome.FAILED,
@@ -93,25 +92,12 @@ def list_workers(
     The page token is the connection number of the last worker of the previous page, so a
     worker that disconnects between pages shifts nothing and none is listed twice.
     """
-    if not 0 <= request.page_size <= MAX_PAGE_SIZE:
-        raise InvalidArgument(
-            f"page_size is {request.page_size}; use 0 (default {DEFAULT_PAGE_SIZE}) to {MAX_PAGE_SIZE}"
-        )
-    after = 0
-    if request.page_token:
-        if not request.page_token.isdigit():
-            raise InvalidArgument(
-                f"page_token {request.page_token!r} is malformed; pass a next_page_token unchanged"
-            )
-        after = int(request.page_token)
-    connected = [w for w in workers if w.connected and _connection_number(w.id) > after]
-    size = request.page_size or DEFAULT_PAGE_SIZE
-    page = connected[:size]
+    connected = [w for w in workers if w.connected]
+    page = page_of("workers", connected, lambda w: (_connection_number(w.id),), request)
     response = workers_pb2.ListWorkersResponse(
-        total_size=sum(1 for w in workers if w.connected),
-        next_page_token=str(_connection_number(page[-1].id)) if len(connected) > size else "",
+        total_size=page.total_size, next_page_token=page.next_page_token
     )
-    for worker in page:
+    for worker in page.items:
         response.workers.add(
             worker_id=worker.id,
             name=worker.name,

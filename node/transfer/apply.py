@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from jobmesh.peer.v1 import transfer_pb2
 
 from node.errors import InvalidArgument
+from node.jobs.validation import JobLimits, check_exchange
 from node.journal.controls import finish_job
 from node.journal.jobs import JobStore
 from node.journal.payloads import store_payload
@@ -47,8 +48,12 @@ def arrivals_for(
     return {topic: place(topic) for topic in {j.topic for j in jobs}}
 
 
-def check_frame(frame: transfer_pb2.ExchangeRequest, assembler: ChunkAssembler | None) -> None:
-    """Reassemble chunked payloads (with the stream's `assembler`) and check every checksum."""
+def check_frame(
+    frame: transfer_pb2.ExchangeRequest, assembler: ChunkAssembler | None, limits: JobLimits | None = None
+) -> None:
+    """Check every value like client data, reassemble chunked payloads (with the stream's
+    `assembler`) and check every checksum; InvalidArgument before anything is stored."""
+    check_exchange(frame, limits or JobLimits())
     if assembler is not None:
         assembler.resolve(frame)
     elif (

@@ -14,6 +14,7 @@ from jobmesh.peer.v1 import transfer_pb2
 from node.config import CHUNK_BYTES
 from node.errors import PayloadDamaged
 from node.instance import now_us
+from node.jobs.validation import JobLimits
 from node.journal.controls import finish_job
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
@@ -33,8 +34,12 @@ class TransferStore:
     it on the loop, before anything writes jobs (before the queue runners start).
     """
 
-    def __init__(self, journal: Journal, jobs: JobStore, local_id: str) -> None:
+    def __init__(
+        self, journal: Journal, jobs: JobStore, local_id: str, limits: JobLimits | None = None
+    ) -> None:
         self.journal = journal
+        self.limits = limits or JobLimits()
+        """What received jobs and reports may carry (this node's `jobs.*` limits)."""
         self.jobs = jobs
         self.local_id = local_id
         self.outbox = Outbox(journal, local_id)
@@ -93,7 +98,7 @@ class TransferStore:
     ) -> Applied:
         """Apply a received frame in one transaction; duplicates and stale epochs are ignored.
         Chunks and chunked items need the stream's `assembler` (see chunks.py)."""
-        check_frame(frame, assembler)
+        check_frame(frame, assembler, self.limits)
         return await self.journal.write(lambda conn: self._applier.apply(conn, frame, arrivals, now_us))
 
     async def hand_back(self, now_us: int) -> int:

@@ -10,5 +10,6 @@
 - `worker_stream`: a remote worker a test drives by hand (`WorkerStream`).
 - `in_process`: waits on an in-process `node.Node` (`job_in_state`, `finished`).
 - `netlab`: the multi-host namespace lab (the conftest's `lab` and `module_lab` fixtures).
+- `fuzzing`: every served method (`served_methods`) and a seeded hostile-request mutator.
 - `leaks`: the thread and task leak guards the conftest applies to every test.
 """
