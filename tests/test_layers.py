@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "topics",
         "properties",
         "templates",
+        "interceptors",
         "security",
         "transport",
         "memnet",

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from node.interceptors import WrappingInterceptor
 from node.security import pki, tokens
 from node.security.scopes import JOIN, OPEN, REQUIRED_SCOPE, Principal
 
@@ -62,10 +63,11 @@ def refusal(caller: Principal, request: Any) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(WrappingInterceptor):
     """Checks every call against `REQUIRED_SCOPE` (UNAUTHENTICATED / PERMISSION_DENIED)."""
 
     def __init__(self, ca: x509.Certificate, revoked: Callable[[], frozenset[str]] | None = None) -> None:
+        super().__init__()
         self._ca = ca
         self._revoked = revoked or frozenset
         self._verify = functools.lru_cache(maxsize=1024)(self._verify_token)
@@ -118,15 +120,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         return caller
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """The handler checking the caller first; open methods (health) are left as they are."""
         required = REQUIRED_SCOPE.get(method, "admin")  # a method missing from the table: admins only
-        if handler is None or required == OPEN:
+        if required == OPEN:
             return handler
         return _wrap(handler, functools.partial(self._check, method, required))
 

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import grpc
 
 from node.errors import InvalidArgument
-from node.services.wrapping import WrappingInterceptor
+from node.interceptors import WrappingInterceptor
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from node.services.wrapping import WrappingInterceptor
+from node.interceptors import WrappingInterceptor
 
 SHUTTING_DOWN = "the node is shutting down; reconnect (to another node, or here after its restart) and resume"
 

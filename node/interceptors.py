@@ -1,4 +1,4 @@
-"""A server interceptor that wraps each method's handler once, for interceptors that only wrap."""
+"""The base of the server interceptors: each method's handler is wrapped once, not per call."""
 
 from __future__ import annotations
 
