@@ -64,7 +64,8 @@ class MemoryNetwork(FaultModel):
             await asyncio.sleep(timeout_s)
             raise PeerUnavailable(f"{address}: deadline exceeded")
         try:
-            return await asyncio.wait_for(handle(node), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see docs/architecture.md
+                return await handle(node)
         except TimeoutError as e:
             raise PeerUnavailable(f"{address}: deadline exceeded") from e
         except DuplicateInstance:

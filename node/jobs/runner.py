@@ -231,7 +231,8 @@ class QueueRunner:
             if timeout == 0.0 or self._stopping:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see docs/architecture.md
+                    await self._wakeup.wait()
 
     def _start(self, job: Job) -> None:
         context = self._make_context(job)
@@ -246,9 +247,13 @@ class QueueRunner:
             # A per-job timeout of 0 means none, even on a queue with a timeout.
             timeout_s = job.timeout_us / 1e6 if job.timeout_us is not None else config.timeout_s
             if timeout_s:
+                deadline = asyncio.timeout(timeout_s)
                 try:
-                    result = await asyncio.wait_for(self._execute(job, context), timeout_s)
+                    async with deadline:
+                        result = await self._execute(job, context)
                 except TimeoutError:
+                    if not deadline.expired():
+                        raise  # the consumer's own TimeoutError: a failure like any other
                     context.request_stop()
                     result = JobResult.failed(f"timed out after {timeout_s:g}s")
             else:

@@ -93,7 +93,8 @@ class Scheduler:
                 due = now_us() + 1_000_000
             timeout = MAX_SLEEP_S if due is None else min(MAX_SLEEP_S, max(0.0, (due - now_us()) / 1e6))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see docs/architecture.md
+                    await self._wakeup.wait()
 
     def _record_for(self, schedule: StoredSchedule) -> NewJobRecord:
         return self._make_record(jobs_pb2.NewJob.FromString(schedule.job), f"schedule {schedule.id}")

@@ -173,7 +173,8 @@ class Journal:
         """Wait until an event newer than `after_seq` is committed; False on timeout or close."""
         while self.head_seq <= after_seq and not self._closed:
             try:
-                await asyncio.wait_for(self._events_committed.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):  # not wait_for: see docs/architecture.md
+                    await self._events_committed.wait()
             except TimeoutError:
                 return False
         return self.head_seq > after_seq

@@ -162,7 +162,7 @@ class Offloader:
     # --- sending ---
 
     async def _dispatch(self) -> None:
-        while True:
+        while self._running:
             for peer in await self.store.peers():
                 task = self._senders.get(peer)
                 if task is None or task.done():
@@ -171,7 +171,8 @@ class Offloader:
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._kick.wait(), IDLE_POLL_S)
+            async with asyncio.timeout(IDLE_POLL_S):  # not wait_for: see docs/architecture.md
+                await self._kick.wait()
 
     async def _send_to(self, peer: str) -> None:
         while self._running:
@@ -210,9 +211,10 @@ class Offloader:
     # --- assignment ---
 
     async def _assign_loop(self) -> None:
-        while True:
+        while self._running:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._assign_needed.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # not wait_for: see docs/architecture.md
+                    await self._assign_needed.wait()
             self._assign_needed.clear()
             self._refresh_view()
             if self.placement.local_outstanding:
