@@ -141,6 +141,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE payloads ADD COLUMN crc32 INTEGER NOT NULL DEFAULT 0;
     UPDATE payloads SET crc32 = jobmesh_crc32(data);
     """,
+    # v5: the jobs waiting for a target, by origin and topic: placement (node/transfer/assign.py)
+    # visits the topics that wait, not every waiting job. Jobs placed at insert (a consumer here)
+    # never enter it.
+    """
+    CREATE INDEX jobs_unassigned ON jobs (origin, topic, queue) WHERE state = 1 AND target IS NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,13 +5,16 @@ Both run inside a write operation (writer thread)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from node.journal.recorder import Recorder
 from node.journal.records import ACTIVE, DROPPED, QUEUED, STOPPED, UNFINISHED
 from node.model.events import EventType
 from node.model.job import JobState
 from node.transfer.outbox import Outbox, OutboxKind
+
+ASSIGN_BATCH = 10_000
+"""Jobs one assignment round moves at most (the rest in the next round; it holds the writer)."""
 
 Chooser = Callable[[str, str], "str | None"]
 """`choose(topic, queue)`: a target for a job, or None (called on the writer thread)."""
@@ -28,10 +31,16 @@ class Assigner:
     def hand_back(self, conn: sqlite3.Connection, now_us: int) -> int:
         """Give jobs of other origins this node no longer consumes (QUEUED, unassigned) back to
         their origins: they end DROPPED here and a report tells the origin to reassign them."""
+        # Two range seeks on jobs_unassigned skip this node's own waiting jobs however many
+        # there are (`origin != ?` would visit each of them).
         rows = conn.execute(
-            f"UPDATE jobs SET state = {DROPPED}, finished_us = ? WHERE state = {QUEUED} AND target IS NULL "
-            "AND origin != ? RETURNING id, origin, epoch",
-            (now_us, self.local_id),
+            f"UPDATE jobs SET state = {DROPPED}, finished_us = ? WHERE seq IN ("
+            f"SELECT seq FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} AND target IS NULL "
+            "AND origin < ? UNION ALL "
+            f"SELECT seq FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} AND target IS NULL "
+            "AND origin > ?) "
+            "RETURNING id, origin, epoch",
+            (now_us, self.local_id, self.local_id),
         ).fetchall()
         self.outbox.enqueue(conn, OutboxKind.REPORT, ((r["origin"], r["id"], r["epoch"]) for r in rows))
         return len(rows)
@@ -39,35 +48,72 @@ class Assigner:
     def assign(self, conn: sqlite3.Connection, choose: Chooser, now_us: int, from_peer: str | None) -> int:
         """Give this node's jobs a target: unassigned QUEUED ones, or (with `from_peer`) the
         unfinished ones of a dead peer, under a new epoch. Returns how many moved."""
-        local = self.local_id
-        if from_peer is None:
-            rows = conn.execute(
-                f"SELECT id, topic, queue FROM jobs WHERE state = {QUEUED} AND target IS NULL AND origin = ? "
-                "LIMIT 10000",
-                (local,),
-            ).fetchall()
-        else:
+        if from_peer is not None:
             self._stop_requested_on(conn, from_peer, now_us)
             rows = conn.execute(
                 f"SELECT id, topic, queue FROM jobs WHERE target = ? AND origin = ? AND state IN {UNFINISHED}",
-                (from_peer, local),
+                (from_peer, self.local_id),
             ).fetchall()
             self.outbox.discard_jobs(conn, from_peer)
+            return sum(
+                self._move(conn, row["id"], choose(row["topic"], row["queue"]), now_us) for row in rows
+            )
         moved = 0
-        for row in rows:
-            target = choose(row["topic"], row["queue"])
-            if target is None and from_peer is None:
-                continue
-            epoch = conn.execute(
-                f"UPDATE jobs SET state = {QUEUED}, target = ?, epoch = epoch + 1, report_seq = 0, "
-                "started_us = NULL, progress_total = NULL, progress_done = NULL, eta_us = NULL, due_us = ? "
-                "WHERE id = ? RETURNING epoch",
-                (target, now_us, row["id"]),
-            ).fetchone()["epoch"]
-            if target is not None and target != local:
-                self.outbox.enqueue(conn, OutboxKind.JOB, [(target, row["id"], epoch)])
-            moved += 1
+        # One index seek per waiting (topic, queue), then only the jobs of those that have a
+        # target now: a backlog nobody consumes costs nothing per job.
+        for topic, queue in self._waiting_topics(conn):
+            limit = 1  # the first job tells whether anybody takes the topic now; then the rest
+            while moved < ASSIGN_BATCH:
+                rows = conn.execute(
+                    "SELECT id FROM jobs INDEXED BY jobs_unassigned WHERE state = "
+                    f"{QUEUED} AND target IS NULL AND origin = ? AND topic = ? AND queue = ? LIMIT ?",
+                    (self.local_id, topic, queue, min(limit, ASSIGN_BATCH - moved)),
+                ).fetchall()
+                targets = [(row["id"], choose(topic, queue)) for row in rows]
+                placed = [(job_id, target) for job_id, target in targets if target is not None]
+                moved += sum(self._move(conn, job_id, target, now_us) for job_id, target in placed)
+                if len(placed) < len(rows) or len(rows) < limit:
+                    break  # nobody takes the topic (any more), or none of its jobs is left
+                limit = ASSIGN_BATCH
+            if moved >= ASSIGN_BATCH:
+                break
         return moved
+
+    def _waiting_topics(self, conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
+        """The distinct (topic, queue) of this node's unassigned QUEUED jobs: a skip scan of
+        jobs_unassigned, one seek per topic and per queue (a row-value `>` would walk every job
+        of a topic to reach the next one)."""
+        waiting = (
+            f"FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} AND target IS NULL AND origin = ?"
+        )
+        topic: str | None = ""
+        while True:
+            topic = conn.execute(
+                f"SELECT min(topic) {waiting} AND topic > ?", (self.local_id, topic)
+            ).fetchone()[0]
+            if topic is None:
+                return
+            queue: str | None = None
+            while True:
+                queue = conn.execute(
+                    f"SELECT min(queue) {waiting} AND topic = ? AND queue > ?",
+                    (self.local_id, topic, queue or ""),
+                ).fetchone()[0]
+                if queue is None:
+                    break
+                yield topic, queue
+
+    def _move(self, conn: sqlite3.Connection, job_id: str, target: str | None, now_us: int) -> int:
+        """Give one job `target` (None: unassigned) under a new epoch, its copy queued for sending."""
+        epoch = conn.execute(
+            f"UPDATE jobs SET state = {QUEUED}, target = ?, epoch = epoch + 1, report_seq = 0, "
+            "started_us = NULL, progress_total = NULL, progress_done = NULL, eta_us = NULL, due_us = ? "
+            "WHERE id = ? RETURNING epoch",
+            (target, now_us, job_id),
+        ).fetchone()["epoch"]
+        if target is not None and target != self.local_id:
+            self.outbox.enqueue(conn, OutboxKind.JOB, [(target, job_id, epoch)])
+        return 1
 
     def _stop_requested_on(self, conn: sqlite3.Connection, peer: str, now_us: int) -> None:
         """A job stopped here while it ran on the dead `peer` ends STOPPED rather than running again."""
