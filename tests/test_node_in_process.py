@@ -271,9 +271,13 @@ async def test_queued_jobs_whose_consumer_is_gone_after_a_restart_wait_unassigne
     # When the node starts again without a consumer for the topic
     async with node.Node(node.NodeConfig.for_tests(tmp_path)) as again:
         # Then the job waits unassigned instead of failing attempts for want of a consumer
+        # (waiting jobs are settled in the background just after the start)
+        async def unassigned() -> bool:
+            return (await again.jobs.get_job(job.id)).target_instance is None
+
+        await async_wait_for(unassigned, what="the job to be unassigned")
         waiting = await again.jobs.get_job(job.id)
         assert waiting.state is node.JobState.QUEUED
-        assert waiting.target_instance is None
         # And runs, without a failure counted, once a consumer is registered
         again.consumers.register(["gone/*"], lambda job, context: None)
         done = await job_in_state(again, job.id, node.JobState.SUCCEEDED)

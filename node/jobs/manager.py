@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from jobmesh.v1 import jobs_pb2, schedules_pb2
 
 from node.config import NodeConfig
-from node.errors import FailedPrecondition, NotFound
+from node.errors import FailedPrecondition, NotFound, Unavailable
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import JobContext
@@ -110,10 +111,11 @@ class JobManager:
             if stored.config_json:
                 self._api_queues[name] = QueueConfig.create(**json.loads(stored.config_json))
         self._rebuild_directory()
-        await self.store.reassign_queues(lambda topic: self.queues.for_topic(topic).name)
-        await self._assign_local()
         self._started = True
         self._sync_runners()
+        # Waiting jobs get this run's queues and consumers in the background, in bounded writes:
+        # a journal of millions of jobs must not delay serving (AddJob, claims) until all moved.
+        self._in_background(self._settle_waiting_jobs())
         self.scheduler.start()
         self._retention.start()
         return recovered
@@ -121,6 +123,10 @@ class JobManager:
     async def stop(self, grace_s: float) -> None:
         """Stop taking jobs; give running ones `grace_s` to finish, then re-queue them."""
         self._started = False
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await self.scheduler.stop()
         await self._retention.stop()
         await asyncio.gather(*(runner.stop(grace_s) for runner in self._runners.values()))
@@ -432,17 +438,33 @@ class JobManager:
                 self._wake_for()
                 await self._placement.consumers_changed()
 
-            task = asyncio.get_running_loop().create_task(assign())
-            self._background.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(self._background.discard)
+            self._in_background(assign())
 
-    async def _assign_local(self) -> int:
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._background.discard)
+
+    async def _settle_waiting_jobs(self) -> None:
+        """At start: move QUEUED jobs to the queues and consumers of this run, waking the runners
+        after each step."""
+        try:
+            await self.store.reassign_queues(lambda topic: self.queues.for_topic(topic).name)
+            self._wake_for()
+            await self._assign_local(after_each=self._wake_for)
+        except Unavailable:
+            return  # stopping: the next start does it
+        except Exception:
+            log.exception("assigning this node's waiting jobs at start failed")
+
+    async def _assign_local(self, after_each: Callable[[], None] | None = None) -> int:
         rules = self.consumption
         return await self.store.assign_unassigned(
             self.instance_id,
             self.consumers.patterns,
             [TopicPattern.parse(p) for p in rules.disabled],
             [TopicPattern.parse(p) for p in rules.exclusive],
+            after_each=after_each,
         )
 
     async def apply_consumption(self, rules: ConsumptionRules) -> None:

@@ -9,6 +9,7 @@ journal hook adds (`hooks`) commit with it or not at all.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -37,6 +38,9 @@ from node.model.events import EventType
 from node.model.job import Job, JobState, LogLine
 from node.templates import templates_to_sql
 from node.topics import TopicPattern
+
+ASSIGN_WINDOW = 50_000
+"""Job seqs one write of `assign_unassigned` looks at (see there)."""
 
 
 class JobStore(Claims, Attempts, Controls):
@@ -190,8 +194,10 @@ class JobStore(Claims, Attempts, Controls):
         patterns: Sequence[TopicPattern],
         disabled: Sequence[TopicPattern] = (),
         exclusive: Sequence[TopicPattern] = (),
+        after_each: Callable[[], None] | None = None,
     ) -> int:
-        """Assign QUEUED jobs without a target whose topic matches `patterns` to `target`.
+        """Assign QUEUED jobs without a target whose topic matches `patterns` to `target`
+        (`after_each()` is called after each bounded step).
 
         QUEUED jobs assigned to `target` whose topic no longer matches (their consumer is gone,
         e.g. after a restart with other consumers) are unassigned again: they wait for a
@@ -205,25 +211,34 @@ class JobStore(Claims, Attempts, Controls):
             only, only_params = pattern_sql(exclusive)
             predicate, params = f"({predicate} AND {only})", [*params, *only_params]
 
-        def update(conn: sqlite3.Connection) -> int:
+        def update(conn: sqlite3.Connection, low: int) -> int:
+            window = (low, low + ASSIGN_WINDOW)
             conn.execute(
-                f"UPDATE jobs SET target = NULL WHERE state = {QUEUED} AND target = ? AND NOT {predicate}",
-                [target, *params],
+                f"UPDATE jobs SET target = NULL WHERE seq > ? AND seq <= ? AND state = {QUEUED} AND target = ? "
+                f"AND NOT {predicate}",
+                [*window, target, *params],
             )
             return conn.execute(
-                f"UPDATE jobs SET target = ? WHERE state = {QUEUED} AND target IS NULL AND {predicate}",
-                [target, *params],
+                f"UPDATE jobs SET target = ? WHERE seq > ? AND seq <= ? AND state = {QUEUED} AND target IS NULL "
+                f"AND {predicate}",
+                [target, *window, *params],
             ).rowcount
 
-        return await self.journal.write(update)
+        # One write per window of job seqs: a journal of millions of jobs is reassigned in bounded
+        # steps, with AddJob and claims served between them (not one write holding the writer).
+        last = await self.journal.read(lambda conn: conn.execute("SELECT max(seq) FROM jobs").fetchone()[0])
+        assigned = 0
+        for low in range(0, last or 0, ASSIGN_WINDOW):
+            assigned += await self.journal.write(functools.partial(update, low=low))
+            if after_each is not None:
+                after_each()
+        return assigned
 
     async def reassign_queues(self, queue_for_topic: Callable[[str], str]) -> int:
         """Move QUEUED jobs to the queue `queue_for_topic(topic)` names; returns how many moved."""
 
         def update(conn: sqlite3.Connection) -> int:
-            topics = [
-                r["topic"] for r in conn.execute(f"SELECT DISTINCT topic FROM jobs WHERE state = {QUEUED}")
-            ]
+            topics = queued_topics(conn)
             moved = 0
             for topic in topics:
                 queue = queue_for_topic(topic)
@@ -234,3 +249,18 @@ class JobStore(Claims, Attempts, Controls):
             return moved
 
         return await self.journal.write(update)
+
+
+def queued_topics(conn: sqlite3.Connection) -> list[str]:
+    """The distinct topics of QUEUED jobs: a skip scan of jobs_topic, two seeks per topic in the
+    journal, whatever the number of jobs (SELECT DISTINCT would visit every QUEUED job)."""
+    topics: list[str] = []
+    topic = ""
+    while True:
+        topic = conn.execute("SELECT min(topic) FROM jobs WHERE topic > ?", (topic,)).fetchone()[0]
+        if topic is None:
+            return topics
+        if conn.execute(
+            f"SELECT 1 FROM jobs WHERE topic = ? AND state = {QUEUED} LIMIT 1", (topic,)
+        ).fetchone():
+            topics.append(topic)
