@@ -27,6 +27,8 @@ from jobmesh.v1 import (
 
 from node.errors import JobmeshError
 from node.properties import PropertyValue, value_to_proto
+from node.submitter import METHOD as SUBMIT_METHOD
+from node.submitter import SubmitError, Submitter
 from node.transport import Transport, client_transport
 
 R = TypeVar("R")
@@ -118,6 +120,10 @@ class JobmeshClient:
         """TopologyService stub (use `call` for typed errors, `stream` for WatchTopology)."""
         self.workers = workers_pb2_grpc.WorkerServiceStub(self._channel)
         """WorkerService stub (use `call` for typed errors)."""
+        # add/add_job go over one SubmitJobs stream, shared by this client's threads.
+        self._submitter = Submitter(
+            lambda requests: self.jobs.SubmitJobs(requests, wait_for_ready=True), timeout_s
+        )
 
     def __enter__(self) -> JobmeshClient:
         return self
@@ -128,7 +134,8 @@ class JobmeshClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (after the answers to jobs still being added)."""
+        self._submitter.close()
         self._channel.close()
 
     def wait_ready(self, timeout_s: float) -> bool:
@@ -184,8 +191,15 @@ class JobmeshClient:
         return self.add(new_job(topic, properties, payload, dedup_key=dedup_key))
 
     def add(self, job: jobs_pb2.NewJob) -> jobs_pb2.Job:
-        """Add one job built with `new_job`; returns it as committed."""
-        return self._call("AddJob", jobs_pb2.AddJobRequest(job=job)).job  # type: ignore[no-any-return]
+        """Add one job built with `new_job`; returns it as committed.
+
+        Jobs go over one SubmitJobs stream that this client's threads share (one message each
+        way instead of a unary call per job); the errors are AddJob's.
+        """
+        try:
+            return self._submitter.add(job).job
+        except SubmitError as e:
+            raise RpcError(e.code, e.details, SUBMIT_METHOD) from None
 
     def add_jobs(self, jobs: Sequence[jobs_pb2.NewJob]) -> list[str]:
         """Add many jobs atomically; returns their ids."""

@@ -1,5 +1,6 @@
 # Sourced by scripts/*: make sure .venv exists and holds this project (editable)
-# with its dev extra. Re-installs only when pyproject.toml changed.
+# with its dev extra. Re-installs only when pyproject.toml changed, or the venv holds another
+# checkout (its stamp names the checkout it was installed from).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${JOBMESH_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
@@ -8,9 +9,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 STAMP="$VENV/.jobmesh-installed"
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$(cat "$STAMP")" != "$ROOT" ]; then
     echo "scripts: installing jobmesh and its dev tools into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]" >&2
-    touch "$STAMP"
+    echo "$ROOT" > "$STAMP"
 fi
 export VENV

@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # offloading: placement, outbox, transfer streams
     ("transfer",),
     # the gRPC API, and the client of it
-    ("services", "client"),
+    ("services", "submitter", "client"),
     # the Node that wires everything together, and the package's public surface
     ("trust", "node", "__init__"),
     ("cli", "__main__"),

@@ -32,7 +32,7 @@ def _cert_identity(pem: bytes) -> pki.CertIdentity:
 def _topics_of(request: Any) -> list[str]:
     """Topics a request asks to submit or consume (empty for other requests)."""
     name = type(request).__name__
-    if name == "AddJobRequest":
+    if name in ("AddJobRequest", "SubmitJobsRequest"):
         return [request.job.topic]
     if name == "AddJobsRequest":
         return [job.topic for job in request.jobs]

@@ -36,6 +36,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/jobmesh.peer.v1.ClusterService/Renew": PEER,
     "/" + _JOBS + "AddJob": "submit",
     "/" + _JOBS + "AddJobs": "submit",
+    "/" + _JOBS + "SubmitJobs": "submit",
     "/" + _JOBS + "GetJob": "read",
     "/" + _JOBS + "FindJobs": "read",
     "/" + _JOBS + "StopJob": "submit",

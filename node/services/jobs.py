@@ -13,7 +13,7 @@ from node.jobs.manager import JobManager
 from node.journal.records import JobQuery
 from node.model.events import EventFilter, EventType
 from node.model.job import HISTORY_STATES, Job, JobState
-from node.services import gather
+from node.services import gather, submission
 from node.services.paging import bound_kind, decode_token, encode_token
 from node.services.status import rpc, status_for
 from node.templates import Template
@@ -132,6 +132,16 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.AddJobsResponse(
             job_ids=[a.id for a in added], deduplicated=[a.deduplicated for a in added]
         )
+
+    async def SubmitJobs(
+        self, request_iterator: AsyncIterator[jobs_pb2.SubmitJobsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.SubmitJobsResponse]:
+        async for response in submission.answer(request_iterator, self._add_one):
+            yield response
+
+    async def _add_one(self, job: jobs_pb2.NewJob) -> tuple[jobs_pb2.Job, bool]:
+        added, deduplicated = await self._manager.add_proto_job(job)
+        return self._job_proto(added), deduplicated
 
     @rpc
     async def GetJob(

@@ -690,6 +690,100 @@ class AddJobResponse(_message.Message):
 Global___AddJobResponse: _TypeAlias = AddJobResponse  # noqa: Y015
 
 @_typing.final
+class SubmitJobsRequest(_message.Message):
+    """One job sent on a SubmitJobs stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """Any number the client chooses (e.g. a counter); the response repeats it."""
+    @_builtins.property
+    def job(self) -> Global___NewJob:
+        """The job to add (checked as AddJob checks it)."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___NewJob | None = ...,
+        request_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitJobsRequest: _TypeAlias = SubmitJobsRequest  # noqa: Y015
+
+@_typing.final
+class SubmitJobsResponse(_message.Message):
+    """The answer to one SubmitJobsRequest, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """The request_id of the request this answers."""
+    deduplicated: _builtins.bool
+    """True when a job with the same dedup_key already existed and is returned
+    instead of a new one.
+    """
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job as committed (without its payload bytes); unset when refused."""
+
+    @_builtins.property
+    def error(self) -> Global___SubmitError:
+        """Why the job was refused (nothing was stored); unset when it was added."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        job: Global___Job | None = ...,
+        deduplicated: _builtins.bool = ...,
+        error: Global___SubmitError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "error", b"error", "job", b"job", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitJobsResponse: _TypeAlias = SubmitJobsResponse  # noqa: Y015
+
+@_typing.final
+class SubmitError(_message.Message):
+    """Why a SubmitJobs request was refused: what AddJob would have failed with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code number (e.g. 3 for INVALID_ARGUMENT)."""
+    message: _builtins.str
+    """What is wrong, naming the offending field."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitError: _TypeAlias = SubmitError  # noqa: Y015
+
+@_typing.final
 class AddJobsRequest(_message.Message):
     """Request of AddJobs."""
 

@@ -50,6 +50,11 @@ class JobServiceStub:
                 request_serializer=jobmesh_dot_v1_dot_jobs__pb2.AddJobsRequest.SerializeToString,
                 response_deserializer=jobmesh_dot_v1_dot_jobs__pb2.AddJobsResponse.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.stream_stream(
+                '/jobmesh.v1.JobService/SubmitJobs',
+                request_serializer=jobmesh_dot_v1_dot_jobs__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_jobs__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/jobmesh.v1.JobService/GetJob',
                 request_serializer=jobmesh_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -111,6 +116,22 @@ class JobServiceServicer:
     def AddJobs(self, request, context):
         """Adds many jobs in one call, atomically: either all of them are committed
         or, if any of them is invalid, none is. Use this for throughput.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJobs(self, request_iterator, context):
+        """Adds jobs one at a time over one long-lived stream: the fast path for a
+        producer that adds jobs one by one (one stream replaces a unary call per
+        job). Each request is answered by one response, in request order, once
+        its job is committed (as AddJob's) or refused; a refused job does not end
+        the stream. A client may send many requests before reading responses; the
+        node reads at most 1,024 ahead of the responses it has written (flow
+        control holds the client beyond that). Half-closing the request stream
+        ends the call after the last response. A job whose response never arrived
+        (the stream broke) may or may not be committed: use dedup_key to add it
+        again safely.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +211,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.AddJobs,
                     request_deserializer=jobmesh_dot_v1_dot_jobs__pb2.AddJobsRequest.FromString,
                     response_serializer=jobmesh_dot_v1_dot_jobs__pb2.AddJobsResponse.SerializeToString,
+            ),
+            'SubmitJobs': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=jobmesh_dot_v1_dot_jobs__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_jobs__pb2.SubmitJobsResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -292,6 +318,33 @@ class JobService:
             '/jobmesh.v1.JobService/AddJobs',
             jobmesh_dot_v1_dot_jobs__pb2.AddJobsRequest.SerializeToString,
             jobmesh_dot_v1_dot_jobs__pb2.AddJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/jobmesh.v1.JobService/SubmitJobs',
+            jobmesh_dot_v1_dot_jobs__pb2.SubmitJobsRequest.SerializeToString,
+            jobmesh_dot_v1_dot_jobs__pb2.SubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,18 @@ class JobServiceStub:
     """Adds many jobs in one call, atomically: either all of them are committed
     or, if any of them is invalid, none is. Use this for throughput.
     """
+    SubmitJobs: _grpc.StreamStreamMultiCallable[_jobs_pb2.SubmitJobsRequest, _jobs_pb2.SubmitJobsResponse]
+    """Adds jobs one at a time over one long-lived stream: the fast path for a
+    producer that adds jobs one by one (one stream replaces a unary call per
+    job). Each request is answered by one response, in request order, once
+    its job is committed (as AddJob's) or refused; a refused job does not end
+    the stream. A client may send many requests before reading responses; the
+    node reads at most 1,024 ahead of the responses it has written (flow
+    control holds the client beyond that). Half-closing the request stream
+    ends the call after the last response. A job whose response never arrived
+    (the stream broke) may or may not be committed: use dedup_key to add it
+    again safely.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     """Returns one job by id."""
     FindJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.FindJobsRequest, _jobs_pb2.FindJobsResponse]
@@ -103,6 +115,18 @@ class JobServiceAsyncStub(JobServiceStub):
     AddJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.AddJobsRequest, _jobs_pb2.AddJobsResponse]  # type: ignore[assignment]
     """Adds many jobs in one call, atomically: either all of them are committed
     or, if any of them is invalid, none is. Use this for throughput.
+    """
+    SubmitJobs: _aio.StreamStreamMultiCallable[_jobs_pb2.SubmitJobsRequest, _jobs_pb2.SubmitJobsResponse]  # type: ignore[assignment]
+    """Adds jobs one at a time over one long-lived stream: the fast path for a
+    producer that adds jobs one by one (one stream replaces a unary call per
+    job). Each request is answered by one response, in request order, once
+    its job is committed (as AddJob's) or refused; a refused job does not end
+    the stream. A client may send many requests before reading responses; the
+    node reads at most 1,024 ahead of the responses it has written (flow
+    control holds the client beyond that). Half-closing the request stream
+    ends the call after the last response. A job whose response never arrived
+    (the stream broke) may or may not be committed: use dedup_key to add it
+    again safely.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job by id."""
@@ -156,6 +180,24 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.AddJobsResponse, _abc.Awaitable[_jobs_pb2.AddJobsResponse]]:
         """Adds many jobs in one call, atomically: either all of them are committed
         or, if any of them is invalid, none is. Use this for throughput.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitJobs(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jobs_pb2.SubmitJobsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.SubmitJobsResponse], _abc.AsyncIterator[_jobs_pb2.SubmitJobsResponse]]:
+        """Adds jobs one at a time over one long-lived stream: the fast path for a
+        producer that adds jobs one by one (one stream replaces a unary call per
+        job). Each request is answered by one response, in request order, once
+        its job is committed (as AddJob's) or refused; a refused job does not end
+        the stream. A client may send many requests before reading responses; the
+        node reads at most 1,024 ahead of the responses it has written (flow
+        control holds the client beyond that). Half-closing the request stream
+        ends the call after the last response. A job whose response never arrived
+        (the stream broke) may or may not be committed: use dedup_key to add it
+        again safely.
         """
 
     @_abc_1.abstractmethod
