@@ -119,7 +119,11 @@ class Node:
         self._transfer_link = transfer_link
         """How offloaded jobs and reports reach peers; None: gRPC (tests pass an in-memory link)."""
         self.consumers = ConsumerRegistry()
-        self.workers = RemoteWorkers(self.consumers)
+        self.workers = RemoteWorkers(
+            self.consumers,
+            max_concurrency=config.workers.max_concurrency,
+            max_inflight_bytes=config.workers.max_inflight_bytes,
+        )
         self._lock = DataDirLock(config.data_dir)
         self._journal: Journal | None = None
         self._jobs: JobManager | None = None
