@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from jobmesh.peer.v1 import gather_pb2, membership_pb2, transfer_pb2
-from jobmesh.v1 import jobs_pb2, queues_pb2, schedules_pb2, topics_pb2, topology_pb2, workers_pb2
+from jobmesh.v1 import audit_pb2, jobs_pb2, queues_pb2, schedules_pb2, topics_pb2, topology_pb2, workers_pb2
 
 from tests.support.launcher import NodeFactory, NodeProcess
 
@@ -21,6 +21,7 @@ from tests.support.launcher import NodeFactory, NodeProcess
 JOBMESH_SERVICES = {
     service.full_name: service
     for module in (
+        audit_pb2,
         jobs_pb2,
         queues_pb2,
         schedules_pb2,

@@ -183,8 +183,12 @@ def cmd_join_token(args: argparse.Namespace, environ: dict[str, str]) -> int:
 def cmd_token_create(args: argparse.Namespace, environ: dict[str, str]) -> int:
     """`jobmesh token create`."""
     try:
-        token, claims = TokenRegistry(_files(args, environ)).create(
-            args.name, args.scope, args.topics, args.ttl
+        registry = TokenRegistry(_files(args, environ))
+        token, claims = registry.create(args.name, args.scope, args.topics, args.ttl)
+        registry.note_action(
+            "token create",
+            f"id {claims.id} name {claims.name!r} scopes {','.join(sorted(claims.scopes))} "
+            f"topics {','.join(claims.topics) or '*'} expires {claims.expires or 'never'}",
         )
     except JobmeshError as e:
         return _fail("token create", e)
@@ -211,6 +215,8 @@ def cmd_token_list(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
 def cmd_token_revoke(args: argparse.Namespace, environ: dict[str, str]) -> int:
     """`jobmesh token revoke ID`."""
-    known = TokenRegistry(_files(args, environ)).revoke(args.id)
+    registry = TokenRegistry(_files(args, environ))
+    known = registry.revoke(args.id)
+    registry.note_action("token revoke", f"id {args.id}" + ("" if known else " (not issued here)"))
     print(f"revoked {args.id}" + ("" if known else " (not issued on this node; revoked here anyway)"))
     return EXIT_OK

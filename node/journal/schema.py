@@ -141,6 +141,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE payloads ADD COLUMN crc32 INTEGER NOT NULL DEFAULT 0;
     UPDATE payloads SET crc32 = jobmesh_crc32(data);
     """,
+    # v5: the audit journal: admin actions with their caller (node/journal/audit.py).
+    """
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- order of the entries; never reused
+        time_us INTEGER NOT NULL,
+        caller TEXT NOT NULL,                    -- token, certificate, instance or CLI user
+        action TEXT NOT NULL,                    -- gRPC method or `token create` / `token revoke`
+        request TEXT NOT NULL,                   -- protobuf text, truncated
+        status TEXT NOT NULL,                    -- OK or a gRPC status code name
+        message TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -19,6 +19,7 @@ from cryptography import x509
 
 from node.interceptors import WrappingInterceptor
 from node.security import pki, tokens
+from node.security.audit import CALLER
 from node.security.scopes import JOIN, OPEN, REQUIRED_SCOPE, Principal
 
 Check = Callable[[grpc.aio.ServicerContext, Any], Awaitable[Principal]]
@@ -104,7 +105,7 @@ class AuthInterceptor(WrappingInterceptor):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"the bearer token {claims.name!r} ({claims.id}) is revoked"
             )
-        return Principal(claims.name, claims.scopes, claims.topics)
+        return Principal(claims.name, claims.scopes, claims.topics, token_id=claims.id)
 
     async def _check(
         self, method: str, required: str, context: grpc.aio.ServicerContext, request: Any
@@ -118,6 +119,7 @@ class AuthInterceptor(WrappingInterceptor):
         refused = refusal(caller, request) if request is not None else None
         if refused is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        CALLER.set(caller)  # for the audit journal (this call's own context)
         return caller
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
