@@ -87,11 +87,13 @@ class Principal:
     instance_id: str = ""
     """Set for nodes (from the certificate's SAN)."""
     token_id: str = ""
-    """Set for bearer tokens: the token's id."""
+    """Set for bearer tokens (the token's id) and scoped client certificates (the serial)."""
 
     @property
     def description(self) -> str:
         """Who this is, for the audit journal and logs (`token 'ci' (ID)`, `instance ID`, ...)."""
+        if self.token_id and self.name.startswith("certificate "):
+            return f"{self.name} ({self.token_id})"
         if self.token_id:
             return f"token {self.name!r} ({self.token_id})"
         return self.name
