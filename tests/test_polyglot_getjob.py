@@ -1,8 +1,10 @@
 """A tiny program in each language calls GetJob on a real node and prints the job it gets.
 
 One program per language whose toolchain `scripts/setup-polyglot` installs: C++, Go, Java,
-Node.js, PHP and Ruby (`examples/LANG/getjob.*`). Each prints `ID TOPIC STATE` for a job the test
-added first, and exits 1 naming the status (NOT_FOUND) for an id the node does not know.
+Node.js, PHP and Ruby (`examples/LANG/getjob.*`). Each speaks TLS to a node in its secure default,
+presenting a client certificate that carries scope `read` (`jobmesh cluster client --scope read`),
+prints `ID TOPIC STATE` for a job the test added first, and exits 1 naming the status
+(NOT_FOUND) for an id the node does not know.
 setup-polyglot builds them before the suite enters its namespace; the fixture runs `make` again,
 which is a no-op then and offline in any case. A language whose toolchain is missing is skipped
 with the command that installs it.
@@ -116,10 +118,21 @@ def ready(program: GetJobProgram) -> GetJobProgram:
 
 @pytest.fixture(scope="module")
 def node(module_nodes: NodeFactory) -> NodeProcess:
-    # The GetJob programs speak plaintext gRPC; TLS and tokens for them are issue 12 item 5.
-    return module_nodes.start(
-        "polyglot", consumers=[f"{FINISHED_TOPIC}=consumers:echo"], extra_args=["--insecure"]
-    )
+    """A node in its secure default: every program speaks TLS with a client certificate."""
+    return module_nodes.start("polyglot", consumers=[f"{FINISHED_TOPIC}=consumers:echo"])
+
+
+@pytest.fixture(scope="module")
+def bundle(node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`jobmesh cluster client --scope read`: the CA and a client certificate whose scope is its
+    credential, so each program needs only its language's TLS, no token."""
+    out = tmp_path_factory.mktemp("polyglot") / "bundle"
+    made = node.cli(
+        "cluster", "client", "--data-dir", str(node.data_dir), "--name", "polyglot", "--scope", "read",
+        "--out", str(out),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +150,17 @@ def jobs(node: NodeProcess) -> dict[str, str]:
 @pytest.mark.timeout(BUILD_TIMEOUT_S + 3 * RUN_TIMEOUT_S)
 @pytest.mark.parametrize("program", PROGRAMS, ids=[p.lang for p in PROGRAMS])
 def test_getjob_program_prints_the_state_of_the_job_it_asked_for(
-    program: GetJobProgram, node: NodeProcess, jobs: dict[str, str]
+    program: GetJobProgram, node: NodeProcess, jobs: dict[str, str], bundle: Path
 ) -> None:
     ready(program)
     for job_id, expected in jobs.items():
-        # When the program asks the node for a job the test added
-        result = run([*program.command, node.address, job_id], program.directory, RUN_TIMEOUT_S)
+        # When the program asks the node for a job the test added, over TLS with the bundle
+        result = run([*program.command, node.address, job_id, bundle], program.directory, RUN_TIMEOUT_S)
         # Then it prints that job's id, topic and state
         assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
         assert result.stdout.strip() == expected
 
     # And an id the node does not know is an error naming the status
-    result = run([*program.command, node.address, UNKNOWN_JOB_ID], program.directory, RUN_TIMEOUT_S)
+    result = run([*program.command, node.address, UNKNOWN_JOB_ID, bundle], program.directory, RUN_TIMEOUT_S)
     assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert "GetJob failed: NOT_FOUND" in result.stderr
