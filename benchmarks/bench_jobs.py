@@ -663,6 +663,7 @@ def report(results: list[Result], info: dict[str, str], command: str) -> str:
     if sync and asy and sync.runs and asy.runs:
         ratio = asy.summary("jobs_per_s")[0] / sync.summary("jobs_per_s")[0]
         ratios.append(f"- lifecycle async / sync consumer: {ratio:.2f}")
+    ratios += tls_ratios(results)
     if ratios:
         lines += ["", "## Ratios (of medians)", "", *ratios]
     errors = [f"- {r.name}: {e}" for r in results for e in r.errors]
@@ -700,7 +701,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--insecure", action="store_true", help="nodes serve plaintext (default: mutual TLS and tokens)"
     )
     p.add_argument(
-        "--insecure", action="store_true", help="nodes serve plaintext (default: mutual TLS and tokens)"
+        "--compare-insecure",
+        action="store_true",
+        help="run every scenario both ways, alternating run by run: mutual TLS and tokens (`-tls`) and "
+        "`--insecure` (`-plain`); the report gives each ratio against the 0.85 target",
     )
     p.add_argument("--json", type=Path, help="write results here (default benchmarks/results/<time>.json)")
     args = p.parse_args(argv)
@@ -777,7 +781,51 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[Result]:
         )
     if "memory" in chosen:
         plan.append(("memory", f"{s.memory_jobs:,} QUEUED jobs", s.memory_runs, lambda: scenario_memory(s)))
+    if args.compare_insecure:
+        return [r for name, text, runs, body in plan for r in await run_both_ways(name, text, runs, body)]
     return [await run_scenario(name, text, runs, body) for name, text, runs, body in plan]
+
+
+TLS_RATIO_TARGET = 0.85
+"""Mutual TLS and token checks must keep at least this share of the plaintext rate."""
+
+
+async def run_both_ways(
+    name: str, description: str, runs: int, body: Callable[[], Awaitable[Metrics]]
+) -> list[Result]:
+    """`runs` runs of the scenario in the secure default and as many with `--insecure`,
+    alternating (which goes first alternates too), so both see the same machine load."""
+    secure, plain = (
+        Result(f"{name}-tls", f"{description}, TLS + token"),
+        Result(f"{name}-plain", f"{description}, --insecure"),
+    )
+    for index in range(runs):
+        order = [(secure, False), (plain, True)]
+        for result, insecure in order if index % 2 == 0 else order[::-1]:
+            NODE_FLAGS[:] = ["--insecure"] if insecure else []
+            result.runs.extend((await run_scenario(result.name, result.description, 1, body)).runs)
+    NODE_FLAGS[:] = []
+    return [secure, plain]
+
+
+def tls_ratios(results: list[Result]) -> list[str]:
+    """`- scenario: TLS / plaintext = r (target)` for every pair `run_both_ways` made."""
+    by_name = {r.name: r for r in results}
+    lines = []
+    for secure in results:
+        if not secure.name.endswith("-tls"):
+            continue
+        plain = by_name.get(secure.name.removesuffix("-tls") + "-plain")
+        if plain is None or not secure.runs or not plain.runs:
+            continue
+        key = next(k for k in secure.runs[0] if k.endswith("_per_s"))
+        ratio = secure.summary(key)[0] / plain.summary(key)[0]
+        verdict = "PASS" if ratio >= TLS_RATIO_TARGET else "FAIL"
+        lines.append(
+            f"- {secure.name.removesuffix('-tls')} ({key}): TLS + token / plaintext = {ratio:.2f}"
+            f" (>= {TLS_RATIO_TARGET}: {verdict})"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

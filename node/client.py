@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 from jobmesh.v1 import (
+    audit_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     queues_pb2_grpc,
@@ -120,6 +121,8 @@ class JobmeshClient:
         """TopologyService stub (use `call` for typed errors, `stream` for WatchTopology)."""
         self.workers = workers_pb2_grpc.WorkerServiceStub(self._channel)
         """WorkerService stub (use `call` for typed errors)."""
+        self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        """AuditService stub (use `call` for typed errors)."""
         # add/add_job go over one SubmitJobs stream, shared by this client's threads.
         self._submitter = Submitter(
             lambda requests: self.jobs.SubmitJobs(requests, wait_for_ready=True), timeout_s

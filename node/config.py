@@ -157,6 +157,26 @@ class ConsumerSpec:
         return cls(tuple(p.strip() for p in patterns.split(",") if p.strip()), handler.strip())
 
 
+@dataclass(frozen=True)
+class WorkersConfig:
+    """Bounds on what one remote worker (WorkerService.Work) may hold."""
+
+    max_concurrency: Annotated[int, Range(1, 10_000)] = 256
+    """Most jobs one worker is sent at once: a larger registered concurrency is clamped to this
+    (the node's `registered` answer carries the applied one)."""
+    max_inflight_bytes: Annotated[int, Range(1, 2**40, unit="bytes")] = 64 * 1024 * 1024
+    """Most input payload bytes sent to one worker whose results have not come back; a job that
+    would exceed it waits (a worker holding nothing always gets its next job, however large)."""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit journal: admin actions with their caller, kept on the node."""
+
+    max_entries: Annotated[int, Range(1, 10_000_000)] = 10_000
+    """How many audit entries the node keeps (the newest)."""
+
+
 CHUNK_BYTES = 1024 * 1024
 """Default chunk size: payloads larger than this travel to and from targets in chunks."""
 
@@ -203,6 +223,10 @@ class NodeConfig:
     """Offloading: capacity publishing and reassignment timings."""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     """Cluster PKI, mutual TLS and client tokens."""
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    """Bounds on remote workers."""
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    """The audit journal of admin actions."""
 
     queues: tuple[QueueConfig, ...] = ()
     """Queue configurations besides the main queue (TOML `[[queues]]`; env/flags: a JSON list)."""

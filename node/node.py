@@ -26,6 +26,8 @@ from jobmesh.peer.v1 import (
     transfer_pb2_grpc,
 )
 from jobmesh.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     queues_pb2,
@@ -57,9 +59,12 @@ from node.jobs.consumers import ConsumerRegistry, load_handler
 from node.jobs.manager import JobManager
 from node.jobs.remote import RemoteWorkers
 from node.jobs.validation import JobLimits
+from node.journal.audit import AuditStore
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal, discard_journal
 from node.model.consumption import ConsumptionRules, ConsumptionSetting
+from node.security.audit import AuditInterceptor
+from node.services.audit import AuditServicer, sink_for
 from node.services.decoding import BadRequestCounter, RequestDecoder
 from node.services.gather import GatherServicer
 from node.services.grpc_log import install_client_gone_filter
@@ -96,6 +101,7 @@ JOBMESH_SERVICE_NAMES = (
     membership_pb2.DESCRIPTOR.services_by_name["MembershipService"].full_name,
     transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
     gather_pb2.DESCRIPTOR.services_by_name["GatherService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 # Served only by nodes that admit others (they hold the CA key) in the secure default.
 CLUSTER_SERVICE_NAME = cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name
@@ -119,7 +125,11 @@ class Node:
         self._transfer_link = transfer_link
         """How offloaded jobs and reports reach peers; None: gRPC (tests pass an in-memory link)."""
         self.consumers = ConsumerRegistry()
-        self.workers = RemoteWorkers(self.consumers)
+        self.workers = RemoteWorkers(
+            self.consumers,
+            max_concurrency=config.workers.max_concurrency,
+            max_inflight_bytes=config.workers.max_inflight_bytes,
+        )
         self._lock = DataDirLock(config.data_dir)
         self._journal: Journal | None = None
         self._jobs: JobManager | None = None
@@ -248,7 +258,15 @@ class Node:
         # the trust interceptors check decoded messages (scopes, topics, the sender's identity);
         # innermost, StreamShutdown wraps the servicers' own response generators.
         trust = await self.trust.prepare(instance_id)
-        interceptors = [RequestDecoder(self.bad_requests), *trust, self._stream_shutdown]
+        audit = AuditStore(self.journal, config.audit.max_entries)
+        self.trust.audit_sink = sink_for(audit)  # token commands run on the data dir
+        # Inside the trust check: it names the caller the audit journal records.
+        interceptors = [
+            RequestDecoder(self.bad_requests),
+            *trust,
+            AuditInterceptor(self.trust.audit_sink),
+            self._stream_shutdown,
+        ]
         server = self.transport.create_server(config.jobs.max_payload_bytes, interceptors)
         admits = self.trust.add_servicers(server)
         served = (*JOBMESH_SERVICE_NAMES, *([CLUSTER_SERVICE_NAME] if admits else []))
@@ -264,6 +282,7 @@ class Node:
         )
         queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.jobs), server)
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(self.jobs), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self.workers, instance_id), server
         )

@@ -20,6 +20,7 @@ from node.discovery.properties import InstanceProperties
 from node.errors import ConfigError, JobmeshError
 from node.security import pki
 from node.security.admission import ClusterServicer
+from node.security.audit import AuditRecord, AuditSink
 from node.security.authz import AuthInterceptor
 from node.security.cluster import ClusterFiles, bootstrap, renewal_due
 from node.security.join import JoinRefused, JoinToken
@@ -63,6 +64,8 @@ class NodeTrust:
         self.registry = TokenRegistry(self.files)
         self._instance_id = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self.audit_sink: AuditSink | None = None
+        """Where the token commands' notes go (the node's audit journal); None: they wait."""
 
     @property
     def fingerprint(self) -> str:
@@ -152,6 +155,7 @@ class NodeTrust:
             if not learnt <= self.registry.revoked():
                 self.registry.add_revoked(learnt)
                 log.info("adopted %d token revocation(s) from peers", len(learnt - published))
+            await self._take_audit_notes()
             own = self.registry.revoked()
             if own != published:
                 try:
@@ -160,6 +164,23 @@ class NodeTrust:
                 except JobmeshError as e:  # too many for the properties budget: still enforced here
                     log.error("cannot publish the token revocations to peers: %s", e)
             await asyncio.sleep(REVOCATION_POLL_S)
+
+    async def _take_audit_notes(self) -> None:
+        """Move what token commands did on the data dir into the audit journal."""
+        if self.audit_sink is None:
+            return
+        for note in self.registry.take_actions():
+            record = AuditRecord(
+                time_us=int(note.get("time_us", 0)),
+                caller=str(note.get("caller", "cli")),
+                action=str(note.get("action", "")),
+                request=str(note.get("request", "")),
+                status="OK",
+            )
+            try:
+                await self.audit_sink(record)
+            except Exception:  # keep sharing revocations whatever the journal does
+                log.exception("cannot record the audit entry of %s by %s", record.action, record.caller)
 
     async def _renew_loop(self) -> None:
         fraction = self._config.security.renew_fraction

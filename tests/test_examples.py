@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,53 @@ RUN_TIMEOUT_S = 30.0
 
 
 # demo/inproc is consumed in the node itself, for the clients; other topics by example workers.
-# The examples do not speak TLS with tokens yet (issue 12 item 5): their node is --insecure.
-node = shared_node("examples", consumers=["demo/inproc=consumers:echo"], extra_args=["--insecure"])
+# The node serves its secure default: the examples speak TLS with a client bundle and tokens.
+node = shared_node("examples", consumers=["demo/inproc=consumers:echo"])
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The examples' credential arguments: a client bundle with a `submit` or a `work` token."""
+
+    submit: tuple[str, ...]
+    work: tuple[str, ...]
+
+
+@pytest.fixture(scope="module")
+def creds(node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> Credentials:
+    """What a client on another machine gets: `jobmesh cluster client` and two scoped tokens."""
+    out = tmp_path_factory.mktemp("creds")
+    made = node.cli(
+        "cluster",
+        "client",
+        "--data-dir",
+        str(node.data_dir),
+        "--name",
+        "examples",
+        "--out",
+        str(out / "bundle"),
+    )
+    assert made.returncode == 0, made.stderr
+    files = {}
+    for scope in ("submit", "work"):
+        created = node.cli(
+            "token",
+            "create",
+            "--data-dir",
+            str(node.data_dir),
+            "--scope",
+            scope,
+            "--name",
+            f"examples-{scope}",
+        )
+        assert created.returncode == 0, created.stderr
+        files[scope] = out / f"{scope}.token"
+        files[scope].write_text(created.stdout.splitlines()[0])
+    bundle = ("--bundle", str(out / "bundle"))
+    return Credentials(
+        submit=(*bundle, "--token-file", str(files["submit"])),
+        work=(*bundle, "--token-file", str(files["work"])),
+    )
 
 
 class ExampleProcess:
@@ -100,13 +146,17 @@ PYTHON_CLIENT = (sys.executable, EXAMPLES / "python" / "client.py")
 
 
 def client_job(
-    client: Sequence[str | Path], node: NodeProcess, tmp_path: Path, args: Sequence[str]
+    client: Sequence[str | Path],
+    node: NodeProcess,
+    tmp_path: Path,
+    args: Sequence[str],
+    credentials: Sequence[str],
 ) -> tuple[dict[str, object], str]:
-    """Run a client example that adds a job to `node` and waits for it.
+    """Run a client example that adds a job to `node` (with `credentials`) and waits for it.
 
     Returns the job it printed, which must have SUCCEEDED, and what it wrote to stderr.
     """
-    result = run([*client, "--node", node.address, "--timeout", "20", *args], tmp_path)
+    result = run([*client, "--node", node.address, *credentials, "--timeout", "20", *args], tmp_path)
     job = finished_job(result)
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
     return job, result.stderr
@@ -133,27 +183,28 @@ def output_text(job: dict[str, object]) -> str:
 
 
 def python_worker(
-    started: list[ExampleProcess], tmp_path: Path, node: NodeProcess, *args: str
+    started: list[ExampleProcess], tmp_path: Path, node: NodeProcess, creds: Credentials, *args: str
 ) -> ExampleProcess:
     worker = start_example(
         started, tmp_path, "python-worker", sys.executable, EXAMPLES / "python" / "worker.py",
-        "--node", node.address, *args,
+        "--node", node.address, *creds.work, *args,
     )  # fmt: skip
     worker.wait_for_output("registered as")
     return worker
 
 
 def test_python_client_and_python_worker_examples_process_a_job(
-    node: NodeProcess, examples: list[ExampleProcess], tmp_path: Path
+    node: NodeProcess, examples: list[ExampleProcess], tmp_path: Path, creds: Credentials
 ) -> None:
     # Given the Python example worker consuming demo/py/**
-    python_worker(examples, tmp_path, node, "--topic", "demo/py/**", "--name", "py-worker")
+    python_worker(examples, tmp_path, node, creds, "--topic", "demo/py/**", "--name", "py-worker")
     # When the Python example client adds a job and waits for it
     job, stderr = client_job(
         PYTHON_CLIENT,
         node,
         tmp_path,
         ["--payload-text", "hello from python", "demo/py/upper", "steps=3", "step_ms=10"],
+        creds.submit,
     )
     # Then the job succeeded on the worker, with its output, progress and property
     assert output_text(job) == "HELLO FROM PYTHON"
@@ -163,10 +214,10 @@ def test_python_client_and_python_worker_examples_process_a_job(
 
 
 def test_a_killed_worker_process_loses_no_job_they_complete_on_the_next_worker(
-    node: NodeProcess, examples: list[ExampleProcess], tmp_path: Path
+    node: NodeProcess, examples: list[ExampleProcess], tmp_path: Path, creds: Credentials
 ) -> None:
     # Given a worker process running two long jobs
-    worker = python_worker(examples, tmp_path, node, "--topic", "crash/**", "--concurrency", "2")
+    worker = python_worker(examples, tmp_path, node, creds, "--topic", "crash/**", "--concurrency", "2")
     ids = [add_job(node.stub, "crash/job", steps=100_000, step_ms=100) for _ in range(2)]
     for job_id in ids:
         wait_for(
@@ -218,23 +269,30 @@ def nodejs() -> str:
 
 
 def node_worker(
-    started: list[ExampleProcess], tmp_path: Path, nodejs: str, node: NodeProcess, *args: str
+    started: list[ExampleProcess],
+    tmp_path: Path,
+    nodejs: str,
+    node: NodeProcess,
+    creds: Credentials,
+    *args: str,
 ) -> ExampleProcess:
     worker = start_example(
-        started, tmp_path, "node-worker", nodejs, NODE_EXAMPLE / "worker.js", "--node", node.address, *args
-    )
+        started, tmp_path, "node-worker", nodejs, NODE_EXAMPLE / "worker.js", "--node", node.address,
+        *creds.work, *args,
+    )  # fmt: skip
     worker.wait_for_output("registered as")
     return worker
 
 
 def test_node_client_example_adds_a_job_and_watches_it_to_the_end(
-    node: NodeProcess, nodejs: str, tmp_path: Path
+    node: NodeProcess, nodejs: str, tmp_path: Path, creds: Credentials
 ) -> None:
     job, stderr = client_job(
         [nodejs, NODE_EXAMPLE / "client.js"],
         node,
         tmp_path,
         ["--payload-text", "from node", "demo/inproc", "size=3"],
+        creds.submit,
     )
     assert output_text(job) == "echo:from node"
     assert job["properties"]["size"]["int_value"] == 3  # type: ignore[index]
@@ -242,16 +300,17 @@ def test_node_client_example_adds_a_job_and_watches_it_to_the_end(
 
 
 def test_node_worker_example_consumes_a_topic_with_progress_log_and_retries(
-    node: NodeProcess, nodejs: str, examples: list[ExampleProcess], tmp_path: Path
+    node: NodeProcess, nodejs: str, examples: list[ExampleProcess], tmp_path: Path, creds: Credentials
 ) -> None:
     # Given the Node.js example worker consuming demo/js/**
-    node_worker(examples, tmp_path, nodejs, node, "--topic", "demo/js/**", "--name", "js-worker")
+    node_worker(examples, tmp_path, nodejs, node, creds, "--topic", "demo/js/**", "--name", "js-worker")
     # When the Python client adds a job whose first attempt fails
     job, _ = client_job(
         PYTHON_CLIENT,
         node,
         tmp_path,
         ["--payload-text", "shout", "demo/js/upper", "steps=2", "step_ms=10", "fail_attempts=1"],
+        creds.submit,
     )
     # Then the worker retried and finished it, reporting as it went
     assert job["retryCount"] == 1
@@ -265,9 +324,9 @@ def test_node_worker_example_consumes_a_topic_with_progress_log_and_retries(
 
 
 def test_node_worker_example_ends_a_stopped_job(
-    node: NodeProcess, nodejs: str, examples: list[ExampleProcess], tmp_path: Path
+    node: NodeProcess, nodejs: str, examples: list[ExampleProcess], tmp_path: Path, creds: Credentials
 ) -> None:
-    node_worker(examples, tmp_path, nodejs, node, "--topic", "demo/jsstop/**")
+    node_worker(examples, tmp_path, nodejs, node, creds, "--topic", "demo/jsstop/**")
     job_id = add_job(node.stub, "demo/jsstop/long", steps=100_000, step_ms=100)
     wait_for(lambda: get_job(node.stub, job_id).progress.total_steps > 0, what="the worker to start the job")
 
@@ -297,13 +356,14 @@ def cpp_client() -> Path:
 
 @pytest.mark.timeout(300)  # a cold build of the C++ client; later runs find it built
 def test_cpp_client_example_adds_a_job_and_waits_for_it(
-    node: NodeProcess, cpp_client: Path, tmp_path: Path
+    node: NodeProcess, cpp_client: Path, tmp_path: Path, creds: Credentials
 ) -> None:
     job, _ = client_job(
         [cpp_client],
         node,
         tmp_path,
         ["--payload-text", "from c++", "demo/inproc", "count=7", "ratio=0.5", "flag=true", "label=x"],
+        creds.submit,
     )
     assert output_text(job) == "echo:from c++"
     # The echo consumer describes the typed properties it received.

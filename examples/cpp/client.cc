@@ -1,13 +1,23 @@
 // A Jobmesh client in C++: adds one job and waits for it to finish, then prints the job as
 // JSON. Built against Debian's gRPC packages (see README.md and the Makefile).
 //
-//   build/jobmesh-client [--node HOST:PORT] [--payload-text TEXT] [--timeout S] TOPIC [NAME=VALUE ...]
+//   build/jobmesh-client [--node HOST:PORT] --bundle DIR --token-file FILE [--payload-text TEXT]
+//                        [--timeout S] TOPIC [NAME=VALUE ...]
+//
+// --bundle DIR: `jobmesh cluster client --out DIR` (ca.pem, client.pem, client.key: the cluster
+// CA and a client certificate); --token TOKEN or --token-file FILE: a bearer token with scope
+// `submit` (`jobmesh token create`); --insecure instead, for a node run with --insecure.
 //
 // Exit code 0 when the job SUCCEEDED, 1 when it ended otherwise, 2 on errors and timeouts.
 
+#include <cctype>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,6 +34,39 @@ namespace {
 
 constexpr auto kPollInterval = std::chrono::milliseconds(50);
 constexpr auto kCallTimeout = std::chrono::seconds(10);
+// The DNS name every node certificate carries; nodes are dialed by address, so TLS checks this.
+constexpr const char* kServerName = "node.jobmesh";
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string Trimmed(std::string text) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  return text;
+}
+
+// TLS with the bundle's CA and client certificate, the token sent as `authorization: Bearer`
+// on every call; plaintext when `insecure`.
+std::shared_ptr<grpc::Channel> Connect(const std::string& node, const std::string& bundle,
+                                       const std::string& token, bool insecure) {
+  if (insecure) return grpc::CreateChannel(node, grpc::InsecureChannelCredentials());
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = ReadFile(bundle + "/ca.pem");
+  tls.pem_private_key = ReadFile(bundle + "/client.key");
+  tls.pem_cert_chain = ReadFile(bundle + "/client.pem");
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::SslCredentials(tls);
+  if (!token.empty()) {
+    credentials = grpc::CompositeChannelCredentials(credentials, grpc::AccessTokenCredentials(token));
+  }
+  grpc::ChannelArguments arguments;
+  arguments.SetSslTargetNameOverride(kServerName);
+  return grpc::CreateCustomChannel(node, credentials, arguments);
+}
 
 // "42" -> int, "1.5" -> double, "true"/"false" -> bool, anything else -> string.
 v1::PropertyValue ParseValue(const std::string& text) {
@@ -62,28 +105,43 @@ int Fail(const std::string& what, const grpc::Status& status) {
 
 int main(int argc, char** argv) {
   std::string node = "127.0.0.1:7710";
-  std::string payload;
+  std::string payload, bundle, token, token_file;
+  bool insecure = false;
   double timeout_s = 60;
   std::vector<std::string> positional;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if ((arg == "--node" || arg == "--payload-text" || arg == "--timeout") && i + 1 < argc) {
+    if (arg == "--insecure") {
+      insecure = true;
+    } else if ((arg == "--node" || arg == "--payload-text" || arg == "--timeout" || arg == "--bundle" ||
+                arg == "--token" || arg == "--token-file") &&
+               i + 1 < argc) {
       std::string value = argv[++i];
       if (arg == "--node") node = value;
       else if (arg == "--payload-text") payload = value;
+      else if (arg == "--bundle") bundle = value;
+      else if (arg == "--token") token = value;
+      else if (arg == "--token-file") token_file = value;
       else timeout_s = std::atof(value.c_str());
     } else {
       positional.push_back(arg);
     }
   }
-  if (positional.empty()) {
-    std::cerr << "usage: jobmesh-client [--node HOST:PORT] [--payload-text TEXT] [--timeout S] "
-                 "TOPIC [NAME=VALUE ...]"
+  if (positional.empty() || (bundle.empty() && !insecure)) {
+    std::cerr << "usage: jobmesh-client [--node HOST:PORT] (--bundle DIR [--token T | --token-file F] | "
+                 "--insecure) [--payload-text TEXT] [--timeout S] TOPIC [NAME=VALUE ...]"
               << std::endl;
     return 2;
   }
 
-  auto channel = grpc::CreateChannel(node, grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::Channel> channel;
+  try {
+    if (token.empty() && !token_file.empty()) token = Trimmed(ReadFile(token_file));
+    channel = Connect(node, bundle, token, insecure);
+  } catch (const std::exception& e) {
+    std::cerr << e.what() << std::endl;
+    return 2;
+  }
   auto stub = v1::JobService::NewStub(channel);
 
   // Add the job: it is committed to the node's journal when AddJob returns.

@@ -1,20 +1,29 @@
 // A tiny Jobmesh client in Go: fetches one job with GetJob and prints its id, topic and state.
 // Built against Debian's Go gRPC sources in GOPATH mode (see README.md and the Makefile).
 //
-//	build/getjob HOST:PORT JOB_ID
+//	build/getjob HOST:PORT JOB_ID [BUNDLE_DIR]
+//
+// With BUNDLE_DIR (`jobmesh cluster client --scope read --out DIR`: ca.pem, client.pem,
+// client.key) it speaks TLS, presenting that client certificate, whose scope `read` is its
+// credential (no token needed); without, plaintext to a node run with --insecure.
 //
 // Exit code 0 when the job was found, 1 when the call failed (e.g. NOT_FOUND), 2 on bad usage.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"io/ioutil"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	jobmeshv1 "jobmesh.example/api/jobmesh/v1"
@@ -34,14 +43,42 @@ func codeName(code fmt.Stringer) string {
 	return name.String()
 }
 
+// transport is TLS with the bundle's CA and client certificate (nodes are dialed by address, so
+// TLS checks the name every node certificate carries, node.jobmesh), or plaintext without one.
+// (grpc-go 1.33, Debian's, has no insecure.NewCredentials yet.)
+func transport(bundle string) (grpc.DialOption, error) {
+	if bundle == "" {
+		return grpc.WithInsecure(), nil
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(bundle, "client.pem"), filepath.Join(bundle, "client.key"))
+	if err != nil {
+		return nil, err
+	}
+	ca, err := ioutil.ReadFile(filepath.Join(bundle, "ca.pem"))
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca)
+	config := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, ServerName: "node.jobmesh"}
+	return grpc.WithTransportCredentials(credentials.NewTLS(config)), nil
+}
+
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: getjob HOST:PORT JOB_ID")
+	if len(os.Args) != 3 && len(os.Args) != 4 {
+		fmt.Fprintln(os.Stderr, "usage: getjob HOST:PORT JOB_ID [BUNDLE_DIR]")
 		os.Exit(2)
 	}
-	// The nodes in development and tests serve plaintext gRPC. (grpc-go 1.33, Debian's, has
-	// no insecure.NewCredentials yet.)
-	conn, err := grpc.Dial(os.Args[1], grpc.WithInsecure())
+	bundle := ""
+	if len(os.Args) == 4 {
+		bundle = os.Args[3]
+	}
+	option, err := transport(bundle)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cannot read the bundle:", err)
+		os.Exit(2)
+	}
+	conn, err := grpc.Dial(os.Args[1], option)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cannot connect:", err)
 		os.Exit(1)

@@ -1,30 +1,57 @@
 // A tiny Jobmesh client in Java: fetches one job with GetJob and prints its id, topic and state.
 // Built against Debian's grpc-java and protobuf-java jars (see README.md and the Makefile).
 //
-//   java -cp build/classes:$(make -s classpath) GetJob HOST:PORT JOB_ID
+//   java -cp build/classes:$(make -s classpath) GetJob HOST:PORT JOB_ID [BUNDLE_DIR]
+//
+// With BUNDLE_DIR (`jobmesh cluster client --scope read --out DIR`: ca.pem, client.pem,
+// client.key) it speaks TLS, presenting that client certificate, whose scope `read` is its
+// credential (no token needed); without, plaintext to a node run with --insecure. The TLS path
+// needs a netty that negotiates ALPN with the JDK (grpc-netty-shaded from Maven); Debian's netty
+// 4.1.48 refuses ("JDK provider does not support ALPN protocol"), so the suite runs this program
+// in plaintext.
 //
 // Exit code 0 when the job was found, 1 when the call failed (e.g. NOT_FOUND), 2 on bad usage.
 
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
 import io.grpc.StatusRuntimeException;
+import io.grpc.netty.GrpcSslContexts;
+import io.grpc.netty.NettyChannelBuilder;
 import io.jobmesh.v1.GetJobRequest;
 import io.jobmesh.v1.Job;
 import io.jobmesh.v1.JobServiceGrpc;
+import java.io.File;
 import java.util.concurrent.TimeUnit;
+import javax.net.ssl.SSLException;
 
 public final class GetJob {
   private static final long CALL_TIMEOUT_S = 10;
+  // Nodes are dialed by address, so TLS checks the name every node certificate carries.
+  private static final String SERVER_NAME = "node.jobmesh";
 
   private GetJob() {}
 
-  public static void main(String[] args) throws InterruptedException {
-    if (args.length != 2) {
-      System.err.println("usage: GetJob HOST:PORT JOB_ID");
+  /** TLS with the bundle's CA and client certificate (PKCS#8 key), or plaintext without one. */
+  private static ManagedChannel connect(String target, String bundle) throws SSLException {
+    if (bundle == null) {
+      return ManagedChannelBuilder.forTarget(target).usePlaintext().build();
+    }
+    return NettyChannelBuilder.forTarget(target)
+        .overrideAuthority(SERVER_NAME)
+        .sslContext(
+            GrpcSslContexts.forClient()
+                .trustManager(new File(bundle, "ca.pem"))
+                .keyManager(new File(bundle, "client.pem"), new File(bundle, "client.key"))
+                .build())
+        .build();
+  }
+
+  public static void main(String[] args) throws InterruptedException, SSLException {
+    if (args.length != 2 && args.length != 3) {
+      System.err.println("usage: GetJob HOST:PORT JOB_ID [BUNDLE_DIR]");
       System.exit(2);
     }
-    // The nodes in development and tests serve plaintext gRPC.
-    ManagedChannel channel = ManagedChannelBuilder.forTarget(args[0]).usePlaintext().build();
+    ManagedChannel channel = connect(args[0], args.length == 3 ? args[2] : null);
     int exitCode = 0;
     try {
       Job job =

@@ -1,12 +1,17 @@
 // A Jobmesh client in Node.js: adds one job, follows its events with WatchJobs until it
 // finishes, and prints the finished job as JSON.
 //
-//   node client.js --node 127.0.0.1:7710 [--payload-text TEXT] [--timeout S] TOPIC [NAME=VALUE ...]
+//   node client.js --node 127.0.0.1:7710 --bundle DIR --token-file FILE [--payload-text TEXT] [--timeout S]
+//                  TOPIC [NAME=VALUE ...]
+//
+// --bundle DIR: `jobmesh cluster client --out DIR` (the cluster CA and a client certificate);
+// --token TOKEN or --token-file FILE: a `submit` token (`jobmesh token create --scope submit`);
+// --insecure instead, for a node run with --insecure.
 //
 // Exit code 0 when the job SUCCEEDED, 1 when it ended otherwise, 2 on errors and timeouts.
 'use strict';
 
-const { grpc, loadJobmesh, parseArgs, propertyValue, toJson, credentials } = require('./jobmesh');
+const { connection, grpc, loadJobmesh, parseArgs, propertyValue, toJson } = require('./jobmesh');
 
 const TERMINAL_EVENTS = new Set([
   'JOB_EVENT_TYPE_FINISHED',
@@ -80,7 +85,8 @@ async function main() {
   }
 
   const jobmesh = loadJobmesh();
-  const client = new jobmesh.JobService(options.node, credentials);
+  const { credentials, channelOptions } = connection(options);
+  const client = new jobmesh.JobService(options.node, credentials, channelOptions);
   const started = Date.now();
   const after = await headSeq(client);
   const { job } = await unary(client, 'AddJob', {

@@ -2,6 +2,7 @@
 // offers a few helpers shared by client.js and worker.js.
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -30,13 +31,18 @@ function loadJobmesh() {
   return grpc.loadPackageDefinition(definition).jobmesh.v1;
 }
 
-/** Parse `--name value` options (repeatable ones collect into arrays) and positionals. */
+// Options without a value.
+const FLAGS = new Set(['insecure']);
+
+/** Parse `--name value` options (repeatable ones collect into arrays), `--insecure`, and positionals. */
 function parseArgs(argv, defaults, repeatable = []) {
   const options = { ...defaults };
   const positional = [];
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
-    if (arg.startsWith('--')) {
+    if (arg.startsWith('--') && FLAGS.has(arg.slice(2))) {
+      options[arg.slice(2)] = true;
+    } else if (arg.startsWith('--')) {
       const name = arg.slice(2);
       const value = argv[i + 1];
       if (value === undefined) throw new Error(`${arg} needs a value`);
@@ -78,13 +84,38 @@ function toJson(message) {
   return message;
 }
 
+// The DNS name every node certificate carries; nodes are dialed by address, so TLS checks this.
+const SERVER_NAME = 'node.jobmesh';
+
+/**
+ * Channel credentials and options from the parsed options: TLS with the cluster CA and the
+ * client certificate of `--bundle DIR` (from `jobmesh cluster client --out DIR`), plus the
+ * bearer token of `--token` or `--token-file` on every call; plaintext with `--insecure`.
+ */
+function connection(options) {
+  if (options.insecure) return { credentials: grpc.credentials.createInsecure(), channelOptions: {} };
+  if (!options.bundle) throw new Error('give --bundle DIR (from `jobmesh cluster client --out DIR`), or --insecure');
+  const read = (name) => fs.readFileSync(path.join(options.bundle, name));
+  let credentials = grpc.credentials.createSsl(read('ca.pem'), read('client.key'), read('client.pem'));
+  const token = options.token || (options['token-file'] ? fs.readFileSync(options['token-file'], 'utf8').trim() : '');
+  if (token) {
+    const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+      const metadata = new grpc.Metadata();
+      metadata.add('authorization', `Bearer ${token}`);
+      callback(null, metadata);
+    });
+    credentials = grpc.credentials.combineChannelCredentials(credentials, bearer);
+  }
+  return { credentials, channelOptions: { 'grpc.ssl_target_name_override': SERVER_NAME } };
+}
+
 module.exports = {
   grpc,
   LOADER_OPTIONS,
+  connection,
   loadJobmesh,
   parseArgs,
   plainValue,
   propertyValue,
   toJson,
-  credentials: grpc.credentials.createInsecure(),
 };

@@ -2,14 +2,18 @@
 // patterns and a concurrency, runs the jobs the node sends, and reports progress, a log
 // line, a property and the result. Reconnects when the stream breaks.
 //
-//   node worker.js --node 127.0.0.1:7710 --topic 'demo/**' [--topic ...] [--concurrency 2] [--name NAME]
+//   node worker.js --node 127.0.0.1:7710 --bundle DIR --token-file FILE --topic 'demo/**' [--topic ...]
+//                  [--concurrency 2] [--name NAME]
+//
+// --bundle DIR: `jobmesh cluster client --out DIR`; --token/--token-file: a `work` token for the
+// patterns (`jobmesh token create --scope work --topics 'demo/**'`); --insecure for a plaintext node.
 //
 // What a job does here (edit `processJob` for real work): `steps` steps (property, default 3)
 // of `step_ms` milliseconds each (default 100), then success with the input payload
 // upper-cased as output. A job with `fail_attempts=N` fails its first N attempts.
 'use strict';
 
-const { grpc, loadJobmesh, parseArgs, plainValue, credentials } = require('./jobmesh');
+const { connection, grpc, loadJobmesh, parseArgs, plainValue } = require('./jobmesh');
 
 const RECONNECT_DELAY_MS = 1000;
 
@@ -54,8 +58,8 @@ async function processJob(job, workerName) {
 }
 
 class Worker {
-  constructor(jobmesh, { node, name, topics, concurrency }) {
-    this.client = new jobmesh.WorkerService(node, credentials);
+  constructor(jobmesh, { node, name, topics, concurrency, credentials, channelOptions }) {
+    this.client = new jobmesh.WorkerService(node, credentials, channelOptions);
     this.name = name;
     this.topics = topics;
     this.concurrency = concurrency;
@@ -108,7 +112,8 @@ class Worker {
       ended = true;
       for (const controller of running.values()) controller.abort();
       if (this.closing) return;
-      if (error && error.code === grpc.status.INVALID_ARGUMENT) {
+      const fatal = [grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED];
+      if (error && fatal.includes(error.code)) {
         console.error(`the node rejected this worker: ${error.details}`);
         process.exit(2);
       }
@@ -137,6 +142,7 @@ function main() {
     name: options.name,
     topics: options.topic || ['demo/**'],
     concurrency: Number(options.concurrency),
+    ...connection(options),
   });
   worker.connect();
   for (const signal of ['SIGINT', 'SIGTERM']) {

@@ -1,7 +1,11 @@
 <?php
 // A tiny Jobmesh client in PHP: fetches one job with GetJob and prints its id, topic and state.
 //
-//   php getjob.php HOST:PORT JOB_ID      (after `make`, which generates build/gen)
+//   php getjob.php HOST:PORT JOB_ID [BUNDLE_DIR]      (after `make`, which generates build/gen)
+//
+// With BUNDLE_DIR (`jobmesh cluster client --scope read --out DIR`: ca.pem, client.pem,
+// client.key) it speaks TLS, presenting that client certificate, whose scope `read` is its
+// credential (no token needed); without, plaintext HTTP/2 to a node run with --insecure.
 //
 // Messages are the classes protoc generates (build/gen) on Debian's php-google-protobuf. Debian
 // packages no PHP gRPC extension, which the generated *Client classes need (PECL's `grpc`), so
@@ -16,6 +20,8 @@ use Jobmesh\V1\GetJobResponse;
 use Jobmesh\V1\JobState;
 
 const CALL_TIMEOUT_S = 10;
+// Nodes are dialed by address, so TLS checks the name every node certificate carries.
+const SERVER_NAME = 'node.jobmesh';
 // gRPC status codes by number, for messages (https://grpc.github.io/grpc/core/md_doc_statuscodes.html).
 const STATUS_NAMES = [
     'OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND',
@@ -35,12 +41,25 @@ spl_autoload_register(function (string $class): void {
 });
 
 /** Calls a unary RPC; returns the response bytes or throws with the gRPC status. */
-function unary_call(string $address, string $method, string $request): string
+function unary_call(string $address, string $method, string $request, ?string $bundle): string
 {
     $headers = [];
-    $curl = curl_init("http://$address/$method");
+    if ($bundle === null) {
+        $curl = curl_init("http://$address/$method");
+        curl_setopt($curl, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);  // plaintext HTTP/2 (h2c)
+    } else {
+        // TLS to the node's certificate name, resolved to the address given; HTTP/2 over ALPN.
+        [$host, $port] = [substr($address, 0, strrpos($address, ':')), substr($address, strrpos($address, ':') + 1)];
+        $curl = curl_init('https://' . SERVER_NAME . ":$port/$method");
+        curl_setopt_array($curl, [
+            CURLOPT_HTTP_VERSION => CURL_HTTP_VERSION_2TLS,
+            CURLOPT_RESOLVE => [SERVER_NAME . ":$port:" . trim($host, '[]')],
+            CURLOPT_CAINFO => "$bundle/ca.pem",
+            CURLOPT_SSLCERT => "$bundle/client.pem",
+            CURLOPT_SSLKEY => "$bundle/client.key",
+        ]);
+    }
     curl_setopt_array($curl, [
-        CURLOPT_HTTP_VERSION => CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE,  // plaintext HTTP/2 (h2c)
         CURLOPT_POST => true,
         CURLOPT_HTTPHEADER => ['content-type: application/grpc', 'te: trailers'],
         // One message frame: not compressed (0), big-endian length, the bytes.
@@ -69,14 +88,14 @@ function unary_call(string $address, string $method, string $request): string
     return substr($body, 5, $length);
 }
 
-if ($argc !== 3) {
-    fwrite(STDERR, "usage: getjob.php HOST:PORT JOB_ID\n");
+if ($argc !== 3 && $argc !== 4) {
+    fwrite(STDERR, "usage: getjob.php HOST:PORT JOB_ID [BUNDLE_DIR]\n");
     exit(2);
 }
-[, $address, $jobId] = $argv;
+[$address, $jobId, $bundle] = [$argv[1], $argv[2], $argv[3] ?? null];
 $request = new GetJobRequest(['job_id' => $jobId]);
 try {
-    $bytes = unary_call($address, 'jobmesh.v1.JobService/GetJob', $request->serializeToString());
+    $bytes = unary_call($address, 'jobmesh.v1.JobService/GetJob', $request->serializeToString(), $bundle);
 } catch (RuntimeException $e) {
     fwrite(STDERR, 'GetJob failed: ' . $e->getMessage() . "\n");
     exit(1);

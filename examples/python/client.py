@@ -3,7 +3,10 @@
 Adds one job, follows its events with WatchJobs until it finishes, and prints the finished
 job as JSON. Needs only `grpcio` and `protobuf` (no `node` package):
 
-    python examples/python/client.py --node 127.0.0.1:7710 demo/upper text=hello --payload-text 'hi'
+    python examples/python/client.py --node 127.0.0.1:7710 --bundle bundle/ --token-file submit.token \
+        demo/upper text=hello --payload-text 'hi'
+
+(credentials.py says where the bundle and the token come from; `--insecure` for a plaintext node.)
 
 Exit code 0 when the job SUCCEEDED, 1 when it ended otherwise, 2 on a timeout.
 """
@@ -17,10 +20,13 @@ from pathlib import Path
 
 # The committed stubs live in generated/ at the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "generated"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
 from google.protobuf import json_format
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+
+import credentials
 
 TERMINAL_EVENTS = {
     jobs_pb2.JOB_EVENT_TYPE_FINISHED,
@@ -83,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job")
     parser.add_argument("topic")
     parser.add_argument("properties", nargs="*", metavar="NAME=VALUE")
+    credentials.add_arguments(parser)
     args = parser.parse_args(argv)
     job = jobs_pb2.NewJob(topic=args.topic, payload=args.payload_text.encode())
     for item in args.properties:
         name, _, value = item.partition("=")
         job.properties[name].CopyFrom(property_value(value))
     started = time.monotonic()
-    with grpc.insecure_channel(args.node) as channel:
+    with credentials.open_channel(args) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
         try:
             finished = add_and_wait(stub, job, args.timeout)

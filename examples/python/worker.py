@@ -4,7 +4,11 @@ Connects to a node's WorkerService, registers topic patterns and a concurrency, 
 the jobs the node sends in a thread pool, reporting progress, log lines, a property and
 the result. Reconnects when the stream breaks. Needs only `grpcio` and `protobuf`:
 
-    python examples/python/worker.py --node 127.0.0.1:7710 --topic 'demo/**' --concurrency 2
+    python examples/python/worker.py --node 127.0.0.1:7710 --bundle bundle/ --token-file work.token \
+        --topic 'demo/**' --concurrency 2
+
+(credentials.py says where the bundle and a `work` token come from; `--insecure` for a
+plaintext node.)
 
 What a job does here (edit `process` for real work): `steps` steps (property, default 3)
 of `step_ms` milliseconds each (default 100), then success with the input payload
@@ -19,15 +23,18 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "generated"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
 from jobmesh.v1 import jobs_pb2, workers_pb2, workers_pb2_grpc
+
+import credentials
 
 log = logging.getLogger("worker")
 RECONNECT_DELAY_S = 1.0
@@ -109,8 +116,10 @@ def process(job: Job, worker_name: str) -> workers_pb2.WorkResult:
 class Worker:
     """One connection at a time to a node; jobs run in a pool of `concurrency` threads."""
 
-    def __init__(self, node: str, name: str, topics: list[str], concurrency: int) -> None:
-        self.node, self.name, self.topics, self.concurrency = node, name, topics, concurrency
+    def __init__(
+        self, connect: Callable[[], grpc.Channel], name: str, topics: list[str], concurrency: int
+    ) -> None:
+        self.connect, self.name, self.topics, self.concurrency = connect, name, topics, concurrency
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
 
     def run_once(self) -> None:
@@ -138,7 +147,7 @@ class Worker:
             running.pop((job.id, job.attempt), None)
             send.put(workers_pb2.WorkRequest(result=result))
 
-        with grpc.insecure_channel(self.node) as channel:
+        with self.connect() as channel:
             stream = workers_pb2_grpc.WorkerServiceStub(channel).Work(requests())
             try:
                 for message in stream:
@@ -169,7 +178,11 @@ class Worker:
                 log.warning("the node closed the stream; reconnecting")
             except grpc.RpcError as e:
                 log.warning("stream ended: %s: %s; reconnecting", e.code().name, e.details())
-                if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                if e.code() in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
                     raise SystemExit(2) from e  # our own mistake: reconnecting would not help
             time.sleep(RECONNECT_DELAY_S)
 
@@ -184,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--name", default="python-worker")
+    credentials.add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        Worker(args.node, args.name, args.topic or ["demo/**"], args.concurrency).run_forever()
+        connect = lambda: credentials.open_channel(args)  # noqa: E731  # one channel per connection
+        Worker(connect, args.name, args.topic or ["demo/**"], args.concurrency).run_forever()
     except KeyboardInterrupt:
         return 0
     return 0

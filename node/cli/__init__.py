@@ -10,6 +10,7 @@ from importlib import metadata
 
 from node.cli import (
     add,
+    audit,
     check,
     cluster,
     commands,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_parser(sub)
     cluster.add_parsers(sub)
     check.add_parser(sub)
+    audit.add_parser(sub)
     return parser
 
 

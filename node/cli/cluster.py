@@ -23,6 +23,7 @@ from node.security import pki
 from node.security.cluster import ClusterFiles, write_private
 from node.security.join import JoinTokens
 from node.security.registry import TokenRegistry
+from node.topics import TopicPattern
 from node.transport import client_transport
 from node.trust import ADMITS_PROPERTY
 
@@ -65,6 +66,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--name", required=True, help="who the certificate is for (logs)")
     p.add_argument("--out", type=Path, required=True, help="directory for ca.pem, client.pem, client.key")
     p.add_argument("--days", type=float, default=365.0, help="validity (default 365)")
+    p.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        choices=["read", "submit", "work", "admin"],
+        help="rights the certificate carries itself (then no token is needed); repeatable",
+    )
+    p.add_argument("--topics", nargs="+", default=[], metavar="PATTERN", help="limit submit/work to these")
     p.set_defaults(handler=cmd_client_bundle)
     join = actions.add_parser("token", help="join tokens").add_subparsers(dest="what", required=True)
     p = _data_dir_parser(join, "create", "print a join token for a new node")
@@ -155,10 +164,21 @@ def _admitting_nodes(files: ClusterFiles, environ: dict[str, str]) -> list[str] 
 def cmd_client_bundle(args: argparse.Namespace, environ: dict[str, str]) -> int:
     """`jobmesh cluster client`: the TLS half of a remote client's credentials (the token is the other)."""
     files = _files(args, environ)
+    if args.topics and not args.scope:
+        return _fail("cluster client", JobmeshError("--topics limits a --scope; name one"))
     try:
-        key_pem, cert_pem = files.issue_client(args.name, args.days)
+        for pattern in args.topics:
+            TopicPattern.parse(pattern)  # names the bad pattern
+        key_pem, cert_pem = files.issue_client(args.name, args.days, tuple(args.scope), tuple(args.topics))
     except JobmeshError as e:
         return _fail("cluster client", e)
+    serial = pki.identity_of(pki.load_cert(cert_pem)).serial
+    if args.scope:
+        TokenRegistry(files).note_action(
+            "cluster client",
+            f"certificate {args.name!r} serial {serial} scopes {','.join(sorted(args.scope))} "
+            f"topics {','.join(args.topics) or '*'} days {args.days:g}",
+        )
     out: Path = args.out
     write_private(out / "client.key", key_pem)
     write_private(out / "client.pem", cert_pem, 0o644)
@@ -167,7 +187,11 @@ def cmd_client_bundle(args: argparse.Namespace, environ: dict[str, str]) -> int:
     print(
         f'ca = "{out.resolve()}/ca.pem"\ncert = "{out.resolve()}/client.pem"\nkey = "{out.resolve()}/client.key"'
     )
-    print('token = "..."   # from `jobmesh token create`')
+    if args.scope:
+        print(f"# the certificate carries {', '.join(args.scope)}: no token needed")
+        print(f"# its id (serial) is {serial}: `jobmesh token revoke {serial}` revokes it")
+    else:
+        print('token = "..."   # from `jobmesh token create`')
     return EXIT_OK
 
 
@@ -183,8 +207,12 @@ def cmd_join_token(args: argparse.Namespace, environ: dict[str, str]) -> int:
 def cmd_token_create(args: argparse.Namespace, environ: dict[str, str]) -> int:
     """`jobmesh token create`."""
     try:
-        token, claims = TokenRegistry(_files(args, environ)).create(
-            args.name, args.scope, args.topics, args.ttl
+        registry = TokenRegistry(_files(args, environ))
+        token, claims = registry.create(args.name, args.scope, args.topics, args.ttl)
+        registry.note_action(
+            "token create",
+            f"id {claims.id} name {claims.name!r} scopes {','.join(sorted(claims.scopes))} "
+            f"topics {','.join(claims.topics) or '*'} expires {claims.expires or 'never'}",
         )
     except JobmeshError as e:
         return _fail("token create", e)
@@ -211,6 +239,8 @@ def cmd_token_list(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
 def cmd_token_revoke(args: argparse.Namespace, environ: dict[str, str]) -> int:
     """`jobmesh token revoke ID`."""
-    known = TokenRegistry(_files(args, environ)).revoke(args.id)
+    registry = TokenRegistry(_files(args, environ))
+    known = registry.revoke(args.id)
+    registry.note_action("token revoke", f"id {args.id}" + ("" if known else " (not issued here)"))
     print(f"revoked {args.id}" + ("" if known else " (not issued on this node; revoked here anyway)"))
     return EXIT_OK

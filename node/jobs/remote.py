@@ -8,9 +8,17 @@ job's topic (least loaded first, then the one idle longest), hands the job to it
 for the worker's result. A job waits inside the node while every matching worker is busy,
 so a worker never has more jobs than its concurrency.
 
+Bounds (the `workers` settings): a registered concurrency above `max_concurrency` is
+clamped to it; a job is not sent to a worker while the input payload bytes of its jobs
+without a result, plus this job's, would exceed `max_inflight_bytes` (a worker holding
+nothing always gets its next job, however large), so a worker that never reads cannot make
+the node hold more than that for it.
+
 When a worker's connection breaks, its consumers go (unless another worker declared the
-same patterns) and its unfinished jobs end as FAILED with no retry delay: they are
-re-queued with retry count + 1 and run on another worker, or wait for one to connect.
+same patterns) and its unfinished jobs end as FAILED with the queue's retry delay: they are
+re-queued with retry count + 1 and run after that delay on another worker, or wait for one
+to connect. So a worker that connects and disconnects in a loop cannot spend a job's
+retries faster than its retry policy allows.
 
 The transport (gRPC, `node.services.workers`) talks to a `RemoteWorker` through its outbox
 of `Assign`/`Stop` commands and its `complete`/`context_for` methods; nothing here knows
@@ -37,6 +45,8 @@ from node.topics import TopicPattern
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 10_000
+"""The largest concurrency a registration may name (the `workers.max_concurrency` setting clamps it)."""
+DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 MAX_PATTERNS = 256
 MAX_NAME_CHARS = 256
 
@@ -80,8 +90,12 @@ class RemoteWorker:
     """Commands for the transport, in order."""
     closing: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     """Set when the node shuts down: the transport ends the stream."""
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    """Most payload bytes of jobs without a result this worker may hold (one job always fits)."""
     connected: bool = True
     last_assigned: int = 0
+    inflight_bytes: int = 0
+    """Input payload bytes of the jobs sent to the worker whose result has not come back."""
     _assignments: dict[tuple[str, int], _Assignment] = field(default_factory=dict, repr=False)
 
     @property
@@ -93,6 +107,12 @@ class RemoteWorker:
     def free_slots(self) -> int:
         """How many more jobs the worker may be sent now."""
         return self.concurrency - len(self._assignments) if self.connected else 0
+
+    def fits(self, job: Job) -> bool:
+        """True when sending `job` keeps the worker within its payload bytes in flight."""
+        if not self._assignments:
+            return True
+        return self.inflight_bytes + _payload_bytes(job) <= self.max_inflight_bytes
 
     def accepts(self, topic: str) -> bool:
         """True when one of the worker's patterns matches `topic`."""
@@ -108,6 +128,7 @@ class RemoteWorker:
         assignment = self._assignments.pop((job_id, attempt), None)
         if assignment is None:
             return False
+        self.inflight_bytes -= _payload_bytes(assignment.job)
         if not assignment.result.done():  # done: the attempt timed out or the node shut down
             assignment.result.set_result(result)
         return True
@@ -118,6 +139,7 @@ class RemoteWorker:
         key = (job.id, job.attempt)
         assignment = _Assignment(job, context, loop.create_future())
         self._assignments[key] = assignment
+        self.inflight_bytes += _payload_bytes(job)
         self.outbox.put_nowait(Assign(job))
 
         def on_stop() -> None:  # any thread
@@ -144,21 +166,38 @@ class RemoteWorker:
         self.outbox.put_nowait(Stop(key[0], key[1], reason))
 
     def fail_all(self, message: str) -> int:
-        """End every outstanding attempt as failed, retried at once; returns how many."""
+        """End every outstanding attempt as failed, retried after the queue's retry delay (never
+        sooner: a connect/disconnect loop must not spend retries faster than the policy);
+        returns how many."""
         failed = 0
         for assignment in self._assignments.values():
             if not assignment.result.done():
-                assignment.result.set_result(JobResult.failed(message, retry_delay_s=0.0))
+                assignment.result.set_result(JobResult.failed(message))
                 failed += 1
         self._assignments.clear()
+        self.inflight_bytes = 0
         return failed
+
+
+def _payload_bytes(job: Job) -> int:
+    return len(job.payload) if job.payload else 0
 
 
 class RemoteWorkers:
     """The remote workers connected to one node, registered as consumers of their patterns."""
 
-    def __init__(self, consumers: ConsumerRegistry) -> None:
+    def __init__(
+        self,
+        consumers: ConsumerRegistry,
+        *,
+        max_concurrency: int = MAX_CONCURRENCY,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+    ) -> None:
+        """`max_concurrency` clamps each registration; `max_inflight_bytes` bounds the payload
+        bytes of one worker's jobs without a result (the `workers` settings)."""
         self._consumers = consumers
+        self._max_concurrency = max_concurrency
+        self._max_inflight_bytes = max_inflight_bytes
         self._workers: list[RemoteWorker] = []
         self._pools: dict[str, tuple[Consumer, int]] = {}  # pattern -> (consumer, worker count)
         self._ids = itertools.count(1)
@@ -190,8 +229,22 @@ class RemoteWorkers:
             raise InvalidArgument(
                 f"register.concurrency is {concurrency}; use 1..{MAX_CONCURRENCY} (0 means 1)"
             )
+        if concurrency > self._max_concurrency:
+            log.info(
+                "remote worker %r registered concurrency %d; clamped to workers.max_concurrency %d",
+                name,
+                concurrency,
+                self._max_concurrency,
+            )
+            concurrency = self._max_concurrency
         number = next(self._ids)
-        worker = RemoteWorker(f"w{number}", name or f"worker-{number}", parsed, concurrency)
+        worker = RemoteWorker(
+            f"w{number}",
+            name or f"worker-{number}",
+            parsed,
+            concurrency,
+            max_inflight_bytes=self._max_inflight_bytes,
+        )
         self._workers.append(worker)
         for pattern in dict.fromkeys(p.text for p in parsed):
             consumer, count = self._pools.get(pattern, (None, 0))
@@ -244,8 +297,10 @@ class RemoteWorkers:
         self._capacity_changed = asyncio.Event()
         self._closed = False
 
-    def _pick(self, topic: str) -> RemoteWorker | None:
-        """A matching worker with a free slot: least loaded, then idle longest. ConsumerGone if none matches."""
+    def _pick(self, job: Job) -> RemoteWorker | None:
+        """A matching worker with a free slot and room for the job's payload: least loaded, then
+        idle longest. ConsumerGone if none matches."""
+        topic = job.topic
         best: RemoteWorker | None = None
         best_key: tuple[float, int] | None = None
         matching = False
@@ -253,7 +308,7 @@ class RemoteWorkers:
             if not worker.accepts(topic):
                 continue
             matching = True
-            if worker.free_slots <= 0:
+            if worker.free_slots <= 0 or not worker.fits(job):
                 continue
             key = (worker.outstanding / worker.concurrency, worker.last_assigned)
             if best_key is None or key < best_key:
@@ -277,7 +332,7 @@ class RemoteWorkers:
             if context.is_stopped():
                 return JobResult.failed("stopped before a remote worker took the job")
             changed = self._capacity_changed
-            worker = self._pick(job.topic)
+            worker = self._pick(job)
             if worker is not None:
                 break
             if not listening:  # a stop must end the wait too

@@ -147,6 +147,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX jobs_unassigned ON jobs (origin, topic, queue) WHERE state = 1 AND target IS NULL;
     """,
+    # v6: the audit journal: admin actions with their caller (node/journal/audit.py).
+    """
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- order of the entries; never reused
+        time_us INTEGER NOT NULL,
+        caller TEXT NOT NULL,                    -- token, certificate, instance or CLI user
+        action TEXT NOT NULL,                    -- gRPC method or `token create` / `token revoke`
+        request TEXT NOT NULL,                   -- protobuf text, truncated
+        status TEXT NOT NULL,                    -- OK or a gRPC status code name
+        message TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

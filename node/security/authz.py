@@ -19,6 +19,7 @@ from cryptography import x509
 
 from node.interceptors import WrappingInterceptor
 from node.security import pki, tokens
+from node.security.audit import CALLER
 from node.security.scopes import JOIN, OPEN, REQUIRED_SCOPE, Principal
 
 Check = Callable[[grpc.aio.ServicerContext, Any], Awaitable[Principal]]
@@ -89,10 +90,13 @@ class AuthInterceptor(WrappingInterceptor):
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
                 token = value.removeprefix("Bearer ").strip()
+        if not token and identity.client and identity.scopes:
+            return await self._certificate_principal(identity, context)
         if not token:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
-                "no credential: send `authorization: Bearer <token>` (jobmesh token create)",
+                "no credential: send `authorization: Bearer <token>` (jobmesh token create), or "
+                "present a client certificate with scopes (jobmesh cluster client --scope ...)",
             )
         try:
             claims = self._verify(token)
@@ -104,7 +108,19 @@ class AuthInterceptor(WrappingInterceptor):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"the bearer token {claims.name!r} ({claims.id}) is revoked"
             )
-        return Principal(claims.name, claims.scopes, claims.topics)
+        return Principal(claims.name, claims.scopes, claims.topics, token_id=claims.id)
+
+    async def _certificate_principal(
+        self, identity: pki.CertIdentity, context: grpc.aio.ServicerContext
+    ) -> Principal:
+        """A client certificate carrying scopes is a credential by itself (a bearer token, when
+        one is sent, takes precedence); its serial number is its id for revocation."""
+        name = f"certificate {identity.client!r}"
+        if identity.serial in self._revoked():
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"the client {name} ({identity.serial}) is revoked"
+            )
+        return Principal(name, frozenset(identity.scopes), identity.topics, token_id=identity.serial)
 
     async def _check(
         self, method: str, required: str, context: grpc.aio.ServicerContext, request: Any
@@ -118,6 +134,7 @@ class AuthInterceptor(WrappingInterceptor):
         refused = refusal(caller, request) if request is not None else None
         if refused is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        CALLER.set(caller)  # for the audit journal (this call's own context)
         return caller
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

@@ -114,19 +114,31 @@ class ClusterFiles:
         write_private(self.client_key, key_pem)
         write_private(self.client_cert, cert_pem, 0o644)
 
-    def issue_client(self, name: str, days: float) -> tuple[bytes, bytes]:
-        """A new client key and certificate (PEM) of this cluster, naming `jobmesh:client:<name>`."""
+    def issue_client(
+        self, name: str, days: float, scopes: tuple[str, ...] = (), topics: tuple[str, ...] = ()
+    ) -> tuple[bytes, bytes]:
+        """A new client key and certificate (PEM) of this cluster, naming `jobmesh:client:<name>`;
+        with `scopes` it is a credential by itself (no token needed), limited to `topics`."""
         key_pem, cert = self.issue_key_and_cert(
-            pki.CLIENT_URI_PREFIX + name, (), datetime.timedelta(days=days)
+            pki.CLIENT_URI_PREFIX + name,
+            (),
+            datetime.timedelta(days=days),
+            pki.client_uris(scopes, topics),
         )
         return key_pem, pki.cert_pem(cert)
 
     def issue_key_and_cert(
-        self, uri: str, addresses: tuple[str, ...], lifetime: datetime.timedelta
+        self,
+        uri: str,
+        addresses: tuple[str, ...],
+        lifetime: datetime.timedelta,
+        extra_uris: tuple[str, ...] = (),
     ) -> tuple[bytes, x509.Certificate]:
         """A fresh key (PEM) and a certificate for it naming `uri`, signed with this CA key."""
         key = pki.new_key()
-        cert = pki.issue(self.read_ca_key(), self.read_ca(), key.public_key(), uri, addresses, lifetime)
+        cert = pki.issue(
+            self.read_ca_key(), self.read_ca(), key.public_key(), uri, addresses, lifetime, extra_uris
+        )
         return pki.key_pem(key), cert
 
     def client_material(self) -> TlsMaterial | None:

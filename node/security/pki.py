@@ -8,9 +8,11 @@ and what matters is that the certificate chains to the cluster CA.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import ipaddress
+import urllib.parse
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -26,6 +28,10 @@ SERVER_NAME = "node.jobmesh"
 INSTANCE_URI_PREFIX = "jobmesh:instance:"
 CLIENT_URI_PREFIX = "jobmesh:client:"
 JOIN_URI_PREFIX = "jobmesh:join:"
+SCOPE_URI_PREFIX = "jobmesh:scope:"
+"""A client certificate's SAN URI granting a scope (`jobmesh:scope:read`), like a token's."""
+TOPICS_URI_PREFIX = "jobmesh:topics:"
+"""A client certificate's SAN URI limiting submit/work to a topic pattern (percent-encoded)."""
 CA_DAYS = 3650
 SHORT_FINGERPRINT_CHARS = 16
 
@@ -135,8 +141,9 @@ def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
-def _san(addresses: tuple[str, ...], uri: str) -> x509.SubjectAlternativeName:
+def _san(addresses: tuple[str, ...], uri: str, extra_uris: tuple[str, ...]) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri), x509.DNSName(SERVER_NAME)]
+    names += [x509.UniformResourceIdentifier(extra) for extra in extra_uris]
     for address in dict.fromkeys(addresses):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(address.strip("[]"))))
@@ -153,8 +160,10 @@ def issue(
     uri: str,
     addresses: tuple[str, ...],
     lifetime: datetime.timedelta,
+    extra_uris: tuple[str, ...] = (),
 ) -> x509.Certificate:
-    """A leaf certificate (server and client use) for `public_key`, naming `uri` in its SAN."""
+    """A leaf certificate (server and client use) for `public_key`, naming `uri` (and
+    `extra_uris`: a client's scopes and topic patterns) in its SAN."""
     now = _now()
     common_name = uri.rsplit(":", 1)[-1][:64]
     # Valid from a little earlier, for clocks slightly behind; a tenth of the lifetime at most,
@@ -173,7 +182,7 @@ def issue(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .add_extension(_san(addresses, uri), critical=False)
+        .add_extension(_san(addresses, uri, extra_uris), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
@@ -199,6 +208,12 @@ class CertIdentity:
     client: str = ""
     join_token: str = ""
     """Set for a join token's bootstrap certificate (its token id)."""
+    scopes: tuple[str, ...] = ()
+    """A client certificate's scopes (`jobmesh:scope:` URIs); none: rights come from a token."""
+    topics: tuple[str, ...] = ()
+    """A client certificate's topic patterns (`jobmesh:topics:` URIs); none: every topic."""
+    serial: str = ""
+    """The certificate's serial number (hex): its id for revocation and the audit journal."""
 
 
 def identity_of(cert: x509.Certificate) -> CertIdentity:
@@ -207,7 +222,8 @@ def identity_of(cert: x509.Certificate) -> CertIdentity:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return CertIdentity()
-    return identity_of_uris(san.get_values_for_type(x509.UniformResourceIdentifier))
+    identity = identity_of_uris(san.get_values_for_type(x509.UniformResourceIdentifier))
+    return dataclasses.replace(identity, serial=f"{cert.serial_number:x}")
 
 
 def identity_of_uris(uris: list[str]) -> CertIdentity:
@@ -216,10 +232,27 @@ def identity_of_uris(uris: list[str]) -> CertIdentity:
         if uri.startswith(INSTANCE_URI_PREFIX):
             return CertIdentity(instance_id=uri.removeprefix(INSTANCE_URI_PREFIX))
         if uri.startswith(CLIENT_URI_PREFIX):
-            return CertIdentity(client=uri.removeprefix(CLIENT_URI_PREFIX))
+            return CertIdentity(
+                client=uri.removeprefix(CLIENT_URI_PREFIX),
+                scopes=tuple(
+                    u.removeprefix(SCOPE_URI_PREFIX) for u in uris if u.startswith(SCOPE_URI_PREFIX)
+                ),
+                topics=tuple(
+                    urllib.parse.unquote(u.removeprefix(TOPICS_URI_PREFIX))
+                    for u in uris
+                    if u.startswith(TOPICS_URI_PREFIX)
+                ),
+            )
         if uri.startswith(JOIN_URI_PREFIX):
             return CertIdentity(join_token=uri.removeprefix(JOIN_URI_PREFIX))
     return CertIdentity()
+
+
+def client_uris(scopes: tuple[str, ...], topics: tuple[str, ...]) -> tuple[str, ...]:
+    """The SAN URIs that give a client certificate `scopes`, limited to `topics` patterns."""
+    return tuple(SCOPE_URI_PREFIX + s for s in scopes) + tuple(
+        TOPICS_URI_PREFIX + urllib.parse.quote(t, safe="/*") for t in topics
+    )
 
 
 def expires_at(cert: x509.Certificate) -> datetime.datetime:

@@ -2,12 +2,18 @@
 
 Both live in the cluster dir as JSON. The node re-reads the revocation list when the file
 changes, so `jobmesh token revoke` takes effect on this node at its next call.
+
+Token commands leave a note of what they did (`note_action`) in the cluster dir's
+`audit-inbox/`, one file each; the running node takes them (`take_actions`) into its audit
+journal, so token actions are audited like the admin RPCs though they never reach the node.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import time
 from pathlib import Path
 
 from node.security import tokens
@@ -21,6 +27,7 @@ class TokenRegistry:
         self._files = files
         self.issued_path = files.dir / "tokens.json"
         self.revoked_path = files.dir / "revoked.json"
+        self.inbox = files.dir / "audit-inbox"
         self._revoked: frozenset[str] = frozenset()
         self._revoked_stamp: tuple[int, int] | None = None
 
@@ -62,6 +69,42 @@ class TokenRegistry:
             self._revoked = frozenset(map(str, _read_list(self.revoked_path)))
             self._revoked_stamp = stamp
         return self._revoked
+
+    def note_action(self, action: str, request: str) -> None:
+        """Leave a note of a token command for the node's audit journal (caller: this OS user)."""
+        note = {
+            "time_us": time.time_ns() // 1000,
+            "caller": f"cli {_user()} (uid {os.getuid()})",
+            "action": action,
+            "request": request,
+        }
+        name = f"{time.time_ns():020d}-{os.getpid()}.json"
+        write_private(self.inbox / name, json.dumps(note).encode())
+
+    def take_actions(self) -> list[dict[str, str | int]]:
+        """The notes token commands left, oldest first, each removed as it is returned."""
+        try:
+            names = sorted(n for n in os.listdir(self.inbox) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        notes = []
+        for name in names:
+            path = self.inbox / name
+            try:
+                note = json.loads(path.read_text())
+                path.unlink()
+            except (OSError, ValueError):
+                continue
+            if isinstance(note, dict):
+                notes.append({k: v for k, v in note.items() if isinstance(v, str | int)})
+        return notes
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "?"
 
 
 def _read_list(path: Path) -> list[dict[str, object]]:

@@ -64,6 +64,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/" + _TOPOLOGY + "SetInstanceProperties": "admin",
     "/jobmesh.v1.WorkerService/Work": "work",
     "/jobmesh.v1.WorkerService/ListWorkers": "read",
+    "/jobmesh.v1.AuditService/ListAuditEntries": "admin",
 }
 """Every method a node serves -> the scope it needs (tests/test_security_scopes.py checks it is complete)."""
 
@@ -86,6 +87,17 @@ class Principal:
     """Topic patterns limiting submit and work; empty: every topic."""
     instance_id: str = ""
     """Set for nodes (from the certificate's SAN)."""
+    token_id: str = ""
+    """Set for bearer tokens (the token's id) and scoped client certificates (the serial)."""
+
+    @property
+    def description(self) -> str:
+        """Who this is, for the audit journal and logs (`token 'ci' (ID)`, `instance ID`, ...)."""
+        if self.token_id and self.name.startswith("certificate "):
+            return f"{self.name} ({self.token_id})"
+        if self.token_id:
+            return f"token {self.name!r} ({self.token_id})"
+        return self.name
 
     @property
     def is_node(self) -> bool:

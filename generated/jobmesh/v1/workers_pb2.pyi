@@ -7,8 +7,9 @@ A remote worker is a process, in any language, that consumes jobs of a node
 over one bidirectional stream instead of running inside the node. While the
 stream is open the node counts the worker as a consumer of the topic
 patterns it registered; when the stream breaks, the jobs the worker had not
-finished are re-queued (their retry count goes up by one) and nothing is
-lost. A worker may reconnect at any time.
+finished are re-queued (their retry count goes up by one; they run again
+after the queue's retry delay, never sooner) and nothing is lost. A worker
+may reconnect at any time.
 
 The message flow of WorkerService.Work, in order:
 
@@ -16,10 +17,13 @@ The message flow of WorkerService.Work, in order:
      be the first message.
   2. node -> worker: `registered`.
   3. node -> worker: `assignment`, one per job. The node never has more
-     than `concurrency` assignments outstanding on one stream: an
-     assignment is outstanding from when the node sends it until the worker
-     sends its `result`. That is the whole flow control; a worker needs no
-     buffering beyond its declared concurrency.
+     than `concurrency` (as `registered` gave it) assignments outstanding
+     on one stream: an assignment is outstanding from when the node sends
+     it until the worker sends its `result`. Nor does it send one while the
+     input payload bytes of the outstanding ones plus its own would exceed
+     the node's `workers.max_inflight_bytes` (a worker with none
+     outstanding always gets the next). That is the whole flow control; a
+     worker needs no buffering beyond its concurrency.
   4. worker -> node, any number of times while a job runs: `progress`,
      `log`, `property`, each naming the job by `job_id` and `attempt` as
      the assignment gave them.
@@ -196,7 +200,8 @@ class WorkerRegistration(_message.Message):
     """
     concurrency: _builtins.int
     """How many jobs the worker runs at once (1..10000; 0 means 1). The node
-    never has more assignments outstanding on this stream.
+    clamps it to its `workers.max_concurrency` setting and never has more
+    assignments outstanding on this stream.
     """
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -236,7 +241,9 @@ class WorkerRegistered(_message.Message):
     the messages of jobs re-queued when the connection breaks).
     """
     concurrency: _builtins.int
-    """The concurrency the node applies (the registered one, 0 taken as 1)."""
+    """The concurrency the node applies (the registered one, 0 taken as 1,
+    clamped to the node's `workers.max_concurrency`).
+    """
     def __init__(
         self,
         *,
