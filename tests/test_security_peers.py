@@ -1,0 +1,198 @@
+"""An authenticated peer may speak only for itself: with real node processes, a member of the
+cluster (a valid node certificate) that lies about jobs or members of other instances changes
+nothing — no re-run, no forged result, no dropped job, no forged member or capacity, no death it
+cannot refute."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from jobmesh.peer.v1 import membership_pb2, membership_pb2_grpc, transfer_pb2, transfer_pb2_grpc
+from jobmesh.v1 import jobs_pb2
+
+from node import JobState
+from node.discovery.membership import MemberRecord, PeerState
+from node.transfer.chunks import crc32
+from tests.support.job_calls import get_job, wait_for_state
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.offload import TOPIC, start_cluster
+from tests.support.protos import new_job
+from tests.support.topology import view
+from tests.support.waiting import wait_for
+from tests.test_security import a_member, instance_ids, record
+
+pytestmark = pytest.mark.usefixtures("no_thread_leaks")
+
+ACTIVE, SUCCEEDED = jobs_pb2.JOB_STATE_ACTIVE, jobs_pb2.JOB_STATE_SUCCEEDED
+MALLORY = "mallory"
+
+
+def exchange(channel: grpc.Channel, frame: transfer_pb2.ExchangeRequest) -> list[int]:
+    """Send one transfer frame; the acknowledged seqs."""
+
+    def frames() -> Iterator[transfer_pb2.ExchangeRequest]:
+        yield frame
+
+    stub = transfer_pb2_grpc.TransferServiceStub(channel)
+    return [ack.last_seq for ack in stub.Exchange(frames(), timeout=10)]
+
+
+def journal_row(node: NodeProcess, job_id: str) -> tuple[int, int, str, str]:
+    """(state, epoch, origin, result message) of a job in `node`'s journal."""
+    rows = node.query_journal("SELECT state, epoch, origin, result_message FROM jobs WHERE id = ?", (job_id,))
+    assert len(rows) == 1, rows
+    return rows[0]  # type: ignore[no-any-return]
+
+
+def starts(node: NodeProcess, job_id: str) -> int:
+    """How often the job was started on `node` (STARTED events)."""
+    return len(node.query_journal("SELECT 1 FROM job_events WHERE job_id = ? AND type = 2", (job_id,)))
+
+
+def test_a_peer_cannot_rerun_report_or_remove_jobs_of_another_origin(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    # Given an origin whose jobs run on w1: one finished, one still running
+    origin, (w1,) = start_cluster(nodes, "consumers:block_until_released", workers=1)
+    released = tmp_path / "released"
+    running_release = tmp_path / "running-released"
+    released.touch()
+    request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, release_file=str(released))])
+    (finished,) = origin.stub.AddJobs(request).job_ids
+    wait_for_state(origin.stub, finished, SUCCEEDED)
+    request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, release_file=str(running_release))])
+    (running,) = origin.stub.AddJobs(request).job_ids
+    wait_for_state(origin.stub, running, ACTIVE)
+    wait_for(lambda: journal_row(w1, running)[0] == ACTIVE, 10, "the job to run on w1")
+    finished_before = journal_row(w1, finished)
+    epoch = journal_row(w1, running)[1]
+    now_us = int(time.time() * 1e6)
+
+    # When an authenticated peer re-sends the finished job under a higher epoch, drops the running
+    # one at its target, and reports it SUCCEEDED to its origin
+    mallory = a_member(nodes, MALLORY)
+    to_w1 = mallory.create_sync_channel(w1.address)
+    to_origin = mallory.create_sync_channel(origin.address)
+    try:
+        rerun = transfer_pb2.OffloadedJob(
+            job_id=finished,
+            epoch=finished_before[1] + 100,
+            topic=TOPIC,
+            created_us=now_us,
+            payload_crc32=crc32(b""),
+        )
+        drop = transfer_pb2.JobControl(job_id=running, epoch=epoch, remove=True)
+        assert exchange(to_w1, transfer_pb2.ExchangeRequest(sender_id=MALLORY, last_seq=1, jobs=[rerun])) == [
+            1
+        ]
+        assert exchange(
+            to_w1, transfer_pb2.ExchangeRequest(sender_id=MALLORY, last_seq=2, controls=[drop])
+        ) == [2]
+        forged = b"forged output"
+        report = transfer_pb2.JobReport(
+            job_id=running,
+            epoch=epoch,
+            report_seq=10**9,
+            state=SUCCEEDED,
+            started_us=now_us,
+            finished_us=now_us,
+            result_message="forged",
+            output_payload=forged,
+            output_crc32=crc32(forged),
+        )
+        assert exchange(
+            to_origin, transfer_pb2.ExchangeRequest(sender_id=MALLORY, last_seq=3, reports=[report])
+        ) == [3]
+        # Speaking in the origin's or the target's name is refused outright
+        as_origin = transfer_pb2.ExchangeRequest(sender_id=origin.instance_id, last_seq=4, controls=[drop])
+        with pytest.raises(grpc.RpcError) as refused:
+            exchange(to_w1, as_origin)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        to_w1.close()
+        to_origin.close()
+
+    # Then nothing changed: the finished job is not run again, the running one still runs,
+    # the origin has no forged result, and the genuine result is accepted
+    assert journal_row(w1, finished) == finished_before
+    assert starts(w1, finished) == 1
+    assert journal_row(w1, running)[0] == ACTIVE
+    assert get_job(origin.stub, running).state == ACTIVE
+    running_release.touch()
+    job = wait_for_state(origin.stub, running, SUCCEEDED)
+    assert job.result_message != "forged"
+    assert get_job(origin.stub, running, include_payloads=True).output_payload != forged
+    assert origin.count_jobs(JobState.SUCCEEDED) == 2
+    assert starts(w1, running) == 1
+
+
+def capacity(node: NodeProcess, instance_id: str) -> str:
+    """The capacity property `node` sees for `instance_id` ("" if not in its view)."""
+    for instance in view(node).instances:
+        if instance.id == instance_id:
+            return instance.properties.get("jobmesh.capacity", "")
+    return ""
+
+
+def test_a_peer_cannot_forge_members_capacities_or_unrefutable_deaths(nodes: NodeFactory) -> None:
+    # Given an origin and a worker in one view
+    origin, (w1,) = start_cluster(nodes, "consumers:succeed", workers=1)
+    genuine = capacity(origin, w1.instance_id)
+    w1_info = next(i for i in view(origin).instances if i.id == w1.instance_id)
+    w1_start = int(w1_info.start_time.ToMicroseconds())
+    now_us = int(time.time() * 1e6)
+
+    # When an authenticated peer tells the origin of a fake member and of w1 with a huge capacity
+    # and new topics, and that w1 left at an incarnation just below the limit
+    forged_props = {"jobmesh.capacity": "100000", "jobmesh.topics": "offload/**"}
+    fake = MemberRecord(
+        record("fake-peer", now_us, "127.0.0.1:9", 5, PeerState.ALIVE).info, 5, PeerState.ALIVE, forged_props
+    )
+    forged_w1 = MemberRecord(
+        record(w1.instance_id, w1_start, w1.address, 2**62, PeerState.ALIVE).info,
+        2**62,
+        PeerState.ALIVE,
+        forged_props,
+    )
+    mallory = record(MALLORY, now_us, "127.0.0.1:1", now_us, PeerState.ALIVE)
+    left = record(w1.instance_id, w1_start, w1.address, 2**63 - 2, PeerState.LEFT)
+    channel = a_member(nodes, MALLORY).create_sync_channel(origin.address)
+    to_w1 = a_member(nodes, MALLORY).create_sync_channel(w1.address)
+    try:
+        membership = membership_pb2_grpc.MembershipServiceStub(channel)
+        sync = membership_pb2.SyncRequest(
+            sender=mallory.to_proto(), members=[fake.to_proto(), forged_w1.to_proto()]
+        )
+        membership.Sync(sync, timeout=5)
+        gossip = membership_pb2.GossipRequest(sender=mallory.to_proto(), records=[left.to_proto()])
+        membership.Gossip(gossip, timeout=5)
+        # and tells w1 itself that it left, at that incarnation
+        membership_pb2_grpc.MembershipServiceStub(to_w1).Gossip(gossip, timeout=5)
+    finally:
+        channel.close()
+        to_w1.close()
+
+    # Then the fake member never enters a view, w1 keeps its own capacity and is back in the view
+    # (it refuted one incarnation above its own), and new jobs still go to w1 and succeed
+    wait_for(lambda: w1.instance_id in instance_ids(origin), 10, "w1 to refute and be in the view again")
+    assert "fake-peer" not in instance_ids(origin) | instance_ids(w1)
+    assert capacity(origin, w1.instance_id) == genuine
+    assert "100000" not in str(view(origin))
+    incarnations = [i.incarnation for n in (origin, w1) for i in view(n).instances if i.id == w1.instance_id]
+    assert len(incarnations) == 2
+    assert max(incarnations) < 2**62, incarnations
+    ids = list(origin.stub.AddJobs(jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC) for _ in range(5)])).job_ids)
+    for job_id in ids:
+        job = wait_for_state(origin.stub, job_id, SUCCEEDED)
+        assert job.target_instance == w1.instance_id
+    # w1's incarnation stayed far from the limit: it can still publish new properties
+    done = origin.cli(
+        "topics", "disable", "offload/other", "--node", origin.address, "--instance", w1.instance_id
+    )
+    assert done.returncode == 0, done.stderr
+    assert w1.running
+    assert origin.running
