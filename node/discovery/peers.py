@@ -12,6 +12,8 @@ reached, and DuplicateInstance when the peer says our instance id belongs to it.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -35,6 +37,11 @@ if TYPE_CHECKING:
     pass
 
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+_HANDSHAKE_FAILED = re.compile(r"handshake|ssl|certificate", re.IGNORECASE)
+"""What gRPC's details say when a peer's TLS handshake failed (another cluster, a stranger)."""
 
 RETIRE_GRACE_S = 5.0
 """A retired channel's calls get this long to end (longer than any membership call's deadline)."""
@@ -82,6 +89,8 @@ class GrpcPeerTransport:
         self._channels = channels
         self._stubs: dict[str, tuple[grpc.aio.Channel, membership_pb2_grpc.MembershipServiceStub]] = {}
         self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
+        self._refused: set[str] = set()
+        """Addresses whose TLS handshake failed, logged once until a call to them succeeds."""
 
     def _stub(self, address: str) -> membership_pb2_grpc.MembershipServiceStub:
         entry = self._stubs.get(address)
@@ -96,7 +105,9 @@ class GrpcPeerTransport:
         # `except`: a traceback cycle through such a frame would keep the channel (and gRPC's
         # poller thread) alive until the cyclic GC happens to run.
         try:
-            return await getattr(self._stub(address), method)(request, timeout=timeout_s)
+            response = await getattr(self._stub(address), method)(request, timeout=timeout_s)
+            self._refused.discard(address)
+            return response
         except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details()
         except asyncio.CancelledError:
@@ -107,6 +118,15 @@ class GrpcPeerTransport:
             code, details = grpc.StatusCode.CANCELLED, "the channel was closed"
         if code is grpc.StatusCode.ALREADY_EXISTS:
             raise DuplicateInstance(details or "instance id in use")
+        handshake_failed = code is grpc.StatusCode.UNAVAILABLE and _HANDSHAKE_FAILED.search(details or "")
+        if handshake_failed and address not in self._refused:  # once per peer, not once per probe
+            self._refused.add(address)
+            log.warning(
+                "the peer at %s stays out of the view: the TLS handshake failed (%s); a node of "
+                "another cluster, or a certificate this cluster's CA did not issue",
+                address,
+                details,
+            )
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             # The connection may be stuck (a partition, a paused peer): TCP would retry it with
             # growing backoff long after the network healed. Dial afresh next time.
