@@ -5,8 +5,11 @@ cannot refute."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,6 +19,8 @@ from jobmesh.v1 import jobs_pb2
 
 from node import JobState
 from node.discovery.membership import MemberRecord, PeerState
+from node.security import pki
+from node.security.cluster import ClusterFiles
 from node.transfer.chunks import crc32
 from tests.support.job_calls import get_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
@@ -196,3 +201,66 @@ def test_a_peer_cannot_forge_members_capacities_or_unrefutable_deaths(nodes: Nod
     assert done.returncode == 0, done.stderr
     assert w1.running
     assert origin.running
+
+
+@contextlib.contextmanager
+def liar(nodes: NodeFactory, instance_id: str) -> Iterator[str]:
+    """A MembershipService with a member's certificate answering every call "your instance id is
+    mine, and I started earlier" (ALREADY_EXISTS, what a node's earlier duplicate answers); its
+    address."""
+    cluster = ClusterFiles(nodes.cluster)
+    key_pem, cert = cluster.issue_key_and_cert(
+        pki.INSTANCE_URI_PREFIX + instance_id, (), datetime.timedelta(hours=1)
+    )
+    ca = cluster.ca_cert.read_bytes()
+
+    def claim(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(grpc.StatusCode.ALREADY_EXISTS, "your instance id is already used by me")
+        raise AssertionError("abort raises")
+
+    methods = {
+        m: grpc.unary_unary_rpc_method_handler(claim) for m in ("Ping", "IndirectPing", "Sync", "Gossip")
+    }
+    executor = ThreadPoolExecutor(max_workers=2)
+    server = grpc.server(executor)
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("jobmesh.peer.v1.MembershipService", methods)]
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(key_pem, pki.cert_pem(cert) + ca)], root_certificates=ca, require_client_auth=True
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait()
+        executor.shutdown(wait=True)
+
+
+def test_a_peer_cannot_make_a_node_stop_by_claiming_its_instance_id(nodes: NodeFactory) -> None:
+    # Given a node, and a member whose server answers every call "your instance id is mine"
+    victim = nodes.start("victim")
+    now_us = int(time.time() * 1e6)
+    with liar(nodes, MALLORY) as address:
+        # When the member joins in its own name at that address (the node probes it there), and
+        # says the node's own id lives there too, in a run that started earlier
+        mallory = record(MALLORY, now_us, address, now_us, PeerState.ALIVE)
+        impostor = record(victim.instance_id, 1, address, 1, PeerState.ALIVE)
+        channel = a_member(nodes, MALLORY).create_sync_channel(victim.address)
+        try:
+            sync = membership_pb2.SyncRequest(sender=mallory.to_proto(), members=[impostor.to_proto()])
+            membership_pb2_grpc.MembershipServiceStub(channel).Sync(sync, timeout=5)
+        finally:
+            channel.close()
+        # Then the node checks the claim against the certificate, ignores it (logged once), and runs on
+        wait_for(
+            lambda: "says this node's instance id is its own" in victim.log_text(),
+            10,
+            "the claim to be checked",
+        )
+        wait_for(lambda: MALLORY not in instance_ids(victim), 10, "the liar to be dead in the victim's view")
+    assert victim.running
+    assert victim.instance_id in instance_ids(victim)
+    assert victim.log_text().count("says this node's instance id is its own") == 1
+    assert "refuses to join" not in victim.log_text()

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 _HANDSHAKE_FAILED = re.compile(r"handshake|ssl|certificate", re.IGNORECASE)
 """What gRPC's details say when a peer's TLS handshake failed (another cluster, a stranger)."""
 
+IDENTITY_CHECK_TIMEOUT_S = 2.0
+"""How long the TLS handshake that checks a claim of this node's instance id may take."""
 RETIRE_GRACE_S = 5.0
 """A retired channel's calls get this long to end (longer than any membership call's deadline)."""
 
@@ -90,6 +92,7 @@ class GrpcPeerTransport:
         self._stubs: dict[str, tuple[grpc.aio.Channel, membership_pb2_grpc.MembershipServiceStub]] = {}
         self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
         self._refused: set[str] = set()
+        self._liars: set[str] = set()
         """Addresses whose TLS handshake failed, logged once until a call to them succeeds."""
 
     def _stub(self, address: str) -> membership_pb2_grpc.MembershipServiceStub:
@@ -117,7 +120,11 @@ class GrpcPeerTransport:
             # for the protocol that is an unreachable peer, never the end of its task.
             code, details = grpc.StatusCode.CANCELLED, "the channel was closed"
         if code is grpc.StatusCode.ALREADY_EXISTS:
-            raise DuplicateInstance(details or "instance id in use")
+            if await self._holds_our_id(address):
+                raise DuplicateInstance(details or "instance id in use")
+            raise PeerUnavailable(
+                f"{address} {method}: claims this node's instance id without its certificate"
+            )
         handshake_failed = code is grpc.StatusCode.UNAVAILABLE and _HANDSHAKE_FAILED.search(details or "")
         if handshake_failed and address not in self._refused:  # once per peer, not once per probe
             self._refused.add(address)
@@ -132,6 +139,28 @@ class GrpcPeerTransport:
             # growing backoff long after the network healed. Dial afresh next time.
             self._retire(address)
         raise PeerUnavailable(f"{address} {method}: {code.name}: {details}")
+
+    async def _holds_our_id(self, address: str) -> bool:
+        """True if the server at `address` proves this node's instance id in its certificate (a
+        copied data dir carries the certificate); any other server's ALREADY_EXISTS is a lie."""
+        own = self._channels.own_instance
+        if not own:
+            return True  # plaintext (--insecure): nothing can be proved, the answer is taken
+        try:
+            server = await self._channels.server_instance(address, IDENTITY_CHECK_TIMEOUT_S)
+        except (OSError, TimeoutError) as e:
+            server = f"unknown ({e})"
+        if server == own:
+            return True
+        if address not in self._liars:
+            self._liars.add(address)
+            log.warning(
+                "the peer at %s says this node's instance id is its own, but its certificate names "
+                "instance %s: ignored (a peer may speak only for itself)",
+                address,
+                server,
+            )
+        return False
 
     @staticmethod
     def _decode(address: str, decode: Callable[[Any], R], response: Any) -> R:
