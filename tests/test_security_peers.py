@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,15 +20,16 @@ from jobmesh.v1 import jobs_pb2
 from node import JobState
 from node.discovery.membership import MemberRecord, PeerState
 from node.security import pki
-from node.security.cluster import ClusterFiles
+from node.security.cluster import ClusterFiles, TlsMaterial
 from node.transfer.chunks import crc32
+from node.transport import Transport
 from tests.support.job_calls import get_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.offload import TOPIC, start_cluster
 from tests.support.protos import new_job
 from tests.support.topology import view
 from tests.support.waiting import wait_for
-from tests.test_security import a_member, instance_ids, record
+from tests.test_security import a_member, instance_ids, job_count, record
 
 pytestmark = pytest.mark.usefixtures("no_thread_leaks")
 
@@ -264,3 +265,57 @@ def test_a_peer_cannot_make_a_node_stop_by_claiming_its_instance_id(nodes: NodeF
     assert victim.instance_id in instance_ids(victim)
     assert victim.log_text().count("says this node's instance id is its own") == 1
     assert "refuses to join" not in victim.log_text()
+
+
+def peer_calls(channel: grpc.Channel, victim: NodeProcess) -> dict[str, Callable[[], object]]:
+    """One lie per peer RPC, over `channel`: as the victim itself, its overflowing LEFT, a fake
+    member with a huge capacity, and a job injected from an origin that does not exist."""
+    membership = membership_pb2_grpc.MembershipServiceStub(channel)
+    now_us = int(time.time() * 1e6)
+    impostor = record(victim.instance_id, 1, "127.0.0.1:1", 1, PeerState.ALIVE)
+    left = record(victim.instance_id, 1, victim.address, 2**63 - 2, PeerState.LEFT)
+    properties = {"jobmesh.capacity": "100000", "jobmesh.topics": "**"}
+    fake = MemberRecord(
+        record("fake-peer", now_us, "127.0.0.1:9", 5, PeerState.ALIVE).info, 5, PeerState.ALIVE, properties
+    )
+    job = transfer_pb2.OffloadedJob(
+        job_id="0190f0f0-0000-7000-8000-000000000001", epoch=1, topic="injected/x", created_us=now_us
+    )
+    ping = membership_pb2.PingRequest(sender=impostor.to_proto(), target_id=victim.instance_id)
+    gossip = membership_pb2.GossipRequest(sender=fake.to_proto(), records=[left.to_proto()])
+    sync = membership_pb2.SyncRequest(sender=fake.to_proto(), members=[fake.to_proto()])
+    frame = transfer_pb2.ExchangeRequest(sender_id="fake-peer", last_seq=1, jobs=[job])
+    return {
+        "Ping as the node itself": lambda: membership.Ping(ping, timeout=5),
+        "Gossip that it left": lambda: membership.Gossip(gossip, timeout=5),
+        "Sync with a fake member": lambda: membership.Sync(sync, timeout=5),
+        "Exchange injecting a job": lambda: exchange(channel, frame),
+    }
+
+
+def test_strangers_and_other_clusters_cannot_send_any_peer_message(nodes: NodeFactory) -> None:
+    # Given a node, a stranger (plaintext, or TLS without a certificate) and a node of another
+    # cluster (its own certificate, presented to this cluster's CA)
+    victim = nodes.start("victim")
+    other = nodes.start("other", own_cluster=True)
+    ca = ClusterFiles(victim.data_dir).ca_cert.read_bytes()
+    foreign = ClusterFiles(other.data_dir).material()
+    callers = {
+        "plaintext": Transport(),
+        "TLS without a certificate": Transport(tls=TlsMaterial(ca=ca)),
+        "a node of another cluster": Transport(tls=TlsMaterial(ca, foreign.key, foreign.chain)),
+    }
+    for what, transport in callers.items():
+        channel = transport.create_sync_channel(victim.address)
+        try:
+            for call, attempt in peer_calls(channel, victim).items():
+                # When it sends each lie, Then the handshake refuses it
+                with pytest.raises(grpc.RpcError) as refused:
+                    attempt()
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, (what, call, refused.value)
+        finally:
+            channel.close()
+    # And nothing changed
+    assert victim.running
+    assert instance_ids(victim) == {victim.instance_id}
+    assert job_count(victim) == 0
