@@ -205,23 +205,38 @@ def test_a_peer_cannot_forge_members_capacities_or_unrefutable_deaths(nodes: Nod
 
 
 @contextlib.contextmanager
-def liar(nodes: NodeFactory, instance_id: str) -> Iterator[str]:
-    """A MembershipService with a member's certificate answering every call "your instance id is
-    mine, and I started earlier" (ALREADY_EXISTS, what a node's earlier duplicate answers); its
-    address."""
+def liar(
+    nodes: NodeFactory, instance_id: str, answer_as: Callable[[str], MemberRecord] | None = None
+) -> Iterator[str]:
+    """A MembershipService with a member's certificate; its address. It answers every call "your
+    instance id is mine, and I started earlier" (ALREADY_EXISTS, what a node's earlier duplicate
+    answers), or, given `answer_as` (called with the server's address), in that record's name."""
     cluster = ClusterFiles(nodes.cluster)
     key_pem, cert = cluster.issue_key_and_cert(
         pki.INSTANCE_URI_PREFIX + instance_id, (), datetime.timedelta(hours=1)
     )
     ca = cluster.ca_cert.read_bytes()
+    answers: list[MemberRecord] = []
 
     def claim(request: bytes, context: grpc.ServicerContext) -> bytes:
         context.abort(grpc.StatusCode.ALREADY_EXISTS, "your instance id is already used by me")
         raise AssertionError("abort raises")
 
-    methods = {
-        m: grpc.unary_unary_rpc_method_handler(claim) for m in ("Ping", "IndirectPing", "Sync", "Gossip")
-    }
+    def sync_as(request: bytes, context: grpc.ServicerContext) -> bytes:
+        me = answers[0].to_proto()
+        return membership_pb2.SyncResponse(responder=me, members=[me]).SerializeToString()
+
+    def ping_as(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return membership_pb2.PingResponse(responder=answers[0].to_proto()).SerializeToString()
+
+    names = ("Ping", "IndirectPing", "Sync", "Gossip")
+    if answer_as is None:
+        methods = {m: grpc.unary_unary_rpc_method_handler(claim) for m in names}
+    else:
+        methods = {
+            "Ping": grpc.unary_unary_rpc_method_handler(ping_as),
+            "Sync": grpc.unary_unary_rpc_method_handler(sync_as),
+        }
     executor = ThreadPoolExecutor(max_workers=2)
     server = grpc.server(executor)
     server.add_generic_rpc_handlers(
@@ -231,6 +246,8 @@ def liar(nodes: NodeFactory, instance_id: str) -> Iterator[str]:
         [(key_pem, pki.cert_pem(cert) + ca)], root_certificates=ca, require_client_auth=True
     )
     port = server.add_secure_port("127.0.0.1:0", credentials)
+    if answer_as is not None:
+        answers.append(answer_as(f"127.0.0.1:{port}"))
     server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -319,3 +336,30 @@ def test_strangers_and_other_clusters_cannot_send_any_peer_message(nodes: NodeFa
     assert victim.running
     assert instance_ids(victim) == {victim.instance_id}
     assert job_count(victim) == 0
+
+
+def test_a_peers_server_cannot_answer_in_the_name_of_another_instance(nodes: NodeFactory) -> None:
+    # Given a node, and a member whose server answers as a member that does not exist, with a
+    # huge capacity for every topic
+    victim = nodes.start("victim")
+    now_us = int(time.time() * 1e6)
+    properties = {"jobmesh.capacity": "100000", "jobmesh.topics": "**"}
+
+    def fake(address: str) -> MemberRecord:
+        info = record("fake-peer", now_us, address, now_us, PeerState.ALIVE).info
+        return MemberRecord(info, now_us, PeerState.ALIVE, properties)
+
+    with liar(nodes, MALLORY, answer_as=fake) as address:
+        # When the member tells the node of that fake member at its server's address (the node
+        # then asks the fake member itself, there)
+        mallory = record(MALLORY, now_us, "127.0.0.1:1", now_us, PeerState.ALIVE)
+        channel = a_member(nodes, MALLORY).create_sync_channel(victim.address)
+        try:
+            sync = membership_pb2.SyncRequest(sender=mallory.to_proto(), members=[fake(address).to_proto()])
+            membership_pb2_grpc.MembershipServiceStub(channel).Sync(sync, timeout=5)
+        finally:
+            channel.close()
+        # Then the answer is checked against the server's certificate, and the fake never enters
+        wait_for(lambda: "answers as instance fake-peer" in victim.log_text(), 10, "the answer to be checked")
+        assert "fake-peer" not in instance_ids(victim)
+    assert victim.running

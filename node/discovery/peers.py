@@ -93,6 +93,8 @@ class GrpcPeerTransport:
         self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
         self._refused: set[str] = set()
         self._liars: set[str] = set()
+        self._proven: dict[str, str] = {}
+        """Address -> the instance id its server proved in a TLS handshake (checked once)."""
         """Addresses whose TLS handshake failed, logged once until a call to them succeeds."""
 
     def _stub(self, address: str) -> membership_pb2_grpc.MembershipServiceStub:
@@ -144,23 +146,38 @@ class GrpcPeerTransport:
         """True if the server at `address` proves this node's instance id in its certificate (a
         copied data dir carries the certificate); any other server's ALREADY_EXISTS is a lie."""
         own = self._channels.own_instance
-        if not own:
-            return True  # plaintext (--insecure): nothing can be proved, the answer is taken
+        return not own or await self._proves(address, own, "says this node's instance id is its own")
+
+    async def _proves(self, address: str, instance_id: str, claim: str) -> bool:
+        """True if the server at `address` holds a certificate naming `instance_id` (always in
+        plaintext, where nothing can be proved). One TLS handshake per new (address, instance);
+        a failed proof is logged once per address."""
+        if self._proven.get(address) == instance_id or not self._channels.secure:
+            return True
         try:
             server = await self._channels.server_instance(address, IDENTITY_CHECK_TIMEOUT_S)
         except (OSError, TimeoutError) as e:
-            server = f"unknown ({e})"
-        if server == own:
+            server = f"unknown ({e or type(e).__name__})"
+        else:
+            if server is not None:
+                self._proven[address] = server
+        if server is None or server == instance_id:
             return True
         if address not in self._liars:
             self._liars.add(address)
             log.warning(
-                "the peer at %s says this node's instance id is its own, but its certificate names "
-                "instance %s: ignored (a peer may speak only for itself)",
+                "the peer at %s %s, but its certificate names instance %s: ignored (a peer may speak "
+                "only for itself)",
                 address,
+                claim,
                 server,
             )
         return False
+
+    async def _answered_by(self, address: str, method: str, responder_id: str) -> None:
+        """PeerUnavailable unless the server at `address` is the instance its answer names."""
+        if not await self._proves(address, responder_id, f"answers as instance {responder_id}"):
+            raise PeerUnavailable(f"{address} {method}: answers as {responder_id} without its certificate")
 
     @staticmethod
     def _decode(address: str, decode: Callable[[Any], R], response: Any) -> R:
@@ -173,22 +190,30 @@ class GrpcPeerTransport:
     async def ping(self, address: str, message: Ping, timeout_s: float) -> Ack:
         """Probe the peer at `address`."""
         response = await self._call(address, "Ping", message.to_proto(), timeout_s)
-        return self._decode(address, Ack.from_proto, response)
+        answer = self._decode(address, Ack.from_proto, response)
+        await self._answered_by(address, "Ping", answer.responder.id)
+        return answer
 
     async def indirect_ping(self, address: str, message: IndirectPing, timeout_s: float) -> IndirectAck:
         """Ask the peer at `address` to probe another one."""
         response = await self._call(address, "IndirectPing", message.to_proto(), timeout_s)
-        return self._decode(address, IndirectAck.from_proto, response)
+        answer = self._decode(address, IndirectAck.from_proto, response)
+        await self._answered_by(address, "IndirectPing", answer.responder.id)
+        return answer
 
     async def sync(self, address: str, message: Sync, timeout_s: float) -> SyncReply:
         """Exchange member tables with the peer at `address`."""
         response = await self._call(address, "Sync", message.to_proto(), timeout_s)
-        return self._decode(address, SyncReply.from_proto, response)
+        answer = self._decode(address, SyncReply.from_proto, response)
+        await self._answered_by(address, "Sync", answer.responder.id)
+        return answer
 
     async def gossip(self, address: str, message: Gossip, timeout_s: float) -> GossipAck:
         """Push news to the peer at `address`."""
         response = await self._call(address, "Gossip", message.to_proto(), timeout_s)
-        return self._decode(address, GossipAck.from_proto, response)
+        answer = self._decode(address, GossipAck.from_proto, response)
+        await self._answered_by(address, "Gossip", answer.responder.id)
+        return answer
 
     def _retire(self, address: str) -> None:
         """Stop using the channel to `address`; close it once its calls have ended.
@@ -207,6 +232,7 @@ class GrpcPeerTransport:
     async def forget(self, address: str) -> None:
         """Release the channel to `address` (its calls may finish first)."""
         self._retire(address)
+        self._proven.pop(address, None)
 
     async def close(self) -> None:
         """Close every channel, cancelling calls still in flight."""

@@ -2,15 +2,16 @@
 
 Channels check that a server's certificate chains to the cluster CA and names `pki.SERVER_NAME`,
 not which instance it is (peers are dialled by whatever address the view holds), and gRPC Python
-does not show a client the server's certificate. Where an answer matters as a claim of identity
-(a peer answering "your instance id is mine", ALREADY_EXISTS, which makes this node stop), one
-extra TLS handshake reads that certificate. Rare by design: a copied data dir, or a lie.
+does not show a client the server's certificate. Where an answer is a claim of identity (the
+instance a membership answer names, the first time an address answers as it; a peer's "your
+instance id is mine", ALREADY_EXISTS, which makes this node stop), one extra TLS handshake reads
+that certificate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import os
 import ssl
 import tempfile
@@ -22,6 +23,7 @@ from node.security import pki
 from node.security.cluster import TlsMaterial
 
 
+@functools.lru_cache(maxsize=2)  # the current material, and the one before a renewal
 def _context(tls: TlsMaterial) -> ssl.SSLContext:
     """A client context trusting only the cluster CA and presenting this node's certificate."""
     assert tls.key is not None
@@ -52,7 +54,7 @@ async def server_instance(host: str, port: int, tls: TlsMaterial, timeout_s: flo
     try:
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):  # the server may reset a connection without HTTP/2
-            await writer.wait_closed()
+        # Abort, not close: a graceful TLS shutdown waits for the server's close_notify, which
+        # a gRPC server need not send for a connection that carried no HTTP/2.
+        writer.transport.abort()
     return pki.identity_of(x509.load_der_x509_certificate(der)).instance_id if der else ""
