@@ -8,6 +8,10 @@ a member (same start time) a higher incarnation wins, and at equal incarnation
 LEFT > DEAD > SUSPECT > ALIVE. A node starts at incarnation = its start time in microseconds,
 so a restarted node's records beat those of its previous run. Records about this node are
 never applied; suspicions about it are refuted by bumping its own incarnation.
+
+A member speaks only for itself (its record's sender is bound to its certificate): what a third
+party says about it is hearsay, which never sets its properties, endpoints or incarnation
+(`PeerTable.judge`, `Verdict.CONFIRM`).
 """
 
 from __future__ import annotations

@@ -40,8 +40,9 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
-_HANDSHAKE_FAILED = re.compile(r"handshake|ssl|certificate", re.IGNORECASE)
-"""What gRPC's details say when a peer's TLS handshake failed (another cluster, a stranger)."""
+_HANDSHAKE_FAILED = re.compile(r"SSL_ERROR|CERTIFICATE_|TSI_")
+"""What gRPC's details say when a peer's TLS handshake failed on trust (another cluster, a
+stranger); not a connection that closed mid-handshake (a busy or stopping peer)."""
 
 IDENTITY_CHECK_TIMEOUT_S = 2.0
 """How long the TLS handshake that checks a claim of this node's instance id may take."""
