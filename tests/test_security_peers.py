@@ -363,3 +363,44 @@ def test_a_peers_server_cannot_answer_in_the_name_of_another_instance(nodes: Nod
         wait_for(lambda: "answers as instance fake-peer" in victim.log_text(), 10, "the answer to be checked")
         assert "fake-peer" not in instance_ids(victim)
     assert victim.running
+
+
+def test_epochs_and_sequence_numbers_above_the_limit_are_refused_and_never_stored(nodes: NodeFactory) -> None:
+    # Given a node and a member speaking in its own name
+    victim = nodes.start("victim")
+    now_us = int(time.time() * 1e6)
+    job = transfer_pb2.OffloadedJob(
+        job_id="0190f0f0-0000-7000-8000-000000000002", epoch=1, topic="own/x", created_us=now_us
+    )
+    overflowing = {
+        "epoch": transfer_pb2.ExchangeRequest(
+            sender_id=MALLORY,
+            last_seq=1,
+            jobs=[
+                transfer_pb2.OffloadedJob(
+                    job_id=job.job_id, epoch=2**63 - 1, topic="own/x", created_us=now_us
+                )
+            ],
+        ),
+        "last_seq": transfer_pb2.ExchangeRequest(sender_id=MALLORY, last_seq=2**63 - 1, jobs=[job]),
+        "report_seq": transfer_pb2.ExchangeRequest(
+            sender_id=MALLORY,
+            last_seq=1,
+            reports=[
+                transfer_pb2.JobReport(job_id=job.job_id, epoch=1, report_seq=2**63 - 1, state=SUCCEEDED)
+            ],
+        ),
+    }
+    channel = a_member(nodes, MALLORY).create_sync_channel(victim.address)
+    try:
+        for field, frame in overflowing.items():
+            # When a frame carries a number at 2^63-1, Then it is refused, naming the field
+            with pytest.raises(grpc.RpcError) as refused:
+                exchange(channel, frame)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, refused.value)
+            assert field in (refused.value.details() or ""), (field, refused.value.details())
+    finally:
+        channel.close()
+    # And nothing of them is stored
+    assert job_count(victim) == 0
+    assert victim.running
