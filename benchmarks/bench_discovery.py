@@ -6,6 +6,7 @@ Run it through the wrapper, which sets up .venv and enters a private network nam
     benchmarks/run-discovery                       # 3, 10 and 30 nodes, 3 runs each
     benchmarks/run-discovery --sizes 3 --runs 1    # a smoke test
     benchmarks/run-discovery --join seeds          # join through a seed instead of mDNS
+    benchmarks/run-discovery --insecure            # plaintext nodes (default: mutual TLS)
 
 Every node is `python -m node run --test-preset` with the LAN discovery timings (probe 0.2 s,
 suspicion 1.5 s, settle 0.1 s, ...), all on this namespace's loopback. For each size N and
@@ -52,6 +53,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 START_TIMEOUT_S = 120.0
 EVENT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
+EXTRA_FLAGS: list[str] = []
+"""Flags every node gets (`--insecure` with the option of that name)."""
 
 
 @dataclass
@@ -71,7 +74,7 @@ class Node:
 
     def __init__(self, root: Path, name: str, join: str, seed: str | None) -> None:
         self.name = name
-        args = ["--name", name, "--log-level", "WARNING"]
+        args = ["--name", name, "--log-level", "WARNING", *EXTRA_FLAGS]
         settings: dict[str, object] = dict(LAN_TIMINGS)
         if join == "mdns":
             settings["discovery.mdns"] = "true"
@@ -255,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--join", choices=["mdns", "seeds"], default="mdns", help="how nodes find each other")
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="window for the idle CPU figure")
+    parser.add_argument("--insecure", action="store_true", help="nodes serve plaintext (default: mutual TLS)")
     args = parser.parse_args(argv)
+    if args.insecure:
+        EXTRA_FLAGS.append("--insecure")
     runs = asyncio.run(main_async(args))
     print(table(runs))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -269,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "kernel": platform.release(),
                 },
                 "join": args.join,
+                "insecure": args.insecure,
                 "runs": [asdict(r) for r in runs],
             },
             indent=2,

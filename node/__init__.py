@@ -5,6 +5,13 @@ jobs through `node.jobs` (a `JobManager`), see the other nodes through `node.top
 (a `Topology`), or talk to any node with `JobmeshClient`.
 """
 
+import os
+
+# gRPC's C core logs a line at INFO for every failed connection attempt (a peer of another
+# cluster: one per probe). The node logs such a peer once itself; keep grpc to its errors unless
+# the operator asked for more. Set before grpc is first imported, which reads it then.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from node.config import ConsumerSpec, JobsConfig, JournalConfig, NodeConfig, ServerConfig, load_config
 from node.discovery import (
     DiscoveryConfig,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import grpc
 
 from node.errors import AddressInUse, ConfigError
-from node.security import bearer, credentials, pki
+from node.security import bearer, credentials, peercert, pki
 from node.security.cluster import TlsMaterial
 
 # Room for the largest payload plus the job around it.
@@ -108,6 +108,21 @@ class Transport:
     def tls(self) -> TlsMaterial | None:
         """The current TLS material."""
         return self._tls
+
+    @property
+    def own_instance(self) -> str:
+        """The instance id in this node's certificate ("" in plaintext or for a client)."""
+        if self._tls is None or self._tls.chain is None:
+            return ""
+        return pki.identity_of(pki.load_cert(self._tls.chain)).instance_id
+
+    async def server_instance(self, target: str, timeout_s: float) -> str | None:
+        """The instance id the server at `target` (`host:port`) proves in a TLS handshake; None
+        in plaintext (nothing to prove). Raises OSError or TimeoutError if no handshake completes."""
+        if self._tls is None or self._tls.key is None:
+            return None
+        host, _, port = target.rpartition(":")
+        return await peercert.server_instance(host.strip("[]"), int(port), self._tls, timeout_s)
 
     def update_tls(self, tls: TlsMaterial) -> None:
         """Use renewed material: new channels and new server handshakes pick it up."""

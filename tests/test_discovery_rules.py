@@ -91,6 +91,47 @@ def test_a_new_run_of_a_live_member_at_another_address_is_verified_first(table: 
     assert table.judge(older)[0] is Verdict.IGNORE
 
 
+# --- hearsay: a member speaks only for itself -------------------------------------------------
+
+
+def test_hearsay_of_an_unknown_member_or_a_newer_word_is_confirmed_with_the_member_itself(
+    table: PeerTable,
+) -> None:
+    # Given a third party ("c") telling news about "b" and about a member nobody knows
+    fake = MemberRecord(info("fake", port=7), 9, ALIVE, {"jobmesh.capacity": "100000"})
+    assert table.judge(fake, source="id-c")[0] is Verdict.CONFIRM
+    assert table.judge(fake, source="id-fake")[0] is Verdict.APPLY  # its own word
+    forged = MemberRecord(info("b", port=2), 6, ALIVE, {"jobmesh.capacity": "100000"})
+    assert table.judge(forged, source="id-c")[0] is Verdict.CONFIRM
+    assert table.judge(rec("b", 5, port=2), source="id-c")[0] is Verdict.IGNORE
+    new_run = MemberRecord(info("b", start=9_000, port=3), 9_000, ALIVE)
+    assert table.judge(new_run, source="id-c")[0] is Verdict.CONFIRM
+    # Then nothing of it is in the table until the member answers itself
+    assert table.get("id-fake") is None
+    assert table.get("id-b").record.properties == {}  # type: ignore[union-attr]
+
+
+def test_third_party_failure_reports_keep_the_members_own_incarnation_and_properties() -> None:
+    t = PeerTable(rec("me", 1_000))
+    t.apply(MemberRecord(info("b", port=2), 5, ALIVE, {"p": "own"}), 0, 0.0)
+    lie = MemberRecord(info("b", port=2), 2**63 - 2, SUSPECT, {"p": "forged"})
+    verdict, record = t.judge(lie, source="id-c")
+    assert verdict is Verdict.APPLY
+    assert (record.incarnation, record.state, dict(record.properties)) == (5, SUSPECT, {"p": "own"})
+    # Only a member itself says it left: from a third party LEFT is a refutable DEAD report.
+    verdict, record = t.judge(rec("b", 2**63 - 2, LEFT, port=2), source="id-c")
+    assert (verdict, record.state, record.incarnation) == (Verdict.APPLY, DEAD, 5)
+    verdict, record = t.judge(rec("b", 6, LEFT, port=2), source="id-b")
+    assert (verdict, record.state, record.incarnation) == (Verdict.APPLY, LEFT, 6)
+
+
+def test_a_claim_about_this_node_is_refuted_one_above_its_own_incarnation(table: PeerTable) -> None:
+    verdict, record = table.judge(rec("me", 2**63 - 2, LEFT), source="id-c")
+    assert verdict is Verdict.REFUTE
+    assert record.incarnation == 1_000
+    assert table.bump_local(above=record.incarnation).incarnation == 1_001
+
+
 def test_probe_order_visits_every_live_member_once_per_round(table: PeerTable) -> None:
     for name, port in (("c", 3), ("d", 4)):
         table.apply(rec(name, 1, port=port), 0, 0.0)

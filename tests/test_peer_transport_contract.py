@@ -30,6 +30,7 @@ from node.errors import DuplicateInstance, PeerUnavailable
 from node.instance import now_us
 from node.services.topology import MembershipServicer
 from node.transport import Transport
+from tests.support.waiting import async_wait_for
 
 QUIET = DiscoveryConfig(mdns=False, probe_interval_s=60, sync_interval_s=60, gossip_interval_s=60)
 """No rounds of their own during a test: only the calls the test makes."""
@@ -180,13 +181,16 @@ async def test_a_sync_exchanges_member_tables_both_ways(peers: Peers) -> None:
         assert peers.protocols[b].table.get(local.id) is not None  # b learned a from the sync
 
 
-async def test_gossip_delivers_records_of_third_members(peers: Peers) -> None:
+async def test_gossip_delivers_records_of_third_members_which_the_receiver_confirms(peers: Peers) -> None:
     async with peers:
-        a, b = await peers.add("a"), await peers.add("b")
-        third = record("c", "elsewhere:1")
-        ack = await peers.transport(a).gossip(b, Gossip(peers.protocols[a].local, (third,)), TIMEOUT_S)
+        a, b, c = await peers.add("a"), await peers.add("b"), await peers.add("c")
+        third, fake = peers.protocols[c].local, record("fake", "elsewhere:1")
+        message = Gossip(peers.protocols[a].local, (third, fake))
+        ack = await peers.transport(a).gossip(b, message, TIMEOUT_S)
         assert ack.responder.id == peers.protocols[b].local.id
-        assert peers.protocols[b].table.get(third.info.id) is not None
+        # Hearsay: b asks c itself, and c's own answer enters b's table; the fake never answers.
+        await async_wait_for(lambda: peers.protocols[b].table.get(third.info.id), TIMEOUT_S, "b to learn c")
+        assert peers.protocols[b].table.get(fake.info.id) is None
 
 
 async def test_an_indirect_ping_probes_the_target_through_the_helper(peers: Peers) -> None:

@@ -29,7 +29,8 @@ class DiscoveryConfig:
     mdns: bool = True
     """Advertise and browse `_jobmesh._tcp.local.` by mDNS (zeroconf) on the LAN."""
     interfaces: tuple[str, ...] = ()
-    """mDNS interfaces, by name (`eth0`) or IPv4 address; empty: all IPv4 interfaces."""
+    """mDNS interfaces, by name (`eth0`) or IPv4 address; empty: the addresses the server is
+    bound to (all IPv4 interfaces only when it is bound to all, `0.0.0.0`)."""
     seeds: tuple[str, ...] = ()
     """`host:port` of peers to join where mDNS cannot reach (comma-separated in env/flags)."""
     advertise_addresses: tuple[str, ...] = ()

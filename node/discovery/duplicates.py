@@ -1,4 +1,5 @@
-"""Two live nodes with one instance id (a copied data dir): finding out, and who gives way.
+"""Who speaks for an instance id: refuting claims about this node, asking a member itself
+about hearsay, and two live nodes with one id (a copied data dir): finding out, who gives way.
 
 Whoever hears from the other compares start times; the later one is answered ALREADY_EXISTS
 (or fails itself) and stops. A new run that claims a live member's id is applied only once the
@@ -36,17 +37,26 @@ class DuplicateIds:
     _checked_duplicates: set[tuple[str, int]]
     _failure: asyncio.Future[DuplicateInstance] | None
     _on_change: Callable[[], None]
+    _confirmed_at: dict[str, float]
 
     # Provided by MembershipProtocol.
     def _spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         raise NotImplementedError
 
     def _merge(
-        self, record: MemberRecord, from_sync: bool = False, heard: bool = False, address: str | None = None
+        self,
+        record: MemberRecord,
+        from_sync: bool = False,
+        heard: bool = False,
+        address: str | None = None,
+        source: str | None = None,
     ) -> None:
         raise NotImplementedError
 
     def _apply(self, record: MemberRecord) -> None:
+        raise NotImplementedError
+
+    def contact(self, address: str, expected_id: str | None = None) -> None:
         raise NotImplementedError
 
     async def wait_failure(self) -> DuplicateInstance:
@@ -91,9 +101,13 @@ class DuplicateIds:
         if ack.responder.id != self.table.local.id:
             self._merge(ack.responder, heard=True)
 
-    def _own_id(self, record: MemberRecord) -> None:
-        """Another run uses this node's id: keep this node on top, and check whether it is alive."""
-        if record.incarnation >= self.table.local.incarnation:
+    def _own_id(self, record: MemberRecord, hearsay: bool = False) -> None:
+        """Another run uses this node's id: keep this node on top, and check whether it is alive.
+
+        `hearsay`: a third party says so. Then only the check runs (its answer needs the holder
+        of this node's certificate); the incarnation a third party names is not outbid.
+        """
+        if not hearsay and record.incarnation >= self.table.local.incarnation:
             self.broadcasts.add(self.table.bump_local(above=record.incarnation))
             self._on_change()
         if not record.state.in_view or set(record.info.endpoints) & set(self.table.local.info.endpoints):
@@ -138,6 +152,23 @@ class DuplicateIds:
         current = self.table.get(member_id)
         if current is None or claim.incarnation > current.record.incarnation:
             self._apply(claim)
+
+    def _confirm(self, record: MemberRecord) -> None:
+        """Hearsay of a member's own word: Sync with the member itself (at most once per probe
+        interval each), so its record enters the table only as it tells it."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._confirmed_at.get(record.id, -1.0) + self.config.probe_interval_s:
+            return
+        self._confirmed_at[record.id] = loop.time()
+        member = self.table.get(record.id)
+        known_run = member is not None and member.record.info.start_time_us == record.info.start_time_us
+        self.contact(member.address if member is not None and known_run else record.info.address)
+
+    def _refute(self, record: MemberRecord) -> None:
+        """Someone suspects (or buried) this node: publish ALIVE with a higher incarnation."""
+        log.info("refuting %s about this node (incarnation %d)", record.state.value, record.incarnation)
+        self.broadcasts.add(self.table.bump_local(above=record.incarnation))
+        self._on_change()
 
     def _fail(self, error: DuplicateInstance) -> None:
         """This node is the later of two with one instance id: go silent and let the node stop."""

@@ -8,6 +8,7 @@ restarted node gets a new one and goes to the back.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -137,3 +138,26 @@ def local_endpoints(
     addresses = interface_addresses(interfaces)
     routable = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
     return tuple(format_endpoint(a, port) for a in (routable or addresses or ["127.0.0.1"]))
+
+
+def mdns_addresses(server_host: str, interfaces: Sequence[str] = ()) -> list[str]:
+    """The IPv4 addresses mDNS advertises and browses on: the named `interfaces`, else the ones
+    the server is bound to (every interface only for a wildcard bind), so a node started with
+    `--host 127.0.0.1` shows itself on loopback and nowhere else.
+
+    Raises ConfigError for a bound host without an IPv4 address (set discovery.interfaces).
+    """
+    if interfaces or server_host in _WILDCARDS:
+        return interface_addresses(interfaces)
+    host = server_host.strip("[]")
+    try:
+        found = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        found = []
+    addresses = list(dict.fromkeys(str(entry[4][0]) for entry in found))
+    if not addresses:
+        raise ConfigError(
+            f"mDNS: the server is bound to {server_host!r}, which has no IPv4 address; "
+            "name the interfaces (discovery.interfaces) or turn mDNS off (discovery.mdns = false)"
+        )
+    return addresses

@@ -8,6 +8,10 @@ a member (same start time) a higher incarnation wins, and at equal incarnation
 LEFT > DEAD > SUSPECT > ALIVE. A node starts at incarnation = its start time in microseconds,
 so a restarted node's records beat those of its previous run. Records about this node are
 never applied; suspicions about it are refuted by bumping its own incarnation.
+
+A member speaks only for itself (its record's sender is bound to its certificate): what a third
+party says about it is hearsay, which never sets its properties, endpoints or incarnation
+(`PeerTable.judge`, `Verdict.CONFIRM`).
 """
 
 from __future__ import annotations
@@ -144,6 +148,9 @@ class Verdict(enum.Enum):
     """Another run claims a live peer's id: check the known one still answers before applying."""
     OWN_ID = "own_id"
     """Another run claims this node's id: an earlier run of ours, or a copied data dir."""
+    CONFIRM = "confirm"
+    """Hearsay of a member's own word (it joined, restarted, or has new properties): ask the
+    member itself; only its own answer enters the table."""
 
 
 class PeerTable:
@@ -176,23 +183,34 @@ class PeerTable:
 
     # --- judging and applying news ---
 
-    def judge(self, record: MemberRecord, from_sync: bool = False) -> tuple[Verdict, MemberRecord]:
+    def judge(
+        self, record: MemberRecord, from_sync: bool = False, source: str | None = None
+    ) -> tuple[Verdict, MemberRecord]:
         """Decide what `record` means here; returns the verdict and the record to act on.
 
         `from_sync`: the record comes from another node's whole table. A DEAD there may be a
         partition's artefact, so for a member live here it only makes it SUSPECT: the member
         then gets the chance to refute (memberlist does the same).
+
+        `source`: the instance that told this node (the authenticated sender or responder);
+        None for this node's own conclusions. A member speaks only for itself: what a third
+        party says about it (`source` another instance) is hearsay, see `_judge_hearsay`.
         """
         local = self.local
+        hearsay = source is not None and source != record.id
         if record.id == local.id:
             if local.state is PeerState.LEFT:
                 return Verdict.IGNORE, record  # leaving: nothing to refute or defend any more
             if record.info.start_time_us != local.info.start_time_us:
                 return Verdict.OWN_ID, record
             if record.state is not PeerState.ALIVE and record.incarnation >= local.incarnation:
-                return Verdict.REFUTE, record
+                # Nobody knows a later incarnation of this run than this node itself: refute one
+                # above its own, never above a number a peer chose (that could exhaust int64).
+                return Verdict.REFUTE, replace(record, incarnation=local.incarnation)
             return Verdict.IGNORE, record
         member = self._members.get(record.id)
+        if hearsay:
+            return self._judge_hearsay(record, member, from_sync)
         if member is None:
             return Verdict.APPLY, record
         current = member.record
@@ -206,6 +224,31 @@ class PeerTable:
             record = record.with_state(PeerState.SUSPECT)
             record = replace(record, properties=current.properties)
         return (Verdict.APPLY if record.outranks(current) else Verdict.IGNORE), record
+
+    @staticmethod
+    def _judge_hearsay(
+        record: MemberRecord, member: Member | None, from_sync: bool
+    ) -> tuple[Verdict, MemberRecord]:
+        """A third party's news about a member: never its properties, endpoints or incarnation.
+
+        A member unknown here, a new run, or a newer ALIVE is the member's own word at second
+        hand: CONFIRM (ask the member). SUSPECT and DEAD (SWIM's failure reports) apply to the
+        run and incarnation known here, with what the member itself said, so the member can
+        always refute them one incarnation up. Only a member itself says it LEFT: from anyone
+        else that is a DEAD report.
+        """
+        if member is None or record.info.start_time_us != member.record.info.start_time_us:
+            newer = member is None or record.incarnation > member.record.incarnation
+            return (Verdict.CONFIRM if newer and record.state.in_view else Verdict.IGNORE), record
+        current = member.record
+        if record.state is PeerState.ALIVE:
+            newer = record.incarnation > current.incarnation
+            return (Verdict.CONFIRM if newer else Verdict.IGNORE), record
+        state = PeerState.DEAD if record.state is PeerState.LEFT else record.state
+        if from_sync and state is PeerState.DEAD and current.state.in_view:
+            state = PeerState.SUSPECT
+        claim = current.with_state(state, min(record.incarnation, current.incarnation))
+        return (Verdict.APPLY if claim.outranks(current) else Verdict.IGNORE), claim
 
     def apply(self, record: MemberRecord, now_us: int, now: float) -> MemberRecord | None:
         """Store `record` (already judged APPLY); returns the record it replaced, if any."""

@@ -12,6 +12,8 @@ reached, and DuplicateInstance when the peer says our instance id belongs to it.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -36,6 +38,14 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
+log = logging.getLogger(__name__)
+
+_HANDSHAKE_FAILED = re.compile(r"SSL_ERROR|CERTIFICATE_|TSI_")
+"""What gRPC's details say when a peer's TLS handshake failed on trust (another cluster, a
+stranger); not a connection that closed mid-handshake (a busy or stopping peer)."""
+
+IDENTITY_CHECK_TIMEOUT_S = 2.0
+"""How long the TLS handshake that checks a claim of this node's instance id may take."""
 RETIRE_GRACE_S = 5.0
 """A retired channel's calls get this long to end (longer than any membership call's deadline)."""
 
@@ -82,6 +92,11 @@ class GrpcPeerTransport:
         self._channels = channels
         self._stubs: dict[str, tuple[grpc.aio.Channel, membership_pb2_grpc.MembershipServiceStub]] = {}
         self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
+        self._refused: set[str] = set()
+        self._liars: set[str] = set()
+        self._proven: dict[str, str] = {}
+        """Address -> the instance id its server proved in a TLS handshake (checked once)."""
+        """Addresses whose TLS handshake failed, logged once until a call to them succeeds."""
 
     def _stub(self, address: str) -> membership_pb2_grpc.MembershipServiceStub:
         entry = self._stubs.get(address)
@@ -96,7 +111,9 @@ class GrpcPeerTransport:
         # `except`: a traceback cycle through such a frame would keep the channel (and gRPC's
         # poller thread) alive until the cyclic GC happens to run.
         try:
-            return await getattr(self._stub(address), method)(request, timeout=timeout_s)
+            response = await getattr(self._stub(address), method)(request, timeout=timeout_s)
+            self._refused.discard(address)
+            return response
         except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details()
         except asyncio.CancelledError:
@@ -106,12 +123,62 @@ class GrpcPeerTransport:
             # for the protocol that is an unreachable peer, never the end of its task.
             code, details = grpc.StatusCode.CANCELLED, "the channel was closed"
         if code is grpc.StatusCode.ALREADY_EXISTS:
-            raise DuplicateInstance(details or "instance id in use")
+            if await self._holds_our_id(address):
+                raise DuplicateInstance(details or "instance id in use")
+            raise PeerUnavailable(
+                f"{address} {method}: claims this node's instance id without its certificate"
+            )
+        handshake_failed = code is grpc.StatusCode.UNAVAILABLE and _HANDSHAKE_FAILED.search(details or "")
+        if handshake_failed and address not in self._refused:  # once per peer, not once per probe
+            self._refused.add(address)
+            log.warning(
+                "the peer at %s stays out of the view: the TLS handshake failed (%s); a node of "
+                "another cluster, or a certificate this cluster's CA did not issue",
+                address,
+                details,
+            )
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             # The connection may be stuck (a partition, a paused peer): TCP would retry it with
             # growing backoff long after the network healed. Dial afresh next time.
             self._retire(address)
         raise PeerUnavailable(f"{address} {method}: {code.name}: {details}")
+
+    async def _holds_our_id(self, address: str) -> bool:
+        """True if the server at `address` proves this node's instance id in its certificate (a
+        copied data dir carries the certificate); any other server's ALREADY_EXISTS is a lie."""
+        own = self._channels.own_instance
+        return not own or await self._proves(address, own, "says this node's instance id is its own")
+
+    async def _proves(self, address: str, instance_id: str, claim: str) -> bool:
+        """True if the server at `address` holds a certificate naming `instance_id` (always in
+        plaintext, where nothing can be proved). One TLS handshake per new (address, instance);
+        a failed proof is logged once per address."""
+        if self._proven.get(address) == instance_id or not self._channels.secure:
+            return True
+        try:
+            server = await self._channels.server_instance(address, IDENTITY_CHECK_TIMEOUT_S)
+        except (OSError, TimeoutError) as e:
+            server = f"unknown ({e or type(e).__name__})"
+        else:
+            if server is not None:
+                self._proven[address] = server
+        if server is None or server == instance_id:
+            return True
+        if address not in self._liars:
+            self._liars.add(address)
+            log.warning(
+                "the peer at %s %s, but its certificate names instance %s: ignored (a peer may speak "
+                "only for itself)",
+                address,
+                claim,
+                server,
+            )
+        return False
+
+    async def _answered_by(self, address: str, method: str, responder_id: str) -> None:
+        """PeerUnavailable unless the server at `address` is the instance its answer names."""
+        if not await self._proves(address, responder_id, f"answers as instance {responder_id}"):
+            raise PeerUnavailable(f"{address} {method}: answers as {responder_id} without its certificate")
 
     @staticmethod
     def _decode(address: str, decode: Callable[[Any], R], response: Any) -> R:
@@ -124,22 +191,30 @@ class GrpcPeerTransport:
     async def ping(self, address: str, message: Ping, timeout_s: float) -> Ack:
         """Probe the peer at `address`."""
         response = await self._call(address, "Ping", message.to_proto(), timeout_s)
-        return self._decode(address, Ack.from_proto, response)
+        answer = self._decode(address, Ack.from_proto, response)
+        await self._answered_by(address, "Ping", answer.responder.id)
+        return answer
 
     async def indirect_ping(self, address: str, message: IndirectPing, timeout_s: float) -> IndirectAck:
         """Ask the peer at `address` to probe another one."""
         response = await self._call(address, "IndirectPing", message.to_proto(), timeout_s)
-        return self._decode(address, IndirectAck.from_proto, response)
+        answer = self._decode(address, IndirectAck.from_proto, response)
+        await self._answered_by(address, "IndirectPing", answer.responder.id)
+        return answer
 
     async def sync(self, address: str, message: Sync, timeout_s: float) -> SyncReply:
         """Exchange member tables with the peer at `address`."""
         response = await self._call(address, "Sync", message.to_proto(), timeout_s)
-        return self._decode(address, SyncReply.from_proto, response)
+        answer = self._decode(address, SyncReply.from_proto, response)
+        await self._answered_by(address, "Sync", answer.responder.id)
+        return answer
 
     async def gossip(self, address: str, message: Gossip, timeout_s: float) -> GossipAck:
         """Push news to the peer at `address`."""
         response = await self._call(address, "Gossip", message.to_proto(), timeout_s)
-        return self._decode(address, GossipAck.from_proto, response)
+        answer = self._decode(address, GossipAck.from_proto, response)
+        await self._answered_by(address, "Gossip", answer.responder.id)
+        return answer
 
     def _retire(self, address: str) -> None:
         """Stop using the channel to `address`; close it once its calls have ended.
@@ -158,6 +233,7 @@ class GrpcPeerTransport:
     async def forget(self, address: str) -> None:
         """Release the channel to `address` (its calls may finish first)."""
         self._retire(address)
+        self._proven.pop(address, None)
 
     async def close(self) -> None:
         """Close every channel, cancelling calls still in flight."""

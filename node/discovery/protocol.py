@@ -84,6 +84,7 @@ class MembershipProtocol(DuplicateIds):
         self._verifying: dict[str, MemberRecord] = {}
         self._contacting: set[str] = set()
         self._checked_duplicates: set[tuple[str, int]] = set()
+        self._confirmed_at: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: asyncio.Future[DuplicateInstance] | None = None
         self.running = False
@@ -181,21 +182,21 @@ class MembershipProtocol(DuplicateIds):
         """Answer a direct probe."""
         self._admit(message.sender)
         self._merge(message.sender, heard=True)
-        self._merge_all(message.gossip)
+        self._merge_all(message.gossip, source=message.sender.id)
         return Ack(self.table.local, self._piggyback(message.sender))
 
     async def handle_indirect_ping(self, message: IndirectPing) -> IndirectAck:
         """Probe `target` on behalf of the sender and report whether it answered."""
         self._admit(message.sender)
         self._merge(message.sender, heard=True)
-        self._merge_all(message.gossip)
+        self._merge_all(message.gossip, source=message.sender.id)
         target = self.table.get(message.target_id)
         ping = Ping(self.table.local, message.target_id, self._about(target.record) if target else ())
         try:
             ack = await self._transport.ping(message.target_address, ping, message.timeout_s)
         except (PeerUnavailable, DuplicateInstance):
             return IndirectAck(False, None, self.table.local, self._piggyback(message.sender))
-        self._merge_all(ack.gossip)
+        self._merge_all(ack.gossip, source=ack.responder.id)
         reachable = ack.responder.id == message.target_id
         if reachable:
             self._merge(ack.responder, heard=True)
@@ -207,14 +208,14 @@ class MembershipProtocol(DuplicateIds):
         """Merge the sender's table, then answer with ours (which now includes its news)."""
         self._admit(message.sender)
         self._merge(message.sender, heard=True)
-        self._merge_all(message.members, from_sync=True)
+        self._merge_all(message.members, from_sync=True, source=message.sender.id)
         return SyncReply(self.table.local, tuple(self.table.records()))
 
     async def handle_gossip(self, message: Gossip) -> GossipAck:
         """Merge pushed news."""
         self._admit(message.sender)
         self._merge(message.sender, heard=message.sender.state.in_view)
-        self._merge_all(message.records)
+        self._merge_all(message.records, source=message.sender.id)
         return GossipAck(self.table.local)
 
     # --- outgoing: joining -------------------------------------------------------------------
@@ -258,7 +259,7 @@ class MembershipProtocol(DuplicateIds):
                 self._seeds[address] = local.id  # a seed list that names this node itself
             return local.id
         self._merge(reply.responder, heard=True, address=address)
-        self._merge_all(reply.members, from_sync=True)
+        self._merge_all(reply.members, from_sync=True, source=reply.responder.id)
         if address in self._seeds:
             self._seeds[address] = reply.responder.id
         return reply.responder.id
@@ -285,7 +286,7 @@ class MembershipProtocol(DuplicateIds):
             self._fail(e)
             return
         else:
-            self._merge_all(ack.gossip)
+            self._merge_all(ack.gossip, source=ack.responder.id)
             if ack.responder.id == record.id:
                 self._merge(ack.responder, heard=True, address=address)
                 return
@@ -315,9 +316,9 @@ class MembershipProtocol(DuplicateIds):
         except (PeerUnavailable, DuplicateInstance):
             return False
         self._merge(answer.responder, heard=True)
-        self._merge_all(answer.gossip)
+        self._merge_all(answer.gossip, source=answer.responder.id)
         if answer.reachable and answer.target is not None and answer.target.id == target.id:
-            self._merge(answer.target, heard=True)
+            self._merge(answer.target, heard=True, source=answer.responder.id)
             return True
         return False
 
@@ -362,15 +363,23 @@ class MembershipProtocol(DuplicateIds):
 
     # --- merging news ----------------------------------------------------------------------------
 
-    def _merge_all(self, records: Iterable[MemberRecord], from_sync: bool = False) -> None:
+    def _merge_all(
+        self, records: Iterable[MemberRecord], from_sync: bool = False, source: str | None = None
+    ) -> None:
         for record in records:
-            self._merge(record, from_sync=from_sync)
+            self._merge(record, from_sync=from_sync, source=source)
 
     def _merge(
-        self, record: MemberRecord, from_sync: bool = False, heard: bool = False, address: str | None = None
+        self,
+        record: MemberRecord,
+        from_sync: bool = False,
+        heard: bool = False,
+        address: str | None = None,
+        source: str | None = None,
     ) -> None:
-        """Apply one record according to the table's verdict."""
-        verdict, record = self.table.judge(record, from_sync)
+        """Apply one record according to the table's verdict; `source`: who told this node
+        (None: the record's own member, or this node's own conclusion)."""
+        verdict, record = self.table.judge(record, from_sync, source)
         if verdict is Verdict.APPLY:
             self._apply(record)
         elif verdict is Verdict.REFUTE:
@@ -378,7 +387,9 @@ class MembershipProtocol(DuplicateIds):
         elif verdict is Verdict.VERIFY:
             self._verify(record)
         elif verdict is Verdict.OWN_ID:
-            self._own_id(record)
+            self._own_id(record, hearsay=source is not None and source != record.id)
+        elif verdict is Verdict.CONFIRM:
+            self._confirm(record)
         if heard and record.id != self.table.local.id:
             member = self.table.get(record.id)
             if member is not None and member.record.info.start_time_us == record.info.start_time_us:
@@ -403,12 +414,6 @@ class MembershipProtocol(DuplicateIds):
             log.info("member %s (%s) at %s joined", record.info.name, record.id, record.info.address)
         elif was_live and not record.state.in_view:
             log.info("member %s (%s) is %s", record.info.name, record.id, record.state.value)
-        self._on_change()
-
-    def _refute(self, record: MemberRecord) -> None:
-        """Someone suspects (or buried) this node: publish ALIVE with a higher incarnation."""
-        log.info("refuting %s about this node (incarnation %d)", record.state.value, record.incarnation)
-        self.broadcasts.add(self.table.bump_local(above=record.incarnation))
         self._on_change()
 
     # --- suspicion -------------------------------------------------------------------------------

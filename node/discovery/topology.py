@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from node.discovery.config import DiscoveryConfig
 from node.discovery.events import EventStream, Subscription, TopologyListener, ViewTracker
-from node.discovery.identity import InstanceInfo, interface_addresses, local_endpoints
+from node.discovery.identity import InstanceInfo, local_endpoints, mdns_addresses
 from node.discovery.mdns import MdnsDiscovery
 from node.discovery.membership import MemberRecord, PeerState
 from node.discovery.peers import GrpcPeerTransport, PeerTransport
@@ -86,7 +86,7 @@ class Topology:
         if config.mdns:
             self._mdns = MdnsDiscovery(
                 self.info,
-                interface_addresses(config.interfaces),
+                mdns_addresses(host, config.interfaces),
                 self._found,
                 self._protocol.probe_soon,
                 fingerprint,

@@ -6,6 +6,7 @@ id, epoch), a report once per report seq, and anything of a stale epoch is fence
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from node.model.job import JobState
 from node.model.lifecycle import event_for
 from node.transfer.chunks import ChunkAssembler, crc32
 from node.transfer.outbox import Outbox
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,18 @@ class FrameApplier:
         arrival: Arrival,
         now_us: int,
     ) -> int:
-        existing = conn.execute("SELECT epoch FROM jobs WHERE id = ?", (job.job_id,)).fetchone()
+        existing = conn.execute("SELECT epoch, origin FROM jobs WHERE id = ?", (job.job_id,)).fetchone()
         if existing is not None:
+            if existing["origin"] != sender:
+                # Only a job's origin may (re)send it: another node re-sending it (a higher epoch
+                # to run it again) speaks for an instance it is not. Ignored, as a duplicate is.
+                log.warning(
+                    "ignoring job %s from %s: its origin is %s, and only the origin may send it",
+                    job.job_id,
+                    sender,
+                    existing["origin"],
+                )
+                return 0
             if existing["epoch"] >= job.epoch:
                 return 0  # applied before: (origin, job id, epoch) once
             conn.execute(  # the origin gave the job back to us under a new epoch: run it again
