@@ -51,7 +51,7 @@ def journal_row(node: NodeProcess, job_id: str) -> tuple[int, int, str, str]:
     """(state, epoch, origin, result message) of a job in `node`'s journal."""
     rows = node.query_journal("SELECT state, epoch, origin, result_message FROM jobs WHERE id = ?", (job_id,))
     assert len(rows) == 1, rows
-    return rows[0]  # type: ignore[no-any-return]
+    return rows[0]
 
 
 def starts(node: NodeProcess, job_id: str) -> int:
