@@ -404,3 +404,31 @@ def test_epochs_and_sequence_numbers_above_the_limit_are_refused_and_never_store
     # And nothing of them is stored
     assert job_count(victim) == 0
     assert victim.running
+
+
+def test_a_members_certificate_grants_reading_not_the_clients_rights(nodes: NodeFactory) -> None:
+    from jobmesh.v1 import jobs_pb2_grpc, queues_pb2, queues_pb2_grpc
+
+    victim = nodes.start("victim")
+    job_id = victim.stub.AddJob(jobs_pb2.AddJobRequest(job=new_job("kept/x"))).job.id
+    channel = a_member(nodes, "mallory").create_sync_channel(victim.address)
+    try:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=5)  # reading is what peers do
+        attempts: list[Callable[[], object]] = [
+            lambda: jobs.RemoveJob(jobs_pb2.RemoveJobRequest(job_id=job_id), timeout=5),
+            lambda: jobs.PurgeJobs(jobs_pb2.PurgeJobsRequest(), timeout=5),
+            lambda: jobs.AddJob(jobs_pb2.AddJobRequest(job=new_job("injected/x")), timeout=5),
+            lambda: queues_pb2_grpc.QueueServiceStub(channel).SuspendQueue(
+                queues_pb2.SuspendQueueRequest(name="main"), timeout=5
+            ),
+        ]
+        for attempt in attempts:
+            with pytest.raises(grpc.RpcError) as refused:
+                attempt()
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "lacks it" in (refused.value.details() or "")
+    finally:
+        channel.close()
+    assert job_count(victim) == 1
+    assert get_job(victim.stub, job_id).state == jobs_pb2.JOB_STATE_QUEUED

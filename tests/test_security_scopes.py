@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from node.security.scopes import JOIN, OPEN, PEER, REQUIRED_SCOPE, Principal
+from node.security.scopes import JOIN, NODE_FORWARDED, OPEN, PEER, REQUIRED_SCOPE, Principal
 
 
 def every_method() -> list[str]:
@@ -58,9 +58,18 @@ def test_scopes_imply_exactly_their_rights(scopes: set[str], allowed: set[str], 
     assert all(caller.missing(s) is not None for s in refused)
 
 
-def test_a_node_may_call_peer_methods_and_everything_else() -> None:
+def test_a_node_may_call_peer_methods_read_and_forward_consumption_changes_only() -> None:
     node = Principal("n", frozenset(), instance_id="abc")
-    assert all(node.missing(s) is None for s in (PEER, "read", "submit", "work", "admin"))
+    assert all(node.missing(s) is None for s in (PEER, "read"))
+    assert all(node.missing(s) is not None for s in ("submit", "work", "admin"))
+    assert all(node.missing(REQUIRED_SCOPE[m], m) is None for m in NODE_FORWARDED)
+    for method in (
+        "/jobmesh.v1.JobService/RemoveJob",
+        "/jobmesh.v1.JobService/PurgeJobs",
+        "/jobmesh.v1.QueueService/SetQueue",
+        "/jobmesh.v1.JobService/AddJob",
+    ):
+        assert node.missing(REQUIRED_SCOPE[method], method) is not None, method
 
 
 @pytest.mark.parametrize(

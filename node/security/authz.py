@@ -126,7 +126,7 @@ class AuthInterceptor(WrappingInterceptor):
         self, method: str, required: str, context: grpc.aio.ServicerContext, request: Any
     ) -> Principal:
         caller = await self.principal(context)
-        missing = caller.missing(required)
+        missing = caller.missing(required, method)
         if missing is not None:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{method} needs {missing}; {caller.name} lacks it"
