@@ -86,6 +86,7 @@ def test_reflection_describes_job_service_methods_with_their_types(node: NodePro
     assert set(methods) == {
         "AddJob",
         "AddJobs",
+        "SubmitJobs",
         "GetJob",
         "FindJobs",
         "StopJob",
