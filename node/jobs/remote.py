@@ -94,6 +94,12 @@ class RemoteWorker:
         """How many more jobs the worker may be sent now."""
         return self.concurrency - len(self._assignments) if self.connected else 0
 
+    def holds(self, job: Job) -> bool:
+        """True while the worker still holds an earlier attempt of `job` with the same number
+        (a user retried it after that attempt timed out): its late reports must not pass for
+        the new attempt's, so the new one goes elsewhere or waits."""
+        return (job.id, job.attempt) in self._assignments
+
     def accepts(self, topic: str) -> bool:
         """True when one of the worker's patterns matches `topic`."""
         return any(p.matches(topic) for p in self.patterns)
@@ -244,16 +250,17 @@ class RemoteWorkers:
         self._capacity_changed = asyncio.Event()
         self._closed = False
 
-    def _pick(self, topic: str) -> RemoteWorker | None:
+    def _pick(self, job: Job) -> RemoteWorker | None:
         """A matching worker with a free slot: least loaded, then idle longest. ConsumerGone if none matches."""
         best: RemoteWorker | None = None
         best_key: tuple[float, int] | None = None
         matching = False
+        topic = job.topic
         for worker in self._workers:
             if not worker.accepts(topic):
                 continue
             matching = True
-            if worker.free_slots <= 0:
+            if worker.free_slots <= 0 or worker.holds(job):
                 continue
             key = (worker.outstanding / worker.concurrency, worker.last_assigned)
             if best_key is None or key < best_key:
@@ -277,7 +284,7 @@ class RemoteWorkers:
             if context.is_stopped():
                 return JobResult.failed("stopped before a remote worker took the job")
             changed = self._capacity_changed
-            worker = self._pick(job.topic)
+            worker = self._pick(job)
             if worker is not None:
                 break
             if not listening:  # a stop must end the wait too

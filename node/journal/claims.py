@@ -17,8 +17,10 @@ from node.model.job import Job, JobState
 Claimed = tuple[list[Job], int | None]
 """Started jobs, and when the next remaining job is due (None: none, or `limit` were taken)."""
 
+# An attempt's number is its retry count + 1 (the API's `attempt`): a claim that found no consumer
+# (released) or a graceful stop's re-queue spends no retry, so the next claim reuses the number.
 _START = (
-    f"UPDATE jobs SET state = {ACTIVE}, attempt = attempt + 1, started_us = ?, progress_total = NULL, "
+    f"UPDATE jobs SET state = {ACTIVE}, attempt = retry_count + 1, started_us = ?, progress_total = NULL, "
     "progress_done = NULL, eta_us = NULL"
 )
 

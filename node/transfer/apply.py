@@ -117,9 +117,9 @@ class FrameApplier:
             if existing["epoch"] >= job.epoch:
                 return 0  # applied before: (origin, job id, epoch) once
             conn.execute(  # the origin gave the job back to us under a new epoch: run it again
-                f"UPDATE jobs SET state = {QUEUED}, epoch = ?, target = ?, retry_count = 0, due_us = ?, "
+                f"UPDATE jobs SET state = {QUEUED}, epoch = ?, target = ?, retry_count = ?, due_us = ?, "
                 "started_us = NULL, finished_us = NULL, result_message = '', output_size = 0 WHERE id = ?",
-                (job.epoch, arrival.target, now_us, job.job_id),
+                (job.epoch, arrival.target, job.retry_count, now_us, job.job_id),
             )
             self.outbox.foreign_job_added()
             return 1
@@ -137,7 +137,10 @@ class FrameApplier:
             timeout_us=job.timeout_us if job.HasField("timeout_us") else None,
         )
         self.jobs.insert(conn, [record])
-        conn.execute("UPDATE jobs SET epoch = ? WHERE id = ?", (job.epoch, job.job_id))
+        conn.execute(  # the retries it had at earlier targets count here too
+            "UPDATE jobs SET epoch = ?, retry_count = ? WHERE id = ?",
+            (job.epoch, job.retry_count, job.job_id),
+        )
         return 1
 
     def _apply_report(
@@ -155,8 +158,8 @@ class FrameApplier:
         if report.handed_back:  # the target will not run it: wait for the next target, new epoch
             conn.execute(
                 f"UPDATE jobs SET state = {QUEUED}, target = NULL, epoch = epoch + 1, report_seq = 0, "
-                "started_us = NULL, due_us = ? WHERE seq = ?",
-                (now_us, seq),
+                "started_us = NULL, due_us = ?, retry_count = max(retry_count, ?) WHERE seq = ?",
+                (now_us, report.retry_count, seq),
             )
             return True
         state = JobState(report.state)
