@@ -77,7 +77,7 @@ async def test_a_job_whose_worker_disconnects_every_time_keeps_its_retries_and_e
             assign = await next_assign(worker)
             assert assign.job.id == job.id
             assert assign.job.retry_count == n
-            assert assign.job.attempt == n + 1
+            assert assign.job.attempt == n + 1  # retry_count + 1
 
             async def mirrored(n: int = n) -> bool:
                 mirror = await origin.jobs.get_job(job.id)

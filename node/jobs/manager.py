@@ -92,6 +92,7 @@ class JobManager:
         self.scheduler = Scheduler(self._schedule_store, self._intake.from_proto, self._wake_for)
         self._retention = Retention(self.store, self.events, config.history, config.events)
         consumers.add_listener(self._on_consumers_changed)
+        consumers.add_capacity_listener(self.wake_runners)  # refused claims may start now
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
         self.consumption = ConsumptionRules()

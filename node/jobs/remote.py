@@ -5,8 +5,12 @@ patterns and a concurrency; while it is connected the node has a consumer for ea
 patterns (shared by every worker that declared the same pattern). That consumer's handler
 picks a worker with a free slot among all connected workers whose patterns match the
 job's topic (least loaded first, then the one idle longest), hands the job to it and waits
-for the worker's result. A job waits inside the node while every matching worker is busy,
-so a worker never has more jobs than its concurrency.
+for the worker's result. A worker never has more jobs than its concurrency, and a job stays
+QUEUED while every matching worker is busy: the queue runners claim only what the workers'
+free slots admit (`RemoteWorkers.admission`, through `ConsumerRegistry.admission`), so ACTIVE
+means a worker holds the job, and the attempt timeout starts when the job is sent
+(`JobContext.mark_dispatched`). Two queues claiming for the same last slot at once is the one
+case where a claimed job still waits here, ACTIVE, for the next free slot.
 
 When a worker's connection breaks, its consumers go (unless another worker declared the
 same patterns) and its unfinished jobs end as FAILED with no retry delay: they are
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from node.errors import ConsumerGone, InvalidArgument, Unavailable
-from node.jobs.consumers import Consumer, ConsumerRegistry
+from node.jobs.consumers import Admit, Consumer, ConsumerRegistry, find_consumer
 from node.jobs.context import JobContext
 from node.model.job import Job, JobResult
 from node.topics import TopicPattern
@@ -171,6 +175,8 @@ class RemoteWorkers:
         self._assignments = itertools.count(1)
         self._capacity_changed = asyncio.Event()
         self._closed = False
+        self._pending: dict[str, str] = {}  # job id -> topic: claimed for a pool, not yet sent
+        consumers.capacity = self
 
     @property
     def workers(self) -> Sequence[RemoteWorker]:
@@ -202,7 +208,9 @@ class RemoteWorkers:
         for pattern in dict.fromkeys(p.text for p in parsed):
             consumer, count = self._pools.get(pattern, (None, 0))
             if consumer is None:
-                consumer = self._consumers.register([pattern], self._handle, name=f"remote:{pattern}")
+                consumer = self._consumers.register(
+                    [pattern], self._handle, name=f"remote:{pattern}", dispatches=True
+                )
             self._pools[pattern] = (consumer, count + 1)
         self._notify()
         log.info(
@@ -245,10 +253,48 @@ class RemoteWorkers:
             worker.closing.set()
 
     def _notify(self) -> None:
-        """Wake the jobs waiting for a free worker slot: capacity or membership changed."""
+        """Wake the jobs waiting for a free worker slot and the queue runners: capacity or
+        membership changed."""
         self._capacity_changed.set()
         self._capacity_changed = asyncio.Event()
         self._closed = False
+        self._consumers.capacity_changed()
+
+    # --- Capacity (node.jobs.consumers): what a queue runner's claim may start ---
+
+    def admission(self, consumers: Sequence[Consumer]) -> Admit | None:
+        """An `Admit` for one claim: a job whose consumer is a remote pool is admitted while a
+        matching worker has a slot left in this snapshot of the free slots, less the slots
+        of jobs claimed before and not yet sent (None: no pools)."""
+        pools = {consumer for consumer, _count in self._pools.values()}
+        if not pools:
+            return None
+        workers = [worker for worker in self._workers if worker.free_slots > 0]
+        slots = [worker.free_slots for worker in workers]
+
+        def admit(topic: str) -> bool:  # writer thread: reads only this snapshot and immutable patterns
+            if find_consumer(consumers, topic) not in pools:
+                return True
+            for index, worker in enumerate(workers):
+                if slots[index] and worker.accepts(topic):
+                    slots[index] -= 1
+                    return True
+            return False
+
+        for topic in list(self._pending.values()):
+            admit(topic)
+        return admit
+
+    def claimed(self, jobs: Sequence[Job]) -> None:
+        """Jobs a claim started whose consumer is a pool: pending until sent or ended."""
+        pools = {consumer for consumer, _count in self._pools.values()}
+        for job in jobs:
+            if self._consumers.find(job.topic) in pools:
+                self._pending[job.id] = job.topic
+
+    def settled(self, job_id: str) -> None:
+        """The job was sent to a worker, or its attempt ended."""
+        self._pending.pop(job_id, None)
 
     def _pick(self, job: Job) -> RemoteWorker | None:
         """A matching worker with a free slot: least loaded, then idle longest. ConsumerGone if none matches."""
@@ -296,4 +342,6 @@ class RemoteWorkers:
                 listening = True
             await changed.wait()
         worker.last_assigned = next(self._assignments)
+        self._pending.pop(job.id, None)  # its slot is taken for real now
+        context.mark_dispatched()  # the attempt timeout starts now
         return await worker.run(job, context)

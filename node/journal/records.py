@@ -89,7 +89,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         target_instance=r.target,
         retry_count=r.retry_count,
         max_retries=r.max_retries,
-        attempt=r.attempt,
+        claim=r.attempt,
         created_us=r.created_us,
         due_us=r.due_us,
         started_us=r.started_us,
@@ -157,7 +157,7 @@ class NewJobRecord:
             target_instance=self.target,
             retry_count=0,
             max_retries=self.max_retries,
-            attempt=0,
+            claim=0,
             created_us=self.created_us,
             due_us=self.created_us,
             started_us=None,
@@ -208,7 +208,7 @@ class AttemptReport:
     """What a consumer reported for one attempt of a job, and the queue policy to apply."""
 
     job_id: str
-    attempt: int
+    attempt: int  # the claim it ends (Job.claim): fences stale results
     outcome: Outcome
     message: str
     queue: QueueConfig
