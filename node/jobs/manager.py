@@ -277,7 +277,7 @@ class JobManager:
 
     async def statistics(self) -> StatisticsReport:
         """Statistics: global, per queue, per topic."""
-        return await read_statistics(self._journal)
+        return await read_statistics(self._journal, self.instance_id)
 
     def watch(self, after_seq: int, event_filter: EventFilter | None = None) -> AsyncIterator[EventBatch]:
         """Committed events after `after_seq` (-1: from now), then live ones, in batches."""

@@ -113,6 +113,14 @@ async def statistics(
         for name, stats in response.topics.items():
             _add(total.topics[name], stats)
         total.damaged_payloads += response.damaged_payloads
+        total.offloaded.extend(response.offloaded)
+    merged: dict[tuple[str, int], int] = {}
+    for count in total.offloaded:
+        key = (count.target_instance, count.state)
+        merged[key] = merged.get(key, 0) + count.jobs
+    del total.offloaded[:]
+    for (target, state), jobs in sorted(merged.items()):
+        total.offloaded.add(target_instance=target, state=state, jobs=jobs)
     return total
 
 

@@ -236,6 +236,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         for name, stats in report.topics.items():
             response.topics[name].CopyFrom(stats.to_proto())
         response.damaged_payloads = self._manager.store.journal.integrity.damaged_payloads
+        for (target, state), count in sorted(report.offloaded.items()):
+            response.offloaded.add(target_instance=target, state=int(state), jobs=count)
         return response
 
     @rpc

@@ -1389,6 +1389,7 @@ class GetStatisticsResponse(_message.Message):
     QUEUES_FIELD_NUMBER: _builtins.int
     TOPICS_FIELD_NUMBER: _builtins.int
     DAMAGED_PAYLOADS_FIELD_NUMBER: _builtins.int
+    OFFLOADED_FIELD_NUMBER: _builtins.int
     damaged_payloads: _builtins.int
     """Stored payloads (input or output) found damaged since the node started:
     their bytes no longer match the checksum stored with them, so they were
@@ -1403,20 +1404,61 @@ class GetStatisticsResponse(_message.Message):
     def topics(self) -> _containers.MessageMap[_builtins.str, Global___Statistics]:
         """Per topic."""
 
+    @_builtins.property
+    def offloaded(self) -> _containers.RepeatedCompositeFieldContainer[Global___OffloadedCount]:
+        """Jobs this node is the origin of that it offloaded to other instances, by
+        target and state, as this origin mirrors them (history included until
+        purged). These are jobs, not attempts: the counters above count the
+        attempts that ran on this node, so an origin that only offloads shows its
+        jobs here. QUERY_SCOPE_TOPOLOGY sums every origin's counts per target and
+        state.
+        """
+
     def __init__(
         self,
         *,
         queues: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
         topics: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
         damaged_payloads: _builtins.int = ...,
+        offloaded: _abc.Iterable[Global___OffloadedCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["global", b"global"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "offloaded", b"offloaded", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatisticsResponse: _TypeAlias = GetStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class OffloadedCount(_message.Message):
+    """How many jobs one origin offloaded to one target are in one state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_INSTANCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    target_instance: _builtins.str
+    """The instance the jobs were offloaded to."""
+    state: Global___JobState.ValueType
+    """Their state, as the origin mirrors it."""
+    jobs: _builtins.int
+    """How many jobs."""
+    def __init__(
+        self,
+        *,
+        target_instance: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "state", b"state", "target_instance", b"target_instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OffloadedCount: _TypeAlias = OffloadedCount  # noqa: Y015
 
 @_typing.final
 class PurgeJobsRequest(_message.Message):
