@@ -191,6 +191,10 @@ class JobQuery:
     limit: int = 100
     after_seq: int | None = None
     newest_first: bool = False
+    by_id: bool = False
+    """Order by job id (creation order across instances, for topology pages) instead of by seq."""
+    after_id: str | None = None
+    """With `by_id`: only jobs whose id sorts after this one (before it with `newest_first`)."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ class JobPage:
     total_count: int
     next_after_seq: int | None
     """The seq the next page continues after (the service makes it a page token); None: the last page."""
+    total_by_origin: dict[str, int] | None = None
+    """With `by_id`: how many jobs match, per origin instance."""
 
 
 @dataclass(frozen=True)

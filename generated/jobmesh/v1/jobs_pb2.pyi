@@ -190,8 +190,9 @@ class _QueryScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QueryScope
     """The answering node's journal only."""
     QUERY_SCOPE_TOPOLOGY: _QueryScope.ValueType  # 2
     """Every live instance in the answering node's topology view. A job
-    offloaded from one instance to another is listed once, as its origin
-    records it; instances that do not answer in time are left out.
+    offloaded from one instance to another is listed (and counted) once, as
+    its origin records it; instances that do not answer in time are named in
+    the response's `unanswered_instances` and `partial` is set.
     """
 
 class QueryScope(_QueryScope, metaclass=_QueryScopeEnumTypeWrapper):
@@ -203,8 +204,9 @@ QUERY_SCOPE_LOCAL: QueryScope.ValueType  # 1
 """The answering node's journal only."""
 QUERY_SCOPE_TOPOLOGY: QueryScope.ValueType  # 2
 """Every live instance in the answering node's topology view. A job
-offloaded from one instance to another is listed once, as its origin
-records it; instances that do not answer in time are left out.
+offloaded from one instance to another is listed (and counted) once, as
+its origin records it; instances that do not answer in time are named in
+the response's `unanswered_instances` and `partial` is set.
 """
 Global___QueryScope: _TypeAlias = QueryScope  # noqa: Y015
 
@@ -889,7 +891,8 @@ class FindJobsRequest(_message.Message):
     """Return the newest jobs first instead of the oldest."""
     scope: Global___QueryScope.ValueType
     """Where to look. QUERY_SCOPE_TOPOLOGY asks every live instance and merges
-    their answers (one page of at most `page_size` jobs; no page_token).
+    their answers, ordered by job id (creation order; reversed with
+    newest_first), paged with page_token like a local query.
     """
     @_builtins.property
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyTemplate]:
@@ -925,13 +928,23 @@ class FindJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    UNANSWERED_INSTANCES_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty when this is the last one."""
     total_size: _builtins.int
-    """How many jobs match the query in total, over all pages."""
+    """How many jobs match the query in total, over all pages (each job once)."""
+    partial: _builtins.bool
+    """QUERY_SCOPE_TOPOLOGY: true when a live instance did not answer in time,
+    so its jobs are missing from this page and from `total_size`.
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """The jobs of this page, in creation order (or reversed with newest_first)."""
+
+    @_builtins.property
+    def unanswered_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """QUERY_SCOPE_TOPOLOGY: the ids of the live instances that did not answer."""
 
     def __init__(
         self,
@@ -939,10 +952,12 @@ class FindJobsResponse(_message.Message):
         jobs: _abc.Iterable[Global___Job] | None = ...,
         next_page_token: _builtins.str = ...,
         total_size: _builtins.int = ...,
+        partial: _builtins.bool = ...,
+        unanswered_instances: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token", "partial", b"partial", "total_size", b"total_size", "unanswered_instances", b"unanswered_instances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
