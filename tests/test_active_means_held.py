@@ -63,21 +63,21 @@ async def test_jobs_beyond_the_workers_slots_stay_queued_until_a_slot_frees(tmp_
 
 async def test_the_attempt_timeout_counts_from_dispatch_not_from_the_wait_for_a_slot(tmp_path: Path) -> None:
     async with node.Node(node.NodeConfig.for_tests(tmp_path)) as n:
-        # Given a worker with one slot and two jobs with a 1 s attempt timeout
+        # Given a worker with one slot and two jobs with a 2 s attempt timeout
         worker = n.workers.connect("w", ["slow/**"], concurrency=1)
-        first = await n.jobs.add_job("slow/job", timeout_s=1.0, max_retries=0)
-        second = await n.jobs.add_job("slow/job", timeout_s=1.0, max_retries=0)
+        first = await n.jobs.add_job("slow/job", timeout_s=2.0, max_retries=0)
+        second = await n.jobs.add_job("slow/job", timeout_s=2.0, max_retries=0)
         a = await next_assign(worker)
         assert a.job.id == first.id
-        # When the first takes 0.7 s, then the second 0.7 s after it was sent (1.4 s after it was added)
-        await asyncio.sleep(0.7)
+        # When the first takes 1.2 s, then the second 1.2 s after it was sent (2.4 s after it was added)
+        await asyncio.sleep(1.2)
         n.workers.complete(worker, a.job.id, a.job.attempt, node.JobResult.succeeded())
         b = await next_assign(worker)
         assert b.job.id == second.id
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(1.2)
         n.workers.complete(worker, b.job.id, b.job.attempt, node.JobResult.succeeded())
 
-        # Then neither timed out: each had its 1 s from when the worker got it
+        # Then neither timed out: each had its 2 s from when the worker got it
         assert (await job_in_state(n, first.id, *HISTORY)).state is node.JobState.SUCCEEDED
         ended = await job_in_state(n, second.id, *HISTORY)
         assert ended.state is node.JobState.SUCCEEDED, ended.result_message

@@ -271,9 +271,13 @@ class RemoteWorkers:
             return None
         workers = [worker for worker in self._workers if worker.free_slots > 0]
         slots = [worker.free_slots for worker in workers]
+        pooled: dict[str, bool] = {}  # topic -> served by a pool (this snapshot's own cache)
 
         def admit(topic: str) -> bool:  # writer thread: reads only this snapshot and immutable patterns
-            if find_consumer(consumers, topic) not in pools:
+            bounded = pooled.get(topic)
+            if bounded is None:
+                bounded = pooled[topic] = find_consumer(consumers, topic) in pools
+            if not bounded:
                 return True
             for index, worker in enumerate(workers):
                 if slots[index] and worker.accepts(topic):
