@@ -3,7 +3,8 @@ holds the message limits, the keepalive policy, the TLS material and the caller'
 so TLS, authentication and keepalive apply everywhere at once.
 
 Keepalive: both sides ping every `interval_s` and drop a connection whose ping is not answered
-within `timeout_s`, so a silently dead link is found within interval + timeout. The server accepts
+within `timeout_s`, so a silently dead link is found within interval + timeout (3 s by default,
+tests/test_dead_links.py). The server accepts
 pings down to half the interval (without this, gRPC's default server policy answers a client that
 pings more often than every five minutes with GOAWAY too_many_pings).
 """
@@ -32,7 +33,7 @@ PEER_MESSAGE_BYTES = 16 * 1024 * 1024
 class Keepalive:
     """HTTP/2 keepalive: ping period and how long a ping may go unanswered."""
 
-    interval_s: float = 2.0
+    interval_s: float = 1.0
     timeout_s: float = 2.0
 
     def client_options(self) -> list[tuple[str, int]]:

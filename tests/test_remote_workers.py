@@ -169,11 +169,11 @@ def test_a_worker_never_has_more_jobs_than_its_concurrency(node: NodeProcess, co
     # Given a worker with concurrency 2 and three jobs for it
     stream = connect("flow/**", concurrency=2)
     ids = [add_job(node.stub, "flow/job", n=n) for n in range(3)]
-    # Then it receives two; the third is claimed by the node but not sent
+    # Then it receives two; the third stays QUEUED, not claimed, while no slot is free
     first, second = stream.expect("assignment"), stream.expect("assignment")
     third_id = next(i for i in ids if i not in {first.job_id, second.job_id})
-    wait_for_state(node.stub, third_id, ACTIVE)
     stream.assert_silent(SILENCE_S)
+    assert get_job(node.stub, third_id).state == QUEUED
     # When one result comes back, the third job follows
     stream.result(first)
     third = stream.expect("assignment")
@@ -275,12 +275,13 @@ def test_a_job_waiting_for_a_worker_slot_does_not_spend_a_retry_when_the_worker_
     node: NodeProcess,
     connect: Connect,
 ) -> None:
-    # Given a one-slot worker running one job while a second one waits in the node for the slot
+    # Given a one-slot worker running one job while a second one waits QUEUED for the slot
     stream = connect("slot/**")
     running_id = add_job(node.stub, "slot/job", n=1)
     assert stream.expect("assignment").job_id == running_id
     waiting_id = add_job(node.stub, "slot/job", n=2)
-    wait_for_state(node.stub, waiting_id, ACTIVE)
+    stream.assert_silent(SILENCE_S)
+    assert get_job(node.stub, waiting_id).state == QUEUED
     # When the worker's stream breaks
     stream.cancel()
     # Then the job it ran counts a retry; the one that never reached it does not

@@ -167,15 +167,19 @@ async def test_a_job_stopped_while_its_gone_target_ran_it_ends_stopped_instead_o
     try:
         jobs = JobStore(journal)
         store = TransferStore(journal, jobs, "origin")
-        await jobs.add_jobs([_record(j, "origin", "peer") for j in ("j1", "j2")])
-        await journal.write(lambda c: c.execute("UPDATE jobs SET state = 2"))  # both started on `peer`
+        records = [_record(j, "origin", "peer") for j in ("j1", "j2", "j3")]
+        await jobs.add_jobs([dataclasses.replace(r, max_retries=1) for r in records[:2]] + records[2:])
+        await journal.write(lambda c: c.execute("UPDATE jobs SET state = 2"))  # all started on `peer`
         await jobs.stop("j1", 5)  # stop requested while it runs there
 
         assert await store.assign(lambda _t, _q: "peer2", 6, from_peer="peer") == 1
 
         assert (await jobs.get_job("j1")).state is JobState.STOPPED
+        # the attempt lost with the target counts as failed: j2 retries elsewhere, j3 had no retry
         moved = await jobs.get_job("j2")
-        assert (moved.state, moved.target_instance) == (JobState.QUEUED, "peer2")
+        assert (moved.state, moved.target_instance, moved.retry_count) == (JobState.QUEUED, "peer2", 1)
+        spent = await jobs.get_job("j3")
+        assert (spent.state, spent.retry_count) == (JobState.GIVEN_UP, 1)
     finally:
         journal.close()
 

@@ -105,6 +105,16 @@ def print_statistics(response: jobs_pb2.GetStatisticsResponse, out: TextIO) -> N
         ),
         out,
     )
+    if response.offloaded:
+        out.write("\noffloaded jobs (this origin's, by target and state):\n")
+        render.print_table(
+            [
+                (c.target_instance, jobs_pb2.JobState.Name(c.state).removeprefix("JOB_STATE_"), str(c.jobs))
+                for c in response.offloaded
+            ],
+            ("TARGET", "STATE", "JOBS"),
+            out,
+        )
 
 
 def cmd_purge(args: argparse.Namespace, client: JobmeshClient) -> int:

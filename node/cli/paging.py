@@ -48,14 +48,21 @@ class Listing:
     items: list[Any]
     next_page_token: str
     total_size: int
+    unanswered: list[str] | None = None
+    """Topology-wide FindJobs: the instances that did not answer some page (None: the RPC has no
+    such field)."""
 
     def to_json(self) -> dict[str, Any]:
         """The listing in the JSON convention (the shape of the RPC's response)."""
-        return {
+        shaped: dict[str, Any] = {
             self.field: [to_json(item) for item in self.items],
             "next_page_token": self.next_page_token,
             "total_size": self.total_size,
         }
+        if self.unanswered is not None:
+            shaped["partial"] = bool(self.unanswered)
+            shaped["unanswered_instances"] = self.unanswered
+        return shaped
 
 
 def fetch(
@@ -72,22 +79,39 @@ def fetch(
     if args.page_token:
         setattr(request, "page_token", args.page_token)  # noqa: B010  # every list request has one
     items: list[Any] = []
+    unanswered: dict[str, None] | None = None
     while True:
         wanted = limit - len(items) if limit else MAX_PAGE_SIZE
         setattr(request, "page_size", min(wanted, MAX_PAGE_SIZE))  # noqa: B010
         response = client.call(method, request)
         items.extend(getattr(response, field))
+        if "unanswered_instances" in response.DESCRIPTOR.fields_by_name:
+            unanswered = unanswered or {}
+            unanswered.update(dict.fromkeys(response.unanswered_instances))
         token = str(response.next_page_token)
         if not token or (limit and len(items) >= limit):
             break
         setattr(request, "page_token", token)  # noqa: B010
-    return Listing(field, items, token, int(response.total_size))
+    return Listing(
+        field, items, token, int(response.total_size), None if unanswered is None else list(unanswered)
+    )
 
 
 def print_listing(listing: Listing, print_items: Callable[[list[Any], TextIO], None]) -> None:
     """The items for people (stdout), then how to see more if the listing was cut (stderr)."""
     print_items(listing.items, sys.stdout)
+    print_partial_warning(listing, sys.stderr)
     print_more_hint(listing, sys.stderr)
+
+
+def print_partial_warning(listing: Listing, err: TextIO) -> None:
+    """Warn people when instances did not answer a topology-wide listing."""
+    if listing.unanswered:
+        names = ", ".join(listing.unanswered)
+        err.write(
+            f"warning: {len(listing.unanswered)} instance(s) did not answer ({names}): "
+            "their jobs are missing from this list and from the total\n"
+        )
 
 
 def print_more_hint(listing: Listing, err: TextIO) -> None:

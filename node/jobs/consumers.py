@@ -12,7 +12,7 @@ import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from node.errors import ConsumerLoadError, InvalidArgument
 from node.jobs.context import JobContext
@@ -20,6 +20,10 @@ from node.model.job import Job, JobResult
 from node.topics import TopicPattern
 
 Handler: TypeAlias = Callable[[Job, JobContext], "JobResult | Awaitable[JobResult | None] | None"]
+
+Admit: TypeAlias = Callable[[str], bool]
+"""`admit(topic)`: whether a claim may start one more job of `topic` now (see
+`ConsumerRegistry.admission`). Called on the journal's writer thread, inside the claim."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class Consumer:
     handler: Handler = field(repr=False)
     name: str
     is_async: bool
+    dispatches: bool = False
+    """True: the handler itself tells the context when the job reached whoever runs it
+    (`JobContext.mark_dispatched`; remote workers), so the attempt timeout starts then."""
 
 
 def _resolve_callable(target: Any, name: str) -> tuple[Handler, bool]:
@@ -51,6 +58,37 @@ def _resolve_callable(target: Any, name: str) -> tuple[Handler, bool]:
         getattr(target, "__call__", None)  # noqa: B004 - we need the method, not callable()
     )
     return target, is_async
+
+
+class Capacity(Protocol):
+    """Consumers with a bounded number of slots (remote workers): what a claim may start.
+
+    Every method runs on the event loop; the `Admit` an admission returns runs on the
+    journal's writer thread and reads only its own snapshot.
+    """
+
+    def admission(self, consumers: Sequence[Consumer]) -> Admit | None:
+        """An `Admit` for one claim, from the free slots now less the claimed jobs not yet
+        settled (None: nothing is bounded)."""
+        ...
+
+    def claimed(self, jobs: Sequence[Job]) -> None:
+        """Jobs a claim started: their slots are spoken for until `settled`."""
+        ...
+
+    def settled(self, job_id: str) -> None:
+        """The consumer has the job now, or its attempt ended: its slot is no longer pending."""
+        ...
+
+
+def find_consumer(consumers: Sequence[Consumer], topic: str) -> Consumer | None:
+    """The consumer among `consumers` whose matching pattern is most specific, or None."""
+    best: tuple[tuple[int, int], Consumer] | None = None
+    for consumer in consumers:
+        for pattern in consumer.patterns:
+            if pattern.matches(topic) and (best is None or pattern.specificity > best[0]):
+                best = (pattern.specificity, consumer)
+    return best[1] if best else None
 
 
 def load_handler(spec: str) -> Any:
@@ -78,15 +116,21 @@ class ConsumerRegistry:
         self._consumers: list[Consumer] = []
         self._cache: dict[str, Consumer | None] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._capacity_listeners: list[Callable[[], None]] = []
+        self.capacity: Capacity | None = None
+        """Set by a provider of bounded consumers (node.jobs.remote.RemoteWorkers)."""
 
-    def register(self, patterns: Iterable[str], handler: Any, name: str | None = None) -> Consumer:
-        """Register `handler` (function, coroutine function, or class) for topic patterns."""
+    def register(
+        self, patterns: Iterable[str], handler: Any, name: str | None = None, *, dispatches: bool = False
+    ) -> Consumer:
+        """Register `handler` (function, coroutine function, or class) for topic patterns
+        (`dispatches`: see `Consumer.dispatches`)."""
         parsed = tuple(TopicPattern.parse(p) for p in patterns)
         if not parsed:
             raise InvalidArgument("a consumer needs at least one topic pattern")
         label = name or str(getattr(handler, "__qualname__", repr(handler)))
         resolved, is_async = _resolve_callable(handler, label)
-        consumer = Consumer(parsed, resolved, label, is_async)
+        consumer = Consumer(parsed, resolved, label, is_async, dispatches)
         self._consumers.append(consumer)
         self._changed()
         return consumer
@@ -104,15 +148,39 @@ class ConsumerRegistry:
         """The consumer whose matching pattern is most specific, or None."""
         if topic in self._cache:
             return self._cache[topic]
-        best: tuple[tuple[int, int], Consumer] | None = None
-        for consumer in self._consumers:
-            for pattern in consumer.patterns:
-                if pattern.matches(topic) and (best is None or pattern.specificity > best[0]):
-                    best = (pattern.specificity, consumer)
-        found = best[1] if best else None
+        found = find_consumer(self._consumers, topic)
         if len(self._cache) < 100_000:
             self._cache[topic] = found
         return found
+
+    # --- capacity (on the loop) ---
+
+    def admission(self) -> Admit | None:
+        """What a claim may start now, given bounded consumers (None: anything): a snapshot
+        taken on the loop, used by one claim on the writer thread. A job of a topic whose
+        consumer has no free slot stays QUEUED, so ACTIVE means a consumer holds it."""
+        capacity = self.capacity
+        return None if capacity is None else capacity.admission(tuple(self._consumers))
+
+    def claimed(self, jobs: Sequence[Job]) -> None:
+        """Jobs a claim just started (on the loop, before anything else may claim): their
+        slots count as taken until their consumer has them (`settled`)."""
+        if self.capacity is not None and jobs:
+            self.capacity.claimed(jobs)
+
+    def settled(self, job_id: str) -> None:
+        """A claimed job's attempt ended, or its consumer got it (on the loop)."""
+        if self.capacity is not None:
+            self.capacity.settled(job_id)
+
+    def add_capacity_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (on the loop) whenever a bounded consumer's free slots change."""
+        self._capacity_listeners.append(listener)
+
+    def capacity_changed(self) -> None:
+        """A bounded consumer has more (or fewer) free slots: claims may start more now."""
+        for listener in self._capacity_listeners:
+            listener()
 
     @property
     def patterns(self) -> Sequence[TopicPattern]:

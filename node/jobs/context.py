@@ -8,6 +8,7 @@ a PROGRESS event. Calls made after the attempt ended (a stale attempt) are ignor
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
@@ -54,6 +55,21 @@ class JobContext:
         self._lock = threading.Lock()
         self._stop_listeners: list[Callable[[], None]] = []
         self._completion: concurrent.futures.Future[JobResult] | None = None
+        self._dispatched: asyncio.Future[None] | None = None
+
+    # --- dispatch (on the loop) ----------------------------------------------------------------
+
+    def dispatched(self) -> asyncio.Future[None]:
+        """Resolves when the job reached whoever runs it (`mark_dispatched`); on the loop."""
+        if self._dispatched is None:
+            self._dispatched = asyncio.get_running_loop().create_future()
+        return self._dispatched
+
+    def mark_dispatched(self) -> None:
+        """The job was handed to whoever runs it (a remote worker): its attempt timeout starts.
+        On the loop; for consumers registered with `dispatches=True`."""
+        if self._dispatched is not None and not self._dispatched.done():
+            self._dispatched.set_result(None)
 
     # --- stopping ------------------------------------------------------------------------------
 
@@ -89,34 +105,34 @@ class JobContext:
             raise InvalidArgument(f"steps must be >= 0, not {steps}")
         if self._store is not None:
             eta = None if eta_s is None else now_us() + int(eta_s * 1e6)
-            self._store.report_progress(self.job.id, self.job.attempt, now_us(), total=steps, eta_us=eta)
+            self._store.report_progress(self.job.id, self.job.claim, now_us(), total=steps, eta_us=eta)
 
     def increment_progress(self, steps: int = 1) -> None:
         """Mark `steps` more steps done; the ETA is re-estimated from the time per step so far."""
         if steps < 0:
             raise InvalidArgument(f"steps must be >= 0, not {steps}")
         if self._store is not None:
-            self._store.report_progress(self.job.id, self.job.attempt, now_us(), increment=steps)
+            self._store.report_progress(self.job.id, self.job.claim, now_us(), increment=steps)
 
     def update_eta(self, eta_s: float) -> None:
         """Set the estimated seconds until the job is done."""
         if self._store is not None:
             now = now_us()
-            self._store.report_progress(self.job.id, self.job.attempt, now, eta_us=now + int(eta_s * 1e6))
+            self._store.report_progress(self.job.id, self.job.claim, now, eta_us=now + int(eta_s * 1e6))
 
     def log(self, message: str, *args: object) -> None:
         """Add a line to the job's log (`message % args` when args are given); the newest lines are kept."""
         text = message % args if args else message
         if self._store is not None:
             self._store.append_log(
-                self.job.id, self.job.attempt, now_us(), text[:MAX_LOG_LINE_CHARS], self._max_log_lines
+                self.job.id, self.job.claim, now_us(), text[:MAX_LOG_LINE_CHARS], self._max_log_lines
             )
 
     def set_property(self, name: str, value: object) -> None:
         """Set a property of the job (visible through GetJob); the size limit still applies."""
         validate_name(name, "set_property")
         if self._store is not None:
-            self._store.set_property(self.job.id, self.job.attempt, name, value, self._max_properties_bytes)
+            self._store.set_property(self.job.id, self.job.claim, name, value, self._max_properties_bytes)
 
     # --- finishing later -------------------------------------------------------------------------------
 

@@ -93,6 +93,7 @@ class JobManager:
         self.scheduler = Scheduler(self._schedule_store, self._intake.from_proto, self._wake_for)
         self._retention = Retention(self.store, self.events, config.history, config.events)
         consumers.add_listener(self._on_consumers_changed)
+        consumers.add_capacity_listener(self.wake_runners)  # refused claims may start now
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
         self.consumption = ConsumptionRules()
@@ -282,7 +283,7 @@ class JobManager:
 
     async def statistics(self) -> StatisticsReport:
         """Statistics: global, per queue, per topic."""
-        return await read_statistics(self._journal)
+        return await read_statistics(self._journal, self.instance_id)
 
     def watch(self, after_seq: int, event_filter: EventFilter | None = None) -> AsyncIterator[EventBatch]:
         """Committed events after `after_seq` (-1: from now), then live ones, in batches."""

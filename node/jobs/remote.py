@@ -5,8 +5,12 @@ patterns and a concurrency; while it is connected the node has a consumer for ea
 patterns (shared by every worker that declared the same pattern). That consumer's handler
 picks a worker with a free slot among all connected workers whose patterns match the
 job's topic (least loaded first, then the one idle longest), hands the job to it and waits
-for the worker's result. A job waits inside the node while every matching worker is busy,
-so a worker never has more jobs than its concurrency.
+for the worker's result. A worker never has more jobs than its concurrency, and a job stays
+QUEUED while every matching worker is busy: the queue runners claim only what the workers'
+free slots admit (`RemoteWorkers.admission`, through `ConsumerRegistry.admission`), so ACTIVE
+means a worker holds the job, and the attempt timeout starts when the job is sent
+(`JobContext.mark_dispatched`). Two queues claiming for the same last slot at once is the one
+case where a claimed job still waits here, ACTIVE, for the next free slot.
 
 Bounds (the `workers` settings): a registered concurrency above `max_concurrency` is
 clamped to it; a job is not sent to a worker while the input payload bytes of its jobs
@@ -37,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from node.errors import ConsumerGone, InvalidArgument, Unavailable
-from node.jobs.consumers import Consumer, ConsumerRegistry
+from node.jobs.consumers import Admit, Consumer, ConsumerRegistry, find_consumer
 from node.jobs.context import JobContext
 from node.model.job import Job, JobResult
 from node.topics import TopicPattern
@@ -113,6 +117,12 @@ class RemoteWorker:
         if not self._assignments:
             return True
         return self.inflight_bytes + _payload_bytes(job) <= self.max_inflight_bytes
+
+    def holds(self, job: Job) -> bool:
+        """True while the worker still holds an earlier attempt of `job` with the same number
+        (a user retried it after that attempt timed out): its late reports must not pass for
+        the new attempt's, so the new one goes elsewhere or waits."""
+        return (job.id, job.attempt) in self._assignments
 
     def accepts(self, topic: str) -> bool:
         """True when one of the worker's patterns matches `topic`."""
@@ -204,6 +214,8 @@ class RemoteWorkers:
         self._assignments = itertools.count(1)
         self._capacity_changed = asyncio.Event()
         self._closed = False
+        self._pending: dict[str, str] = {}  # job id -> topic: claimed for a pool, not yet sent
+        consumers.capacity = self
 
     @property
     def workers(self) -> Sequence[RemoteWorker]:
@@ -249,7 +261,9 @@ class RemoteWorkers:
         for pattern in dict.fromkeys(p.text for p in parsed):
             consumer, count = self._pools.get(pattern, (None, 0))
             if consumer is None:
-                consumer = self._consumers.register([pattern], self._handle, name=f"remote:{pattern}")
+                consumer = self._consumers.register(
+                    [pattern], self._handle, name=f"remote:{pattern}", dispatches=True
+                )
             self._pools[pattern] = (consumer, count + 1)
         self._notify()
         log.info(
@@ -292,23 +306,65 @@ class RemoteWorkers:
             worker.closing.set()
 
     def _notify(self) -> None:
-        """Wake the jobs waiting for a free worker slot: capacity or membership changed."""
+        """Wake the jobs waiting for a free worker slot and the queue runners: capacity or
+        membership changed."""
         self._capacity_changed.set()
         self._capacity_changed = asyncio.Event()
         self._closed = False
+        self._consumers.capacity_changed()
+
+    # --- Capacity (node.jobs.consumers): what a queue runner's claim may start ---
+
+    def admission(self, consumers: Sequence[Consumer]) -> Admit | None:
+        """An `Admit` for one claim: a job whose consumer is a remote pool is admitted while a
+        matching worker has a slot left in this snapshot of the free slots, less the slots
+        of jobs claimed before and not yet sent (None: no pools)."""
+        pools = {consumer for consumer, _count in self._pools.values()}
+        if not pools:
+            return None
+        workers = [worker for worker in self._workers if worker.free_slots > 0]
+        slots = [worker.free_slots for worker in workers]
+        pooled: dict[str, bool] = {}  # topic -> served by a pool (this snapshot's own cache)
+
+        def admit(topic: str) -> bool:  # writer thread: reads only this snapshot and immutable patterns
+            bounded = pooled.get(topic)
+            if bounded is None:
+                bounded = pooled[topic] = find_consumer(consumers, topic) in pools
+            if not bounded:
+                return True
+            for index, worker in enumerate(workers):
+                if slots[index] and worker.accepts(topic):
+                    slots[index] -= 1
+                    return True
+            return False
+
+        for topic in list(self._pending.values()):
+            admit(topic)
+        return admit
+
+    def claimed(self, jobs: Sequence[Job]) -> None:
+        """Jobs a claim started whose consumer is a pool: pending until sent or ended."""
+        pools = {consumer for consumer, _count in self._pools.values()}
+        for job in jobs:
+            if self._consumers.find(job.topic) in pools:
+                self._pending[job.id] = job.topic
+
+    def settled(self, job_id: str) -> None:
+        """The job was sent to a worker, or its attempt ended."""
+        self._pending.pop(job_id, None)
 
     def _pick(self, job: Job) -> RemoteWorker | None:
-        """A matching worker with a free slot and room for the job's payload: least loaded, then
-        idle longest. ConsumerGone if none matches."""
-        topic = job.topic
+        """A matching worker with a free slot and room for the job's payload (and not holding an
+        earlier attempt of it): least loaded, then idle longest. ConsumerGone if none matches."""
         best: RemoteWorker | None = None
         best_key: tuple[float, int] | None = None
         matching = False
+        topic = job.topic
         for worker in self._workers:
             if not worker.accepts(topic):
                 continue
             matching = True
-            if worker.free_slots <= 0 or not worker.fits(job):
+            if worker.free_slots <= 0 or not worker.fits(job) or worker.holds(job):
                 continue
             key = (worker.outstanding / worker.concurrency, worker.last_assigned)
             if best_key is None or key < best_key:
@@ -344,4 +400,6 @@ class RemoteWorkers:
                 listening = True
             await changed.wait()
         worker.last_assigned = next(self._assignments)
+        self._pending.pop(job.id, None)  # its slot is taken for real now
+        context.mark_dispatched()  # the attempt timeout starts now
         return await worker.run(job, context)

@@ -186,7 +186,7 @@ class QueueRunner:
                 running.task.cancel()
             await asyncio.gather(*(r.task for r in leftovers), return_exceptions=True)
             requeued = await self._store.requeue_active(
-                [(r.job.id, r.job.attempt) for r in leftovers], now_us()
+                [(r.job.id, r.job.claim) for r in leftovers], now_us()
             )
             log.info("queue %s: re-queued %d jobs still running at shutdown", self.name, requeued)
 
@@ -201,15 +201,16 @@ class QueueRunner:
         """Claim up to `free` jobs; also how long to sleep if none is due (None: until woken)."""
         config, store, me = self.config, self._store, self._instance_id
         now = now_us()
+        admit = self._consumers.admission()  # bounded consumers (remote workers): only their free slots
         if config.type is QueueType.ORDERED:
-            jobs, head_due = await store.claim_ordered(me, config.name, now)
+            jobs, head_due = await store.claim_ordered(me, config.name, now, admit)
             return jobs, None if head_due is None else max(0.0, (head_due - now_us()) / 1e6)
         if config.type is QueueType.TOPIC_ROUND_ROBIN:
-            jobs, due = await store.claim_round_robin(me, config.name, now, free, self._last_topic)
+            jobs, due = await store.claim_round_robin(me, config.name, now, free, self._last_topic, admit)
             if jobs:
                 self._last_topic = jobs[-1].topic
         else:
-            jobs, due = await store.claim(me, config.name, now, free)
+            jobs, due = await store.claim(me, config.name, now, free, admit)
         if len(jobs) == free:
             return jobs, 0.0
         return jobs, None if due is None else max(0.0, (due - now_us()) / 1e6)
@@ -224,6 +225,7 @@ class QueueRunner:
                     jobs, timeout = await self._claim(free)
                 except Unavailable:
                     return
+                self._consumers.claimed(jobs)  # before the next claim looks at free slots
                 for job in jobs:
                     self._start(job)
                 if jobs and timeout == 0.0:
@@ -247,15 +249,7 @@ class QueueRunner:
             # A per-job timeout of 0 means none, even on a queue with a timeout.
             timeout_s = job.timeout_us / 1e6 if job.timeout_us is not None else config.timeout_s
             if timeout_s:
-                deadline = asyncio.timeout(timeout_s)
-                try:
-                    async with deadline:
-                        result = await self._execute(job, context)
-                except TimeoutError:
-                    if not deadline.expired():
-                        raise  # the consumer's own TimeoutError: a failure like any other
-                    context.request_stop()
-                    result = JobResult.failed(f"timed out after {timeout_s:g}s")
+                result = await self._execute_within(job, context, timeout_s)
             else:
                 result = await self._execute(job, context)
             if result is None:  # no consumer took the job: it waits for one, no retry spent
@@ -268,7 +262,7 @@ class QueueRunner:
                 self._wakeup.set()
             report = AttemptReport(
                 job.id,
-                job.attempt,
+                job.claim,
                 result.outcome,
                 result.message,
                 config,
@@ -283,7 +277,29 @@ class QueueRunner:
             current = self._running.get(job.id)
             if current is not None and current.context is context:
                 del self._running[job.id]
+                self._consumers.settled(job.id)
             self._wakeup.set()
+
+    async def _execute_within(self, job: Job, context: JobContext, timeout_s: float) -> JobResult | None:
+        """`_execute` with the attempt timeout, counted from dispatch: for a consumer that
+        hands the job on (a remote worker), from when it was sent, not from the claim."""
+        execution = asyncio.ensure_future(self._execute(job, context))
+        try:
+            consumer = self._consumers.find(job.topic)
+            if consumer is not None and consumer.dispatches:
+                dispatched: asyncio.Future[Any] = context.dispatched()
+                await asyncio.wait([execution, dispatched], return_when=asyncio.FIRST_COMPLETED)
+            deadline = asyncio.timeout(timeout_s)  # not wait_for: see docs/architecture.md
+            async with deadline:
+                return await execution
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not ours (the consumer's own TimeoutError is a result, see _execute)
+            context.request_stop()
+            return JobResult.failed(f"timed out after {timeout_s:g}s")
+        finally:
+            if not execution.done():  # this attempt was cancelled (shutdown): so is its consumer
+                execution.cancel()
 
     def _report(self, report: AttemptReport) -> asyncio.Future[list[bool]]:
         """Queue a result; all results reported in one pass of the loop commit as one operation."""
@@ -316,7 +332,7 @@ class QueueRunner:
         """Put a job no consumer took back to QUEUED, unassigned; False if it was stopped meanwhile."""
         message = f"waiting for a consumer: none for topic {job.topic} on this node any more"
         try:
-            released = await self._store.release_active(job.id, job.attempt, now_us(), message)
+            released = await self._store.release_active(job.id, job.claim, now_us(), message)
         except Unavailable:
             return True  # shutting down: the job is recovered at the next start
         if released and self._consumers.find(job.topic) is not None:

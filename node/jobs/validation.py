@@ -114,6 +114,7 @@ def check_offloaded_job(job: transfer_pb2.OffloadedJob, limits: JobLimits, field
         timeout_s=job.timeout_us / 1e6 if job.HasField("timeout_us") else None,
     )
     check_time_us(job.created_us, f"{field}.created_us")
+    check_number(job.retry_count, 0, MAX_RETRIES, f"{field}.retry_count")
 
 
 def check_report(report: transfer_pb2.JobReport, limits: JobLimits, field: str) -> None:

@@ -8,7 +8,7 @@ needs no second read per claim.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from node.journal.records import ACTIVE, COLUMNS, QUEUED, JobRow, JobStorePart, row_to_job
 from node.model.events import EventType
@@ -17,6 +17,16 @@ from node.model.job import Job, JobState
 Claimed = tuple[list[Job], int | None]
 """Started jobs, and when the next remaining job is due (None: none, or `limit` were taken)."""
 
+Admit = Callable[[str], bool]
+"""`admit(topic)`: may the claim start one more job of this topic (a consumer slot is free)?
+A job it refuses stays QUEUED; the runner claims again when capacity changes."""
+
+_SCAN_ROWS = 1000
+"""How many due rows past the first `limit` a claim with an `admit` looks at for admitted ones."""
+
+# jobs.attempt counts claims: it fences the results of earlier claims (a stale attempt, even
+# one with the same number after a user's retry). The API's attempt number is retry_count + 1
+# (`Job.attempt`): a claim that found no consumer, or a graceful stop's re-queue, spends none.
 _START = (
     f"UPDATE jobs SET state = {ACTIVE}, attempt = attempt + 1, started_us = ?, progress_total = NULL, "
     "progress_done = NULL, eta_us = NULL"
@@ -26,10 +36,22 @@ _START = (
 class Claims(JobStorePart):
     """Starting jobs, one method per queue type."""
 
-    async def claim(self, target: str, queue: str, now_us: int, limit: int) -> Claimed:
-        """Start up to `limit` due QUEUED jobs of `queue` assigned to `target`, earliest due first."""
+    async def claim(
+        self, target: str, queue: str, now_us: int, limit: int, admit: Admit | None = None
+    ) -> Claimed:
+        """Start up to `limit` due QUEUED jobs of `queue` assigned to `target`, earliest due first
+        (only those `admit` admits, if given)."""
 
         def update(conn: sqlite3.Connection) -> Claimed:
+            if admit is not None:
+                rows = conn.execute(
+                    f"SELECT seq, topic FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
+                    "AND due_us <= ? ORDER BY due_us, seq LIMIT ?",
+                    (target, queue, now_us, limit + _SCAN_ROWS),
+                ).fetchall()
+                seqs, refused = _admitted(rows, admit, limit)
+                jobs = self._start_rows(conn, seqs, target, now_us)
+                return jobs, self._next_due(conn, jobs, limit, target, queue, now_us if refused else None)
             rows = conn.execute(
                 f"{_START} WHERE seq IN (SELECT seq FROM jobs WHERE state = {QUEUED} AND target = ? "
                 f"AND queue = ? AND due_us <= ? ORDER BY due_us, seq LIMIT ?) RETURNING {COLUMNS}",
@@ -42,7 +64,9 @@ class Claims(JobStorePart):
 
         return await self.journal.write(update)
 
-    async def claim_ordered(self, target: str, queue: str, now_us: int) -> Claimed:
+    async def claim_ordered(
+        self, target: str, queue: str, now_us: int, admit: Admit | None = None
+    ) -> Claimed:
         """Start the oldest QUEUED job of an ordered queue if it is due.
 
         Returns (started jobs, due time of a head that is not due yet). A failed job keeps its
@@ -51,7 +75,7 @@ class Claims(JobStorePart):
 
         def update(conn: sqlite3.Connection) -> Claimed:
             head = conn.execute(
-                f"SELECT seq, due_us FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
+                f"SELECT seq, due_us, topic FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
                 "ORDER BY seq LIMIT 1",
                 (target, queue),
             ).fetchone()
@@ -59,27 +83,31 @@ class Claims(JobStorePart):
                 return [], None
             if head["due_us"] > now_us:
                 return [], int(head["due_us"])
+            if admit is not None and not admit(head["topic"]):
+                return [], None  # its consumer has no free slot: claimed again when one frees
             return self._start_rows(conn, [head["seq"]], target, now_us), None
 
         return await self.journal.write(update)
 
     async def claim_round_robin(
-        self, target: str, queue: str, now_us: int, limit: int, last_topic: str
+        self, target: str, queue: str, now_us: int, limit: int, last_topic: str, admit: Admit | None = None
     ) -> Claimed:
-        """Start up to `limit` due jobs, one topic after another, starting after `last_topic`."""
+        """Start up to `limit` due jobs, one topic after another, starting after `last_topic`
+        (only those `admit` admits, if given)."""
 
         def update(conn: sqlite3.Connection) -> Claimed:
-            seqs = [
-                r["seq"]
-                for r in conn.execute(
-                    "SELECT seq FROM (SELECT seq, topic, row_number() OVER (PARTITION BY topic ORDER BY due_us, seq) "
-                    f"AS turn FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? AND due_us <= ?) "
-                    "ORDER BY turn, topic <= ?, topic LIMIT ?",
-                    (target, queue, now_us, last_topic, limit),
-                )
-            ]
+            rows = conn.execute(
+                "SELECT seq, topic FROM (SELECT seq, topic, row_number() OVER (PARTITION BY topic "
+                f"ORDER BY due_us, seq) AS turn FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
+                "AND due_us <= ?) ORDER BY turn, topic <= ?, topic LIMIT ?",
+                (target, queue, now_us, last_topic, limit if admit is None else limit + _SCAN_ROWS),
+            ).fetchall()
+            if admit is None:
+                seqs, refused = [r["seq"] for r in rows], False
+            else:
+                seqs, refused = _admitted(rows, admit, limit)
             jobs = self._start_rows(conn, seqs, target, now_us)
-            return jobs, self._next_due(conn, jobs, limit, target, queue)
+            return jobs, self._next_due(conn, jobs, limit, target, queue, now_us if refused else None)
 
         return await self.journal.write(update)
 
@@ -117,14 +145,36 @@ class Claims(JobStorePart):
 
     @staticmethod
     def _next_due(
-        conn: sqlite3.Connection, jobs: list[Job], limit: int, target: str, queue: str
+        conn: sqlite3.Connection,
+        jobs: list[Job],
+        limit: int,
+        target: str,
+        queue: str,
+        after_us: int | None = None,
     ) -> int | None:
         """When the earliest QUEUED job left is due; only looked up when the claim took fewer than
-        `limit` (otherwise the runner claims again at once), in the claim's own transaction."""
+        `limit` (otherwise the runner claims again at once), in the claim's own transaction.
+        `after_us`: jobs due by then were refused for want of a consumer slot; only later ones
+        count (the refused ones are claimed again when capacity changes)."""
         if len(jobs) == limit:
             return None
         row = conn.execute(
-            f"SELECT min(due_us) AS due FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ?",
-            (target, queue),
+            f"SELECT min(due_us) AS due FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
+            "AND due_us > ?",
+            (target, queue, -1 if after_us is None else after_us),
         ).fetchone()
         return None if row["due"] is None else int(row["due"])
+
+
+def _admitted(rows: Sequence[sqlite3.Row], admit: Admit, limit: int) -> tuple[list[int], bool]:
+    """The seqs of up to `limit` rows `admit` admits, in order, and whether it refused any."""
+    seqs: list[int] = []
+    refused = False
+    for row in rows:
+        if len(seqs) == limit:
+            break
+        if admit(row["topic"]):
+            seqs.append(row["seq"])
+        else:
+            refused = True
+    return seqs, refused

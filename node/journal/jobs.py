@@ -152,19 +152,31 @@ class JobStore(Claims, Attempts, Controls):
         params += template_params
         base_where = " AND ".join(where)
         page_where, page_params = base_where, list(params)
-        if query.after_seq is not None:
-            page_where += " AND seq < ?" if query.newest_first else " AND seq > ?"
-            page_params.append(query.after_seq)
+        key = "id" if query.by_id else "seq"
+        after = query.after_id if query.by_id else query.after_seq
+        if after is not None:
+            page_where += f" AND {key} < ?" if query.newest_first else f" AND {key} > ?"
+            page_params.append(after)
         order = "DESC" if query.newest_first else "ASC"
 
         def select(conn: sqlite3.Connection) -> JobPage:
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE {page_where} ORDER BY seq {order} LIMIT ?",
+                f"SELECT {COLUMNS} FROM jobs WHERE {page_where} ORDER BY {key} {order} LIMIT ?",
                 [*page_params, query.limit + 1],
             ).fetchall()
-            total = conn.execute(f"SELECT count(*) AS n FROM jobs WHERE {base_where}", params).fetchone()["n"]
             more = len(rows) > query.limit
             jobs = [row_to_job(r) for r in rows[: query.limit]]
+            if query.by_id:
+                by_origin = {
+                    r["origin"]: int(r["n"])
+                    for r in conn.execute(
+                        f"SELECT origin, count(*) AS n FROM jobs WHERE {base_where} GROUP BY origin", params
+                    )
+                }
+                return JobPage(
+                    jobs, sum(by_origin.values()), jobs[-1].seq if more and jobs else None, by_origin
+                )
+            total = conn.execute(f"SELECT count(*) AS n FROM jobs WHERE {base_where}", params).fetchone()["n"]
             return JobPage(jobs, int(total), jobs[-1].seq if more and jobs else None)
 
         return await self.journal.read(select)

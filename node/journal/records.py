@@ -89,7 +89,7 @@ def row_to_job(row: Sequence[Any]) -> Job:
         target_instance=r.target,
         retry_count=r.retry_count,
         max_retries=r.max_retries,
-        attempt=r.attempt,
+        claim=r.attempt,
         created_us=r.created_us,
         due_us=r.due_us,
         started_us=r.started_us,
@@ -157,7 +157,7 @@ class NewJobRecord:
             target_instance=self.target,
             retry_count=0,
             max_retries=self.max_retries,
-            attempt=0,
+            claim=0,
             created_us=self.created_us,
             due_us=self.created_us,
             started_us=None,
@@ -191,6 +191,10 @@ class JobQuery:
     limit: int = 100
     after_seq: int | None = None
     newest_first: bool = False
+    by_id: bool = False
+    """Order by job id (creation order across instances, for topology pages) instead of by seq."""
+    after_id: str | None = None
+    """With `by_id`: only jobs whose id sorts after this one (before it with `newest_first`)."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,8 @@ class JobPage:
     total_count: int
     next_after_seq: int | None
     """The seq the next page continues after (the service makes it a page token); None: the last page."""
+    total_by_origin: dict[str, int] | None = None
+    """With `by_id`: how many jobs match, per origin instance."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ class AttemptReport:
     """What a consumer reported for one attempt of a job, and the queue policy to apply."""
 
     job_id: str
-    attempt: int
+    attempt: int  # the claim it ends (Job.claim): fences stale results
     outcome: Outcome
     message: str
     queue: QueueConfig

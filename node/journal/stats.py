@@ -63,13 +63,15 @@ class StatisticsReport:
     global_: Statistics = field(default_factory=Statistics)
     queues: dict[str, Statistics] = field(default_factory=dict)
     topics: dict[str, Statistics] = field(default_factory=dict)
+    offloaded: dict[tuple[str, JobState], int] = field(default_factory=dict)
+    """(target instance, state) -> how many jobs this origin offloaded there are in that state."""
 
 
 _COUNTERS = tuple(f.name for f in fields(StatsDelta))  # job_stats columns, in order
 
 
-async def read_statistics(journal: Journal) -> StatisticsReport:
-    """Statistics as of now."""
+async def read_statistics(journal: Journal, local_id: str | None = None) -> StatisticsReport:
+    """Statistics as of now; with `local_id`, also the jobs this origin offloaded, by target and state."""
 
     def select(conn: sqlite3.Connection) -> StatisticsReport:
         report = StatisticsReport()
@@ -93,6 +95,13 @@ async def read_statistics(journal: Journal) -> StatisticsReport:
                 report.topics.setdefault(topic, Statistics()),
             ):
                 setattr(stats, attribute, getattr(stats, attribute) + count)
+        if local_id is not None:
+            for target, state, count in conn.execute(
+                "SELECT target, state, count(*) FROM jobs WHERE origin = ? AND target IS NOT NULL "
+                "AND target != ? GROUP BY target, state",
+                (local_id, local_id),
+            ):
+                report.offloaded[(target, JobState(state))] = count
         return report
 
     return await journal.read(select)

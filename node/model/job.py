@@ -52,7 +52,9 @@ class Job:
     target_instance: str | None
     retry_count: int
     max_retries: int
-    attempt: int
+    claim: int
+    """How many times the job was claimed (started), this claim included: fences the results
+    and reports of earlier claims. Internal; the API's attempt number is `attempt`."""
     created_us: int
     due_us: int
     started_us: int | None
@@ -73,6 +75,12 @@ class Job:
     log: tuple[LogLine, ...] | None = field(default=None, repr=False)
     seq: int = field(default=0, repr=False, compare=False)
     """The journal's internal row number (0 when unknown); not part of the public API."""
+
+    @property
+    def attempt(self) -> int:
+        """The attempt's number, as the API and remote workers see it: retry_count + 1 (1 for the
+        first; an attempt that ended without spending a retry is numbered again)."""
+        return self.retry_count + 1
 
     @property
     def properties(self) -> Properties:

@@ -59,3 +59,53 @@ def event_for(state: JobState, *, is_progress: bool = False) -> EventType:
     if state is JobState.DROPPED:
         return EventType.CANCELLED
     return _END_EVENTS[state][0]
+
+
+@dataclass(frozen=True)
+class MirroredEvent:
+    """One event the origin records for a mirrored report: its type, state and retry count."""
+
+    type: EventType
+    state: JobState
+    retry_count: int
+
+
+def mirrored_events(
+    *,
+    was_active: bool,
+    seen_retry_count: int,
+    seen_started_us: int,
+    state: JobState,
+    retry_count: int,
+    started_us: int,
+    is_progress: bool = False,
+) -> list[MirroredEvent]:
+    """The events an origin records when a target's report moves its mirror of a job from what
+    it saw (`was_active`, `seen_retry_count`, `seen_started_us`) to `state`/`retry_count`.
+
+    A report carries the job's current row, so one report can stand for several events of the
+    target (STARTED and FINISHED of a short job in one frame; whole failed attempts): the
+    origin's stream must still show every attempt's STARTED before its end, in order. An
+    attempt the origin did not see start is one whose start is newer than the one it saw, or
+    a failed attempt between the retry counts; those get their STARTED (and FAILED) here.
+    """
+    events: list[MirroredEvent] = []
+    active = was_active
+    failing_end = state in (JobState.QUEUED, JobState.GIVEN_UP)
+    final_retry = retry_count - 1 if failing_end and retry_count > seen_retry_count else retry_count
+    for retry in range(seen_retry_count, final_retry):  # whole attempts that failed meanwhile
+        if not active:
+            events.append(MirroredEvent(EventType.STARTED, JobState.ACTIVE, retry))
+        events.append(MirroredEvent(EventType.FAILED, JobState.QUEUED, retry + 1))
+        active = False
+    started_unseen = started_us > seen_started_us or final_retry > seen_retry_count
+    if state is JobState.ACTIVE:
+        if not active or started_unseen:
+            events.append(MirroredEvent(EventType.STARTED, state, retry_count))
+        if is_progress:
+            events.append(MirroredEvent(EventType.PROGRESS, state, retry_count))
+        return events
+    if not active and started_unseen and state is not JobState.DROPPED:
+        events.append(MirroredEvent(EventType.STARTED, JobState.ACTIVE, final_retry))
+    events.append(MirroredEvent(event_for(state), state, retry_count))
+    return events

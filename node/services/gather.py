@@ -15,6 +15,7 @@ import grpc
 from jobmesh.peer.v1 import gather_pb2, gather_pb2_grpc
 from jobmesh.v1 import jobs_pb2
 
+from node.services.paging import DEFAULT_PAGE_SIZE, bound_kind, decode_token, encode_token
 from node.services.status import rpc
 from node.transport import Transport
 
@@ -29,7 +30,10 @@ async def _ask_all(
     channels: Transport,
     peers: Sequence[tuple[str, str]],
     call: Callable[[gather_pb2_grpc.GatherServiceStub], Awaitable[Any]],
+    unanswered: list[str] | None = None,
 ) -> list[tuple[str, Any]]:
+    """Every peer's answer; the ids of those that did not answer go to `unanswered`."""
+
     async def ask(instance_id: str, address: str) -> tuple[str, Any] | None:
         async with channels.create_channel(address) as channel:
             try:
@@ -38,37 +42,78 @@ async def _ask_all(
                 log.warning(
                     "topology query: instance %s (%s) did not answer: %s", instance_id, address, e.details()
                 )
+                if unanswered is not None:
+                    unanswered.append(instance_id)
                 return None
 
     answers = await asyncio.gather(*(ask(i, a) for i, a in peers))
     return [a for a in answers if a is not None]
 
 
+TOPOLOGY_PAGES = "jobs-topology"
+"""The page tokens of topology-wide FindJobs: they name the id of the last job of a page."""
+
+
+def _after_id(request: jobs_pb2.FindJobsRequest) -> str:
+    """The job id a topology page token continues after ("" without a token)."""
+    if not request.page_token:
+        return ""
+    (after,) = decode_token(bound_kind(TOPOLOGY_PAGES, request), request.page_token, ("",))
+    return str(after)
+
+
 async def find_jobs(
     request: jobs_pb2.FindJobsRequest,
     local_id: str,
-    local: jobs_pb2.FindJobsResponse,
+    local: LocalQueries,
     peers: PeerList,
     channels: Transport,
 ) -> jobs_pb2.FindJobsResponse:
-    """Merge the answers of every instance; an offloaded job appears once, as its origin has it."""
-    forwarded = gather_pb2.FindLocalJobsRequest(query=request)
-    answers = [(local_id, local)]
-    answers += [
-        (answerer, response.page)
-        for answerer, response in await _ask_all(
-            channels, peers(), lambda stub: stub.FindLocalJobs(forwarded, timeout=PEER_QUERY_TIMEOUT_S)
-        )
+    """One topology page: every instance's first page_size matching jobs after the token's id,
+    merged by id; an offloaded job appears once, as its origin has it, and counts once (at its
+    origin, or, if the origin did not answer, where it is held). Instances that do not answer
+    are listed and make the response `partial`."""
+    after_id = _after_id(request)
+    forwarded = gather_pb2.FindLocalJobsRequest(query=request, after_job_id=after_id)
+    unanswered: list[str] = []
+    answers: list[tuple[str, gather_pb2.FindLocalJobsResponse]] = [
+        (local_id, await local.find_topology_part(request, after_id))
     ]
+    answers += await _ask_all(
+        channels,
+        peers(),
+        lambda stub: stub.FindLocalJobs(forwarded, timeout=PEER_QUERY_TIMEOUT_S),
+        unanswered,
+    )
     chosen: dict[str, tuple[bool, jobs_pb2.Job]] = {}
-    for answerer, response in answers:
-        for job in response.jobs:
+    for answerer, part in answers:
+        for job in part.page.jobs:
             authoritative = job.origin_instance == answerer
             if job.id not in chosen or (authoritative and not chosen[job.id][0]):
                 chosen[job.id] = (authoritative, job)
     jobs = sorted((job for _, job in chosen.values()), key=lambda j: j.id, reverse=request.newest_first)
-    limit = request.page_size or len(jobs)
-    return jobs_pb2.FindJobsResponse(jobs=jobs[:limit], total_size=len(jobs))
+    limit = request.page_size or DEFAULT_PAGE_SIZE
+    page = jobs[:limit]
+    more = len(jobs) > limit or any(part.more for _, part in answers)
+    answered = {answerer for answerer, _ in answers}
+    total = 0
+    for answerer, part in answers:
+        if not part.total_by_origin and part.page.total_size:  # an older peer: no counts per origin
+            total += part.page.total_size
+            continue
+        for origin, count in part.total_by_origin.items():
+            # Each job once: at its origin; a job whose origin did not answer, where it is held.
+            if origin == answerer or origin not in answered:
+                total += count
+    return jobs_pb2.FindJobsResponse(
+        jobs=page,
+        next_page_token=encode_token(bound_kind(TOPOLOGY_PAGES, request), (page[-1].id,))
+        if more and page
+        else "",
+        total_size=total,
+        partial=bool(unanswered),
+        unanswered_instances=sorted(unanswered),
+    )
 
 
 def _add(total: jobs_pb2.Statistics, part: jobs_pb2.Statistics) -> None:
@@ -113,14 +158,24 @@ async def statistics(
         for name, stats in response.topics.items():
             _add(total.topics[name], stats)
         total.damaged_payloads += response.damaged_payloads
+        total.offloaded.extend(response.offloaded)
+    merged: dict[tuple[str, int], int] = {}
+    for count in total.offloaded:
+        key = (count.target_instance, count.state)
+        merged[key] = merged.get(key, 0) + count.jobs
+    del total.offloaded[:]
+    for (target, state), jobs in sorted(merged.items()):
+        total.offloaded.add(target_instance=target, state=state, jobs=jobs)
     return total
 
 
 class LocalQueries(Protocol):
     """What a node answers about itself (JobServicer)."""
 
-    async def find_local_jobs(self, request: jobs_pb2.FindJobsRequest) -> jobs_pb2.FindJobsResponse:
-        """One page of this node's own jobs matching a query."""
+    async def find_topology_part(
+        self, request: jobs_pb2.FindJobsRequest, after_id: str
+    ) -> gather_pb2.FindLocalJobsResponse:
+        """This node's part of a topology page: its matching jobs by id after `after_id`."""
 
     async def local_statistics(self) -> jobs_pb2.GetStatisticsResponse:
         """This node's own statistics."""
@@ -136,7 +191,7 @@ class GatherServicer(gather_pb2_grpc.GatherServiceServicer):
     async def FindLocalJobs(
         self, request: gather_pb2.FindLocalJobsRequest, context: grpc.aio.ServicerContext
     ) -> gather_pb2.FindLocalJobsResponse:
-        return gather_pb2.FindLocalJobsResponse(page=await self._local.find_local_jobs(request.query))
+        return await self._local.find_topology_part(request.query, request.after_job_id)
 
     @rpc
     async def GetLocalStatistics(

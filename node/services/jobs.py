@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
+from jobmesh.peer.v1 import gather_pb2
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from node.durations import duration_from_seconds, optional_seconds
 from node.errors import InvalidArgument, JobmeshError, Unavailable
 from node.jobs.manager import JobManager
+from node.jobs.validation import MAX_ID_CHARS
 from node.journal.records import JobQuery
 from node.model.events import EventFilter, EventType
 from node.model.job import HISTORY_STATES, Job, JobState
@@ -158,17 +161,32 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def FindJobs(
         self, request: jobs_pb2.FindJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.FindJobsResponse:
-        topology = request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY
-        if topology and request.page_token:
-            raise InvalidArgument(
-                "page_token does not apply to scope QUERY_SCOPE_TOPOLOGY; raise page_size instead"
-            )
-        response = await self.find_local_jobs(request)
-        if topology and self._peers is not None:
+        if request.scope == jobs_pb2.QUERY_SCOPE_TOPOLOGY and self._peers is not None:
             return await gather.find_jobs(
-                request, self._manager.instance_id, response, self._peers, self._channels
+                request, self._manager.instance_id, self, self._peers, self._channels
             )
-        return response
+        return await self.find_local_jobs(request)
+
+    async def find_topology_part(
+        self, request: jobs_pb2.FindJobsRequest, after_id: str
+    ) -> gather_pb2.FindLocalJobsResponse:
+        """This node's part of a topology page: its matching jobs by id after `after_id` (at most
+        page_size), with the counts per origin that let the asking node count each job once."""
+        query = jobs_pb2.FindJobsRequest()
+        query.CopyFrom(request)
+        query.ClearField("page_token")  # the topology token was decoded by the asking node
+        if len(after_id) > MAX_ID_CHARS:
+            raise InvalidArgument(f"after_job_id has {len(after_id)} characters; ids are shorter")
+        page = await self._manager.find_jobs(
+            dataclasses.replace(query_from_proto(query), by_id=True, after_id=after_id or None)
+        )
+        return gather_pb2.FindLocalJobsResponse(
+            page=jobs_pb2.FindJobsResponse(
+                jobs=[self._job_proto(job) for job in page.jobs], total_size=page.total_count
+            ),
+            total_by_origin=page.total_by_origin or {},
+            more=page.next_after_seq is not None,
+        )
 
     async def find_local_jobs(self, request: jobs_pb2.FindJobsRequest) -> jobs_pb2.FindJobsResponse:
         """One page of this node's own jobs matching a query (its scope is not looked at)."""
@@ -246,6 +264,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         for name, stats in report.topics.items():
             response.topics[name].CopyFrom(stats.to_proto())
         response.damaged_payloads = self._manager.store.journal.integrity.damaged_payloads
+        for (target, state), count in sorted(report.offloaded.items()):
+            response.offloaded.add(target_instance=target, state=int(state), jobs=count)
         return response
 
     @rpc

@@ -19,8 +19,9 @@ from node.journal.controls import finish_job
 from node.journal.jobs import JobStore
 from node.journal.payloads import store_payload
 from node.journal.records import FINISHED, PAYLOAD_OUTPUT, QUEUED, NewJobRecord
+from node.model.events import EventType
 from node.model.job import JobState
-from node.model.lifecycle import event_for
+from node.model.lifecycle import mirrored_events
 from node.transfer.chunks import ChunkAssembler, crc32
 from node.transfer.outbox import Outbox
 
@@ -130,9 +131,9 @@ class FrameApplier:
             if existing["epoch"] >= job.epoch:
                 return 0  # applied before: (origin, job id, epoch) once
             conn.execute(  # the origin gave the job back to us under a new epoch: run it again
-                f"UPDATE jobs SET state = {QUEUED}, epoch = ?, target = ?, retry_count = 0, due_us = ?, "
+                f"UPDATE jobs SET state = {QUEUED}, epoch = ?, target = ?, retry_count = ?, due_us = ?, "
                 "started_us = NULL, finished_us = NULL, result_message = '', output_size = 0 WHERE id = ?",
-                (job.epoch, arrival.target, now_us, job.job_id),
+                (job.epoch, arrival.target, job.retry_count, now_us, job.job_id),
             )
             self.outbox.foreign_job_added()
             return 1
@@ -150,7 +151,10 @@ class FrameApplier:
             timeout_us=job.timeout_us if job.HasField("timeout_us") else None,
         )
         self.jobs.insert(conn, [record])
-        conn.execute("UPDATE jobs SET epoch = ? WHERE id = ?", (job.epoch, job.job_id))
+        conn.execute(  # the retries it had at earlier targets count here too
+            "UPDATE jobs SET epoch = ?, retry_count = ? WHERE id = ?",
+            (job.epoch, job.retry_count, job.job_id),
+        )
         return 1
 
     def _apply_report(
@@ -158,7 +162,8 @@ class FrameApplier:
     ) -> bool:
         """Mirror a target's report; True if it ended the job. Stale epochs are fenced off."""
         row = conn.execute(
-            "SELECT seq, state, topic, queue FROM jobs WHERE id = ? AND origin = ? AND target = ? AND epoch = ? "
+            "SELECT seq, state, topic, queue, retry_count, started_us FROM jobs "
+            "WHERE id = ? AND origin = ? AND target = ? AND epoch = ? "
             f"AND report_seq < ? AND state NOT IN {FINISHED}",
             (report.job_id, self.local_id, sender, report.epoch, report.report_seq),
         ).fetchone()
@@ -168,8 +173,8 @@ class FrameApplier:
         if report.handed_back:  # the target will not run it: wait for the next target, new epoch
             conn.execute(
                 f"UPDATE jobs SET state = {QUEUED}, target = NULL, epoch = epoch + 1, report_seq = 0, "
-                "started_us = NULL, due_us = ? WHERE seq = ?",
-                (now_us, seq),
+                "started_us = NULL, due_us = ?, retry_count = max(retry_count, ?) WHERE seq = ?",
+                (now_us, report.retry_count, seq),
             )
             return True
         state = JobState(report.state)
@@ -200,18 +205,29 @@ class FrameApplier:
             )
         if report.output_payload:
             store_payload(conn, seq, PAYLOAD_OUTPUT, report.output_payload)
-        self._recorder.event(
-            event_for(state, is_progress=report.is_progress),
-            now_us,
-            report.job_id,
-            row["topic"],
-            row["queue"],
-            state,
-            report.retry_count,
-            report.result_message,
-            (report.progress_total, report.progress_done, report.eta_us or None),
-            target=sender,
-        )
+        # One report may stand for several of the target's events (its row, not each event):
+        # every attempt still shows STARTED before its end at the origin.
+        for event in mirrored_events(
+            was_active=JobState(row["state"]) is JobState.ACTIVE,
+            seen_retry_count=row["retry_count"],
+            seen_started_us=row["started_us"] or 0,
+            state=state,
+            retry_count=report.retry_count,
+            started_us=report.started_us,
+            is_progress=report.is_progress,
+        ):
+            self._recorder.event(
+                event.type,
+                now_us,
+                report.job_id,
+                row["topic"],
+                row["queue"],
+                event.state,
+                event.retry_count,
+                report.result_message if event.type is not EventType.STARTED else "",
+                (report.progress_total, report.progress_done, report.eta_us or None),
+                target=sender,
+            )
         return state.is_finished
 
     def _apply_control(

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from node.journal.recorder import Recorder
 from node.journal.records import ACTIVE, DROPPED, QUEUED, STOPPED, UNFINISHED
 from node.model.events import EventType
-from node.model.job import JobState
+from node.model.job import JobState, Outcome
+from node.model.lifecycle import after_attempt, end_event
 from node.transfer.outbox import Outbox, OutboxKind
 
 ASSIGN_BATCH = 10_000
@@ -50,6 +51,7 @@ class Assigner:
         unfinished ones of a dead peer, under a new epoch. Returns how many moved."""
         if from_peer is not None:
             self._stop_requested_on(conn, from_peer, now_us)
+            self._count_lost_attempts(conn, from_peer, now_us)
             rows = conn.execute(
                 f"SELECT id, topic, queue FROM jobs WHERE target = ? AND origin = ? AND state IN {UNFINISHED}",
                 (from_peer, self.local_id),
@@ -114,6 +116,44 @@ class Assigner:
         if target is not None and target != self.local_id:
             self.outbox.enqueue(conn, OutboxKind.JOB, [(target, job_id, epoch)])
         return 1
+
+    def _count_lost_attempts(self, conn: sqlite3.Connection, peer: str, now_us: int) -> None:
+        """A job that was running on the dead `peer` lost that attempt: it counts as failed, by
+        the lifecycle rule of crash recovery (retry count + 1, or GIVEN_UP once retries are used
+        up), so a job that takes its target down every time does not run forever."""
+        message = f"its target {peer} is gone; the attempt running there counts as failed"
+        for row in conn.execute(
+            "SELECT seq, id, topic, queue, retry_count, max_retries FROM jobs "
+            f"WHERE target = ? AND origin = ? AND state = {ACTIVE}",
+            (peer, self.local_id),
+        ).fetchall():
+            transition = after_attempt(
+                Outcome.FAILED,
+                retry_count=row["retry_count"],
+                max_retries=row["max_retries"],
+                stop_requested=False,
+            )
+            if transition.state is JobState.QUEUED:
+                conn.execute(
+                    "UPDATE jobs SET retry_count = ?, result_message = ? WHERE seq = ?",
+                    (transition.retry_count, message, row["seq"]),
+                )
+            else:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, retry_count = ?, finished_us = ?, result_message = ? WHERE seq = ?",
+                    (int(transition.state), transition.retry_count, now_us, message, row["seq"]),
+                )
+            self._recorder.event(
+                end_event(transition.state)[0],
+                now_us,
+                row["id"],
+                row["topic"],
+                row["queue"],
+                transition.state,
+                transition.retry_count,
+                message,
+                target=peer,
+            )
 
     def _stop_requested_on(self, conn: sqlite3.Connection, peer: str, now_us: int) -> None:
         """A job stopped here while it ran on the dead `peer` ends STOPPED rather than running again."""

@@ -165,7 +165,7 @@ class _FrameBuilder:
         """Take a job item; False if the frame ends here (full, or a chunked payload)."""
         job_id, epoch, chunk_bytes = item["job_id"], item["epoch"], self.limits.chunk_bytes
         row = self.conn.execute(
-            "SELECT j.seq, j.topic, j.properties, j.max_retries, j.retry_delay_us, j.timeout_us, j.created_us, "
+            "SELECT j.seq, j.topic, j.properties, j.max_retries, j.retry_count, j.retry_delay_us, j.timeout_us, j.created_us, "
             "coalesce(length(p.data), 0) AS size FROM jobs j LEFT JOIN payloads p ON p.job_seq = j.seq "
             "AND p.kind = ? WHERE j.id = ? AND j.origin = ? AND j.target = ? AND j.epoch = ? "
             f"AND j.state IN {UNFINISHED}",
@@ -196,6 +196,7 @@ class _FrameBuilder:
             topic=row["topic"],
             properties_json=row["properties"] or "",
             max_retries=row["max_retries"],
+            retry_count=row["retry_count"],
             created_us=row["created_us"],
             payload=b"" if chunked else payload,
             payload_crc32=crc32(payload),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,6 +78,12 @@ class Host:
     """Management address the test dials."""
     port: str = field(default="")
     """The fabric-side port name of its data link (cut it to isolate the host)."""
+
+
+def require_iptables() -> None:
+    """Skip the test unless iptables is installed (the silent drops of `Lab.drop_subnet`)."""
+    if shutil.which("iptables") is None and not os.path.exists("/usr/sbin/iptables"):
+        pytest.skip("silent packet drop needs iptables: run scripts/setup-netlab (apt-get install iptables)")
 
 
 class LabUnsupported(Exception):
@@ -153,6 +160,21 @@ class Lab:
         host = Host(name, netns, address, f"10.78.{index}.2", port)
         self.hosts.append(host)
         return host
+
+    def drop_subnet(self, subnet: int) -> None:
+        """Make the router drop every packet to and from `subnet`, silently: no RST, no ICMP,
+        every link stays up (a cable pulled beyond the switch, a frozen middlebox), so only
+        keepalive or a heartbeat can tell. Needs iptables (scripts/setup-netlab; see
+        `require_iptables`)."""
+        self.router.sh(
+            f"iptables -A FORWARD -i leg{subnet} -j DROP && iptables -A FORWARD -o leg{subnet} -j DROP"
+        )
+
+    def undrop_subnet(self, subnet: int) -> None:
+        """Undo `drop_subnet`."""
+        self.router.sh(
+            f"iptables -D FORWARD -i leg{subnet} -j DROP && iptables -D FORWARD -o leg{subnet} -j DROP"
+        )
 
     def cut_subnet(self, subnet: int) -> None:
         """Take the router's leg into `subnet` down: that subnet is cut off from the others."""

@@ -190,8 +190,9 @@ class _QueryScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QueryScope
     """The answering node's journal only."""
     QUERY_SCOPE_TOPOLOGY: _QueryScope.ValueType  # 2
     """Every live instance in the answering node's topology view. A job
-    offloaded from one instance to another is listed once, as its origin
-    records it; instances that do not answer in time are left out.
+    offloaded from one instance to another is listed (and counted) once, as
+    its origin records it; instances that do not answer in time are named in
+    the response's `unanswered_instances` and `partial` is set.
     """
 
 class QueryScope(_QueryScope, metaclass=_QueryScopeEnumTypeWrapper):
@@ -203,8 +204,9 @@ QUERY_SCOPE_LOCAL: QueryScope.ValueType  # 1
 """The answering node's journal only."""
 QUERY_SCOPE_TOPOLOGY: QueryScope.ValueType  # 2
 """Every live instance in the answering node's topology view. A job
-offloaded from one instance to another is listed once, as its origin
-records it; instances that do not answer in time are left out.
+offloaded from one instance to another is listed (and counted) once, as
+its origin records it; instances that do not answer in time are named in
+the response's `unanswered_instances` and `partial` is set.
 """
 Global___QueryScope: _TypeAlias = QueryScope  # noqa: Y015
 
@@ -983,7 +985,8 @@ class FindJobsRequest(_message.Message):
     """Return the newest jobs first instead of the oldest."""
     scope: Global___QueryScope.ValueType
     """Where to look. QUERY_SCOPE_TOPOLOGY asks every live instance and merges
-    their answers (one page of at most `page_size` jobs; no page_token).
+    their answers, ordered by job id (creation order; reversed with
+    newest_first), paged with page_token like a local query.
     """
     @_builtins.property
     def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyTemplate]:
@@ -1019,13 +1022,23 @@ class FindJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    UNANSWERED_INSTANCES_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty when this is the last one."""
     total_size: _builtins.int
-    """How many jobs match the query in total, over all pages."""
+    """How many jobs match the query in total, over all pages (each job once)."""
+    partial: _builtins.bool
+    """QUERY_SCOPE_TOPOLOGY: true when a live instance did not answer in time,
+    so its jobs are missing from this page and from `total_size`.
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """The jobs of this page, in creation order (or reversed with newest_first)."""
+
+    @_builtins.property
+    def unanswered_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """QUERY_SCOPE_TOPOLOGY: the ids of the live instances that did not answer."""
 
     def __init__(
         self,
@@ -1033,10 +1046,12 @@ class FindJobsResponse(_message.Message):
         jobs: _abc.Iterable[Global___Job] | None = ...,
         next_page_token: _builtins.str = ...,
         total_size: _builtins.int = ...,
+        partial: _builtins.bool = ...,
+        unanswered_instances: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token", "partial", b"partial", "total_size", b"total_size", "unanswered_instances", b"unanswered_instances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1483,6 +1498,7 @@ class GetStatisticsResponse(_message.Message):
     QUEUES_FIELD_NUMBER: _builtins.int
     TOPICS_FIELD_NUMBER: _builtins.int
     DAMAGED_PAYLOADS_FIELD_NUMBER: _builtins.int
+    OFFLOADED_FIELD_NUMBER: _builtins.int
     damaged_payloads: _builtins.int
     """Stored payloads (input or output) found damaged since the node started:
     their bytes no longer match the checksum stored with them, so they were
@@ -1497,20 +1513,61 @@ class GetStatisticsResponse(_message.Message):
     def topics(self) -> _containers.MessageMap[_builtins.str, Global___Statistics]:
         """Per topic."""
 
+    @_builtins.property
+    def offloaded(self) -> _containers.RepeatedCompositeFieldContainer[Global___OffloadedCount]:
+        """Jobs this node is the origin of that it offloaded to other instances, by
+        target and state, as this origin mirrors them (history included until
+        purged). These are jobs, not attempts: the counters above count the
+        attempts that ran on this node, so an origin that only offloads shows its
+        jobs here. QUERY_SCOPE_TOPOLOGY sums every origin's counts per target and
+        state.
+        """
+
     def __init__(
         self,
         *,
         queues: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
         topics: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
         damaged_payloads: _builtins.int = ...,
+        offloaded: _abc.Iterable[Global___OffloadedCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["global", b"global"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "offloaded", b"offloaded", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatisticsResponse: _TypeAlias = GetStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class OffloadedCount(_message.Message):
+    """How many jobs one origin offloaded to one target are in one state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_INSTANCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    target_instance: _builtins.str
+    """The instance the jobs were offloaded to."""
+    state: Global___JobState.ValueType
+    """Their state, as the origin mirrors it."""
+    jobs: _builtins.int
+    """How many jobs."""
+    def __init__(
+        self,
+        *,
+        target_instance: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "state", b"state", "target_instance", b"target_instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OffloadedCount: _TypeAlias = OffloadedCount  # noqa: Y015
 
 @_typing.final
 class PurgeJobsRequest(_message.Message):

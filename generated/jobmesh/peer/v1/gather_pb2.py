@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from jobmesh.v1 import jobs_pb2 as jobmesh_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobmesh/peer/v1/gather.proto\x12\x0fjobmesh.peer.v1\x1a\x15jobmesh/v1/jobs.proto\"B\n\x14\x46indLocalJobsRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.jobmesh.v1.FindJobsRequest\"C\n\x15\x46indLocalJobsResponse\x12*\n\x04page\x18\x01 \x01(\x0b\x32\x1c.jobmesh.v1.FindJobsResponse\"\x1b\n\x19GetLocalStatisticsRequest\"S\n\x1aGetLocalStatisticsResponse\x12\x35\n\nstatistics\x18\x01 \x01(\x0b\x32!.jobmesh.v1.GetStatisticsResponse2\xde\x01\n\rGatherService\x12^\n\rFindLocalJobs\x12%.jobmesh.peer.v1.FindLocalJobsRequest\x1a&.jobmesh.peer.v1.FindLocalJobsResponse\x12m\n\x12GetLocalStatistics\x12*.jobmesh.peer.v1.GetLocalStatisticsRequest\x1a+.jobmesh.peer.v1.GetLocalStatisticsResponseBB\n\x12io.jobmesh.peer.v1P\x01Z*jobmesh.example/api/jobmesh/peer/v1;peerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cjobmesh/peer/v1/gather.proto\x12\x0fjobmesh.peer.v1\x1a\x15jobmesh/v1/jobs.proto\"X\n\x14\x46indLocalJobsRequest\x12*\n\x05query\x18\x01 \x01(\x0b\x32\x1b.jobmesh.v1.FindJobsRequest\x12\x14\n\x0c\x61\x66ter_job_id\x18\x02 \x01(\t\"\xdb\x01\n\x15\x46indLocalJobsResponse\x12*\n\x04page\x18\x01 \x01(\x0b\x32\x1c.jobmesh.v1.FindJobsResponse\x12R\n\x0ftotal_by_origin\x18\x02 \x03(\x0b\x32\x39.jobmesh.peer.v1.FindLocalJobsResponse.TotalByOriginEntry\x12\x0c\n\x04more\x18\x03 \x01(\x08\x1a\x34\n\x12TotalByOriginEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x1b\n\x19GetLocalStatisticsRequest\"S\n\x1aGetLocalStatisticsResponse\x12\x35\n\nstatistics\x18\x01 \x01(\x0b\x32!.jobmesh.v1.GetStatisticsResponse2\xde\x01\n\rGatherService\x12^\n\rFindLocalJobs\x12%.jobmesh.peer.v1.FindLocalJobsRequest\x1a&.jobmesh.peer.v1.FindLocalJobsResponse\x12m\n\x12GetLocalStatistics\x12*.jobmesh.peer.v1.GetLocalStatisticsRequest\x1a+.jobmesh.peer.v1.GetLocalStatisticsResponseBB\n\x12io.jobmesh.peer.v1P\x01Z*jobmesh.example/api/jobmesh/peer/v1;peerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobmesh.peer.v1.gather_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022io.jobmesh.peer.v1P\001Z*jobmesh.example/api/jobmesh/peer/v1;peerv1'
+  _globals['_FINDLOCALJOBSRESPONSE_TOTALBYORIGINENTRY']._loaded_options = None
+  _globals['_FINDLOCALJOBSRESPONSE_TOTALBYORIGINENTRY']._serialized_options = b'8\001'
   _globals['_FINDLOCALJOBSREQUEST']._serialized_start=72
-  _globals['_FINDLOCALJOBSREQUEST']._serialized_end=138
-  _globals['_FINDLOCALJOBSRESPONSE']._serialized_start=140
-  _globals['_FINDLOCALJOBSRESPONSE']._serialized_end=207
-  _globals['_GETLOCALSTATISTICSREQUEST']._serialized_start=209
-  _globals['_GETLOCALSTATISTICSREQUEST']._serialized_end=236
-  _globals['_GETLOCALSTATISTICSRESPONSE']._serialized_start=238
-  _globals['_GETLOCALSTATISTICSRESPONSE']._serialized_end=321
-  _globals['_GATHERSERVICE']._serialized_start=324
-  _globals['_GATHERSERVICE']._serialized_end=546
+  _globals['_FINDLOCALJOBSREQUEST']._serialized_end=160
+  _globals['_FINDLOCALJOBSRESPONSE']._serialized_start=163
+  _globals['_FINDLOCALJOBSRESPONSE']._serialized_end=382
+  _globals['_FINDLOCALJOBSRESPONSE_TOTALBYORIGINENTRY']._serialized_start=330
+  _globals['_FINDLOCALJOBSRESPONSE_TOTALBYORIGINENTRY']._serialized_end=382
+  _globals['_GETLOCALSTATISTICSREQUEST']._serialized_start=384
+  _globals['_GETLOCALSTATISTICSREQUEST']._serialized_end=411
+  _globals['_GETLOCALSTATISTICSRESPONSE']._serialized_start=413
+  _globals['_GETLOCALSTATISTICSRESPONSE']._serialized_end=496
+  _globals['_GATHERSERVICE']._serialized_start=499
+  _globals['_GATHERSERVICE']._serialized_end=721
 # @@protoc_insertion_point(module_scope)

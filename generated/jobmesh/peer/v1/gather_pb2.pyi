@@ -15,8 +15,10 @@ between releases (MemberInfo.protocol_version says which one a node
 speaks). Clients and workers use the jobmesh.v1 services.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from jobmesh.v1 import jobs_pb2 as _jobs_pb2
 import builtins as _builtins
 import sys
@@ -36,6 +38,12 @@ class FindLocalJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUERY_FIELD_NUMBER: _builtins.int
+    AFTER_JOB_ID_FIELD_NUMBER: _builtins.int
+    after_job_id: _builtins.str
+    """A topology page: only jobs whose id sorts after this one (before it with
+    newest_first), ordered by id, at most `query.page_size` (its page_token is
+    ignored); empty: from the start.
+    """
     @_builtins.property
     def query(self) -> _jobs_pb2.FindJobsRequest:
         """The client's query, as the asking node received it; its `scope` is
@@ -46,10 +54,11 @@ class FindLocalJobsRequest(_message.Message):
         self,
         *,
         query: _jobs_pb2.FindJobsRequest | None = ...,
+        after_job_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_job_id", b"after_job_id", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -61,19 +70,51 @@ class FindLocalJobsResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TotalByOriginEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PAGE_FIELD_NUMBER: _builtins.int
+    TOTAL_BY_ORIGIN_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """True when more matching jobs follow this page."""
     @_builtins.property
     def page(self) -> _jobs_pb2.FindJobsResponse:
         """This node's page of matching jobs."""
+
+    @_builtins.property
+    def total_by_origin(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """How many of this node's jobs match the query (all pages), per origin
+        instance id: the asking node counts each job once, at its origin.
+        """
 
     def __init__(
         self,
         *,
         page: _jobs_pb2.FindJobsResponse | None = ...,
+        total_by_origin: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "page", b"page", "total_by_origin", b"total_by_origin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

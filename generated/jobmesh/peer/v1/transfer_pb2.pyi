@@ -178,6 +178,7 @@ class OffloadedJob(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     PAYLOAD_CRC32_FIELD_NUMBER: _builtins.int
     PAYLOAD_CHUNKED_FIELD_NUMBER: _builtins.int
+    RETRY_COUNT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id, unique across the topology (a UUIDv7 made by its origin)."""
     epoch: _builtins.int
@@ -205,6 +206,10 @@ class OffloadedJob(_message.Message):
     PayloadChunk messages on this stream; `payload_crc32` is the CRC-32 of
     the whole reassembled payload.
     """
+    retry_count: _builtins.int
+    """Failed attempts the job has had so far (at earlier targets too): the
+    target continues from it, so a job keeps its retries when it moves.
+    """
     def __init__(
         self,
         *,
@@ -219,10 +224,11 @@ class OffloadedJob(_message.Message):
         payload: _builtins.bytes = ...,
         payload_crc32: _builtins.int = ...,
         payload_chunked: _builtins.bool = ...,
+        retry_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_retry_delay_us", b"_retry_delay_us", "_timeout_us", b"_timeout_us", "retry_delay_us", b"retry_delay_us", "timeout_us", b"timeout_us"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_delay_us", b"_retry_delay_us", "_timeout_us", b"_timeout_us", "created_us", b"created_us", "epoch", b"epoch", "job_id", b"job_id", "max_retries", b"max_retries", "payload", b"payload", "payload_chunked", b"payload_chunked", "payload_crc32", b"payload_crc32", "properties_json", b"properties_json", "retry_delay_us", b"retry_delay_us", "timeout_us", b"timeout_us", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_delay_us", b"_retry_delay_us", "_timeout_us", b"_timeout_us", "created_us", b"created_us", "epoch", b"epoch", "job_id", b"job_id", "max_retries", b"max_retries", "payload", b"payload", "payload_chunked", b"payload_chunked", "payload_crc32", b"payload_crc32", "properties_json", b"properties_json", "retry_count", b"retry_count", "retry_delay_us", b"retry_delay_us", "timeout_us", b"timeout_us", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__retry_delay_us: _TypeAlias = _typing.Literal["retry_delay_us"]  # noqa: Y015
     _WhichOneofArgType__retry_delay_us: _TypeAlias = _typing.Literal["_retry_delay_us", b"_retry_delay_us"]  # noqa: Y015
