@@ -21,8 +21,9 @@ from node.topics import TopicPattern
 
 Handler: TypeAlias = Callable[[Job, JobContext], "JobResult | Awaitable[JobResult | None] | None"]
 
-Admit: TypeAlias = Callable[[str], bool]
-"""`admit(topic)`: whether a claim may start one more job of `topic` now (see
+Admit: TypeAlias = Callable[[str, int], bool]
+"""`admit(topic, payload_bytes)`: whether a claim may start one more job of `topic` with that
+much input now (see
 `ConsumerRegistry.admission`). Called on the journal's writer thread, inside the claim."""
 
 

@@ -214,7 +214,8 @@ class RemoteWorkers:
         self._assignments = itertools.count(1)
         self._capacity_changed = asyncio.Event()
         self._closed = False
-        self._pending: dict[str, str] = {}  # job id -> topic: claimed for a pool, not yet sent
+        # job id -> (topic, payload bytes): claimed for a pool, not yet sent
+        self._pending: dict[str, tuple[str, int]] = {}
         consumers.capacity = self
 
     @property
@@ -317,29 +318,35 @@ class RemoteWorkers:
 
     def admission(self, consumers: Sequence[Consumer]) -> Admit | None:
         """An `Admit` for one claim: a job whose consumer is a remote pool is admitted while a
-        matching worker has a slot left in this snapshot of the free slots, less the slots
-        of jobs claimed before and not yet sent (None: no pools)."""
+        matching worker has a slot, and room for its payload, left in this snapshot of the free
+        slots and payload bytes, less those of jobs claimed before and not yet sent (None: no
+        pools). So a job that must wait for a worker's payload room stays QUEUED too."""
         pools = {consumer for consumer, _count in self._pools.values()}
         if not pools:
             return None
         workers = [worker for worker in self._workers if worker.free_slots > 0]
         slots = [worker.free_slots for worker in workers]
+        held = [worker.outstanding for worker in workers]
+        room = [worker.max_inflight_bytes - worker.inflight_bytes for worker in workers]
         pooled: dict[str, bool] = {}  # topic -> served by a pool (this snapshot's own cache)
 
-        def admit(topic: str) -> bool:  # writer thread: reads only this snapshot and immutable patterns
+        def admit(topic: str, payload_bytes: int) -> bool:  # writer thread: this snapshot only
             bounded = pooled.get(topic)
             if bounded is None:
                 bounded = pooled[topic] = find_consumer(consumers, topic) in pools
             if not bounded:
                 return True
             for index, worker in enumerate(workers):
-                if slots[index] and worker.accepts(topic):
+                fits = held[index] == 0 or payload_bytes <= room[index]  # one job always fits
+                if slots[index] and fits and worker.accepts(topic):
                     slots[index] -= 1
+                    held[index] += 1
+                    room[index] -= payload_bytes
                     return True
             return False
 
-        for topic in list(self._pending.values()):
-            admit(topic)
+        for topic, payload_bytes in list(self._pending.values()):
+            admit(topic, payload_bytes)
         return admit
 
     def claimed(self, jobs: Sequence[Job]) -> None:
@@ -347,7 +354,7 @@ class RemoteWorkers:
         pools = {consumer for consumer, _count in self._pools.values()}
         for job in jobs:
             if self._consumers.find(job.topic) in pools:
-                self._pending[job.id] = job.topic
+                self._pending[job.id] = (job.topic, job.payload_size)
 
     def settled(self, job_id: str) -> None:
         """The job was sent to a worker, or its attempt ended."""

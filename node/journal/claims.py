@@ -17,8 +17,9 @@ from node.model.job import Job, JobState
 Claimed = tuple[list[Job], int | None]
 """Started jobs, and when the next remaining job is due (None: none, or `limit` were taken)."""
 
-Admit = Callable[[str], bool]
-"""`admit(topic)`: may the claim start one more job of this topic (a consumer slot is free)?
+Admit = Callable[[str, int], bool]
+"""`admit(topic, payload_bytes)`: may the claim start one more job of this topic and input size
+(a consumer slot, and room for its payload, is free)?
 A job it refuses stays QUEUED; the runner claims again when capacity changes."""
 
 _SCAN_ROWS = 1000
@@ -45,8 +46,8 @@ class Claims(JobStorePart):
         def update(conn: sqlite3.Connection) -> Claimed:
             if admit is not None:
                 rows = conn.execute(
-                    f"SELECT seq, topic FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
-                    "AND due_us <= ? ORDER BY due_us, seq LIMIT ?",
+                    f"SELECT seq, topic, payload_size FROM jobs WHERE state = {QUEUED} AND target = ? "
+                    "AND queue = ? AND due_us <= ? ORDER BY due_us, seq LIMIT ?",
                     (target, queue, now_us, limit + _SCAN_ROWS),
                 ).fetchall()
                 seqs, refused = _admitted(rows, admit, limit)
@@ -75,7 +76,8 @@ class Claims(JobStorePart):
 
         def update(conn: sqlite3.Connection) -> Claimed:
             head = conn.execute(
-                f"SELECT seq, due_us, topic FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
+                f"SELECT seq, due_us, topic, payload_size FROM jobs WHERE state = {QUEUED} AND target = ? "
+                "AND queue = ? "
                 "ORDER BY seq LIMIT 1",
                 (target, queue),
             ).fetchone()
@@ -83,7 +85,7 @@ class Claims(JobStorePart):
                 return [], None
             if head["due_us"] > now_us:
                 return [], int(head["due_us"])
-            if admit is not None and not admit(head["topic"]):
+            if admit is not None and not admit(head["topic"], head["payload_size"]):
                 return [], None  # its consumer has no free slot: claimed again when one frees
             return self._start_rows(conn, [head["seq"]], target, now_us), None
 
@@ -97,7 +99,7 @@ class Claims(JobStorePart):
 
         def update(conn: sqlite3.Connection) -> Claimed:
             rows = conn.execute(
-                "SELECT seq, topic FROM (SELECT seq, topic, row_number() OVER (PARTITION BY topic "
+                "SELECT seq, topic, payload_size FROM (SELECT seq, topic, payload_size, row_number() OVER (PARTITION BY topic "
                 f"ORDER BY due_us, seq) AS turn FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
                 "AND due_us <= ?) ORDER BY turn, topic <= ?, topic LIMIT ?",
                 (target, queue, now_us, last_topic, limit if admit is None else limit + _SCAN_ROWS),
@@ -173,7 +175,7 @@ def _admitted(rows: Sequence[sqlite3.Row], admit: Admit, limit: int) -> tuple[li
     for row in rows:
         if len(seqs) == limit:
             break
-        if admit(row["topic"]):
+        if admit(row["topic"], row["payload_size"]):
             seqs.append(row["seq"])
         else:
             refused = True
