@@ -11,7 +11,9 @@ from aiohttp import web
 from cryptography import x509
 
 from node.config import NodeConfig
+from node.console.api import NodeApi
 from node.console.auth import Authenticator
+from node.console.live import LiveFeeds
 from node.console.metrics import NodeMetrics
 from node.console.pages import add_pages
 from node.console.server import HttpServer, TlsFiles
@@ -53,7 +55,8 @@ class Console:
             self._ca, parts.revoked, parts.config.data_dir, secure, parts.config.http.session_ttl_s
         )
         tls = TlsFiles(parts.files.node_cert, parts.files.node_key) if secure else None
-        self._pages: web.Application | None = None
+        self.api = NodeApi(parts.transport, parts.address)
+        self.live = LiveFeeds(parts.journal, parts.topology, parts.metrics.jobs)
         self.server = HttpServer(
             parts.config.http,
             parts.config.server.host,
@@ -78,8 +81,11 @@ class Console:
     async def start(self) -> None:
         """Prepare the credentials and listen."""
         self.auth.prepare()
+        self.live.start()
         await self.server.start()
 
     async def stop(self) -> None:
-        """Stop listening and end every open page stream."""
+        """End every open page stream and stop listening."""
+        await self.live.stop()
         await self.server.stop()
+        await self.api.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -82,6 +83,8 @@ class RemoteWorker:
     """Set when the node shuts down: the transport ends the stream."""
     connected: bool = True
     last_assigned: int = 0
+    connected_us: int = field(default_factory=lambda: time.time_ns() // 1000)
+    """When the worker connected (unix time, microseconds)."""
     _assignments: dict[tuple[str, int], _Assignment] = field(default_factory=dict, repr=False)
 
     @property
