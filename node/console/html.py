@@ -34,8 +34,13 @@ def esc(value: object) -> str:
 
 
 def url(path: str, **query: object) -> str:
-    """`path` with the non-empty query parameters."""
-    params = {k: str(v) for k, v in query.items() if v not in (None, "")}
+    """`path` with the non-empty query parameters (a list value repeats its name)."""
+    params = [
+        (k, str(item))
+        for k, v in query.items()
+        for item in (v if isinstance(v, list | tuple) else [v])
+        if item not in (None, "")
+    ]
     return path + ("?" + urlencode(params) if params else "")
 
 

@@ -2,8 +2,9 @@
 events (the journal's committed events, as WatchJobs serves them) and topology events (as
 WatchTopology serves them), a timeline of topology events, and the job rates of the last hour.
 
-Cost: the journal listener exists only while a page streams job events; per event it does one
-dict store for each stream that wants it. Streams send what changed at most every `FLUSH_S`.
+Cost: the journal row listener exists only while a page streams job events; per event and
+stream it compares one number and looks the job id up in the set of jobs the page shows (event
+rows are never turned into objects for it). Streams send what changed at most every `FLUSH_S`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from node.console.metrics import JobCounters
 from node.discovery.events import Subscription, TopologyEvent
 from node.discovery.topology import Topology
 from node.journal.journal import Journal
-from node.model.events import EventType, JobEvent
+from node.model.events import EventType
+from node.model.job import JobState
 
 Current = Callable[[], Awaitable[list[dict[str, Any]]]]
 FLUSH_S = 0.5
@@ -36,44 +38,44 @@ RATE_SAMPLE_S = 10.0
 RATE_SAMPLES = 360
 """One hour of samples, every `RATE_SAMPLE_S`."""
 TIMELINE_EVENTS = 200
-MAX_PENDING = 200
-"""Changed jobs a stream keeps between two sends (beyond that it counts them only)."""
+MAX_STREAM_JOBS = 100
+"""Jobs one stream follows (a page of jobs, or one job)."""
+_ADDED, _PROGRESS = int(EventType.ADDED), int(EventType.PROGRESS)
+_STATE_NAMES = {int(s): s.name for s in JobState}
 
 
 @dataclass
 class JobStream:
-    """One page's stream of job changes: all jobs (the jobs list) or the ones named."""
+    """One page's stream: changes of the jobs it shows, and how many jobs were added."""
 
     job_ids: frozenset[str] = frozenset()
     changed: dict[str, dict[str, Any]] = field(default_factory=dict)
     added: int = 0
-    more: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def take(self, events: list[JobEvent]) -> None:
-        """Note the events this stream wants (on the loop, per commit)."""
-        for event in events:
-            if self.job_ids and event.job_id not in self.job_ids:
-                continue
-            if event.type is EventType.ADDED:
+    def take(self, rows: list[tuple[Any, ...]]) -> None:
+        """Note the event rows (`EVENT_COLUMNS` order) this stream wants (on the loop, per
+        commit): a counter and a set lookup per event, a dict only for the jobs shown."""
+        ids = self.job_ids
+        for row in rows:
+            if row[1] == _ADDED:
                 self.added += 1
-            if len(self.changed) >= MAX_PENDING and event.job_id not in self.changed:
-                self.more += 1
+            if row[3] not in ids:
                 continue
-            row = self.changed.setdefault(event.job_id, {"id": event.job_id})
-            row["state"] = event.state.name
-            if event.type is EventType.PROGRESS:
-                row.update(done=event.progress_done, total=event.progress_total, eta_us=event.eta_us or 0)
-            elif event.message:
-                row["message"] = event.message
+            update = self.changed.setdefault(row[3], {"id": row[3]})
+            update["state"] = _STATE_NAMES.get(row[6], str(row[6]))
+            if row[1] == _PROGRESS:
+                update.update(done=row[10] or 0, total=row[9] or 0, eta_us=row[11] or 0)
+            elif row[8]:
+                update["message"] = row[8]
         self.wake.set()
 
     def flush(self) -> dict[str, Any] | None:
         """What changed since the last flush, or None."""
-        if not self.changed and not self.added and not self.more:
+        if not self.changed and not self.added:
             return None
-        data = {"jobs": list(self.changed.values()), "added": self.added, "more": self.more}
-        self.changed, self.added, self.more = {}, 0, 0
+        data = {"jobs": list(self.changed.values()), "added": self.added}
+        self.changed, self.added = {}, 0
         return data
 
 
@@ -202,9 +204,9 @@ class LiveFeeds:
 
     # --- jobs ---
 
-    def _listen(self, events: list[JobEvent]) -> None:
+    def _listen(self, rows: list[tuple[Any, ...]]) -> None:
         for stream in self._streams:
-            stream.take(events)
+            stream.take(rows)
 
     def _unlisten(self) -> None:
         if self._remove_listener is not None:
@@ -214,18 +216,19 @@ class LiveFeeds:
     async def job_stream(
         self, request: web.Request, job_ids: frozenset[str], current: Current | None = None
     ) -> web.StreamResponse:
-        """`text/event-stream` of job changes (all jobs, or those of `job_ids`). `current`
+        """`text/event-stream` of the changes of the jobs `job_ids` and of the count of jobs
+        added. `current`
         reads the named jobs as they are once the stream follows the events, so a change
         between the page's rendering and the stream's start is not missed."""
         response = await _open_stream(request)
         stream = JobStream(job_ids)
         self._streams.append(stream)
         if self._remove_listener is None:
-            self._remove_listener = self._journal.add_event_listener(self._listen)
+            self._remove_listener = self._journal.add_row_listener(self._listen)
         last_sent = time.monotonic()
         try:
             if current is not None:
-                await _send(response, {"jobs": await current(), "added": 0, "more": 0})
+                await _send(response, {"jobs": await current(), "added": 0})
             while not self.closing.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stream.wake.wait(), KEEPALIVE_S)

@@ -20,7 +20,8 @@ from jobmesh.v1 import jobs_pb2
 from node.console import actions, cluster_views, views
 from node.console.api import ApiError
 from node.console.auth import SESSION_COOKIE, SIGNIN_COOKIE, Session
-from node.console.html import esc, page, state_name
+from node.console.html import esc, page, state_name, url
+from node.console.live import MAX_STREAM_JOBS
 from node.security import tokens
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGE_SIZE = 25
-MAX_STREAM_JOBS = 50
 Handler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 
@@ -158,7 +158,8 @@ class Pages:
         response = await self.api.find_jobs(find)
         view = await self.api.topology()
         body = views.jobs(q, response, view)
-        return html(page("Jobs", body, session, "/jobs", stream="/streams/jobs", flash=q.get("done", "")))
+        stream = url("/streams/jobs", job=[j.id for j in response.jobs])
+        return html(page("Jobs", body, session, "/jobs", stream=stream, flash=q.get("done", "")))
 
     async def job(self, request: web.Request, session: Session) -> web.StreamResponse:
         job = await self.api.get_job(request.match_info["id"])
@@ -204,6 +205,7 @@ class Pages:
 
     async def job_stream(self, request: web.Request, session: Session) -> web.StreamResponse:
         wanted = frozenset(j for j in request.query.getall("job", [])[:MAX_STREAM_JOBS] if j)
+        single = len(wanted) == 1
 
         async def current() -> list[dict[str, object]]:
             rows: list[dict[str, object]] = []
@@ -219,7 +221,7 @@ class Pages:
                     rows[-1].update(done=p.completed_steps, total=p.total_steps, eta_us=eta)
             return rows
 
-        return await self.console.live.job_stream(request, wanted, current if wanted else None)
+        return await self.console.live.job_stream(request, wanted, current if single else None)
 
     async def topology_stream(self, request: web.Request, session: Session) -> web.StreamResponse:
         return await self.console.live.topology_stream(request)
