@@ -22,6 +22,7 @@ from tests.support.job_calls import JobFiles, add_job, get_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.topology import create, wait_views
 from tests.support.waiting import wait_for
+from tests.test_console_metrics import http_get, samples
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
@@ -154,6 +155,9 @@ def test_disabling_a_topic_in_the_offloading_browser_sends_new_jobs_to_the_other
     for job_id in job_ids:
         job = wait_for_state(a.stub, job_id, SUCCEEDED)
         assert job.target_instance == b.instance_id
+    metrics = samples(http_get(a, "/metrics", make_token(a, "read"))[1])
+    assert metrics[("jobmesh_transfer_frames_sent_total", (("peer", b.instance_id),))] >= 1
+    assert metrics[("jobmesh_members", (("state", "alive"),))] == 2
     admin.goto(base(a) + "/jobs?topic=web/off/x")
     expect(admin.locator(f'tr[data-job="{job_ids[0]}"]')).to_contain_text("beta")
     shot(admin, "jobs")
@@ -188,6 +192,7 @@ def test_a_jobs_progress_bar_advances_live(
         assert bar.get_attribute("max") is not None
     assert admin.evaluate("window.notReloaded") is True  # the stream moved the bar, not a reload
     assert admin.evaluate("document.getElementById('progress').value") == 2
+    expect(admin.locator("#log")).to_contain_text("step 2 of 3")  # the log follows live too
     shot(admin, "job")
     Path(f"{files.release}.3").touch()
     expect(admin.locator("#state")).to_have_text("SUCCEEDED")

@@ -236,6 +236,10 @@ class LiveFeeds:
                 if self.closing.is_set():
                     break
                 data = stream.flush()
+                if data is not None and current is not None:
+                    data[
+                        "jobs"
+                    ] = await current()  # one job's page: its state, progress and log as they are now
                 if data is not None:
                     await _send(response, data)
                     last_sent = time.monotonic()

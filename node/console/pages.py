@@ -20,7 +20,7 @@ from jobmesh.v1 import jobs_pb2
 from node.console import actions, cluster_views, views
 from node.console.api import ApiError
 from node.console.auth import SESSION_COOKIE, SIGNIN_COOKIE, Session
-from node.console.html import esc, page, state_name, url
+from node.console.html import esc, page, state_name, url, when
 from node.console.live import MAX_STREAM_JOBS
 from node.security import tokens
 
@@ -215,7 +215,14 @@ class Pages:
                 except ApiError:
                     continue
                 p = job.progress
-                rows.append({"id": job.id, "state": state_name(job.state), "message": job.result_message})
+                rows.append(
+                    {
+                        "id": job.id,
+                        "state": state_name(job.state),
+                        "message": job.result_message,
+                        "log": [[when(line.time), line.message] for line in job.log],
+                    }
+                )
                 if p.total_steps:
                     eta = p.eta.ToMicroseconds() if p.HasField("eta") else 0
                     rows[-1].update(done=p.completed_steps, total=p.total_steps, eta_us=eta)

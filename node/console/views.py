@@ -290,7 +290,7 @@ def job(
         + "<h2>Properties</h2>"
         + props
         + f"<h2>Log ({j.log_line_count} lines)</h2><ol id=log class=log>{log}</ol>"
-        + "<h2>Events</h2><ol id=events class=log></ol>"
+        + "<h2>Events (live)</h2><ol id=events class=log></ol>"
     )
 
 

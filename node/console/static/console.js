@@ -34,6 +34,18 @@
         document.getElementById("progress-text").textContent = job.done + " / " + job.total;
         document.getElementById("eta").textContent = formatTime(job.eta_us);
       }
+      const log = document.getElementById("log");
+      if (log && Array.isArray(job.log) && job.log.length !== log.children.length) {
+        log.replaceChildren(
+          ...job.log.map(([time, text]) => {
+            const item = document.createElement("li");
+            const stamp = document.createElement("time");
+            stamp.textContent = time;
+            item.append(stamp, " " + text);
+            return item;
+          }),
+        );
+      }
       const state = document.getElementById("state");
       if (state && job.state && state.textContent !== job.state) {
         state.textContent = job.state;
