@@ -51,6 +51,8 @@ def test_metrics_count_the_jobs_a_node_ran(nodes: NodeFactory) -> None:
     )
     ok = [add_job(node.stub, "ok/a") for _ in range(5)]
     bad = [add_job(node.stub, "bad/b") for _ in range(2)]
+    for _ in range(3):
+        add_job(node.stub, "idle/nobody")  # no consumer: stays QUEUED
     for job_id in ok:
         wait_for_state(node.stub, job_id, SUCCEEDED)
     for job_id in bad:
@@ -67,6 +69,8 @@ def test_metrics_count_the_jobs_a_node_ran(nodes: NodeFactory) -> None:
     found = wait_for(scraped, what="the metrics to count the given-up jobs")
     assert found[("jobmesh_jobs_added_total", (("queue", "main"), ("topic", "ok/a")))] == 5
     assert found[("jobmesh_jobs_added_total", (("queue", "main"), ("topic", "bad/b")))] == 2
+    assert found[("jobmesh_jobs_queued", ())] == 3
+    assert found[("jobmesh_jobs_queued_by_topic", (("queue", "main"), ("topic", "idle/nobody")))] == 3
     assert (
         found[("jobmesh_jobs_finished_total", (("queue", "main"), ("state", "SUCCEEDED"), ("topic", "ok/a")))]
         == 5
@@ -82,7 +86,7 @@ def test_metrics_count_the_jobs_a_node_ran(nodes: NodeFactory) -> None:
     assert found[("jobmesh_members", (("state", "alive"),))] == 1
     assert ("jobmesh_worker_streams", ()) in found
     assert found[("jobmesh_process_resident_memory_bytes", ())] > 0
-    assert not any(name == "jobmesh_jobs_queued" and value for (name, _), value in found.items())
+    assert found[("jobmesh_jobs_active", ())] == 0
 
 
 def test_healthz_is_open_and_metrics_need_a_read_token(nodes: NodeFactory) -> None:

@@ -3,14 +3,17 @@
 Nothing here runs per job on the hot path beyond one dict increment or one bisect: job counters
 and histograms are folded in once per group commit (`JobCounters`, the journal recorder's
 commit observer, on the writer thread); everything else is read when `/metrics` is scraped
-(`NodeMetrics.scrape`): live QUEUED/ACTIVE counts and outbox depths with one query each, and
-counters other parts already keep (membership, transfer frames, remote workers).
+(`NodeMetrics.scrape`): QUEUED/ACTIVE totals and outbox depths with one covering-index query
+each (the per-queue-and-topic breakdown, which reads every unfinished job's row, at most every
+`BREAKDOWN_REFRESH_S`), and counters other parts already keep (membership, transfer frames,
+remote workers).
 """
 
 from __future__ import annotations
 
 import bisect
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +30,9 @@ from node.model.job import JobState
 
 WAIT_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
 RUN_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0)
+BREAKDOWN_REFRESH_S = 10.0
+"""How often a scrape re-reads the QUEUED/ACTIVE counts per queue and topic (the totals are
+read at every scrape)."""
 BATCH_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 _ENDED_TYPES = frozenset(
     {int(EventType.FINISHED), int(EventType.FAILED), int(EventType.CANCELLED), int(EventType.STOPPED)}
@@ -128,18 +134,30 @@ class JobCounters:
 class Snapshot:
     """What a scrape reads from the journal first (on a reader thread)."""
 
+    totals: dict[int, int] = field(default_factory=dict)
+    """State -> count of QUEUED and ACTIVE jobs (one covering index: cheap at every scrape)."""
     unfinished: list[tuple[str, str, int, int]] = field(default_factory=list)
-    """(queue, topic, state, count) of QUEUED and ACTIVE jobs."""
+    """(queue, topic, state, count) of QUEUED and ACTIVE jobs (a row lookup per job: read at
+    most every `BREAKDOWN_REFRESH_S`)."""
     outbox: list[tuple[str, int]] = field(default_factory=list)
     """(peer, undelivered items)."""
+    breakdown_at: float = 0.0
 
 
-def _read_snapshot(conn: sqlite3.Connection) -> Snapshot:
-    unfinished = conn.execute(
-        "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN (1, 2) GROUP BY queue, topic, state"
+def _read_snapshot(conn: sqlite3.Connection, previous: Snapshot, now: float) -> Snapshot:
+    totals = conn.execute(
+        "SELECT state, count(*) FROM jobs INDEXED BY jobs_state WHERE state IN (1, 2) GROUP BY state"
     ).fetchall()
+    unfinished, breakdown_at = previous.unfinished, previous.breakdown_at
+    if now - breakdown_at >= BREAKDOWN_REFRESH_S:
+        rows = conn.execute(
+            "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN (1, 2) GROUP BY queue, topic, state"
+        ).fetchall()
+        unfinished, breakdown_at = [tuple(r) for r in rows], now
     outbox = conn.execute("SELECT peer, count(*) FROM outbox GROUP BY peer").fetchall()
-    return Snapshot([tuple(r) for r in unfinished], [tuple(r) for r in outbox])
+    return Snapshot(
+        {int(r[0]): int(r[1]) for r in totals}, unfinished, [tuple(r) for r in outbox], breakdown_at
+    )
 
 
 @dataclass
@@ -179,7 +197,8 @@ class NodeMetrics:
     async def scrape(self) -> bytes:
         """The text exposition, after reading the journal's live counts."""
         if self._sources is not None and not self._sources.journal.closed:
-            self._snapshot = await self._sources.journal.read(_read_snapshot)
+            previous, now = self._snapshot, time.monotonic()
+            self._snapshot = await self._sources.journal.read(lambda c: _read_snapshot(c, previous, now))
         return generate_latest(self.registry)
 
     def describe(self) -> list[Metric]:
@@ -189,12 +208,21 @@ class NodeMetrics:
     def collect(self) -> Iterator[Metric]:
         """Every family but the process collector's (prometheus_client's Collector protocol)."""
         yield from self.jobs.families()
+        totals = self._snapshot.totals
+        yield GaugeMetricFamily(
+            "jobmesh_jobs_queued", "Jobs QUEUED now.", value=totals.get(JobState.QUEUED, 0)
+        )
+        yield GaugeMetricFamily(
+            "jobmesh_jobs_active", "Jobs ACTIVE now.", value=totals.get(JobState.ACTIVE, 0)
+        )
+        doc = f"Jobs {{}} now, by queue and topic (refreshed at most every {BREAKDOWN_REFRESH_S:g} s)."
+        labels = ["queue", "topic"]
         gauges = {
             JobState.QUEUED: GaugeMetricFamily(
-                "jobmesh_jobs_queued", "Jobs QUEUED now.", labels=["queue", "topic"]
+                "jobmesh_jobs_queued_by_topic", doc.format("QUEUED"), labels=labels
             ),
             JobState.ACTIVE: GaugeMetricFamily(
-                "jobmesh_jobs_active", "Jobs ACTIVE now.", labels=["queue", "topic"]
+                "jobmesh_jobs_active_by_topic", doc.format("ACTIVE"), labels=labels
             ),
         }
         for queue, topic, state, count in self._snapshot.unfinished:
