@@ -107,6 +107,7 @@ async def lifecycle(work: Path, jobs: int, batch: int, in_flight: int, console: 
         calls = max(1, jobs // batch)
         total = calls * batch
         topic = "bench/lifecycle"
+        cpu0 = node.stats().cpu_s
         t0 = time.perf_counter()
         adding = asyncio.create_task(send_batches(stub, add_requests(topic, batch), calls, in_flight))
         while await count(stub, jobs_pb2.QUERY_TYPE_SUCCEEDED, topic) < total:
@@ -114,8 +115,9 @@ async def lifecycle(work: Path, jobs: int, batch: int, in_flight: int, console: 
                 raise RuntimeError("the lifecycle did not finish in time")
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - t0
+        cpu_ms_per_job = (node.stats().cpu_s - cpu0) * 1000 / total
         await adding
-        result = {"jobs_per_s": total / elapsed}
+        result = {"jobs_per_s": total / elapsed, "node_cpu_ms_per_job": cpu_ms_per_job}
         if load is not None:
             result.update(scrapes=load.scrapes, stream_messages=load.messages)
             await load.stop()
@@ -134,28 +136,34 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp:
         work = Path(tmp)
         rates: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
         for run in range(args.runs):
             for console in (False, True) if run % 2 == 0 else (True, False):
                 result = await lifecycle(work, args.jobs, args.batch, args.in_flight, console)
                 rates[console].append(result["jobs_per_s"])
+                cpu[console].append(result["node_cpu_ms_per_job"])
                 extra = (
                     f" ({result['scrapes']:.0f} scrapes, {result['stream_messages']:.0f} stream messages)"
                     if console
                     else ""
                 )
                 print(
-                    f"run {run + 1} {'with' if console else 'without'} console: {result['jobs_per_s']:,.0f} jobs/s{extra}",
+                    f"run {run + 1} {'with' if console else 'without'} console: "
+                    f"{result['jobs_per_s']:,.0f} jobs/s, node CPU {result['node_cpu_ms_per_job']:.3f} ms/job{extra}",
                     flush=True,
                 )
     without, with_ = statistics.median(rates[False]), statistics.median(rates[True])
     print()
-    print("| variant | runs (jobs/s) | median |")
-    print("|---|---|---:|")
-    for label, key in (("without console", False), ("/metrics every 1 s + jobs page stream", True)):
+    print("| variant | runs (jobs/s) | median jobs/s | median node CPU ms/job |")
+    print("|---|---|---:|---:|")
+    for label, key in (("without console load", False), ("/metrics every 1 s + jobs page stream", True)):
+        runs = ", ".join(f"{r:,.0f}" for r in rates[key])
         print(
-            f"| {label} | {', '.join(f'{r:,.0f}' for r in rates[key])} | {statistics.median(rates[key]):,.0f} |"
+            f"| {label} | {runs} | {statistics.median(rates[key]):,.0f} | {statistics.median(cpu[key]):.3f} |"
         )
-    print(f"\nratio with/without: {with_ / without:.3f} (target >= 0.97)")
+    print(f"\nrate ratio with/without: {with_ / without:.3f} (target >= 0.97)")
+    cpu_ratio = statistics.median(cpu[False]) / statistics.median(cpu[True])
+    print(f"node CPU per job, without/with: {cpu_ratio:.3f} (the share of the rate the node's CPU allows)")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobmesh.v1 import topics_pb2
+from jobmesh.v1 import schedules_pb2, topics_pb2
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from node.security import tokens
 from node.security.cluster import ClusterFiles
 from tests.support.job_calls import JobFiles, add_job, get_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
 from tests.support.topology import create, wait_views
 from tests.support.waiting import wait_for
 from tests.test_console_metrics import http_get, samples
@@ -113,15 +114,38 @@ def test_sign_in_then_every_page_renders_and_both_instances_are_on_the_topology(
     admin: Page, cluster: tuple[NodeProcess, NodeProcess]
 ) -> None:
     a, _ = cluster
-    shot(admin, "overview")
+    expect(admin.locator("tbody tr").filter(has_text="beta")).to_be_visible()  # per-instance counts
     admin.goto(base(a) + "/topology")
     expect(admin.locator('tr[data-instance="alpha"]')).to_be_visible()
     expect(admin.locator('tr[data-instance="beta"]')).to_be_visible()
     shot(admin, "topology")
+    a.schedules.AddSchedule(
+        schedules_pb2.AddScheduleRequest(
+            name="nightly report",
+            job=new_job("web/off/report"),
+            rules=[schedules_pb2.ScheduleRule(cron="0 3 * * *")],
+        )
+    )
     for path, heading in (("/workers", "Workers"), ("/schedules", "Schedules"), ("/queues", "Queues")):
         admin.goto(base(a) + path)
         expect(admin.get_by_role("heading", name=heading)).to_be_visible()
         shot(admin, heading.lower())
+
+
+def test_suspend_and_resume_a_schedule(admin: Page, cluster: tuple[NodeProcess, NodeProcess]) -> None:
+    a, _ = cluster
+    a.schedules.AddSchedule(
+        schedules_pb2.AddScheduleRequest(
+            name="weekly", job=new_job("web/off/weekly"), rules=[schedules_pb2.ScheduleRule(cron="0 4 * * 1")]
+        )
+    )
+    admin.goto(base(a) + "/schedules")
+    row = admin.get_by_role("row").filter(has_text="weekly")
+    row.get_by_role("button", name="Suspend").click()
+    expect(admin.get_by_role("status")).to_contain_text("schedule suspended")
+    expect(admin.get_by_role("row").filter(has_text="weekly")).to_contain_text("suspended")
+    admin.get_by_role("row").filter(has_text="weekly").get_by_role("button", name="Resume").click()
+    expect(admin.get_by_role("status")).to_contain_text("schedule resumed")
 
 
 def test_a_wrong_token_is_refused_at_sign_in(
@@ -194,6 +218,10 @@ def test_a_jobs_progress_bar_advances_live(
     assert admin.evaluate("document.getElementById('progress').value") == 2
     expect(admin.locator("#log")).to_contain_text("step 2 of 3")  # the log follows live too
     shot(admin, "job")
+    admin.goto(base(a) + "/")
+    expect(admin.locator("#totals")).to_contain_text("added")  # the overview's stream drew the chart
+    shot(admin, "overview")
+    admin.goto(base(a) + f"/jobs/{job_id}")
     Path(f"{files.release}.3").touch()
     expect(admin.locator("#state")).to_have_text("SUCCEEDED")
     expect(admin.locator("#log")).to_contain_text("step 3 of 3")

@@ -6,6 +6,7 @@ topology, a topic consumption change forwarded to another instance, stop and rem
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -27,6 +28,7 @@ from jobmesh.v1 import (
 from node.transport import Transport
 
 CALL_TIMEOUT_S = 10.0
+PEER_TIMEOUT_S = 2.0
 
 JOBS = "/jobmesh.v1.JobService/"
 QUEUES = "/jobmesh.v1.QueueService/"
@@ -114,6 +116,27 @@ class NodeApi:
             "jobs", "GetStatistics", jobs_pb2.GetStatisticsRequest()
         )
         return response
+
+    async def statistics_of(self, view: topology_pb2.TopologyView) -> dict[str, jobs_pb2.Statistics]:
+        """Each live instance's own totals (GetStatistics on each, at once; the node's channels
+        to its peers); an instance that does not answer in time is left out."""
+
+        async def one(instance: topology_pb2.Instance) -> tuple[str, jobs_pb2.Statistics | None]:
+            if instance.local:
+                return instance.id, getattr(await self.statistics(), "global")
+            if not instance.endpoints:
+                return instance.id, None
+            try:
+                async with self._transport.create_channel(instance.endpoints[0]) as channel:
+                    response = await jobs_pb2_grpc.JobServiceStub(channel).GetStatistics(
+                        jobs_pb2.GetStatisticsRequest(), timeout=PEER_TIMEOUT_S
+                    )
+            except grpc.aio.AioRpcError:
+                return instance.id, None
+            return instance.id, getattr(response, "global")
+
+        answers = await asyncio.gather(*(one(i) for i in view.instances))
+        return {instance_id: stats for instance_id, stats in answers if stats is not None}
 
     async def queues(self) -> list[queues_pb2.QueueInfo]:
         """Every queue."""

@@ -128,7 +128,8 @@ class Pages:
         stats = await self.api.statistics()
         queues = await self.api.queues()
         view = await self.api.topology()
-        body = views.overview(self.console.live.rate_series(), stats, queues, view)
+        per_instance = await self.api.statistics_of(view)
+        body = views.overview(self.console.live.rate_series(), stats, queues, view, per_instance)
         return html(page("Overview", body, session, "/", stream="/streams/overview"))
 
     async def topology(self, request: web.Request, session: Session) -> web.StreamResponse:

@@ -124,6 +124,7 @@ def overview(
     stats: jobs_pb2.GetStatisticsResponse,
     queues: Sequence[queues_pb2.QueueInfo],
     view: topology_pb2.TopologyView,
+    per_instance: Mapping[str, jobs_pb2.Statistics],
 ) -> str:
     """Rates, queued/active per queue and per instance, the slowest topics."""
     g = getattr(stats, "global")
@@ -135,15 +136,12 @@ def overview(
         [esc(q.config.name), str(q.queued), str(q.active), "suspended" if q.suspended else "running"]
         for q in queues
     ]
-    instances = [
-        [
-            esc(i.name),
-            esc(i.properties.get("jobmesh.load", "")),
-            esc(i.properties.get("jobmesh.capacity", "")),
-            INSTANCE_STATES.get(i.state, ""),
-        ]
-        for i in view.instances
-    ]
+    instances = []
+    for i in view.instances:
+        own = per_instance.get(i.id)
+        counts = [str(own.queued), str(own.active), str(own.finished), str(own.failed)] if own else ["?"] * 4
+        capacity = esc(i.properties.get("jobmesh.capacity", ""))
+        instances.append([esc(i.name), *counts, capacity, INSTANCE_STATES.get(i.state, "")])
     slow = sorted(stats.topics.items(), key=lambda kv: -kv[1].average_processing.ToMicroseconds())[:10]
     topic_rows = [
         [
@@ -160,7 +158,7 @@ def overview(
         + "<h2>Queues (this node)</h2>"
         + table(["queue", "queued", "active", "state"], queue_rows)
         + "<h2>Instances</h2>"
-        + table(["instance", "load", "capacity", "state"], instances)
+        + table(["instance", "queued", "active", "finished", "failed", "capacity", "state"], instances)
         + "<h2>Slowest topics</h2>"
         + table(["topic", "average run", "average wait", "processed"], topic_rows)
     )
