@@ -32,7 +32,7 @@ def topology(view: topology_pb2.TopologyView, timeline: Sequence[TopologyEvent])
                 when(i.last_heard) or ("now" if i.local else ""),
                 when(i.start_time),
                 esc(i.properties.get("jobmesh.topics", "")),
-                f"{esc(i.properties.get('jobmesh.capacity', ''))} / {esc(i.properties.get('jobmesh.load', ''))}",
+                esc(i.properties.get("jobmesh.capacity", "")),
                 f"<details><summary>{len(i.properties)}</summary>{props}</details>",
             ]
         )
@@ -67,7 +67,7 @@ def topology(view: topology_pb2.TopologyView, timeline: Sequence[TopologyEvent])
                 "last heard",
                 "started",
                 "topics",
-                "capacity / load",
+                "capacity",
                 "properties",
             ],
             rows,
