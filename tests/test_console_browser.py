@@ -23,6 +23,7 @@ from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import new_job
 from tests.support.topology import create, wait_views
 from tests.support.waiting import wait_for
+from tests.support.worker_stream import WorkerStream
 from tests.test_console_metrics import http_get, samples
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -126,7 +127,15 @@ def test_sign_in_then_every_page_renders_and_both_instances_are_on_the_topology(
             rules=[schedules_pb2.ScheduleRule(cron="0 3 * * *")],
         )
     )
-    for path, heading in (("/workers", "Workers"), ("/schedules", "Schedules"), ("/queues", "Queues")):
+    worker = WorkerStream.connect(a.channel, "web/worker/**", concurrency=3, name="resize-worker")
+    try:
+        admin.goto(base(a) + "/workers")
+        expect(admin.get_by_role("row").filter(has_text="resize-worker")).to_contain_text("web/worker/**")
+        shot(admin, "workers")
+    finally:
+        worker.close()
+        worker.ended.wait(10)
+    for path, heading in (("/schedules", "Schedules"), ("/queues", "Queues")):
         admin.goto(base(a) + path)
         expect(admin.get_by_role("heading", name=heading)).to_be_visible()
         shot(admin, heading.lower())
