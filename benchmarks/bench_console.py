@@ -41,7 +41,9 @@ def _insecure_tls() -> ssl.SSLContext:
 class ConsoleLoad:
     """A Prometheus-like scraper and one open jobs page stream against a node's console."""
 
-    def __init__(self, base: str, token: str) -> None:
+    def __init__(self, base: str, token: str, parts: str = "both") -> None:
+        self.parts = parts
+        """`both`, `scrape` (only /metrics) or `stream` (only the jobs page's stream)."""
         self.base = base
         self.token = token
         self.scrapes = 0
@@ -60,7 +62,11 @@ class ConsoleLoad:
             assert jobs_page.status == 200, jobs_page.status
             assert "<h1>Jobs</h1>" in await jobs_page.text()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._scrape()), loop.create_task(self._stream())]
+        self._tasks = []
+        if self.parts in ("both", "scrape"):
+            self._tasks.append(loop.create_task(self._scrape()))
+        if self.parts in ("both", "stream"):
+            self._tasks.append(loop.create_task(self._stream()))
 
     async def _scrape(self) -> None:
         assert self._session is not None
@@ -90,7 +96,9 @@ class ConsoleLoad:
             await self._session.close()
 
 
-async def lifecycle(work: Path, jobs: int, batch: int, in_flight: int, console: bool) -> dict[str, float]:
+async def lifecycle(
+    work: Path, jobs: int, batch: int, in_flight: int, console: bool, parts: str = "both"
+) -> dict[str, float]:
     """One run: `jobs` jobs added in batches until all SUCCEEDED; jobs/s."""
     async with BenchNode(work, "noop") as node:
         stub = node.stub
@@ -102,7 +110,7 @@ async def lifecycle(work: Path, jobs: int, batch: int, in_flight: int, console: 
             reader = tokens.sign(
                 tokens.new_claims("bench", ["read"], [], 0), ClusterFiles(data_dir).read_ca_key()
             )
-            load = ConsoleLoad(f"https://127.0.0.1:{node.process.info['http_port']}", reader)
+            load = ConsoleLoad(f"https://127.0.0.1:{node.process.info['http_port']}", reader, parts)
             await load.start()
         calls = max(1, jobs // batch)
         total = calls * batch
@@ -132,6 +140,9 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per run")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument(
+        "--load", choices=("both", "scrape", "stream"), default="both", help="what the console load is"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp:
         work = Path(tmp)
@@ -139,7 +150,7 @@ async def main() -> None:
         cpu: dict[bool, list[float]] = {False: [], True: []}
         for run in range(args.runs):
             for console in (False, True) if run % 2 == 0 else (True, False):
-                result = await lifecycle(work, args.jobs, args.batch, args.in_flight, console)
+                result = await lifecycle(work, args.jobs, args.batch, args.in_flight, console, args.load)
                 rates[console].append(result["jobs_per_s"])
                 cpu[console].append(result["node_cpu_ms_per_job"])
                 extra = (
