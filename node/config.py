@@ -38,6 +38,7 @@ OTHER_ENV_NAMES = frozenset(
         "JOBMESH_SKIP_POLYGLOT_SETUP",  # scripts/setup-polyglot: install nothing
         "JOBMESH_SKIP_BUF_SETUP",  # scripts/setup-buf: install nothing
         "JOBMESH_SKIP_NETLAB_SETUP",  # scripts/setup-netlab: install nothing
+        "JOBMESH_SKIP_BROWSER_SETUP",  # scripts/setup-browser: install nothing
     }
 )
 """`JOBMESH_*` variables that are not node settings (a test keeps this list complete)."""
@@ -62,6 +63,24 @@ class ServerConfig:
 
 
 DAY_S = 24 * 3600.0
+DEFAULT_HTTP_PORT = 7711
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP server of the web console, `/metrics` and `/healthz` (node/console)."""
+
+    enabled: bool = True
+    """Serve the console, `/metrics` and `/healthz` (HTTPS in the secure default)."""
+    host: str = ""
+    """Address to listen on; empty: the gRPC server's (`server.host`)."""
+    port: Annotated[int, Range(0, 65535)] = DEFAULT_HTTP_PORT
+    """TCP port; 0 picks a free one (written to `<data_dir>/node.json` as `http_port`)."""
+    open_metrics: bool = False
+    """Serve `/metrics` without a token (for a Prometheus on a trusted network); otherwise a
+    scrape needs a bearer token with the `read` scope."""
+    session_ttl_s: Annotated[float, Range(1, 30 * DAY_S, unit="s")] = 12 * 3600.0
+    """How long a console sign-in lasts."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +249,8 @@ class NodeConfig:
     """Bounds on remote workers."""
     audit: AuditConfig = field(default_factory=AuditConfig)
     """The audit journal of admin actions."""
+    http: HttpConfig = field(default_factory=HttpConfig)
+    """The web console and Prometheus metrics."""
 
     queues: tuple[QueueConfig, ...] = ()
     """Queue configurations besides the main queue (TOML `[[queues]]`; env/flags: a JSON list)."""
@@ -272,6 +293,7 @@ class NodeConfig:
             discovery=DiscoveryConfig.for_tests(),
             offload=OffloadConfig.for_tests(),
             history=HistoryConfig(purge_interval_s=0.2),
+            http=HttpConfig(port=0),
         )
 
     def with_overrides(self, values: Mapping[str, object]) -> NodeConfig:

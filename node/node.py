@@ -42,7 +42,10 @@ from jobmesh.v1 import (
 )
 
 from node.config import NodeConfig
+from node.console.console import Console, ConsoleParts
+from node.console.metrics import NodeMetrics, Sources
 from node.discovery.identity import format_endpoint
+from node.discovery.membership import MembershipCounters
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
 from node.discovery.topology import Topology
 from node.errors import InvalidArgument
@@ -144,6 +147,10 @@ class Node:
         self._stream_shutdown = StreamShutdown()
         install_client_gone_filter()
         self.port = 0
+        self.metrics = NodeMetrics()
+        """Prometheus metrics (`/metrics` on the console's HTTP port)."""
+        self.console: Console | None = None
+        """The web console, `/metrics` and `/healthz` (after start, when `http.enabled`)."""
         self.transport = Transport(
             Keepalive(config.server.keepalive_interval_s, config.server.keepalive_timeout_s)
         )
@@ -216,6 +223,7 @@ class Node:
             self._journal = Journal.open(
                 config.data_dir / JOURNAL_FILE, config.journal.durability, config.journal.readers
             )
+            self.metrics.attach(self._metric_sources(self._journal))
             in_journal = await self._journal.get_meta("instance_id")
             instance_id = choose_instance_id(config.data_dir, in_journal, reset_journal=self._reset_journal)
             if in_journal is None:
@@ -299,6 +307,9 @@ class Node:
         self.trust.start()
         if self._offloader is not None:
             await self._offloader.start()
+        if config.http.enabled:
+            self.console = Console(self._console_parts())
+            await self.console.start()
         write_run_file(
             config.data_dir,
             {
@@ -309,6 +320,7 @@ class Node:
                 "advertised": list(self.advertised_addresses),
                 "instance_id": instance_id,
                 "name": self.identity.name,
+                "http_port": self.console.port if self.console is not None else 0,
             },
         )
         log.info(
@@ -317,6 +329,42 @@ class Node:
             instance_id,
             self.bound_address,
             ", ".join(self.advertised_addresses),
+        )
+
+    def _metric_sources(self, journal: Journal) -> Sources:
+        def frames() -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]:
+            o = self._offloader
+            return (
+                (o.sent.frames, o.sent.bytes, o.received.frames, o.received.bytes) if o else ({}, {}, {}, {})
+            )
+
+        def members() -> dict[str, int]:
+            if self.topology.info is None or self.topology._protocol is None:
+                return {}
+            counts = {"alive": 1}  # this node
+            for member in self.topology.protocol.table:
+                state = member.record.state.value
+                counts[state] = counts.get(state, 0) + 1
+            return counts
+
+        def membership() -> MembershipCounters | None:
+            protocol = self.topology._protocol
+            return protocol.table.counters if protocol is not None else None
+
+        return Sources(journal, self.workers, membership, members, frames)
+
+    def _console_parts(self) -> ConsoleParts:
+        return ConsoleParts(
+            self.config,
+            self.journal,
+            self.topology,
+            self.workers,
+            self.transport,
+            self.trust.files,
+            self.trust.registry.revoked,
+            self.address,
+            lambda: self._server is not None and self._jobs is not None,
+            self.metrics,
         )
 
     async def set_topic_consumption(self, pattern: str, setting: ConsumptionSetting) -> ConsumptionRules:
@@ -376,6 +424,9 @@ class Node:
     async def close(self, grace_s: float | None = None) -> None:
         """Stop gracefully: refuse new work, let running jobs finish within the grace, close all."""
         grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
         self._stream_shutdown.close()  # watch streams end now with UNAVAILABLE, not cancelled later
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
@@ -395,6 +446,7 @@ class Node:
             await self._server.stop(min(grace, 1.0))
             self._server = None
         if self._journal is not None:
+            self.metrics.detach()
             self._journal.close()
             self._journal = None
         remove_run_file(self.config.data_dir)

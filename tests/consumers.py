@@ -227,3 +227,21 @@ def sleep_briefly(job: Job, context: JobContext) -> JobResult:
     value = job.properties.get("sleep_s", 0.05)
     time.sleep(float(value) if isinstance(value, (int, float)) else 0.05)
     return JobResult.succeeded("slept")
+
+
+def progress_on_release(job: Job, context: JobContext) -> JobResult:
+    """Announces `steps` steps; takes step N when `<release_file>.N` exists (a stop ends it)."""
+    record_attempt(job)
+    steps = job.properties.get("steps", 3)
+    assert isinstance(steps, int)
+    release = _path(job, "release_file")
+    context.init_progress(steps, eta_s=60.0)
+    for step in range(1, steps + 1):
+        deadline = time.monotonic() + MAX_BLOCK_S
+        while release is not None and not Path(f"{release}.{step}").exists():
+            if context.is_stopped() or time.monotonic() > deadline:
+                return JobResult.failed("stopped while waiting for a step")
+            time.sleep(POLL_S)
+        context.log("step %d of %d", step, steps)
+        context.increment_progress()
+    return JobResult.succeeded(f"{steps} steps done")

@@ -43,6 +43,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("transfer",),
     # the gRPC API, and the client of it
     ("services", "submitter", "client"),
+    # the web console, /metrics and /healthz (a client of the API, below the wiring)
+    ("console",),
     # the Node that wires everything together, and the package's public surface
     ("trust", "node", "__init__"),
     ("cli", "__main__"),

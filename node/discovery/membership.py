@@ -153,6 +153,16 @@ class Verdict(enum.Enum):
     member itself; only its own answer enters the table."""
 
 
+@dataclass
+class MembershipCounters:
+    """Counts since start: probe targets chosen, members this node saw turn SUSPECT, and
+    suspicions of this node it refuted."""
+
+    probes: int = 0
+    suspicions: int = 0
+    refutations: int = 0
+
+
 class PeerTable:
     """This node's record and every member it knows (tombstones included), keyed by instance id."""
 
@@ -160,6 +170,8 @@ class PeerTable:
         self.local = local
         self._members: dict[str, Member] = {}
         self._probe_order: list[str] = []
+        self.counters = MembershipCounters()
+        """What the protocol did so far (metrics)."""
 
     # --- reading ---
 
@@ -206,6 +218,7 @@ class PeerTable:
             if record.state is not PeerState.ALIVE and record.incarnation >= local.incarnation:
                 # Nobody knows a later incarnation of this run than this node itself: refute one
                 # above its own, never above a number a peer chose (that could exhaust int64).
+                self.counters.refutations += 1
                 return Verdict.REFUTE, replace(record, incarnation=local.incarnation)
             return Verdict.IGNORE, record
         member = self._members.get(record.id)
@@ -259,6 +272,8 @@ class PeerTable:
                 self._probe_order.insert(random.randint(0, len(self._probe_order)), record.id)
             return None
         previous = member.record
+        if record.state is PeerState.SUSPECT and previous.state is PeerState.ALIVE:
+            self.counters.suspicions += 1
         if previous.info.start_time_us != record.info.start_time_us:
             member.address = record.info.address
         if previous.state is not record.state or previous.info != record.info:
@@ -309,6 +324,7 @@ class PeerTable:
             while self._probe_order:
                 member = self._members.get(self._probe_order.pop())
                 if member is not None and member.record.state.in_view:
+                    self.counters.probes += 1
                     return member
             self._probe_order = [m.record.id for m in self.live()]
             random.shuffle(self._probe_order)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -100,6 +101,8 @@ class RemoteWorker:
     last_assigned: int = 0
     inflight_bytes: int = 0
     """Input payload bytes of the jobs sent to the worker whose result has not come back."""
+    connected_us: int = field(default_factory=lambda: time.time_ns() // 1000)
+    """When the worker connected (unix time, microseconds)."""
     _assignments: dict[tuple[str, int], _Assignment] = field(default_factory=dict, repr=False)
 
     @property

@@ -29,6 +29,7 @@ from node.model.events import JobEvent
 
 T = TypeVar("T")
 EventListener = Callable[[list[JobEvent]], None]
+RowListener = Callable[[list[tuple[Any, ...]]], None]
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +68,7 @@ class Journal:
         """Verifies payloads read from this journal and counts the damaged ones."""
         self._events_committed = asyncio.Event()
         self._listeners: list[EventListener] = []
+        self._row_listeners: list[RowListener] = []
         self.recorder = Recorder(head_seq + 1, asyncio.get_running_loop(), self._publish)
         writer.hooks = self.recorder
 
@@ -156,10 +158,22 @@ class Journal:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    def add_row_listener(self, listener: RowListener) -> Callable[[], None]:
+        """Like `add_event_listener`, but called with the committed event rows themselves
+        (`EVENT_COLUMNS` order), which costs nothing per event for a listener that looks at few
+        of them (the console). Returns a function that removes it."""
+        self._row_listeners.append(listener)
+        return lambda: self._row_listeners.remove(listener)
+
     def _publish(self, rows: list[tuple[Any, ...]]) -> None:
         self.head_seq = rows[-1][0]
         self._events_committed.set()
         self._events_committed = asyncio.Event()
+        for row_listener in list(self._row_listeners):
+            try:
+                row_listener(rows)
+            except Exception:
+                log.exception("job event row listener failed")
         if not self._listeners:
             return  # events become objects only when someone listens
         events = [row_to_event(row) for row in rows]

@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 from node.journal.hooks import JournalHook, NoHook
 from node.model.events import EventType, JobEvent
@@ -55,6 +55,20 @@ class StatsDelta:
 _OUTCOME_INDEX = {"finished": 0, "failed": 1, "cancelled": 2}
 
 
+class CommitObserver(Protocol):
+    """Told of each committed transaction (metrics). Called on the writer thread after COMMIT:
+    quick, never blocking, never raising; it must not keep the lists."""
+
+    def committed(
+        self,
+        operations: int,
+        events: list[tuple[Any, ...]],
+        stats: list[tuple[str, str, int, int | None, int]],
+    ) -> None:
+        """`operations` in the group commit; its event rows (`EVENT_COLUMNS` order) and its
+        statistics records (queue, topic, kind 0 started / 1-3 ended, value us or None, now us)."""
+
+
 class Recorder:
     """Collects events and statistics of the transaction in progress (writer thread only).
 
@@ -76,6 +90,9 @@ class Recorder:
         self._mark = (0, 0)
         self.hook: JournalHook = NoHook()
         """What offloading adds to each commit (see `Journal.register_hook`)."""
+        self.observer: CommitObserver | None = None
+        """Told of each commit (the node's metrics); None: nobody."""
+        self._operations = 0
 
     @property
     def last_seq(self) -> int:
@@ -134,6 +151,7 @@ class Recorder:
 
     def operation_started(self) -> None:
         """Remember where the next operation's records start."""
+        self._operations += 1
         self._mark = (len(self._events), len(self._stats))
 
     def operation_failed(self) -> None:
@@ -201,6 +219,9 @@ class Recorder:
         """Hand the committed events (as rows) to the event loop."""
         self.hook.committed()
         rows = self._events
+        if self.observer is not None:
+            self.observer.committed(self._operations, rows, self._stats)
+        self._operations = 0
         self._events, self._stats, self._mark = [], [], (0, 0)
         if rows and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._publish, rows)
@@ -209,6 +230,7 @@ class Recorder:
         """The whole transaction failed: forget its records."""
         self._next_seq -= len(self._events)
         self._events, self._stats, self._mark = [], [], (0, 0)
+        self._operations = 0
 
 
 EVENT_COLUMNS = (

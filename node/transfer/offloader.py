@@ -38,6 +38,19 @@ IDLE_POLL_S = 0.2
 RECONNECT_DELAY_S = 0.2
 
 
+class FrameCounts:
+    """Transfer frames and their encoded bytes, per peer instance id, since start (metrics)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, int] = {}
+        self.bytes: dict[str, int] = {}
+
+    def add(self, peer: str, frame: transfer_pb2.ExchangeRequest) -> None:
+        """Count one frame (its size is computed once, per frame, never per job)."""
+        self.frames[peer] = self.frames.get(peer, 0) + 1
+        self.bytes[peer] = self.bytes.get(peer, 0) + frame.ByteSize()
+
+
 class Offloader:
     """Offloads this node's jobs and receives jobs and reports from its peers."""
 
@@ -67,6 +80,10 @@ class Offloader:
         self._assign_needed = asyncio.Event()
         self._gone_since: dict[str, float] = {}
         self._started_at = time.monotonic()
+        self.sent = FrameCounts()
+        """Frames sent to each peer."""
+        self.received = FrameCounts()
+        """Frames received from each peer."""
         self._running = False
         self._unsubscribe: list[Callable[[], object]] = []
         # Only commits that enqueued outbox rows wake the senders: waking on every commit would
@@ -144,6 +161,7 @@ class Offloader:
     ) -> None:
         """Apply a frame from a peer (persisted when this returns); `assembler` is the stream's."""
         applied = await self.store.apply(frame, arrivals_for(frame.jobs, self._arrival), now_us(), assembler)
+        self.received.add(frame.sender_id, frame)
         for target, count in applied.ended.items():
             self.placement.finished(target, count)
         if applied.jobs_added:
@@ -199,6 +217,7 @@ class Offloader:
                         await self._idle()
                         continue
                     after = await stream.exchange(frame)
+                    self.sent.add(peer, frame)
                     await self.store.drop(peer, after)
                     cursor = ChunkCursor.after(frame)
             except PeerUnavailable as e:
