@@ -128,9 +128,7 @@ def one_run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                     time.sleep(delay)
                 client.add_job(TIMED_TOPIC, {"t0_us": time.time_ns() // 1000})
             cells["latency_rate"] = total / (time.perf_counter() - start)
-            wait_until(
-                lambda: succeeded(client, TIMED_TOPIC) >= total, args.timeout, f"{total} timed jobs"
-            )
+            wait_until(lambda: succeeded(client, TIMED_TOPIC) >= total, args.timeout, f"{total} timed jobs")
             request = jobs_pb2.FindJobsRequest(
                 type=jobs_pb2.QUERY_TYPE_SUCCEEDED, topic=TIMED_TOPIC, page_size=1000
             )
@@ -147,7 +145,9 @@ def one_run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--latency-jobs", type=int, default=1500)

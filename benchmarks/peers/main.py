@@ -164,7 +164,7 @@ def spread(values: Sequence[float], unit: str) -> str:
     median, low, high = summary(values)
     if len(values) == 1:
         return figure(median, unit)
-    return f"{figure(median, unit)} ({figure(low, unit)}–{figure(high, unit)})"
+    return f"{figure(median, unit)} ({figure(low, unit)}-{figure(high, unit)})"
 
 
 def report(results: dict[str, list[dict[str, Any]]], errors: dict[str, list[str]], header: str) -> str:
@@ -186,7 +186,11 @@ def report(results: dict[str, list[dict[str, Any]]], errors: dict[str, list[str]
 
     if "jobmesh" in systems and values("jobmesh", "batch"):
         peers = [s for s in systems if s != "jobmesh"]
-        lines += ["", "Jobmesh's advantage, medians (above 1: Jobmesh better; jobs/s Jobmesh ÷ peer, ms peer ÷ Jobmesh):", ""]
+        lines += [
+            "",
+            "Jobmesh's advantage, medians (above 1: Jobmesh better; jobs/s Jobmesh ÷ peer, ms peer ÷ Jobmesh):",
+            "",
+        ]
         lines.append("| cell | " + " | ".join(TITLES[s] for s in peers) + " |")
         lines.append("|---" * (len(peers) + 1) + "|")
         for key, title, unit in rows[:-1]:
@@ -199,7 +203,7 @@ def report(results: dict[str, list[dict[str, Any]]], errors: dict[str, list[str]
                     continue
                 a, b = summary(mine)[0], summary(theirs)[0]
                 ratio = a / b if unit == "jobs/s" else b / a
-                cells.append(f"{ratio:.2f}×")
+                cells.append(f"{ratio:.2f}x")
             lines.append(f"| {title} | " + " | ".join(cells) + " |")
     failed = {s: e for s, e in errors.items() if e}
     if failed:
@@ -212,15 +216,23 @@ def report(results: dict[str, list[dict[str, Any]]], errors: dict[str, list[str]
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=10_000, help="N, no-op jobs per cell (10,000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of every system (3)")
     parser.add_argument("--batch", type=int, default=1000, help="jobs per batch call (1,000)")
     parser.add_argument("--latency-jobs", type=int, default=1500, help="jobs of the latency cell (1,500)")
     parser.add_argument("--rate", type=float, default=300.0, help="jobs/s of the latency cell (300)")
-    parser.add_argument("--timeout", type=float, default=None, help="bound of each wait (s; default max(120, N/20))")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
-    parser.add_argument("--peers-python", type=Path, default=PEERS_VENV_PYTHON, help="python of the peers' venv")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="bound of each wait (s; default max(120, N/20))"
+    )
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS)
+    )
+    parser.add_argument(
+        "--peers-python", type=Path, default=PEERS_VENV_PYTHON, help="python of the peers' venv"
+    )
     parser.add_argument("--redis-server", default="redis-server", help="the redis-server binary")
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -257,7 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for number in range(1, args.runs + 1):
                 for system in args.systems:
                     if system == "jobmesh":
-                        argv_ = [sys.executable, "-m", "benchmarks.peers.jobmesh_bench", *common, "--work", tmp]
+                        argv_ = [
+                            sys.executable,
+                            "-m",
+                            "benchmarks.peers.jobmesh_bench",
+                            *common,
+                            "--work",
+                            tmp,
+                        ]
                     else:
                         argv_ = [str(args.peers_python), "-m", "benchmarks.peers.peer_bench", system, *common]
                         argv_ += ["--work", tmp]
@@ -273,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log("  " + ", ".join(f"{k} {v:,.1f}" for k, v in cells.items()))
     load_after = load()
     header = (
-        f"Peers benchmark: {args.jobs:,} no-op jobs, {args.runs} run(s), medians (min–max); "
+        f"Peers benchmark: {args.jobs:,} no-op jobs, {args.runs} run(s), medians (min-max); "
         f"latency at {args.rate:,.0f} jobs/s over {args.latency_jobs:,} jobs. "
         f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
         f"load average (1/5/15 min) {load_before} before, {load_after} after. "
@@ -283,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    document = {"settings": {k: v for k, v in vars(args).items() if k != "peers_python"}}
+    document: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "peers_python"}}
     document |= {"versions": lib_versions, "load_before": load_before, "load_after": load_after}
     document |= {"results": results, "errors": errors}
     out.write_text(json.dumps(document, indent=2, default=str))

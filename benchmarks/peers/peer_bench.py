@@ -18,6 +18,7 @@ The cells, in this order, each bounded by --timeout:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -154,7 +155,9 @@ PEERS: dict[str, Callable[[], Peer]] = {
 }
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, worker: subprocess.Popen[bytes]) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, worker: subprocess.Popen[bytes]
+) -> None:
     """Poll `check` every POLL_S until true; RuntimeError at the deadline or if the worker died."""
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -169,14 +172,10 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
     """SIGTERM the worker's process group (its pool's children too), SIGKILL after STOP_TIMEOUT_S."""
     if worker.poll() is None:
         os.killpg(worker.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             worker.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(worker.pid, signal.SIGKILL)  # what is left of its group (forked children)
-    except ProcessLookupError:
-        pass
     worker.wait()
 
 
@@ -238,7 +237,9 @@ def one_run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("peer", choices=sorted(PEERS))
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=1000)
