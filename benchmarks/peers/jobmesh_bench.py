@@ -13,9 +13,10 @@ The cells, as for the peers (see `benchmarks/peers/peer_bench.py`), each bounded
   process    that second node stopped (SIGTERM) and launched again on its data dir with a no-op
              sync consumer (the default thread pool): N / (time from launch until FindJobs
              counts N SUCCEEDED)
-  latency    on that node, --latency-jobs jobs at --rate per second (open loop, `add_job`), each
-             carrying the producer's clock before the add call; the consumer returns its start
-             minus that clock: p50 and p99 (ms)
+  latency    on that node (after WARM_TIMED_JOBS timed jobs, not counted), --latency-jobs jobs
+             at --rate per second (open loop, `add_job`), each carrying the producer's clock
+             before the add call; the consumer returns its start minus that clock: p50 and
+             p99 (ms)
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ from tests.support.launcher import NodeProcess, shared_cluster
 CONSUMERS = "benchmarks.peers.jobmesh_consumers"
 TOPIC = "work/noop"
 TIMED_TOPIC = "work/timed"
-WARM_TOPIC = "work/warm"
+WARM_TOPIC = "idle/warm"
+"""Warm-up of the enqueue cells: no consumer ever takes it."""
+WARM_TIMED_TOPIC = "work/warm"
+"""Warm-up of the latency cell."""
 POLL_S = 0.02
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+WARM_TIMED_JOBS = 50
 
 
 def succeeded(client: JobmeshClient, topic: str) -> int:
@@ -111,7 +116,7 @@ def one_run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         # The same journal, now with a consumer: the "worker" is the node itself.
         node.consumers = tuple(
             f"{topic}={CONSUMERS}:{name}"
-            for topic, name in ((TOPIC, "noop"), (WARM_TOPIC, "noop"), (TIMED_TOPIC, "timed"))
+            for topic, name in ((TOPIC, "noop"), (WARM_TIMED_TOPIC, "timed"), (TIMED_TOPIC, "timed"))
         )
         began = time.perf_counter()
         node.spawn()
@@ -120,6 +125,11 @@ def one_run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
             wait_until(lambda: succeeded(client, TOPIC) >= jobs, args.timeout, f"{jobs} jobs SUCCEEDED")
             cells["process"] = jobs / (time.perf_counter() - began)
 
+            for _ in range(WARM_TIMED_JOBS):  # as for the peers: warm-up jobs, not counted
+                client.add_job(WARM_TIMED_TOPIC, {"t0_us": time.time_ns() // 1000})
+            wait_until(
+                lambda: succeeded(client, WARM_TIMED_TOPIC) >= WARM_TIMED_JOBS, args.timeout, "warm-up jobs"
+            )
             total = args.latency_jobs
             start = time.perf_counter()
             for index in range(total):  # open loop: a steady rate whatever the node does
