@@ -139,6 +139,7 @@ def one_run(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                 client.add_job(TIMED_TOPIC, {"t0_us": time.time_ns() // 1000})
             cells["latency_rate"] = total / (time.perf_counter() - start)
             wait_until(lambda: succeeded(client, TIMED_TOPIC) >= total, args.timeout, f"{total} timed jobs")
+            cells["latency_drain_rate"] = total / (time.perf_counter() - start)  # below --rate: saturated
             request = jobs_pb2.FindJobsRequest(
                 type=jobs_pb2.QUERY_TYPE_SUCCEEDED, topic=TIMED_TOPIC, page_size=1000
             )

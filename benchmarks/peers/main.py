@@ -179,7 +179,14 @@ def report(results: dict[str, list[dict[str, Any]]], errors: dict[str, list[str]
     rows = [(key, title, "jobs/s") for key, title in CELLS]
     rows += [("latency_p50_ms", "enqueue→start p50 (ms), from before the add call", "ms")]
     rows += [("latency_p99_ms", "enqueue→start p99 (ms), from before the add call", "ms")]
-    rows += [("latency_rate", "  rate the producer reached in the latency cell (jobs/s)", "jobs/s")]
+    rows += [("latency_rate", "  latency cell: rate the producer reached (jobs/s)", "jobs/s")]
+    rows += [
+        (
+            "latency_drain_rate",
+            "  latency cell: rate its jobs were done at (jobs/s; below the offered rate: saturated)",
+            "jobs/s",
+        )
+    ]
     for key, title, unit in rows:
         cells = [spread(values(s, key), unit) if values(s, key) else "—" for s in systems]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
@@ -193,7 +200,7 @@ def report(results: dict[str, list[dict[str, Any]]], errors: dict[str, list[str]
         ]
         lines.append("| cell | " + " | ".join(TITLES[s] for s in peers) + " |")
         lines.append("|---" * (len(peers) + 1) + "|")
-        for key, title, unit in rows[:-1]:
+        for key, title, unit in rows[:-2]:  # not the latency cell's rates
             mine = values("jobmesh", key)
             cells = []
             for peer in peers:
