@@ -50,6 +50,8 @@ TITLES = {"celery": "Celery", "dramatiq": "Dramatiq", "huey": "Huey", "rq": "RQ"
 DISTRIBUTIONS = {"celery": "celery", "dramatiq": "dramatiq", "huey": "huey", "rq": "rq"}
 REDIS_START_TIMEOUT_S = 10.0
 STOP_GRACE_S = 30.0
+SATURATED_BELOW = 0.95
+"""A latency cell whose jobs were done below this share of the offered rate measured a backlog."""
 
 CELLS = (
     ("batch", "enqueue, batch call (jobs/s)"),
@@ -187,8 +189,19 @@ def report(results: dict[str, list[dict[str, Any]]], errors: dict[str, list[str]
             "jobs/s",
         )
     ]
+
+    def saturated(system: str) -> bool:
+        """The latency cell's jobs were done slower than offered: its latency is a backlog."""
+        offered, done = values(system, "latency_rate"), values(system, "latency_drain_rate")
+        return bool(offered and done) and summary(done)[0] < SATURATED_BELOW * summary(offered)[0]
+
     for key, title, unit in rows:
-        cells = [spread(values(s, key), unit) if values(s, key) else "—" for s in systems]
+        cells = []
+        for system in systems:
+            cell = spread(values(system, key), unit) if values(system, key) else "—"
+            if key.startswith("latency_p") and saturated(system):
+                cell += " (saturated)"
+            cells.append(cell)
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
 
     if "jobmesh" in systems and values("jobmesh", "batch"):
