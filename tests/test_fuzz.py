@@ -36,6 +36,7 @@ from node.transfer.chunks import crc32
 from tests.support.fuzzing import Mutation, message_class, method_call, mutations, served_methods
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import condition, new_job, template
+from tests.test_security import a_member
 
 BUDGET_S = 40.0
 """The fuzzing stops starting new requests after this long (the whole test stays under a minute)."""
@@ -59,6 +60,13 @@ STREAM_EXPECTED = EXPECTED | {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode
 # bootstrap certificate calls Join, a member node's own certificate calls Renew.
 NOT_FOR_CLIENTS = {"jobmesh.peer.v1.ClusterService.Join", "jobmesh.peer.v1.ClusterService.Renew"}
 METHODS = sorted(served_methods(), key=lambda m: m.full_name)
+PEER_SERVICES = (
+    "jobmesh.peer.v1.MembershipService.",
+    "jobmesh.peer.v1.TransferService.",
+    "jobmesh.peer.v1.GatherService.",
+)
+"""Methods only nodes call: fuzzed from a member's certificate (instance "fuzz-peer", the sender
+of the valid frames), where a message in another instance's name is PERMISSION_DENIED."""
 
 
 def fuzz_seed() -> int:
@@ -233,7 +241,9 @@ def node(nodes: NodeFactory) -> NodeProcess:
     return nodes.start("fuzz", ["fuzz/a=consumers:succeed"])
 
 
-def test_hostile_requests_to_every_method_get_expected_statuses_and_break_no_read(node: NodeProcess) -> None:
+def test_hostile_requests_to_every_method_get_expected_statuses_and_break_no_read(
+    nodes: NodeFactory, node: NodeProcess
+) -> None:
     seed = fuzz_seed()
     print(f"fuzz seed {seed} (replay: FUZZ_SEED={seed})")
     rng = random.Random(seed)
@@ -249,14 +259,18 @@ def test_hostile_requests_to_every_method_get_expected_statuses_and_break_no_rea
             variants = rng.sample(variants, min(len(variants), MAX_PER_STREAM_METHOD))
         plan += [(method, m) for m in variants]
     rng.shuffle(plan)
+    member = a_member(nodes, "fuzz-peer").create_sync_channel(node.address)
     for method, mutation in plan:
         if time.monotonic() > deadline:
             break
-        code = call(node.channel, method, mutation.payload)
+        from_peer = method.full_name.startswith(PEER_SERVICES)
+        code = call(member if from_peer else node.channel, method, mutation.payload)
         sent += 1
         codes[code.name] += 1
         streaming = method.client_streaming or method.server_streaming
         expected = STREAM_EXPECTED if streaming else EXPECTED
+        if from_peer:
+            expected = expected | {grpc.StatusCode.PERMISSION_DENIED}  # speaking for another instance
         if method.full_name in NOT_FOR_CLIENTS:
             expected = {
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -265,6 +279,7 @@ def test_hostile_requests_to_every_method_get_expected_statuses_and_break_no_rea
         if code not in expected:
             unexpected.append(f"{method.full_name} [{mutation.change}] -> {code.name}")
 
+    member.close()
     print(f"fuzz seed {seed}: {sent} of {len(plan)} requests sent; statuses {dict(codes)}")
     assert unexpected == [], f"seed {seed}: unexpected statuses:\n" + "\n".join(unexpected[:30])
     assert sent >= min(len(plan), 300), f"seed {seed}: only {sent} requests in {BUDGET_S}s"

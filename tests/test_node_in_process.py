@@ -17,6 +17,7 @@ from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 import node
 from node.node import JOURNAL_FILE
+from node.transport import client_transport
 from tests.support.in_process import job_in_state
 from tests.support.waiting import async_wait_for
 
@@ -307,7 +308,10 @@ async def test_second_node_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> No
 async def test_grpc_client_on_the_test_loop_talks_to_an_in_process_node(tmp_path: Path) -> None:
     async with node.Node(node.NodeConfig.for_tests(tmp_path)) as n:
         n.consumers.register(["aio/*"], lambda job, context: node.JobResult.succeeded("via grpc.aio"))
-        async with n.transport.create_channel(n.address) as channel:  # the node's own certificate
+        # A client of this machine: the data dir's client certificate and admin token (the
+        # node's own certificate grants reading only).
+        client = client_transport({"JOBMESH_DATA_DIR": str(tmp_path)})
+        async with client.create_channel(n.address) as channel:
             stub = jobs_pb2_grpc.JobServiceStub(channel)
             added = await stub.AddJob(jobs_pb2.AddJobRequest(job=jobs_pb2.NewJob(topic="aio/x")))
 

@@ -15,9 +15,11 @@ from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 from jobmesh.v1 import jobs_pb2, queues_pb2, schedules_pb2, topics_pb2, topics_pb2_grpc
 
 from node.transfer.chunks import crc32
+from node.transport import Transport
 from tests.support.job_calls import add_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.waiting import wait_for
+from tests.test_security import a_member
 
 Call = Callable[[NodeProcess], Message]
 
@@ -158,9 +160,20 @@ def offloaded(job_id: str, **fields: object) -> transfer_pb2.OffloadedJob:
     return job
 
 
-def exchange(node: NodeProcess, frame: transfer_pb2.ExchangeRequest) -> list[transfer_pb2.ExchangeResponse]:
-    stub = transfer_pb2_grpc.TransferServiceStub(node.channel)
-    return list(stub.Exchange(iter([frame]), timeout=10))
+@pytest.fixture(scope="module")
+def member(module_nodes: NodeFactory) -> Transport:
+    """A member of the node's cluster, instance "peer-validation" (only nodes send frames)."""
+    return a_member(module_nodes, "peer-validation")
+
+
+def exchange(
+    node: NodeProcess, frame: transfer_pb2.ExchangeRequest, member: Transport
+) -> list[transfer_pb2.ExchangeResponse]:
+    channel = member.create_sync_channel(node.address)
+    try:
+        return list(transfer_pb2_grpc.TransferServiceStub(channel).Exchange(iter([frame]), timeout=10))
+    finally:
+        channel.close()
 
 
 def report(**fields: object) -> transfer_pb2.JobReport:
@@ -227,35 +240,42 @@ PEER_CASES: list[tuple[str, transfer_pb2.ExchangeRequest, str]] = [
         transfer_pb2.ExchangeRequest(reports=[report(finished_us=2**62)]),
         "reports[0].finished_us",
     ),
-    ("no-sender", transfer_pb2.ExchangeRequest(sender_id="", jobs=[offloaded("p10")]), "sender_id"),
+    (
+        "no-sender",
+        transfer_pb2.ExchangeRequest(sender_id="", jobs=[offloaded("p10")]),
+        "may speak only for itself",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "frame", "expected"), PEER_CASES, ids=[c[0] for c in PEER_CASES])
 def test_peer_data_failing_the_client_checks_is_refused_and_not_stored(
-    node: NodeProcess, name: str, frame: transfer_pb2.ExchangeRequest, expected: str
+    node: NodeProcess, member: Transport, name: str, frame: transfer_pb2.ExchangeRequest, expected: str
 ) -> None:
     if name != "no-sender":
         frame.sender_id = "peer-validation"
     frame.last_seq = 1
 
-    error = refusal(lambda: exchange(node, frame))
+    error = refusal(lambda: exchange(node, frame, member))
 
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    # A frame without a sender is not in the caller's own name: refused before it is read.
+    code = grpc.StatusCode.PERMISSION_DENIED if name == "no-sender" else grpc.StatusCode.INVALID_ARGUMENT
+    assert error.code() == code, error.details()
     assert expected in (error.details() or "")
     ids = [j.job_id for j in frame.jobs]
     assert node.query_journal(f"SELECT id FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids) == []
 
 
 def test_valid_peer_data_is_taken_and_every_read_works_after_refusals_and_a_restart(
-    node: NodeProcess,
+    node: NodeProcess, member: Transport
 ) -> None:
     for _, frame, _ in PEER_CASES[:7]:
         frame.sender_id, frame.last_seq = "peer-validation", 1
-        refusal(lambda frame=frame: exchange(node, frame))  # type: ignore[misc]
+        refusal(lambda frame=frame: exchange(node, frame, member))  # type: ignore[misc]
     good = offloaded("peer-good", properties_json='{"n":1,"t":{"$t":5},"b":{"$b":"eA=="},"l":["a",2]}')
 
-    acked = exchange(node, transfer_pb2.ExchangeRequest(sender_id="peer-validation", last_seq=7, jobs=[good]))
+    frame = transfer_pb2.ExchangeRequest(sender_id="peer-validation", last_seq=7, jobs=[good])
+    acked = exchange(node, frame, member)
     node.restart()
 
     assert [a.last_seq for a in acked] == [7]

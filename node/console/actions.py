@@ -154,7 +154,7 @@ class Actions:
                 status=403, text=f"{session.principal.name} may not call {method} (needs {missing})\n"
             )
         request_message = build(form)
-        await self._console.api.call(service, rpc, request_message)
+        await self._console.api.call(service, rpc, request_message, token=session.bearer)
         if isinstance(request_message, topics_pb2.SetTopicConsumptionRequest):
             await self._until_visible(request_message)
         back = safe_next(_field(form, "back") or "/")

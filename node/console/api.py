@@ -67,10 +67,14 @@ class NodeApi:
             }
         return self._stubs[name]
 
-    async def call(self, service: str, method: str, request: Any) -> Any:
-        """`service.method(request)`; ApiError with the status details on failure."""
+    async def call(self, service: str, method: str, request: Any, token: str = "") -> Any:
+        """`service.method(request)`, with `token` as its bearer credential if given (else as this
+        node, which may read); ApiError with the status details on failure."""
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
         try:
-            return await getattr(self._stub(service), method)(request, timeout=CALL_TIMEOUT_S)
+            return await getattr(self._stub(service), method)(
+                request, timeout=CALL_TIMEOUT_S, metadata=metadata
+            )
         except grpc.aio.AioRpcError as e:
             raise ApiError(e.code(), e.details() or e.code().name) from e
 

@@ -16,7 +16,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -41,6 +41,9 @@ class Session:
     csrf: str
     expires: float
     token_id: str = ""
+    bearer: str = field(default="", repr=False)
+    """The token the session signed in with (memory only): the console's actions call the API
+    with it, so the node checks them, and audits them, as that token's."""
 
 
 class Authenticator:
@@ -88,7 +91,7 @@ class Authenticator:
 
     # --- sessions ---
 
-    def open_session(self, principal: Principal, token_id: str) -> Session:
+    def open_session(self, principal: Principal, token_id: str, bearer: str = "") -> Session:
         """A new session for a verified token."""
         now = time.time()
         if len(self._sessions) >= MAX_SESSIONS:
@@ -96,7 +99,7 @@ class Authenticator:
             if len(self._sessions) >= MAX_SESSIONS:
                 self._sessions.pop(next(iter(self._sessions)))
         session = Session(
-            secrets.token_urlsafe(32), principal, secrets.token_urlsafe(24), now + self._ttl, token_id
+            secrets.token_urlsafe(32), principal, secrets.token_urlsafe(24), now + self._ttl, token_id, bearer
         )
         self._sessions[session.id] = session
         return session

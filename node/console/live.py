@@ -164,7 +164,8 @@ class LiveFeeds:
         try:
             while not self.closing.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.wait(), KEEPALIVE_S)
+                    async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: see docs/architecture.md
+                        await waiter.wait()
                 if self.closing.is_set():
                     break
                 if waiter.is_set():
@@ -197,7 +198,8 @@ class LiveFeeds:
                     },
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.closing.wait(), OVERVIEW_S)
+                    async with asyncio.timeout(OVERVIEW_S):  # not wait_for: see docs/architecture.md
+                        await self.closing.wait()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return response
@@ -231,7 +233,8 @@ class LiveFeeds:
                 await _send(response, {"jobs": await current(), "added": 0})
             while not self.closing.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stream.wake.wait(), KEEPALIVE_S)
+                    async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: see docs/architecture.md
+                        await stream.wake.wait()
                 stream.wake.clear()
                 if self.closing.is_set():
                     break

@@ -101,10 +101,11 @@ class Pages:
         if not expected or not hmac.compare_digest(expected, csrf):
             return web.Response(status=403, text="the sign-in form expired; load it again\n")
         try:
-            principal, token_id = self.auth.verify(str(form.get("token", "")))
+            bearer = str(form.get("token", "")).strip()
+            principal, token_id = self.auth.verify(bearer)
         except tokens.InvalidToken as e:
             return html(page("Sign in", views.signin_form(csrf, target, str(e)), None), status=401)
-        session = self.auth.open_session(principal, token_id)
+        session = self.auth.open_session(principal, token_id, bearer)
         response = web.HTTPSeeOther(target)
         self.auth.set_cookie(
             response, SESSION_COOKIE, session.id, self.console.parts.config.http.session_ttl_s

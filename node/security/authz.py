@@ -80,16 +80,18 @@ class AuthInterceptor(WrappingInterceptor):
         """The authenticated caller, or abort UNAUTHENTICATED."""
         pems = context.auth_context().get("x509_pem_cert", [])
         identity = _cert_identity(pems[0]) if pems else pki.CertIdentity()
-        if identity.instance_id:
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                token = value.removeprefix("Bearer ").strip()
+        # A node speaks as itself unless it presents a token: its console then calls as the
+        # signed-in user, checked (and audited) as that token, not with the node's rights.
+        if identity.instance_id and not token:
             return Principal(
                 f"instance {identity.instance_id}", frozenset(), instance_id=identity.instance_id
             )
         if identity.join_token:
             return Principal(f"join token {identity.join_token}", frozenset({JOIN}))
-        token = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                token = value.removeprefix("Bearer ").strip()
         if not token and identity.client and identity.scopes:
             return await self._certificate_principal(identity, context)
         if not token:
