@@ -1,7 +1,10 @@
 """Property templates for FindJobs: conditions ANDed within a template, templates ORed.
 
-Templates compile to SQL over the journal's JSON `properties` column, so filtering runs
-inside SQLite and only matching rows reach Python.
+Templates compile to SQL inside SQLite, so only matching rows reach Python, in two forms with
+the same meaning: a predicate over the journal's JSON `properties` column (`templates_to_sql`), and
+a SELECT of the matching job seqs from the property index `job_properties`
+(`templates_to_seq_sql`, node/journal/property_index.py), which searches an index instead of
+reading every job.
 """
 
 from __future__ import annotations
@@ -9,13 +12,29 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import Any
 
 from jobmesh.v1 import jobs_pb2
 
 from node.errors import InvalidArgument
 from node.properties import json_value_from_proto, json_value_to_proto, validate_name, value_to_json
+
+
+class PropertyKind(IntEnum):
+    """The type of a property as the index `job_properties` stores it (column `kind`)."""
+
+    BOOL = 1
+    """true/false, stored 1/0."""
+    NUMBER = 2
+    """an integer or a real, compared as numbers (1 = 1.0)."""
+    TEXT = 3
+    LIST = 4
+    """the list's JSON text as SQLite renders it (`json(...)`)."""
+    BYTES = 5
+    """the base64 text of `{"$b": ...}`."""
+    TIMESTAMP = 6
+    """the microseconds of `{"$t": ...}`."""
 
 
 class Operator(Enum):
@@ -127,6 +146,23 @@ class Condition:
             value["$t"],
         ]
 
+    def to_index_sql(self) -> tuple[str, list[Any]]:
+        """A SQL predicate over `job_properties` (name, kind, value) selecting what `to_sql` matches."""
+        op = self.operator.value
+        value = self.value
+        if isinstance(value, bool):
+            return f"name = ? AND kind = {PropertyKind.BOOL:d} AND value = ?", [self.name, int(value)]
+        if isinstance(value, int | float):
+            return f"name = ? AND kind = {PropertyKind.NUMBER:d} AND value {op} ?", [self.name, value]
+        if isinstance(value, str):
+            return f"name = ? AND kind = {PropertyKind.TEXT:d} AND value {op} ?", [self.name, value]
+        if isinstance(value, list):
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            return f"name = ? AND kind = {PropertyKind.LIST:d} AND value = json(?)", [self.name, text]
+        if "$b" in value:
+            return f"name = ? AND kind = {PropertyKind.BYTES:d} AND value = ?", [self.name, value["$b"]]
+        return f"name = ? AND kind = {PropertyKind.TIMESTAMP:d} AND value {op} ?", [self.name, value["$t"]]
+
 
 @dataclass(frozen=True)
 class Template:
@@ -163,3 +199,34 @@ def templates_to_sql(templates: Sequence[Template]) -> tuple[str, list[Any]]:
         parts.append(sql)
         params.extend(template_params)
     return "(" + " OR ".join(parts) + ")", params
+
+
+def templates_to_seq_sql(
+    templates: Sequence[Template], bound: tuple[str, Any] | None = None
+) -> tuple[str, list[Any]] | None:
+    """A SELECT of the `job_seq` of every job matching any template, from the property index;
+    None when that is every job (no templates, or one without conditions).
+
+    `bound` (a predicate on `job_seq` with one parameter, and that parameter, e.g.
+    `("job_seq < ?", 1234)`) narrows each search to one side of a page. A template's conditions
+    intersect (AND), templates unite (OR); each condition is one range of the index's primary key
+    (name, kind, value, job_seq).
+    """
+    if not templates or any(not t.conditions for t in templates):
+        return None
+    selects: list[str] = []
+    params: list[Any] = []
+    for template in templates:
+        parts = []
+        for condition in template.conditions:
+            sql, condition_params = condition.to_index_sql()
+            params += condition_params
+            if bound is not None:
+                sql += f" AND {bound[0]}"
+                params.append(bound[1])
+            parts.append(f"SELECT job_seq FROM job_properties WHERE {sql}")
+        if len(parts) == 1:
+            selects.append(parts[0])
+        else:  # compound operators of SQLite bind left to right: each template in its own subquery
+            selects.append("SELECT job_seq FROM (" + " INTERSECT ".join(parts) + ")")
+    return " UNION ".join(selects), params

@@ -36,7 +36,7 @@ from node.journal.records import (
 )
 from node.model.events import EventType
 from node.model.job import Job, JobState, LogLine
-from node.templates import templates_to_sql
+from node.templates import templates_to_seq_sql, templates_to_sql
 from node.topics import TopicPattern
 
 ASSIGN_WINDOW = 50_000
@@ -142,27 +142,11 @@ class JobStore(Claims, Attempts, Controls):
 
     async def find_jobs(self, query: JobQuery) -> JobPage:
         """One page of jobs matching `query`, with the total count over all pages."""
-        where = [f"state IN {state_list(query.states)}"]
-        params: list[Any] = []
-        if query.topic:
-            where.append("topic = ?")
-            params.append(query.topic)
-        template_sql, template_params = templates_to_sql(query.templates)
-        where.append(template_sql)
-        params += template_params
-        base_where = " AND ".join(where)
-        page_where, page_params = base_where, list(params)
-        if query.after_seq is not None:
-            page_where += " AND seq < ?" if query.newest_first else " AND seq > ?"
-            page_params.append(query.after_seq)
-        order = "DESC" if query.newest_first else "ASC"
+        page_sql, page_params, count_sql, count_params = find_statements(query)
 
         def select(conn: sqlite3.Connection) -> JobPage:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE {page_where} ORDER BY seq {order} LIMIT ?",
-                [*page_params, query.limit + 1],
-            ).fetchall()
-            total = conn.execute(f"SELECT count(*) AS n FROM jobs WHERE {base_where}", params).fetchone()["n"]
+            rows = conn.execute(page_sql, page_params).fetchall()
+            total = conn.execute(count_sql, count_params).fetchone()[0]
             more = len(rows) > query.limit
             jobs = [row_to_job(r) for r in rows[: query.limit]]
             return JobPage(jobs, int(total), jobs[-1].seq if more and jobs else None)
@@ -264,3 +248,48 @@ def queued_topics(conn: sqlite3.Connection) -> list[str]:
             f"SELECT 1 FROM jobs WHERE topic = ? AND state = {QUEUED} LIMIT 1", (topic,)
         ).fetchone():
             topics.append(topic)
+
+
+def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
+    """The SELECT of one page of `query` (limit + 1 rows) and the SELECT of its total count, each
+    with its parameters.
+
+    With property templates, both start from the seqs the property index `job_properties` gives
+    (a search of its primary key per condition) and read only those jobs by seq, so their cost is
+    the number of jobs that match the templates, not the size of the journal. The JSON predicate
+    is checked on those rows too, so a template means exactly what it meant before the index.
+    """
+    where = [f"state IN {state_list(query.states)}"]
+    params: list[Any] = []
+    if query.topic:
+        where.append("topic = ?")
+        params.append(query.topic)
+    template_sql, template_params = templates_to_sql(query.templates)
+    where.append(template_sql)
+    params += template_params
+    base_where = " AND ".join(where)
+    order = "DESC" if query.newest_first else "ASC"
+    bound = None
+    page_where, page_params = base_where, list(params)
+    if query.after_seq is not None:
+        bound = ("job_seq < ?" if query.newest_first else "job_seq > ?", query.after_seq)
+        page_where += " AND seq < ?" if query.newest_first else " AND seq > ?"
+        page_params.append(query.after_seq)
+    everything = templates_to_seq_sql(query.templates)
+    if everything is None:
+        return (
+            f"SELECT {COLUMNS} FROM jobs WHERE {page_where} ORDER BY seq {order} LIMIT ?",
+            [*page_params, query.limit + 1],
+            f"SELECT count(*) FROM jobs WHERE {base_where}",
+            params,
+        )
+    page_seqs = templates_to_seq_sql(query.templates, bound)
+    assert page_seqs is not None
+    # CROSS JOIN: SQLite keeps the seqs as the outer loop (never a scan of jobs checking each row).
+    return (
+        f"SELECT {COLUMNS} FROM ({page_seqs[0]}) AS m CROSS JOIN jobs ON jobs.seq = m.job_seq "
+        f"WHERE {base_where} ORDER BY m.job_seq {order} LIMIT ?",
+        [*page_seqs[1], *params, query.limit + 1],
+        f"SELECT count(*) FROM ({everything[0]}) AS m CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where}",
+        [*everything[1], *params],
+    )
