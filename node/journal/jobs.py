@@ -20,6 +20,7 @@ from node.journal.attempts import Attempts
 from node.journal.claims import Claims
 from node.journal.controls import Controls
 from node.journal.payloads import read_payload, store_input_payloads
+from node.journal.property_index import index_jobs_after, top_seq
 from node.journal.records import (
     COLUMNS,
     PAYLOAD_INPUT,
@@ -53,6 +54,7 @@ class JobStore(Claims, Attempts, Controls):
         recorder = self._recorder
         added: list[AddedJob] = []
         fresh: list[NewJobRecord] = []
+        top = top_seq(conn)
         by_key: dict[str, str] = {}
         for r in records:
             if r.dedup_key:
@@ -90,6 +92,8 @@ class JobStore(Claims, Attempts, Controls):
                 for r in fresh
             ],
         )
+        if any(r.properties_json for r in fresh):
+            index_jobs_after(conn, top)
         with_payload = [r for r in fresh if r.payload]
         if with_payload:
             store_input_payloads(conn, [(r.id, r.payload) for r in with_payload if r.payload])
