@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -97,6 +98,14 @@ def queries() -> dict[str, JobQuery]:
     }
 
 
+def _table_bytes(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    """Bytes of the jobs table and of the property index (if this schema has one), by dbstat."""
+    rows = conn.execute(
+        "SELECT name, sum(pgsize) FROM dbstat WHERE name IN ('jobs', 'job_properties') GROUP BY name"
+    ).fetchall()
+    return [(row[0], int(row[1])) for row in rows]
+
+
 async def _median_ms(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float, Any]:
     times: list[float] = []
     result: Any = None
@@ -120,8 +129,14 @@ async def measure(path: Path, count: int, repeats: int) -> None:
             print(f"filled {count:,} jobs at {rate:,.0f} jobs/s (add_jobs, batches of {INSERT_BATCH:,})")
         else:
             print(f"journal {path} holds {have:,} jobs already")
-        size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + "-*"))
-        print(f"journal on disk: {size / 1e6:,.1f} MB ({size / max(have or count, 1):,.0f} bytes per job)")
+        sizes = await journal.read(_table_bytes)
+        per_job = max(have or count, 1)
+        print(
+            "on disk: "
+            + ", ".join(
+                f"{name} {size / 1e6:,.1f} MB ({size / per_job:,.1f} bytes per job)" for name, size in sizes
+            )
+        )
         statements: list[str] = []
         print(f"\nmedian of {repeats} (ms), page of 100 with the total count:")
         for name, query in queries().items():
@@ -149,7 +164,9 @@ async def measure(path: Path, count: int, repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--keep", type=Path, help="journal file to reuse (filled when it is new)")

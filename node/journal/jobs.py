@@ -260,8 +260,9 @@ def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
 
     With property templates, both start from the seqs the property index `job_properties` gives
     (a search of its primary key per condition) and read only those jobs by seq, so their cost is
-    the number of jobs that match the templates, not the size of the journal. The JSON predicate
-    is checked on those rows too, so a template means exactly what it meant before the index.
+    the number of jobs the index gives, not the size of the journal. The JSON predicate is
+    checked on those rows (the index gives a superset: one condition per template), so a
+    template means exactly what it meant before the index.
     """
     where = [f"state IN {state_list(query.states)}"]
     params: list[Any] = []

@@ -52,9 +52,13 @@ _ONE = _INSERT + property_rows("jobs.properties", "jobs.seq", "jobs, ").replace(
     ") WHERE kind IS NOT NULL", " WHERE jobs.seq = ?) WHERE kind IS NOT NULL"
 )
 # All four key columns: each row is one primary-key seek, whatever the index holds.
-_DELETE = "DELETE FROM job_properties WHERE (name, kind, value, job_seq) IN (" + property_rows(
-    "jobs.properties", "jobs.seq", "jobs, "
-).replace(") WHERE kind IS NOT NULL", " WHERE jobs.seq = ?) WHERE kind IS NOT NULL") + ")"
+_DELETE = (
+    "DELETE FROM job_properties WHERE (name, kind, value, job_seq) IN ("
+    + property_rows("jobs.properties", "jobs.seq", "jobs, ").replace(
+        ") WHERE kind IS NOT NULL", " WHERE jobs.seq = ?) WHERE kind IS NOT NULL"
+    )
+    + ")"
+)
 
 
 def top_seq(conn: sqlite3.Connection) -> int:
