@@ -205,12 +205,12 @@ def templates_to_seq_sql(
     templates: Sequence[Template], bound: tuple[str, Any] | None = None
 ) -> tuple[str, list[Any]] | None:
     """A SELECT of the `job_seq` of every job that may match a template, from the property index:
-    a superset of the matches, to be checked with `templates_to_sql`; None when that is every job
+    a superset of the matches, to be checked with `unsearched_sql`; None when that is every job
     (no templates, or one without conditions).
 
     Each template is searched by one of its conditions, its first equality if it has one (an
     equality is one key range, usually the narrowest), else its first condition; its other
-    conditions are left to `templates_to_sql` on the rows read: intersecting two index ranges
+    conditions are left to `unsearched_sql` on the rows read: intersecting two index ranges
     would read both whole (measured 3x slower when one is broad). Templates unite (OR).
     `bound` (a predicate on `job_seq` with one parameter, and that parameter, e.g.
     `("job_seq < ?", 1234)`) narrows each search to one side of a page.
@@ -220,11 +220,26 @@ def templates_to_seq_sql(
     selects: list[str] = []
     params: list[Any] = []
     for template in templates:
-        equalities = [c for c in template.conditions if c.operator is Operator.EQUAL]
-        sql, condition_params = (equalities or list(template.conditions))[0].to_index_sql()
+        sql, condition_params = _searched(template).to_index_sql()
         params += condition_params
         if bound is not None:
             sql += f" AND {bound[0]}"
             params.append(bound[1])
         selects.append(f"SELECT job_seq FROM job_properties WHERE {sql}")
     return " UNION ".join(selects), params
+
+
+def _searched(template: Template) -> Condition:
+    equalities = [c for c in template.conditions if c.operator is Operator.EQUAL]
+    return (equalities or list(template.conditions))[0]
+
+
+def unsearched_sql(templates: Sequence[Template]) -> tuple[str, list[Any]]:
+    """The JSON predicate that, on the rows `templates_to_seq_sql` gives, leaves exactly the
+    matches: one template's conditions but the one searched (the index holds exactly what the
+    JSON holds); with several templates all of them, since a row found for one template may
+    match only another."""
+    if len(templates) == 1:
+        searched = _searched(templates[0])
+        return Template(tuple(c for c in templates[0].conditions if c is not searched)).to_sql()
+    return templates_to_sql(templates)

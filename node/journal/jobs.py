@@ -37,7 +37,7 @@ from node.journal.records import (
 )
 from node.model.events import EventType
 from node.model.job import Job, JobState, LogLine
-from node.templates import templates_to_seq_sql, templates_to_sql
+from node.templates import templates_to_seq_sql, templates_to_sql, unsearched_sql
 from node.topics import TopicPattern
 
 ASSIGN_WINDOW = 50_000
@@ -259,35 +259,40 @@ def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
     with its parameters.
 
     With property templates, both start from the seqs the property index `job_properties` gives
-    (a search of its primary key per condition) and read only those jobs by seq, so their cost is
-    the number of jobs the index gives, not the size of the journal. The JSON predicate is
-    checked on those rows (the index gives a superset: one condition per template), so a
-    template means exactly what it meant before the index.
+    (a search of its primary key per template) and read only those jobs by seq, so their cost is
+    the number of jobs the index gives, not the size of the journal; the template conditions the
+    index did not search are checked on those rows (`unsearched_sql`), so a template means
+    exactly what it meant before the index.
     """
     where = [f"state IN {state_list(query.states)}"]
     params: list[Any] = []
     if query.topic:
         where.append("topic = ?")
         params.append(query.topic)
-    template_sql, template_params = templates_to_sql(query.templates)
-    where.append(template_sql)
-    params += template_params
-    base_where = " AND ".join(where)
     order = "DESC" if query.newest_first else "ASC"
-    bound = None
-    page_where, page_params = base_where, list(params)
-    if query.after_seq is not None:
-        bound = ("job_seq < ?" if query.newest_first else "job_seq > ?", query.after_seq)
-        page_where += " AND seq < ?" if query.newest_first else " AND seq > ?"
-        page_params.append(query.after_seq)
     everything = templates_to_seq_sql(query.templates)
     if everything is None:
+        template_sql, template_params = templates_to_sql(query.templates)
+        where.append(template_sql)
+        params += template_params
+        base_where = " AND ".join(where)
+        page_where, page_params = base_where, list(params)
+        if query.after_seq is not None:
+            page_where += " AND seq < ?" if query.newest_first else " AND seq > ?"
+            page_params.append(query.after_seq)
         return (
             f"SELECT {COLUMNS} FROM jobs WHERE {page_where} ORDER BY seq {order} LIMIT ?",
             [*page_params, query.limit + 1],
             f"SELECT count(*) FROM jobs WHERE {base_where}",
             params,
         )
+    rest_sql, rest_params = unsearched_sql(query.templates)
+    where.append(rest_sql)
+    params += rest_params
+    base_where = " AND ".join(where)
+    bound = None
+    if query.after_seq is not None:
+        bound = ("job_seq < ?" if query.newest_first else "job_seq > ?", query.after_seq)
     page_seqs = templates_to_seq_sql(query.templates, bound)
     assert page_seqs is not None
     # CROSS JOIN: SQLite keeps the seqs as the outer loop (never a scan of jobs checking each row).
@@ -295,6 +300,7 @@ def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
         f"SELECT {COLUMNS} FROM ({page_seqs[0]}) AS m CROSS JOIN jobs ON jobs.seq = m.job_seq "
         f"WHERE {base_where} ORDER BY m.job_seq {order} LIMIT ?",
         [*page_seqs[1], *params, query.limit + 1],
-        f"SELECT count(*) FROM ({everything[0]}) AS m CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where}",
+        f"SELECT count(*) FROM ({everything[0]}) AS m CROSS JOIN jobs ON jobs.seq = m.job_seq "
+        f"WHERE {base_where}",
         [*everything[1], *params],
     )
