@@ -202,7 +202,7 @@ def templates_to_sql(templates: Sequence[Template]) -> tuple[str, list[Any]]:
 
 
 def templates_to_seq_sql(
-    templates: Sequence[Template], bound: tuple[str, Any] | None = None
+    templates: Sequence[Template], bound: tuple[str, Any] | None = None, topic: str | None = None
 ) -> tuple[str, list[Any]] | None:
     """A SELECT of the `job_seq` of every job that may match a template, from the property index:
     a superset of the matches, to be checked with `unsearched_sql`; None when that is every job
@@ -213,7 +213,9 @@ def templates_to_seq_sql(
     conditions are left to `unsearched_sql` on the rows read: intersecting two index ranges
     would read both whole (measured 3x slower when one is broad). Templates unite (OR).
     `bound` (a predicate on `job_seq` with one parameter, and that parameter, e.g.
-    `("job_seq < ?", 1234)`) narrows each search to one side of a page.
+    `("job_seq < ?", 1234)`) narrows each search to one side of a page; `topic` to the jobs of
+    one topic (the index's key is (name, kind, value, topic, job_seq): an equality and a topic
+    give the seqs in order). Without a topic the seqs come out sorted (ORDER BY job_seq).
     """
     if not templates or any(not t.conditions for t in templates):
         return None
@@ -222,6 +224,9 @@ def templates_to_seq_sql(
     for template in templates:
         sql, condition_params = _searched(template).to_index_sql()
         params += condition_params
+        if topic is not None:
+            sql += " AND topic = ?"
+            params.append(topic)
         if bound is not None:
             sql += f" AND {bound[0]}"
             params.append(bound[1])

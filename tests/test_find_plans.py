@@ -110,21 +110,24 @@ async def test_template_queries_search_the_property_index_never_scan_jobs(tmp_pa
     ]
     assert [p.total_count for p in pages] == expected
     # ... and every page and count starts from the property index and reads jobs only by seq
-    finds = [s for s in statements if "FROM" in s and "jobs" in s]
+    finds = [s for s in statements if "FROM" in s and ("jobs" in s or "job_properties" in s)]
     assert len(finds) == 2 * len(queries)
     for statement in finds:
         steps = plan(path, statement)
         assert not [s for s in steps if s.startswith("SCAN jobs")], (statement, steps)
         assert any("job_properties USING PRIMARY KEY" in s for s in steps), (statement, steps)
-        assert any("jobs USING INTEGER PRIMARY KEY" in s for s in steps), (statement, steps)
+        if "JOIN jobs" in statement:  # a count over all states needs only the index
+            assert any("jobs USING INTEGER PRIMARY KEY" in s for s in steps), (statement, steps)
 
 
 def index_rows(path: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     """The index as stored, and as computed afresh from every job's JSON."""
     with sqlite3.connect(path) as conn:
-        stored = conn.execute("SELECT name, kind, value, job_seq FROM job_properties ORDER BY 1, 2, 3, 4")
+        stored = conn.execute(
+            "SELECT name, kind, value, topic, job_seq FROM job_properties ORDER BY 1, 2, 3, 4, 5"
+        )
         fresh = conn.execute(
-            f"SELECT * FROM ({property_rows('jobs.properties', 'jobs.seq', 'jobs, ')}) ORDER BY 1, 2, 3, 4"
+            f"SELECT * FROM ({property_rows('jobs.properties', 'jobs.seq', 'jobs.topic', 'jobs, ')}) ORDER BY 1, 2, 3, 4, 5"
         )
         return stored.fetchall(), fresh.fetchall()
 

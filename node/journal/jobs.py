@@ -270,7 +270,7 @@ def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
         where.append("topic = ?")
         params.append(query.topic)
     order = "DESC" if query.newest_first else "ASC"
-    everything = templates_to_seq_sql(query.templates)
+    everything = templates_to_seq_sql(query.templates, topic=query.topic)
     if everything is None:
         template_sql, template_params = templates_to_sql(query.templates)
         where.append(template_sql)
@@ -293,14 +293,16 @@ def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
     bound = None
     if query.after_seq is not None:
         bound = ("job_seq < ?" if query.newest_first else "job_seq > ?", query.after_seq)
-    page_seqs = templates_to_seq_sql(query.templates, bound)
+    page_seqs = templates_to_seq_sql(query.templates, bound, query.topic)
     assert page_seqs is not None
-    # CROSS JOIN: SQLite keeps the seqs as the outer loop (never a scan of jobs checking each row).
-    return (
-        f"SELECT {COLUMNS} FROM ({page_seqs[0]}) AS m CROSS JOIN jobs ON jobs.seq = m.job_seq "
-        f"WHERE {base_where} ORDER BY m.job_seq {order} LIMIT ?",
-        [*page_seqs[1], *params, query.limit + 1],
-        f"SELECT count(*) FROM ({everything[0]}) AS m CROSS JOIN jobs ON jobs.seq = m.job_seq "
-        f"WHERE {base_where}",
-        [*everything[1], *params],
+    # CROSS JOIN: SQLite keeps the seqs as the outer loop (never a scan of jobs checking each row),
+    # in page order, so the page stops after limit + 1 matches.
+    page_sql = (
+        f"SELECT {COLUMNS} FROM ({page_seqs[0]} ORDER BY job_seq {order}) AS m "
+        f"CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where} ORDER BY m.job_seq {order} LIMIT ?"
     )
+    count_sql, count_params = f"SELECT count(*) FROM ({everything[0]}) AS m", list(everything[1])
+    if set(query.states) != set(JobState) or rest_sql != "1":  # else the index alone counts
+        count_sql += f" CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where}"
+        count_params += params
+    return page_sql, [*page_seqs[1], *params, query.limit + 1], count_sql, count_params
