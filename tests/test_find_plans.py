@@ -169,3 +169,42 @@ async def test_the_property_index_follows_every_write_of_properties(tmp_path: Pa
         assert len(stored) == 150 * 7
     finally:
         journal.close()
+
+
+async def test_template_pages_come_in_seq_order_both_ways(tmp_path: Path) -> None:
+    # The page reads the index's seqs in order and stops after limit + 1 matches: walking every
+    # page, oldest or newest first, gives each match once, in order, without or with a topic.
+    journal = Journal.open(tmp_path / "journal.db")
+    try:
+        jobs = JobStore(journal)
+        await jobs.add_jobs(records(JOBS))
+        await journal.write(
+            lambda c: c.execute(f"UPDATE jobs SET state = {JobState.SUCCEEDED:d} WHERE seq % 3 = 0")
+        )
+        for topic, newest_first in [(None, False), (None, True), ("plans/t2", False), ("plans/t2", True)]:
+            seen: list[int] = []
+            after: int | None = None
+            while True:
+                page = await jobs.find_jobs(
+                    JobQuery(
+                        (JobState.QUEUED,),
+                        topic=topic,
+                        templates=(equal("group", "g7"), equal("group", "g12")),
+                        limit=7,
+                        after_seq=after,
+                        newest_first=newest_first,
+                    )
+                )
+                seen += [j.seq for j in page.jobs]
+                if page.next_after_seq is None:
+                    break
+                after = page.next_after_seq
+            wanted = [
+                i + 1
+                for i in range(JOBS)
+                if i % 50 in (7, 12) and (i + 1) % 3 != 0 and (topic is None or i % 5 == 2)
+            ]
+            assert seen == (wanted[::-1] if newest_first else wanted), (topic, newest_first)
+            assert page.total_count == len(wanted)
+    finally:
+        journal.close()

@@ -295,11 +295,14 @@ def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
         bound = ("job_seq < ?" if query.newest_first else "job_seq > ?", query.after_seq)
     page_seqs = templates_to_seq_sql(query.templates, bound, query.topic)
     assert page_seqs is not None
-    # CROSS JOIN: SQLite keeps the seqs as the outer loop (never a scan of jobs checking each row),
-    # in page order, so the page stops after limit + 1 matches.
+    # CROSS JOIN: SQLite keeps the seqs as the outer loop (never a scan of jobs checking each row).
+    # The page: the seqs sorted first, in a co-routine (LIMIT -1 keeps SQLite from flattening it,
+    # which would sort after reading every match), then read in that order until limit + 1 rows
+    # pass; an outer ORDER BY would sort all the joined rows again (SQLite does not see that they
+    # come in order), so the nested loop's order is the page's (pinned by tests/test_paging.py).
     page_sql = (
-        f"SELECT {COLUMNS} FROM ({page_seqs[0]} ORDER BY job_seq {order}) AS m "
-        f"CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where} ORDER BY m.job_seq {order} LIMIT ?"
+        f"SELECT {COLUMNS} FROM ({page_seqs[0]} ORDER BY job_seq {order} LIMIT -1) AS m "
+        f"CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where} LIMIT ?"
     )
     count_sql, count_params = f"SELECT count(*) FROM ({everything[0]}) AS m", list(everything[1])
     if set(query.states) != set(JobState) or rest_sql != "1":  # else the index alone counts
