@@ -299,7 +299,7 @@ def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
     # The page: the seqs sorted first, in a co-routine (LIMIT -1 keeps SQLite from flattening it,
     # which would sort after reading every match), then read in that order until limit + 1 rows
     # pass; an outer ORDER BY would sort all the joined rows again (SQLite does not see that they
-    # come in order), so the nested loop's order is the page's (pinned by tests/test_paging.py).
+    # come in order), so the nested loop's order is the page's (pinned by tests/test_find_plans.py).
     page_sql = (
         f"SELECT {COLUMNS} FROM ({page_seqs[0]} ORDER BY job_seq {order} LIMIT -1) AS m "
         f"CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where} LIMIT ?"

@@ -160,8 +160,8 @@ MIGRATIONS: tuple[str, ...] = (
         message TEXT NOT NULL DEFAULT ''
     );
     """,
-    # v7: every job's properties by name and typed value, searched by FindJobs templates; kept by
-    # triggers (node/journal/property_index.py).
+    # v7: every job's properties by name, typed value and topic, searched by FindJobs templates;
+    # written with the job's row by its writers (node/journal/property_index.py).
     PROPERTY_INDEX,
 )
 
