@@ -145,6 +145,15 @@ def _stored_scalar_ok(value: Any) -> bool:
     return False
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A name twice is what no client can send (a proto map): the property index and SQLite's
+    # json_extract would disagree on which value the job has.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a property name appears twice")
+    return result
+
+
 def check_properties_json(text: str, field: str, max_bytes: int) -> None:
     """Raise InvalidArgument unless `text` is the stored JSON form of valid properties.
 
@@ -153,7 +162,7 @@ def check_properties_json(text: str, field: str, max_bytes: int) -> None:
     if len(text) > max_bytes:
         raise InvalidArgument(f"{field}: properties take {len(text)} bytes encoded; the limit is {max_bytes}")
     try:
-        decoded = json.loads(text)
+        decoded = json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as e:
         raise InvalidArgument(f"{field} is not valid JSON: {str(e)[:80]}") from e
     if not isinstance(decoded, dict):

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from node.journal.payloads import store_payload
+from node.journal.property_index import index_job, unindex_jobs
 from node.journal.records import (
     ACTIVE,
     PAYLOAD_OUTPUT,
@@ -304,11 +305,17 @@ class Attempts(JobStorePart):
         path = '$."' + name + '"'
 
         def update(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                f"SELECT seq FROM jobs WHERE id = ? AND state = {ACTIVE} AND attempt = ?", (job_id, attempt)
+            ).fetchone()
+            if row is None:
+                return
+            unindex_jobs(conn, [row["seq"]])  # the property index follows the row (property_index.py)
             conn.execute(
                 "UPDATE jobs SET properties = json_set(coalesce(properties, '{}'), ?, json(?)) "
-                f"WHERE id = ? AND state = {ACTIVE} AND attempt = ? "
-                "AND length(json_set(coalesce(properties, '{}'), ?, json(?))) <= ?",
-                (path, encoded, job_id, attempt, path, encoded, max_bytes),
+                "WHERE seq = ? AND length(json_set(coalesce(properties, '{}'), ?, json(?))) <= ?",
+                (path, encoded, row["seq"], path, encoded, max_bytes),
             )
+            index_job(conn, row["seq"])
 
         self.journal.submit_nowait(update)

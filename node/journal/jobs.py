@@ -20,6 +20,7 @@ from node.journal.attempts import Attempts
 from node.journal.claims import Claims
 from node.journal.controls import Controls
 from node.journal.payloads import read_payload, store_input_payloads
+from node.journal.property_index import index_jobs_after, top_seq
 from node.journal.records import (
     COLUMNS,
     PAYLOAD_INPUT,
@@ -36,7 +37,7 @@ from node.journal.records import (
 )
 from node.model.events import EventType
 from node.model.job import Job, JobState, LogLine
-from node.templates import templates_to_sql
+from node.templates import templates_to_seq_sql, templates_to_sql, unsearched_sql
 from node.topics import TopicPattern
 
 ASSIGN_WINDOW = 50_000
@@ -53,6 +54,7 @@ class JobStore(Claims, Attempts, Controls):
         recorder = self._recorder
         added: list[AddedJob] = []
         fresh: list[NewJobRecord] = []
+        top = top_seq(conn)
         by_key: dict[str, str] = {}
         for r in records:
             if r.dedup_key:
@@ -90,6 +92,8 @@ class JobStore(Claims, Attempts, Controls):
                 for r in fresh
             ],
         )
+        if any(r.properties_json for r in fresh):
+            index_jobs_after(conn, top)
         with_payload = [r for r in fresh if r.payload]
         if with_payload:
             store_input_payloads(conn, [(r.id, r.payload) for r in with_payload if r.payload])
@@ -142,6 +146,21 @@ class JobStore(Claims, Attempts, Controls):
 
     async def find_jobs(self, query: JobQuery) -> JobPage:
         """One page of jobs matching `query`, with the total count over all pages."""
+        if query.by_id:
+            return await self._find_by_id(query)
+        page_sql, page_params, count_sql, count_params = find_statements(query)
+
+        def select(conn: sqlite3.Connection) -> JobPage:
+            rows = conn.execute(page_sql, page_params).fetchall()
+            total = conn.execute(count_sql, count_params).fetchone()[0]
+            more = len(rows) > query.limit
+            jobs = [row_to_job(r) for r in rows[: query.limit]]
+            return JobPage(jobs, int(total), jobs[-1].seq if more and jobs else None)
+
+        return await self.journal.read(select)
+
+    async def _find_by_id(self, query: JobQuery) -> JobPage:
+        """A page in id order, with the count per origin (this node's part of a topology page)."""
         where = [f"state IN {state_list(query.states)}"]
         params: list[Any] = []
         if query.topic:
@@ -152,32 +171,25 @@ class JobStore(Claims, Attempts, Controls):
         params += template_params
         base_where = " AND ".join(where)
         page_where, page_params = base_where, list(params)
-        key = "id" if query.by_id else "seq"
-        after = query.after_id if query.by_id else query.after_seq
-        if after is not None:
-            page_where += f" AND {key} < ?" if query.newest_first else f" AND {key} > ?"
-            page_params.append(after)
+        if query.after_id is not None:
+            page_where += " AND id < ?" if query.newest_first else " AND id > ?"
+            page_params.append(query.after_id)
         order = "DESC" if query.newest_first else "ASC"
 
         def select(conn: sqlite3.Connection) -> JobPage:
             rows = conn.execute(
-                f"SELECT {COLUMNS} FROM jobs WHERE {page_where} ORDER BY {key} {order} LIMIT ?",
+                f"SELECT {COLUMNS} FROM jobs WHERE {page_where} ORDER BY id {order} LIMIT ?",
                 [*page_params, query.limit + 1],
             ).fetchall()
             more = len(rows) > query.limit
             jobs = [row_to_job(r) for r in rows[: query.limit]]
-            if query.by_id:
-                by_origin = {
-                    r["origin"]: int(r["n"])
-                    for r in conn.execute(
-                        f"SELECT origin, count(*) AS n FROM jobs WHERE {base_where} GROUP BY origin", params
-                    )
-                }
-                return JobPage(
-                    jobs, sum(by_origin.values()), jobs[-1].seq if more and jobs else None, by_origin
+            by_origin = {
+                r["origin"]: int(r["n"])
+                for r in conn.execute(
+                    f"SELECT origin, count(*) AS n FROM jobs WHERE {base_where} GROUP BY origin", params
                 )
-            total = conn.execute(f"SELECT count(*) AS n FROM jobs WHERE {base_where}", params).fetchone()["n"]
-            return JobPage(jobs, int(total), jobs[-1].seq if more and jobs else None)
+            }
+            return JobPage(jobs, sum(by_origin.values()), jobs[-1].seq if more and jobs else None, by_origin)
 
         return await self.journal.read(select)
 
@@ -276,3 +288,60 @@ def queued_topics(conn: sqlite3.Connection) -> list[str]:
             f"SELECT 1 FROM jobs WHERE topic = ? AND state = {QUEUED} LIMIT 1", (topic,)
         ).fetchone():
             topics.append(topic)
+
+
+def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:
+    """The SELECT of one page of `query` (limit + 1 rows) and the SELECT of its total count, each
+    with its parameters.
+
+    With property templates, both start from the seqs the property index `job_properties` gives
+    (a search of its primary key per template) and read only those jobs by seq, so their cost is
+    the number of jobs the index gives, not the size of the journal; the template conditions the
+    index did not search are checked on those rows (`unsearched_sql`), so a template means
+    exactly what it meant before the index.
+    """
+    where = [f"state IN {state_list(query.states)}"]
+    params: list[Any] = []
+    if query.topic:
+        where.append("topic = ?")
+        params.append(query.topic)
+    order = "DESC" if query.newest_first else "ASC"
+    everything = templates_to_seq_sql(query.templates, topic=query.topic)
+    if everything is None:
+        template_sql, template_params = templates_to_sql(query.templates)
+        where.append(template_sql)
+        params += template_params
+        base_where = " AND ".join(where)
+        page_where, page_params = base_where, list(params)
+        if query.after_seq is not None:
+            page_where += " AND seq < ?" if query.newest_first else " AND seq > ?"
+            page_params.append(query.after_seq)
+        return (
+            f"SELECT {COLUMNS} FROM jobs WHERE {page_where} ORDER BY seq {order} LIMIT ?",
+            [*page_params, query.limit + 1],
+            f"SELECT count(*) FROM jobs WHERE {base_where}",
+            params,
+        )
+    rest_sql, rest_params = unsearched_sql(query.templates)
+    where.append(rest_sql)
+    params += rest_params
+    base_where = " AND ".join(where)
+    bound = None
+    if query.after_seq is not None:
+        bound = ("job_seq < ?" if query.newest_first else "job_seq > ?", query.after_seq)
+    page_seqs = templates_to_seq_sql(query.templates, bound, query.topic)
+    assert page_seqs is not None
+    # CROSS JOIN: SQLite keeps the seqs as the outer loop (never a scan of jobs checking each row).
+    # The page: the seqs sorted first, in a co-routine (LIMIT -1 keeps SQLite from flattening it,
+    # which would sort after reading every match), then read in that order until limit + 1 rows
+    # pass; an outer ORDER BY would sort all the joined rows again (SQLite does not see that they
+    # come in order), so the nested loop's order is the page's (pinned by tests/test_find_plans.py).
+    page_sql = (
+        f"SELECT {COLUMNS} FROM ({page_seqs[0]} ORDER BY job_seq {order} LIMIT -1) AS m "
+        f"CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where} LIMIT ?"
+    )
+    count_sql, count_params = f"SELECT count(*) FROM ({everything[0]}) AS m", list(everything[1])
+    if set(query.states) != set(JobState) or rest_sql != "1":  # else the index alone counts
+        count_sql += f" CROSS JOIN jobs ON jobs.seq = m.job_seq WHERE {base_where}"
+        count_params += params
+    return page_sql, [*page_seqs[1], *params, query.limit + 1], count_sql, count_params

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from node.journal.payloads import PAYLOAD_INPUT, PAYLOAD_OUTPUT
+from node.journal.property_index import unindex_jobs
 from node.model.job import Job, JobState, Outcome
 from node.model.queues import QueueConfig
 from node.templates import Template
@@ -246,6 +247,7 @@ def pattern_sql(patterns: Sequence[TopicPattern]) -> tuple[str, list[str]]:
 def delete_jobs(conn: sqlite3.Connection, seqs: Sequence[int]) -> None:
     """Delete jobs with their payloads and log lines."""
     rows = [(seq,) for seq in seqs]
+    unindex_jobs(conn, seqs)
     conn.executemany("DELETE FROM payloads WHERE job_seq = ?", rows)
     conn.executemany("DELETE FROM job_log WHERE job_seq = ?", rows)
     conn.executemany("DELETE FROM jobs WHERE seq = ?", rows)

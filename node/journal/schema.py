@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from node.errors import JournalError
+from node.journal.property_index import MIGRATION as PROPERTY_INDEX
 
 MIGRATIONS: tuple[str, ...] = (
     # v1: jobs, their payloads, and node metadata.
@@ -159,6 +160,9 @@ MIGRATIONS: tuple[str, ...] = (
         message TEXT NOT NULL DEFAULT ''
     );
     """,
+    # v7: every job's properties by name, typed value and topic, searched by FindJobs templates;
+    # written with the job's row by its writers (node/journal/property_index.py).
+    PROPERTY_INDEX,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
