@@ -86,6 +86,16 @@ class NodeApi:
 
     # --- reads ---
 
+    async def _every(self, service: str, method: str, request: Any, field: str) -> list[Any]:
+        """Every row of a paged list (AIP-158 page tokens), page after page."""
+        rows: list[Any] = []
+        while True:
+            response = await self.call(service, method, request)
+            rows.extend(getattr(response, field))
+            if not response.next_page_token:
+                return rows
+            request.page_token = response.next_page_token
+
     async def topology(self) -> topology_pb2.TopologyView:
         """The topology view."""
         response = await self.call("topology", "GetTopology", topology_pb2.GetTopologyRequest())
@@ -94,14 +104,9 @@ class NodeApi:
 
     async def consumption(self) -> list[topics_pb2.InstanceConsumption]:
         """Every live instance's consumer topics and settings."""
-        rows: list[topics_pb2.InstanceConsumption] = []
-        request = topics_pb2.ListTopicConsumptionRequest()
-        while True:
-            response = await self.call("topics", "ListTopicConsumption", request)
-            rows.extend(response.instances)
-            if not response.next_page_token:
-                return rows
-            request.page_token = response.next_page_token
+        return await self._every(
+            "topics", "ListTopicConsumption", topics_pb2.ListTopicConsumptionRequest(), "instances"
+        )
 
     async def find_jobs(self, request: jobs_pb2.FindJobsRequest) -> jobs_pb2.FindJobsResponse:
         """One page of FindJobs."""
@@ -144,33 +149,14 @@ class NodeApi:
 
     async def queues(self) -> list[queues_pb2.QueueInfo]:
         """Every queue."""
-        rows: list[queues_pb2.QueueInfo] = []
-        request = queues_pb2.ListQueuesRequest()
-        while True:
-            response = await self.call("queues", "ListQueues", request)
-            rows.extend(response.queues)
-            if not response.next_page_token:
-                return rows
-            request.page_token = response.next_page_token
+        return await self._every("queues", "ListQueues", queues_pb2.ListQueuesRequest(), "queues")
 
     async def schedules(self) -> list[schedules_pb2.Schedule]:
         """Every schedule."""
-        rows: list[schedules_pb2.Schedule] = []
-        request = schedules_pb2.ListSchedulesRequest()
-        while True:
-            response = await self.call("schedules", "ListSchedules", request)
-            rows.extend(response.schedules)
-            if not response.next_page_token:
-                return rows
-            request.page_token = response.next_page_token
+        return await self._every(
+            "schedules", "ListSchedules", schedules_pb2.ListSchedulesRequest(), "schedules"
+        )
 
     async def workers(self) -> list[workers_pb2.ConnectedWorker]:
         """The connected remote workers."""
-        rows: list[workers_pb2.ConnectedWorker] = []
-        request = workers_pb2.ListWorkersRequest()
-        while True:
-            response = await self.call("workers", "ListWorkers", request)
-            rows.extend(response.workers)
-            if not response.next_page_token:
-                return rows
-            request.page_token = response.next_page_token
+        return await self._every("workers", "ListWorkers", workers_pb2.ListWorkersRequest(), "workers")
