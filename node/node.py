@@ -138,6 +138,7 @@ class Node:
         self._jobs: JobManager | None = None
         self._offloader: Offloader | None = None
         self._transfer: TransferServicer | None = None
+        self._worker_servicer: WorkerServicer | None = None
         self._consumption: ConsumptionStore | None = None
         self._server: grpc.aio.Server | None = None
         self._health: HealthService | None = None
@@ -291,9 +292,8 @@ class Node:
         queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.jobs), server)
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(self.jobs), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
-        workers_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerServicer(self.workers, instance_id), server
-        )
+        self._worker_servicer = WorkerServicer(self.workers, instance_id)
+        workers_pb2_grpc.add_WorkerServiceServicer_to_server(self._worker_servicer, server)
         self._health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         add_reflection(server, (*served, HEALTH_SERVICE_NAME))
@@ -442,6 +442,8 @@ class Node:
             await self._jobs.stop(grace)
             self._jobs = None
         self.workers.close()  # after the jobs: remote workers may finish theirs within the grace
+        if self._worker_servicer is not None:
+            await self._worker_servicer.drained(1.0)  # their calls end before the server stops
         if self._server is not None:
             await self._server.stop(min(grace, 1.0))
             self._server = None

@@ -114,6 +114,18 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
     def __init__(self, workers: RemoteWorkers, instance_id: str) -> None:
         self._workers = workers
         self._instance_id = instance_id
+        self._calls = 0
+        self._no_calls = asyncio.Event()
+        self._no_calls.set()
+
+    async def drained(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until every Work call has returned: a call still open when
+        the server stops is cancelled by grpc, which prints that cancellation's traceback."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._no_calls.wait()
+        for _ in range(3):  # grpc sends each returned call's status a loop turn or two later
+            await asyncio.sleep(0)
 
     async def Work(  # type: ignore[override]  # the read/write API: reads and writes run concurrently
         self,
@@ -122,6 +134,8 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
     ) -> None:
         worker: RemoteWorker | None = None
         reason = "the stream ended"
+        self._calls += 1
+        self._no_calls.clear()
         try:
             worker = await self._register(context)
             if worker is not None:
@@ -141,6 +155,9 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
         finally:
             if worker is not None:
                 self._workers.disconnect(worker, reason)
+            self._calls -= 1
+            if not self._calls:
+                self._no_calls.set()
 
     @rpc
     async def ListWorkers(
