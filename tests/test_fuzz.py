@@ -32,6 +32,7 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
+from node.security.scopes import PEER, REQUIRED_SCOPE
 from node.transfer.chunks import crc32
 from tests.support.fuzzing import Mutation, message_class, method_call, mutations, served_methods
 from tests.support.launcher import NodeFactory, NodeProcess
@@ -60,13 +61,13 @@ STREAM_EXPECTED = EXPECTED | {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode
 # bootstrap certificate calls Join, a member node's own certificate calls Renew.
 NOT_FOR_CLIENTS = {"jobmesh.peer.v1.ClusterService.Join", "jobmesh.peer.v1.ClusterService.Renew"}
 METHODS = sorted(served_methods(), key=lambda m: m.full_name)
-PEER_SERVICES = (
-    "jobmesh.peer.v1.MembershipService.",
-    "jobmesh.peer.v1.TransferService.",
-    "jobmesh.peer.v1.GatherService.",
+PEER_ONLY = (
+    frozenset(name.lstrip("/").replace("/", ".") for name, scope in REQUIRED_SCOPE.items() if scope == PEER)
+    - NOT_FOR_CLIENTS
 )
-"""Methods only nodes call: fuzzed from a member's certificate (instance "fuzz-peer", the sender
-of the valid frames), where a message in another instance's name is PERMISSION_DENIED."""
+"""Methods only nodes call (the scope table's): fuzzed from a member's certificate (instance
+"fuzz-peer", the sender of the valid frames), where a message in another instance's name is
+PERMISSION_DENIED."""
 
 
 def fuzz_seed() -> int:
@@ -263,7 +264,7 @@ def test_hostile_requests_to_every_method_get_expected_statuses_and_break_no_rea
     for method, mutation in plan:
         if time.monotonic() > deadline:
             break
-        from_peer = method.full_name.startswith(PEER_SERVICES)
+        from_peer = method.full_name in PEER_ONLY
         code = call(member if from_peer else node.channel, method, mutation.payload)
         sent += 1
         codes[code.name] += 1

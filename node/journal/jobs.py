@@ -31,6 +31,7 @@ from node.journal.records import (
     JobPage,
     JobQuery,
     NewJobRecord,
+    distinct_values,
     pattern_sql,
     row_to_job,
     state_list,
@@ -278,16 +279,13 @@ class JobStore(Claims, Attempts, Controls):
 def queued_topics(conn: sqlite3.Connection) -> list[str]:
     """The distinct topics of QUEUED jobs: a skip scan of jobs_topic, two seeks per topic in the
     journal, whatever the number of jobs (SELECT DISTINCT would visit every QUEUED job)."""
-    topics: list[str] = []
-    topic = ""
-    while True:
-        topic = conn.execute("SELECT min(topic) FROM jobs WHERE topic > ?", (topic,)).fetchone()[0]
-        if topic is None:
-            return topics
+    return [
+        topic
+        for topic in distinct_values(conn, "topic")
         if conn.execute(
             f"SELECT 1 FROM jobs WHERE topic = ? AND state = {QUEUED} LIMIT 1", (topic,)
-        ).fetchone():
-            topics.append(topic)
+        ).fetchone()
+    ]
 
 
 def find_statements(query: JobQuery) -> tuple[str, list[Any], str, list[Any]]:

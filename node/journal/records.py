@@ -8,7 +8,7 @@ use the partial indexes whose WHERE names a state literal (see schema.py).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -264,3 +264,20 @@ class JobStorePart:
     def _hook(self) -> JournalHook:
         """The hook registered on the journal (offloading), called inside each change."""
         return self.journal.hook
+
+
+def distinct_values(
+    conn: sqlite3.Connection, column: str, source: str = "jobs", where: str = "1", params: Sequence[Any] = ()
+) -> Iterator[str]:
+    """The distinct values of `column` among the rows of `source` matching `where`, ascending: a
+    skip scan, one index seek per value where an index leads with `column` after the equalities
+    of `where` (SELECT DISTINCT would visit every row; a row-value `>` every row of a value)."""
+    value = ""
+    while True:
+        found = conn.execute(
+            f"SELECT min({column}) FROM {source} WHERE {where} AND {column} > ?", (*params, value)
+        ).fetchone()[0]
+        if found is None:
+            return
+        value = found
+        yield value

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 
 from node.journal.recorder import Recorder
-from node.journal.records import ACTIVE, DROPPED, QUEUED, STOPPED, UNFINISHED
+from node.journal.records import ACTIVE, DROPPED, QUEUED, STOPPED, UNFINISHED, distinct_values
 from node.model.events import EventType
 from node.model.job import JobState, Outcome
 from node.model.lifecycle import after_attempt, end_event
@@ -83,26 +83,13 @@ class Assigner:
 
     def _waiting_topics(self, conn: sqlite3.Connection) -> Iterator[tuple[str, str]]:
         """The distinct (topic, queue) of this node's unassigned QUEUED jobs: a skip scan of
-        jobs_unassigned, one seek per topic and per queue (a row-value `>` would walk every job
-        of a topic to reach the next one)."""
-        waiting = (
-            f"FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} AND target IS NULL AND origin = ?"
-        )
-        topic: str | None = ""
-        while True:
-            topic = conn.execute(
-                f"SELECT min(topic) {waiting} AND topic > ?", (self.local_id, topic)
-            ).fetchone()[0]
-            if topic is None:
-                return
-            queue: str | None = None
-            while True:
-                queue = conn.execute(
-                    f"SELECT min(queue) {waiting} AND topic = ? AND queue > ?",
-                    (self.local_id, topic, queue or ""),
-                ).fetchone()[0]
-                if queue is None:
-                    break
+        jobs_unassigned, one seek per topic and per queue."""
+        source = "jobs INDEXED BY jobs_unassigned"
+        waiting = f"state = {QUEUED} AND target IS NULL AND origin = ?"
+        for topic in distinct_values(conn, "topic", source, waiting, (self.local_id,)):
+            for queue in distinct_values(
+                conn, "queue", source, f"{waiting} AND topic = ?", (self.local_id, topic)
+            ):
                 yield topic, queue
 
     def _move(self, conn: sqlite3.Connection, job_id: str, target: str | None, now_us: int) -> int:
