@@ -215,11 +215,15 @@ class OffloadConfig:
     """No reassignment this soon after start (a restarting topology is still forming)."""
     chunk_bytes: Annotated[int, Range(1024, 8 * 1024 * 1024, unit="bytes")] = CHUNK_BYTES
     """Payloads larger than this travel to and from targets in chunks of this size."""
+    reconcile_after_s: Annotated[float, POSITIVE_S] = 30.0
+    """An origin asks a target about a job it offloaded there that has been quiet this long."""
+    confirm_window_s: Annotated[float, POSITIVE_S] = 5.0
+    """A target starts another origin's job only if it heard from it this recently (< reassign_grace_s)."""
 
     @classmethod
     def for_tests(cls) -> OffloadConfig:
         """Short timings for tests."""
-        return cls(capacity_interval_s=0.2, reassign_grace_s=0.5, startup_grace_s=1.0, chunk_bytes=256 * 1024)
+        return cls(0.2, 0.5, 1.0, 256 * 1024, reconcile_after_s=0.5, confirm_window_s=0.25)
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,8 @@ class NodeConfig:
             if not ok:
                 raise ConfigError(message)
         self.discovery.validate()
+        if 0 < self.offload.reassign_grace_s <= self.offload.confirm_window_s:
+            raise ConfigError("offload.confirm_window_s must be less than offload.reassign_grace_s")
         self.main_queue()  # validates the main queue's settings
         names = [q.name for q in self.queues]
         if len(names) != len(set(names)):
@@ -451,11 +457,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
-    """A warning for each `JOBMESH_*` variable that is neither a setting nor a known variable.
-
-    A typo (`JOBMESH_JOBS_MAX_PARALEL`) would otherwise be ignored without a word; the warning
-    names the closest setting.
-    """
+    """A warning, naming the closest setting, for each `JOBMESH_*` variable that is neither a
+    setting nor a known variable (a typo would otherwise be ignored without a word)."""
     settings = [env_name(key) for key in setting_keys()]
     known = set(settings) | OTHER_ENV_NAMES
     warnings = []

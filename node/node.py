@@ -245,6 +245,8 @@ class Node:
                 self._transfer_link
                 or GrpcTransferLink(self.transport, config.jobs.max_payload_bytes + FRAME_MAX_BYTES),
             )
+            # Before the runners start: a job of another origin starts only under its lease.
+            self._jobs.hold = self._offloader.lease.hold
             self._consumption = ConsumptionStore(self._journal)
             self._jobs.consumption = await self._consumption.load()
             self._publish_consumption(self._jobs.consumption)

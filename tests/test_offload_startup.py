@@ -1,11 +1,13 @@
 """Offloading is on from a node's first transaction: the outbox hook is registered before any
 queue runner starts (the start-up race of the streams issue: a job of another origin that
 finished in the first milliseconds after a restart wrote no report, and its origin never
-learned its end)."""
+learned its end). A queued job of another origin starts only once this node's lease on that
+origin is confirmed (node/transfer/lease.py): after a restart it waits for its origin."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -49,11 +51,16 @@ async def test_jobs_of_another_origin_that_end_during_start_are_reported_to_thei
         journal.close()
 
     # When the node starts with a consumer for them: crash recovery gives the first up inside
-    # the job manager's start, the second runs as soon as the runners start, both long before
-    # discovery and the transfer streams are up
+    # the job manager's start, long before discovery and the transfer streams are up; the
+    # second waits for its origin (unreachable here: the test confirms the lease itself), then
+    # runs as soon as it may
     n = node.Node(config)
     n.consumers.register(["t/**"], lambda _job, _context: None)
     async with n:
+        assert "origin-1" in n.jobs.hold().origins
+        assert (await n.jobs.get_job("queued")).state is node.JobState.QUEUED
+        n.transfer_receiver.lease.heard("origin-1", time.monotonic())  # type: ignore[attr-defined]
+        n.jobs.wake_runners()
         await asyncio.wait_for(_until_succeeded(n, "queued"), 10)
         assert (await n.jobs.get_job("crashed")).state is node.JobState.GIVEN_UP
         outbox = await n.journal.read(

@@ -33,7 +33,12 @@ TOPIC = "events/work"
 
 def _node(path: Path, network: MemoryTransferNetwork, seeds: tuple[str, ...] = ()) -> node.Node:
     config = node.NodeConfig.for_tests(seed_cluster(path, shared_cluster(path.parent)))
-    config = dataclasses.replace(config, discovery=dataclasses.replace(config.discovery, seeds=seeds))
+    # The target runs the jobs while the origin is paused: its lease on the origin (confirmed
+    # while the jobs waited) must outlast that (see node/transfer/lease.py).
+    offload = dataclasses.replace(config.offload, reassign_grace_s=60.0, confirm_window_s=30.0)
+    config = dataclasses.replace(
+        config, discovery=dataclasses.replace(config.discovery, seeds=seeds), offload=offload
+    )
     link = network.link(str(path))
     n = node.Node(config, transfer_link=link)
     n._test_link = link  # type: ignore[attr-defined]
@@ -87,6 +92,12 @@ async def _run_with_reports_held(p: Pair, count: int, **options: object) -> list
     ids = [(await p.origin.jobs.add_job(TOPIC, {"n": n}, **options)).id for n in range(count)]  # type: ignore[arg-type]
     for job_id in ids:
         await _arrived(p.target, job_id, JobState.QUEUED)
+    lease, origin_id = p.target.transfer_receiver.lease, p.origin.identity.id  # type: ignore[attr-defined, union-attr]
+
+    async def confirmed() -> bool:  # the target asked the origin about them before the pause
+        return not lease.holds(origin_id)
+
+    await async_wait_for(confirmed, 15, "the target's lease on the origin")
     origin_address = p.origin.topology.view.local.address
     p.network.pause(origin_address)
     await p.target.jobs.suspend_queue("main", False)

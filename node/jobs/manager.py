@@ -22,6 +22,7 @@ from node.jobs.placement import LocalPlacement, Placement
 from node.jobs.retention import Retention
 from node.jobs.runner import QueueRunner
 from node.jobs.scheduler import Scheduler
+from node.journal.claims import NO_HOLD, Hold
 from node.journal.events import EventBatch, EventStore
 from node.journal.ids import JobIdGenerator
 from node.journal.jobs import JobStore
@@ -94,6 +95,8 @@ class JobManager:
         self._retention = Retention(self.store, self.events, config.history, config.events)
         consumers.add_listener(self._on_consumers_changed)
         consumers.add_capacity_listener(self.wake_runners)  # refused claims may start now
+        self.hold: Callable[[], Hold] = lambda: NO_HOLD
+        """The jobs of other origins the runners leave QUEUED now (set by the offloader's lease)."""
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
         self.consumption = ConsumptionRules()
@@ -168,6 +171,7 @@ class JobManager:
                     self._executor,
                     self._make_context,
                     suspended=name in self._suspended,
+                    hold=lambda: self.hold(),
                 )
                 self._runners[name] = runner
                 runner.start()

@@ -22,6 +22,7 @@ from node.errors import ConsumerGone, PayloadDamaged, Unavailable
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import Deferred, JobContext
+from node.journal.claims import NO_HOLD, Hold
 from node.journal.jobs import JobStore
 from node.journal.records import AttemptReport
 from node.model.job import Job, JobResult, Outcome
@@ -112,8 +113,11 @@ class QueueRunner:
         make_context: ContextFactory,
         *,
         suspended: bool = False,
+        hold: Callable[[], Hold] = lambda: NO_HOLD,
     ) -> None:
         self._store = store
+        self._hold = hold
+        """Which jobs of other origins to leave QUEUED now (their lease lapsed, see lease.py)."""
         self._consumers = consumers
         self._instance_id = instance_id
         self.config = config
@@ -202,15 +206,18 @@ class QueueRunner:
         config, store, me = self.config, self._store, self._instance_id
         now = now_us()
         admit = self._consumers.admission()  # bounded consumers (remote workers): only their free slots
+        hold = self._hold()  # asked at each claim: after a pause (SIGSTOP) a lease has lapsed at once
         if config.type is QueueType.ORDERED:
-            jobs, head_due = await store.claim_ordered(me, config.name, now, admit)
+            jobs, head_due = await store.claim_ordered(me, config.name, now, admit, hold)
             return jobs, None if head_due is None else max(0.0, (head_due - now_us()) / 1e6)
         if config.type is QueueType.TOPIC_ROUND_ROBIN:
-            jobs, due = await store.claim_round_robin(me, config.name, now, free, self._last_topic, admit)
+            jobs, due = await store.claim_round_robin(
+                me, config.name, now, free, self._last_topic, admit, hold
+            )
             if jobs:
                 self._last_topic = jobs[-1].topic
         else:
-            jobs, due = await store.claim(me, config.name, now, free, admit)
+            jobs, due = await store.claim(me, config.name, now, free, admit, hold)
         if len(jobs) == free:
             return jobs, 0.0
         return jobs, None if due is None else max(0.0, (due - now_us()) / 1e6)

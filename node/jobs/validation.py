@@ -151,3 +151,44 @@ def check_exchange(frame: transfer_pb2.ExchangeRequest, limits: JobLimits) -> No
     for index, control in enumerate(frame.controls):
         check_id(control.job_id, f"controls[{index}].job_id")
         check_number(control.epoch, 0, MAX_SEQ, f"controls[{index}].epoch")
+
+
+RECONCILE_MAX_JOBS = 1000
+"""Jobs one Reconcile call asks about at most."""
+
+
+def check_reconcile(request: transfer_pb2.ReconcileRequest) -> None:
+    """Refuse a reconciliation question with a bad role, too many jobs, a bad id or epoch, or
+    an id asked twice."""
+    check_id(request.sender_id, "sender_id")
+    if request.role not in (transfer_pb2.RECONCILE_ROLE_ORIGIN, transfer_pb2.RECONCILE_ROLE_TARGET):
+        raise InvalidArgument(f"role {request.role} is not RECONCILE_ROLE_ORIGIN or RECONCILE_ROLE_TARGET")
+    check_number(len(request.jobs), 1, RECONCILE_MAX_JOBS, "jobs (count)")
+    seen: set[str] = set()
+    for index, job in enumerate(request.jobs):
+        check_id(job.job_id, f"jobs[{index}].job_id")
+        check_number(job.epoch, 0, MAX_SEQ, f"jobs[{index}].epoch")
+        if job.state not in {int(s) for s in JobState}:
+            raise InvalidArgument(f"jobs[{index}].state {job.state} is not a known JobState")
+        check_number(job.retry_count, 0, MAX_RETRIES, f"jobs[{index}].retry_count")
+        if job.job_id in seen:
+            raise InvalidArgument(f"jobs[{index}].job_id {job.job_id!r} is asked twice")
+        seen.add(job.job_id)
+
+
+def check_reconcile_answers(
+    request: transfer_pb2.ReconcileRequest, response: transfer_pb2.ReconcileResponse
+) -> None:
+    """Refuse a peer's answers that do not match the question (one per job, in order) or carry
+    values that could not be stored."""
+    if len(response.answers) != len(request.jobs):
+        raise InvalidArgument(f"{len(response.answers)} answers to {len(request.jobs)} questions")
+    statuses = set(transfer_pb2.ReconcileStatus.values()) - {transfer_pb2.RECONCILE_STATUS_UNSPECIFIED}
+    for index, (asked, answer) in enumerate(zip(request.jobs, response.answers, strict=True)):
+        if (answer.job_id, answer.epoch) != (asked.job_id, asked.epoch):
+            raise InvalidArgument(f"answers[{index}] is about {answer.job_id!r}, not {asked.job_id!r}")
+        if answer.status not in statuses:
+            raise InvalidArgument(f"answers[{index}].status {answer.status} is not a known status")
+        if answer.state and answer.state not in {int(s) for s in JobState}:  # 0: none given
+            raise InvalidArgument(f"answers[{index}].state {answer.state} is not a known JobState")
+        check_number(answer.retry_count, 0, MAX_RETRIES, f"answers[{index}].retry_count")

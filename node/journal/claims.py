@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from node.journal.records import ACTIVE, COLUMNS, QUEUED, JobRow, JobStorePart, row_to_job
 from node.model.events import EventType
@@ -21,6 +22,29 @@ Admit = Callable[[str, int], bool]
 """`admit(topic, payload_bytes)`: may the claim start one more job of this topic and input size
 (a consumer slot, and room for its payload, is free)?
 A job it refuses stays QUEUED; the runner claims again when capacity changes."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Jobs of other origins a claim leaves QUEUED for now: a target starts a job of another
+    origin only while its lease on that origin holds (node/transfer/lease.py). Normally empty:
+    then the claims' queries are unchanged and cost nothing more."""
+
+    origins: frozenset[str] = frozenset()
+    """Origins whose jobs wait (their lease lapsed; they are being asked)."""
+    local_id: str | None = None
+    """Set: every job of another origin waits (the leases are not known yet, at start)."""
+
+    def sql(self) -> tuple[str, tuple[str, ...]]:
+        """A condition to AND to a claim's WHERE, and its parameters."""
+        if self.local_id is not None:
+            return " AND origin = ?", (self.local_id,)
+        if self.origins:
+            return f" AND origin NOT IN ({', '.join('?' * len(self.origins))})", tuple(sorted(self.origins))
+        return "", ()
+
+
+NO_HOLD = Hold()
 
 _SCAN_ROWS = 1000
 """How many due rows past the first `limit` a claim with an `admit` looks at for admitted ones."""
@@ -38,48 +62,58 @@ class Claims(JobStorePart):
     """Starting jobs, one method per queue type."""
 
     async def claim(
-        self, target: str, queue: str, now_us: int, limit: int, admit: Admit | None = None
+        self,
+        target: str,
+        queue: str,
+        now_us: int,
+        limit: int,
+        admit: Admit | None = None,
+        hold: Hold = NO_HOLD,
     ) -> Claimed:
         """Start up to `limit` due QUEUED jobs of `queue` assigned to `target`, earliest due first
-        (only those `admit` admits, if given)."""
+        (only those `admit` admits, if given; none that `hold` holds)."""
+        held, held_args = hold.sql()
 
         def update(conn: sqlite3.Connection) -> Claimed:
             if admit is not None:
                 rows = conn.execute(
                     f"SELECT seq, topic, payload_size FROM jobs WHERE state = {QUEUED} AND target = ? "
-                    "AND queue = ? AND due_us <= ? ORDER BY due_us, seq LIMIT ?",
-                    (target, queue, now_us, limit + _SCAN_ROWS),
+                    f"AND queue = ? AND due_us <= ?{held} ORDER BY due_us, seq LIMIT ?",
+                    (target, queue, now_us, *held_args, limit + _SCAN_ROWS),
                 ).fetchall()
                 seqs, refused = _admitted(rows, admit, limit)
                 jobs = self._start_rows(conn, seqs, target, now_us)
-                return jobs, self._next_due(conn, jobs, limit, target, queue, now_us if refused else None)
+                after = now_us if refused else None
+                return jobs, self._next_due(conn, jobs, limit, target, queue, after, hold)
             rows = conn.execute(
                 f"{_START} WHERE seq IN (SELECT seq FROM jobs WHERE state = {QUEUED} AND target = ? "
-                f"AND queue = ? AND due_us <= ? ORDER BY due_us, seq LIMIT ?) RETURNING {COLUMNS}",
-                (now_us, target, queue, now_us, limit),
+                f"AND queue = ? AND due_us <= ?{held} ORDER BY due_us, seq LIMIT ?) RETURNING {COLUMNS}",
+                (now_us, target, queue, now_us, *held_args, limit),
             ).fetchall()
             started = [JobRow._make(r) for r in rows]
             started.sort(key=lambda r: (r.due_us, r.seq))  # RETURNING has no order: due, then seq
             jobs = self._started(started, target, now_us)
-            return jobs, self._next_due(conn, jobs, limit, target, queue)
+            return jobs, self._next_due(conn, jobs, limit, target, queue, hold=hold)
 
         return await self.journal.write(update)
 
     async def claim_ordered(
-        self, target: str, queue: str, now_us: int, admit: Admit | None = None
+        self, target: str, queue: str, now_us: int, admit: Admit | None = None, hold: Hold = NO_HOLD
     ) -> Claimed:
         """Start the oldest QUEUED job of an ordered queue if it is due.
 
         Returns (started jobs, due time of a head that is not due yet). A failed job keeps its
-        place at the head, so it blocks the queue until its retry delay has passed.
+        place at the head, so it blocks the queue until its retry delay has passed. A held job
+        (`hold`) is skipped: the head is the oldest job not held.
         """
+        held, held_args = hold.sql()
 
         def update(conn: sqlite3.Connection) -> Claimed:
             head = conn.execute(
                 f"SELECT seq, due_us, topic, payload_size FROM jobs WHERE state = {QUEUED} AND target = ? "
-                "AND queue = ? "
+                f"AND queue = ?{held} "
                 "ORDER BY seq LIMIT 1",
-                (target, queue),
+                (target, queue, *held_args),
             ).fetchone()
             if head is None:
                 return [], None
@@ -92,24 +126,39 @@ class Claims(JobStorePart):
         return await self.journal.write(update)
 
     async def claim_round_robin(
-        self, target: str, queue: str, now_us: int, limit: int, last_topic: str, admit: Admit | None = None
+        self,
+        target: str,
+        queue: str,
+        now_us: int,
+        limit: int,
+        last_topic: str,
+        admit: Admit | None = None,
+        hold: Hold = NO_HOLD,
     ) -> Claimed:
         """Start up to `limit` due jobs, one topic after another, starting after `last_topic`
-        (only those `admit` admits, if given)."""
+        (only those `admit` admits, if given; none that `hold` holds)."""
+        held, held_args = hold.sql()
 
         def update(conn: sqlite3.Connection) -> Claimed:
             rows = conn.execute(
                 "SELECT seq, topic, payload_size FROM (SELECT seq, topic, payload_size, row_number() OVER (PARTITION BY topic "
                 f"ORDER BY due_us, seq) AS turn FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
-                "AND due_us <= ?) ORDER BY turn, topic <= ?, topic LIMIT ?",
-                (target, queue, now_us, last_topic, limit if admit is None else limit + _SCAN_ROWS),
+                f"AND due_us <= ?{held}) ORDER BY turn, topic <= ?, topic LIMIT ?",
+                (
+                    target,
+                    queue,
+                    now_us,
+                    *held_args,
+                    last_topic,
+                    limit if admit is None else limit + _SCAN_ROWS,
+                ),
             ).fetchall()
             if admit is None:
                 seqs, refused = [r["seq"] for r in rows], False
             else:
                 seqs, refused = _admitted(rows, admit, limit)
             jobs = self._start_rows(conn, seqs, target, now_us)
-            return jobs, self._next_due(conn, jobs, limit, target, queue, now_us if refused else None)
+            return jobs, self._next_due(conn, jobs, limit, target, queue, now_us if refused else None, hold)
 
         return await self.journal.write(update)
 
@@ -153,17 +202,20 @@ class Claims(JobStorePart):
         target: str,
         queue: str,
         after_us: int | None = None,
+        hold: Hold = NO_HOLD,
     ) -> int | None:
         """When the earliest QUEUED job left is due; only looked up when the claim took fewer than
         `limit` (otherwise the runner claims again at once), in the claim's own transaction.
         `after_us`: jobs due by then were refused for want of a consumer slot; only later ones
-        count (the refused ones are claimed again when capacity changes)."""
+        count (the refused ones are claimed again when capacity changes). Held jobs do not count
+        either: the lease wakes the runners when it lifts a hold."""
         if len(jobs) == limit:
             return None
+        held, held_args = hold.sql()
         row = conn.execute(
             f"SELECT min(due_us) AS due FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
-            "AND due_us > ?",
-            (target, queue, -1 if after_us is None else after_us),
+            f"AND due_us > ?{held}",
+            (target, queue, -1 if after_us is None else after_us, *held_args),
         ).fetchone()
         return None if row["due"] is None else int(row["due"])
 

@@ -56,7 +56,7 @@ def refusal(caller: Principal, request: Any) -> str | None:
         request.sender.info.id
         if name in _SENDER_RECORD
         else request.sender_id
-        if name == "ExchangeRequest"
+        if name in ("ExchangeRequest", "ReconcileRequest")
         else None
     )
     if caller.is_node and claimed is not None and claimed != caller.instance_id:

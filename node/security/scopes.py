@@ -32,6 +32,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/jobmesh.peer.v1.MembershipService/Sync": PEER,
     "/jobmesh.peer.v1.MembershipService/Gossip": PEER,
     "/jobmesh.peer.v1.TransferService/Exchange": PEER,
+    "/jobmesh.peer.v1.TransferService/Reconcile": PEER,
     "/jobmesh.peer.v1.GatherService/FindLocalJobs": PEER,
     "/jobmesh.peer.v1.GatherService/GetLocalStatistics": PEER,
     "/jobmesh.peer.v1.ClusterService/Join": JOIN,

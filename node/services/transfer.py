@@ -1,4 +1,5 @@
-"""TransferService: peers stream offloaded jobs and reports to this node (see transfer.proto)."""
+"""TransferService: peers stream offloaded jobs and reports to this node, and ask it to reconcile
+(see transfer.proto)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import grpc
 from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 
-from node.errors import JobmeshError
+from node.errors import InvalidArgument, JobmeshError
 from node.services.decoding import BadRequestCounter
+from node.services.status import status_for
 from node.transfer.link import TransferReceiver
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,18 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 # The call ended under a pending read (the sender went away): its error is expected.
                 read.add_done_callback(_retrieve)
                 read.cancel()
+
+    async def Reconcile(
+        self, request: transfer_pb2.ReconcileRequest, context: grpc.aio.ServicerContext
+    ) -> transfer_pb2.ReconcileResponse:
+        """Answer a peer's question about the jobs it offloaded here or was given by this node."""
+        try:
+            return await self._offloader.reconcile(request)
+        except JobmeshError as e:
+            if isinstance(e, InvalidArgument):
+                self.refused.record(context.peer(), str(e))
+            await context.abort(status_for(e), str(e))
+            raise  # not reached: abort raises
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

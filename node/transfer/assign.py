@@ -57,9 +57,7 @@ class Assigner:
                 (from_peer, self.local_id),
             ).fetchall()
             self.outbox.discard_jobs(conn, from_peer)
-            return sum(
-                self._move(conn, row["id"], choose(row["topic"], row["queue"]), now_us) for row in rows
-            )
+            return sum(self.move(conn, row["id"], choose(row["topic"], row["queue"]), now_us) for row in rows)
         moved = 0
         # One index seek per waiting (topic, queue), then only the jobs of those that have a
         # target now: a backlog nobody consumes costs nothing per job.
@@ -73,7 +71,7 @@ class Assigner:
                 ).fetchall()
                 targets = [(row["id"], choose(topic, queue)) for row in rows]
                 placed = [(job_id, target) for job_id, target in targets if target is not None]
-                moved += sum(self._move(conn, job_id, target, now_us) for job_id, target in placed)
+                moved += sum(self.move(conn, job_id, target, now_us) for job_id, target in placed)
                 if len(placed) < len(rows) or len(rows) < limit:
                     break  # nobody takes the topic (any more), or none of its jobs is left
                 limit = ASSIGN_BATCH
@@ -92,7 +90,7 @@ class Assigner:
             ):
                 yield topic, queue
 
-    def _move(self, conn: sqlite3.Connection, job_id: str, target: str | None, now_us: int) -> int:
+    def move(self, conn: sqlite3.Connection, job_id: str, target: str | None, now_us: int) -> int:
         """Give one job `target` (None: unassigned) under a new epoch, its copy queued for sending."""
         epoch = conn.execute(
             f"UPDATE jobs SET state = {QUEUED}, target = ?, epoch = epoch + 1, report_seq = 0, "

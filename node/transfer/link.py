@@ -8,7 +8,9 @@ TransferService.Exchange over a channel of the node's `Transport`; `MemoryTransf
 Contract (tests/test_transfer_link_contract.py runs it against both): frames arrive in order,
 each applied before its ack; every failure (unreachable peer, broken stream, a frame the peer
 rejected) raises PeerUnavailable, after which the stream is done and the sender opens a new one
-(a partial chunked payload is discarded with its stream). Coroutines run on the node's loop.
+(a partial chunked payload is discarded with its stream). `reconcile` is one question and its
+answer (TransferService.Reconcile), PeerUnavailable on any failure. Coroutines run on the
+node's loop.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from node.errors import PeerUnavailable
 from node.transfer.chunks import ChunkAssembler
 from node.transport import Transport
 
+RECONCILE_TIMEOUT_S = 10.0
+"""A Reconcile call not answered by then counts as failed (it is asked again next round)."""
+
 
 class TransferReceiver(Protocol):
     """The receiving side of transfer streams (the Offloader)."""
@@ -35,6 +40,10 @@ class TransferReceiver(Protocol):
         self, frame: transfer_pb2.ExchangeRequest, assembler: ChunkAssembler | None = None
     ) -> None:
         """Apply `frame` (persisted when this returns); JobmeshError if it is invalid."""
+
+    async def reconcile(self, request: transfer_pb2.ReconcileRequest) -> transfer_pb2.ReconcileResponse:
+        """Answer a peer's reconciliation question (see answers.py); JobmeshError if it is invalid."""
+        ...
 
 
 class TransferStream(Protocol):
@@ -55,6 +64,12 @@ class TransferLink(Protocol):
         """A stream to the peer at `address` (PeerUnavailable if it cannot be reached)."""
         ...
 
+    async def reconcile(
+        self, address: str, request: transfer_pb2.ReconcileRequest
+    ) -> transfer_pb2.ReconcileResponse:
+        """Ask the peer at `address` (TransferService.Reconcile); PeerUnavailable on any failure."""
+        ...
+
 
 class GrpcTransferLink:
     """TransferLink over gRPC: a channel and an Exchange call per stream."""
@@ -68,6 +83,23 @@ class GrpcTransferLink:
         """Dial `address`; connection errors surface on the first exchange."""
         channel = self._channels.create_channel(address, self._max_message_bytes)
         return _GrpcStream(address, channel, transfer_pb2_grpc.TransferServiceStub(channel).Exchange())
+
+    async def reconcile(
+        self, address: str, request: transfer_pb2.ReconcileRequest
+    ) -> transfer_pb2.ReconcileResponse:
+        """One unary call on a channel of its own: reconciliation is rare (a round every few
+        seconds at most, per peer), so no channel is kept open for it."""
+        channel = self._channels.create_channel(address, self._max_message_bytes)
+        try:
+            stub = transfer_pb2_grpc.TransferServiceStub(channel)
+            response: transfer_pb2.ReconcileResponse = await stub.Reconcile(
+                request, timeout=RECONCILE_TIMEOUT_S
+            )
+            return response
+        except grpc.aio.AioRpcError as e:
+            raise PeerUnavailable(f"Reconcile at {address} failed: {e.code().name}: {e.details()}") from e
+        finally:
+            await channel.close()
 
 
 class _GrpcStream:

@@ -52,6 +52,25 @@ class MemoryTransferLink:
             raise PeerUnavailable(f"{address}: connection refused")
         return _MemoryStream(self.network, self.source, address, receiver)
 
+    async def reconcile(
+        self, address: str, request: transfer_pb2.ReconcileRequest
+    ) -> transfer_pb2.ReconcileResponse:
+        """Ask the offloader at `address`: refused if it is crashed or cut off for good, held
+        while it is paused or the link is silent, copied through the wire encoding both ways."""
+        receiver = self.network.receivers.get(address)
+        if receiver is None or self.network.refused(self.source, address):
+            raise PeerUnavailable(f"{address}: connection refused")
+        while self.network.silent(self.source, address):
+            await asyncio.sleep(POLL_S)
+            if self.network.refused(self.source, address):
+                raise PeerUnavailable(f"{address}: connection reset")
+        copy = transfer_pb2.ReconcileRequest.FromString(request.SerializeToString())
+        try:
+            response = await receiver.reconcile(copy)
+        except JobmeshError as e:
+            raise PeerUnavailable(f"{address} refused a Reconcile: {e}") from e
+        return transfer_pb2.ReconcileResponse.FromString(response.SerializeToString())
+
 
 class _MemoryStream:
     def __init__(self, network: MemoryTransferNetwork, source: str, address: str, receiver: TransferReceiver):

@@ -1,7 +1,8 @@
 """The offloader: one sender stream per peer, receiving frames, assignment, reassignment when a
-target dies, and capacity publishing. Targets are chosen by `PeerPlacement` (placement.py); the
-outbox (outbox.py) is written inside the journal's transactions through its hook; frames travel
-over a `TransferLink` (link.py).
+target dies, reconciliation both ways, and capacity publishing. Targets are chosen by
+`PeerPlacement` (placement.py); the outbox (outbox.py) is written inside the journal's
+transactions through its hook; frames travel over a `TransferLink` (link.py); reconciliation
+and the target's lease on each origin are reconcile.py and lease.py.
 
 Event-loop contract: create, start and stop it on the node's loop.
 """
@@ -24,8 +25,10 @@ from node.jobs.manager import JobManager
 from node.transfer.apply import Arrival, arrivals_for
 from node.transfer.chunks import ChunkAssembler
 from node.transfer.frames import ChunkCursor
+from node.transfer.lease import Lease
 from node.transfer.link import GrpcTransferLink, TransferLink, TransferStream
 from node.transfer.placement import CAPACITY_PROPERTY, PeerPlacement
+from node.transfer.reconcile import Reconciler
 from node.transfer.store import TransferStore
 from node.transport import Transport
 
@@ -84,6 +87,12 @@ class Offloader:
         """Frames sent to each peer."""
         self.received = FrameCounts()
         """Frames received from each peer."""
+        self.lease = Lease(self.local_id, self.config.confirm_window_s)
+        """Which origins' jobs this node may start now (the JobManager's `hold` asks it)."""
+        self.reconciler = Reconciler(
+            store, self.link, self.lease, self._addresses.get, self._contact, placement.finished
+        )
+        self._confirm_now = asyncio.Event()
         self._running = False
         self._unsubscribe: list[Callable[[], object]] = []
         # Only commits that enqueued outbox rows wake the senders: waking on every commit would
@@ -99,7 +108,9 @@ class Offloader:
         self._unsubscribe.append(self.topology.subscribe(lambda _event: self._on_topology()).cancel)
         self.manager.consumers.add_listener(self._on_topology)
         self._refresh_view()
-        for coro in (self._dispatch(), self._assign_loop(), self._capacity_loop(), self._reaper()):
+        self.lease.load(await self.store.queued_origins())
+        loops = (self._dispatch(), self._assign_loop(), self._capacity_loop(), self._reaper())
+        for coro in (*loops, self._reconcile_loop(), self._confirm_loop()):
             self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
     async def stop(self) -> None:
@@ -162,6 +173,11 @@ class Offloader:
         """Apply a frame from a peer (persisted when this returns); `assembler` is the stream's."""
         applied = await self.store.apply(frame, arrivals_for(frame.jobs, self._arrival), now_us(), assembler)
         self.received.add(frame.sender_id, frame)
+        self._contact(frame.sender_id)
+        if frame.jobs:
+            self.lease.arrived(frame.sender_id)
+            if self.lease.holds(frame.sender_id):
+                self._confirm_now.set()  # ask its origin now: the new jobs wait for the answer
         for target, count in applied.ended.items():
             self.placement.finished(target, count)
         if applied.jobs_added:
@@ -172,6 +188,18 @@ class Offloader:
             self._assign_needed.set()  # handed-back jobs wait for a new target
         for job_id in applied.stop_running:
             self.manager.request_stop(job_id)
+
+    async def reconcile(self, request: transfer_pb2.ReconcileRequest) -> transfer_pb2.ReconcileResponse:
+        """Answer a peer's Reconcile (InvalidArgument if malformed; see answers.py)."""
+        response = await self.store.answer(request)
+        if request.role == transfer_pb2.RECONCILE_ROLE_TARGET:
+            self._contact(request.sender_id)  # a target that asks is not gone
+        return response
+
+    def _contact(self, peer: str) -> None:
+        """`peer` reached this node or answered it: its reassignment clock starts again (the
+        target's lease, lease.py, relies on it: no reassignment within the grace of a contact)."""
+        self._gone_since.pop(peer, None)
 
     async def hand_back(self) -> None:
         """Give back the jobs of other origins this node cannot take (see Assigner.hand_back)."""
@@ -216,7 +244,9 @@ class Offloader:
                     if frame is None:
                         await self._idle()
                         continue
+                    sent_at = time.monotonic()
                     after = await stream.exchange(frame)
+                    self.lease.heard(peer, sent_at)  # a round trip this node started
                     self.sent.add(peer, frame)
                     await self.store.drop(peer, after)
                     cursor = ChunkCursor.after(frame)
@@ -286,6 +316,34 @@ class Offloader:
                 )
                 self.manager.wake_runners()
                 self._wake()
+
+    async def _reconcile_loop(self) -> None:
+        """As origin: ask the live targets about their quiet jobs (reconcile.py)."""
+        after_s = self.config.reconcile_after_s
+        while True:
+            await asyncio.sleep(after_s / 2)
+            view = self.placement.view
+            if view is None:
+                continue
+            live = {i.id for i in view.instances if not i.is_local}
+            targets = [t for t, n in self.placement.outstanding.items() if n > 0 and t in live]
+            try:
+                await self.reconciler.ask_targets(targets, self._choose_remote, after_s)
+            except Exception:
+                log.exception("reconciling with the targets failed")
+
+    async def _confirm_loop(self) -> None:
+        """As target: confirm the leases that lapsed or near their end (reconcile.py)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.lease.window_s / 4):  # not wait_for
+                    await self._confirm_now.wait()
+            self._confirm_now.clear()
+            try:
+                if await self.reconciler.confirm_origins():
+                    self.manager.wake_runners()
+            except Exception:
+                log.exception("confirming the leases on origins failed")
 
     async def _capacity_loop(self) -> None:
         """Publish free slots while this node consumes anything, at most once per interval."""

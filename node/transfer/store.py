@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from jobmesh.peer.v1 import transfer_pb2
 
 from node.config import CHUNK_BYTES
 from node.errors import PayloadDamaged
 from node.instance import now_us
-from node.jobs.validation import JobLimits
+from node.jobs.validation import JobLimits, check_reconcile
 from node.journal.controls import finish_job
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
 from node.journal.records import UNFINISHED, select_job
 from node.model.job import JobState
+from node.transfer import answers
 from node.transfer.apply import Applied, Arrival, FrameApplier, check_frame
 from node.transfer.assign import Assigner, Chooser
 from node.transfer.chunks import ChunkAssembler
@@ -129,3 +130,40 @@ class TransferStore:
             ).fetchone()
         )
         return int(row["n"])
+
+    # --- reconciliation (answers.py) ---
+
+    async def answer(self, request: transfer_pb2.ReconcileRequest) -> transfer_pb2.ReconcileResponse:
+        """Answer a peer's Reconcile (InvalidArgument if it is malformed)."""
+        check_reconcile(request)
+        if request.role == transfer_pb2.RECONCILE_ROLE_ORIGIN:
+            return await self.journal.write(lambda c: answers.answer_as_target(c, self.outbox, request))
+        return await self.journal.read(lambda c: answers.answer_as_origin(c, self.local_id, request))
+
+    async def offloaded_to(self, target: str) -> list[sqlite3.Row]:
+        """This origin's unfinished, delivered jobs at `target` (see answers.offloaded_to)."""
+        return await self.journal.read(lambda c: answers.offloaded_to(c, self.local_id, target))
+
+    async def reassign_unknown(
+        self, target: str, jobs: Sequence[tuple[str, int]], choose: Chooser, now_us: int
+    ) -> int:
+        """Reassign the jobs `target` does not know (see answers.reassign_unknown)."""
+        return await self.journal.write(
+            lambda c: answers.reassign_unknown(c, self._assigner, target, jobs, choose, now_us)
+        )
+
+    async def queued_origins(self) -> set[str]:
+        """The other origins with jobs queued for this node."""
+        return await self.journal.read(lambda c: answers.queued_origins(c, self.local_id))
+
+    async def queued_from(self, origin: str) -> list[sqlite3.Row]:
+        """The jobs of `origin` queued for this node."""
+        return await self.journal.read(lambda c: answers.queued_from(c, self.local_id, origin))
+
+    async def drop_fenced(
+        self, origin: str, replies: Sequence[transfer_pb2.ReconcileAnswer], now_us: int
+    ) -> int:
+        """Drop unrun the queued jobs `origin` says are not this node's (see answers.drop_fenced)."""
+        return await self.journal.write(
+            lambda c: answers.drop_fenced(c, self.journal.recorder, origin, replies, now_us)
+        )

@@ -42,6 +42,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from jobmesh.v1 import jobs_pb2 as _jobs_pb2
 import builtins as _builtins
 import sys
@@ -53,6 +54,102 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReconcileRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReconcileRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReconcileRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECONCILE_ROLE_UNSPECIFIED: _ReconcileRole.ValueType  # 0
+    """Not set: refused with INVALID_ARGUMENT."""
+    RECONCILE_ROLE_ORIGIN: _ReconcileRole.ValueType  # 1
+    """The sender is the jobs' origin; the receiver is (as far as the origin
+    knows) their target.
+    """
+    RECONCILE_ROLE_TARGET: _ReconcileRole.ValueType  # 2
+    """The sender is the jobs' target; the receiver is their origin."""
+
+class ReconcileRole(_ReconcileRole, metaclass=_ReconcileRoleEnumTypeWrapper):
+    """Which side of the assignment a reconciliation question comes from."""
+
+RECONCILE_ROLE_UNSPECIFIED: ReconcileRole.ValueType  # 0
+"""Not set: refused with INVALID_ARGUMENT."""
+RECONCILE_ROLE_ORIGIN: ReconcileRole.ValueType  # 1
+"""The sender is the jobs' origin; the receiver is (as far as the origin
+knows) their target.
+"""
+RECONCILE_ROLE_TARGET: ReconcileRole.ValueType  # 2
+"""The sender is the jobs' target; the receiver is their origin."""
+Global___ReconcileRole: _TypeAlias = ReconcileRole  # noqa: Y015
+
+class _ReconcileStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReconcileStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReconcileStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECONCILE_STATUS_UNSPECIFIED: _ReconcileStatus.ValueType  # 0
+    """Never sent."""
+    RECONCILE_STATUS_KNOWN: _ReconcileStatus.ValueType  # 1
+    """Target to origin: the job is here at this epoch. If its state or retry
+    count differs from the asker's, its report was queued again and travels
+    on the transfer stream (as any report, fenced by its epoch).
+    """
+    RECONCILE_STATUS_UNKNOWN: _ReconcileStatus.ValueType  # 2
+    """The job is not known here at this epoch (or the asker is not its origin
+    or target). An origin reassigns such a job under a new epoch; a target
+    drops it unrun.
+    """
+    RECONCILE_STATUS_YOURS: _ReconcileStatus.ValueType  # 3
+    """Origin to target: the job is still assigned to the asker at this epoch;
+    run it.
+    """
+    RECONCILE_STATUS_REASSIGNED: _ReconcileStatus.ValueType  # 4
+    """Origin to target: the job was reassigned (another target or a newer
+    epoch); the target drops its copy unrun.
+    """
+    RECONCILE_STATUS_STOPPED: _ReconcileStatus.ValueType  # 5
+    """Origin to target: a user stopped the job; the target drops it unrun."""
+    RECONCILE_STATUS_REMOVED: _ReconcileStatus.ValueType  # 6
+    """Origin to target: a user removed the job; the target drops it unrun."""
+    RECONCILE_STATUS_FINISHED: _ReconcileStatus.ValueType  # 7
+    """Origin to target: the job has already ended at its origin; the target
+    drops its copy unrun.
+    """
+
+class ReconcileStatus(_ReconcileStatus, metaclass=_ReconcileStatusEnumTypeWrapper):
+    """A receiver's verdict on one job."""
+
+RECONCILE_STATUS_UNSPECIFIED: ReconcileStatus.ValueType  # 0
+"""Never sent."""
+RECONCILE_STATUS_KNOWN: ReconcileStatus.ValueType  # 1
+"""Target to origin: the job is here at this epoch. If its state or retry
+count differs from the asker's, its report was queued again and travels
+on the transfer stream (as any report, fenced by its epoch).
+"""
+RECONCILE_STATUS_UNKNOWN: ReconcileStatus.ValueType  # 2
+"""The job is not known here at this epoch (or the asker is not its origin
+or target). An origin reassigns such a job under a new epoch; a target
+drops it unrun.
+"""
+RECONCILE_STATUS_YOURS: ReconcileStatus.ValueType  # 3
+"""Origin to target: the job is still assigned to the asker at this epoch;
+run it.
+"""
+RECONCILE_STATUS_REASSIGNED: ReconcileStatus.ValueType  # 4
+"""Origin to target: the job was reassigned (another target or a newer
+epoch); the target drops its copy unrun.
+"""
+RECONCILE_STATUS_STOPPED: ReconcileStatus.ValueType  # 5
+"""Origin to target: a user stopped the job; the target drops it unrun."""
+RECONCILE_STATUS_REMOVED: ReconcileStatus.ValueType  # 6
+"""Origin to target: a user removed the job; the target drops it unrun."""
+RECONCILE_STATUS_FINISHED: ReconcileStatus.ValueType  # 7
+"""Origin to target: the job has already ended at its origin; the target
+drops its copy unrun.
+"""
+Global___ReconcileStatus: _TypeAlias = ReconcileStatus  # noqa: Y015
 
 @_typing.final
 class ExchangeRequest(_message.Message):
@@ -428,3 +525,135 @@ class ExchangeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExchangeResponse: _TypeAlias = ExchangeResponse  # noqa: Y015
+
+@_typing.final
+class ReconcileRequest(_message.Message):
+    """A question about up to 1000 jobs, from their origin or from their target."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    sender_id: _builtins.str
+    """Instance id of the asking node (it must be the caller's own)."""
+    role: Global___ReconcileRole.ValueType
+    """Who asks: the jobs' origin (asking their target) or their target
+    (asking their origin).
+    """
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReconcileJob]:
+        """The jobs asked about, at most 1000, each id at most once."""
+
+    def __init__(
+        self,
+        *,
+        sender_id: _builtins.str = ...,
+        role: Global___ReconcileRole.ValueType = ...,
+        jobs: _abc.Iterable[Global___ReconcileJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "role", b"role", "sender_id", b"sender_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileRequest: _TypeAlias = ReconcileRequest  # noqa: Y015
+
+@_typing.final
+class ReconcileJob(_message.Message):
+    """One job asked about, as the asker sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RETRY_COUNT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    epoch: _builtins.int
+    """The assignment epoch the asker has for it."""
+    state: _jobs_pb2.JobState.ValueType
+    """The job's state as the asker last recorded it (an origin: as last
+    reported; a target: its own).
+    """
+    retry_count: _builtins.int
+    """Retries used, as the asker last recorded them."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        state: _jobs_pb2.JobState.ValueType = ...,
+        retry_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "job_id", b"job_id", "retry_count", b"retry_count", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileJob: _TypeAlias = ReconcileJob  # noqa: Y015
+
+@_typing.final
+class ReconcileResponse(_message.Message):
+    """One answer per job asked about, in the order asked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReconcileAnswer]:
+        """The answers."""
+
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___ReconcileAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
+
+@_typing.final
+class ReconcileAnswer(_message.Message):
+    """What the receiver knows of one job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RETRY_COUNT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id, as asked."""
+    epoch: _builtins.int
+    """The epoch asked about."""
+    status: Global___ReconcileStatus.ValueType
+    """The receiver's verdict."""
+    state: _jobs_pb2.JobState.ValueType
+    """A target's answer with RECONCILE_STATUS_KNOWN: the job's state there."""
+    retry_count: _builtins.int
+    """A target's answer with RECONCILE_STATUS_KNOWN: retries used there."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        status: Global___ReconcileStatus.ValueType = ...,
+        state: _jobs_pb2.JobState.ValueType = ...,
+        retry_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "job_id", b"job_id", "retry_count", b"retry_count", "state", b"state", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileAnswer: _TypeAlias = ReconcileAnswer  # noqa: Y015

@@ -40,6 +40,11 @@ class TransferServiceStub:
                 request_serializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeRequest.SerializeToString,
                 response_deserializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeResponse.FromString,
                 _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/jobmesh.peer.v1.TransferService/Reconcile',
+                request_serializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -55,6 +60,20 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reconcile(self, request, context):
+        """Reconciliation, usable both ways. An origin asks a live target about
+        jobs assigned to it that have been quiet for long (a report may have been
+        lost): the target re-sends the report of each it knows and says which it
+        does not know. A target that has not heard from an origin within its
+        confirm window (after a pause or a partition) asks the origin whether
+        its queued jobs are still its own before it runs them. Callers ask only
+        about jobs they are the origin (or the current target) of; any other
+        job gets an answer that reveals nothing (unknown, or not yours).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +81,11 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.Exchange,
                     request_deserializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeRequest.FromString,
                     response_serializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ReconcileRequest.FromString,
+                    response_serializer=jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +116,33 @@ class TransferService:
             '/jobmesh.peer.v1.TransferService/Exchange',
             jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeRequest.SerializeToString,
             jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ExchangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobmesh.peer.v1.TransferService/Reconcile',
+            jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ReconcileRequest.SerializeToString,
+            jobmesh_dot_peer_dot_v1_dot_transfer__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,16 @@ class TransferServiceStub:
     acknowledgement per frame out, in the same order, after the frame is
     committed to this node's journal.
     """
+    Reconcile: _grpc.UnaryUnaryMultiCallable[_transfer_pb2.ReconcileRequest, _transfer_pb2.ReconcileResponse]
+    """Reconciliation, usable both ways. An origin asks a live target about
+    jobs assigned to it that have been quiet for long (a report may have been
+    lost): the target re-sends the report of each it knows and says which it
+    does not know. A target that has not heard from an origin within its
+    confirm window (after a pause or a partition) asks the origin whether
+    its queued jobs are still its own before it runs them. Callers ask only
+    about jobs they are the origin (or the current target) of; any other
+    job gets an answer that reveals nothing (unknown, or not yours).
+    """
 
 @_typing.type_check_only
 class TransferServiceAsyncStub(TransferServiceStub):
@@ -83,6 +93,16 @@ class TransferServiceAsyncStub(TransferServiceStub):
     """One sender's stream to this node: frames of outbox items in, one
     acknowledgement per frame out, in the same order, after the frame is
     committed to this node's journal.
+    """
+    Reconcile: _aio.UnaryUnaryMultiCallable[_transfer_pb2.ReconcileRequest, _transfer_pb2.ReconcileResponse]  # type: ignore[assignment]
+    """Reconciliation, usable both ways. An origin asks a live target about
+    jobs assigned to it that have been quiet for long (a report may have been
+    lost): the target re-sends the report of each it knows and says which it
+    does not know. A target that has not heard from an origin within its
+    confirm window (after a pause or a partition) asks the origin whether
+    its queued jobs are still its own before it runs them. Callers ask only
+    about jobs they are the origin (or the current target) of; any other
+    job gets an answer that reveals nothing (unknown, or not yours).
     """
 
 class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -97,6 +117,22 @@ class TransferServiceServicer(metaclass=_abc_1.ABCMeta):
         """One sender's stream to this node: frames of outbox items in, one
         acknowledgement per frame out, in the same order, after the frame is
         committed to this node's journal.
+        """
+
+    @_abc_1.abstractmethod
+    def Reconcile(
+        self,
+        request: _transfer_pb2.ReconcileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transfer_pb2.ReconcileResponse, _abc.Awaitable[_transfer_pb2.ReconcileResponse]]:
+        """Reconciliation, usable both ways. An origin asks a live target about
+        jobs assigned to it that have been quiet for long (a report may have been
+        lost): the target re-sends the report of each it knows and says which it
+        does not know. A target that has not heard from an origin within its
+        confirm window (after a pause or a partition) asks the origin whether
+        its queued jobs are still its own before it runs them. Callers ask only
+        about jobs they are the origin (or the current target) of; any other
+        job gets an answer that reveals nothing (unknown, or not yours).
         """
 
 def add_TransferServiceServicer_to_server(servicer: TransferServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

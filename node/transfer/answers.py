@@ -1,0 +1,188 @@
+"""Reconciliation in the journal: answering TransferService.Reconcile both ways, what an origin
+asks its targets about, and what each side does with the answers (node/transfer/reconcile.py
+runs the rounds). Functions taking a connection run inside one read or write operation.
+
+Identity: the asker is the checked `sender_id` (the caller's certificate). A target answers
+only about jobs whose origin is the asker; an origin says "yours" only for a job assigned to
+the asker at the epoch asked. Anything else gets an answer that changes nothing for others.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+
+from jobmesh.peer.v1 import transfer_pb2
+
+from node.journal.controls import finish_job
+from node.journal.recorder import Recorder
+from node.journal.records import QUEUED, UNFINISHED
+from node.model.job import JobState
+from node.transfer.assign import Assigner, Chooser
+from node.transfer.outbox import Outbox, OutboxKind
+
+log = logging.getLogger(__name__)
+
+Status = transfer_pb2.ReconcileStatus
+_BY_STATE = {
+    JobState.STOPPED: transfer_pb2.RECONCILE_STATUS_STOPPED,
+    JobState.DROPPED: transfer_pb2.RECONCILE_STATUS_REMOVED,
+}
+
+
+def answer_as_target(
+    conn: sqlite3.Connection, outbox: Outbox, request: transfer_pb2.ReconcileRequest
+) -> transfer_pb2.ReconcileResponse:
+    """This node is (the origin thinks) the target: KNOWN with its state for each job of the
+    asker it has at that epoch, and its report queued again when the origin's view differs;
+    UNKNOWN for the rest. Write operation (it may enqueue reports)."""
+    asker, response = request.sender_id, transfer_pb2.ReconcileResponse()
+    resend: list[tuple[str, str, int]] = []
+    for job in request.jobs:
+        row = conn.execute(
+            "SELECT origin, epoch, state, retry_count FROM jobs WHERE id = ?", (job.job_id,)
+        ).fetchone()
+        if row is None or row["origin"] != asker or row["epoch"] != job.epoch or asker == outbox.local_id:
+            response.answers.add(
+                job_id=job.job_id, epoch=job.epoch, status=transfer_pb2.RECONCILE_STATUS_UNKNOWN
+            )
+            continue
+        state, retry_count = JobState(row["state"]), int(row["retry_count"])
+        if (int(state), retry_count) != (job.state, job.retry_count):
+            resend.append((asker, job.job_id, job.epoch))  # a report was lost: it goes again
+        response.answers.add(
+            job_id=job.job_id,
+            epoch=job.epoch,
+            status=transfer_pb2.RECONCILE_STATUS_KNOWN,
+            state=state,
+            retry_count=retry_count,
+        )
+    outbox.enqueue(conn, OutboxKind.REPORT, resend)
+    return response
+
+
+def answer_as_origin(
+    conn: sqlite3.Connection, local_id: str, request: transfer_pb2.ReconcileRequest
+) -> transfer_pb2.ReconcileResponse:
+    """This node is the origin: whether each job is still the asker's at that epoch. Read."""
+    asker, response = request.sender_id, transfer_pb2.ReconcileResponse()
+    for job in request.jobs:
+        row = conn.execute(
+            "SELECT origin, target, epoch, state FROM jobs WHERE id = ?", (job.job_id,)
+        ).fetchone()
+        status: Status.ValueType
+        if row is None or row["origin"] != local_id:
+            status = transfer_pb2.RECONCILE_STATUS_UNKNOWN
+        elif row["target"] != asker or row["epoch"] != job.epoch:
+            status = transfer_pb2.RECONCILE_STATUS_REASSIGNED
+        elif JobState(row["state"]).is_finished:
+            status = _BY_STATE.get(JobState(row["state"]), transfer_pb2.RECONCILE_STATUS_FINISHED)
+        else:
+            status = transfer_pb2.RECONCILE_STATUS_YOURS
+        response.answers.add(job_id=job.job_id, epoch=job.epoch, status=status)
+    return response
+
+
+# --- the origin asks its targets ---
+
+
+def offloaded_to(conn: sqlite3.Connection, local_id: str, target: str) -> list[sqlite3.Row]:
+    """This origin's unfinished jobs at `target` whose copy was delivered (a job still in the
+    outbox is not asked about: the target cannot know it yet). Read."""
+    undelivered = {
+        r["job_id"]
+        for r in conn.execute(
+            f"SELECT job_id FROM outbox WHERE peer = ? AND kind = {OutboxKind.JOB:d}", (target,)
+        )
+    }
+    rows = conn.execute(
+        "SELECT id, epoch, state, retry_count, report_seq FROM jobs INDEXED BY jobs_remote "
+        f"WHERE target = ? AND state IN {UNFINISHED} AND origin = ?",
+        (target, local_id),
+    ).fetchall()
+    return [r for r in rows if r["id"] not in undelivered]
+
+
+def reassign_unknown(
+    conn: sqlite3.Connection,
+    assigner: Assigner,
+    target: str,
+    jobs: Sequence[tuple[str, int]],
+    choose: Chooser,
+    now_us: int,
+) -> int:
+    """Reassign under a new epoch the jobs `target` said it does not know at their epoch (if
+    they are still there at that epoch and delivered: nothing changed since the question).
+    Write operation; returns how many moved."""
+    moved = 0
+    for job_id, epoch in jobs:
+        row = conn.execute(
+            f"SELECT topic, queue FROM jobs WHERE id = ? AND origin = ? AND target = ? AND epoch = ? "
+            f"AND state IN {UNFINISHED} AND NOT EXISTS (SELECT 1 FROM outbox WHERE peer = ? "
+            f"AND kind = {OutboxKind.JOB:d} AND job_id = ?)",
+            (job_id, assigner.local_id, target, epoch, target, job_id),
+        ).fetchone()
+        if row is not None:
+            moved += assigner.move(conn, job_id, choose(row["topic"], row["queue"]), now_us)
+    return moved
+
+
+# --- a target asks an origin ---
+
+
+def queued_origins(conn: sqlite3.Connection, local_id: str) -> set[str]:
+    """The other origins with jobs QUEUED for this node. Read."""
+    rows = conn.execute(  # once, at start: visits the jobs queued here
+        f"SELECT DISTINCT origin FROM jobs INDEXED BY jobs_ready WHERE state = {QUEUED} AND target = ? "
+        "AND origin != ?",
+        (local_id, local_id),
+    ).fetchall()
+    return {r["origin"] for r in rows}
+
+
+def queued_from(conn: sqlite3.Connection, local_id: str, origin: str) -> list[sqlite3.Row]:
+    """The jobs of `origin` QUEUED for this node. Read."""
+    return conn.execute(
+        f"SELECT id, epoch, state, retry_count FROM jobs INDEXED BY jobs_ready WHERE state = {QUEUED} "
+        "AND target = ? AND origin = ? ORDER BY seq",
+        (local_id, origin),
+    ).fetchall()
+
+
+def drop_fenced(
+    conn: sqlite3.Connection,
+    recorder: Recorder,
+    origin: str,
+    answers: Sequence[transfer_pb2.ReconcileAnswer],
+    now_us: int,
+) -> int:
+    """Drop unrun the QUEUED jobs of `origin` it said are no longer this node's (if they are still
+    QUEUED at the epoch asked: a newer copy that arrived since stays). Their REMOVED report
+    carries the old epoch, so the origin ignores it. Write operation; returns how many dropped."""
+    dropped = 0
+    for answer in answers:
+        if answer.status == transfer_pb2.RECONCILE_STATUS_YOURS:
+            continue
+        row = conn.execute(
+            f"SELECT id, topic, queue, retry_count FROM jobs WHERE id = ? AND origin = ? AND epoch = ? "
+            f"AND state = {QUEUED}",
+            (answer.job_id, origin, answer.epoch),
+        ).fetchone()
+        if row is None:
+            continue
+        why = transfer_pb2.ReconcileStatus.Name(answer.status).removeprefix("RECONCILE_STATUS_").lower()
+        message = f"dropped unrun: its origin {origin} says it is {why} (this node was out of contact)"
+        finish_job(conn, recorder, _Job(row), JobState.DROPPED, message, now_us)
+        dropped += 1
+    return dropped
+
+
+class _Job:
+    """A job row as finish_job wants it (JobRef)."""
+
+    def __init__(self, row: sqlite3.Row) -> None:
+        self.id: str = row["id"]
+        self.topic: str = row["topic"]
+        self.queue: str = row["queue"]
+        self.retry_count: int = row["retry_count"]

@@ -1,0 +1,77 @@
+"""The target's lease on each origin: no fenced work after a pause or a partition.
+
+An origin reassigns a target's jobs only after the target has been out of contact (gone from
+its view, with no transfer frame and no Reconcile call from it) for `offload.reassign_grace_s`.
+So a target that heard from an origin at time t may start that origin's jobs until
+t + `offload.confirm_window_s` (shorter than the grace): the origin cannot have reassigned them
+by then. "Heard" counts only round trips the target started, from when it started them (a
+frame the origin acknowledged, a Reconcile the origin answered), never a frame that merely
+arrives: one sent before a pause could be read long after it.
+
+Past the window (after a SIGSTOP monotonic time has jumped at once; in a partition it runs
+out) the runners leave that origin's QUEUED jobs alone (`hold`, asked at every claim), and the
+offloader asks the origin with Reconcile which of them are still this node's; it drops the
+others unrun and the hold lifts. A lease is renewed before it lapses when the origin's jobs wait
+here and nothing else renewed it, so a steady flow never waits.
+
+Event-loop contract: every method runs on the node's loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+from node.journal.claims import NO_HOLD, Hold
+
+
+class Lease:
+    """When this node last heard from each origin whose jobs it holds, and what that allows."""
+
+    def __init__(self, local_id: str, window_s: float) -> None:
+        self.local_id = local_id
+        self.window_s = window_s
+        self._heard: dict[str, float] = {}
+        """origin instance id -> monotonic time a round trip to it started (that it completed)."""
+        self._origins: set[str] | None = None
+        """Origins with jobs queued here; None until loaded at start (until then all are held)."""
+
+    def load(self, origins: set[str]) -> None:
+        """The origins of the jobs queued here, read at start: none is heard from yet."""
+        self._origins = set(origins) | (self._origins or set())
+
+    def arrived(self, origin: str) -> None:
+        """A job of `origin` arrived here (its lease starts unconfirmed if it is new)."""
+        if self._origins is not None and origin != self.local_id:
+            self._origins.add(origin)
+
+    def forget(self, origin: str) -> None:
+        """`origin` has no job queued here any more: nothing to hold or to renew."""
+        if self._origins is not None:
+            self._origins.discard(origin)
+
+    def heard(self, origin: str, started_at: float) -> None:
+        """A round trip to `origin` that started at monotonic `started_at` completed."""
+        if started_at > self._heard.get(origin, float("-inf")):
+            self._heard[origin] = started_at
+
+    def holds(self, origin: str, now: float | None = None) -> bool:
+        """True if `origin`'s jobs may not start here now (its lease lapsed or never began)."""
+        now = time.monotonic() if now is None else now
+        return now - self._heard.get(origin, float("-inf")) >= self.window_s
+
+    def hold(self) -> Hold:
+        """What the runners leave QUEUED now (the JobManager's `hold`, asked at every claim)."""
+        if self._origins is None:
+            return Hold(local_id=self.local_id)
+        now = time.monotonic()
+        held = frozenset(o for o in self._origins if self.holds(o, now))
+        return Hold(origins=held) if held else NO_HOLD
+
+    def to_confirm(self) -> list[str]:
+        """Origins to ask now: lapsed, or past half their window (renewed before they lapse)."""
+        if self._origins is None:
+            return []
+        now = time.monotonic()
+        return sorted(
+            o for o in self._origins if now - self._heard.get(o, float("-inf")) >= self.window_s / 2
+        )
