@@ -9,6 +9,7 @@ across a kill -9: `attempts_file` gets one line (the wall-clock time) per attemp
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -227,6 +228,23 @@ def sleep_briefly(job: Job, context: JobContext) -> JobResult:
     value = job.properties.get("sleep_s", 0.05)
     time.sleep(float(value) if isinstance(value, (int, float)) else 0.05)
     return JobResult.succeeded("slept")
+
+
+def record_run(job: Job, context: JobContext) -> JobResult:
+    """Appends `<pid> <job id> <wall time>` to `runs_file` as it starts (every node process
+    appends to the same file, a line at a time), sleeps `sleep_s` (default 0.05), then succeeds."""
+    runs = _path(job, "runs_file")
+    if runs is not None:
+        with runs.open("a") as f:
+            f.write(f"{os.getpid()} {job.id} {time.time()}\n")
+    return sleep_briefly(job, context)
+
+
+def runs(path: Path) -> list[tuple[int, str, float]]:
+    """The (pid, job id, start time) lines `record_run` wrote to `path`."""
+    if not path.exists():
+        return []
+    return [(int(p), j, float(t)) for p, j, t in (line.split() for line in path.read_text().splitlines())]
 
 
 def progress_on_release(job: Job, context: JobContext) -> JobResult:

@@ -53,23 +53,27 @@ class Pair:
 
 
 def _node(
-    path: Path, network: MemoryTransferNetwork, seeds: tuple[str, ...] = ()
+    path: Path, network: MemoryTransferNetwork, seeds: tuple[str, ...] = (), **offload: float
 ) -> tuple[node.Node, MemoryTransferLink]:
     # Both nodes of one cluster (membership runs over real gRPC with mutual TLS).
     config = node.NodeConfig.for_tests(seed_cluster(path, shared_cluster(path.parent)))
-    config = dataclasses.replace(config, discovery=dataclasses.replace(config.discovery, seeds=seeds))
+    config = dataclasses.replace(
+        config,
+        discovery=dataclasses.replace(config.discovery, seeds=seeds),
+        offload=dataclasses.replace(config.offload, **offload),
+    )
     link = network.link(str(path))
     return node.Node(config, transfer_link=link), link
 
 
 @asynccontextmanager
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    """Start both nodes, attach them to the network under the addresses peers dial, and wait until
-    the origin sees the worker consume TOPIC."""
+async def pair(tmp_path: Path, **offload: float) -> AsyncIterator[Pair]:
+    """Start both nodes (`offload` settings changed as given), attach them to the network under
+    the addresses peers dial, and wait until the origin sees the worker consume TOPIC."""
     network = MemoryTransferNetwork()
-    origin, origin_link = _node(tmp_path / "origin", network)
+    origin, origin_link = _node(tmp_path / "origin", network, **offload)
     async with origin:
-        worker, worker_link = _node(tmp_path / "worker", network, seeds=(origin.address,))
+        worker, worker_link = _node(tmp_path / "worker", network, (origin.address,), **offload)
         worker.consumers.register(
             ["mem/**"], lambda job, _context: node.JobResult.succeeded(f"done {job.id}")
         )
@@ -144,3 +148,79 @@ async def test_a_paused_worker_gets_the_held_frames_when_it_resumes(tmp_path: Pa
         p.network.resume(p.worker_address)
         await until(lambda: p.all_succeeded(ids), "every job to succeed after the resume")
         assert (await p.worker.jobs.count_by_state()) == {node.JobState.SUCCEEDED: 5}
+
+
+async def _queued_at_the_worker(p: Pair, count: int) -> list[str]:
+    """Add `count` jobs while the worker's queue is suspended; wait until they wait there, and
+    until the worker's lease on the origin is confirmed (it asked about them)."""
+    await p.worker.jobs.suspend_queue("main", True)
+    ids = await p.add(count)
+    lease, origin_id = p.worker.transfer_receiver.lease, p.origin.identity.id  # type: ignore[attr-defined, union-attr]
+
+    async def arrived() -> bool:
+        counts = await p.worker.jobs.count_by_state()
+        return counts.get(node.JobState.QUEUED, 0) == count and not lease.holds(origin_id)
+
+    await until(arrived, "the jobs to wait at the worker, its lease on the origin confirmed")
+    return ids
+
+
+async def _finished_events(n: node.Node) -> list[int]:
+    rows = await n.journal.read(
+        lambda c: c.execute("SELECT count(*) FROM job_events WHERE type = 4 GROUP BY job_id").fetchall()
+    )
+    return sorted(r[0] for r in rows)
+
+
+async def test_a_lost_report_is_recovered_by_reconciliation(tmp_path: Path) -> None:
+    # A long lease: the worker runs the jobs while the origin is unreachable
+    async with pair(tmp_path, reassign_grace_s=60.0, confirm_window_s=30.0) as p:
+        # Given jobs that ran at the worker while the origin was unreachable, their reports lost
+        # (their outbox rows deleted before they could go)
+        ids = await _queued_at_the_worker(p, 5)
+        p.network.crash(p.origin_address)
+        await p.worker.jobs.suspend_queue("main", False)
+
+        async def ran() -> bool:
+            return (await p.worker.jobs.count_by_state()) == {node.JobState.SUCCEEDED: 5}
+
+        await until(ran, "the worker to run the jobs")
+        lost = await p.worker.journal.write(lambda c: c.execute("DELETE FROM outbox WHERE kind = 2").rowcount)
+        assert lost >= 5
+
+        # When the origin is reachable again
+        p.network.attach(p.origin_address, p.origin.transfer_receiver)
+
+        # Then it asks the worker about the quiet jobs, the worker sends their reports again, and
+        # every job ends SUCCEEDED at the origin, once
+        await until(lambda: p.all_succeeded(ids), "reconciliation to recover the lost reports")
+        assert p.origin.transfer_receiver.reconciler.counts.reports_resent == 5  # type: ignore[attr-defined]
+        assert await _finished_events(p.origin) == [1] * 5
+        assert (await p.worker.jobs.count_by_state()) == {node.JobState.SUCCEEDED: 5}
+
+
+async def test_jobs_their_target_does_not_know_are_reassigned_under_a_new_epoch(tmp_path: Path) -> None:
+    async with pair(tmp_path) as p:
+        # Given jobs delivered to the worker, then lost there (their rows gone from its journal)
+        ids = await _queued_at_the_worker(p, 3)
+        marks = ", ".join("?" * len(ids))
+
+        async def epochs() -> list[int]:
+            rows = await p.origin.journal.read(
+                lambda c: c.execute(
+                    f"SELECT epoch FROM jobs WHERE id IN ({marks}) ORDER BY id", ids
+                ).fetchall()
+            )
+            return [r[0] for r in rows]
+
+        before = await epochs()
+        await p.worker.journal.write(lambda c: c.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids))
+        await p.worker.jobs.suspend_queue("main", False)
+
+        # Then the origin learns the worker does not know them and gives them out again under a
+        # new epoch: they run and end SUCCEEDED once
+        await until(lambda: p.all_succeeded(ids), "the unknown jobs to be reassigned and run")
+        counts = p.origin.transfer_receiver.reconciler.counts  # type: ignore[attr-defined]
+        assert counts.reassigned_unknown == 3
+        assert await epochs() == [e + 1 for e in before]
+        assert await _finished_events(p.origin) == [1] * 3

@@ -1,14 +1,20 @@
 """Offloading across a partition (netlab hosts): a worker cut off past the death timeout has its
-jobs reassigned; when the partition heals, its stale results are rejected (fencing).
+jobs reassigned; when the partition heals, it asks the origin before it runs any more of them
+(its lease lapsed) and drops the reassigned ones unrun; the late results of the jobs it was
+running at the cut are rejected (fencing).
 
     subnet 1: origin (h1), w2 (h2)  ──br1── router ──br2──  subnet 2: w1 (h3)
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from jobmesh.v1 import jobs_pb2
 
 from node import JobState
+from tests.consumers import runs
 from tests.support.job_calls import find_all
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.netlab import Lab
@@ -27,7 +33,7 @@ def _node(lab: Lab, nodes: NodeFactory, name: str, subnet: int, consumer: bool) 
         args += ["--seed", f"10.77.1.1:{PORT}"]
     return nodes.create(
         name,
-        consumers=["offload/**=consumers:sleep_briefly"] if consumer else [],
+        consumers=["offload/**=consumers:record_run"] if consumer else [],
         settings={"discovery.advertise_addresses": host.address},
         extra_args=args,
         netns=host.netns.path,
@@ -35,8 +41,8 @@ def _node(lab: Lab, nodes: NodeFactory, name: str, subnet: int, consumer: bool) 
     )
 
 
-def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejected_after_the_heal(
-    lab: Lab, nodes: NodeFactory
+def test_a_worker_partitioned_past_the_death_timeout_drops_its_reassigned_jobs_unrun_after_the_heal(
+    lab: Lab, nodes: NodeFactory, tmp_path: Path
 ) -> None:
     # Given an origin and worker w1 across the router, w1 busy with the origin's jobs
     origin = _node(lab, nodes, "origin", 1, consumer=False)
@@ -50,13 +56,17 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
         10.0,
         "w1's capacity",
     )
-    request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, sleep_s=0.4) for _ in range(60)])
+    runs_file = tmp_path / "runs.txt"
+    jobs = [new_job(TOPIC, sleep_s=0.4, runs_file=str(runs_file)) for _ in range(60)]
+    request = jobs_pb2.AddJobsRequest(jobs=jobs)
     ids = list(origin.stub.AddJobs(request).job_ids)
     wait_for(lambda: w1.count_jobs(JobState.ACTIVE) > 0, 10.0, "w1 to run")
     start_all(w2)
 
     # When w1 is cut off past the death timeout, then the partition heals
     lab.cut_subnet(2)
+    cut_at = time.time()
+    in_flight = {r[0] for r in w1.query_journal(f"SELECT id FROM jobs WHERE state = {int(JobState.ACTIVE)}")}
     try:
         wait_for(lambda: "w1" not in {i.name for i in view(origin).instances}, 10.0, "w1 to be declared dead")
 
@@ -65,11 +75,15 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
             return all(j.state == jobs_pb2.JOB_STATE_SUCCEEDED for j in jobs) and len(jobs) == 60
 
         wait_for(all_moved, 30.0, "every job to succeed at the origin while w1 is cut off")
-        stale = w1.count_jobs(JobState.SUCCEEDED)
     finally:
         lab.heal_subnet(2)
     wait_views([origin, w1, w2], {"origin", "w1", "w2"}, timeout=20)
     wait_for(lambda: not w1.query_journal("SELECT 1 FROM outbox"), 15.0, "w1 to deliver its stale reports")
+    wait_for(
+        lambda: w1.count_jobs(JobState.QUEUED) == 0 and w1.count_jobs(JobState.ACTIVE) == 0,
+        15.0,
+        "w1 to settle its queue",
+    )
 
     # Then every job ended exactly once at the origin; w1's late results changed nothing
     jobs = find_all(origin.stub, jobs_pb2.FindJobsRequest(topic=TOPIC, page_size=1000))
@@ -79,6 +93,8 @@ def test_a_worker_partitioned_past_the_death_timeout_has_its_stale_results_rejec
     assert sorted(n for _, n in finished) == [1] * 60
     moved = [j for j in jobs if j.target_instance == w2.instance_id]
     assert moved, "w1's unfinished jobs were reassigned to w2"
-    assert stale > 0
-    done_by_w1 = {r[0] for r in w1.query_journal("SELECT id FROM jobs WHERE state = 3")}
-    assert done_by_w1 & {j.id for j in moved}, "w1 finished reassigned jobs too; those results were fenced"
+    # and w1 started none of the jobs it held queued: only those in flight at the cut ran on
+    pid = w1.process.pid
+    started_after_cut = {job_id for p, job_id, at in runs(runs_file) if p == pid and at >= cut_at}
+    assert started_after_cut <= in_flight
+    assert w1.count_jobs(JobState.DROPPED) > 0, "w1 dropped the reassigned jobs it held"
