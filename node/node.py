@@ -353,7 +353,10 @@ class Node:
             protocol = self.topology._protocol
             return protocol.table.counters if protocol is not None else None
 
-        return Sources(journal, self.workers, membership, members, frames)
+        def reconciled() -> dict[str, int]:
+            return vars(self._offloader.reconciler.counts).copy() if self._offloader else {}
+
+        return Sources(journal, self.workers, membership, members, frames, reconciled)
 
     def _console_parts(self) -> ConsoleParts:
         return ConsoleParts(

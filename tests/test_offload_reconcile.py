@@ -13,19 +13,24 @@ import signal
 import time
 from pathlib import Path
 
+import grpc
+import pytest
+from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
 from jobmesh.v1 import jobs_pb2
 
 from node import JobState
 from tests.consumers import runs
-from tests.support.job_calls import find_all
+from tests.support.job_calls import find_all, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
-from tests.support.offload import TOPIC, wait_consumes
+from tests.support.offload import TOPIC, start_cluster, wait_consumes
 from tests.support.protos import new_job
 from tests.support.topology import create, view, wait_views
 from tests.support.waiting import wait_for
+from tests.test_security import a_member
 
 CONSUMER = "offload/**=consumers:record_run"
 FINISHED = 4  # EventType.FINISHED in job_events
+MALLORY = "mallory"
 
 
 def _add(origin: NodeProcess, count: int, runs_file: Path, sleep_s: float) -> list[str]:
@@ -130,3 +135,68 @@ def test_a_target_paused_past_the_death_timeout_drops_its_reassigned_queued_jobs
     assert started_after_pause <= in_flight
     assert w1.count_jobs(JobState.DROPPED) >= 20, "w1's queue was dropped, not run"
     _ended_once(origin, ids)
+
+
+def test_reconcile_answers_only_a_jobs_origin_or_target_and_refuses_bad_questions(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    # Given an origin whose job runs on w1, and another member of the cluster
+    origin, (w1,) = start_cluster(nodes, "consumers:block_until_released", workers=1)
+    release = tmp_path / "release"
+    request = jobs_pb2.AddJobsRequest(jobs=[new_job(TOPIC, release_file=str(release))])
+    (job_id,) = origin.stub.AddJobs(request).job_ids
+    wait_for_state(origin.stub, job_id, jobs_pb2.JOB_STATE_ACTIVE)
+    wait_for(lambda: w1.count_jobs(JobState.ACTIVE) == 1, 10.0, "the job to run on w1")
+    (epoch,) = w1.query_journal("SELECT epoch FROM jobs WHERE id = ?", (job_id,))[0]
+    mallory = a_member(nodes, MALLORY)
+    asked = transfer_pb2.ReconcileJob(job_id=job_id, epoch=epoch, state=jobs_pb2.JOB_STATE_QUEUED)
+
+    def ask(
+        node: NodeProcess, role: int, *jobs: transfer_pb2.ReconcileJob, sender: str = MALLORY
+    ) -> list[int]:
+        channel = mallory.create_sync_channel(node.address)
+        try:
+            stub = transfer_pb2_grpc.TransferServiceStub(channel)
+            question = transfer_pb2.ReconcileRequest(sender_id=sender, role=role, jobs=jobs)  # type: ignore[arg-type]
+            return [a.status for a in stub.Reconcile(question, timeout=10).answers]
+        finally:
+            channel.close()
+
+    # When the member asks w1 as if it were the job's origin, and the origin as if it were its target
+    as_origin = ask(w1, transfer_pb2.RECONCILE_ROLE_ORIGIN, asked)
+    as_target = ask(origin, transfer_pb2.RECONCILE_ROLE_TARGET, asked)
+
+    # Then neither tells it anything it could use: unknown at w1, not its job at the origin
+    assert as_origin == [transfer_pb2.RECONCILE_STATUS_UNKNOWN]
+    assert as_target == [transfer_pb2.RECONCILE_STATUS_REASSIGNED]
+    assert not w1.query_journal("SELECT 1 FROM outbox WHERE peer = ?", (MALLORY,)), "no report went to it"
+
+    # And speaking in the origin's name or asking malformed questions is refused with a clear status
+    with pytest.raises(grpc.RpcError) as refused:
+        ask(w1, transfer_pb2.RECONCILE_ROLE_ORIGIN, asked, sender=origin.instance_id)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    bad = {
+        "role": (transfer_pb2.RECONCILE_ROLE_UNSPECIFIED, [asked]),
+        "jobs (count)": (transfer_pb2.RECONCILE_ROLE_ORIGIN, []),
+        "epoch": (
+            transfer_pb2.RECONCILE_ROLE_ORIGIN,
+            [transfer_pb2.ReconcileJob(job_id=job_id, epoch=2**63 - 1)],
+        ),
+        "asked twice": (transfer_pb2.RECONCILE_ROLE_ORIGIN, [asked, asked]),
+        "job_id": (transfer_pb2.RECONCILE_ROLE_ORIGIN, [transfer_pb2.ReconcileJob(job_id="", epoch=1)]),
+    }
+    for field, (role, jobs) in bad.items():
+        with pytest.raises(grpc.RpcError) as invalid:
+            ask(w1, role, *jobs)
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field in (invalid.value.details() or ""), field
+    too_many = [transfer_pb2.ReconcileJob(job_id=f"j{n}", epoch=1, state=1) for n in range(1001)]
+    with pytest.raises(grpc.RpcError) as invalid:
+        ask(w1, transfer_pb2.RECONCILE_ROLE_ORIGIN, *too_many)
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # And the job still runs at w1 for its origin, and ends there once released
+    assert w1.count_jobs(JobState.ACTIVE) == 1
+    release.touch()
+    wait_for_state(origin.stub, job_id, jobs_pb2.JOB_STATE_SUCCEEDED)
+    _ended_once(origin, [job_id])

@@ -171,6 +171,8 @@ class Sources:
     """Members this node knows, by state name (itself included)."""
     frames: Callable[[], tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]]
     """Frames sent, bytes sent, frames received, bytes received, per peer."""
+    reconciled: Callable[[], dict[str, int]] = dict
+    """What reconciliation did (node/transfer/reconcile.py ReconcileCounts, by field name)."""
 
 
 class NodeMetrics:
@@ -265,6 +267,17 @@ class NodeMetrics:
             for peer, value in list(table.items()):
                 family.add_metric([peer], value)
             yield family
+        reconciled = sources.reconciled()
+        for key, doc in (
+            ("reports_resent", "Offloaded jobs whose lost report their target sent again when asked."),
+            ("reassigned_unknown", "Offloaded jobs reassigned because their target did not know them."),
+            (
+                "dropped_fenced",
+                "Queued jobs of other origins dropped unrun: their origin had reassigned them.",
+            ),
+            ("confirmations", "Leases on origins confirmed by asking them (Reconcile)."),
+        ):
+            yield CounterMetricFamily(f"jobmesh_reconcile_{key}", doc, value=reconciled.get(key, 0))
         workers = sources.workers.workers
         yield GaugeMetricFamily("jobmesh_worker_streams", "Connected remote workers.", value=len(workers))
         in_flight = GaugeMetricFamily(
