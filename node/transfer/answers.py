@@ -17,7 +17,7 @@ from jobmesh.peer.v1 import transfer_pb2
 
 from node.journal.controls import finish_job
 from node.journal.recorder import Recorder
-from node.journal.records import QUEUED, UNFINISHED
+from node.journal.records import ACTIVE, QUEUED, UNFINISHED
 from node.model.job import JobState
 from node.transfer.assign import Assigner, Chooser
 from node.transfer.outbox import Outbox, OutboxKind
@@ -87,20 +87,31 @@ def answer_as_origin(
 # --- the origin asks its targets ---
 
 
+MAX_TRACKED = 10_000
+"""Jobs per target and state an origin round looks at (the oldest; the rest once these end)."""
+
+
 def offloaded_to(conn: sqlite3.Connection, local_id: str, target: str) -> list[sqlite3.Row]:
     """This origin's unfinished jobs at `target` whose copy was delivered (a job still in the
-    outbox is not asked about: the target cannot know it yet). Read."""
+    outbox is not asked about: the target cannot know it yet), at most MAX_TRACKED ACTIVE and
+    as many QUEUED, oldest first; none while a larger backlog of copies is still on its way (the
+    stream is busy, not quiet). Read."""
     undelivered = {
         r["job_id"]
         for r in conn.execute(
-            f"SELECT job_id FROM outbox WHERE peer = ? AND kind = {OutboxKind.JOB:d}", (target,)
+            f"SELECT job_id FROM outbox WHERE peer = ? AND kind = {OutboxKind.JOB:d} LIMIT ?",
+            (target, MAX_TRACKED + 1),
         )
     }
-    rows = conn.execute(
-        "SELECT id, epoch, state, retry_count, report_seq FROM jobs INDEXED BY jobs_remote "
-        f"WHERE target = ? AND state IN {UNFINISHED} AND origin = ?",
-        (target, local_id),
-    ).fetchall()
+    if len(undelivered) > MAX_TRACKED:
+        return []
+    rows: list[sqlite3.Row] = []
+    for state in (ACTIVE, QUEUED):  # jobs_remote is (target, state), then seq: oldest first
+        rows += conn.execute(
+            "SELECT id, epoch, state, retry_count, report_seq FROM jobs INDEXED BY jobs_remote "
+            f"WHERE target = ? AND state IN {UNFINISHED} AND state = {state} AND origin = ? LIMIT ?",
+            (target, local_id, MAX_TRACKED),
+        ).fetchall()
     return [r for r in rows if r["id"] not in undelivered]
 
 

@@ -109,6 +109,7 @@ class Offloader:
         self.manager.consumers.add_listener(self._on_topology)
         self._refresh_view()
         self.lease.load(await self.store.queued_origins())
+        self._confirm_now.set()  # after a restart every origin's queued jobs wait for its answer
         loops = (self._dispatch(), self._assign_loop(), self._capacity_loop(), self._reaper())
         for coro in (*loops, self._reconcile_loop(), self._confirm_loop()):
             self._tasks.append(asyncio.get_running_loop().create_task(coro))

@@ -181,15 +181,15 @@ class Reconciler:
     async def confirm_origins(self) -> bool:
         """One target round: ask each origin whose lease lapsed or nears its end about its jobs
         queued here; True if a hold lifted (the runners should look again)."""
-        lifted = False
-        for origin in self.lease.to_confirm():
-            rows = await self.store.queued_from(origin)
-            if not rows:
-                self.lease.forget(origin)  # nothing to hold; a job that arrives brings it back
-                continue
-            if await self._confirm(origin, rows):
-                lifted = True
-        return lifted
+        # All at once: an origin that does not answer (until the call's timeout) holds up no other.
+        return any(await asyncio.gather(*(self._confirm_origin(o) for o in self.lease.to_confirm())))
+
+    async def _confirm_origin(self, origin: str) -> bool:
+        rows = await self.store.queued_from(origin)
+        if not rows:
+            self.lease.forget(origin)  # nothing to hold; a job that arrives brings it back
+            return False
+        return await self._confirm(origin, rows)
 
     async def _confirm(self, origin: str, rows: Sequence[sqlite3.Row]) -> bool:
         was_held = self.lease.holds(origin)
