@@ -70,6 +70,9 @@ class TransferLink(Protocol):
         """Ask the peer at `address` (TransferService.Reconcile); PeerUnavailable on any failure."""
         ...
 
+    async def close(self) -> None:
+        """Release what the link keeps between calls (the node is stopping; idempotent)."""
+
 
 class GrpcTransferLink:
     """TransferLink over gRPC: a channel and an Exchange call per stream."""
@@ -78,6 +81,8 @@ class GrpcTransferLink:
         self._channels = channels
         """The node's one channel factory (TLS, keepalive, limits)."""
         self._max_message_bytes = max_message_bytes
+        self._unary: dict[str, grpc.aio.Channel] = {}
+        """One channel per peer address for Reconcile calls."""
 
     async def open(self, address: str) -> TransferStream:
         """Dial `address`; connection errors surface on the first exchange."""
@@ -87,9 +92,11 @@ class GrpcTransferLink:
     async def reconcile(
         self, address: str, request: transfer_pb2.ReconcileRequest
     ) -> transfer_pb2.ReconcileResponse:
-        """One unary call on a channel of its own: reconciliation is rare (a round every few
-        seconds at most, per peer), so no channel is kept open for it."""
-        channel = self._channels.create_channel(address, self._max_message_bytes)
+        """One unary call on a channel kept per address (a round every few seconds: no channel is
+        made and torn down per call); a channel whose call failed is closed and made anew."""
+        kept = self._unary.get(address)
+        channel: grpc.aio.Channel = kept or self._channels.create_channel(address, self._max_message_bytes)
+        self._unary[address] = channel
         try:
             stub = transfer_pb2_grpc.TransferServiceStub(channel)
             response: transfer_pb2.ReconcileResponse = await stub.Reconcile(
@@ -97,8 +104,15 @@ class GrpcTransferLink:
             )
             return response
         except grpc.aio.AioRpcError as e:
+            if self._unary.get(address) is channel:
+                del self._unary[address]
+            await channel.close()  # idempotent: a call beside this one on it fails and is asked again
             raise PeerUnavailable(f"Reconcile at {address} failed: {e.code().name}: {e.details()}") from e
-        finally:
+
+    async def close(self) -> None:
+        """Close the channels kept for Reconcile (the node is stopping)."""
+        channels, self._unary = list(self._unary.values()), {}
+        for channel in channels:
             await channel.close()
 
 

@@ -71,6 +71,9 @@ class MemoryTransferLink:
             raise PeerUnavailable(f"{address} refused a Reconcile: {e}") from e
         return transfer_pb2.ReconcileResponse.FromString(response.SerializeToString())
 
+    async def close(self) -> None:
+        """Nothing is kept between calls."""
+
 
 class _MemoryStream:
     def __init__(self, network: MemoryTransferNetwork, source: str, address: str, receiver: TransferReceiver):

@@ -124,6 +124,7 @@ class Offloader:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.link.close()
 
     def _wake(self) -> None:
         kick, self._kick = self._kick, asyncio.Event()
