@@ -23,6 +23,9 @@ import time
 
 from node.journal.claims import NO_HOLD, Hold
 
+IDLE_WINDOWS = 4
+"""An origin with nothing queued here is asked about again after this many windows at most."""
+
 
 class Lease:
     """When this node last heard from each origin whose jobs it holds, and what that allows."""
@@ -33,7 +36,10 @@ class Lease:
         self._heard: dict[str, float] = {}
         """origin instance id -> monotonic time a round trip to it started (that it completed)."""
         self._origins: set[str] | None = None
-        """Origins with jobs queued here; None until loaded at start (until then all are held)."""
+        """Origins whose jobs came here (kept: a retry may queue one again); None until loaded at
+        start (until then every job of another origin is held)."""
+        self._idle_until: dict[str, float] = {}
+        """origin -> monotonic time before which it is not asked (nothing of it was queued)."""
 
     def load(self, origins: set[str]) -> None:
         """The origins of the jobs queued here, read at start: none is heard from yet."""
@@ -43,11 +49,13 @@ class Lease:
         """A job of `origin` arrived here (its lease starts unconfirmed if it is new)."""
         if self._origins is not None and origin != self.local_id:
             self._origins.add(origin)
+        self._idle_until.pop(origin, None)
 
-    def forget(self, origin: str) -> None:
-        """`origin` has no job queued here any more: nothing to hold or to renew."""
-        if self._origins is not None:
-            self._origins.discard(origin)
+    def nothing_queued(self, origin: str) -> None:
+        """`origin` has no job queued here now: not asked again for `IDLE_WINDOWS` windows, unless a
+        job of it arrives. It stays held when its lease lapses: a job of it that a retry queues
+        here again waits for the next question (the retry's delay plus at most that long)."""
+        self._idle_until[origin] = time.monotonic() + IDLE_WINDOWS * self.window_s
 
     def heard(self, origin: str, started_at: float) -> None:
         """A round trip to `origin` that started at monotonic `started_at` completed."""
@@ -73,5 +81,8 @@ class Lease:
             return []
         now = time.monotonic()
         return sorted(
-            o for o in self._origins if now - self._heard.get(o, float("-inf")) >= self.window_s / 2
+            o
+            for o in self._origins
+            if now - self._heard.get(o, float("-inf")) >= self.window_s / 2
+            and self._idle_until.get(o, 0.0) <= now
         )

@@ -187,7 +187,7 @@ class Reconciler:
     async def _confirm_origin(self, origin: str) -> bool:
         rows = await self.store.queued_from(origin)
         if not rows:
-            self.lease.forget(origin)  # nothing to hold; a job that arrives brings it back
+            self.lease.nothing_queued(origin)  # a job that arrives from it brings it back
             return False
         return await self._confirm(origin, rows)
 
