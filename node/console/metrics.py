@@ -269,7 +269,10 @@ class NodeMetrics:
             yield family
         reconciled = sources.reconciled()
         for key, doc in (
-            ("reports_resent", "Offloaded jobs whose lost report their target sent again when asked."),
+            (
+                "reports_resent",
+                "Offloaded jobs whose report their target sent again when asked (lost or late).",
+            ),
             ("reassigned_unknown", "Offloaded jobs reassigned because their target did not know them."),
             (
                 "dropped_fenced",

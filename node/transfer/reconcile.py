@@ -44,7 +44,7 @@ class ReconcileCounts:
     """What reconciliation did since start (metrics)."""
 
     reports_resent: int = 0
-    """Origin: jobs whose target re-sent their report when asked (it had been lost)."""
+    """Origin: jobs whose target re-sent their report when asked (it was lost, or still on its way)."""
     reassigned_unknown: int = 0
     """Origin: jobs reassigned because their target did not know them."""
     dropped_fenced: int = 0
@@ -107,6 +107,8 @@ class Reconciler:
         self._moved = moved
         """Called with a target and how many of its jobs were reassigned (placement's counts)."""
         self._quiet = _QuietJobs()
+        self._failing: set[str] = set()
+        """Peers whose last Reconcile failed (their failures are logged once, until one works)."""
         self.counts = ReconcileCounts()
 
     async def _ask(
@@ -115,14 +117,21 @@ class Reconciler:
         """The peer's checked answers, or None (unreachable, or answers that do not fit)."""
         address = self._address_of(peer)
         if address is None:
+            log.debug("cannot reconcile with %s yet: no address for it in the view", peer)
             return None
         try:
             async with asyncio.timeout(RECONCILE_TIMEOUT_S):  # not wait_for: see docs/architecture.md
                 response = await self.link.reconcile(address, request)
             check_reconcile_answers(request, response)
         except (JobmeshError, TimeoutError) as e:
-            log.info("reconciliation with %s (%s) failed: %s", peer, address, e)
+            # Once at INFO per outage: a target asks an unreachable origin every quarter window.
+            level = logging.DEBUG if peer in self._failing else logging.INFO
+            log.log(level, "reconciliation with %s (%s) failed: %s", peer, address, e)
+            self._failing.add(peer)
             return None
+        if peer in self._failing:
+            self._failing.discard(peer)
+            log.info("reconciliation with %s (%s) works again", peer, address)
         self._contact(peer)
         return response
 
