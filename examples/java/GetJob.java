@@ -54,7 +54,7 @@ public final class GetJob {
    * not say what is missing; this says it up front.
    */
   private static SslContext tlsContext(File bundle) throws SSLException {
-    if (!OpenSsl.isAlpnSupported()) {
+    if (!SslProvider.isAlpnSupported(SslProvider.OPENSSL)) {
       throw new SSLException(
           "TLS needs netty-tcnative (OpenSSL with ALPN) on java.library.path: install"
               + " libnetty-tcnative-java libnetty-tcnative-jni and run build/getjob",
