@@ -1,6 +1,11 @@
 """The web console in a real headless browser (Debian's chromium driven by Playwright), against
 two real node processes of one cluster over HTTPS: what a person sees and can do.
 
+The nodes run on two hosts of the namespace lab (tests/support/netlab.py), one subnet, so they
+find each other by mDNS alone (no seed); the browser runs in the test's namespace and reaches
+each console over the host's management link (10.78.<n>.2), as a person's browser reaches a
+node across a network, not on loopback beside it.
+
 Every page's browser console is captured and any error fails the test; each page's screenshot
 is saved under docs/console/ (the README shows them).
 """
@@ -20,8 +25,9 @@ from node.security import tokens
 from node.security.cluster import ClusterFiles
 from tests.support.job_calls import JobFiles, add_job, get_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.netlab import Lab
 from tests.support.protos import new_job
-from tests.support.topology import create, wait_views
+from tests.support.topology import start_all, wait_views
 from tests.support.waiting import wait_for
 from tests.support.worker_stream import WorkerStream
 from tests.test_console_metrics import http_get, samples
@@ -36,11 +42,34 @@ CONSUMERS = [
 ]
 
 
+GRPC_PORT, HTTP_PORT = 7710, 7711  # the defaults: every host has its own port space
+SUBNET = 1
+
+
 @pytest.fixture(scope="module")
-def cluster(module_nodes: NodeFactory) -> tuple[NodeProcess, NodeProcess]:
-    a = create(module_nodes, "alpha", consumers=CONSUMERS).start()
-    b = create(module_nodes, "beta", seeds=[a], consumers=CONSUMERS).start()
-    wait_views([a, b], {"alpha", "beta"})
+def cluster(module_lab: Lab, module_nodes: NodeFactory) -> tuple[NodeProcess, NodeProcess]:
+    """alpha and beta on two hosts of one subnet: they meet by mDNS; the test dials their
+    management addresses (the lab is torn down after the nodes: fixtures end in reverse)."""
+    nodes = []
+    for name in ("alpha", "beta"):
+        host = module_lab.add_host(name, SUBNET)
+        nodes.append(
+            module_nodes.create(
+                name,
+                CONSUMERS,
+                settings={
+                    "discovery.mdns": "true",
+                    "discovery.interfaces": "eth0",
+                    "discovery.advertise_addresses": host.address,
+                    "http.port": HTTP_PORT,
+                },
+                extra_args=["--name", name, "--host", "0.0.0.0", "--port", str(GRPC_PORT)],
+                netns=host.netns.path,
+                dial_host=host.mgmt_address,
+            )
+        )
+    a, b = start_all(*nodes)
+    wait_views([a, b], {"alpha", "beta"}, timeout=15)
     return a, b
 
 
@@ -50,7 +79,9 @@ def make_token(node: NodeProcess, *scopes: str) -> str:
 
 
 def base(node: NodeProcess) -> str:
-    return f"https://127.0.0.1:{node.info['http_port']}"
+    """The node's console as the browser reaches it: over its host's management address."""
+    assert node.dial_host is not None and node.dial_host.startswith("10.78."), node.dial_host
+    return f"https://{node.dial_host}:{node.info['http_port']}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,7 +149,9 @@ def test_sign_in_then_every_page_renders_and_both_instances_are_on_the_topology(
     expect(admin.locator("tbody tr").filter(has_text="beta")).to_be_visible()  # per-instance counts
     admin.goto(base(a) + "/topology")
     expect(admin.locator('tr[data-instance="alpha"]')).to_be_visible()
-    expect(admin.locator('tr[data-instance="beta"]')).to_be_visible()
+    # beta is there at its data address on the lab's subnet, found by mDNS (no node has a seed)
+    expect(admin.locator('tr[data-instance="beta"]')).to_contain_text(f"10.77.{SUBNET}.2:{GRPC_PORT}")
+    assert not any("--seed" in node.args for node in cluster)
     shot(admin, "topology")
     a.schedules.AddSchedule(
         schedules_pb2.AddScheduleRequest(
