@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobmesh.v1 import schedules_pb2, topics_pb2
+from jobmesh.v1 import jobs_pb2, schedules_pb2, topics_pb2
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from node.console.history import HISTORY_PAGE
 from node.security import tokens
 from node.security.cluster import ClusterFiles
 from tests.support.job_calls import JobFiles, add_job, get_job, wait_for_state
@@ -34,7 +35,7 @@ from tests.test_console_metrics import http_get, samples
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
-SUCCEEDED, STOPPED, ACTIVE = 3, 4, 2
+SUCCEEDED, STOPPED, ACTIVE, GIVEN_UP = 3, 4, 2, 5
 CONSUMERS = [
     "web/off/**=consumers:succeed",
     "web/progress/**=consumers:progress_on_release",
@@ -42,6 +43,7 @@ CONSUMERS = [
 ]
 
 
+ALPHA_ONLY = ["web/fail/**=consumers:fail_always"]  # its jobs run where they are added: every event local
 GRPC_PORT, HTTP_PORT = 7710, 7711  # the defaults: every host has its own port space
 SUBNET = 1
 
@@ -56,7 +58,7 @@ def cluster(module_lab: Lab, module_nodes: NodeFactory) -> tuple[NodeProcess, No
         nodes.append(
             module_nodes.create(
                 name,
-                CONSUMERS,
+                CONSUMERS + (ALPHA_ONLY if name == "alpha" else []),
                 settings={
                     "discovery.mdns": "true",
                     "discovery.interfaces": "eth0",
@@ -80,7 +82,8 @@ def make_token(node: NodeProcess, *scopes: str) -> str:
 
 def base(node: NodeProcess) -> str:
     """The node's console as the browser reaches it: over its host's management address."""
-    assert node.dial_host is not None and node.dial_host.startswith("10.78."), node.dial_host
+    assert node.dial_host is not None
+    assert node.dial_host.startswith("10.78."), node.dial_host
     return f"https://{node.dial_host}:{node.info['http_port']}"
 
 
@@ -267,6 +270,52 @@ def test_a_jobs_progress_bar_advances_live(
     Path(f"{files.release}.3").touch()
     expect(admin.locator("#state")).to_have_text("SUCCEEDED")
     expect(admin.locator("#log")).to_contain_text("step 3 of 3")
+    # The history (the page reloads once the job ends): its lifecycle, newest first, no PROGRESS
+    history = admin.locator("#history tbody tr")
+    expect(history.first).to_contain_text("FINISHED")
+    expect(history.first).to_contain_text("SUCCEEDED")
+    expect(history.last).to_contain_text("ADDED")
+    expect(admin.locator("#history tbody")).to_contain_text("STARTED")
+    expect(admin.locator("#history tbody")).not_to_contain_text("PROGRESS")
+
+
+def test_a_long_event_history_is_paged_newest_first(
+    admin: Page, cluster: tuple[NodeProcess, NodeProcess]
+) -> None:
+    # Given a job that failed and was retried 40 times (a STARTED and a FAILED event each)
+    a, _ = cluster
+    job = new_job("web/fail/many")
+    job.max_retries = 40
+    job.retry_delay.SetInParent()  # no delay between the attempts
+    job_id = a.stub.AddJob(jobs_pb2.AddJobRequest(job=job)).job.id
+    wait_for_state(a.stub, job_id, GIVEN_UP)
+    expected = [
+        row[0]
+        for row in a.query_journal(
+            "SELECT seq FROM job_events WHERE job_id = ? AND type != 3 ORDER BY seq DESC", (job_id,)
+        )
+    ]
+    assert len(expected) == 83, len(expected)  # ADDED, then 41 attempts
+    # When its page and then its older events are opened
+    admin.goto(base(a) + f"/jobs/{job_id}")
+    rows = admin.locator("#history tbody tr")
+    expect(rows).to_have_count(HISTORY_PAGE)
+    first = [int(s) for s in rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")]
+    expect(rows.first).to_contain_text("GIVEN_UP")
+    admin.get_by_role("link", name="Older events").click()
+    expect(admin.get_by_role("heading", name="Events (older)")).to_be_visible()
+    expect(rows).to_have_count(len(expected) - HISTORY_PAGE)
+    second = [int(s) for s in rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")]
+    # Then the pages hold every event once, newest first, ending with ADDED; no more pages
+    assert first + second == expected
+    expect(rows.last).to_contain_text("ADDED")
+    expect(admin.get_by_role("link", name="Older events")).to_have_count(0)
+    admin.get_by_role("link", name="Newest events").click()
+    expect(rows.first).to_have_attribute("data-seq", str(expected[0]))
+    # A malformed page key is refused with a message, not a crash
+    response = admin.request.get(base(a) + f"/jobs/{job_id}?events_before=-1")
+    assert response.status == 400
+    assert "events_before" in response.text()
 
 
 def test_stop_a_job_from_its_page(admin: Page, cluster: tuple[NodeProcess, NodeProcess]) -> None:
