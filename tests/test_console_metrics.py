@@ -22,7 +22,9 @@ def http_get(node: NodeProcess, path: str, token: str | None = None) -> tuple[in
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    request = urllib.request.Request(f"https://{node.dial_host or '127.0.0.1'}:{node.info['http_port']}{path}")
+    request = urllib.request.Request(
+        f"https://{node.dial_host or '127.0.0.1'}:{node.info['http_port']}{path}"
+    )
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
