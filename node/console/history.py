@@ -28,7 +28,9 @@ def before_seq(query: Mapping[str, str]) -> int:
     text = query.get(BEFORE_PARAM, "")
     if not text:
         return 0
-    if not text.isdigit() or not 0 < int(text) <= MAX_SEQ:
+    # ASCII digits only and at most 19 of them: int() accepts other digits, and a long string
+    # would cost (or exceed Python's digit limit) before the range check could refuse it.
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) or not 0 < int(text) <= MAX_SEQ:
         raise web.HTTPBadRequest(
             text=f"{BEFORE_PARAM} must be an event sequence number (1 to 2^63-1), not {text!r}\n"
         )
