@@ -43,7 +43,7 @@ def test_migration_to_v8_indexes_the_events_an_existing_journal_holds(tmp_path: 
     assert plan(conn, HISTORY_QUERY) == ["SEARCH job_events USING INTEGER PRIMARY KEY (rowid<?)"]
 
     # When it is migrated
-    assert migrate(conn) == SCHEMA_VERSION == 8
+    assert migrate(conn) == SCHEMA_VERSION >= 8
 
     # Then one job's history is a search of the new index, with every old event but PROGRESS in it
     steps = plan(conn, HISTORY_QUERY)
