@@ -50,10 +50,12 @@
       if (state && job.state && state.textContent !== job.state) {
         state.textContent = job.state;
         state.dataset.state = job.state;
-        const events = document.getElementById("events");
-        const item = document.createElement("li");
-        item.textContent = new Date().toISOString().slice(11, 19) + " " + job.state + (job.message ? ": " + job.message : "");
-        events.prepend(item);
+        const events = document.getElementById("events"); // only on the newest page of events
+        if (events) {
+          const item = document.createElement("li");
+          item.textContent = new Date().toISOString().slice(11, 19) + " " + job.state + (job.message ? ": " + job.message : "");
+          events.prepend(item);
+        }
         if (!["QUEUED", "ACTIVE"].includes(job.state)) {
           // Finished: the page shows the result, the log and the output.
           window.setTimeout(() => window.location.reload(), 300);
