@@ -262,6 +262,7 @@ def test_a_jobs_progress_bar_advances_live(
     assert admin.evaluate("window.notReloaded") is True  # the stream moved the bar, not a reload
     assert admin.evaluate("document.getElementById('progress').value") == 2
     expect(admin.locator("#log")).to_contain_text("step 2 of 3")  # the log follows live too
+    expect(admin.locator("#log-count")).to_have_text("2")  # and its heading counts the lines
     shot(admin, "job")
     admin.goto(base(a) + "/")
     expect(admin.locator("#totals")).to_contain_text("added")  # the overview's stream drew the chart

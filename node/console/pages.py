@@ -230,6 +230,7 @@ class Pages:
                         "state": state_name(job.state),
                         "message": job.result_message,
                         "log": [[when(line.time), line.message] for line in job.log],
+                        "log_count": job.log_line_count,
                     }
                 )
                 if p.total_steps:

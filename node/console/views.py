@@ -288,7 +288,7 @@ def job(
         + (f'<div class="actions">{controls}</div>' if controls else "")
         + "<h2>Properties</h2>"
         + props
-        + f"<h2>Log ({j.log_line_count} lines)</h2><ol id=log class=log>{log}</ol>"
+        + f"<h2>Log (<span id=log-count>{j.log_line_count}</span> lines)</h2><ol id=log class=log>{log}</ol>"
     )
 
 

@@ -34,6 +34,10 @@
         document.getElementById("progress-text").textContent = job.done + " / " + job.total;
         document.getElementById("eta").textContent = formatTime(job.eta_us);
       }
+      const logCount = document.getElementById("log-count");
+      if (logCount && job.log_count !== undefined) {
+        logCount.textContent = String(job.log_count); // all lines logged; the list shows the newest kept
+      }
       const log = document.getElementById("log");
       if (log && Array.isArray(job.log) && job.log.length !== log.children.length) {
         log.replaceChildren(
