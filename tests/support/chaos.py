@@ -114,6 +114,11 @@ class ChaosOutcome:
     names: dict[str, str] = field(default_factory=dict)
     """instance id -> node name."""
     failures: list[str] = field(default_factory=list)
+    t0_us: int = 0
+    """Wall-clock start of the run (the timeline's zero)."""
+    arrivals: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    """(instance, job id) -> bounds (microseconds; 0: none) of when a job that ran more than
+    once arrived at that instance: tells a job held but not run from one delivered late."""
 
     @property
     def passed(self) -> bool:
@@ -216,6 +221,7 @@ class Chaos:
         self.procs: dict[str, NodeProcess] = {}
         self.faults: list[Fault] = []
         self._t0 = time.time()
+        self.outcome.t0_us = int(self._t0 * 1_000_000)
 
     # --- timeline ---
 
@@ -530,7 +536,31 @@ class Chaos:
         if log.bad_lines:
             self.outcome.failures.append(f"{log.bad_lines} unreadable lines in the execution files")
         self.outcome.verdict = explain(log, accepted, self.faults, self.profile.slack_s)
+        self._read_arrivals()
         return self.outcome
+
+    def _read_arrivals(self) -> None:
+        """When the re-executed jobs arrived at the workers that ran them (after the stop, from
+        each worker's journal). A job's ADDED event there carries the origin's creation time,
+        so the arrival is bounded by the times of the worker's own events just before and
+        just after it in the journal's order."""
+        wanted: dict[str, set[str]] = {}
+        for extra in self.outcome.verdict.extras:
+            wanted.setdefault(extra.execution.instance, set()).add(extra.execution.job_id)
+        for proc in self.procs.values():
+            ids = sorted(wanted.get(proc.instance_id, ()))
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = proc.query_journal(
+                    "SELECT e.job_id, "
+                    "(SELECT max(p.time_us) FROM job_events p WHERE p.seq < e.seq AND p.type != 1), "
+                    "(SELECT min(n.time_us) FROM job_events n WHERE n.seq > e.seq AND n.type != 1) "
+                    f"FROM job_events e WHERE e.type = 1 AND e.job_id IN ({marks}) GROUP BY e.job_id",
+                    chunk,
+                )
+                for job_id, after_us, before_us in rows:
+                    self.outcome.arrivals[(proc.instance_id, job_id)] = (after_us or 0, before_us or 0)
 
 
 def render(outcome: ChaosOutcome) -> str:
@@ -552,14 +582,23 @@ def render(outcome: ChaosOutcome) -> str:
         "",
         "## Re-executions",
     ]
+
+    def at(us: int) -> str:
+        return f"{(us - outcome.t0_us) / 1e6:.3f} s"
+
     for extra in sorted(v.extras, key=lambda x: (x.cause is not None, x.execution.start_us)):
         e, a = extra.execution, extra.accepted
-        ended = "never ended" if e.end_us is None else f"ended {e.end_us / 1e6:.3f}"
+        ended = "never ended" if e.end_us is None else f"ended {at(e.end_us)}"
         where = f"accepted: {name(a.instance, a.instance)} claim {a.claim}" if a else "accepted: none"
+        arrival = outcome.arrivals.get((e.instance, e.job_id))
+        came = ""
+        if arrival:
+            after, before = (at(us) if us else "?" for us in arrival)
+            came = f", arrived there between {after} and {before}"
         cause = extra.cause.value if extra.cause else "UNEXPLAINED"
         lines.append(
             f"- {cause}: job {e.job_id} on {name(e.instance, e.instance)} claim {e.claim} started "
-            f"{e.start_us / 1e6:.3f}, {ended} ({where})"
+            f"{at(e.start_us)}, {ended}{came} ({where})"
         )
     if not v.extras:
         lines.append("- none")
