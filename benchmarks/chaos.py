@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 import tempfile
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,15 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="chaos-"))
     lab = Lab()
     nodes = NodeFactory(root)
+    chaos = Chaos(lab, nodes, profile, lambda line: print(line, flush=True))
+    outcome = chaos.outcome
     try:
-        outcome = Chaos(lab, nodes, profile, lambda line: print(line, flush=True)).run()
+        chaos.run()
+    except Exception as e:  # a step that could not go on: report what was seen up to there
+        traceback.print_exc()
+        outcome.failures.append(f"the scenario stopped: {e!r}")
     finally:
-        problems = nodes.close()
+        problems = nodes.close()  # a traceback in any node's log is a failure, as in the suite
         lab.close()
+    outcome.failures += [f"at the stop: {problem}" for problem in problems]
     print()
     print(render(outcome))
-    for problem in problems:
-        print(f"at the stop: {problem}")
     if args.json:
         v = outcome.verdict
         args.json.write_text(
