@@ -32,7 +32,7 @@ from node.config import OffloadConfig
 from node.discovery.config import DiscoveryConfig
 from tests.consumers import EXECUTIONS_SUFFIX
 
-from .executions import Fault, FaultKind, Verdict, explain, read_executions, token_of
+from .executions import Fault, FaultKind, Verdict, explain, read_executions, stale_pairs, token_of
 from .job_calls import find_all
 from .launcher import NodeFactory, NodeProcess
 from .netlab import Host, Lab
@@ -535,7 +535,10 @@ class Chaos:
         log = read_executions(self.records)
         if log.bad_lines:
             self.outcome.failures.append(f"{log.bad_lines} unreadable lines in the execution files")
-        self.outcome.verdict = explain(log, accepted, self.faults, self.profile.slack_s)
+        epochs = {n: dict(p.query_journal("SELECT id, epoch FROM jobs")) for n, p in self.procs.items()}
+        workers = {self.procs[n].instance_id: epochs[n] for n in NAMES if n != "origin"}
+        stale = stale_pairs(epochs["origin"], workers)
+        self.outcome.verdict = explain(log, accepted, self.faults, self.profile.slack_s, stale)
         self._read_arrivals()
         return self.outcome
 

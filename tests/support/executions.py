@@ -9,10 +9,11 @@ The causes, for a job's execution that the origin did not accept:
 - `worker-kill`: it ran on the killed worker and was in flight at the kill (started before
   it, ended no earlier than `slack` before it, or never ended);
 - `partition`: it ran on the cut-off worker during the partition (from `slack` before the cut
-  up to the heal): its result could not reach the origin before the job was reassigned;
+  up to the heal) under an epoch the origin has since replaced (the job was reassigned): its
+  result could not reach the origin in time;
 - `fenced-after-heal`, `fenced-after-restart`: it ran on that worker after the heal (or its
-  restart) while the origin had the job run elsewhere: work the worker should have dropped
-  (issue 13 point 9); counted apart from the others;
+  restart) under a replaced epoch: work the worker should have dropped (issue 13 point 9);
+  counted apart from the others;
 - `origin-kill`: it was in flight (on any worker) when the origin was killed.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import enum
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,11 +158,9 @@ def _overlaps(execution: Execution, start_us: int, end_us: int) -> bool:
     return execution.start_us <= end_us and end >= start_us
 
 
-def cause_of(
-    execution: Execution, accepted: Execution | None, faults: Iterable[Fault], slack_us: int
-) -> Cause | None:
-    """The fault that explains `execution` (not the accepted one), or None."""
-    elsewhere = accepted is None or accepted.instance != execution.instance
+def cause_of(execution: Execution, stale: bool, faults: Iterable[Fault], slack_us: int) -> Cause | None:
+    """The fault that explains `execution` (not the accepted one), or None. `stale`: the
+    instance that ran it holds the job under an epoch older than the origin's (reassigned)."""
     for fault in faults:
         if fault.kind is FaultKind.ORIGIN_KILL:
             if _in_flight_at(execution, fault.start_us, slack_us):
@@ -171,21 +171,26 @@ def cause_of(
         if fault.kind is FaultKind.WORKER_KILL:
             if _in_flight_at(execution, fault.start_us, slack_us):
                 return Cause.WORKER_KILL
-            if execution.start_us >= fault.end_us and elsewhere:
+            if execution.start_us >= fault.end_us and stale:
                 return Cause.FENCED_AFTER_RESTART
-        else:
+        elif stale:
             if _overlaps(execution, fault.start_us - slack_us, fault.end_us):
                 return Cause.PARTITION
-            if execution.start_us > fault.end_us and elsewhere:
+            if execution.start_us > fault.end_us:
                 return Cause.FENCED_AFTER_HEAL
     return None
 
 
 def explain(
-    log: ExecutionLog, accepted_tokens: Mapping[str, str], faults: list[Fault], slack_s: float
+    log: ExecutionLog,
+    accepted_tokens: Mapping[str, str],
+    faults: list[Fault],
+    slack_s: float,
+    stale: AbstractSet[tuple[str, str]] = frozenset(),
 ) -> Verdict:
     """Match every job's executions against the token its origin accepted (`accepted_tokens`,
-    job id -> the result message's token) and give each other execution its cause."""
+    job id -> the result message's token) and give each other execution its cause. `stale`
+    holds the (instance, job id) pairs whose epoch there is older than the origin's."""
     verdict = Verdict(jobs=len(accepted_tokens), executions=len(log.executions))
     slack_us = int(slack_s * 1_000_000)
     executions = log.by_job()
@@ -201,7 +206,8 @@ def explain(
             )
         for execution in runs:
             if execution is not accepted:
-                cause = cause_of(execution, accepted, faults, slack_us)
+                replaced = (execution.instance, job_id) in stale
+                cause = cause_of(execution, replaced, faults, slack_us)
                 verdict.extras.append(Extra(execution, cause, accepted))
     return verdict
 
@@ -209,3 +215,16 @@ def explain(
 def token_of(result_message: str) -> str:
     """The execution token in a `record_execution` result message ('' if it has none)."""
     return result_message[len(TOKEN_PREFIX) :] if result_message.startswith(TOKEN_PREFIX) else ""
+
+
+def stale_pairs(
+    origin_epochs: Mapping[str, int], worker_epochs: Mapping[str, Mapping[str, int]]
+) -> set[tuple[str, str]]:
+    """(instance, job id) where a worker's epoch of a job is older than the origin's
+    (`worker_epochs`: instance -> job id -> epoch, read from each worker's journal)."""
+    return {
+        (instance, job_id)
+        for instance, epochs in worker_epochs.items()
+        for job_id, epoch in epochs.items()
+        if epoch < origin_epochs.get(job_id, epoch)
+    }
