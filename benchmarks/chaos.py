@@ -28,7 +28,8 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from tests.support.chaos import Chaos, ChaosProfile, render
+from tests.support.chaos import Chaos, ChaosProfile
+from tests.support.chaos_report import render
 from tests.support.launcher import NodeFactory
 from tests.support.netlab import Lab, LabUnsupported, check_supported
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.chaos import Chaos, ChaosProfile, render
+from tests.support.chaos import Chaos, ChaosProfile
+from tests.support.chaos_report import render
 from tests.support.executions import Execution, ExecutionLog, Fault, FaultKind, explain, read_executions
 from tests.support.launcher import NodeFactory
 from tests.support.netlab import Lab

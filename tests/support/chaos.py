@@ -9,7 +9,8 @@ cut off past the death timeout and healed, and the origin is killed and restarte
 The checks: every job SUCCEEDED exactly once at the origin (FindJobs, GetStatistics' offloaded
 counts, one terminal event per job in WatchJobs' history and in the journal's events), every
 execution beyond the accepted one explained by a fault (tests/support/executions.py), `jobmesh
-check` clean on every data dir after the stop, one view and one leader at the end.
+check` clean on every data dir after the stop, one view and one leader at the end. The jobs
+come from `producer.Producer`; `chaos_report.render` prints an outcome.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ import random
 import re
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
-from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
+from jobmesh.v1 import jobs_pb2
 
 from node import JobState
 from node.config import OffloadConfig
@@ -36,7 +35,8 @@ from .executions import Fault, FaultKind, Verdict, explain, read_executions, sta
 from .job_calls import find_all
 from .launcher import NodeFactory, NodeProcess
 from .netlab import Host, Lab
-from .protos import PropertyInput, new_job
+from .producer import Producer
+from .protos import PropertyInput
 from .topology import leader_names, names, view, wait_views
 from .waiting import wait_for
 
@@ -50,6 +50,16 @@ TERMINAL_EVENTS = (
     jobs_pb2.JOB_EVENT_TYPE_REMOVED,
 )
 UNFINISHED = (int(JobState.QUEUED), int(JobState.ACTIVE))
+
+
+def _fault_deadlines(d: DiscoveryConfig, o: OffloadConfig) -> tuple[float, float]:
+    """Deadlines (not waits) for a cut-off peer to be declared dead and for its jobs to be
+    reassigned: the configured timings plus a margin for a loaded machine, which answers late."""
+    death = d.probe_interval_s * 3 + d.probe_timeout_s * 3 + d.suspicion_timeout_s + 10.0
+    # reassigned once gone for the grace, never within the start-up grace; the reaper looks
+    # every quarter of the grace
+    reassign = max(o.reassign_grace_s, o.startup_grace_s) + o.reassign_grace_s / 4 + 5.0
+    return death, reassign
 
 
 @dataclass(frozen=True)
@@ -85,17 +95,13 @@ class ChaosProfile:
     @classmethod
     def production(cls, jobs: int = 3000, seed: int = 1) -> ChaosProfile:
         """The production timings (no test preset): LAN discovery, 10 s reassign grace."""
-        d, o = DiscoveryConfig.lan(), OffloadConfig()
-        death = d.probe_interval_s * 3 + d.probe_timeout_s * 3 + d.suspicion_timeout_s + 10.0
-        reassign = max(o.reassign_grace_s, o.startup_grace_s) + o.reassign_grace_s / 4 + 5.0
+        death, reassign = _fault_deadlines(DiscoveryConfig.lan(), OffloadConfig())
         return cls(jobs, 50.0, (100, 300), False, death, reassign, 1.0, seed=seed)
 
     @classmethod
     def quick(cls, jobs: int = 500, seed: int = 1) -> ChaosProfile:
         """The test preset: the suite's short version (well under a minute)."""
-        d, o = DiscoveryConfig.for_tests(), OffloadConfig.for_tests()
-        death = d.probe_interval_s * 3 + d.probe_timeout_s * 3 + d.suspicion_timeout_s + 10.0
-        reassign = max(o.reassign_grace_s, o.startup_grace_s) + o.reassign_grace_s / 4 + 5.0
+        death, reassign = _fault_deadlines(DiscoveryConfig.for_tests(), OffloadConfig.for_tests())
         return cls(jobs, 60.0, (40, 80), True, death, reassign, 1.0, start_s=30.0, settle_s=40.0, seed=seed)
 
 
@@ -124,83 +130,6 @@ class ChaosOutcome:
     def passed(self) -> bool:
         """True when no check failed and every re-execution has a cause."""
         return not self.failures and not self.verdict.problems and not self.verdict.unexplained
-
-
-class Producer(threading.Thread):
-    """Adds the run's jobs at the origin: steadily, plus bursts on demand. Retries a batch with
-    the same dedup keys until the origin acknowledges it, so a batch cut by the origin's kill
-    is added once (never twice, never lost)."""
-
-    def __init__(
-        self, origin: NodeProcess, profile: ChaosProfile, properties: Mapping[str, PropertyInput]
-    ) -> None:
-        super().__init__(name="chaos-producer", daemon=True)
-        self.profile = profile
-        self.properties = dict(properties)
-        self.channel = origin.client_transport().create_sync_channel(origin.address)
-        self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
-        self.ids: list[str] = []
-        self.retried_batches = 0
-        self.deduplicated = 0
-        self.failed: BaseException | None = None
-        self._bursts: list[int] = []
-        self._lock = threading.Lock()
-        self._halt = threading.Event()
-
-    def burst(self, count: int) -> None:
-        """Add `count` jobs now (as many as are left), before the steady flow goes on."""
-        with self._lock:
-            self._bursts.append(count)
-
-    @property
-    def done(self) -> bool:
-        """True once every job is added (or the producer failed)."""
-        return len(self.ids) >= self.profile.jobs or self.failed is not None
-
-    def stop(self) -> None:
-        """Stop adding and close the channel."""
-        self._halt.set()
-        self.join(30)
-        self.channel.close()
-
-    def run(self) -> None:
-        try:
-            self._produce()
-        except BaseException as e:
-            self.failed = e
-
-    def _produce(self) -> None:
-        p = self.profile
-        pause = p.batch / p.rate_per_s
-        while len(self.ids) < p.jobs and not self._halt.is_set():
-            with self._lock:
-                burst = self._bursts.pop(0) if self._bursts else 0
-            for start in range(0, max(burst, p.batch), p.batch):
-                self._add(min(p.batch, burst - start) if burst else p.batch)
-            if not burst:
-                self._halt.wait(pause)
-
-    def _add(self, count: int) -> None:
-        first = len(self.ids)
-        count = min(count, self.profile.jobs - first)
-        if count <= 0:
-            return
-        jobs = [new_job(TOPIC, b"", **self.properties) for _ in range(count)]
-        for offset, job in enumerate(jobs):
-            job.dedup_key = f"chaos-{self.profile.seed}-{first + offset}"
-        request = jobs_pb2.AddJobsRequest(jobs=jobs)
-        while not self._halt.is_set():
-            try:
-                response = self.stub.AddJobs(request, timeout=10)
-            except grpc.RpcError as e:
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-                self.retried_batches += 1
-                self._halt.wait(0.2)
-                continue
-            self.ids.extend(response.job_ids)
-            self.deduplicated += sum(response.deduplicated)
-            return
 
 
 class Chaos:
@@ -518,7 +447,7 @@ class Chaos:
             "executions_dir": str(self.records),
             "work_s": self.profile.work_s,
         }
-        producer = Producer(self.procs["origin"], self.profile, properties)
+        producer = Producer(self.procs["origin"], self.profile, TOPIC, properties)
         producer.start()
         self.mark(
             f"producer started: {self.profile.jobs} jobs, {self.profile.rate_per_s:.0f}/s, bursts {self.profile.burst}"
@@ -564,52 +493,3 @@ class Chaos:
                 )
                 for job_id, after_us, before_us in rows:
                     self.outcome.arrivals[(proc.instance_id, job_id)] = (after_us or 0, before_us or 0)
-
-
-def render(outcome: ChaosOutcome) -> str:
-    """The report of a run: timeline, counts, re-executions by cause, verdict."""
-    p, v = outcome.profile, outcome.verdict
-    name = outcome.names.get
-    lines = [
-        f"# chaos: {'production timings' if not p.preset else 'test preset'}, {p.jobs} jobs, seed {p.seed}",
-        "",
-        "## Timeline",
-        *(f"- {t:8.2f} s  {what}" for t, what in outcome.timeline),
-        "",
-        "## Counts",
-        f"- jobs acknowledged by the origin: {outcome.added}",
-        f"- states at the origin (FindJobs): {outcome.terminal_states}",
-        f"- the origin's offloaded statistics: {outcome.statistics}",
-        f"- executions recorded: {v.executions} for {v.jobs} jobs; beyond the accepted one: {len(v.extras)}",
-        f"- re-executions by cause (slack {p.slack_s:.1f} s): {dict(sorted(v.by_cause().items())) or 'none'}",
-        "",
-        "## Re-executions",
-    ]
-
-    def at(us: int) -> str:
-        return f"{(us - outcome.t0_us) / 1e6:.3f} s"
-
-    for extra in sorted(v.extras, key=lambda x: (x.cause is not None, x.execution.start_us)):
-        e, a = extra.execution, extra.accepted
-        ended = "never ended" if e.end_us is None else f"ended {at(e.end_us)}"
-        where = f"accepted: {name(a.instance, a.instance)} claim {a.claim}" if a else "accepted: none"
-        arrival = outcome.arrivals.get((e.instance, e.job_id))
-        came = ""
-        if arrival:
-            after, before = (at(us) if us else "?" for us in arrival)
-            came = f", arrived there between {after} and {before}"
-        cause = extra.cause.value if extra.cause else "UNEXPLAINED"
-        lines.append(
-            f"- {cause}: job {e.job_id} on {name(e.instance, e.instance)} claim {e.claim} started "
-            f"{at(e.start_us)}, {ended}{came} ({where})"
-        )
-    if not v.extras:
-        lines.append("- none")
-    problems = outcome.failures + v.problems
-    lines += ["", "## Failures", *(f"- {f}" for f in problems[:50])]
-    if len(problems) > 50:
-        lines.append(f"- ... and {len(problems) - 50} more")
-    if not problems:
-        lines.append("- none")
-    lines += ["", f"VERDICT: {'PASS' if outcome.passed else 'FAIL'}"]
-    return "\n".join(lines)
