@@ -66,14 +66,17 @@ def test_a_rerun_is_explained_only_by_a_fault_on_its_own_node_at_its_time() -> N
     assert _causes(_run("x", A, 13, 13.01), _run("ok", B, 20, 20.1), accepted="ok", stale=A) == [
         "fenced-after-restart"
     ]
-    # in flight when the origin died
+    # in flight when the origin died; cut short by A's own kill, although the origin died later
     assert _causes(_run("x", A, 49.9, 50.5), _run("ok", A, 53, 53.01), accepted="ok") == ["origin-kill"]
+    assert _causes(_run("x", A, 9.99, None), _run("ok", A, 13, 13.01), accepted="ok") == ["worker-kill"]
     # no fault explains these: long before A's kill; on A during B's partition; on B during or
     # after the partition of a job that was not reassigned from B (same epoch: run twice there)
     assert _causes(_run("x", A, 5, 5.01), _run("ok", A, 13, 13.01), accepted="ok") == ["unexplained"]
     assert _causes(_run("x", A, 30, 30.01), _run("ok", B, 41, 41.01), accepted="ok") == ["unexplained"]
     assert _causes(_run("x", B, 30, 30.01), ok_on_a, accepted="ok") == ["unexplained"]
     assert _causes(_run("x", B, 45, 45.01), _run("ok", B, 46, 46.01), accepted="ok") == ["unexplained"]
+    # never ended on a worker nobody killed: not the origin's kill either
+    assert _causes(_run("x", B, 49.9, None), _run("ok", A, 53, 53.01), accepted="ok") == ["unexplained"]
 
 
 def test_an_accepted_result_that_no_node_recorded_is_a_problem(tmp_path: Path) -> None:

@@ -250,8 +250,8 @@ class Chaos:
         self._burst(producer)
         self._busy(name, 5)
         proc = self.procs[name]
-        killed = self.mark(f"kill -9 {name}")
         proc.kill()
+        killed = self.mark(f"kill -9 {name} (reaped)")
         proc.start(self.profile.start_s)
         back = self.mark(f"{name} restarted, serving")
         self.faults.append(Fault(FaultKind.WORKER_KILL, proc.instance_id, killed, back))
@@ -297,8 +297,8 @@ class Chaos:
         self._burst(producer)
         self._busy("worker-b", 5)
         origin = self.procs["origin"]
-        killed = self.mark("kill -9 origin")
         origin.kill()
+        killed = self.mark("kill -9 origin (reaped)")
         origin.start(self.profile.start_s)
         back = self.mark("origin restarted, serving")
         self.faults.append(Fault(FaultKind.ORIGIN_KILL, origin.instance_id, killed, back))

@@ -7,14 +7,14 @@ and gives every other execution of a job a cause, or none: an unexplained re-exe
 
 The causes, for a job's execution that the origin did not accept:
 - `worker-kill`: it ran on the killed worker and was in flight at the kill (started before
-  it, ended no earlier than `slack` before it, or never ended);
+  the killed process was reaped, ended no earlier than `slack` before it, or never ended);
 - `partition`: it ran on the cut-off worker during the partition (from `slack` before the cut
   up to the heal) under an epoch the origin has since replaced (the job was reassigned): its
   result could not reach the origin in time;
 - `fenced-after-heal`, `fenced-after-restart`: it ran on that worker after the heal (or its
   restart) under a replaced epoch: work the worker should have dropped (issue 13 point 9);
   counted apart from the others;
-- `origin-kill`: it was in flight (on any worker) when the origin was killed.
+- `origin-kill`: it was in flight (on any worker, and ended) when the origin was killed.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Fault:
     kind: FaultKind
     instance: str
     start_us: int
-    """The kill, or the cut."""
+    """The kill (once the killed process is reaped: nothing of it runs after), or the cut."""
     end_us: int
     """The restarted node serves again, or the heal."""
 
@@ -160,13 +160,13 @@ def _overlaps(execution: Execution, start_us: int, end_us: int) -> bool:
 
 def cause_of(execution: Execution, stale: bool, faults: Iterable[Fault], slack_us: int) -> Cause | None:
     """The fault that explains `execution` (not the accepted one), or None. `stale`: the
-    instance that ran it holds the job under an epoch older than the origin's (reassigned)."""
+    instance that ran it holds the job under an epoch older than the origin's (reassigned).
+
+    Faults of the instance that ran it come first: an execution cut short by its own node's
+    kill is that kill's, even if the origin died later. The origin's kill explains only an
+    execution that ended (its worker lived on)."""
     for fault in faults:
-        if fault.kind is FaultKind.ORIGIN_KILL:
-            if _in_flight_at(execution, fault.start_us, slack_us):
-                return Cause.ORIGIN_KILL
-            continue
-        if fault.instance != execution.instance:
+        if fault.instance != execution.instance or fault.kind is FaultKind.ORIGIN_KILL:
             continue
         if fault.kind is FaultKind.WORKER_KILL:
             if _in_flight_at(execution, fault.start_us, slack_us):
@@ -178,6 +178,13 @@ def cause_of(execution: Execution, stale: bool, faults: Iterable[Fault], slack_u
                 return Cause.PARTITION
             if execution.start_us > fault.end_us:
                 return Cause.FENCED_AFTER_HEAL
+    for fault in faults:
+        if (
+            fault.kind is FaultKind.ORIGIN_KILL
+            and execution.end_us is not None
+            and _in_flight_at(execution, fault.start_us, slack_us)
+        ):
+            return Cause.ORIGIN_KILL
     return None
 
 
