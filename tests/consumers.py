@@ -9,8 +9,10 @@ across a kill -9: `attempts_file` gets one line (the wall-clock time) per attemp
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from node import Job, JobContext, JobResult
@@ -245,3 +247,43 @@ def progress_on_release(job: Job, context: JobContext) -> JobResult:
         context.log("step %d of %d", step, steps)
         context.increment_progress()
     return JobResult.succeeded(f"{steps} steps done")
+
+
+EXECUTIONS_SUFFIX = ".executions"
+"""`record_execution` writes `<executions_dir>/<instance id>.executions` (one file per node)."""
+
+
+def _append_line(path: Path, line: str) -> None:
+    # One write(2) on an O_APPEND descriptor: the line lands whole at the end even while other
+    # consumer threads append, and a kill -9 can cut only the line being written.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def record_execution(job: Job, context: JobContext) -> JobResult:
+    """Works `work_s` seconds (default 0.01), noting the execution in a per-node file of
+    `executions_dir` (the chaos scenario counts executions from these files).
+
+    Lines: `S TOKEN JOB_ID CLAIM ATTEMPT INSTANCE PID TIME_US` when it starts and
+    `E TOKEN TIME_US` when it ends; TOKEN is new per execution and is the result message
+    (`exec=TOKEN`), so the origin's mirrored result names the execution it accepted.
+    """
+    directory = _path(job, "executions_dir")
+    value = job.properties.get("work_s", 0.01)
+    work_s = float(value) if isinstance(value, (int, float)) else 0.01
+    token = uuid.uuid4().hex
+    path = None
+    if directory is not None:
+        path = directory / f"{job.target_instance or 'unknown'}{EXECUTIONS_SUFFIX}"
+        _append_line(
+            path,
+            f"S {token} {job.id} {job.claim} {job.attempt} {job.target_instance} {os.getpid()} "
+            f"{time.time_ns() // 1000}\n",
+        )
+    time.sleep(work_s)
+    if path is not None:
+        _append_line(path, f"E {token} {time.time_ns() // 1000}\n")
+    return JobResult.succeeded(f"exec={token}")
