@@ -13,10 +13,10 @@ import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from node.config import JobsConfig
-from node.services.chunking import CHUNK_BYTES, PayloadAssembler
+from node.services.chunking import CHUNK_BYTES
 from tests.support.default_client import DEFAULT_RECEIVE_LIMIT, plain_client
 from tests.support.fixtures import shared_node
-from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
+from tests.support.job_calls import add_job, get_job, get_payload, rpc_error, wait_for_state
 from tests.support.launcher import NodeProcess
 from tests.support.protos import new_job
 from tests.support.worker_stream import WorkerStream
@@ -28,17 +28,6 @@ PIECE_MESSAGE_BYTES = CHUNK_BYTES + 1024
 INVERT = bytes(255 - i for i in range(256))
 
 node = shared_node("limits")
-
-
-def download(stub: jobs_pb2_grpc.JobServiceStub, job_id: str, kind: int) -> tuple[bytes, int]:
-    """A payload through GetPayload, checked piece by piece: (its bytes, the largest message)."""
-    assembler = PayloadAssembler(f"job {job_id}")
-    largest, whole = 0, 0
-    for piece in stub.GetPayload(jobs_pb2.GetPayloadRequest(job_id=job_id, kind=kind), timeout=60):
-        largest = max(largest, piece.ByteSize())
-        assembler.add(piece.offset, piece.total_size, piece.data, piece.data_crc32)
-        whole = piece.payload_crc32
-    return assembler.take(whole), largest
 
 
 def test_default_option_clients_and_workers_move_a_64_mib_payload_each_way(node: NodeProcess) -> None:
@@ -64,8 +53,8 @@ def test_default_option_clients_and_workers_move_a_64_mib_payload_each_way(node:
         assert (job.payload_omitted, job.output_payload_omitted) == (True, True)
         assert (job.payload, job.output_payload) == (b"", b"")
         # And the client downloads both with GetPayload, in pieces of at most 1 MiB
-        got_input, largest_input = download(stub, job_id, jobs_pb2.PAYLOAD_KIND_INPUT)
-        got_output, largest_output = download(stub, job_id, jobs_pb2.PAYLOAD_KIND_OUTPUT)
+        got_input, largest_input = get_payload(stub, job_id)
+        got_output, largest_output = get_payload(stub, job_id, output=True)
         assert (got_input == payload, got_output == output) == (True, True)
         assert max(largest_input, largest_output) <= PIECE_MESSAGE_BYTES
         worker.cancel()
@@ -140,7 +129,7 @@ def test_get_payload_names_what_is_wrong_with_a_request(node: NodeProcess) -> No
         code, details = status("", jobs_pb2.PAYLOAD_KIND_INPUT)
         assert (code, "job_id is empty" in details) == (grpc.StatusCode.INVALID_ARGUMENT, True)
         # And a small payload comes in one piece
-        assert download(stub, queued, jobs_pb2.PAYLOAD_KIND_INPUT)[0] == b"input"
+        assert get_payload(stub, queued)[0] == b"input"
 
 
 def test_the_cli_saves_payloads_larger_than_one_piece(node: NodeProcess, tmp_path: Path) -> None:
