@@ -19,9 +19,10 @@ CHUNK_BYTES = 1024 * 1024
 """The most payload bytes in one message to a client or worker (1 MiB)."""
 
 
-def crc32(data: bytes | bytearray | memoryview) -> int:
-    """CRC-32 as the API carries it (zlib's, unsigned): the journal's payload checksum too."""
-    return zlib.crc32(data) & 0xFFFFFFFF
+def crc32(data: bytes | bytearray | memoryview, start: int = 0) -> int:
+    """CRC-32 as the API carries it (zlib's, unsigned): the journal's payload checksum too.
+    With `start` (the CRC-32 of the bytes before `data`), the CRC-32 of both together."""
+    return zlib.crc32(data, start) & 0xFFFFFFFF
 
 
 def needs_chunks(size: int) -> bool:

@@ -47,41 +47,43 @@ _OUTCOMES = {
 def command_to_proto(command: Command, chunked: bool = False) -> Iterator[workers_pb2.WorkResponse]:
     """The messages that carry an outbox command to the worker: for a job whose payload is
     chunked (`chunked` and over CHUNK_BYTES), its pieces, then the assignment."""
-    if isinstance(command, Assign):
-        job = command.job
-        payload = job.payload or b""
-        chunk = chunked and needs_chunks(len(payload))
-        assignment = workers_pb2.WorkAssignment(
-            job_id=job.id,
-            attempt=job.attempt,
-            topic=job.topic,
-            payload=b"" if chunk else payload,
-            retry_count=job.retry_count,
-            max_retries=job.max_retries,
-            queue=job.queue,
-            payload_chunked=chunk,
-            payload_size=len(payload),
-            payload_crc32=crc32(payload) if payload else 0,
+    if not isinstance(command, Assign):
+        yield workers_pb2.WorkResponse(
+            stop=workers_pb2.WorkStop(job_id=command.job_id, attempt=command.attempt, reason=command.reason)
         )
-        assignment.created_time.FromMicroseconds(job.created_us)
-        fill_proto_properties(assignment.properties, job.properties_json)
-        if chunk:
-            for offset, piece in slices(payload):
-                yield workers_pb2.WorkResponse(
-                    payload_chunk=workers_pb2.WorkPayloadChunk(
-                        job_id=job.id,
-                        attempt=job.attempt,
-                        offset=offset,
-                        total_size=len(payload),
-                        data=piece.tobytes(),
-                        data_crc32=crc32(piece),
-                    )
-                )
+        return
+    job = command.job
+    payload = job.payload or b""
+    assignment = workers_pb2.WorkAssignment(
+        job_id=job.id,
+        attempt=job.attempt,
+        topic=job.topic,
+        retry_count=job.retry_count,
+        max_retries=job.max_retries,
+        queue=job.queue,
+        payload_size=len(payload),
+    )
+    assignment.created_time.FromMicroseconds(job.created_us)
+    fill_proto_properties(assignment.properties, job.properties_json)
+    if not (chunked and needs_chunks(len(payload))):
+        assignment.payload, assignment.payload_crc32 = payload, crc32(payload)
         yield workers_pb2.WorkResponse(assignment=assignment)
         return
-    yield workers_pb2.WorkResponse(
-        stop=workers_pb2.WorkStop(job_id=command.job_id, attempt=command.attempt, reason=command.reason)
-    )
+    whole = 0  # the whole payload's CRC-32, extended piece by piece as they go out
+    for offset, piece in slices(payload):
+        piece_crc, whole = crc32(piece), crc32(piece, whole)
+        yield workers_pb2.WorkResponse(
+            payload_chunk=workers_pb2.WorkPayloadChunk(
+                job_id=job.id,
+                attempt=job.attempt,
+                offset=offset,
+                total_size=len(payload),
+                data=piece.tobytes(),
+                data_crc32=piece_crc,
+            )
+        )
+    assignment.payload_chunked, assignment.payload_crc32 = True, whole
+    yield workers_pb2.WorkResponse(assignment=assignment)
 
 
 def result_from_proto(result: workers_pb2.WorkResult) -> JobResult:

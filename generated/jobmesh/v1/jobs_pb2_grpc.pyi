@@ -12,10 +12,14 @@ A field number or enum number is never changed, renumbered or reused; a
 field that is no longer used is marked `reserved`. The test suite checks
 every change against the frozen descriptor set (protos/baseline/).
 
-Message sizes: no message a node sends to a client is larger than about
-1 MiB plus a job's properties and log lines, so gRPC's default 4 MiB
-receive limit suffices for every call (GetJob inlines payloads only up to
-1 MiB each; GetPayload streams larger ones in 1 MiB pieces). A node
+Message sizes: a client must accept messages of 4 MiB, gRPC's default
+receive limit; no larger one is needed. GetPayload's pieces carry at most
+1 MiB of payload; GetJob inlines payloads only up to 1 MiB each (larger
+ones are flagged for GetPayload), so with the node's default limits its
+largest answer (two 1 MiB payloads, 100 log lines of at most 4096
+characters, 64 KiB of properties) stays under 4 MiB. A node configured
+with larger `jobs.max_properties_bytes` or `jobs.max_log_lines` can exceed
+it. A node
 receives messages of up to `jobs.max_payload_bytes` + 4 MiB (68 MiB by
 default), so AddJob takes a 64 MiB payload in one request; gRPC clients
 send messages of any size by default.
