@@ -278,6 +278,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         response.damaged_payloads = self._manager.store.journal.integrity.damaged_payloads
         for (target, state), count in sorted(report.offloaded.items()):
             response.offloaded.add(target_instance=target, state=int(state), jobs=count)
+        for state, count in sorted(report.jobs.items()):
+            response.jobs.add(state=int(state), jobs=count)
         return response
 
     @rpc

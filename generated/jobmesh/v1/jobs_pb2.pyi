@@ -1482,7 +1482,12 @@ Global___WatchJobsResponse: _TypeAlias = WatchJobsResponse  # noqa: Y015
 
 @_typing.final
 class Statistics(_message.Message):
-    """Counters and timings of a set of jobs."""
+    """Counters and timings of a set of jobs on one node (or summed over the
+    topology). `queued` and `active` count jobs held here now; the other
+    counters count attempts that ran here: a job re-run elsewhere, e.g. after
+    its target was lost, counts at each node that ran it (see
+    GetStatisticsResponse.jobs for jobs each counted once).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1501,11 +1506,15 @@ class Statistics(_message.Message):
     active: _builtins.int
     """Jobs ACTIVE now."""
     finished: _builtins.int
-    """Jobs that succeeded, since the journal was created."""
+    """Attempts that succeeded, since the journal was created (one per job that
+    succeeded here).
+    """
     failed: _builtins.int
     """Attempts that failed and were retried."""
     cancelled: _builtins.int
-    """Jobs that ended without success (GIVEN_UP, ERROR, STOPPED while active)."""
+    """Attempts that ended the job without success (GIVEN_UP, ERROR, STOPPED
+    while active).
+    """
     processed: _builtins.int
     """Attempts that ended: finished + failed + cancelled."""
     @_builtins.property
@@ -1623,11 +1632,18 @@ class GetStatisticsResponse(_message.Message):
     TOPICS_FIELD_NUMBER: _builtins.int
     DAMAGED_PAYLOADS_FIELD_NUMBER: _builtins.int
     OFFLOADED_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    UNANSWERED_INSTANCES_FIELD_NUMBER: _builtins.int
     damaged_payloads: _builtins.int
     """Stored payloads (input or output) found damaged since the node started:
     their bytes no longer match the checksum stored with them, so they were
     not served (DATA_LOSS). Each payload counts once; `jobmesh check` on the
     stopped node lists them all. QUERY_SCOPE_TOPOLOGY sums every instance's.
+    """
+    partial: _builtins.bool
+    """QUERY_SCOPE_TOPOLOGY: true when a live instance did not answer in time,
+    so its attempts and its jobs are missing from these sums.
     """
     @_builtins.property
     def queues(self) -> _containers.MessageMap[_builtins.str, Global___Statistics]:
@@ -1647,6 +1663,21 @@ class GetStatisticsResponse(_message.Message):
         state.
         """
 
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateCount]:
+        """Jobs this node is the origin of, by state, each counted once wherever it
+        ran (its own jobs, and the ones it offloaded as it mirrors them; history
+        included until purged). The Statistics counters above count attempts
+        where they ran: a job run twice (retried, or re-run after its target was
+        lost) counts twice there, and a job offloaded to another instance counts
+        there, not here. QUERY_SCOPE_TOPOLOGY sums these over the origins, so
+        every job of the topology is counted exactly once.
+        """
+
+    @_builtins.property
+    def unanswered_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """QUERY_SCOPE_TOPOLOGY: the ids of the live instances that did not answer."""
+
     def __init__(
         self,
         *,
@@ -1654,14 +1685,43 @@ class GetStatisticsResponse(_message.Message):
         topics: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
         damaged_payloads: _builtins.int = ...,
         offloaded: _abc.Iterable[Global___OffloadedCount] | None = ...,
+        jobs: _abc.Iterable[Global___StateCount] | None = ...,
+        partial: _builtins.bool = ...,
+        unanswered_instances: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["global", b"global"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "offloaded", b"offloaded", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "jobs", b"jobs", "offloaded", b"offloaded", "partial", b"partial", "queues", b"queues", "topics", b"topics", "unanswered_instances", b"unanswered_instances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatisticsResponse: _TypeAlias = GetStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class StateCount(_message.Message):
+    """How many jobs are in one state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    state: Global___JobState.ValueType
+    """The state."""
+    jobs: _builtins.int
+    """How many jobs are in it."""
+    def __init__(
+        self,
+        *,
+        state: Global___JobState.ValueType = ...,
+        jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateCount: _TypeAlias = StateCount  # noqa: Y015
 
 @_typing.final
 class OffloadedCount(_message.Message):
