@@ -10,10 +10,12 @@ import os
 from pathlib import Path
 
 import grpc
+import pytest
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
 from node.config import JobsConfig
-from node.services.chunking import CHUNK_BYTES
+from node.errors import DataLoss
+from node.services.chunking import CHUNK_BYTES, PayloadAssembler, crc32, slices
 from tests.support.default_client import DEFAULT_RECEIVE_LIMIT, plain_client
 from tests.support.fixtures import shared_node
 from tests.support.job_calls import add_job, get_job, get_payload, rpc_error, wait_for_state
@@ -154,3 +156,29 @@ def test_a_worker_refusing_a_large_message_leaves_one_warning_line_not_a_traceba
     log = node.log_text()
     assert "Traceback" not in log
     assert "ExecuteBatchError" not in log
+
+
+def test_the_assembler_refuses_damaged_misplaced_and_missing_pieces() -> None:
+    data = os.urandom(3 * 1000)
+    pieces = [(offset, bytes(piece)) for offset, piece in slices(data, 1000)]
+
+    def assemble(chosen: list[tuple[int, bytes]], whole: int = crc32(data)) -> bytes:
+        assembler = PayloadAssembler("the test payload", max_bytes=len(data))
+        for offset, piece in chosen:
+            assembler.add(offset, len(data), piece, crc32(piece))
+        return assembler.take(whole)
+
+    assert assemble(pieces) == data
+    with pytest.raises(DataLoss, match="out of order"):
+        assemble([pieces[0], pieces[2]])
+    with pytest.raises(DataLoss, match="only 2000 of 3000 bytes"):
+        assemble(pieces[:2])
+    with pytest.raises(DataLoss, match="does not match its checksum"):
+        assemble(pieces, whole=crc32(data) ^ 1)
+    damaged = PayloadAssembler("the test payload")
+    with pytest.raises(DataLoss, match="piece at offset 0 does not match"):
+        damaged.add(0, len(data), pieces[0][1], crc32(pieces[0][1]) ^ 1)
+    too_big = PayloadAssembler("the test payload", max_bytes=10)
+    with pytest.raises(DataLoss, match="claims a payload of 3000 bytes"):
+        too_big.add(0, len(data), pieces[0][1], crc32(pieces[0][1]))
+    assert PayloadAssembler("nothing").take(0) == b""

@@ -48,11 +48,6 @@ class PayloadAssembler:
         self._total: int | None = None
         self._data = bytearray()
 
-    @property
-    def complete(self) -> bool:
-        """True once a piece set the total size and the data reached it."""
-        return self._total is not None and len(self._data) == self._total
-
     def add(self, offset: int, total_size: int, data: bytes, data_crc32: int) -> None:
         """Take the next piece (offset order); DataLoss if it is damaged or out of place."""
         where = f"{self._what}: the piece at offset {offset}"
@@ -70,9 +65,9 @@ class PayloadAssembler:
 
     def take(self, payload_crc32: int) -> bytes:
         """The whole payload, checked against `payload_crc32`; DataLoss if incomplete or damaged."""
-        if not self.complete and not (self._total is None and payload_crc32 == 0):
-            got = len(self._data)
-            raise DataLoss(f"{self._what}: only {got} of {self._total or 0} bytes arrived")
+        total = self._total or 0  # no piece at all: an empty payload
+        if len(self._data) != total:
+            raise DataLoss(f"{self._what}: only {len(self._data)} of {total} bytes arrived")
         data = bytes(self._data)
         self._data = bytearray()
         if crc32(data) != payload_crc32:

@@ -2,9 +2,9 @@
 
 The journal stores a payload as one SQLite value (a WITHOUT ROWID table, so no incremental blob
 reads), so a stream reads the payload once, verifies its checksum before sending anything
-(DATA_LOSS then, and nothing sent), and sends views of it one piece at a time: it holds one
-payload (at most `jobs.max_payload_bytes`) while it runs, never a copy of it, and grpc's flow
-control paces the pieces to the client's reading.
+(DATA_LOSS then, and nothing sent), and cuts it into pieces as it sends them: it holds that one
+payload (at most `jobs.max_payload_bytes`) plus the piece in its message while it runs, and
+grpc's flow control paces the pieces to the client's reading.
 """
 
 from __future__ import annotations
