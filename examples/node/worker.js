@@ -68,31 +68,41 @@ class PayloadPieces {
     this.key = null;
     this.parts = [];
     this.size = 0;
+    this.error = null;
   }
 
+  /** Take one piece; a damaged or misplaced one makes the assignment's payload() throw. */
   add(chunk) {
-    if (crc32(chunk.data) !== chunk.data_crc32) throw new Error(`job ${chunk.job_id}: a payload piece is damaged`);
+    const key = `${chunk.job_id}/${chunk.attempt}`;
     if (chunk.offset === 0) {
-      this.key = `${chunk.job_id}/${chunk.attempt}`;
+      this.key = key;
       this.parts = [];
       this.size = 0;
+      this.error = null;
     }
-    if (this.key !== `${chunk.job_id}/${chunk.attempt}` || chunk.offset !== this.size) {
-      throw new Error(`job ${chunk.job_id}: payload piece at offset ${chunk.offset} out of order`);
+    if (this.error) return;
+    if (crc32(chunk.data) !== chunk.data_crc32) {
+      this.error = `job ${chunk.job_id}: the payload piece at offset ${chunk.offset} is damaged`;
+    } else if (this.key !== key || chunk.offset !== this.size) {
+      this.error = `job ${chunk.job_id}: the payload piece at offset ${chunk.offset} is out of order`;
+    } else {
+      this.parts.push(chunk.data);
+      this.size += chunk.data.length;
     }
-    this.parts.push(chunk.data);
-    this.size += chunk.data.length;
   }
 
   /** The assignment's whole input payload, inline or joined from the pieces before it, checked. */
   payload(a) {
     let data = a.payload;
     if (a.payload_chunked) {
-      if (this.key !== `${a.job_id}/${a.attempt}`) throw new Error(`job ${a.job_id}: its payload pieces did not arrive`);
+      const { key, error } = this;
       data = Buffer.concat(this.parts, this.size);
       this.key = null;
       this.parts = [];
       this.size = 0;
+      this.error = null;
+      if (key !== `${a.job_id}/${a.attempt}`) throw new Error(`job ${a.job_id}: its payload pieces did not arrive`);
+      if (error) throw new Error(error);
     }
     if (data.length !== a.payload_size || crc32(data) !== a.payload_crc32) {
       throw new Error(`job ${a.job_id}: the input payload does not match its CRC-32`);
@@ -130,7 +140,15 @@ class Worker {
       } else if (message.kind === 'payload_chunk') {
         pieces.add(message.payload_chunk);
       } else if (message.kind === 'assignment') {
-        const a = { ...message.assignment, payload: pieces.payload(message.assignment) };
+        let payload;
+        try {
+          payload = pieces.payload(message.assignment);
+        } catch (error) { // damaged in transit: this attempt fails, and is retried
+          const { job_id, attempt } = message.assignment;
+          send({ result: { job_id, attempt, outcome: 'WORK_OUTCOME_FAILED', message: String(error.message) } });
+          return;
+        }
+        const a = { ...message.assignment, payload };
         const key = `${a.job_id}/${a.attempt}`;
         const controller = new AbortController();
         running.set(key, controller);

@@ -59,23 +59,33 @@ class PayloadPieces:
     def __init__(self) -> None:
         self.key: tuple[str, int] | None = None
         self.data = bytearray()
+        self.error = ""
 
     def add(self, chunk: workers_pb2.WorkPayloadChunk) -> None:
-        """Take one piece (they come in offset order, back to back, before the assignment)."""
-        if zlib.crc32(chunk.data) != chunk.data_crc32:
-            raise ValueError(f"job {chunk.job_id}: a payload piece does not match its CRC-32")
+        """Take one piece (they come in offset order, back to back, before the assignment); a
+        damaged or misplaced one makes the assignment's `payload()` raise."""
+        key = (chunk.job_id, chunk.attempt)
         if chunk.offset == 0:
-            self.key, self.data = (chunk.job_id, chunk.attempt), bytearray()
-        if self.key != (chunk.job_id, chunk.attempt) or chunk.offset != len(self.data):
-            raise ValueError(f"job {chunk.job_id}: payload piece at offset {chunk.offset} out of order")
-        self.data += chunk.data
+            self.key, self.data, self.error = key, bytearray(), ""
+        if self.error:
+            return
+        if zlib.crc32(chunk.data) != chunk.data_crc32:
+            self.error = f"job {chunk.job_id}: the payload piece at offset {chunk.offset} is damaged"
+        elif self.key != key or chunk.offset != len(self.data):
+            self.error = f"job {chunk.job_id}: the payload piece at offset {chunk.offset} is out of order"
+        else:
+            self.data += chunk.data
 
     def payload(self, assignment: workers_pb2.WorkAssignment) -> bytes:
-        """The assignment's whole input payload, inline or from the pieces before it, checked."""
+        """The assignment's whole input payload, inline or from the pieces before it, checked
+        (ValueError if it is damaged or incomplete)."""
         if assignment.payload_chunked:
-            if self.key != (assignment.job_id, assignment.attempt):
+            key, error, data = self.key, self.error, bytes(self.data)
+            self.key, self.data, self.error = None, bytearray(), ""
+            if key != (assignment.job_id, assignment.attempt):
                 raise ValueError(f"job {assignment.job_id}: its payload pieces did not arrive")
-            data, self.key, self.data = bytes(self.data), None, bytearray()
+            if error:
+                raise ValueError(error)
         else:
             data = assignment.payload
         if len(data) != assignment.payload_size or zlib.crc32(data) != assignment.payload_crc32:
@@ -206,7 +216,18 @@ class Worker:
                     elif kind == "payload_chunk":
                         pieces.add(message.payload_chunk)
                     elif kind == "assignment":
-                        job = Job(message.assignment, pieces.payload(message.assignment), send)
+                        try:
+                            payload = pieces.payload(message.assignment)
+                        except ValueError as e:  # damaged in transit: this attempt fails (retried)
+                            failed = workers_pb2.WorkResult(
+                                job_id=message.assignment.job_id,
+                                attempt=message.assignment.attempt,
+                                outcome=workers_pb2.WORK_OUTCOME_FAILED,
+                                message=str(e),
+                            )
+                            send.put(workers_pb2.WorkRequest(result=failed))
+                            continue
+                        job = Job(message.assignment, payload, send)
                         running[(job.id, job.attempt)] = job
                         self.pool.submit(run, job)
                     elif kind == "stop":
