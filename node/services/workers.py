@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import grpc
 from jobmesh.v1 import workers_pb2, workers_pb2_grpc
 
+from node.config import JobsConfig
 from node.durations import optional_seconds
 from node.errors import InvalidArgument, JobmeshError
 from node.jobs.remote import Assign, Command, RemoteWorker, RemoteWorkers
@@ -37,6 +38,7 @@ from node.services.status import rpc, status_for
 log = logging.getLogger(__name__)
 
 MAX_ETA_S = 10 * 365 * 86400.0
+DEFAULT_PAYLOAD_BYTES = JobsConfig.max_payload_bytes
 _OUTCOMES = {
     workers_pb2.WORK_OUTCOME_SUCCEEDED: Outcome.SUCCEEDED,
     workers_pb2.WORK_OUTCOME_FAILED: Outcome.FAILED,
@@ -86,8 +88,12 @@ def command_to_proto(command: Command, chunked: bool = False) -> Iterator[worker
     yield workers_pb2.WorkResponse(assignment=assignment)
 
 
-def result_from_proto(result: workers_pb2.WorkResult) -> JobResult:
-    """Validate a worker's result."""
+def result_from_proto(
+    result: workers_pb2.WorkResult, max_payload_bytes: int = DEFAULT_PAYLOAD_BYTES
+) -> JobResult:
+    """Validate a worker's result. A success whose output payload is over `max_payload_bytes`
+    ends the job in ERROR instead: the node must not keep what it may not pass on (an origin
+    refuses a larger output from a peer), and a retry would produce the same."""
     outcome = _OUTCOMES.get(result.outcome)
     if outcome is None:
         raise InvalidArgument(
@@ -96,7 +102,13 @@ def result_from_proto(result: workers_pb2.WorkResult) -> JobResult:
     delay = optional_seconds(result, "retry_delay", "result.retry_delay")
     if delay is not None and not 0 <= delay <= MAX_ETA_S:
         raise InvalidArgument(f"result.retry_delay is {delay:g}s; use a duration from 0 to {MAX_ETA_S:g}s")
-    return JobResult(outcome, result.message, delay, result.output_payload or None)
+    output = result.output_payload
+    if outcome is Outcome.SUCCEEDED and len(output) > max_payload_bytes:
+        return JobResult.cancelled(
+            f"the worker's output payload is {len(output)} bytes; the node keeps at most "
+            f"{max_payload_bytes} (jobs.max_payload_bytes)"
+        )
+    return JobResult(outcome, result.message, delay, output or None)
 
 
 def _job_key(kind: str, job_id: str, attempt: int) -> None:
@@ -140,9 +152,13 @@ def list_workers(
 class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
     """Serves WorkerService: connects remote workers to the node's `RemoteWorkers`."""
 
-    def __init__(self, workers: RemoteWorkers, instance_id: str) -> None:
+    def __init__(
+        self, workers: RemoteWorkers, instance_id: str, max_payload_bytes: int = DEFAULT_PAYLOAD_BYTES
+    ) -> None:
+        """`max_payload_bytes` (`jobs.max_payload_bytes`) bounds the output payloads kept."""
         self._workers = workers
         self._instance_id = instance_id
+        self._max_payload_bytes = max_payload_bytes
         self._calls = 0
         self._no_calls = asyncio.Event()
         self._no_calls.set()
@@ -259,7 +275,8 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
         if kind == "result":
             result = message.result
             _job_key(kind, result.job_id, result.attempt)
-            if not self._workers.complete(worker, result.job_id, result.attempt, result_from_proto(result)):
+            outcome = result_from_proto(result, self._max_payload_bytes)
+            if not self._workers.complete(worker, result.job_id, result.attempt, outcome):
                 log.debug(
                     "worker %s: ignoring the result of stale attempt %s/%d",
                     worker.id,

@@ -601,7 +601,10 @@ class WorkResult(_message.Message):
     message: _builtins.str
     """A message for the job's result (success message or failure reason)."""
     output_payload: _builtins.bytes
-    """For WORK_OUTCOME_SUCCEEDED: the output payload (empty for none)."""
+    """For WORK_OUTCOME_SUCCEEDED: the output payload (empty for none), at most
+    the node's `jobs.max_payload_bytes`; a larger one ends the job in ERROR
+    (the node keeps no output it may not pass on).
+    """
     @_builtins.property
     def retry_delay(self) -> _duration_pb2.Duration:
         """For WORK_OUTCOME_FAILED: the delay before the retry (>= 0); unset for
