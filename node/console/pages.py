@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from jobmesh.v1 import jobs_pb2
 
-from node.console import actions, cluster_views, views
+from node.console import actions, cluster_views, history, views
 from node.console.api import ApiError
 from node.console.auth import SESSION_COOKIE, SIGNIN_COOKIE, Session
 from node.console.html import esc, page, state_name, url, when
 from node.console.live import MAX_STREAM_JOBS
+from node.journal.events import EventStore
 from node.security import tokens
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Pages:
         self.console = console
         self.auth = console.auth
         self.api = console.api
+        self.events = EventStore(console.parts.journal)
 
     def signed_in(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """`handler` for signed-in sessions; others are sent to the sign-in page."""
@@ -167,10 +169,15 @@ class Pages:
         return html(page("Jobs", body, session, "/jobs", stream=stream, flash=q.get("done", "")))
 
     async def job(self, request: web.Request, session: Session) -> web.StreamResponse:
+        before = history.before_seq(request.query)
         job = await self.api.get_job(request.match_info["id"])
         view = await self.api.topology()
         allowed = {name: self.auth.may(session, method) for name, method in actions.JOB_METHODS.items()}
-        body = views.job(job, view, session, allowed, request.path)
+        # GetJob reads this node's journal, so its events are here too (mirrored from the target).
+        events = await self.events.job_history(job.id, before, history.HISTORY_PAGE + 1)
+        body = views.job(job, view, session, allowed, request.path) + history.section(
+            events, request.path, before == 0, views.names_of(view)
+        )
         stream = f"/streams/jobs?job={job.id}"
         return html(
             page(
@@ -239,6 +246,7 @@ class Pages:
                         "state": state_name(job.state),
                         "message": job.result_message,
                         "log": [[when(line.time), line.message] for line in job.log],
+                        "log_count": job.log_line_count,
                     }
                 )
                 if p.total_steps:
