@@ -228,17 +228,19 @@ def big_payload_file(tmp_path: Path) -> tuple[Path, bytes]:
 def big_job(
     client: Sequence[str | Path], node: NodeProcess, tmp_path: Path, topic: str, creds: Credentials
 ) -> tuple[bytes, bytes]:
-    """Run a client example with a 64 MiB payload file: (the payload, the output it saved)."""
+    """Run a client example with a 64 MiB payload file: (the payload, the output it downloaded);
+    the input it downloaded back must equal the payload."""
     path, payload = big_payload_file(tmp_path)
-    output = tmp_path / "output.txt"
+    output, read_back = tmp_path / "output.txt", tmp_path / "input.txt"
     result = run(
         [*client, "--node", node.address, *creds.submit, "--timeout", "60", "--payload-file", path,
-         "--output-file", output, topic, "steps=1", "step_ms=1"],
+         "--output-file", output, "--input-file", read_back, topic, "steps=1", "step_ms=1"],
         tmp_path,
         timeout=120,
     )  # fmt: skip
     job = finished_job(result)
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    assert read_back.read_bytes() == payload, "the input payload downloaded back whole"
     return payload, output.read_bytes()
 
 

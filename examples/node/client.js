@@ -2,12 +2,14 @@
 // finishes, and prints the finished job as JSON.
 //
 //   node client.js --node 127.0.0.1:7710 --bundle DIR --token-file FILE [--payload-text TEXT]
-//                  [--payload-file FILE] [--output-file FILE] [--timeout S] TOPIC [NAME=VALUE ...]
+//                  [--payload-file FILE] [--output-file FILE [--input-file FILE]] [--timeout S]
+//                  TOPIC [NAME=VALUE ...]
 //
 // Payloads of any size work with @grpc/grpc-js's defaults: AddJob sends one message of any
 // size (the node takes up to its jobs.max_payload_bytes), and GetJob inlines payloads only up
 // to 1 MiB; larger ones come with the streaming GetPayload in 1 MiB pieces. --output-file
-// writes the output payload to FILE and prints the job without its payloads.
+// writes the output payload to FILE (--input-file the input payload, as read back from the
+// node) and prints the job without its payloads.
 //
 // --bundle DIR: `jobmesh cluster client --out DIR` (the cluster CA and a client certificate);
 // --token TOKEN or --token-file FILE: a `submit` token (`jobmesh token create --scope submit`);
@@ -108,6 +110,7 @@ async function main() {
   }
   if (options['output-file']) {
     fs.writeFileSync(options['output-file'], finished.output_payload);
+    if (options['input-file']) fs.writeFileSync(options['input-file'], finished.payload);
     delete finished.payload;
     delete finished.output_payload;
   }

@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output-file", type=Path, help="write the output payload here (and print the job without payloads)"
     )
+    parser.add_argument(
+        "--input-file", type=Path, help="with --output-file: write the input payload, read back, here"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job")
     parser.add_argument("topic")
     parser.add_argument("properties", nargs="*", metavar="NAME=VALUE")
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"finished in {time.monotonic() - started:.2f}s", file=sys.stderr)
     if args.output_file:
         args.output_file.write_bytes(finished.output_payload)
+        if args.input_file:
+            args.input_file.write_bytes(finished.payload)
         finished.ClearField("payload")
         finished.ClearField("output_payload")
     print(json_format.MessageToJson(finished, indent=2))
