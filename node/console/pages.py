@@ -8,6 +8,7 @@ control only when the session's scopes allow the RPC behind it. The POST side is
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,8 @@ from node.security import tokens
 
 if TYPE_CHECKING:
     from node.console.console import Console
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGE_SIZE = 25
@@ -183,15 +186,28 @@ class Pages:
         )
 
     async def payload(self, request: web.Request, session: Session) -> web.StreamResponse:
-        job = await self.api.get_job(request.match_info["id"], payloads=True)
+        """A payload download, streamed piece by piece from GetPayload (none held whole here)."""
+        job_id = request.match_info["id"]
         output = request.path.endswith("/output")
-        data = job.output_payload if output else job.payload
-        name = f"{job.id}-{'output' if output else 'payload'}.bin"
-        return web.Response(
-            body=data,
-            content_type="application/octet-stream",
+        pieces = aiter(self.api.payload(job_id, output))
+        first = await anext(pieces)  # an ApiError here (NOT_FOUND, DATA_LOSS) is an error page
+        name = f"{job_id}-{'output' if output else 'payload'}.bin"
+        response = web.StreamResponse(
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
+        response.content_type = "application/octet-stream"
+        response.content_length = first.total_size
+        await response.prepare(request)
+        try:
+            await response.write(first.data)
+            async for piece in pieces:
+                await response.write(piece.data)
+        except ApiError as e:  # too late for an error page: cut the download short
+            log.warning("console: download of job %s's payload failed: %s", job_id, e.message)
+            response.force_close()
+            return response
+        await response.write_eof()
+        return response
 
     async def queues(self, request: web.Request, session: Session) -> web.StreamResponse:
         rows = await self.api.queues()
