@@ -282,24 +282,68 @@ class QueueRunner:
 
     async def _execute_within(self, job: Job, context: JobContext, timeout_s: float) -> JobResult | None:
         """`_execute` with the attempt timeout, counted from dispatch: for a consumer that
-        hands the job on (a remote worker), from when it was sent, not from the claim."""
+        hands the job on (a remote worker), from when it was sent, not from the claim.
+
+        At the timeout the consumer is told to stop (`JobContext.request_stop`). An async
+        consumer is cancelled too. A sync one (a thread) cannot be, and a remote worker may
+        still be busy with the job: the attempt ends only once the thread has returned or the
+        worker answered or went away, so the job stays ACTIVE, its slot taken, and its retry
+        cannot run beside the old attempt (one attempt of a job at a time, anywhere).
+        """
+        consumer = self._consumers.find(job.topic)
+        # Only a coroutine on this loop can be cut off; anything running elsewhere is awaited.
+        cancellable = consumer is not None and consumer.is_async and not consumer.dispatches
         execution = asyncio.ensure_future(self._execute(job, context))
+        deadline: asyncio.Timeout | None = None
         try:
-            consumer = self._consumers.find(job.topic)
             if consumer is not None and consumer.dispatches:
                 dispatched: asyncio.Future[Any] = context.dispatched()
                 await asyncio.wait([execution, dispatched], return_when=asyncio.FIRST_COMPLETED)
-            deadline = asyncio.timeout(timeout_s)  # not wait_for: see docs/architecture.md
-            async with deadline:
-                return await execution
-        except TimeoutError:
+            deadline = asyncio.timeout(timeout_s)
+            async with deadline:  # not wait_for: see docs/architecture.md
+                result = await (execution if cancellable else asyncio.shield(execution))
             if not deadline.expired():
+                return result
+            # An async consumer that swallowed its cancellation: its late result does not count.
+        except TimeoutError:
+            if deadline is None or not deadline.expired():
                 raise  # not ours (the consumer's own TimeoutError is a result, see _execute)
+        except BaseException:
+            if not execution.done():  # this attempt was cancelled (shutdown): so is its consumer
+                execution.cancel()
+            raise
+        try:
             context.request_stop()
+            if not execution.done():
+                await self._await_overrun(job, execution, timeout_s)
             return JobResult.failed(f"timed out after {timeout_s:g}s")
         finally:
             if not execution.done():  # this attempt was cancelled (shutdown): so is its consumer
                 execution.cancel()
+
+    async def _await_overrun(
+        self, job: Job, execution: asyncio.Future[JobResult | None], timeout_s: float
+    ) -> None:
+        """Wait for a timed-out consumer that was told to stop but runs on (logged once)."""
+        log.warning(
+            "queue %s: job %s (attempt %d) did not return at its %gs timeout; told to stop, it stays "
+            "ACTIVE and is retried only once its consumer has returned",
+            self.name,
+            job.id,
+            job.attempt,
+            timeout_s,
+        )
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with contextlib.suppress(Exception):  # its result no longer counts: the attempt timed out
+            await execution
+        log.info(
+            "queue %s: job %s (attempt %d) returned %.1fs after its timeout",
+            self.name,
+            job.id,
+            job.attempt,
+            loop.time() - began,
+        )
 
     def _report(self, report: AttemptReport) -> asyncio.Future[list[bool]]:
         """Queue a result; all results reported in one pass of the loop commit as one operation."""
