@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
 from node.journal.connection import Durability
-from node.model.queues import MAIN_QUEUE, QueueConfig
+from node.model.queues import MAIN_QUEUE, QueueConfig, SyncIsolation
 from node.ranges import COUNT, NON_NEGATIVE_S, POSITIVE_S, Range, check_ranges
 
 DEFAULT_PORT = 7710
@@ -125,6 +125,9 @@ class JobsConfig:
     """Main queue: an attempt running longer is stopped and counted failed; 0: no timeout."""
     keep_jobs: bool = True
     """Main queue: keep SUCCEEDED jobs in history."""
+    sync_isolation: SyncIsolation = SyncIsolation.THREAD
+    """Main queue: run sync consumers in threads (`thread`) or in worker processes killed at the
+    attempt timeout (`process`)."""
     max_log_lines: Annotated[int, Range(0, 100_000)] = 100
     """Log lines kept per job (the newest)."""
     max_payload_bytes: Annotated[int, Range(0, 2**31 - 1, unit="bytes")] = 64 * 1024 * 1024
@@ -267,6 +270,7 @@ class NodeConfig:
             retry_delay_max_s=j.retry_delay_max_s,
             timeout_s=j.timeout_s,
             keep_jobs=j.keep_jobs,
+            sync_isolation=j.sync_isolation,
             prefer_run_on_creation_instance=True,  # one node runs its own jobs as it always did
         )
 
