@@ -155,6 +155,37 @@ async def test_an_async_consumer_that_swallows_the_cancellation_still_ends_timed
     assert (done.state, done.result_message) == (JobState.GIVEN_UP, "timed out after 0.1s")
 
 
+async def test_a_node_stops_within_its_grace_while_a_timed_out_thread_runs_on(tmp_path: Path) -> None:
+    release = threading.Event()
+    stopped = threading.Event()
+
+    def consumer(job: Job, context: JobContext) -> JobResult:
+        while not release.wait(0.01):  # ignores the stop
+            if context.is_stopped():
+                stopped.set()
+        return JobResult.succeeded("released")
+
+    config = config_with(tmp_path, timed_queue(0.1, retries=1))
+    try:
+        # Given an attempt past its timeout whose thread runs on
+        n = Node(config)
+        await n.start()
+        n.consumers.register(["timed/stuck"], consumer)
+        job = await n.jobs.add_job("timed/stuck")
+        await async_wait_for(stopped.is_set, what="the timeout's stop")
+        # When the node stops, with a short grace
+        began = time.monotonic()
+        await n.close(grace_s=0.3)
+        # Then the stuck thread does not hold it beyond its grace
+        assert time.monotonic() - began < 0.3 + 1.0
+    finally:
+        release.set()
+    # And the job was re-queued, its retry not spent on an attempt the stop interrupted
+    async with Node(config) as again:
+        requeued = await again.jobs.get_job(job.id)
+    assert (requeued.state, requeued.retry_count) == (JobState.QUEUED, 0)
+
+
 # --- remote workers ---------------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from jobmesh.v1 import jobs_pb2
 
 from node import JobResult, JobState, Node, NodeConfig
 from node.errors import ConfigError, InvalidArgument
@@ -23,9 +24,14 @@ from node.model.queues import QueueConfig, SyncIsolation
 from node.services.queues import config_from_proto, config_to_proto
 from tests import consumers
 from tests.support.in_process import finished, job_in_state
-from tests.support.waiting import async_wait_for
+from tests.support.job_calls import add_job, wait_for_state
+from tests.support.launcher import NodeFactory
+from tests.support.protos import new_job
+from tests.support.waiting import async_wait_for, wait_for
 
+S = jobs_pb2
 TIMEOUT_S = 1.0
+GRACE_S = 2.0  # the test preset's server.shutdown_grace_s
 
 
 def isolated(tmp_path: Path, **settings: object) -> NodeConfig:
@@ -187,3 +193,44 @@ def test_sync_isolation_is_validated_and_travels_over_the_queue_api() -> None:
     proto.sync_isolation = 7  # type: ignore[assignment]
     with pytest.raises(InvalidArgument, match=r"config\.sync_isolation 7 is not a known SyncIsolation"):
         config_from_proto(proto)
+
+
+# --- in a node process ----------------------------------------------------------------------------
+
+
+def test_a_node_process_kills_a_hung_worker_at_the_timeout_and_stops_cleanly_with_one_busy(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    queues = [
+        {
+            "name": "iso",
+            "topics": ["iso/**"],
+            "timeout_s": 0.5,
+            "retries": 0,
+            "sync_isolation": "process",
+        }
+    ]
+    node = nodes.start("iso", ["iso/**=consumers:in_process_or_hang"], {"queues": json.dumps(queues)})
+    # Given a job that hangs in its worker process past its timeout
+    timed = tmp_path / "timed"
+    job_id = add_job(node.stub, "iso/timed", runs_file=str(timed), hang_attempts=99)
+    # Then its process is killed and the job ends as its (lack of) retries says
+    done = wait_for_state(node.stub, job_id, S.JOB_STATE_GIVEN_UP)
+    assert done.result_message == "timed out after 0.5s (worker process killed)"
+    ((pid, _),) = runs(timed)
+    assert not alive(pid)
+
+    # Given another hanging in a worker process with no timeout at all
+    untimed = tmp_path / "untimed"
+    job = new_job("iso/untimed", runs_file=str(untimed), hang_attempts=99)
+    job.timeout.FromSeconds(0)
+    node.stub.AddJob(S.AddJobRequest(job=job))
+    wait_for(lambda: bool(runs(untimed)), what="the job to start in its worker process")
+    ((busy_pid, _),) = runs(untimed)
+    # When the node is told to stop
+    began = time.monotonic()
+    assert node.terminate() == 0
+    # Then it exits within its grace, its worker process with it, and logs no traceback
+    assert time.monotonic() - began < GRACE_S + 2.0
+    assert not alive(busy_pid)
+    assert "Traceback" not in node.log_text()
