@@ -109,7 +109,7 @@ class JournalConfig:
 
 @dataclass(frozen=True)
 class JobsConfig:
-    """Job processing on this node; the `max_parallel` .. `keep_jobs` keys configure the main queue."""
+    """Job processing on this node; the `max_parallel` .. `sync_isolation` keys configure the main queue."""
 
     max_parallel: Annotated[float, Range(0, 10_000, above=True, also=(-1,))] = 15
     """Main queue: jobs run at once (a count, a fraction of the cores between 0 and 1, or -1: all cores)."""
@@ -126,8 +126,7 @@ class JobsConfig:
     keep_jobs: bool = True
     """Main queue: keep SUCCEEDED jobs in history."""
     sync_isolation: SyncIsolation = SyncIsolation.THREAD
-    """Main queue: run sync consumers in threads (`thread`) or in worker processes killed at the
-    attempt timeout (`process`)."""
+    """Main queue: sync consumers in threads (`thread`) or worker processes killed at the timeout."""
     max_log_lines: Annotated[int, Range(0, 100_000)] = 100
     """Log lines kept per job (the newest)."""
     max_payload_bytes: Annotated[int, Range(0, 2**31 - 1, unit="bytes")] = 64 * 1024 * 1024

@@ -182,7 +182,11 @@ async def test_the_node_stops_within_its_grace_with_a_hung_process_and_leaves_no
         assert (await again.jobs.get_job(job.id)).state is JobState.QUEUED
 
 
-def test_sync_isolation_is_validated_and_travels_over_the_queue_api() -> None:
+def test_sync_isolation_is_validated_and_travels_over_the_queue_api(tmp_path: Path) -> None:
+    main = NodeConfig.for_tests(tmp_path).with_overrides({"jobs.sync_isolation": "process"}).main_queue()
+    assert main.sync_isolation is SyncIsolation.PROCESS
+    with pytest.raises(ConfigError, match=r"jobs\.sync_isolation: 'fork' is not a valid SyncIsolation"):
+        NodeConfig.for_tests(tmp_path).with_overrides({"jobs.sync_isolation": "fork"})
     config = QueueConfig.create(name="iso", topics=["iso/**"], sync_isolation="process")
     assert config.sync_isolation is SyncIsolation.PROCESS
     assert config_from_proto(config_to_proto(config)) == config

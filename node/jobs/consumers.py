@@ -3,7 +3,8 @@
 A consumer is a callable `handler(job, context)` returning a `JobResult` or None (None
 means succeeded), plain or `async def`; or a class whose instances have such a
 `process` method. Raising an exception ends the job in ERROR with the exception's text.
-Sync consumers run in the node's consumer thread pool, async ones on the event loop.
+Sync consumers run in the node's consumer thread pool (or, in a queue with `sync_isolation =
+"process"`, in its worker processes: node.jobs.processes), async ones on the event loop.
 """
 
 from __future__ import annotations

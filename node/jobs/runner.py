@@ -2,7 +2,8 @@
 
 One runner per queue. It keeps at most the queue's parallelism of jobs running, claims jobs
 in batches (one group-committed transaction for many) in the order its queue type asks
-for, applies the attempt timeout, and writes each result through the journal's writer,
+for, applies the attempt timeout (ending an attempt only once nothing runs it any more: one
+attempt of a job at a time), and writes each result through the journal's writer,
 which commits many results together. No job is held in memory beyond the running ones.
 """
 
