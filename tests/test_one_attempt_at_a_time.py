@@ -17,11 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+from jobmesh.v1 import jobs_pb2
 
 from node import Job, JobContext, JobResult, JobState, Node, NodeConfig
 from node.jobs.remote import Assign, RemoteWorker, Stop
 from tests.support.in_process import finished, job_in_state
+from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.launcher import NodeFactory
 from tests.support.waiting import async_wait_for
+from tests.support.worker_stream import WorkerStream
 
 BLOCK_S = 10.0  # a consumer the test forgets to release must not hold a thread for ever
 
@@ -181,9 +185,9 @@ async def test_a_node_stops_within_its_grace_while_a_timed_out_thread_runs_on(tm
     finally:
         release.set()
     # And the job was re-queued, its retry not spent on an attempt the stop interrupted
-    async with Node(config) as again:
-        requeued = await again.jobs.get_job(job.id)
-    assert (requeued.state, requeued.retry_count) == (JobState.QUEUED, 0)
+    async with Node(config) as again:  # (no consumer here: a claim of it releases it again)
+        requeued = await job_in_state(again, job.id, JobState.QUEUED)
+    assert requeued.retry_count == 0
 
 
 # --- remote workers ---------------------------------------------------------------------------------------
@@ -281,3 +285,35 @@ async def test_a_user_stop_of_a_remote_job_ends_it_stopped_with_the_workers_answ
         n.workers.complete(worker, job.id, 1, JobResult.failed("stopped"))
         assert (await finished(n, job.id)).state is JobState.STOPPED
         n.workers.disconnect(worker, "test over")
+
+
+def test_a_worker_over_grpc_that_ignores_the_timeouts_stop_gets_no_job_until_it_answers(
+    nodes: NodeFactory,
+) -> None:
+    # Given a node process whose queue times attempts out after 0.3 s, and a worker with one slot
+    queues = json.dumps([timed_queue(0.3, retries=1)])
+    node = nodes.start("remote-timeout", settings={"queues": queues})
+    worker = WorkerStream.connect(node.channel, "timed/**", concurrency=1)
+    slow = add_job(node.stub, "timed/grpc", n=1)
+    first = worker.take(slow)
+    other = add_job(node.stub, "timed/grpc", n=2)
+
+    # When the attempt times out, the worker gets a stop for it
+    stop = worker.expect("stop")
+    assert (stop.job_id, stop.attempt) == (slow, 1)
+    # Then while it does not answer, nothing else comes into its slot and the job stays ACTIVE
+    worker.assert_silent(0.5)
+    assert get_job(node.stub, slow).state == jobs_pb2.JOB_STATE_ACTIVE
+    assert get_job(node.stub, other).state == jobs_pb2.JOB_STATE_QUEUED
+
+    # When it answers (late, and success), the attempt counts as timed out and the slot is free
+    worker.result(first)
+    following = worker.expect("assignment")
+    worker.result(following)
+    last = worker.expect("assignment")
+    assert {(following.job_id, following.attempt), (last.job_id, last.attempt)} == {(slow, 2), (other, 1)}
+    worker.result(last)
+    done = wait_for_state(node.stub, slow, jobs_pb2.JOB_STATE_SUCCEEDED)
+    assert done.retry_count == 1
+    wait_for_state(node.stub, other, jobs_pb2.JOB_STATE_SUCCEEDED)
+    worker.close()

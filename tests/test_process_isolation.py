@@ -178,8 +178,36 @@ async def test_the_node_stops_within_its_grace_with_a_hung_process_and_leaves_no
     assert not alive(pid)
     assert multiprocessing.active_children() == []
     # And the job was re-queued for the next start
-    async with Node(config) as again:
-        assert (await again.jobs.get_job(job.id)).state is JobState.QUEUED
+    async with Node(config) as again:  # (no consumer here: a claim of it releases it again)
+        await job_in_state(again, job.id, JobState.QUEUED)
+
+
+async def test_a_queue_switched_to_processes_and_back_moves_its_consumers_and_ends_its_processes(
+    tmp_path: Path,
+) -> None:
+    runs_file = tmp_path / "runs"
+
+    async def run_one() -> int:
+        job = await n.jobs.add_job("moving/job", {"runs_file": str(runs_file), "hang_attempts": 0})
+        assert (await finished(n, job.id)).state is JobState.SUCCEEDED
+        return runs(runs_file)[-1][0]
+
+    def queue(isolation: str) -> QueueConfig:
+        return QueueConfig.create(name="moving", topics=["moving/**"], sync_isolation=isolation)
+
+    async with Node(NodeConfig.for_tests(tmp_path)) as n:
+        n.consumers.register(["moving/**"], consumers.in_process_or_hang)
+        await n.jobs.set_queue(queue("thread"))
+        assert await run_one() == os.getpid()
+        # When the queue is set to isolate its sync consumers, they run in a worker process
+        await n.jobs.set_queue(queue("process"))
+        worker_pid = await run_one()
+        assert worker_pid != os.getpid()
+        assert await run_one() == worker_pid, "an idle worker process is reused"
+        # When it is set back, they run in threads again and the idle process ends
+        await n.jobs.set_queue(queue("thread"))
+        assert await run_one() == os.getpid()
+        await async_wait_for(lambda: not alive(worker_pid), what="the retired worker process to end")
 
 
 def test_sync_isolation_is_validated_and_travels_over_the_queue_api(tmp_path: Path) -> None:
