@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -55,11 +56,12 @@ def runs(path: Path) -> list[tuple[int, float]]:
 
 
 def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class Failures:
@@ -208,6 +210,24 @@ async def test_a_queue_switched_to_processes_and_back_moves_its_consumers_and_en
         await n.jobs.set_queue(queue("thread"))
         assert await run_one() == os.getpid()
         await async_wait_for(lambda: not alive(worker_pid), what="the retired worker process to end")
+
+
+async def test_an_idle_worker_process_that_died_is_replaced_without_costing_a_job(tmp_path: Path) -> None:
+    runs_file = tmp_path / "runs"
+    async with Node(isolated(tmp_path, retries=0)) as n:
+        n.consumers.register(["iso/ok"], consumers.in_process_or_hang)
+
+        async def run_one() -> int:
+            job = await n.jobs.add_job("iso/ok", {"runs_file": str(runs_file), "hang_attempts": 0})
+            assert (await finished(n, job.id)).state is JobState.SUCCEEDED
+            return runs(runs_file)[-1][0]
+
+        first = await run_one()
+        # When the idle worker process dies (the OOM killer, an operator's kill -9)
+        os.kill(first, signal.SIGKILL)
+        await async_wait_for(lambda: not alive(first), what="the idle worker process to die")
+        # Then the next job runs in a new one and succeeds
+        assert await run_one() != first
 
 
 def test_sync_isolation_is_validated_and_travels_over_the_queue_api(tmp_path: Path) -> None:

@@ -79,12 +79,11 @@ class ProcessAttempt:
 
     def kill(self) -> bool:
         """SIGKILL the attempt's process (also one it gets later); True if it had one already."""
-        with self._lock:
+        with self._lock:  # held while killing: once unbound, the process may serve another job
             self.killed = True
-            worker = self._worker
-        if worker is not None:
-            worker.kill()
-        return worker is not None
+            if self._worker is not None:
+                self._worker.kill()
+            return self._worker is not None
 
     def request_stop(self) -> None:
         """Pass a stop request on to the consumer in the process (`is_stopped()` there)."""
@@ -162,14 +161,21 @@ class ProcessPool:
         attempt timeout starts then, not while a process starts). Raises ConsumerRaised with the
         text of what the consumer raised. A killed or crashed process makes a failed result.
         """
-        worker = self._acquire()
+        try:
+            worker = self._acquire()
+        except OSError as e:  # e.g. out of processes or memory: the job may run later
+            return JobResult.failed(f"cannot start a worker process: {e}")
         if not attempt._bind(worker):  # killed (timed out or shutting down) before it started
             self._release(worker)
             return JobResult.failed("stopped before a worker process took the job")
         try:
             worker.stop.clear()
             context.add_stop_listener(attempt.request_stop)
-            worker.conn.send((spec, job))
+            try:
+                worker.conn.send((spec, job))
+            except OSError:  # it died while idle; the next job gets a new one
+                worker.killed = True
+                return JobResult.failed("the worker process died before it got the job")
             return self._converse(worker, context, dispatched)
         finally:
             attempt._bind(None)
@@ -204,7 +210,12 @@ class ProcessPool:
         with self._lock:
             if self._closed:
                 raise ConsumerRaised("the node is shutting down")
-            worker = self._idle.pop() if self._idle else None
+            worker = None
+            while self._idle and worker is None:
+                worker = self._idle.pop()
+                if not worker.process.is_alive():  # died while idle (e.g. the OOM killer)
+                    worker.conn.close()
+                    worker = None
             number = next(self._numbers)
         if worker is None:
             worker = self._start(number)
