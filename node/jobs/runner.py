@@ -259,10 +259,11 @@ class QueueRunner:
         hands the job on (a remote worker), from when it was sent, not from the claim.
 
         At the timeout the consumer is told to stop (`JobContext.request_stop`). An async
-        consumer is cancelled too. A sync one (a thread) cannot be, and a remote worker may
-        still be busy with the job: the attempt ends only once the thread has returned or the
-        worker answered or went away, so the job stays ACTIVE, its slot taken, and its retry
-        cannot run beside the old attempt (one attempt of a job at a time, anywhere).
+        consumer is cancelled too, and a sync one in a worker process (`pool`) has its process
+        killed. A sync one in a thread cannot be stopped, and a remote worker may still be busy
+        with the job: the attempt ends only once the thread has returned or the worker answered
+        or went away, so the job stays ACTIVE, its slot taken, and its retry cannot run beside
+        the old attempt (one attempt of a job at a time, anywhere).
         """
         consumer = self._consumers.find(job.topic)
         # Only a coroutine on this loop can be cut off; anything running elsewhere is awaited.
