@@ -21,13 +21,15 @@ from jobmesh.v1 import jobs_pb2
 
 from node import Job, JobContext, JobResult, JobState, Node, NodeConfig
 from node.jobs.remote import Assign, RemoteWorker, Stop
+from tests.consumers import attempts
 from tests.support.in_process import finished, job_in_state
-from tests.support.job_calls import add_job, get_job, wait_for_state
+from tests.support.job_calls import add_job, add_running_job, get_job, wait_for_state
 from tests.support.launcher import NodeFactory
-from tests.support.waiting import async_wait_for
+from tests.support.waiting import async_wait_for, wait_for
 from tests.support.worker_stream import WorkerStream
 
 BLOCK_S = 10.0  # a consumer the test forgets to release must not hold a thread for ever
+GRACE_S = 2.0  # the test preset's server.shutdown_grace_s
 
 
 def config_with(tmp_path: Path, *queues: dict[str, object]) -> NodeConfig:
@@ -317,3 +319,25 @@ def test_a_worker_over_grpc_that_ignores_the_timeouts_stop_gets_no_job_until_it_
     assert done.retry_count == 1
     wait_for_state(node.stub, other, jobs_pb2.JOB_STATE_SUCCEEDED)
     worker.close()
+
+
+def test_a_node_process_holds_a_timed_out_job_while_its_thread_runs_and_sigterm_still_ends_it(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    # Given a node process whose consumer ignores stops, on a queue timing out after 0.3 s
+    queues = json.dumps([timed_queue(0.3, retries=1)])
+    node = nodes.start("stuck", ["timed/**=consumers:block_ignoring_stop"], {"queues": queues})
+    job_id, files = add_running_job(node.stub, "timed/stuck", tmp_path)
+    # When its attempt outlives the timeout, the job stays ACTIVE and no second attempt starts
+    wait_for(lambda: "did not return at its 0.3s timeout" in node.log_text(), what="the overrun warning")
+    time.sleep(0.3)  # beyond the retry delay: on the old code attempt 2 had started by now
+    held = get_job(node.stub, job_id)
+    assert (held.state, held.retry_count) == (jobs_pb2.JOB_STATE_ACTIVE, 0)
+    assert len(attempts(files.attempts)) == 1
+    # And SIGTERM ends the node within its grace all the same, without a traceback
+    began = time.monotonic()
+    assert node.terminate() == 0
+    assert time.monotonic() - began < GRACE_S + 1.0
+    log = node.log_text()
+    assert "Traceback" not in log
+    assert log.count("did not return at its") == 1
