@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
 from node.journal.connection import Durability
-from node.model.queues import MAIN_QUEUE, QueueConfig
+from node.model.queues import MAIN_QUEUE, QueueConfig, SyncIsolation
 from node.ranges import COUNT, NON_NEGATIVE_S, POSITIVE_S, Range, check_ranges
 
 DEFAULT_PORT = 7710
@@ -109,7 +109,7 @@ class JournalConfig:
 
 @dataclass(frozen=True)
 class JobsConfig:
-    """Job processing on this node; the `max_parallel` .. `keep_jobs` keys configure the main queue."""
+    """Job processing on this node; the `max_parallel` .. `sync_isolation` keys configure the main queue."""
 
     max_parallel: Annotated[float, Range(0, 10_000, above=True, also=(-1,))] = 15
     """Main queue: jobs run at once (a count, a fraction of the cores between 0 and 1, or -1: all cores)."""
@@ -125,6 +125,8 @@ class JobsConfig:
     """Main queue: an attempt running longer is stopped and counted failed; 0: no timeout."""
     keep_jobs: bool = True
     """Main queue: keep SUCCEEDED jobs in history."""
+    sync_isolation: SyncIsolation = SyncIsolation.THREAD
+    """Main queue: sync consumers in threads (`thread`) or worker processes killed at the timeout."""
     max_log_lines: Annotated[int, Range(0, 100_000)] = 100
     """Log lines kept per job (the newest)."""
     max_payload_bytes: Annotated[int, Range(0, 2**31 - 1, unit="bytes")] = 64 * 1024 * 1024
@@ -267,6 +269,7 @@ class NodeConfig:
             retry_delay_max_s=j.retry_delay_max_s,
             timeout_s=j.timeout_s,
             keep_jobs=j.keep_jobs,
+            sync_isolation=j.sync_isolation,
             prefer_run_on_creation_instance=True,  # one node runs its own jobs as it always did
         )
 

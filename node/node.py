@@ -218,7 +218,9 @@ class Node:
         self._lock.acquire()
         try:
             for spec in config.consumers:
-                self.consumers.register(spec.topics, load_handler(spec.handler), name=spec.handler)
+                self.consumers.register(
+                    spec.topics, load_handler(spec.handler), name=spec.handler, spec=spec.handler
+                )
             if self._reset_journal:
                 discard_journal(config.data_dir / JOURNAL_FILE)
             self._journal = Journal.open(

@@ -287,3 +287,46 @@ def record_execution(job: Job, context: JobContext) -> JobResult:
     if path is not None:
         _append_line(path, f"E {token} {time.time_ns() // 1000}\n")
     return JobResult.succeeded(f"exec={token}")
+
+
+# --- worker processes (sync_isolation = process; issue 13 point 8) -------------------------------
+
+
+def in_process_or_hang(job: Job, context: JobContext) -> JobResult:
+    """Appends `pid start` to `runs_file`; the first `hang_attempts` attempts then sleep for ever
+    (ignoring stops: only a kill ends them), a later one reports progress, a log line and a
+    property and returns `pid:` + the input payload as output."""
+    runs = _path(job, "runs_file")
+    assert runs is not None, "in_process_or_hang needs a runs_file property"
+    earlier = len(runs.read_text().splitlines()) if runs.exists() else 0
+    with runs.open("a") as f:
+        f.write(f"{os.getpid()} {time.time()}\n")
+    hang = job.properties.get("hang_attempts", 1)
+    if isinstance(hang, int) and earlier < hang:
+        while True:
+            time.sleep(MAX_BLOCK_S)
+    context.init_progress(2)
+    context.increment_progress()
+    context.log("in process %d", os.getpid())
+    context.set_property("pid", os.getpid())
+    context.increment_progress()
+    return JobResult.succeeded(f"attempt {earlier + 1} in a process", output=b"pid:" + (job.payload or b""))
+
+
+def raise_in_process(job: Job, context: JobContext) -> JobResult:
+    """Raises, in whatever process it runs."""
+    raise ValueError(f"raised in process {os.getpid()}")
+
+
+def stop_aware_in_process(job: Job, context: JobContext) -> JobResult:
+    """Creates `started_file`, then waits until the node passes a stop on (is_stopped())."""
+    record_attempt(job)
+    deadline = time.monotonic() + MAX_BLOCK_S
+    while not context.is_stopped() and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    return JobResult.failed("stopped in a worker process")
+
+
+def exit_in_process(job: Job, context: JobContext) -> JobResult:
+    """Ends its worker process at once with exit code 3, as a crash would."""
+    os._exit(3)

@@ -54,6 +54,7 @@ def _queue_to_json(config: QueueConfig) -> dict[str, object]:
     data = asdict(config)
     data.pop("patterns")
     data["type"] = config.type.value
+    data["sync_isolation"] = config.sync_isolation.value
     data["topics"] = list(config.topics)
     return data
 

@@ -36,9 +36,13 @@ The message flow of WorkerService.Work, in order:
   6. node -> worker: `stop` asks the worker to end a job early (a user
      stopped or removed it, its attempt timed out, or the node is shutting
      down). The worker should send a `result` soon, which frees the slot.
-     After StopJob, any result other than success ends the job STOPPED; in
-     the other cases the node has already ended the attempt (DROPPED,
-     failed as timed out, re-queued) and ignores the result.
+     After StopJob, any result other than success ends the job STOPPED.
+     After an attempt timeout the job stays ACTIVE and the slot takes no
+     other job until the worker sends a result for that attempt (or
+     disconnects); then the attempt ends failed as timed out, whatever the
+     result said, and only then may its retry run (never two attempts of
+     one job at once). After RemoveJob or at shutdown the node has already
+     ended the attempt (DROPPED, re-queued) and ignores the result.
 
 Message sizes: to a worker that registered `chunked_payloads`, every
 message the node sends is at most 1 MiB of payload data plus the job's
@@ -54,7 +58,8 @@ A malformed message (no registration first, an invalid topic pattern, a
 missing job id, an attempt of 0, an unspecified outcome, an invalid
 property) ends the stream with INVALID_ARGUMENT and a message naming the
 field. Reports about an attempt that is no longer outstanding (it was
-stopped, timed out or reassigned meanwhile) are ignored.
+removed or reassigned meanwhile) are ignored; the result of a timed-out
+attempt only frees its slot.
 
 Compatibility rule: fields and enum values are only ever added. A field
 number or enum number is never changed, renumbered or reused; a field that
