@@ -102,7 +102,11 @@ async def _progress(journal: Journal, count: int) -> None:
             _event(journal, EventType.PROGRESS, active[i % ACTIVE], now, i)
 
     for first in range(0, count, BATCH):
-        await journal.write(lambda _c, f=first: batch(f))
+
+        def write(_conn: sqlite3.Connection, first: int = first) -> None:
+            batch(first)
+
+        await journal.write(write)
 
 
 async def _add(journal: Journal, count: int) -> None:
@@ -147,7 +151,8 @@ async def _read_and_migrate(root: Path, prefill: int, repeats: int) -> dict[str,
         migrate_s = time.perf_counter() - started
 
         async def timed() -> tuple[float, list[object]]:
-            times, page = [], []
+            times: list[float] = []
+            page: list[object] = []
             for _ in range(repeats):
                 t = time.perf_counter()
                 page = list(await store.job_history(row["job_id"]))

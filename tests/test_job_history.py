@@ -93,7 +93,11 @@ async def test_a_jobs_history_pages_newest_first_through_the_index_without_progr
                     journal.recorder.event(kind, now_us(), job_id, "h/t", "main", state, n, "", (9, 1, None))
 
         for n in range(65):
-            await journal.write(lambda _c, n=n: attempt(n))
+
+            def write(_conn: sqlite3.Connection, n: int = n) -> None:
+                attempt(n)
+
+            await journal.write(write)
         expected = await journal.read(
             lambda c: [
                 r["seq"]

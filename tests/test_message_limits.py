@@ -115,7 +115,7 @@ def test_get_payload_names_what_is_wrong_with_a_request(node: NodeProcess) -> No
     with plain_client(node) as channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
 
-        def status(job_id: str, kind: int) -> tuple[grpc.StatusCode, str]:
+        def status(job_id: str, kind: jobs_pb2.PayloadKind.ValueType) -> tuple[grpc.StatusCode, str]:
             request = jobs_pb2.GetPayloadRequest(job_id=job_id, kind=kind)
             error = rpc_error(lambda: list(stub.GetPayload(request, timeout=10)))
             return error.code(), error.details() or ""
