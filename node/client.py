@@ -26,13 +26,15 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
-from node.errors import JobmeshError
+from node.errors import DataLoss, JobmeshError
 from node.properties import PropertyValue, value_to_proto
+from node.services.chunking import PayloadAssembler
 from node.submitter import METHOD as SUBMIT_METHOD
 from node.submitter import SubmitError, Submitter
 from node.transport import Transport, client_transport
 
 R = TypeVar("R")
+GET_PAYLOAD_METHOD = "/jobmesh.v1.JobService/GetPayload"
 FINISHED_STATES = frozenset(
     {
         jobs_pb2.JOB_STATE_SUCCEEDED,
@@ -214,6 +216,37 @@ class JobmeshClient:
             job_id=job_id, include_payloads=include_payloads, include_log=include_log
         )
         return self._call("GetJob", request).job  # type: ignore[no-any-return]
+
+    def get_payload(self, job_id: str, output: bool = False) -> bytes:
+        """A job's input payload (its output payload with `output`), downloaded with GetPayload
+        in pieces of at most 1 MiB and checked against its CRC-32 (RpcError DATA_LOSS if it
+        does not match; NOT_FOUND for an unknown job or one without that payload)."""
+        kind = jobs_pb2.PAYLOAD_KIND_OUTPUT if output else jobs_pb2.PAYLOAD_KIND_INPUT
+        request = jobs_pb2.GetPayloadRequest(job_id=job_id, kind=kind)
+        what = f"the {'output' if output else 'input'} payload of job {job_id}"
+        assembler = PayloadAssembler(what)
+        whole = 0
+        try:
+            for piece in self._stub.GetPayload(request, timeout=self.timeout_s, wait_for_ready=True):
+                assembler.add(piece.offset, piece.total_size, piece.data, piece.data_crc32)
+                whole = piece.payload_crc32
+            return assembler.take(whole)
+        except grpc.RpcError as e:
+            raise RpcError.wrap(e, GET_PAYLOAD_METHOD) from e
+        except DataLoss as e:
+            raise RpcError(grpc.StatusCode.DATA_LOSS, str(e), GET_PAYLOAD_METHOD) from e
+
+    def get_job_with_payloads(self, job_id: str, include_log: bool = False) -> jobs_pb2.Job:
+        """One job with both its payloads, whatever their size: GetJob inlines those of at most
+        1 MiB; the larger ones come with `get_payload`."""
+        job = self.get_job(job_id, include_payloads=True, include_log=include_log)
+        if job.payload_omitted:
+            job.payload = self.get_payload(job_id)
+            job.payload_omitted = False
+        if job.output_payload_omitted:
+            job.output_payload = self.get_payload(job_id, output=True)
+            job.output_payload_omitted = False
+        return job
 
     def find_jobs(self, request: jobs_pb2.FindJobsRequest) -> jobs_pb2.FindJobsResponse:
         """One page of a query."""

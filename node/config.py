@@ -1,9 +1,8 @@
 """Node configuration: one frozen dataclass tree, built from TOML, then env, then flags.
 
-Every setting has a dotted key (`jobs.max_parallel`) used the same way in a TOML file
-(section `[jobs]`, key `max_parallel`), an environment variable
-(`JOBMESH_JOBS_MAX_PARALLEL`) and the CLI (`--set jobs.max_parallel=4`). Only the CLI
-reads argv and the environment; it passes them here.
+Every setting has a dotted key (`jobs.max_parallel`) used the same way in a TOML file (section
+`[jobs]`, key `max_parallel`), an environment variable (`JOBMESH_JOBS_MAX_PARALLEL`) and the CLI
+(`--set jobs.max_parallel=4`). Only the CLI reads argv and the environment; it passes them here.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Annotated, Any
 from node.discovery.config import DiscoveryConfig
 from node.errors import ConfigError
 from node.journal.connection import Durability
-from node.model.queues import MAIN_QUEUE, QueueConfig
+from node.model.queues import MAIN_QUEUE, QueueConfig, SyncIsolation
 from node.ranges import COUNT, NON_NEGATIVE_S, POSITIVE_S, Range, check_ranges
 
 DEFAULT_PORT = 7710
@@ -109,7 +108,7 @@ class JournalConfig:
 
 @dataclass(frozen=True)
 class JobsConfig:
-    """Job processing on this node; the `max_parallel` .. `keep_jobs` keys configure the main queue."""
+    """Job processing on this node; the `max_parallel` .. `sync_isolation` keys configure the main queue."""
 
     max_parallel: Annotated[float, Range(0, 10_000, above=True, also=(-1,))] = 15
     """Main queue: jobs run at once (a count, a fraction of the cores between 0 and 1, or -1: all cores)."""
@@ -125,6 +124,8 @@ class JobsConfig:
     """Main queue: an attempt running longer is stopped and counted failed; 0: no timeout."""
     keep_jobs: bool = True
     """Main queue: keep SUCCEEDED jobs in history."""
+    sync_isolation: SyncIsolation = SyncIsolation.THREAD
+    """Main queue: sync consumers in threads (`thread`) or worker processes killed at the timeout."""
     max_log_lines: Annotated[int, Range(0, 100_000)] = 100
     """Log lines kept per job (the newest)."""
     max_payload_bytes: Annotated[int, Range(0, 2**31 - 1, unit="bytes")] = 64 * 1024 * 1024
@@ -271,6 +272,7 @@ class NodeConfig:
             retry_delay_max_s=j.retry_delay_max_s,
             timeout_s=j.timeout_s,
             keep_jobs=j.keep_jobs,
+            sync_isolation=j.sync_isolation,
             prefer_run_on_creation_instance=True,  # one node runs its own jobs as it always did
         )
 

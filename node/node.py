@@ -218,7 +218,9 @@ class Node:
         self._lock.acquire()
         try:
             for spec in config.consumers:
-                self.consumers.register(spec.topics, load_handler(spec.handler), name=spec.handler)
+                self.consumers.register(
+                    spec.topics, load_handler(spec.handler), name=spec.handler, spec=spec.handler
+                )
             if self._reset_journal:
                 discard_journal(config.data_dir / JOURNAL_FILE)
             self._journal = Journal.open(
@@ -294,7 +296,7 @@ class Node:
         queues_pb2_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.jobs), server)
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(self.jobs), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(audit), server)
-        self._worker_servicer = WorkerServicer(self.workers, instance_id)
+        self._worker_servicer = WorkerServicer(self.workers, instance_id, config.jobs.max_payload_bytes)
         workers_pb2_grpc.add_WorkerServiceServicer_to_server(self._worker_servicer, server)
         self._health = HealthService()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import multiprocessing
 import os
 import socket
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.launcher import NodeFactory, NodeProcess
-from tests.support.leaks import leaked_tasks, leaked_threads
+from tests.support.leaks import leaked_processes, leaked_tasks, leaked_threads
 from tests.support.netlab import Lab, lab_or_skip
 
 # Interfaces tests may create themselves (multi-host tests name their veths and bridges so).
@@ -88,6 +89,16 @@ def no_thread_leaks() -> Iterator[None]:
     leaked = leaked_threads(before)
     if leaked:
         pytest.fail(f"the test left threads running: {leaked}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_process_leaks() -> Iterator[None]:
+    """Every test: fail it if worker processes it started (multiprocessing) are still alive after it."""
+    before = {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+    yield
+    leaked = leaked_processes(before)
+    if leaked:
+        pytest.fail(f"the test left processes running: {leaked}", pytrace=False)
 
 
 # --- node processes ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from node import Job, JobContext, JobResult
@@ -263,3 +264,86 @@ def progress_on_release(job: Job, context: JobContext) -> JobResult:
         context.log("step %d of %d", step, steps)
         context.increment_progress()
     return JobResult.succeeded(f"{steps} steps done")
+
+
+EXECUTIONS_SUFFIX = ".executions"
+"""`record_execution` writes `<executions_dir>/<instance id>.executions` (one file per node)."""
+
+
+def _append_line(path: Path, line: str) -> None:
+    # One write(2) on an O_APPEND descriptor: the line lands whole at the end even while other
+    # consumer threads append, and a kill -9 can cut only the line being written.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def record_execution(job: Job, context: JobContext) -> JobResult:
+    """Works `work_s` seconds (default 0.01), noting the execution in a per-node file of
+    `executions_dir` (the chaos scenario counts executions from these files).
+
+    Lines: `S TOKEN JOB_ID CLAIM ATTEMPT INSTANCE PID TIME_US` when it starts and
+    `E TOKEN TIME_US` when it ends; TOKEN is new per execution and is the result message
+    (`exec=TOKEN`), so the origin's mirrored result names the execution it accepted.
+    """
+    directory = _path(job, "executions_dir")
+    value = job.properties.get("work_s", 0.01)
+    work_s = float(value) if isinstance(value, (int, float)) else 0.01
+    token = uuid.uuid4().hex
+    path = None
+    if directory is not None:
+        path = directory / f"{job.target_instance or 'unknown'}{EXECUTIONS_SUFFIX}"
+        _append_line(
+            path,
+            f"S {token} {job.id} {job.claim} {job.attempt} {job.target_instance} {os.getpid()} "
+            f"{time.time_ns() // 1000}\n",
+        )
+    time.sleep(work_s)
+    if path is not None:
+        _append_line(path, f"E {token} {time.time_ns() // 1000}\n")
+    return JobResult.succeeded(f"exec={token}")
+
+
+# --- worker processes (sync_isolation = process; issue 13 point 8) -------------------------------
+
+
+def in_process_or_hang(job: Job, context: JobContext) -> JobResult:
+    """Appends `pid start` to `runs_file`; the first `hang_attempts` attempts then sleep for ever
+    (ignoring stops: only a kill ends them), a later one reports progress, a log line and a
+    property and returns `pid:` + the input payload as output."""
+    runs = _path(job, "runs_file")
+    assert runs is not None, "in_process_or_hang needs a runs_file property"
+    earlier = len(runs.read_text().splitlines()) if runs.exists() else 0
+    with runs.open("a") as f:
+        f.write(f"{os.getpid()} {time.time()}\n")
+    hang = job.properties.get("hang_attempts", 1)
+    if isinstance(hang, int) and earlier < hang:
+        while True:
+            time.sleep(MAX_BLOCK_S)
+    context.init_progress(2)
+    context.increment_progress()
+    context.log("in process %d", os.getpid())
+    context.set_property("pid", os.getpid())
+    context.increment_progress()
+    return JobResult.succeeded(f"attempt {earlier + 1} in a process", output=b"pid:" + (job.payload or b""))
+
+
+def raise_in_process(job: Job, context: JobContext) -> JobResult:
+    """Raises, in whatever process it runs."""
+    raise ValueError(f"raised in process {os.getpid()}")
+
+
+def stop_aware_in_process(job: Job, context: JobContext) -> JobResult:
+    """Creates `started_file`, then waits until the node passes a stop on (is_stopped())."""
+    record_attempt(job)
+    deadline = time.monotonic() + MAX_BLOCK_S
+    while not context.is_stopped() and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    return JobResult.failed("stopped in a worker process")
+
+
+def exit_in_process(job: Job, context: JobContext) -> JobResult:
+    """Ends its worker process at once with exit code 3, as a crash would."""
+    os._exit(3)

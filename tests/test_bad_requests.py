@@ -15,6 +15,7 @@ from tests.support.fixtures import shared_node
 from tests.support.job_calls import add_job, get_job, rpc_error, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import condition, new_job, prop, raw_timestamp_value, raw_value, template
+from tests.support.worker_stream import WorkerStream
 
 S = jobs_pb2
 MAX_PAYLOAD = 1000
@@ -331,3 +332,21 @@ def test_oversized_properties_are_refused(nodes: NodeFactory) -> None:
     assert "job.properties" in error.details()
     assert "the limit is 64" in error.details()
     assert add_job(small.stub, "p/x", text="short")
+
+
+def test_a_worker_output_over_the_payload_limit_ends_the_job_in_error(node: NodeProcess) -> None:
+    # Given a worker on a node whose payload limit is 1000 bytes
+    worker = WorkerStream.connect(node.channel, "bad/output/**", chunked_payloads=True)
+    job_id = add_job(node.stub, "bad/output/job")
+    # When it succeeds with a larger output
+    worker.result(worker.take(job_id), output_payload=b"o" * (MAX_PAYLOAD + 1))
+    # Then the job ends in ERROR saying why, without the output; the worker stays connected
+    job = wait_for_state(node.stub, job_id, jobs_pb2.JOB_STATE_ERROR)
+    assert "output payload is 1001 bytes" in job.result_message
+    assert "jobs.max_payload_bytes" in job.result_message
+    assert job.output_payload_size == 0
+    # And an output at the limit is kept
+    other = add_job(node.stub, "bad/output/job")
+    worker.result(worker.take(other), output_payload=b"o" * MAX_PAYLOAD)
+    assert wait_for_state(node.stub, other, jobs_pb2.JOB_STATE_SUCCEEDED).output_payload_size == MAX_PAYLOAD
+    worker.cancel()

@@ -66,7 +66,21 @@ def test_queue_set_creates_then_changes_only_the_settings_given(node: NodeProces
         2,
         "API",
     )
-    ok(cli(node, "queue", "set", "cliq", "--retry-delay", "1.5", "--no-keep-jobs", "--attempt-timeout", "30"))
+    ok(
+        cli(
+            node,
+            "queue",
+            "set",
+            "cliq",
+            "--retry-delay",
+            "1.5",
+            "--no-keep-jobs",
+            "--attempt-timeout",
+            "30",
+            "--sync-isolation",
+            "process",
+        )
+    )
     shown = ok_json(cli(node, "queue", "show", "cliq", "--json"))["config"]
     assert (shown["type"], shown["retries"], shown["topics"], shown["keep_jobs"]) == (
         "ORDERED",
@@ -76,6 +90,7 @@ def test_queue_set_creates_then_changes_only_the_settings_given(node: NodeProces
     )
     assert shown["retry_delay"] == 1.5
     assert shown["timeout"] == 30.0
+    assert shown["sync_isolation"] == "PROCESS"
     text = ok(cli(node, "queue", "show", "cliq"))
     fields = dict(line.split(None, 1) for line in text.splitlines())
     assert (fields["name"], fields["state"], fields["type"], fields["retries"]) == (

@@ -4,11 +4,13 @@ attributes, the sign-in form's CSRF token, and `--insecure` (plain HTTP, still a
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import ssl
 import urllib.parse
 from http.cookies import SimpleCookie
 
+from tests.support.job_calls import add_job
 from tests.support.launcher import NodeFactory, NodeProcess
 
 
@@ -100,3 +102,30 @@ def test_an_insecure_node_serves_plain_http_and_signs_in_with_its_console_token(
     assert "Secure" not in session
     assert "HttpOnly" in session
     assert request(node, "GET", "/queues", secure=False, cookie=session.split(";")[0])[0] == 200
+
+
+def test_a_payload_over_one_piece_downloads_whole_from_the_console(nodes: NodeFactory) -> None:
+    # Given a signed-in session and a job with a 3 MiB payload (GetJob inlines at most 1 MiB)
+    node = nodes.start("download")
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+    job_id = add_job(node.stub, "nobody/consumes", payload)
+    token = (node.data_dir / "cluster" / "admin.token").read_text().strip()
+    _, cookies = sign_in(node, token)
+    cookie = next(c for c in cookies if c.startswith("jobmesh_session=")).split(";")[0]
+
+    def download(path: str) -> tuple[int, dict[str, str], bytes]:
+        conn = connect(node, True)
+        conn.request("GET", path, headers={"Cookie": cookie})
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        return response.status, dict(response.headers), body
+
+    # When it downloads the payload, the bytes arrive whole, streamed from GetPayload
+    status, headers, body = download(f"/jobs/{job_id}/payload")
+    assert (status, headers["Content-Length"], body == payload) == (200, str(len(payload)), True)
+    assert f'filename="{job_id}-payload.bin"' in headers["Content-Disposition"]
+    # And a payload the job does not have is an error page, not an empty file
+    status, _, body = download(f"/jobs/{job_id}/output")
+    assert status == 404
+    assert b"has no output payload" in body

@@ -1,6 +1,11 @@
 """The web console in a real headless browser (Debian's chromium driven by Playwright), against
 two real node processes of one cluster over HTTPS: what a person sees and can do.
 
+The nodes run on two hosts of the namespace lab (tests/support/netlab.py), one subnet, so they
+find each other by mDNS alone (no seed); the browser runs in the test's namespace and reaches
+each console over the host's management link (10.78.<n>.2), as a person's browser reaches a
+node across a network, not on loopback beside it.
+
 Every page's browser console is captured and any error fails the test; each page's screenshot
 is saved under docs/console/ (the README shows them).
 """
@@ -13,22 +18,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobmesh.v1 import schedules_pb2, topics_pb2
+from jobmesh.v1 import jobs_pb2, schedules_pb2, topics_pb2
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from node.console.history import HISTORY_PAGE
 from node.security import tokens
 from node.security.cluster import ClusterFiles
 from tests.support.job_calls import JobFiles, add_job, get_job, wait_for_state
 from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.netlab import Lab
 from tests.support.protos import new_job
-from tests.support.topology import create, wait_views
+from tests.support.topology import start_all, wait_views
 from tests.support.waiting import wait_for
 from tests.support.worker_stream import WorkerStream
 from tests.test_console_metrics import http_get, samples
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
-SUCCEEDED, STOPPED, ACTIVE = 3, 4, 2
+SUCCEEDED, STOPPED, ACTIVE, GIVEN_UP = 3, 4, 2, 5
 CONSUMERS = [
     "web/off/**=consumers:succeed",
     "web/progress/**=consumers:progress_on_release",
@@ -36,11 +43,35 @@ CONSUMERS = [
 ]
 
 
+ALPHA_ONLY = ["web/fail/**=consumers:fail_always"]  # its jobs run where they are added: every event local
+GRPC_PORT, HTTP_PORT = 7710, 7711  # the defaults: every host has its own port space
+SUBNET = 1
+
+
 @pytest.fixture(scope="module")
-def cluster(module_nodes: NodeFactory) -> tuple[NodeProcess, NodeProcess]:
-    a = create(module_nodes, "alpha", consumers=CONSUMERS).start()
-    b = create(module_nodes, "beta", seeds=[a], consumers=CONSUMERS).start()
-    wait_views([a, b], {"alpha", "beta"})
+def cluster(module_lab: Lab, module_nodes: NodeFactory) -> tuple[NodeProcess, NodeProcess]:
+    """alpha and beta on two hosts of one subnet: they meet by mDNS; the test dials their
+    management addresses (the lab is torn down after the nodes: fixtures end in reverse)."""
+    nodes = []
+    for name in ("alpha", "beta"):
+        host = module_lab.add_host(name, SUBNET)
+        nodes.append(
+            module_nodes.create(
+                name,
+                CONSUMERS + (ALPHA_ONLY if name == "alpha" else []),
+                settings={
+                    "discovery.mdns": "true",
+                    "discovery.interfaces": "eth0",
+                    "discovery.advertise_addresses": host.address,
+                    "http.port": HTTP_PORT,
+                },
+                extra_args=["--name", name, "--host", "0.0.0.0", "--port", str(GRPC_PORT)],
+                netns=host.netns.path,
+                dial_host=host.mgmt_address,
+            )
+        )
+    a, b = start_all(*nodes)
+    wait_views([a, b], {"alpha", "beta"}, timeout=15)
     return a, b
 
 
@@ -50,7 +81,10 @@ def make_token(node: NodeProcess, *scopes: str) -> str:
 
 
 def base(node: NodeProcess) -> str:
-    return f"https://127.0.0.1:{node.info['http_port']}"
+    """The node's console as the browser reaches it: over its host's management address."""
+    assert node.dial_host is not None
+    assert node.dial_host.startswith("10.78."), node.dial_host
+    return f"https://{node.dial_host}:{node.info['http_port']}"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -118,7 +152,9 @@ def test_sign_in_then_every_page_renders_and_both_instances_are_on_the_topology(
     expect(admin.locator("tbody tr").filter(has_text="beta")).to_be_visible()  # per-instance counts
     admin.goto(base(a) + "/topology")
     expect(admin.locator('tr[data-instance="alpha"]')).to_be_visible()
-    expect(admin.locator('tr[data-instance="beta"]')).to_be_visible()
+    # beta is there at its data address on the lab's subnet, found by mDNS (no node has a seed)
+    expect(admin.locator('tr[data-instance="beta"]')).to_contain_text(f"10.77.{SUBNET}.2:{GRPC_PORT}")
+    assert not any("--seed" in node.args for node in cluster)
     shot(admin, "topology")
     a.schedules.AddSchedule(
         schedules_pb2.AddScheduleRequest(
@@ -226,6 +262,7 @@ def test_a_jobs_progress_bar_advances_live(
     assert admin.evaluate("window.notReloaded") is True  # the stream moved the bar, not a reload
     assert admin.evaluate("document.getElementById('progress').value") == 2
     expect(admin.locator("#log")).to_contain_text("step 2 of 3")  # the log follows live too
+    expect(admin.locator("#log-count")).to_have_text("2")  # and its heading counts the lines
     shot(admin, "job")
     admin.goto(base(a) + "/")
     expect(admin.locator("#totals")).to_contain_text("added")  # the overview's stream drew the chart
@@ -234,6 +271,53 @@ def test_a_jobs_progress_bar_advances_live(
     Path(f"{files.release}.3").touch()
     expect(admin.locator("#state")).to_have_text("SUCCEEDED")
     expect(admin.locator("#log")).to_contain_text("step 3 of 3")
+    # The history (the page reloads once the job ends): its lifecycle, newest first, no PROGRESS
+    history = admin.locator("#history tbody tr")
+    expect(history.first).to_contain_text("FINISHED")
+    expect(history.first).to_contain_text("SUCCEEDED")
+    expect(history.last).to_contain_text("ADDED")
+    expect(admin.locator("#history tbody")).to_contain_text("STARTED")
+    expect(admin.locator("#history tbody")).not_to_contain_text("PROGRESS")
+
+
+def test_a_long_event_history_is_paged_newest_first(
+    admin: Page, cluster: tuple[NodeProcess, NodeProcess]
+) -> None:
+    # Given a job that failed and was retried 40 times (a STARTED and a FAILED event each)
+    a, _ = cluster
+    job = new_job("web/fail/many")
+    job.max_retries = 40
+    job.retry_delay.SetInParent()  # no delay between the attempts
+    job_id = a.stub.AddJob(jobs_pb2.AddJobRequest(job=job)).job.id
+    wait_for_state(a.stub, job_id, GIVEN_UP)
+    expected = [
+        row[0]
+        for row in a.query_journal(
+            "SELECT seq FROM job_events WHERE job_id = ? AND type != 3 ORDER BY seq DESC", (job_id,)
+        )
+    ]
+    assert len(expected) == 83, len(expected)  # ADDED, then 41 attempts
+    # When its page and then its older events are opened
+    admin.goto(base(a) + f"/jobs/{job_id}")
+    rows = admin.locator("#history tbody tr")
+    expect(rows).to_have_count(HISTORY_PAGE)
+    first = [int(s) for s in rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")]
+    expect(rows.first).to_contain_text("GIVEN_UP")
+    admin.get_by_role("link", name="Older events").click()
+    expect(admin.get_by_role("heading", name="Events (older)")).to_be_visible()
+    expect(rows).to_have_count(len(expected) - HISTORY_PAGE)
+    second = [int(s) for s in rows.evaluate_all("rows => rows.map(r => r.dataset.seq)")]
+    # Then the pages hold every event once, newest first, ending with ADDED; no more pages
+    assert first + second == expected
+    expect(rows.last).to_contain_text("ADDED")
+    expect(admin.get_by_role("link", name="Older events")).to_have_count(0)
+    admin.get_by_role("link", name="Newest events").click()
+    expect(rows.first).to_have_attribute("data-seq", str(expected[0]))
+    # A malformed page key is refused with a message, not a crash
+    for bad in ("-1", "0", "x", "²", "9" * 20, "9" * 5000):
+        response = admin.request.get(base(a) + f"/jobs/{job_id}?events_before={bad}")
+        assert response.status == 400, bad
+        assert "events_before" in response.text()
 
 
 def test_stop_a_job_from_its_page(admin: Page, cluster: tuple[NodeProcess, NodeProcess]) -> None:

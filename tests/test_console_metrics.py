@@ -17,11 +17,14 @@ SUCCEEDED, GIVEN_UP = 3, 5
 
 
 def http_get(node: NodeProcess, path: str, token: str | None = None) -> tuple[int, str]:
-    """GET over the node's HTTPS port (its CA is not the browser's: no verification here)."""
+    """GET over the node's HTTPS port, at its dial host (a lab host's management address) or
+    loopback (its CA is not the browser's: no verification here)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    request = urllib.request.Request(f"https://127.0.0.1:{node.info['http_port']}{path}")
+    request = urllib.request.Request(
+        f"https://{node.dial_host or '127.0.0.1'}:{node.info['http_port']}{path}"
+    )
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:

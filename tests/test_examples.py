@@ -213,6 +213,49 @@ def test_python_client_and_python_worker_examples_process_a_job(
     assert "PROGRESS" in stderr
 
 
+BIG_PAYLOAD_BYTES = 64 * 1024 * 1024  # the default jobs.max_payload_bytes
+
+
+def big_payload_file(tmp_path: Path) -> tuple[Path, bytes]:
+    """A 64 MiB payload of lower-case text (the example workers upper-case it) in a file."""
+    text = bytes(range(ord("a"), ord("z") + 1)) + b"0123456789 \n"
+    payload = (text * (BIG_PAYLOAD_BYTES // len(text) + 1))[:BIG_PAYLOAD_BYTES]
+    path = tmp_path / "payload.txt"
+    path.write_bytes(payload)
+    return path, payload
+
+
+def big_job(
+    client: Sequence[str | Path], node: NodeProcess, tmp_path: Path, topic: str, creds: Credentials
+) -> tuple[bytes, bytes]:
+    """Run a client example with a 64 MiB payload file: (the payload, the output it downloaded);
+    the input it downloaded back must equal the payload."""
+    path, payload = big_payload_file(tmp_path)
+    output, read_back = tmp_path / "output.txt", tmp_path / "input.txt"
+    result = run(
+        [*client, "--node", node.address, *creds.submit, "--timeout", "60", "--payload-file", path,
+         "--output-file", output, "--input-file", read_back, topic, "steps=1", "step_ms=1"],
+        tmp_path,
+        timeout=120,
+    )  # fmt: skip
+    job = finished_job(result)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
+    assert read_back.read_bytes() == payload, "the input payload downloaded back whole"
+    return payload, output.read_bytes()
+
+
+@pytest.mark.timeout(180)
+def test_python_examples_move_a_64_mib_payload_each_way_with_default_grpc_options(
+    node: NodeProcess, examples: list[ExampleProcess], tmp_path: Path, creds: Credentials
+) -> None:
+    # Given the Python example worker (default channel options: 4 MiB receive limit)
+    python_worker(examples, tmp_path, node, creds, "--topic", "demo/pybig/**")
+    # When the Python example client (default options too) adds a 64 MiB job and downloads its output
+    payload, output = big_job(PYTHON_CLIENT, node, tmp_path, "demo/pybig/upper", creds)
+    # Then the worker got the whole payload in pieces and its 64 MiB output came back whole
+    assert output == payload.upper()
+
+
 def test_a_killed_worker_process_loses_no_job_they_complete_on_the_next_worker(
     node: NodeProcess, examples: list[ExampleProcess], tmp_path: Path, creds: Credentials
 ) -> None:
@@ -321,6 +364,18 @@ def test_node_worker_example_consumes_a_topic_with_progress_log_and_retries(
         "js-worker started attempt 2",
     ]
     assert job["progress"]["completedSteps"] == "2"  # type: ignore[index]
+
+
+@pytest.mark.timeout(180)
+def test_node_examples_move_a_64_mib_payload_each_way_with_grpc_js_defaults(
+    node: NodeProcess, nodejs: str, examples: list[ExampleProcess], tmp_path: Path, creds: Credentials
+) -> None:
+    # Given the Node.js example worker with @grpc/grpc-js's default options
+    node_worker(examples, tmp_path, nodejs, node, creds, "--topic", "demo/jsbig/**")
+    # When the Node.js example client (defaults too) adds a 64 MiB job and downloads its output
+    payload, output = big_job([nodejs, NODE_EXAMPLE / "client.js"], node, tmp_path, "demo/jsbig/upper", creds)
+    # Then the payload reached the worker whole and the 64 MiB output came back whole
+    assert output == payload.upper()
 
 
 def test_node_worker_example_ends_a_stopped_job(

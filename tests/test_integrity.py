@@ -95,6 +95,15 @@ def test_damaged_payload_is_data_loss_its_consumer_never_runs_and_check_finds_it
         error = rpc_error(lambda: get_job(node.stub, damaged_id, include_payloads=True))
         assert error.code() == grpc.StatusCode.DATA_LOSS
         assert damaged_id in (error.details() or "")
+    # And downloading it with GetPayload is DATA_LOSS before any piece is sent
+    pieces: list[jobs_pb2.GetPayloadResponse] = []
+    request = jobs_pb2.GetPayloadRequest(job_id=damaged_id, kind=jobs_pb2.PAYLOAD_KIND_INPUT)
+    error = rpc_error(lambda: pieces.extend(node.stub.GetPayload(request, timeout=10)))
+    assert (error.code(), damaged_id in (error.details() or ""), pieces) == (
+        grpc.StatusCode.DATA_LOSS,
+        True,
+        [],
+    )
     assert get_job(node.stub, damaged_id).payload_size == len(PATTERN)  # the job itself is readable
     # And the damaged job ends in ERROR at its first attempt without its consumer running
     job = wait_for_state(node.stub, damaged_id, jobs_pb2.JOB_STATE_ERROR)

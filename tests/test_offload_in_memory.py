@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ class Pair:
 
 
 def _node(
-    path: Path, network: MemoryTransferNetwork, seeds: tuple[str, ...] = (), **offload: float
+    path: Path, network: MemoryTransferNetwork, seeds: tuple[str, ...] = (), **offload: Any
 ) -> tuple[node.Node, MemoryTransferLink]:
     # Both nodes of one cluster (membership runs over real gRPC with mutual TLS).
     config = node.NodeConfig.for_tests(seed_cluster(path, shared_cluster(path.parent)))
@@ -67,7 +68,7 @@ def _node(
 
 
 @asynccontextmanager
-async def pair(tmp_path: Path, **offload: float) -> AsyncIterator[Pair]:
+async def pair(tmp_path: Path, **offload: Any) -> AsyncIterator[Pair]:
     """Start both nodes (`offload` settings changed as given), attach them to the network under
     the addresses peers dial, and wait until the origin sees the worker consume TOPIC."""
     network = MemoryTransferNetwork()

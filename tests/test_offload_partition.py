@@ -35,7 +35,8 @@ def _node(lab: Lab, nodes: NodeFactory, name: str, subnet: int, consumer: bool) 
     return nodes.create(
         name,
         consumers=["offload/**=consumers:record_run"] if consumer else [],
-        settings={"discovery.advertise_addresses": host.address},
+        # Four slots: w1 still holds a queue of the origin's jobs when it is cut off.
+        settings={"discovery.advertise_addresses": host.address, "jobs.max_parallel": 4},
         extra_args=args,
         netns=host.netns.path,
         dial_host=host.mgmt_address,
@@ -58,8 +59,9 @@ def test_a_worker_partitioned_past_the_death_timeout_drops_its_reassigned_jobs_u
         "w1's capacity",
     )
     runs_file = tmp_path / "runs.txt"
-    jobs = [new_job(TOPIC, sleep_s=0.4, runs_file=str(runs_file)) for _ in range(60)]
-    request = jobs_pb2.AddJobsRequest(jobs=jobs)
+    request = jobs_pb2.AddJobsRequest(
+        jobs=[new_job(TOPIC, sleep_s=0.4, runs_file=str(runs_file)) for _ in range(60)]
+    )
     ids = list(origin.stub.AddJobs(request).job_ids)
     wait_for(lambda: w1.count_jobs(JobState.ACTIVE) > 0, 10.0, "w1 to run")
     start_all(w2)
@@ -67,6 +69,7 @@ def test_a_worker_partitioned_past_the_death_timeout_drops_its_reassigned_jobs_u
     # When w1 is cut off past the death timeout, then the partition heals
     lab.cut_subnet(2)
     cut_at = time.time()
+    assert w1.count_jobs(JobState.QUEUED) >= 10, "w1 holds a queue of the origin's jobs"
     try:
         wait_for(lambda: "w1" not in {i.name for i in view(origin).instances}, 10.0, "w1 to be declared dead")
 
@@ -96,6 +99,7 @@ def test_a_worker_partitioned_past_the_death_timeout_drops_its_reassigned_jobs_u
     # and w1 started none of the jobs it held queued once its lease on the origin ran out (it may
     # start jobs for one confirm window after it last heard from the origin, before the cut:
     # the origin reassigns no earlier than its grace after that)
+    assert w1.process is not None
     pid = w1.process.pid
     lease_end = cut_at + 2 * OffloadConfig.for_tests().confirm_window_s  # twice: scheduling slack
     assert not [job_id for p, job_id, at in runs(runs_file) if p == pid and at >= lease_end]

@@ -78,7 +78,11 @@ def test_a_target_killed_and_restarted_five_times_while_short_jobs_finish_loses_
     kills = 0
     for _ in range(5):
         wanted = min(len(runs(runs_file)) + 20, len(ids))
-        wait_for(lambda n=wanted: len(runs(runs_file)) >= n, 30.0, "more jobs to run")
+
+        def ran(n: int = wanted) -> bool:
+            return len(runs(runs_file)) >= n
+
+        wait_for(ran, 30.0, "more jobs to run")
         if wanted == len(ids):
             break
         target.kill()
@@ -115,6 +119,7 @@ def test_a_target_paused_past_the_death_timeout_drops_its_reassigned_queued_jobs
 
     # When w1 is paused (SIGSTOP) past the death timeout, the origin moves its jobs to w2 and
     # they all succeed there, then w1 continues (SIGCONT)
+    assert w1.process is not None
     pid = w1.process.pid
     w1.send_signal(signal.SIGSTOP)
     paused_at = time.time()
@@ -192,7 +197,10 @@ def test_reconcile_answers_only_a_jobs_origin_or_target_and_refuses_bad_question
             ask(w1, role, *jobs)
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
         assert field in (invalid.value.details() or ""), field
-    too_many = [transfer_pb2.ReconcileJob(job_id=f"j{n}", epoch=1, state=1) for n in range(1001)]
+    too_many = [
+        transfer_pb2.ReconcileJob(job_id=f"j{n}", epoch=1, state=jobs_pb2.JOB_STATE_QUEUED)
+        for n in range(1001)
+    ]
     with pytest.raises(grpc.RpcError) as invalid:
         ask(w1, transfer_pb2.RECONCILE_ROLE_ORIGIN, *too_many)
     assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -70,8 +70,13 @@ async def test_an_origin_that_only_offloads_counts_its_jobs_by_target_and_state(
                 (target_id, JobState.SUCCEEDED): 20,
                 (target_id, JobState.GIVEN_UP): 10,
             }
-            # and the target, which offloaded nothing, has none
-            assert (await target.jobs.statistics()).offloaded == {}
+            # and counts them once as its jobs, by state, while their attempts count at the target
+            assert report.jobs == {JobState.SUCCEEDED: 20, JobState.GIVEN_UP: 10}
+            at_target = await target.jobs.statistics()
+            assert (at_target.global_.finished, at_target.global_.cancelled) == (20, 10)
+            # and the target, the origin of nothing, has no jobs of its own and offloaded none
+            assert at_target.offloaded == {}
+            assert at_target.jobs == {}
 
 
 def test_jobmesh_stats_shows_the_offloaded_jobs_by_target_and_state() -> None:
@@ -88,3 +93,18 @@ def test_jobmesh_stats_shows_the_offloaded_jobs_by_target_and_state() -> None:
     lines = [line.split() for line in text.splitlines()]
     assert ["t-1", "SUCCEEDED", "20"] in lines
     assert ["t-1", "ACTIVE", "3"] in lines
+
+
+def test_jobmesh_stats_shows_jobs_counted_once_apart_from_attempts() -> None:
+    response = jobs_pb2.GetStatisticsResponse(
+        jobs=[jobs_pb2.StateCount(state=jobs_pb2.JOB_STATE_SUCCEEDED, jobs=6)]
+    )
+    getattr(response, "global").finished = 9  # three of them ran twice
+    out = io.StringIO()
+    print_statistics(response, out)
+    text = out.getvalue()
+    assert "jobs, each counted once at its origin" in text
+    assert "attempts, where they ran" in text
+    lines = [line.split() for line in text.splitlines()]
+    assert ["SUCCEEDED", "6"] in lines
+    assert any(row[:1] == ["global"] and "9" in row for row in lines)

@@ -33,6 +33,12 @@ RUN_TIMEOUT_S = 60.0  # a JVM start on a busy machine included
 FINISHED_TOPIC = "polyglot/done"
 WAITING_TOPIC = "polyglot/waiting"  # no consumer anywhere: its job stays QUEUED
 UNKNOWN_JOB_ID = "01890000-0000-7000-8000-000000000000"
+# grpc-netty, and netty-tcnative's jar and JNI library: the Java program's TLS runs on netty's
+# OpenSSL provider, as Debian's netty has no ALPN on the JDK's TLS (examples/java/README.md).
+JAVA_LIBRARIES_PROBE = (
+    "test -f /usr/share/java/grpc-netty.jar && test -f /usr/share/java/netty-tcnative.jar"
+    " && ls /usr/lib/*/jni/libnetty-tcnative.so"
+)
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,6 @@ class GetJobProgram:
     """The program, run in examples/LANG, before its arguments ADDRESS JOB_ID."""
     built: bool = True
     """Whether `make -C examples/LANG` builds it (or its stubs) first."""
-    tls: bool = True
-    """Whether it speaks TLS here (else it asks a plaintext `--insecure` node)."""
 
     @property
     def directory(self) -> Path:
@@ -72,12 +76,8 @@ PROGRAMS = [
     GetJobProgram(
         "java",
         ("make", "javac", "java", "protoc", "grpc_java_plugin"),
-        ("test", "-f", "/usr/share/java/grpc-netty.jar"),
+        ("sh", "-c", JAVA_LIBRARIES_PROBE),
         ("build/getjob",),
-        # Debian's netty 4.1.48 cannot negotiate ALPN with the JDK's TLS ("JDK provider does not
-        # support ALPN protocol"), which gRPC over TLS needs: the program's TLS path wants
-        # grpc-netty-shaded (Maven), so here it asks a plaintext node.
-        tls=False,
     ),
     GetJobProgram(
         "node",
@@ -141,14 +141,6 @@ def bundle(node: NodeProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def plain_node(module_nodes: NodeFactory) -> NodeProcess:
-    """A node run with `--insecure`, for a program that cannot speak TLS with Debian's libraries."""
-    return module_nodes.start(
-        "polyglot-plain", consumers=[f"{FINISHED_TOPIC}=consumers:echo"], extra_args=["--insecure"]
-    )
-
-
 def added_jobs(node: NodeProcess) -> dict[str, str]:
     """Two jobs in different states, by expected output line: one finished, one still queued."""
     finished = add_job(node.stub, FINISHED_TOPIC, count=1)
@@ -163,21 +155,17 @@ def added_jobs(node: NodeProcess) -> dict[str, str]:
 @pytest.mark.timeout(BUILD_TIMEOUT_S + 3 * RUN_TIMEOUT_S)
 @pytest.mark.parametrize("program", PROGRAMS, ids=[p.lang for p in PROGRAMS])
 def test_getjob_program_prints_the_state_of_the_job_it_asked_for(
-    program: GetJobProgram, request: pytest.FixtureRequest
+    program: GetJobProgram, node: NodeProcess, bundle: Path
 ) -> None:
     ready(program)
-    node: NodeProcess = request.getfixturevalue("node" if program.tls else "plain_node")
-    credentials = [request.getfixturevalue("bundle")] if program.tls else []
     for job_id, expected in added_jobs(node).items():
         # When the program asks the node for a job the test added (over TLS with the bundle)
-        result = run([*program.command, node.address, job_id, *credentials], program.directory, RUN_TIMEOUT_S)
+        result = run([*program.command, node.address, job_id, bundle], program.directory, RUN_TIMEOUT_S)
         # Then it prints that job's id, topic and state
         assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
         assert result.stdout.strip() == expected
 
     # And an id the node does not know is an error naming the status
-    result = run(
-        [*program.command, node.address, UNKNOWN_JOB_ID, *credentials], program.directory, RUN_TIMEOUT_S
-    )
+    result = run([*program.command, node.address, UNKNOWN_JOB_ID, bundle], program.directory, RUN_TIMEOUT_S)
     assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert "GetJob failed: NOT_FOUND" in result.stderr

@@ -140,6 +140,7 @@ def test_set_queue_moves_queued_jobs_to_it_and_delete_queue_moves_them_back(node
     expected.retry_backoff = 1.0  # the defaults of unset fields
     expected.retry_delay_max.FromSeconds(3600)
     expected.timeout.FromSeconds(0)
+    expected.sync_isolation = Q.SYNC_ISOLATION_THREAD
     assert info.config == expected
     for job_id in waiting:
         assert wait_for_state(node.stub, job_id, S.JOB_STATE_SUCCEEDED).queue == "movers"

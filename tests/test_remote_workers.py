@@ -213,14 +213,16 @@ def test_an_attempt_that_times_out_is_stopped_and_keeps_the_slot_until_the_worke
     job.timeout.FromSeconds(1)
     job_id = node.stub.AddJob(J.AddJobRequest(job=job)).job.id
     first = stream.expect("assignment")
-    # When the worker does not answer in time, it is told to stop, and the job is retried
+    # When the worker does not answer in time, it is told to stop
     stop = stream.expect("stop")
     assert (stop.job_id, stop.attempt) == (job_id, first.attempt)
-    wait_for(lambda: get_job(node.stub, job_id).retry_count == 1, what="the timed-out attempt to count")
-    # But the retry waits: the worker's only slot is busy until it reports the old attempt.
-    # (The wait counts toward the second attempt's timeout: report well within it.)
+    # But the attempt is not over while the worker may still run it: the job stays ACTIVE, its
+    # retry not counted, and the worker's only slot takes nothing else
     stream.assert_silent(0.2)
-    stream.result(first, message="too late")  # stale: ignored
+    held = get_job(node.stub, job_id)
+    assert (held.state, held.retry_count) == (J.JOB_STATE_ACTIVE, 0)
+    stream.result(first, message="too late")  # ends the attempt (timed out); its result does not count
+    wait_for(lambda: get_job(node.stub, job_id).retry_count == 1, what="the timed-out attempt to count")
     second = stream.expect("assignment")
     assert (second.job_id, second.attempt) == (job_id, first.attempt + 1)
     stream.result(second, message="in time")

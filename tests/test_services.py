@@ -88,6 +88,7 @@ def test_reflection_describes_job_service_methods_with_their_types(node: NodePro
         "AddJobs",
         "SubmitJobs",
         "GetJob",
+        "GetPayload",
         "FindJobs",
         "StopJob",
         "RemoveJob",

@@ -1,6 +1,8 @@
-"""Topology-wide FindJobs that counts what it says (issue 13 point 5): `total_size` counts each
-job once whatever the page size, pages continue with page tokens, and an instance that does not
-answer is named (`partial`, `unanswered_instances`) and warned about by `jobmesh jobs --topology`.
+"""Topology-wide FindJobs and statistics that count what they say (issue 13 point 5): `total_size`
+counts each job once whatever the page size, pages continue with page tokens, topology-wide
+statistics count jobs once (at their origin) apart from the attempts where they ran, and an
+instance that does not answer is named (`partial`, `unanswered_instances`) and warned about by
+`jobmesh jobs --topology` and `jobmesh stats --topology`.
 
 Real node processes: an origin that offloads, and two workers that also run jobs of their own.
 """
@@ -11,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from jobmesh.v1 import jobs_pb2
 
@@ -78,19 +81,42 @@ def test_topology_find_jobs_counts_each_job_once_pages_with_tokens_and_names_who
     assert first.total_size == 42
     assert not first.next_page_token
 
-    # When a worker stops answering (paused)
-    os.kill(w2.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
-    try:
-        # (both asked at once: a paused peer is soon declared dead and then not asked at all)
-        cli = subprocess.Popen(
-            [sys.executable, "-m", "node", "jobs", "--topology", "--topic", TOPIC, "--node", origin.address],
+    # and topology-wide statistics count each job once, apart from the attempts where they ran
+    whole = origin.stub.GetStatistics(_statistics_request(), timeout=20)
+    assert _jobs_by_state(whole) == {SUCCEEDED: 42}
+    assert getattr(whole, "global").finished == 42  # one attempt each: here attempts = jobs
+    assert not whole.partial
+    by_origin = {n: _jobs_by_state(n.stub.GetStatistics(jobs_pb2.GetStatisticsRequest())) for n in added}
+    assert by_origin == {origin: {SUCCEEDED: 30}, w1: {SUCCEEDED: 6}, w2: {SUCCEEDED: 6}}
+
+    # When a worker stops answering (paused), while the commands are asked at once (a paused peer
+    # is soon declared dead and then not asked at all: the commands are started, and imported,
+    # before the pause, and go when told to)
+    clis = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLI_ON_GO, *command, "--topology", "--node", origin.address],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=origin.cli_environ(),
         )
-        partial = origin.stub.FindJobs(_request(100), timeout=30)
-        _out, err = cli.communicate(timeout=60)
+        for command in (("jobs", "--topic", TOPIC), ("stats",))
+    ]
+    for cli in clis:
+        assert cli.stdout is not None
+        assert cli.stdout.readline() == "ready\n"
+    os.kill(w2.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        for cli in clis:
+            assert cli.stdin is not None
+            cli.stdin.write("go\n")
+            cli.stdin.flush()
+        with ThreadPoolExecutor(1) as pool:
+            statistics = pool.submit(origin.stub.GetStatistics, _statistics_request(), timeout=30)
+            partial = origin.stub.FindJobs(_request(100), timeout=30)
+            partial_statistics = statistics.result()
+        outcomes = [cli.communicate(timeout=60) for cli in clis]
     finally:
         os.kill(w2.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
 
@@ -98,6 +124,25 @@ def test_topology_find_jobs_counts_each_job_once_pages_with_tokens_and_names_who
     assert partial.partial
     assert list(partial.unanswered_instances) == [w2.instance_id]
     assert partial.total_size == 36
-    assert cli.returncode == 0, err
-    assert "did not answer" in err
-    assert w2.instance_id in err
+    assert partial_statistics.partial
+    assert list(partial_statistics.unanswered_instances) == [w2.instance_id]
+    assert _jobs_by_state(partial_statistics) == {SUCCEEDED: 36}
+    for cli, (_out, err) in zip(clis, outcomes, strict=True):
+        assert cli.returncode == 0, err
+        assert "did not answer" in err, (cli.args, _out)
+        assert w2.instance_id in err
+
+
+CLI_ON_GO = (
+    "import sys; from node.cli import main; print('ready', flush=True); sys.stdin.readline(); "
+    "sys.exit(main(sys.argv[1:]))"
+)
+"""`jobmesh ARGS` that has imported everything, says so, and runs when a line arrives."""
+
+
+def _statistics_request() -> jobs_pb2.GetStatisticsRequest:
+    return jobs_pb2.GetStatisticsRequest(scope=jobs_pb2.QUERY_SCOPE_TOPOLOGY)
+
+
+def _jobs_by_state(response: jobs_pb2.GetStatisticsResponse) -> dict[int, int]:
+    return {c.state: c.jobs for c in response.jobs}

@@ -16,8 +16,10 @@ from types import TracebackType
 import grpc
 import pytest
 from jobmesh.peer.v1 import transfer_pb2, transfer_pb2_grpc
+from jobmesh.v1 import jobs_pb2
 
 from node.errors import PeerUnavailable
+from node.jobs.validation import check_reconcile
 from node.services.transfer import TransferServicer
 from node.transfer.apply import check_frame
 from node.transfer.chunks import ChunkAssembler, crc32
@@ -33,6 +35,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.frames: list[transfer_pb2.ExchangeRequest] = []
+        self.questions: list[transfer_pb2.ReconcileRequest] = []
         self.streams = 0
 
     def assembler(self) -> ChunkAssembler:
@@ -44,6 +47,17 @@ class Receiver:
     ) -> None:
         check_frame(frame, assembler)
         self.frames.append(frame)
+
+    async def reconcile(self, request: transfer_pb2.ReconcileRequest) -> transfer_pb2.ReconcileResponse:
+        """Knows no job: UNKNOWN for each (a malformed question is refused, as a node refuses it)."""
+        check_reconcile(request)
+        self.questions.append(request)
+        response = transfer_pb2.ReconcileResponse()
+        for job in request.jobs:
+            response.answers.add(
+                job_id=job.job_id, epoch=job.epoch, status=transfer_pb2.RECONCILE_STATUS_UNKNOWN
+            )
+        return response
 
 
 class Links:
@@ -257,3 +271,27 @@ async def test_an_address_nobody_serves_is_unavailable(links: Links) -> None:
         await links.crash(address)
         with pytest.raises(PeerUnavailable):
             await _send_one(links.link(), address)
+
+
+async def test_a_reconcile_question_gets_its_answers_and_failures_are_peer_unavailable(links: Links) -> None:
+    async with links:
+        address = await links.add("target")
+        link = links.link()
+        try:
+            question = transfer_pb2.ReconcileRequest(
+                sender_id="origin", role=transfer_pb2.RECONCILE_ROLE_ORIGIN
+            )
+            question.jobs.add(job_id="j1", epoch=3, state=jobs_pb2.JOB_STATE_QUEUED)
+            answers = (await link.reconcile(address, question)).answers
+            assert [(a.job_id, a.epoch, a.status) for a in answers] == [
+                ("j1", 3, transfer_pb2.RECONCILE_STATUS_UNKNOWN)
+            ]
+            assert links.receivers[address].questions == [question]
+            # A question the peer refuses, and a peer that is gone, both fail the same way
+            with pytest.raises(PeerUnavailable):
+                await link.reconcile(address, transfer_pb2.ReconcileRequest(sender_id="origin"))
+            await links.crash(address)
+            with pytest.raises(PeerUnavailable):
+                await link.reconcile(address, question)
+        finally:
+            await link.close()

@@ -113,6 +113,29 @@ def test_a_worker_that_never_reads_is_sent_no_more_payload_bytes_than_the_cap(
         stream.cancel()
 
 
+def test_a_chunked_payload_counts_in_full_against_the_cap_until_its_result(node: NodeProcess) -> None:
+    # Given a worker taking chunked payloads (concurrency 3) on a node capping bytes at 1 MiB
+    stream = WorkerStream.connect(
+        node.channel, "pieces/**", concurrency=MAX_CONCURRENCY, name="pieces", chunked_payloads=True
+    )
+    try:
+        # When two jobs of 1.5 MiB are added (each over 1 MiB: sent in pieces)
+        big = b"p" * (3 * MAX_INFLIGHT_BYTES // 2)
+        ids = [add_job(node.stub, "pieces/job", big, n=n) for n in range(2)]
+        # Then it is sent the first one whole, in pieces, and not the second while it holds it
+        first, payload, _ = stream.expect_job()
+        assert (first.job_id, first.payload_chunked, payload == big) == (ids[0], True, True)
+        stream.assert_silent(SILENCE_S)
+        assert in_flight(node, "pieces") == 1
+        # And its result makes room for the second
+        stream.result(first)
+        second, payload, _ = stream.expect_job()
+        assert (second.job_id, payload == big) == (ids[1], True)
+        stream.result(second)
+    finally:
+        stream.cancel()
+
+
 def test_a_connect_disconnect_loop_spends_at_most_one_retry_per_retry_delay(node: NodeProcess) -> None:
     # Given a job for a topic only a misbehaving worker consumes
     job_id = add_job(node.stub, "loop/job")

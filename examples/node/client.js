@@ -1,8 +1,15 @@
 // A Jobmesh client in Node.js: adds one job, follows its events with WatchJobs until it
 // finishes, and prints the finished job as JSON.
 //
-//   node client.js --node 127.0.0.1:7710 --bundle DIR --token-file FILE [--payload-text TEXT] [--timeout S]
+//   node client.js --node 127.0.0.1:7710 --bundle DIR --token-file FILE [--payload-text TEXT]
+//                  [--payload-file FILE] [--output-file FILE [--input-file FILE]] [--timeout S]
 //                  TOPIC [NAME=VALUE ...]
+//
+// Payloads of any size work with @grpc/grpc-js's defaults: AddJob sends one message of any
+// size (the node takes up to its jobs.max_payload_bytes), and GetJob inlines payloads only up
+// to 1 MiB; larger ones come with the streaming GetPayload in 1 MiB pieces. --output-file
+// writes the output payload to FILE (--input-file the input payload, as read back from the
+// node) and prints the job without its payloads.
 //
 // --bundle DIR: `jobmesh cluster client --out DIR` (the cluster CA and a client certificate);
 // --token TOKEN or --token-file FILE: a `submit` token (`jobmesh token create --scope submit`);
@@ -11,7 +18,8 @@
 // Exit code 0 when the job SUCCEEDED, 1 when it ended otherwise, 2 on errors and timeouts.
 'use strict';
 
-const { connection, grpc, loadJobmesh, parseArgs, propertyValue, toJson } = require('./jobmesh');
+const fs = require('node:fs');
+const { connection, getPayload, grpc, loadJobmesh, parseArgs, propertyValue, toJson } = require('./jobmesh');
 
 const TERMINAL_EVENTS = new Set([
   'JOB_EVENT_TYPE_FINISHED',
@@ -89,12 +97,23 @@ async function main() {
   const client = new jobmesh.JobService(options.node, credentials, channelOptions);
   const started = Date.now();
   const after = await headSeq(client);
-  const { job } = await unary(client, 'AddJob', {
-    job: { topic, properties, payload: Buffer.from(options['payload-text'], 'utf8') },
-  });
+  const payload = options['payload-file']
+    ? fs.readFileSync(options['payload-file'])
+    : Buffer.from(options['payload-text'], 'utf8');
+  const { job } = await unary(client, 'AddJob', { job: { topic, properties, payload } }, 60);
   process.stderr.write(`added ${job.id} (${job.topic})\n`);
   await waitForEnd(client, job.id, after, Number(options.timeout));
   const finished = (await unary(client, 'GetJob', { job_id: job.id, include_payloads: true, include_log: true })).job;
+  if (finished.payload_omitted) finished.payload = await getPayload(client, job.id, 'PAYLOAD_KIND_INPUT');
+  if (finished.output_payload_omitted) {
+    finished.output_payload = await getPayload(client, job.id, 'PAYLOAD_KIND_OUTPUT');
+  }
+  if (options['output-file']) {
+    fs.writeFileSync(options['output-file'], finished.output_payload);
+    if (options['input-file']) fs.writeFileSync(options['input-file'], finished.payload);
+    delete finished.payload;
+    delete finished.output_payload;
+  }
   process.stderr.write(`finished in ${((Date.now() - started) / 1000).toFixed(2)}s\n`);
   process.stdout.write(`${JSON.stringify(toJson(finished), null, 2)}\n`);
   client.close();

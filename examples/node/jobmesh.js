@@ -84,6 +84,50 @@ function toJson(message) {
   return message;
 }
 
+// CRC-32 (zlib's, the one the protos name) of a Buffer; zlib.crc32 exists from Node.js 20.15 / 22.2.
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc32(buffer) {
+  const zlib = require('node:zlib');
+  if (typeof zlib.crc32 === 'function') return zlib.crc32(buffer) >>> 0;
+  let c = 0xffffffff;
+  for (let i = 0; i < buffer.length; i += 1) c = CRC_TABLE[(c ^ buffer[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/**
+ * A payload of any size with the streaming GetPayload (`kind`: 'PAYLOAD_KIND_INPUT' or
+ * 'PAYLOAD_KIND_OUTPUT'): pieces of at most 1 MiB, each checked, then the whole CRC-32.
+ */
+function getPayload(client, jobId, kind, timeoutS = 60) {
+  return new Promise((resolve, reject) => {
+    const deadline = new Date(Date.now() + timeoutS * 1000);
+    const call = client.GetPayload({ job_id: jobId, kind }, { deadline });
+    const parts = [];
+    let size = 0;
+    let whole = 0;
+    call.on('data', (piece) => {
+      if (piece.offset !== size || crc32(piece.data) !== piece.data_crc32) {
+        call.cancel();
+        reject(new Error(`job ${jobId}: a damaged or misplaced payload piece at offset ${piece.offset}`));
+        return;
+      }
+      parts.push(piece.data);
+      size += piece.data.length;
+      whole = piece.payload_crc32;
+    });
+    call.on('error', reject);
+    call.on('end', () => {
+      const data = Buffer.concat(parts, size);
+      if (crc32(data) !== whole) reject(new Error(`job ${jobId}: the payload does not match its CRC-32`));
+      else resolve(data);
+    });
+  });
+}
+
 // The DNS name every node certificate carries; nodes are dialed by address, so TLS checks this.
 const SERVER_NAME = 'node.jobmesh';
 
@@ -113,6 +157,8 @@ module.exports = {
   grpc,
   LOADER_OPTIONS,
   connection,
+  crc32,
+  getPayload,
   loadJobmesh,
   parseArgs,
   plainValue,

@@ -11,9 +11,14 @@
 // What a job does here (edit `processJob` for real work): `steps` steps (property, default 3)
 // of `step_ms` milliseconds each (default 100), then success with the input payload
 // upper-cased as output. A job with `fail_attempts=N` fails its first N attempts.
+//
+// Payloads of any size work with @grpc/grpc-js's default 4 MiB receive limit: the worker
+// registers `chunked_payloads`, so a payload over 1 MiB arrives as `payload_chunk` messages
+// just before its assignment (`PayloadPieces` joins them and checks the CRC-32s); the output
+// goes back in one `result` (grpc-js sends messages of any size by default).
 'use strict';
 
-const { connection, grpc, loadJobmesh, parseArgs, plainValue } = require('./jobmesh');
+const { connection, crc32, grpc, loadJobmesh, parseArgs, plainValue } = require('./jobmesh');
 
 const RECONNECT_DELAY_MS = 1000;
 
@@ -57,6 +62,55 @@ async function processJob(job, workerName) {
   };
 }
 
+/** The `payload_chunk` pieces of the assignment that follows them, checked as they come. */
+class PayloadPieces {
+  constructor() {
+    this.key = null;
+    this.parts = [];
+    this.size = 0;
+    this.error = null;
+  }
+
+  /** Take one piece; a damaged or misplaced one makes the assignment's payload() throw. */
+  add(chunk) {
+    const key = `${chunk.job_id}/${chunk.attempt}`;
+    if (chunk.offset === 0) {
+      this.key = key;
+      this.parts = [];
+      this.size = 0;
+      this.error = null;
+    }
+    if (this.error) return;
+    if (crc32(chunk.data) !== chunk.data_crc32) {
+      this.error = `job ${chunk.job_id}: the payload piece at offset ${chunk.offset} is damaged`;
+    } else if (this.key !== key || chunk.offset !== this.size) {
+      this.error = `job ${chunk.job_id}: the payload piece at offset ${chunk.offset} is out of order`;
+    } else {
+      this.parts.push(chunk.data);
+      this.size += chunk.data.length;
+    }
+  }
+
+  /** The assignment's whole input payload, inline or joined from the pieces before it, checked. */
+  payload(a) {
+    let data = a.payload;
+    if (a.payload_chunked) {
+      const { key, error } = this;
+      data = Buffer.concat(this.parts, this.size);
+      this.key = null;
+      this.parts = [];
+      this.size = 0;
+      this.error = null;
+      if (key !== `${a.job_id}/${a.attempt}`) throw new Error(`job ${a.job_id}: its payload pieces did not arrive`);
+      if (error) throw new Error(error);
+    }
+    if (data.length !== a.payload_size || crc32(data) !== a.payload_crc32) {
+      throw new Error(`job ${a.job_id}: the input payload does not match its CRC-32`);
+    }
+    return data;
+  }
+}
+
 class Worker {
   constructor(jobmesh, { node, name, topics, concurrency, credentials, channelOptions }) {
     this.client = new jobmesh.WorkerService(node, credentials, channelOptions);
@@ -74,13 +128,27 @@ class Worker {
     const send = (message) => {
       if (!call.writableEnded) call.write(message);
     };
-    send({ register: { name: this.name, topics: this.topics, concurrency: this.concurrency } });
+    // chunked_payloads: payloads over 1 MiB come in pieces, so the default receive limit suffices.
+    send({
+      register: { name: this.name, topics: this.topics, concurrency: this.concurrency, chunked_payloads: true },
+    });
+    const pieces = new PayloadPieces();
 
     call.on('data', (message) => {
       if (message.kind === 'registered') {
         console.log(`registered as ${message.registered.worker_id} on ${message.registered.instance_id}`);
+      } else if (message.kind === 'payload_chunk') {
+        pieces.add(message.payload_chunk);
       } else if (message.kind === 'assignment') {
-        const a = message.assignment;
+        let payload;
+        try {
+          payload = pieces.payload(message.assignment);
+        } catch (error) { // damaged in transit: this attempt fails, and is retried
+          const { job_id, attempt } = message.assignment;
+          send({ result: { job_id, attempt, outcome: 'WORK_OUTCOME_FAILED', message: String(error.message) } });
+          return;
+        }
+        const a = { ...message.assignment, payload };
         const key = `${a.job_id}/${a.attempt}`;
         const controller = new AbortController();
         running.set(key, controller);

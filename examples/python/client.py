@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
 from pathlib import Path
 
 # The committed stubs live in generated/ at the repository root.
@@ -57,6 +58,32 @@ def head_seq(stub: jobs_pb2_grpc.JobServiceStub) -> int:
         call.cancel()
 
 
+def get_payload(stub: jobs_pb2_grpc.JobServiceStub, job_id: str, kind: int) -> bytes:
+    """A payload of any size with GetPayload: pieces of at most 1 MiB, checked with CRC-32."""
+    data, whole = bytearray(), 0
+    for piece in stub.GetPayload(jobs_pb2.GetPayloadRequest(job_id=job_id, kind=kind), timeout=60):
+        if piece.offset != len(data) or zlib.crc32(piece.data) != piece.data_crc32:
+            raise RuntimeError(f"job {job_id}: a damaged or misplaced payload piece")
+        data += piece.data
+        whole = piece.payload_crc32
+    if zlib.crc32(data) != whole:
+        raise RuntimeError(f"job {job_id}: the payload does not match its CRC-32")
+    return bytes(data)
+
+
+def get_job_with_payloads(stub: jobs_pb2_grpc.JobServiceStub, job_id: str) -> jobs_pb2.Job:
+    """The job with its log and both payloads: GetJob inlines payloads of at most 1 MiB (so its
+    answer fits gRPC's default 4 MiB receive limit) and flags the larger ones for GetPayload."""
+    job = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id, include_payloads=True, include_log=True)).job
+    if job.payload_omitted:
+        job.payload = get_payload(stub, job_id, jobs_pb2.PAYLOAD_KIND_INPUT)
+        job.payload_omitted = False
+    if job.output_payload_omitted:
+        job.output_payload = get_payload(stub, job_id, jobs_pb2.PAYLOAD_KIND_OUTPUT)
+        job.output_payload_omitted = False
+    return job
+
+
 def add_and_wait(stub: jobs_pb2_grpc.JobServiceStub, job: jobs_pb2.NewJob, timeout_s: float) -> jobs_pb2.Job:
     """Add `job`, follow its events until it finishes, and return it with its payloads."""
     after = head_seq(stub)
@@ -72,9 +99,7 @@ def add_and_wait(stub: jobs_pb2_grpc.JobServiceStub, job: jobs_pb2.NewJob, timeo
                     detail = f"{event.progress.completed_steps}/{event.progress.total_steps} {detail}"
                 print(f"  {kind:<9} {detail}", file=sys.stderr)
                 if event.type in TERMINAL_EVENTS:
-                    return stub.GetJob(
-                        jobs_pb2.GetJobRequest(job_id=added.id, include_payloads=True, include_log=True)
-                    ).job
+                    return get_job_with_payloads(stub, added.id)
     finally:
         watch.cancel()
     raise RuntimeError("the node closed the event stream")
@@ -86,12 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--node", default="127.0.0.1:7710", help="HOST:PORT of a node")
     parser.add_argument("--payload-text", default="", help="input payload (UTF-8 text)")
+    parser.add_argument("--payload-file", type=Path, help="input payload read from this file (any size)")
+    parser.add_argument(
+        "--output-file", type=Path, help="write the output payload here (and print the job without payloads)"
+    )
+    parser.add_argument(
+        "--input-file", type=Path, help="with --output-file: write the input payload, read back, here"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the job")
     parser.add_argument("topic")
     parser.add_argument("properties", nargs="*", metavar="NAME=VALUE")
     credentials.add_arguments(parser)
     args = parser.parse_args(argv)
-    job = jobs_pb2.NewJob(topic=args.topic, payload=args.payload_text.encode())
+    payload = args.payload_file.read_bytes() if args.payload_file else args.payload_text.encode()
+    # One AddJob message of any size: gRPC sends without a limit by default, and a node takes
+    # up to its jobs.max_payload_bytes (64 MiB by default) in one request.
+    job = jobs_pb2.NewJob(topic=args.topic, payload=payload)
     for item in args.properties:
         name, _, value = item.partition("=")
         job.properties[name].CopyFrom(property_value(value))
@@ -107,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
             return 1
     print(f"finished in {time.monotonic() - started:.2f}s", file=sys.stderr)
+    if args.output_file:
+        args.output_file.write_bytes(finished.output_payload)
+        if args.input_file:
+            args.input_file.write_bytes(finished.payload)
+        finished.ClearField("payload")
+        finished.ClearField("output_payload")
     print(json_format.MessageToJson(finished, indent=2))
     return 0 if finished.state == jobs_pb2.JOB_STATE_SUCCEEDED else 1
 

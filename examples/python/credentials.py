@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--bundle, --token, --token-file, --insecure."""
     group = parser.add_argument_group("credentials")
     group.add_argument(
-        "--bundle", type=Path, help="directory of `jobmesh cluster client --out`: ca.pem, client.pem, client.key"
+        "--bundle",
+        type=Path,
+        help="directory of `jobmesh cluster client --out`: ca.pem, client.pem, client.key",
     )
     group.add_argument("--token", default="", help="bearer token (`jobmesh token create`)")
     group.add_argument("--token-file", type=Path, help="file holding the bearer token")

@@ -13,6 +13,12 @@ plaintext node.)
 What a job does here (edit `process` for real work): `steps` steps (property, default 3)
 of `step_ms` milliseconds each (default 100), then success with the input payload
 upper-cased as output. A job with `fail_attempts=N` fails its first N attempts.
+
+Payloads of any size work with gRPC's default 4 MiB receive limit: the worker registers
+`chunked_payloads`, so a payload over 1 MiB arrives as `payload_chunk` messages before its
+assignment (`PayloadPieces` puts it together and checks its CRC-32); the output goes back in
+the one `result` message (gRPC sends messages of any size by default; the node takes up to
+its payload limit).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import queue
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -46,13 +53,58 @@ def plain(value: jobs_pb2.PropertyValue) -> object:
     return getattr(value, kind) if kind else None
 
 
+class PayloadPieces:
+    """The `payload_chunk` pieces of the assignment that follows them, checked as they come."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, int] | None = None
+        self.data = bytearray()
+        self.error = ""
+
+    def add(self, chunk: workers_pb2.WorkPayloadChunk) -> None:
+        """Take one piece (they come in offset order, back to back, before the assignment); a
+        damaged or misplaced one makes the assignment's `payload()` raise."""
+        key = (chunk.job_id, chunk.attempt)
+        if chunk.offset == 0:
+            self.key, self.data, self.error = key, bytearray(), ""
+        if self.error:
+            return
+        if zlib.crc32(chunk.data) != chunk.data_crc32:
+            self.error = f"job {chunk.job_id}: the payload piece at offset {chunk.offset} is damaged"
+        elif self.key != key or chunk.offset != len(self.data):
+            self.error = f"job {chunk.job_id}: the payload piece at offset {chunk.offset} is out of order"
+        else:
+            self.data += chunk.data
+
+    def payload(self, assignment: workers_pb2.WorkAssignment) -> bytes:
+        """The assignment's whole input payload, inline or from the pieces before it, checked
+        (ValueError if it is damaged or incomplete)."""
+        if assignment.payload_chunked:
+            key, error, data = self.key, self.error, bytes(self.data)
+            self.key, self.data, self.error = None, bytearray(), ""
+            if key != (assignment.job_id, assignment.attempt):
+                raise ValueError(f"job {assignment.job_id}: its payload pieces did not arrive")
+            if error:
+                raise ValueError(error)
+        else:
+            data = assignment.payload
+        if len(data) != assignment.payload_size or zlib.crc32(data) != assignment.payload_crc32:
+            raise ValueError(f"job {assignment.job_id}: the input payload does not match its CRC-32")
+        return data
+
+
 class Job:
     """One assignment and what the job's code can do with it."""
 
     def __init__(
-        self, assignment: workers_pb2.WorkAssignment, send: queue.Queue[workers_pb2.WorkRequest | None]
+        self,
+        assignment: workers_pb2.WorkAssignment,
+        payload: bytes,
+        send: queue.Queue[workers_pb2.WorkRequest | None],
     ):
         self.assignment = assignment
+        self.payload = payload
+        """The whole input payload (reassembled when it came in pieces)."""
         self.id = assignment.job_id
         self.attempt = assignment.attempt
         self.properties = {name: plain(value) for name, value in assignment.properties.items()}
@@ -109,7 +161,7 @@ def process(job: Job, worker_name: str) -> workers_pb2.WorkResult:
     return workers_pb2.WorkResult(
         outcome=workers_pb2.WORK_OUTCOME_SUCCEEDED,
         message=f"processed by {worker_name}",
-        output_payload=job.assignment.payload.upper(),
+        output_payload=job.payload.upper(),
     )
 
 
@@ -129,7 +181,10 @@ class Worker:
         send.put(
             workers_pb2.WorkRequest(
                 register=workers_pb2.WorkerRegistration(
-                    name=self.name, topics=self.topics, concurrency=self.concurrency
+                    name=self.name,
+                    topics=self.topics,
+                    concurrency=self.concurrency,
+                    chunked_payloads=True,  # payloads over 1 MiB in pieces: default limits suffice
                 )
             )
         )
@@ -147,6 +202,7 @@ class Worker:
             running.pop((job.id, job.attempt), None)
             send.put(workers_pb2.WorkRequest(result=result))
 
+        pieces = PayloadPieces()
         with self.connect() as channel:
             stream = workers_pb2_grpc.WorkerServiceStub(channel).Work(requests())
             try:
@@ -157,8 +213,21 @@ class Worker:
                             f"registered as {message.registered.worker_id} on {message.registered.instance_id}",
                             flush=True,
                         )
+                    elif kind == "payload_chunk":
+                        pieces.add(message.payload_chunk)
                     elif kind == "assignment":
-                        job = Job(message.assignment, send)
+                        try:
+                            payload = pieces.payload(message.assignment)
+                        except ValueError as e:  # damaged in transit: this attempt fails (retried)
+                            failed = workers_pb2.WorkResult(
+                                job_id=message.assignment.job_id,
+                                attempt=message.assignment.attempt,
+                                outcome=workers_pb2.WORK_OUTCOME_FAILED,
+                                message=str(e),
+                            )
+                            send.put(workers_pb2.WorkRequest(result=failed))
+                            continue
+                        job = Job(message.assignment, payload, send)
                         running[(job.id, job.attempt)] = job
                         self.pool.submit(run, job)
                     elif kind == "stop":

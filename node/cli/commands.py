@@ -102,7 +102,11 @@ def cmd_jobs(args: argparse.Namespace, client: JobmeshClient) -> int:
 def cmd_job(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh job ID`."""
     want_payloads = args.output is not None or args.payload_out is not None
-    job = client.get_job(args.job_id, include_payloads=want_payloads, include_log=args.log)
+    job = (
+        client.get_job_with_payloads(args.job_id, include_log=args.log)
+        if want_payloads
+        else client.get_job(args.job_id, include_log=args.log)
+    )
     if args.output is not None:
         write_file(args.output, job.output_payload, "output file")
     if args.payload_out is not None:

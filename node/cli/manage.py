@@ -67,11 +67,28 @@ def cmd_stats(args: argparse.Namespace, client: JobmeshClient) -> int:
     """`jobmesh stats`."""
     scope = jobs_pb2.QUERY_SCOPE_TOPOLOGY if args.topology else jobs_pb2.QUERY_SCOPE_LOCAL
     response = client.call(client.jobs.GetStatistics, jobs_pb2.GetStatisticsRequest(scope=scope))
+    if response.partial:
+        names = ", ".join(response.unanswered_instances)
+        sys.stderr.write(
+            f"warning: {len(response.unanswered_instances)} instance(s) did not answer ({names}): "
+            "their attempts and jobs are missing from these figures\n"
+        )
     return respond(args, response, lambda: print_statistics(response, sys.stdout))
 
 
+def _state_name(state: int) -> str:
+    return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")  # type: ignore[arg-type]
+
+
 def print_statistics(response: jobs_pb2.GetStatisticsResponse, out: TextIO) -> None:
-    """Statistics as a table: global, then per queue, then per topic."""
+    """Statistics: the jobs (each once, at its origin), then the attempts where they ran (global,
+    per queue, per topic), then the jobs this origin offloaded."""
+    if response.jobs:
+        out.write("jobs, each counted once at its origin:\n")
+        render.print_table(
+            [(_state_name(c.state), str(c.jobs)) for c in response.jobs], ("STATE", "JOBS"), out
+        )
+        out.write("\nattempts, where they ran (QUEUED and ACTIVE: jobs held there now):\n")
     rows = [("global", "", getattr(response, "global"))]
     rows += [("queue", name, response.queues[name]) for name in sorted(response.queues)]
     rows += [("topic", name, response.topics[name]) for name in sorted(response.topics)]
@@ -108,10 +125,7 @@ def print_statistics(response: jobs_pb2.GetStatisticsResponse, out: TextIO) -> N
     if response.offloaded:
         out.write("\noffloaded jobs (this origin's, by target and state):\n")
         render.print_table(
-            [
-                (c.target_instance, jobs_pb2.JobState.Name(c.state).removeprefix("JOB_STATE_"), str(c.jobs))
-                for c in response.offloaded
-            ],
+            [(c.target_instance, _state_name(c.state), str(c.jobs)) for c in response.offloaded],
             ("TARGET", "STATE", "JOBS"),
             out,
         )

@@ -18,6 +18,11 @@ QUEUE_TYPES = {
     for name, number in queues_pb2.QueueType.items()
     if number != queues_pb2.QUEUE_TYPE_UNSPECIFIED
 }
+SYNC_ISOLATIONS = {
+    name.removeprefix("SYNC_ISOLATION_").lower(): number
+    for name, number in queues_pb2.SyncIsolation.items()
+    if number != queues_pb2.SYNC_ISOLATION_UNSPECIFIED
+}
 HEADER = ("NAME", "TYPE", "STATE", "QUEUED", "ACTIVE", "PARALLEL", "RETRIES", "TOPICS")
 
 
@@ -75,6 +80,11 @@ def add_parsers(sub: Any) -> None:
     )
     setter.add_argument(
         "--ranking", type=int, metavar="N", help="the highest ranking wins among matching queues"
+    )
+    setter.add_argument(
+        "--sync-isolation",
+        choices=sorted(SYNC_ISOLATIONS),
+        help="run sync consumers in threads, or in worker processes killed at the attempt timeout",
     )
 
 
@@ -154,6 +164,8 @@ def _config(args: argparse.Namespace, client: JobmeshClient) -> queues_pb2.Queue
         config.topics.extend(args.topic)
     if args.type is not None:
         config.type = QUEUE_TYPES[args.type]
+    if args.sync_isolation is not None:
+        config.sync_isolation = SYNC_ISOLATIONS[args.sync_isolation]
     for flag, field in (
         ("max_parallel", "max_parallel"),
         ("retries", "retries"),

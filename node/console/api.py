@@ -7,6 +7,7 @@ topology, a topic consumption change forwarded to another instance, stop and rem
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -25,10 +26,13 @@ from jobmesh.v1 import (
     workers_pb2_grpc,
 )
 
+from node.services.chunking import crc32
 from node.transport import Transport
 
 CALL_TIMEOUT_S = 10.0
 PEER_TIMEOUT_S = 2.0
+PAYLOAD_TIMEOUT_S = 300.0
+"""A payload download's whole stream (64 MiB to a slow browser)."""
 
 JOBS = "/jobmesh.v1.JobService/"
 QUEUES = "/jobmesh.v1.QueueService/"
@@ -118,6 +122,31 @@ class NodeApi:
         request = jobs_pb2.GetJobRequest(job_id=job_id, include_log=True, include_payloads=payloads)
         job: jobs_pb2.Job = (await self.call("jobs", "GetJob", request)).job
         return job
+
+    async def payload(self, job_id: str, output: bool) -> AsyncIterator[jobs_pb2.GetPayloadResponse]:
+        """A job's input or output payload as GetPayload's pieces (at most 1 MiB each), each
+        checked in order; ApiError (DATA_LOSS for a damaged piece or whole) on failure."""
+        kind = jobs_pb2.PAYLOAD_KIND_OUTPUT if output else jobs_pb2.PAYLOAD_KIND_INPUT
+        call = self._stub("jobs").GetPayload(
+            jobs_pb2.GetPayloadRequest(job_id=job_id, kind=kind), timeout=PAYLOAD_TIMEOUT_S
+        )
+        offset, whole, claimed = 0, 0, 0
+        try:
+            async for piece in call:
+                if piece.offset != offset or crc32(piece.data) != piece.data_crc32:
+                    raise ApiError(grpc.StatusCode.DATA_LOSS, f"job {job_id}: a damaged payload piece")
+                offset, whole, claimed = (
+                    offset + len(piece.data),
+                    crc32(piece.data, whole),
+                    piece.payload_crc32,
+                )
+                yield piece
+        except grpc.aio.AioRpcError as e:
+            raise ApiError(e.code(), e.details() or e.code().name) from e
+        finally:
+            call.cancel()
+        if whole != claimed:
+            raise ApiError(grpc.StatusCode.DATA_LOSS, f"job {job_id}: the payload does not match its CRC-32")
 
     async def statistics(self) -> jobs_pb2.GetStatisticsResponse:
         """This node's statistics."""

@@ -8,6 +8,7 @@ control only when the session's scopes allow the RPC behind it. The POST side is
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -17,15 +18,18 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from jobmesh.v1 import jobs_pb2
 
-from node.console import actions, cluster_views, views
+from node.console import actions, cluster_views, history, views
 from node.console.api import ApiError
 from node.console.auth import SESSION_COOKIE, SIGNIN_COOKIE, Session
 from node.console.html import esc, page, state_name, url, when
 from node.console.live import MAX_STREAM_JOBS
+from node.journal.events import EventStore
 from node.security import tokens
 
 if TYPE_CHECKING:
     from node.console.console import Console
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGE_SIZE = 25
@@ -65,6 +69,7 @@ class Pages:
         self.console = console
         self.auth = console.auth
         self.api = console.api
+        self.events = EventStore(console.parts.journal)
 
     def signed_in(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """`handler` for signed-in sessions; others are sent to the sign-in page."""
@@ -164,10 +169,15 @@ class Pages:
         return html(page("Jobs", body, session, "/jobs", stream=stream, flash=q.get("done", "")))
 
     async def job(self, request: web.Request, session: Session) -> web.StreamResponse:
+        before = history.before_seq(request.query)
         job = await self.api.get_job(request.match_info["id"])
         view = await self.api.topology()
         allowed = {name: self.auth.may(session, method) for name, method in actions.JOB_METHODS.items()}
-        body = views.job(job, view, session, allowed, request.path)
+        # GetJob reads this node's journal, so its events are here too (mirrored from the target).
+        events = await self.events.job_history(job.id, before, history.HISTORY_PAGE + 1)
+        body = views.job(job, view, session, allowed, request.path) + history.section(
+            events, request.path, before == 0, views.names_of(view)
+        )
         stream = f"/streams/jobs?job={job.id}"
         return html(
             page(
@@ -176,15 +186,28 @@ class Pages:
         )
 
     async def payload(self, request: web.Request, session: Session) -> web.StreamResponse:
-        job = await self.api.get_job(request.match_info["id"], payloads=True)
+        """A payload download, streamed piece by piece from GetPayload (none held whole here)."""
+        job_id = request.match_info["id"]
         output = request.path.endswith("/output")
-        data = job.output_payload if output else job.payload
-        name = f"{job.id}-{'output' if output else 'payload'}.bin"
-        return web.Response(
-            body=data,
-            content_type="application/octet-stream",
+        pieces = aiter(self.api.payload(job_id, output))
+        first = await anext(pieces)  # an ApiError here (NOT_FOUND, DATA_LOSS) is an error page
+        name = f"{job_id}-{'output' if output else 'payload'}.bin"
+        response = web.StreamResponse(
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
+        response.content_type = "application/octet-stream"
+        response.content_length = first.total_size
+        await response.prepare(request)
+        try:
+            await response.write(first.data)
+            async for piece in pieces:
+                await response.write(piece.data)
+        except ApiError as e:  # too late for an error page: cut the download short
+            log.warning("console: download of job %s's payload failed: %s", job_id, e.message)
+            response.force_close()
+            return response
+        await response.write_eof()
+        return response
 
     async def queues(self, request: web.Request, session: Session) -> web.StreamResponse:
         rows = await self.api.queues()
@@ -223,6 +246,7 @@ class Pages:
                         "state": state_name(job.state),
                         "message": job.result_message,
                         "log": [[when(line.time), line.message] for line in job.log],
+                        "log_count": job.log_line_count,
                     }
                 )
                 if p.total_steps:

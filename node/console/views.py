@@ -237,7 +237,8 @@ def jobs(
 def job(
     j: jobs_pb2.Job, view: topology_pb2.TopologyView, session: Session, allowed: Mapping[str, bool], back: str
 ) -> str:
-    """One job: progress and ETA, properties, origin and target, log, downloads, actions."""
+    """One job: progress and ETA, properties, origin and target, log, downloads, actions (its
+    event history is `history.section`)."""
     names = names_of(view)
     done, total = j.progress.completed_steps, j.progress.total_steps
     eta = when(j.progress.eta) if j.progress.HasField("eta") else ""
@@ -287,8 +288,7 @@ def job(
         + (f'<div class="actions">{controls}</div>' if controls else "")
         + "<h2>Properties</h2>"
         + props
-        + f"<h2>Log ({j.log_line_count} lines)</h2><ol id=log class=log>{log}</ol>"
-        + "<h2>Events (live)</h2><ol id=events class=log></ol>"
+        + f"<h2>Log (<span id=log-count>{j.log_line_count}</span> lines)</h2><ol id=log class=log>{log}</ol>"
     )
 
 

@@ -3,7 +3,8 @@
 A consumer is a callable `handler(job, context)` returning a `JobResult` or None (None
 means succeeded), plain or `async def`; or a class whose instances have such a
 `process` method. Raising an exception ends the job in ERROR with the exception's text.
-Sync consumers run in the node's consumer thread pool, async ones on the event loop.
+Sync consumers run in the node's consumer thread pool (or, in a queue with `sync_isolation =
+"process"`, in its worker processes: node.jobs.processes), async ones on the event loop.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Consumer:
     dispatches: bool = False
     """True: the handler itself tells the context when the job reached whoever runs it
     (`JobContext.mark_dispatched`; remote workers), so the attempt timeout starts then."""
+    spec: str | None = None
+    """`package.module:callable` naming the handler, when it can be imported by that name (what a
+    worker process of a `sync_isolation = "process"` queue loads); None: it cannot."""
 
 
 def _resolve_callable(target: Any, name: str) -> tuple[Handler, bool]:
@@ -82,6 +86,26 @@ class Capacity(Protocol):
         ...
 
 
+def spec_of(handler: Any) -> str | None:
+    """`module:qualname` of a function or class defined at a module's top level, else None
+    (lambdas, nested functions, bound methods, callable instances, `__main__`'s objects)."""
+    if inspect.ismethod(handler) or not (inspect.isfunction(handler) or inspect.isclass(handler)):
+        return None
+    module, qualname = handler.__module__, handler.__qualname__
+    if not module or module == "__main__" or "<" in qualname:
+        return None
+    return f"{module}:{qualname}"
+
+
+def resolve_consumer(spec: str) -> Handler:
+    """The handler `spec` names, as `ConsumerRegistry.register` would run it (a class is
+    instantiated and its `process` used); for worker processes. Raises ConsumerLoadError."""
+    handler, is_async = _resolve_callable(load_handler(spec), spec)
+    if is_async:
+        raise ConsumerLoadError(f"consumer {spec!r} is async; worker processes run sync consumers only")
+    return handler
+
+
 def find_consumer(consumers: Sequence[Consumer], topic: str) -> Consumer | None:
     """The consumer among `consumers` whose matching pattern is most specific, or None."""
     best: tuple[tuple[int, int], Consumer] | None = None
@@ -122,16 +146,23 @@ class ConsumerRegistry:
         """Set by a provider of bounded consumers (node.jobs.remote.RemoteWorkers)."""
 
     def register(
-        self, patterns: Iterable[str], handler: Any, name: str | None = None, *, dispatches: bool = False
+        self,
+        patterns: Iterable[str],
+        handler: Any,
+        name: str | None = None,
+        *,
+        dispatches: bool = False,
+        spec: str | None = None,
     ) -> Consumer:
         """Register `handler` (function, coroutine function, or class) for topic patterns
-        (`dispatches`: see `Consumer.dispatches`)."""
+        (`dispatches`, `spec`: see `Consumer`; the spec defaults to the handler's own
+        `module:qualname` when it has one)."""
         parsed = tuple(TopicPattern.parse(p) for p in patterns)
         if not parsed:
             raise InvalidArgument("a consumer needs at least one topic pattern")
         label = name or str(getattr(handler, "__qualname__", repr(handler)))
         resolved, is_async = _resolve_callable(handler, label)
-        consumer = Consumer(parsed, resolved, label, is_async, dispatches)
+        consumer = Consumer(parsed, resolved, label, is_async, dispatches, spec or spec_of(handler))
         self._consumers.append(consumer)
         self._changed()
         return consumer

@@ -55,6 +55,7 @@ def _queue_to_json(config: QueueConfig) -> dict[str, object]:
     data = asdict(config)
     data.pop("patterns")
     data["type"] = config.type.value
+    data["sync_isolation"] = config.sync_isolation.value
     data["topics"] = list(config.topics)
     return data
 
@@ -273,9 +274,27 @@ class JobManager:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def get_job(self, job_id: str, *, include_payloads: bool = False, include_log: bool = False) -> Job:
-        """The job with `job_id` (JobNotFound if there is none)."""
-        return await self.store.get_job(job_id, include_payloads=include_payloads, include_log=include_log)
+    async def get_job(
+        self,
+        job_id: str,
+        *,
+        include_payloads: bool = False,
+        include_log: bool = False,
+        inline_limit: int | None = None,
+    ) -> Job:
+        """The job with `job_id` (JobNotFound if there is none); with `include_payloads`, its
+        payloads of at most `inline_limit` bytes (None: all)."""
+        return await self.store.get_job(
+            job_id, include_payloads=include_payloads, include_log=include_log, inline_limit=inline_limit
+        )
+
+    async def get_payload(self, job_id: str, kind: int) -> bytes | None:
+        """A job's verified payload of `kind` (PAYLOAD_INPUT/OUTPUT; None: it has none);
+        JobNotFound for an unknown job, PayloadDamaged for a damaged one."""
+        payload = await self.store.get_payload(job_id, kind)
+        if payload is None:
+            await self.store.get_job(job_id)  # JobNotFound when there is no such job at all
+        return payload
 
     async def find_jobs(self, query: JobQuery) -> JobPage:
         """A page of jobs matching `query`."""

@@ -9,7 +9,9 @@ for the worker's result. A worker never has more jobs than its concurrency, and 
 QUEUED while every matching worker is busy: the queue runners claim only what the workers'
 free slots admit (`RemoteWorkers.admission`, through `ConsumerRegistry.admission`), so ACTIVE
 means a worker holds the job, and the attempt timeout starts when the job is sent
-(`JobContext.mark_dispatched`). Two queues claiming for the same last slot at once is the one
+(`JobContext.mark_dispatched`). At the timeout the worker gets a `Stop` (the context's stop
+listener) and the attempt ends only when the worker answers or disconnects: its slot, still
+taken by the assignment, is not reused meanwhile (see `QueueRunner._execute_within`). Two queues claiming for the same last slot at once is the one
 case where a claimed job still waits here, ACTIVE, for the next free slot.
 
 Bounds (the `workers` settings): a registered concurrency above `max_concurrency` is
@@ -123,8 +125,10 @@ class RemoteWorker:
 
     def holds(self, job: Job) -> bool:
         """True while the worker still holds an earlier attempt of `job` with the same number
-        (a user retried it after that attempt timed out): its late reports must not pass for
-        the new attempt's, so the new one goes elsewhere or waits."""
+        (a user retried it after that attempt was re-queued at a shutdown that the worker
+        outlived): its late reports must not pass for the new attempt's, so the new one goes
+        elsewhere or waits. (A timed-out attempt never gets here: the runner ends it only once
+        the worker answered it or went away.)"""
         return (job.id, job.attempt) in self._assignments
 
     def accepts(self, topic: str) -> bool:
@@ -142,7 +146,7 @@ class RemoteWorker:
         if assignment is None:
             return False
         self.inflight_bytes -= _payload_bytes(assignment.job)
-        if not assignment.result.done():  # done: the attempt timed out or the node shut down
+        if not assignment.result.done():  # done: the node shut down, the attempt was cancelled
             assignment.result.set_result(result)
         return True
 
@@ -166,9 +170,10 @@ class RemoteWorker:
         try:
             return await assignment.result
         except asyncio.CancelledError:
-            # The attempt timed out or the node is shutting down. The worker is still busy with
-            # the job, so its slot stays taken until it reports (its late result is ignored).
-            self._stop(key, "the attempt timed out or the node is shutting down")
+            # The node is shutting down (a timeout does not cancel: the runner sends the stop
+            # through the context and waits for the worker's answer). The worker is still busy
+            # with the job, so its slot stays taken until it reports (its late result is ignored).
+            self._stop(key, "the node is shutting down")
             raise
 
     def _stop(self, key: tuple[str, int], reason: str) -> None:

@@ -2,7 +2,8 @@
 
 One runner per queue. It keeps at most the queue's parallelism of jobs running, claims jobs
 in batches (one group-committed transaction for many) in the order its queue type asks
-for, applies the attempt timeout, and writes each result through the journal's writer,
+for, applies the attempt timeout (ending an attempt only once nothing runs it any more: one
+attempt of a job at a time), and writes each result through the journal's writer,
 which commits many results together. No job is held in memory beyond the running ones.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -20,13 +19,15 @@ from typing import Any
 
 from node.errors import ConsumerGone, PayloadDamaged, Unavailable
 from node.instance import now_us
-from node.jobs.consumers import ConsumerRegistry
+from node.jobs.consumers import Consumer, ConsumerRegistry
 from node.jobs.context import Deferred, JobContext
+from node.jobs.processes import ProcessAttempt, ProcessPool
+from node.jobs.threads import ThreadResults
 from node.journal.claims import NO_HOLD, Hold
 from node.journal.jobs import JobStore
 from node.journal.records import AttemptReport
 from node.model.job import Job, JobResult, Outcome
-from node.model.queues import QueueConfig, QueueType
+from node.model.queues import QueueConfig, QueueType, SyncIsolation
 
 log = logging.getLogger(__name__)
 
@@ -37,60 +38,6 @@ class _Running:
     context: JobContext
     task: asyncio.Task[None]
     finishing: bool = False  # the consumer returned; its result is being committed
-
-
-class _ThreadResults:
-    """Runs sync consumers in a thread pool and hands their results back to the loop in batches.
-
-    `loop.run_in_executor` chains a concurrent future and wakes the loop (a write to its
-    self-pipe) once per call; with many short jobs that dominates their cost. Here a pool
-    thread queues its outcome and only the first outcome of a batch wakes the loop, which
-    then resolves every queued one. Cancelling the returned future cancels the call if it
-    has not started, as with `run_in_executor`.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
-        self._loop = loop
-        self._executor = executor
-        self._done: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
-        self._lock = threading.Lock()
-        self._wakeup_pending = False
-
-    def run(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Call `function(*args)` in the pool (on the loop); the future resolves on the loop."""
-        future: asyncio.Future[Any] = self._loop.create_future()
-        work = self._executor.submit(self._call, future, function, *args)
-        future.add_done_callback(lambda f: work.cancel() if f.cancelled() else None)
-        return future
-
-    def _call(self, future: asyncio.Future[Any], function: Callable[..., Any], *args: Any) -> None:
-        # In a pool thread.
-        try:
-            outcome = (future, True, function(*args))
-        except BaseException as e:  # handed to the awaiting task, as run_in_executor does
-            outcome = (future, False, e)
-        self._done.append(outcome)
-        with self._lock:
-            if self._wakeup_pending:
-                return  # the pending _deliver takes this outcome too
-            self._wakeup_pending = True
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(self._deliver)
-
-    def _deliver(self) -> None:
-        # On the loop. Clear the flag first: an outcome queued after this is either taken
-        # below or schedules another _deliver.
-        with self._lock:
-            self._wakeup_pending = False
-        done = self._done
-        while done:
-            future, ok, value = done.popleft()
-            if future.done():  # cancelled meanwhile
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
 
 
 ContextFactory = Callable[[Job], JobContext]
@@ -126,11 +73,15 @@ class QueueRunner:
         self.suspended = suspended
         self._running: dict[str, _Running] = {}
         self._report_batch: tuple[list[AttemptReport], asyncio.Future[list[bool]]] | None = None
-        self._thread_results: _ThreadResults | None = None
+        self._thread_results: ThreadResults | None = None
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_topic = ""
+        self._pool: ProcessPool | None = None
+        """Worker processes for sync consumers while the queue isolates them (sync_isolation)."""
+        self._old_pools: list[ProcessPool] = []  # retired by a reconfiguration; closed at stop
+        self._process_attempts: dict[str, ProcessAttempt] = {}  # job id -> attempt in a process
 
     @property
     def name(self) -> str:
@@ -144,7 +95,8 @@ class QueueRunner:
 
     def start(self) -> None:
         """Start claiming and running jobs."""
-        self._thread_results = _ThreadResults(asyncio.get_running_loop(), self._executor)
+        self._thread_results = ThreadResults(asyncio.get_running_loop(), self._executor)
+        self._sync_pool()
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"queue-{self.name}")
 
     def wake(self) -> None:
@@ -154,7 +106,20 @@ class QueueRunner:
     def reconfigure(self, config: QueueConfig) -> None:
         """Apply a new configuration (takes effect for the next jobs claimed)."""
         self.config = config
+        self._sync_pool()
         self.wake()
+
+    def _sync_pool(self) -> None:
+        """Start, resize or retire the worker processes as the config's sync_isolation says."""
+        isolated = self.config.sync_isolation is SyncIsolation.PROCESS
+        if isolated and self._pool is None:
+            self._pool = ProcessPool(self.name, self.config.parallelism)
+        elif isolated and self._pool is not None:
+            self._pool.resize(self.config.parallelism)
+        elif self._pool is not None:  # running jobs finish in their processes
+            self._pool.retire()
+            self._old_pools.append(self._pool)
+            self._pool = None
 
     def set_suspended(self, suspended: bool) -> None:
         """Suspend (running jobs finish, none starts) or resume."""
@@ -187,12 +152,19 @@ class QueueRunner:
         if leftovers:
             for running in leftovers:
                 running.context.request_stop()
+                attempt = self._process_attempts.get(running.job.id)
+                if attempt is not None:
+                    attempt.kill()  # a process need not be waited for, unlike a thread
                 running.task.cancel()
             await asyncio.gather(*(r.task for r in leftovers), return_exceptions=True)
             requeued = await self._store.requeue_active(
                 [(r.job.id, r.job.claim) for r in leftovers], now_us()
             )
             log.info("queue %s: re-queued %d jobs still running at shutdown", self.name, requeued)
+        pools = [*self._old_pools, *([self._pool] if self._pool is not None else [])]
+        self._pool, self._old_pools = None, []
+        for pool in pools:  # no worker process outlives the node
+            await asyncio.to_thread(pool.close)
 
     def _free_slots(self) -> int:
         if self.config.type is QueueType.ORDERED:
@@ -251,14 +223,14 @@ class QueueRunner:
             context.request_stop()
 
     async def _run(self, job: Job, context: JobContext) -> None:
-        config = self.config
+        config, pool = self.config, self._pool
         try:
             # A per-job timeout of 0 means none, even on a queue with a timeout.
             timeout_s = job.timeout_us / 1e6 if job.timeout_us is not None else config.timeout_s
             if timeout_s:
-                result = await self._execute_within(job, context, timeout_s)
+                result = await self._execute_within(job, context, timeout_s, pool)
             else:
-                result = await self._execute(job, context)
+                result = await self._execute(job, context, pool)
             if result is None:  # no consumer took the job: it waits for one, no retry spent
                 if await self._release(job):
                     return
@@ -287,26 +259,104 @@ class QueueRunner:
                 self._consumers.settled(job.id)
             self._wakeup.set()
 
-    async def _execute_within(self, job: Job, context: JobContext, timeout_s: float) -> JobResult | None:
+    async def _execute_within(
+        self, job: Job, context: JobContext, timeout_s: float, pool: ProcessPool | None
+    ) -> JobResult | None:
         """`_execute` with the attempt timeout, counted from dispatch: for a consumer that
-        hands the job on (a remote worker), from when it was sent, not from the claim."""
-        execution = asyncio.ensure_future(self._execute(job, context))
+        hands the job on (a remote worker), from when it was sent, not from the claim.
+
+        At the timeout the consumer is told to stop (`JobContext.request_stop`). An async
+        consumer is cancelled too, and a sync one in a worker process (`pool`) has its process
+        killed. A sync one in a thread cannot be stopped, and a remote worker may still be busy
+        with the job: the attempt ends only once the thread has returned or the worker answered
+        or went away, so the job stays ACTIVE, its slot taken, and its retry cannot run beside
+        the old attempt (one attempt of a job at a time, anywhere).
+        """
+        consumer = self._consumers.find(job.topic)
+        # Only a coroutine on this loop can be cut off; anything running elsewhere is awaited.
+        cancellable = consumer is not None and consumer.is_async and not consumer.dispatches
+        # A worker process reports when it has the job: its start-up is not the job's time.
+        isolated = pool is not None and consumer is not None and not consumer.is_async
+        execution = asyncio.ensure_future(self._execute(job, context, pool))
+        deadline: asyncio.Timeout | None = None
         try:
-            consumer = self._consumers.find(job.topic)
-            if consumer is not None and consumer.dispatches:
+            if consumer is not None and (consumer.dispatches or isolated):
                 dispatched: asyncio.Future[Any] = context.dispatched()
                 await asyncio.wait([execution, dispatched], return_when=asyncio.FIRST_COMPLETED)
-            deadline = asyncio.timeout(timeout_s)  # not wait_for: see docs/architecture.md
-            async with deadline:
-                return await execution
-        except TimeoutError:
+            deadline = asyncio.timeout(timeout_s)
+            async with deadline:  # not wait_for: see docs/architecture.md
+                result = await (execution if cancellable else asyncio.shield(execution))
             if not deadline.expired():
+                return result
+            # An async consumer that swallowed its cancellation: its late result does not count.
+        except TimeoutError:
+            if deadline is None or not deadline.expired():
                 raise  # not ours (the consumer's own TimeoutError is a result, see _execute)
+        except BaseException:
+            if not execution.done():  # this attempt was cancelled (shutdown): so is its consumer
+                execution.cancel()
+            raise
+        try:
             context.request_stop()
+            attempt = self._process_attempts.get(job.id)
+            if attempt is not None and attempt.kill():  # the hard time limit: ends the attempt now
+                with contextlib.suppress(Exception):
+                    await execution
+                return JobResult.failed(f"timed out after {timeout_s:g}s (worker process killed)")
+            if not execution.done():
+                await self._await_overrun(job, execution, timeout_s)
             return JobResult.failed(f"timed out after {timeout_s:g}s")
         finally:
             if not execution.done():  # this attempt was cancelled (shutdown): so is its consumer
                 execution.cancel()
+
+    async def _await_overrun(
+        self, job: Job, execution: asyncio.Future[JobResult | None], timeout_s: float
+    ) -> None:
+        """Wait for a timed-out consumer that was told to stop but runs on (logged once)."""
+        log.warning(
+            "queue %s: job %s (attempt %d) did not return at its %gs timeout; told to stop, it stays "
+            "ACTIVE and is retried only once its consumer has returned",
+            self.name,
+            job.id,
+            job.attempt,
+            timeout_s,
+        )
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with contextlib.suppress(Exception):  # its result no longer counts: the attempt timed out
+            await execution
+        log.info(
+            "queue %s: job %s (attempt %d) returned %.1fs after its timeout",
+            self.name,
+            job.id,
+            job.attempt,
+            loop.time() - began,
+        )
+
+    async def _execute_in_process(
+        self, pool: ProcessPool, consumer: Consumer, job: Job, context: JobContext
+    ) -> object:
+        """What a sync consumer returned in one of the queue's worker processes."""
+        if consumer.spec is None:
+            return JobResult.cancelled(
+                f"consumer {consumer.name} cannot run in a worker process (queue {self.name} has "
+                "sync_isolation = process): register a top-level function or class, or name it "
+                "as package.module:callable"
+            )
+        loop = asyncio.get_running_loop()
+
+        def dispatched() -> None:  # in the consumer thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(context.mark_dispatched)
+
+        attempt = self._process_attempts[job.id] = ProcessAttempt()
+        try:
+            assert self._thread_results is not None, "QueueRunner.start() was not called"
+            return await self._thread_results.run(pool.run, consumer.spec, job, context, attempt, dispatched)
+        finally:
+            if self._process_attempts.get(job.id) is attempt:
+                del self._process_attempts[job.id]
 
     def _report(self, report: AttemptReport) -> asyncio.Future[list[bool]]:
         """Queue a result; all results reported in one pass of the loop commit as one operation."""
@@ -350,7 +400,7 @@ class QueueRunner:
             self.wake()
         return released
 
-    async def _execute(self, job: Job, context: JobContext) -> JobResult | None:
+    async def _execute(self, job: Job, context: JobContext, pool: ProcessPool | None) -> JobResult | None:
         """The consumer's result; None when no consumer took the job (see `ConsumerGone`)."""
         consumer = self._consumers.find(job.topic)
         if consumer is None:
@@ -368,6 +418,8 @@ class QueueRunner:
                 context.job = job
             if consumer.is_async:
                 result = await consumer.handler(job, context)  # type: ignore[misc]
+            elif pool is not None:
+                result = await self._execute_in_process(pool, consumer, job, context)
             else:
                 assert self._thread_results is not None, "QueueRunner.start() was not called"
                 result = await self._thread_results.run(consumer.handler, job, context)

@@ -9,9 +9,13 @@ from dataclasses import dataclass
 
 from node.journal.journal import Journal
 from node.journal.recorder import EVENT_COLUMNS, row_to_event
-from node.model.events import EventFilter, JobEvent
+from node.model.events import EventFilter, EventType, JobEvent
 
 READ_BATCH = 1000
+HISTORY_PAGE = 50
+"""Events of one job per page of its history."""
+MAX_SEQ = 2**63 - 1
+_PROGRESS = int(EventType.PROGRESS)
 COALESCE_BELOW = 100
 COALESCE_S = 0.005
 
@@ -48,6 +52,32 @@ class EventStore:
             rows = conn.execute(
                 f"SELECT {EVENT_COLUMNS} FROM job_events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
+            ).fetchall()
+            return [row_to_event(r) for r in rows]
+
+        return await self.journal.read(select)
+
+    async def job_history(
+        self, job_id: str, before_seq: int = 0, limit: int = HISTORY_PAGE
+    ) -> list[JobEvent]:
+        """The retained lifecycle events of one job (every type but PROGRESS), newest first: at
+        most `limit`, those with seq below `before_seq` when it is positive (the next page
+        starts below the last one's seq).
+
+        Reads a range of the `job_events_job` index (schema v8): the cost is the page's, not
+        the number of events in the journal. PROGRESS events are not indexed (a job may have a
+        million): the job's row holds its current progress, WatchJobs streams them.
+        """
+        if limit <= 0:
+            return []
+        upper = before_seq if before_seq > 0 else MAX_SEQ
+
+        def select(conn: sqlite3.Connection) -> list[JobEvent]:
+            # `type != 3` repeats the index's condition: SQLite uses a partial index only then.
+            rows = conn.execute(
+                f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND type != {_PROGRESS} AND seq < ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (job_id, upper, limit),
             ).fetchall()
             return [row_to_event(r) for r in rows]
 

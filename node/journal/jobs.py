@@ -108,8 +108,19 @@ class JobStore(Claims, Attempts, Controls):
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def get_job(self, job_id: str, *, include_payloads: bool = False, include_log: bool = False) -> Job:
-        """The job with `job_id`, or JobNotFound."""
+    async def get_job(
+        self,
+        job_id: str,
+        *,
+        include_payloads: bool = False,
+        include_log: bool = False,
+        inline_limit: int | None = None,
+    ) -> Job:
+        """The job with `job_id`, or JobNotFound; with `include_payloads`, those of its payloads
+        that are at most `inline_limit` bytes (None: all) are read with it, the others not."""
+
+        def fits(size: int) -> bool:
+            return inline_limit is None or size <= inline_limit
 
         def select(conn: sqlite3.Connection) -> Job:
             row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -120,8 +131,12 @@ class JobStore(Claims, Attempts, Controls):
                 integrity = self.journal.integrity
                 job = replace(
                     job,
-                    payload=read_payload(conn, integrity, job_id, job.seq, PAYLOAD_INPUT) or b"",
-                    output_payload=read_payload(conn, integrity, job_id, job.seq, PAYLOAD_OUTPUT) or b"",
+                    payload=read_payload(conn, integrity, job_id, job.seq, PAYLOAD_INPUT) or b""
+                    if fits(job.payload_size)
+                    else None,
+                    output_payload=read_payload(conn, integrity, job_id, job.seq, PAYLOAD_OUTPUT) or b""
+                    if fits(job.output_payload_size)
+                    else None,
                 )
             if include_log:
                 lines = conn.execute(
@@ -132,18 +147,18 @@ class JobStore(Claims, Attempts, Controls):
 
         return await self.journal.read(select)
 
-    async def get_payload(self, job_id: str) -> bytes | None:
-        """The verified input payload of a job (None if it has none), or PayloadDamaged."""
+    async def get_payload(self, job_id: str, kind: int = PAYLOAD_INPUT) -> bytes | None:
+        """The verified payload of `kind` of a job (None if it has none), or PayloadDamaged."""
         row = await self.journal.read(
             lambda c: c.execute(
                 "SELECT data, crc32 FROM payloads JOIN jobs ON jobs.seq = payloads.job_seq "
                 "WHERE jobs.id = ? AND kind = ?",
-                (job_id, PAYLOAD_INPUT),
+                (job_id, kind),
             ).fetchone()
         )
         if row is None:
             return None
-        return self.journal.integrity.verify(job_id, PAYLOAD_INPUT, bytes(row["data"]), row["crc32"])
+        return self.journal.integrity.verify(job_id, kind, bytes(row["data"]), row["crc32"])
 
     async def find_jobs(self, query: JobQuery) -> JobPage:
         """One page of jobs matching `query`, with the total count over all pages."""

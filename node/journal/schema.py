@@ -163,6 +163,14 @@ MIGRATIONS: tuple[str, ...] = (
     # v7: every job's properties by name, typed value and topic, searched by FindJobs templates;
     # written with the job's row by its writers (node/journal/property_index.py).
     PROPERTY_INDEX,
+    # v8: one job's history (the console's job page, node/journal/events.py `job_history`)
+    # without scanning every event: the rowid (seq) ends each entry, so a page is a range of
+    # the index in seq order. PROGRESS events stay out of it: a job may report millions of
+    # them, at a rate no other event has, and an indexed PROGRESS event cost 2.5x an unindexed
+    # one; the job's row holds its current progress (docs/benchmarks.md, "A job's event history").
+    """
+    CREATE INDEX job_events_job ON job_events (job_id) WHERE type != 3;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -65,6 +65,9 @@ class StatisticsReport:
     topics: dict[str, Statistics] = field(default_factory=dict)
     offloaded: dict[tuple[str, JobState], int] = field(default_factory=dict)
     """(target instance, state) -> how many jobs this origin offloaded there are in that state."""
+    jobs: dict[JobState, int] = field(default_factory=dict)
+    """State -> how many jobs this node is the origin of are in it (each job once, wherever it
+    ran: the counters above count attempts where they ran)."""
 
 
 _COUNTERS = tuple(f.name for f in fields(StatsDelta))  # job_stats columns, in order
@@ -96,12 +99,17 @@ async def read_statistics(journal: Journal, local_id: str | None = None) -> Stat
             ):
                 setattr(stats, attribute, getattr(stats, attribute) + count)
         if local_id is not None:
+            # One pass over this origin's jobs gives both views: each job once by state, and the
+            # offloaded ones by target.
             for target, state, count in conn.execute(
-                "SELECT target, state, count(*) FROM jobs WHERE origin = ? AND target IS NOT NULL "
-                "AND target != ? GROUP BY target, state",
-                (local_id, local_id),
+                "SELECT CASE WHEN target IS NULL OR target = ?1 THEN NULL ELSE target END AS elsewhere, "
+                "state, count(*) FROM jobs WHERE origin = ?1 GROUP BY elsewhere, state",
+                (local_id,),
             ):
-                report.offloaded[(target, JobState(state))] = count
+                job_state = JobState(state)
+                report.jobs[job_state] = report.jobs.get(job_state, 0) + count
+                if target is not None:
+                    report.offloaded[(target, job_state)] = count
         return report
 
     return await journal.read(select)

@@ -47,6 +47,17 @@ class QueueType(Enum):
     """Jobs run in parallel, taking turns between topics so one busy topic cannot starve the others."""
 
 
+class SyncIsolation(Enum):
+    """Where a queue runs its sync (plain `def`) consumers, and so what its attempt timeout can do."""
+
+    THREAD = "thread"
+    """In the node's consumer thread pool: at the timeout the consumer is told to stop, and its
+    attempt (so its retry) waits until the thread has returned."""
+    PROCESS = "process"
+    """In a pool of worker processes (spawned, `max_parallel` of them): at the timeout the
+    worker process is killed (SIGKILL) and replaced, so the attempt ends then."""
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     """One queue's configuration. Build from TOML/API values with `QueueConfig.create`."""
@@ -73,6 +84,8 @@ class QueueConfig:
     """Offloading: run jobs on the node where they were added when it can."""
     ranking: int = 0
     """When several queues match a topic, the highest ranking wins."""
+    sync_isolation: SyncIsolation = SyncIsolation.THREAD
+    """Where sync consumers of this queue run: threads (default) or killable worker processes."""
     patterns: tuple[TopicPattern, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
@@ -81,6 +94,12 @@ class QueueConfig:
         try:
             if "type" in values and not isinstance(values["type"], QueueType):
                 values["type"] = QueueType(str(values["type"]).lower())
+            isolation = values.get("sync_isolation")
+            if isolation is not None and not isinstance(isolation, SyncIsolation):
+                try:
+                    values["sync_isolation"] = SyncIsolation(str(isolation).lower())
+                except ValueError:
+                    raise ValueError(f"sync_isolation is {isolation!r}; use 'thread' or 'process'") from None
             if "topics" in values:
                 topics = values["topics"]
                 if isinstance(topics, str) or not all(isinstance(t, str) for t in topics):  # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ REQUIRED_SCOPE: dict[str, str] = {
     "/" + _JOBS + "AddJobs": "submit",
     "/" + _JOBS + "SubmitJobs": "submit",
     "/" + _JOBS + "GetJob": "read",
+    "/" + _JOBS + "GetPayload": "read",
     "/" + _JOBS + "FindJobs": "read",
     "/" + _JOBS + "StopJob": "submit",
     "/" + _JOBS + "RemoveJob": "admin",

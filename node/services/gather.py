@@ -143,10 +143,15 @@ def _add(total: jobs_pb2.Statistics, part: jobs_pb2.Statistics) -> None:
 async def statistics(
     local: jobs_pb2.GetStatisticsResponse, peers: PeerList, channels: Transport
 ) -> jobs_pb2.GetStatisticsResponse:
-    """The sum of every instance's statistics."""
+    """The sum of every instance's statistics; instances that do not answer are listed and make
+    the response `partial`."""
     request = gather_pb2.GetLocalStatisticsRequest()
+    unanswered: list[str] = []
     answers = await _ask_all(
-        channels, peers(), lambda stub: stub.GetLocalStatistics(request, timeout=PEER_QUERY_TIMEOUT_S)
+        channels,
+        peers(),
+        lambda stub: stub.GetLocalStatistics(request, timeout=PEER_QUERY_TIMEOUT_S),
+        unanswered,
     )
     total = jobs_pb2.GetStatisticsResponse()
     total.CopyFrom(local)
@@ -159,6 +164,15 @@ async def statistics(
             _add(total.topics[name], stats)
         total.damaged_payloads += response.damaged_payloads
         total.offloaded.extend(response.offloaded)
+        total.jobs.extend(response.jobs)
+    by_state: dict[int, int] = {}
+    for state_count in total.jobs:  # each job once, at its origin: a plain sum over origins
+        by_state[state_count.state] = by_state.get(state_count.state, 0) + state_count.jobs
+    del total.jobs[:]
+    for state, jobs in sorted(by_state.items()):
+        total.jobs.add(state=state, jobs=jobs)
+    total.partial = bool(unanswered)
+    total.unanswered_instances[:] = sorted(unanswered)
     merged: dict[tuple[str, int], int] = {}
     for count in total.offloaded:
         key = (count.target_instance, count.state)

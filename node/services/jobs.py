@@ -16,7 +16,8 @@ from node.jobs.validation import MAX_ID_CHARS
 from node.journal.records import JobQuery
 from node.model.events import EventFilter, EventType
 from node.model.job import HISTORY_STATES, Job, JobState
-from node.services import gather, submission
+from node.services import gather, payloads, submission
+from node.services.chunking import CHUNK_BYTES
 from node.services.paging import bound_kind, decode_token, encode_token
 from node.services.status import rpc, status_for
 from node.templates import Template
@@ -154,8 +155,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             _require_id(request.job_id),
             include_payloads=request.include_payloads,
             include_log=request.include_log,
+            inline_limit=CHUNK_BYTES,  # larger payloads come with GetPayload: a 4 MiB limit holds
         )
-        return jobs_pb2.GetJobResponse(job=self._job_proto(job))
+        proto = self._job_proto(job)
+        if request.include_payloads:
+            proto.payload_omitted = job.payload_size > CHUNK_BYTES
+            proto.output_payload_omitted = job.output_payload_size > CHUNK_BYTES
+        return jobs_pb2.GetJobResponse(job=proto)
+
+    async def GetPayload(
+        self, request: jobs_pb2.GetPayloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.GetPayloadResponse]:
+        async for piece in payloads.stream_payload(self._manager, request, context):
+            yield piece
 
     @rpc
     async def FindJobs(
@@ -266,6 +278,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         response.damaged_payloads = self._manager.store.journal.integrity.damaged_payloads
         for (target, state), count in sorted(report.offloaded.items()):
             response.offloaded.add(target_instance=target, state=int(state), jobs=count)
+        for state, count in sorted(report.jobs.items()):
+            response.jobs.add(state=int(state), jobs=count)
         return response
 
     @rpc

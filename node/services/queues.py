@@ -8,7 +8,7 @@ from jobmesh.v1 import queues_pb2, queues_pb2_grpc
 from node.durations import duration_from_seconds, optional_seconds
 from node.errors import ConfigError, InvalidArgument
 from node.jobs.manager import JobManager, QueueInfo
-from node.model.queues import MAIN_QUEUE, QueueConfig, QueueType
+from node.model.queues import MAIN_QUEUE, QueueConfig, QueueType, SyncIsolation
 from node.services.paging import page_of
 from node.services.status import rpc
 
@@ -19,6 +19,13 @@ _TYPE_TO_PROTO = {
 }
 _TYPE_FROM_PROTO = {v: k for k, v in _TYPE_TO_PROTO.items()} | {
     queues_pb2.QUEUE_TYPE_UNSPECIFIED: QueueType.UNORDERED
+}
+_ISOLATION_TO_PROTO = {
+    SyncIsolation.THREAD: queues_pb2.SYNC_ISOLATION_THREAD,
+    SyncIsolation.PROCESS: queues_pb2.SYNC_ISOLATION_PROCESS,
+}
+_ISOLATION_FROM_PROTO = {v: k for k, v in _ISOLATION_TO_PROTO.items()} | {
+    queues_pb2.SYNC_ISOLATION_UNSPECIFIED: SyncIsolation.THREAD
 }
 _SOURCE = {
     "default": queues_pb2.QUEUE_SOURCE_DEFAULT,
@@ -46,6 +53,7 @@ def config_to_proto(config: QueueConfig) -> queues_pb2.QueueConfig:
         keep_jobs=config.keep_jobs,
         prefer_run_on_creation_instance=config.prefer_run_on_creation_instance,
         ranking=config.ranking,
+        sync_isolation=_ISOLATION_TO_PROTO[config.sync_isolation],
     )
 
 
@@ -53,6 +61,11 @@ def config_from_proto(proto: queues_pb2.QueueConfig) -> QueueConfig:
     """A validated queue config from its proto (InvalidArgument on bad values); unset fields get defaults."""
     if proto.type not in _TYPE_FROM_PROTO:
         raise InvalidArgument(f"config.type {proto.type} is not a known QueueType")
+    if proto.sync_isolation not in _ISOLATION_FROM_PROTO:
+        raise InvalidArgument(
+            f"config.sync_isolation {proto.sync_isolation} is not a known SyncIsolation; "
+            "use SYNC_ISOLATION_THREAD or SYNC_ISOLATION_PROCESS"
+        )
     if not proto.name:
         raise InvalidArgument("config.name is empty; names use letters, digits, '.', '_' and '-'")
     values: dict[str, object] = {
@@ -61,6 +74,7 @@ def config_from_proto(proto: queues_pb2.QueueConfig) -> QueueConfig:
         "type": _TYPE_FROM_PROTO[proto.type],
         "prefer_run_on_creation_instance": proto.prefer_run_on_creation_instance,
         "ranking": proto.ranking,
+        "sync_isolation": _ISOLATION_FROM_PROTO[proto.sync_isolation],
     }
     for field in ("max_parallel", "retries", "retry_backoff", "keep_jobs"):
         if proto.HasField(field):

@@ -6,6 +6,13 @@ message flow). The call reads the registration, registers the worker with
 them to its jobs; a writer task sends what the worker's outbox holds (jobs, stop requests).
 Whatever ends the call (the worker closed the stream, the connection broke, a malformed
 message, the node shutting down) disconnects the worker, which re-queues its unfinished jobs.
+
+A worker that registers `chunked_payloads` gets an input payload over `CHUNK_BYTES` as
+`payload_chunk` messages written back to back just before its assignment (the writer task is the
+only one writing after the acknowledgement, so nothing comes between them): no message to it is
+larger than about 1 MiB plus the job's properties. The pieces are views of the job's payload,
+which the node holds anyway while the job is outstanding (`workers.max_inflight_bytes` bounds
+that per worker), so chunking costs no extra copy of the whole payload.
 """
 
 from __future__ import annotations
@@ -13,22 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
 from jobmesh.v1 import workers_pb2, workers_pb2_grpc
 
+from node.config import JobsConfig
 from node.durations import optional_seconds
 from node.errors import InvalidArgument, JobmeshError
 from node.jobs.remote import Assign, Command, RemoteWorker, RemoteWorkers
 from node.model.job import JobResult, Outcome
 from node.properties import fill_proto_properties, validate_name, value_from_proto
+from node.services.chunking import crc32, needs_chunks, slices
 from node.services.paging import page_of
 from node.services.status import rpc, status_for
 
 log = logging.getLogger(__name__)
 
 MAX_ETA_S = 10 * 365 * 86400.0
+DEFAULT_PAYLOAD_BYTES = JobsConfig.max_payload_bytes
 _OUTCOMES = {
     workers_pb2.WORK_OUTCOME_SUCCEEDED: Outcome.SUCCEEDED,
     workers_pb2.WORK_OUTCOME_FAILED: Outcome.FAILED,
@@ -36,29 +46,54 @@ _OUTCOMES = {
 }
 
 
-def command_to_proto(command: Command) -> workers_pb2.WorkResponse:
-    """The message that carries an outbox command to the worker."""
-    if isinstance(command, Assign):
-        job = command.job
-        assignment = workers_pb2.WorkAssignment(
-            job_id=job.id,
-            attempt=job.attempt,
-            topic=job.topic,
-            payload=job.payload or b"",
-            retry_count=job.retry_count,
-            max_retries=job.max_retries,
-            queue=job.queue,
+def command_to_proto(command: Command, chunked: bool = False) -> Iterator[workers_pb2.WorkResponse]:
+    """The messages that carry an outbox command to the worker: for a job whose payload is
+    chunked (`chunked` and over CHUNK_BYTES), its pieces, then the assignment."""
+    if not isinstance(command, Assign):
+        yield workers_pb2.WorkResponse(
+            stop=workers_pb2.WorkStop(job_id=command.job_id, attempt=command.attempt, reason=command.reason)
         )
-        assignment.created_time.FromMicroseconds(job.created_us)
-        fill_proto_properties(assignment.properties, job.properties_json)
-        return workers_pb2.WorkResponse(assignment=assignment)
-    return workers_pb2.WorkResponse(
-        stop=workers_pb2.WorkStop(job_id=command.job_id, attempt=command.attempt, reason=command.reason)
+        return
+    job = command.job
+    payload = job.payload or b""
+    assignment = workers_pb2.WorkAssignment(
+        job_id=job.id,
+        attempt=job.attempt,
+        topic=job.topic,
+        retry_count=job.retry_count,
+        max_retries=job.max_retries,
+        queue=job.queue,
+        payload_size=len(payload),
     )
+    assignment.created_time.FromMicroseconds(job.created_us)
+    fill_proto_properties(assignment.properties, job.properties_json)
+    if not (chunked and needs_chunks(len(payload))):
+        assignment.payload, assignment.payload_crc32 = payload, crc32(payload)
+        yield workers_pb2.WorkResponse(assignment=assignment)
+        return
+    whole = 0  # the whole payload's CRC-32, extended piece by piece as they go out
+    for offset, piece in slices(payload):
+        piece_crc, whole = crc32(piece), crc32(piece, whole)
+        yield workers_pb2.WorkResponse(
+            payload_chunk=workers_pb2.WorkPayloadChunk(
+                job_id=job.id,
+                attempt=job.attempt,
+                offset=offset,
+                total_size=len(payload),
+                data=piece.tobytes(),
+                data_crc32=piece_crc,
+            )
+        )
+    assignment.payload_chunked, assignment.payload_crc32 = True, whole
+    yield workers_pb2.WorkResponse(assignment=assignment)
 
 
-def result_from_proto(result: workers_pb2.WorkResult) -> JobResult:
-    """Validate a worker's result."""
+def result_from_proto(
+    result: workers_pb2.WorkResult, max_payload_bytes: int = DEFAULT_PAYLOAD_BYTES
+) -> JobResult:
+    """Validate a worker's result. A success whose output payload is over `max_payload_bytes`
+    ends the job in ERROR instead: the node must not keep what it may not pass on (an origin
+    refuses a larger output from a peer), and a retry would produce the same."""
     outcome = _OUTCOMES.get(result.outcome)
     if outcome is None:
         raise InvalidArgument(
@@ -67,7 +102,13 @@ def result_from_proto(result: workers_pb2.WorkResult) -> JobResult:
     delay = optional_seconds(result, "retry_delay", "result.retry_delay")
     if delay is not None and not 0 <= delay <= MAX_ETA_S:
         raise InvalidArgument(f"result.retry_delay is {delay:g}s; use a duration from 0 to {MAX_ETA_S:g}s")
-    return JobResult(outcome, result.message, delay, result.output_payload or None)
+    output = result.output_payload
+    if outcome is Outcome.SUCCEEDED and len(output) > max_payload_bytes:
+        return JobResult.cancelled(
+            f"the worker's output payload is {len(output)} bytes; the node keeps at most "
+            f"{max_payload_bytes} (jobs.max_payload_bytes)"
+        )
+    return JobResult(outcome, result.message, delay, output or None)
 
 
 def _job_key(kind: str, job_id: str, attempt: int) -> None:
@@ -111,9 +152,13 @@ def list_workers(
 class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
     """Serves WorkerService: connects remote workers to the node's `RemoteWorkers`."""
 
-    def __init__(self, workers: RemoteWorkers, instance_id: str) -> None:
+    def __init__(
+        self, workers: RemoteWorkers, instance_id: str, max_payload_bytes: int = DEFAULT_PAYLOAD_BYTES
+    ) -> None:
+        """`max_payload_bytes` (`jobs.max_payload_bytes`) bounds the output payloads kept."""
         self._workers = workers
         self._instance_id = instance_id
+        self._max_payload_bytes = max_payload_bytes
         self._calls = 0
         self._no_calls = asyncio.Event()
         self._no_calls.set()
@@ -133,13 +178,15 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> None:
         worker: RemoteWorker | None = None
+        chunked = False
         reason = "the stream ended"
         self._calls += 1
         self._no_calls.clear()
         try:
-            worker = await self._register(context)
-            if worker is not None:
-                reason = await self._serve(worker, context)
+            registered = await self._register(context)
+            if registered is not None:
+                worker, chunked = registered
+                reason = await self._serve(worker, chunked, context)
         except JobmeshError as e:
             reason = f"bad message: {e}"
             log.warning("remote worker %s: %s", worker.name if worker else context.peer(), e)
@@ -165,8 +212,9 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
     ) -> workers_pb2.ListWorkersResponse:
         return list_workers(self._workers.workers, request)
 
-    async def _register(self, context: grpc.aio.ServicerContext) -> RemoteWorker | None:
-        """Read the registration and register the worker; None if the stream ended first."""
+    async def _register(self, context: grpc.aio.ServicerContext) -> tuple[RemoteWorker, bool] | None:
+        """Read the registration and register the worker; (it, whether it takes chunked payloads),
+        or None if the stream ended first."""
         first = await context.read()
         if first is grpc.aio.EOF:
             return None
@@ -179,9 +227,9 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
         worker = self._workers.connect(
             registration.name or context.peer(), list(registration.topics), registration.concurrency
         )
-        return worker
+        return worker, registration.chunked_payloads
 
-    async def _serve(self, worker: RemoteWorker, context: grpc.aio.ServicerContext) -> str:
+    async def _serve(self, worker: RemoteWorker, chunked: bool, context: grpc.aio.ServicerContext) -> str:
         """Acknowledge the registration, then read reports and write the outbox until the stream
         or the node ends; returns why."""
         acknowledgement = workers_pb2.WorkerRegistered(
@@ -190,7 +238,7 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
         # Written before the writer task starts, so it goes out before any job.
         await context.write(workers_pb2.WorkResponse(registered=acknowledgement))
         reader = asyncio.create_task(self._read(worker, context), name=f"worker-{worker.id}-reader")
-        writer = asyncio.create_task(self._write(worker, context), name=f"worker-{worker.id}-writer")
+        writer = asyncio.create_task(self._write(worker, chunked, context), name=f"worker-{worker.id}-writer")
         closing = asyncio.create_task(worker.closing.wait(), name=f"worker-{worker.id}-closing")
         try:
             await asyncio.wait({reader, writer, closing}, return_when=asyncio.FIRST_COMPLETED)
@@ -212,12 +260,14 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
                 return "the worker closed the stream"
             self._apply(worker, message)
 
-    async def _write(self, worker: RemoteWorker, context: grpc.aio.ServicerContext) -> None:
-        """Send the worker's outbox, in order, for as long as the stream lives."""
+    async def _write(self, worker: RemoteWorker, chunked: bool, context: grpc.aio.ServicerContext) -> None:
+        """Send the worker's outbox, in order, for as long as the stream lives (a chunked
+        payload's pieces one message at a time, each written before the next is made)."""
         with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
             while True:
                 command = await worker.outbox.get()
-                await context.write(command_to_proto(command))
+                for message in command_to_proto(command, chunked):
+                    await context.write(message)
 
     def _apply(self, worker: RemoteWorker, message: workers_pb2.WorkRequest) -> None:
         """Apply one report of the worker; raises InvalidArgument for a malformed one."""
@@ -225,7 +275,8 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
         if kind == "result":
             result = message.result
             _job_key(kind, result.job_id, result.attempt)
-            if not self._workers.complete(worker, result.job_id, result.attempt, result_from_proto(result)):
+            outcome = result_from_proto(result, self._max_payload_bytes)
+            if not self._workers.complete(worker, result.job_id, result.attempt, outcome):
                 log.debug(
                     "worker %s: ignoring the result of stale attempt %s/%d",
                     worker.id,

@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
+from node.services.chunking import PayloadAssembler
+
 from .protos import PropertyInput, new_job, state_name
 from .waiting import DEFAULT_TIMEOUT_S, wait_for
 
@@ -67,6 +69,19 @@ def add_running_job(
     job_id = add_job(stub, topic, b"", **files.properties(), **properties)
     wait_for(files.started.exists, what=f"job {job_id} to start")
     return job_id, files
+
+
+def get_payload(stub: jobs_pb2_grpc.JobServiceStub, job_id: str, output: bool = False) -> tuple[bytes, int]:
+    """A job's input (or output) payload through GetPayload, every piece checked: (its bytes,
+    the size of the largest message that carried a piece)."""
+    kind = jobs_pb2.PAYLOAD_KIND_OUTPUT if output else jobs_pb2.PAYLOAD_KIND_INPUT
+    assembler = PayloadAssembler(f"job {job_id}")
+    largest, whole = 0, 0
+    for piece in stub.GetPayload(jobs_pb2.GetPayloadRequest(job_id=job_id, kind=kind), timeout=60):
+        largest = max(largest, piece.ByteSize())
+        assembler.add(piece.offset, piece.total_size, piece.data, piece.data_crc32)
+        whole = piece.payload_crc32
+    return assembler.take(whole), largest
 
 
 def wait_for_state(

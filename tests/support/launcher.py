@@ -1,4 +1,5 @@
-"""The node launcher for tests and benchmarks: real `python -m node run --test-preset` processes.
+"""The node launcher for tests and benchmarks: real `python -m node run --test-preset` processes
+(or, with `preset=False`, at the production defaults: the chaos benchmark).
 
 `NodeProcess` runs one node on a data dir (restartable on the same dir), waits for its
 `node.json` (blocking or on an event loop), hands out gRPC stubs, writes each run's output
@@ -91,8 +92,11 @@ class NodeProcess:
         netns: str | None = None,
         dial_host: str | None = None,
         cluster: Path | None = None,
+        preset: bool = True,
     ) -> None:
         self.data_dir = data_dir
+        self.preset = preset
+        """Start from the test preset (`--test-preset`); False: the production defaults."""
         self.cluster = cluster
         """A data dir whose cluster (CA and key) this node joins at its first start; None: its own."""
         self.log_dir = log_dir
@@ -120,7 +124,9 @@ class NodeProcess:
     @property
     def args(self) -> list[str]:
         """The command line of this node."""
-        args = [sys.executable, "-m", "node", "run", "--test-preset", "--data-dir", str(self.data_dir)]
+        args = [sys.executable, "-m", "node", "run", "--data-dir", str(self.data_dir)]
+        if self.preset:
+            args.insert(4, "--test-preset")
         if self.netns is not None:
             # nsenter execs the node in place: the Popen pid is the node's, so signals reach it.
             args = ["nsenter", f"--net={self.netns}", "--", *args]
@@ -374,6 +380,7 @@ class NodeOptions(TypedDict, total=False):
     extra_args: Sequence[str]
     netns: str | None
     dial_host: str | None
+    preset: bool
 
 
 class NodeFactory:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import threading
 from collections.abc import Collection
 from typing import Any
@@ -26,6 +27,19 @@ def leaked_threads(before: Collection[threading.Thread], within_s: float = LEAK_
     with contextlib.suppress(AssertionError):  # reported by name below
         wait_for(lambda: not leftovers(), within_s, "threads started by the test to end")
     return sorted(t.name for t in leftovers())
+
+
+def leaked_processes(before: Collection[int], within_s: float = LEAK_WAIT_S) -> list[str]:
+    """Names of the child processes (multiprocessing's: a queue's worker processes) started since
+    `before` (their pids) that are still alive after `within_s`."""
+
+    def leftovers() -> list[str]:
+        # active_children() also reaps the ones that ended, so an ended one is not counted.
+        return [f"{p.name} (pid {p.pid})" for p in multiprocessing.active_children() if p.pid not in before]
+
+    with contextlib.suppress(AssertionError):  # reported by name below
+        wait_for(lambda: not leftovers(), within_s, "processes started by the test to end")
+    return sorted(leftovers())
 
 
 async def leaked_tasks(within_s: float = LEAK_WAIT_S) -> list[str]:

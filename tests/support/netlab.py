@@ -184,6 +184,15 @@ class Lab:
         """Undo `cut_subnet` (the leg's address and routes come back with it)."""
         self.router.sh(f"ip link set leg{subnet} up")
 
+    def cut_host(self, host: Host) -> None:
+        """Take the bridge port of `host`'s data link down: it is cut off from every other host,
+        its subnet's included (a partition inside one subnet), while its management link stays up."""
+        self.fabric.sh(f"ip link set {host.port} down")
+
+    def heal_host(self, host: Host) -> None:
+        """Undo `cut_host`."""
+        self.fabric.sh(f"ip link set {host.port} up")
+
     def close(self) -> None:
         """Remove the management links and let the namespaces go."""
         for index in range(1, len(self.hosts) + 1):

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 from jobmesh.v1 import workers_pb2, workers_pb2_grpc
 
+from node.services.chunking import PayloadAssembler, crc32
+
 from .protos import PropertyInput, prop
 from .streams import StreamReader
 from .waiting import DEFAULT_TIMEOUT_S
@@ -40,12 +42,19 @@ class WorkerStream:
 
     @classmethod
     def connect(
-        cls, channel: grpc.Channel, *topics: str, concurrency: int = 1, name: str = "test-worker"
+        cls,
+        channel: grpc.Channel,
+        *topics: str,
+        concurrency: int = 1,
+        name: str = "test-worker",
+        chunked_payloads: bool = False,
     ) -> WorkerStream:
         """Open a stream, register, and wait for the node's acknowledgement."""
         stream = cls(channel)
         stream.send(
-            register=workers_pb2.WorkerRegistration(name=name, topics=list(topics), concurrency=concurrency)
+            register=workers_pb2.WorkerRegistration(
+                name=name, topics=list(topics), concurrency=concurrency, chunked_payloads=chunked_payloads
+            )
         )
         stream.registered = stream.expect("registered")
         return stream
@@ -114,6 +123,29 @@ class WorkerStream:
         message = self.receive(timeout)
         assert message.WhichOneof("kind") == kind, f"expected {kind}, got {message}"
         return getattr(message, kind)
+
+    def expect_job(self, timeout: float = DEFAULT_TIMEOUT_S) -> tuple[workers_pb2.WorkAssignment, bytes, int]:
+        """The next assignment with its whole input payload (put together from the
+        `payload_chunk` messages before it, each checked) and the largest message size seen."""
+        pieces: PayloadAssembler | None = None
+        largest = 0
+        while True:
+            message = self.receive(timeout)
+            largest = max(largest, message.ByteSize())
+            kind = message.WhichOneof("kind")
+            if kind == "payload_chunk":
+                chunk = message.payload_chunk
+                if pieces is None:
+                    pieces = PayloadAssembler(f"the payload of job {chunk.job_id}")
+                pieces.add(chunk.offset, chunk.total_size, chunk.data, chunk.data_crc32)
+                continue
+            assert kind == "assignment", f"expected payload_chunk or assignment, got {kind}"
+            assignment = message.assignment
+            assert assignment.payload_chunked == (pieces is not None), assignment.payload_chunked
+            payload = pieces.take(assignment.payload_crc32) if pieces else assignment.payload
+            assert len(payload) == assignment.payload_size
+            assert crc32(payload) == assignment.payload_crc32
+            return assignment, payload, largest
 
     def assert_silent(self, within_s: float) -> None:
         """Nothing arrives from the node for `within_s` (for "never more than N" checks)."""

@@ -12,6 +12,18 @@ A field number or enum number is never changed, renumbered or reused; a
 field that is no longer used is marked `reserved`. The test suite checks
 every change against the frozen descriptor set (protos/baseline/).
 
+Message sizes: a client must accept messages of 4 MiB, gRPC's default
+receive limit; no larger one is needed. GetPayload's pieces carry at most
+1 MiB of payload; GetJob inlines payloads only up to 1 MiB each (larger
+ones are flagged for GetPayload), so with the node's default limits its
+largest answer (two 1 MiB payloads, 100 log lines of at most 4096
+characters, 64 KiB of properties) stays under 4 MiB. A node configured
+with larger `jobs.max_properties_bytes` or `jobs.max_log_lines` can exceed
+it. A node
+receives messages of up to `jobs.max_payload_bytes` + 4 MiB (68 MiB by
+default), so AddJob takes a 64 MiB payload in one request; gRPC clients
+send messages of any size by default.
+
 Conventions of every jobmesh.v1 service: durations are
 google.protobuf.Duration, points in time google.protobuf.Timestamp; every
 List/Find method pages with page_size, page_token, next_page_token and
@@ -81,6 +93,30 @@ JOB_STATE_ERROR: JobState.ValueType  # 6
 JOB_STATE_DROPPED: JobState.ValueType  # 7
 """Finished: removed by a user before it finished."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
+
+class _PayloadKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PayloadKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYLOAD_KIND_UNSPECIFIED: _PayloadKind.ValueType  # 0
+    """Invalid: a request must name the payload (INVALID_ARGUMENT)."""
+    PAYLOAD_KIND_INPUT: _PayloadKind.ValueType  # 1
+    """The input payload the job was added with."""
+    PAYLOAD_KIND_OUTPUT: _PayloadKind.ValueType  # 2
+    """The output payload its consumer returned with success."""
+
+class PayloadKind(_PayloadKind, metaclass=_PayloadKindEnumTypeWrapper):
+    """Which payload of a job."""
+
+PAYLOAD_KIND_UNSPECIFIED: PayloadKind.ValueType  # 0
+"""Invalid: a request must name the payload (INVALID_ARGUMENT)."""
+PAYLOAD_KIND_INPUT: PayloadKind.ValueType  # 1
+"""The input payload the job was added with."""
+PAYLOAD_KIND_OUTPUT: PayloadKind.ValueType  # 2
+"""The output payload its consumer returned with success."""
+Global___PayloadKind: _TypeAlias = PayloadKind  # noqa: Y015
 
 class _QueryType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -533,6 +569,8 @@ class Job(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     LOG_LINE_COUNT_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    PAYLOAD_OMITTED_FIELD_NUMBER: _builtins.int
+    OUTPUT_PAYLOAD_OMITTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique, time-ordered id (a UUIDv7 string): ids sort in creation order."""
     topic: _builtins.str
@@ -556,17 +594,29 @@ class Job(_message.Message):
     payload_size: _builtins.int
     """Size in bytes of the input payload (0 when there is none)."""
     payload: _builtins.bytes
-    """The input payload; filled only when the request asked for it."""
+    """The input payload; filled only when the request asked for it and it is
+    at most 1 MiB (see `payload_omitted`).
+    """
     output_payload_size: _builtins.int
     """Size in bytes of the output payload the consumer returned (0 if none)."""
     output_payload: _builtins.bytes
-    """The output payload; filled only when the request asked for it."""
+    """The output payload; filled only when the request asked for it and it is
+    at most 1 MiB (see `output_payload_omitted`).
+    """
     stop_requested: _builtins.bool
     """True when a user asked an active job to stop and it has not returned yet."""
     dedup_key: _builtins.str
     """The idempotency key the job was added with (empty if none)."""
     log_line_count: _builtins.int
     """How many log lines the job has."""
+    payload_omitted: _builtins.bool
+    """True when GetJob was asked for payloads but left the input payload out
+    because it is larger than 1 MiB: fetch it with GetPayload.
+    """
+    output_payload_omitted: _builtins.bool
+    """True when GetJob was asked for payloads but left the output payload out
+    because it is larger than 1 MiB: fetch it with GetPayload.
+    """
     @_builtins.property
     def properties(self) -> _containers.MessageMap[_builtins.str, Global___PropertyValue]:
         """The job's properties, as added."""
@@ -628,10 +678,12 @@ class Job(_message.Message):
         log: _abc.Iterable[Global___JobLogLine] | None = ...,
         log_line_count: _builtins.int = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        payload_omitted: _builtins.bool = ...,
+        output_payload_omitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "finished_time", b"finished_time", "not_before_time", b"not_before_time", "progress", b"progress", "started_time", b"started_time", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "dedup_key", b"dedup_key", "finished_time", b"finished_time", "id", b"id", "log", b"log", "log_line_count", b"log_line_count", "max_retries", b"max_retries", "not_before_time", b"not_before_time", "origin_instance", b"origin_instance", "output_payload", b"output_payload", "output_payload_size", b"output_payload_size", "payload", b"payload", "payload_size", b"payload_size", "progress", b"progress", "properties", b"properties", "queue", b"queue", "result_message", b"result_message", "retry_count", b"retry_count", "started_time", b"started_time", "state", b"state", "stop_requested", b"stop_requested", "target_instance", b"target_instance", "timeout", b"timeout", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time", "dedup_key", b"dedup_key", "finished_time", b"finished_time", "id", b"id", "log", b"log", "log_line_count", b"log_line_count", "max_retries", b"max_retries", "not_before_time", b"not_before_time", "origin_instance", b"origin_instance", "output_payload", b"output_payload", "output_payload_omitted", b"output_payload_omitted", "output_payload_size", b"output_payload_size", "payload", b"payload", "payload_omitted", b"payload_omitted", "payload_size", b"payload_size", "progress", b"progress", "properties", b"properties", "queue", b"queue", "result_message", b"result_message", "retry_count", b"retry_count", "started_time", b"started_time", "state", b"state", "stop_requested", b"stop_requested", "target_instance", b"target_instance", "timeout", b"timeout", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -853,7 +905,11 @@ class GetJobRequest(_message.Message):
     job_id: _builtins.str
     """The id of the job."""
     include_payloads: _builtins.bool
-    """Also return the input and output payload bytes."""
+    """Also return the input and output payload bytes, each only if it is at
+    most 1 MiB (so the response fits gRPC's default 4 MiB receive limit);
+    a larger one is left out with `payload_omitted` or
+    `output_payload_omitted` set on the job: fetch it with GetPayload.
+    """
     include_log: _builtins.bool
     """Also return the job's log lines."""
     def __init__(
@@ -894,6 +950,74 @@ class GetJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
+
+@_typing.final
+class GetPayloadRequest(_message.Message):
+    """Request of GetPayload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The id of the job."""
+    kind: Global___PayloadKind.ValueType
+    """Which of its payloads."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        kind: Global___PayloadKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPayloadRequest: _TypeAlias = GetPayloadRequest  # noqa: Y015
+
+@_typing.final
+class GetPayloadResponse(_message.Message):
+    """One piece of a payload, in offset order. The first piece has offset 0;
+    the stream ends (OK) after the piece that reaches `total_size`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DATA_CRC32_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CRC32_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Byte offset of `data` in the whole payload."""
+    total_size: _builtins.int
+    """Size in bytes of the whole payload (the same in every piece)."""
+    data: _builtins.bytes
+    """The bytes from `offset` (at most 1 MiB)."""
+    data_crc32: _builtins.int
+    """CRC-32 (zlib's) of `data`."""
+    payload_crc32: _builtins.int
+    """CRC-32 of the whole payload (the same in every piece): check the
+    concatenated data against it.
+    """
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        total_size: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        data_crc32: _builtins.int = ...,
+        payload_crc32: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "data_crc32", b"data_crc32", "offset", b"offset", "payload_crc32", b"payload_crc32", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPayloadResponse: _TypeAlias = GetPayloadResponse  # noqa: Y015
 
 @_typing.final
 class PropertyCondition(_message.Message):
@@ -1358,7 +1482,12 @@ Global___WatchJobsResponse: _TypeAlias = WatchJobsResponse  # noqa: Y015
 
 @_typing.final
 class Statistics(_message.Message):
-    """Counters and timings of a set of jobs."""
+    """Counters and timings of a set of jobs on one node (or summed over the
+    topology). `queued` and `active` count jobs held here now; the other
+    counters count attempts that ran here: a job re-run elsewhere, e.g. after
+    its target was lost, counts at each node that ran it (see
+    GetStatisticsResponse.jobs for jobs each counted once).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1377,11 +1506,15 @@ class Statistics(_message.Message):
     active: _builtins.int
     """Jobs ACTIVE now."""
     finished: _builtins.int
-    """Jobs that succeeded, since the journal was created."""
+    """Attempts that succeeded, since the journal was created (one per job that
+    succeeded here).
+    """
     failed: _builtins.int
     """Attempts that failed and were retried."""
     cancelled: _builtins.int
-    """Jobs that ended without success (GIVEN_UP, ERROR, STOPPED while active)."""
+    """Attempts that ended the job without success (GIVEN_UP, ERROR, STOPPED
+    while active).
+    """
     processed: _builtins.int
     """Attempts that ended: finished + failed + cancelled."""
     @_builtins.property
@@ -1499,11 +1632,18 @@ class GetStatisticsResponse(_message.Message):
     TOPICS_FIELD_NUMBER: _builtins.int
     DAMAGED_PAYLOADS_FIELD_NUMBER: _builtins.int
     OFFLOADED_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
+    UNANSWERED_INSTANCES_FIELD_NUMBER: _builtins.int
     damaged_payloads: _builtins.int
     """Stored payloads (input or output) found damaged since the node started:
     their bytes no longer match the checksum stored with them, so they were
     not served (DATA_LOSS). Each payload counts once; `jobmesh check` on the
     stopped node lists them all. QUERY_SCOPE_TOPOLOGY sums every instance's.
+    """
+    partial: _builtins.bool
+    """QUERY_SCOPE_TOPOLOGY: true when a live instance did not answer in time,
+    so its attempts and its jobs are missing from these sums.
     """
     @_builtins.property
     def queues(self) -> _containers.MessageMap[_builtins.str, Global___Statistics]:
@@ -1523,6 +1663,21 @@ class GetStatisticsResponse(_message.Message):
         state.
         """
 
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateCount]:
+        """Jobs this node is the origin of, by state, each counted once wherever it
+        ran (its own jobs, and the ones it offloaded as it mirrors them; history
+        included until purged). The Statistics counters above count attempts
+        where they ran: a job run twice (retried, or re-run after its target was
+        lost) counts twice there, and a job offloaded to another instance counts
+        there, not here. QUERY_SCOPE_TOPOLOGY sums these over the origins, so
+        every job of the topology is counted exactly once.
+        """
+
+    @_builtins.property
+    def unanswered_instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """QUERY_SCOPE_TOPOLOGY: the ids of the live instances that did not answer."""
+
     def __init__(
         self,
         *,
@@ -1530,14 +1685,43 @@ class GetStatisticsResponse(_message.Message):
         topics: _abc.Mapping[_builtins.str, Global___Statistics] | None = ...,
         damaged_payloads: _builtins.int = ...,
         offloaded: _abc.Iterable[Global___OffloadedCount] | None = ...,
+        jobs: _abc.Iterable[Global___StateCount] | None = ...,
+        partial: _builtins.bool = ...,
+        unanswered_instances: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["global", b"global"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "offloaded", b"offloaded", "queues", b"queues", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["damaged_payloads", b"damaged_payloads", "global", b"global", "jobs", b"jobs", "offloaded", b"offloaded", "partial", b"partial", "queues", b"queues", "topics", b"topics", "unanswered_instances", b"unanswered_instances"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatisticsResponse: _TypeAlias = GetStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class StateCount(_message.Message):
+    """How many jobs are in one state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    state: Global___JobState.ValueType
+    """The state."""
+    jobs: _builtins.int
+    """How many jobs are in it."""
+    def __init__(
+        self,
+        *,
+        state: Global___JobState.ValueType = ...,
+        jobs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateCount: _TypeAlias = StateCount  # noqa: Y015
 
 @_typing.final
 class OffloadedCount(_message.Message):

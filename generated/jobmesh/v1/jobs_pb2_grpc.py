@@ -60,6 +60,11 @@ class JobServiceStub:
                 request_serializer=jobmesh_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=jobmesh_dot_v1_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
+        self.GetPayload = channel.unary_stream(
+                '/jobmesh.v1.JobService/GetPayload',
+                request_serializer=jobmesh_dot_v1_dot_jobs__pb2.GetPayloadRequest.SerializeToString,
+                response_deserializer=jobmesh_dot_v1_dot_jobs__pb2.GetPayloadResponse.FromString,
+                _registered_method=True)
         self.FindJobs = channel.unary_unary(
                 '/jobmesh.v1.JobService/FindJobs',
                 request_serializer=jobmesh_dot_v1_dot_jobs__pb2.FindJobsRequest.SerializeToString,
@@ -144,6 +149,18 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPayload(self, request, context):
+        """Streams a job's input or output payload in pieces of at most 1 MiB, in
+        offset order, so a client with gRPC's default 4 MiB receive limit can
+        download payloads of any size. NOT_FOUND for an unknown job or a job
+        without that payload (an output exists once the job succeeded with
+        one); DATA_LOSS when the stored payload no longer matches its checksum
+        (nothing is sent then).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FindJobs(self, request, context):
         """Finds jobs by state, topic and property templates, one page at a time.
         """
@@ -221,6 +238,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=jobmesh_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=jobmesh_dot_v1_dot_jobs__pb2.GetJobResponse.SerializeToString,
+            ),
+            'GetPayload': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetPayload,
+                    request_deserializer=jobmesh_dot_v1_dot_jobs__pb2.GetPayloadRequest.FromString,
+                    response_serializer=jobmesh_dot_v1_dot_jobs__pb2.GetPayloadResponse.SerializeToString,
             ),
             'FindJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.FindJobs,
@@ -372,6 +394,33 @@ class JobService:
             '/jobmesh.v1.JobService/GetJob',
             jobmesh_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
             jobmesh_dot_v1_dot_jobs__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobmesh.v1.JobService/GetPayload',
+            jobmesh_dot_v1_dot_jobs__pb2.GetPayloadRequest.SerializeToString,
+            jobmesh_dot_v1_dot_jobs__pb2.GetPayloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,6 +12,18 @@ A field number or enum number is never changed, renumbered or reused; a
 field that is no longer used is marked `reserved`. The test suite checks
 every change against the frozen descriptor set (protos/baseline/).
 
+Message sizes: a client must accept messages of 4 MiB, gRPC's default
+receive limit; no larger one is needed. GetPayload's pieces carry at most
+1 MiB of payload; GetJob inlines payloads only up to 1 MiB each (larger
+ones are flagged for GetPayload), so with the node's default limits its
+largest answer (two 1 MiB payloads, 100 log lines of at most 4096
+characters, 64 KiB of properties) stays under 4 MiB. A node configured
+with larger `jobs.max_properties_bytes` or `jobs.max_log_lines` can exceed
+it. A node
+receives messages of up to `jobs.max_payload_bytes` + 4 MiB (68 MiB by
+default), so AddJob takes a 64 MiB payload in one request; gRPC clients
+send messages of any size by default.
+
 Conventions of every jobmesh.v1 service: durations are
 google.protobuf.Duration, points in time google.protobuf.Timestamp; every
 List/Find method pages with page_size, page_token, next_page_token and
@@ -74,6 +86,14 @@ class JobServiceStub:
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     """Returns one job by id."""
+    GetPayload: _grpc.UnaryStreamMultiCallable[_jobs_pb2.GetPayloadRequest, _jobs_pb2.GetPayloadResponse]
+    """Streams a job's input or output payload in pieces of at most 1 MiB, in
+    offset order, so a client with gRPC's default 4 MiB receive limit can
+    download payloads of any size. NOT_FOUND for an unknown job or a job
+    without that payload (an output exists once the job succeeded with
+    one); DATA_LOSS when the stored payload no longer matches its checksum
+    (nothing is sent then).
+    """
     FindJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.FindJobsRequest, _jobs_pb2.FindJobsResponse]
     """Finds jobs by state, topic and property templates, one page at a time."""
     StopJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.StopJobRequest, _jobs_pb2.StopJobResponse]
@@ -130,6 +150,14 @@ class JobServiceAsyncStub(JobServiceStub):
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """Returns one job by id."""
+    GetPayload: _aio.UnaryStreamMultiCallable[_jobs_pb2.GetPayloadRequest, _jobs_pb2.GetPayloadResponse]  # type: ignore[assignment]
+    """Streams a job's input or output payload in pieces of at most 1 MiB, in
+    offset order, so a client with gRPC's default 4 MiB receive limit can
+    download payloads of any size. NOT_FOUND for an unknown job or a job
+    without that payload (an output exists once the job succeeded with
+    one); DATA_LOSS when the stored payload no longer matches its checksum
+    (nothing is sent then).
+    """
     FindJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.FindJobsRequest, _jobs_pb2.FindJobsResponse]  # type: ignore[assignment]
     """Finds jobs by state, topic and property templates, one page at a time."""
     StopJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.StopJobRequest, _jobs_pb2.StopJobResponse]  # type: ignore[assignment]
@@ -207,6 +235,20 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetJobResponse, _abc.Awaitable[_jobs_pb2.GetJobResponse]]:
         """Returns one job by id."""
+
+    @_abc_1.abstractmethod
+    def GetPayload(
+        self,
+        request: _jobs_pb2.GetPayloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.GetPayloadResponse], _abc.AsyncIterator[_jobs_pb2.GetPayloadResponse]]:
+        """Streams a job's input or output payload in pieces of at most 1 MiB, in
+        offset order, so a client with gRPC's default 4 MiB receive limit can
+        download payloads of any size. NOT_FOUND for an unknown job or a job
+        without that payload (an output exists once the job succeeded with
+        one); DATA_LOSS when the stored payload no longer matches its checksum
+        (nothing is sent then).
+        """
 
     @_abc_1.abstractmethod
     def FindJobs(

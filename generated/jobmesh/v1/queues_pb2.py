@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17jobmesh/v1/queues.proto\x12\njobmesh.v1\x1a\x1egoogle/protobuf/duration.proto\"\xbc\x03\n\x0bQueueConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.jobmesh.v1.QueueType\x12\x19\n\x0cmax_parallel\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07retries\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12.\n\x0bretry_delay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\rretry_backoff\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x32\n\x0fretry_delay_max\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\tkeep_jobs\x18\n \x01(\x08H\x03\x88\x01\x01\x12\'\n\x1fprefer_run_on_creation_instance\x18\x0b \x01(\x08\x12\x0f\n\x07ranking\x18\x0c \x01(\x05\x42\x0f\n\r_max_parallelB\n\n\x08_retriesB\x10\n\x0e_retry_backoffB\x0c\n\n_keep_jobs\"\xa5\x01\n\tQueueInfo\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.jobmesh.v1.QueueConfig\x12\'\n\x06source\x18\x02 \x01(\x0e\x32\x17.jobmesh.v1.QueueSource\x12\x11\n\tsuspended\x18\x03 \x01(\x08\x12\x0e\n\x06queued\x18\x04 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x03\x12\x13\n\x0bparallelism\x18\x06 \x01(\x05\":\n\x11ListQueuesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x12ListQueuesResponse\x12%\n\x06queues\x18\x01 \x03(\x0b\x32\x15.jobmesh.v1.QueueInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\":\n\x0fSetQueueRequest\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.jobmesh.v1.QueueConfig\"8\n\x10SetQueueResponse\x12$\n\x05queue\x18\x01 \x01(\x0b\x32\x15.jobmesh.v1.QueueInfo\"\"\n\x12\x44\x65leteQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteQueueResponse\"#\n\x13SuspendQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x14SuspendQueueResponse\x12$\n\x05queue\x18\x01 \x01(\x0b\x32\x15.jobmesh.v1.QueueInfo\"\"\n\x12ResumeQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x13ResumeQueueResponse\x12$\n\x05queue\x18\x01 \x01(\x0b\x32\x15.jobmesh.v1.QueueInfo\"!\n\x11\x43learQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x12\x43learQueueResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x03*{\n\tQueueType\x12\x1a\n\x16QUEUE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14QUEUE_TYPE_UNORDERED\x10\x01\x12\x16\n\x12QUEUE_TYPE_ORDERED\x10\x02\x12 \n\x1cQUEUE_TYPE_TOPIC_ROUND_ROBIN\x10\x03*t\n\x0bQueueSource\x12\x1c\n\x18QUEUE_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14QUEUE_SOURCE_DEFAULT\x10\x01\x12\x17\n\x13QUEUE_SOURCE_CONFIG\x10\x02\x12\x14\n\x10QUEUE_SOURCE_API\x10\x03\x32\xe2\x03\n\x0cQueueService\x12K\n\nListQueues\x12\x1d.jobmesh.v1.ListQueuesRequest\x1a\x1e.jobmesh.v1.ListQueuesResponse\x12\x45\n\x08SetQueue\x12\x1b.jobmesh.v1.SetQueueRequest\x1a\x1c.jobmesh.v1.SetQueueResponse\x12N\n\x0b\x44\x65leteQueue\x12\x1e.jobmesh.v1.DeleteQueueRequest\x1a\x1f.jobmesh.v1.DeleteQueueResponse\x12Q\n\x0cSuspendQueue\x12\x1f.jobmesh.v1.SuspendQueueRequest\x1a .jobmesh.v1.SuspendQueueResponse\x12N\n\x0bResumeQueue\x12\x1e.jobmesh.v1.ResumeQueueRequest\x1a\x1f.jobmesh.v1.ResumeQueueResponse\x12K\n\nClearQueue\x12\x1d.jobmesh.v1.ClearQueueRequest\x1a\x1e.jobmesh.v1.ClearQueueResponseB;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17jobmesh/v1/queues.proto\x12\njobmesh.v1\x1a\x1egoogle/protobuf/duration.proto\"\xef\x03\n\x0bQueueConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.jobmesh.v1.QueueType\x12\x19\n\x0cmax_parallel\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07retries\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12.\n\x0bretry_delay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\rretry_backoff\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x32\n\x0fretry_delay_max\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\tkeep_jobs\x18\n \x01(\x08H\x03\x88\x01\x01\x12\'\n\x1fprefer_run_on_creation_instance\x18\x0b \x01(\x08\x12\x0f\n\x07ranking\x18\x0c \x01(\x05\x12\x31\n\x0esync_isolation\x18\r \x01(\x0e\x32\x19.jobmesh.v1.SyncIsolationB\x0f\n\r_max_parallelB\n\n\x08_retriesB\x10\n\x0e_retry_backoffB\x0c\n\n_keep_jobs\"\xa5\x01\n\tQueueInfo\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.jobmesh.v1.QueueConfig\x12\'\n\x06source\x18\x02 \x01(\x0e\x32\x17.jobmesh.v1.QueueSource\x12\x11\n\tsuspended\x18\x03 \x01(\x08\x12\x0e\n\x06queued\x18\x04 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x03\x12\x13\n\x0bparallelism\x18\x06 \x01(\x05\":\n\x11ListQueuesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x12ListQueuesResponse\x12%\n\x06queues\x18\x01 \x03(\x0b\x32\x15.jobmesh.v1.QueueInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\":\n\x0fSetQueueRequest\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.jobmesh.v1.QueueConfig\"8\n\x10SetQueueResponse\x12$\n\x05queue\x18\x01 \x01(\x0b\x32\x15.jobmesh.v1.QueueInfo\"\"\n\x12\x44\x65leteQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteQueueResponse\"#\n\x13SuspendQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x14SuspendQueueResponse\x12$\n\x05queue\x18\x01 \x01(\x0b\x32\x15.jobmesh.v1.QueueInfo\"\"\n\x12ResumeQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x13ResumeQueueResponse\x12$\n\x05queue\x18\x01 \x01(\x0b\x32\x15.jobmesh.v1.QueueInfo\"!\n\x11\x43learQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x12\x43learQueueResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x03*{\n\tQueueType\x12\x1a\n\x16QUEUE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14QUEUE_TYPE_UNORDERED\x10\x01\x12\x16\n\x12QUEUE_TYPE_ORDERED\x10\x02\x12 \n\x1cQUEUE_TYPE_TOPIC_ROUND_ROBIN\x10\x03*f\n\rSyncIsolation\x12\x1e\n\x1aSYNC_ISOLATION_UNSPECIFIED\x10\x00\x12\x19\n\x15SYNC_ISOLATION_THREAD\x10\x01\x12\x1a\n\x16SYNC_ISOLATION_PROCESS\x10\x02*t\n\x0bQueueSource\x12\x1c\n\x18QUEUE_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14QUEUE_SOURCE_DEFAULT\x10\x01\x12\x17\n\x13QUEUE_SOURCE_CONFIG\x10\x02\x12\x14\n\x10QUEUE_SOURCE_API\x10\x03\x32\xe2\x03\n\x0cQueueService\x12K\n\nListQueues\x12\x1d.jobmesh.v1.ListQueuesRequest\x1a\x1e.jobmesh.v1.ListQueuesResponse\x12\x45\n\x08SetQueue\x12\x1b.jobmesh.v1.SetQueueRequest\x1a\x1c.jobmesh.v1.SetQueueResponse\x12N\n\x0b\x44\x65leteQueue\x12\x1e.jobmesh.v1.DeleteQueueRequest\x1a\x1f.jobmesh.v1.DeleteQueueResponse\x12Q\n\x0cSuspendQueue\x12\x1f.jobmesh.v1.SuspendQueueRequest\x1a .jobmesh.v1.SuspendQueueResponse\x12N\n\x0bResumeQueue\x12\x1e.jobmesh.v1.ResumeQueueRequest\x1a\x1f.jobmesh.v1.ResumeQueueResponse\x12K\n\nClearQueue\x12\x1d.jobmesh.v1.ClearQueueRequest\x1a\x1e.jobmesh.v1.ClearQueueResponseB;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,38 +33,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jobmesh.v1.queues_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rio.jobmesh.v1P\001Z(jobmesh.example/api/jobmesh/v1;jobmeshv1'
-  _globals['_QUEUETYPE']._serialized_start=1299
-  _globals['_QUEUETYPE']._serialized_end=1422
-  _globals['_QUEUESOURCE']._serialized_start=1424
-  _globals['_QUEUESOURCE']._serialized_end=1540
+  _globals['_QUEUETYPE']._serialized_start=1350
+  _globals['_QUEUETYPE']._serialized_end=1473
+  _globals['_SYNCISOLATION']._serialized_start=1475
+  _globals['_SYNCISOLATION']._serialized_end=1577
+  _globals['_QUEUESOURCE']._serialized_start=1579
+  _globals['_QUEUESOURCE']._serialized_end=1695
   _globals['_QUEUECONFIG']._serialized_start=72
-  _globals['_QUEUECONFIG']._serialized_end=516
-  _globals['_QUEUEINFO']._serialized_start=519
-  _globals['_QUEUEINFO']._serialized_end=684
-  _globals['_LISTQUEUESREQUEST']._serialized_start=686
-  _globals['_LISTQUEUESREQUEST']._serialized_end=744
-  _globals['_LISTQUEUESRESPONSE']._serialized_start=746
-  _globals['_LISTQUEUESRESPONSE']._serialized_end=850
-  _globals['_SETQUEUEREQUEST']._serialized_start=852
-  _globals['_SETQUEUEREQUEST']._serialized_end=910
-  _globals['_SETQUEUERESPONSE']._serialized_start=912
-  _globals['_SETQUEUERESPONSE']._serialized_end=968
-  _globals['_DELETEQUEUEREQUEST']._serialized_start=970
-  _globals['_DELETEQUEUEREQUEST']._serialized_end=1004
-  _globals['_DELETEQUEUERESPONSE']._serialized_start=1006
-  _globals['_DELETEQUEUERESPONSE']._serialized_end=1027
-  _globals['_SUSPENDQUEUEREQUEST']._serialized_start=1029
-  _globals['_SUSPENDQUEUEREQUEST']._serialized_end=1064
-  _globals['_SUSPENDQUEUERESPONSE']._serialized_start=1066
-  _globals['_SUSPENDQUEUERESPONSE']._serialized_end=1126
-  _globals['_RESUMEQUEUEREQUEST']._serialized_start=1128
-  _globals['_RESUMEQUEUEREQUEST']._serialized_end=1162
-  _globals['_RESUMEQUEUERESPONSE']._serialized_start=1164
-  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1223
-  _globals['_CLEARQUEUEREQUEST']._serialized_start=1225
-  _globals['_CLEARQUEUEREQUEST']._serialized_end=1258
-  _globals['_CLEARQUEUERESPONSE']._serialized_start=1260
-  _globals['_CLEARQUEUERESPONSE']._serialized_end=1297
-  _globals['_QUEUESERVICE']._serialized_start=1543
-  _globals['_QUEUESERVICE']._serialized_end=2025
+  _globals['_QUEUECONFIG']._serialized_end=567
+  _globals['_QUEUEINFO']._serialized_start=570
+  _globals['_QUEUEINFO']._serialized_end=735
+  _globals['_LISTQUEUESREQUEST']._serialized_start=737
+  _globals['_LISTQUEUESREQUEST']._serialized_end=795
+  _globals['_LISTQUEUESRESPONSE']._serialized_start=797
+  _globals['_LISTQUEUESRESPONSE']._serialized_end=901
+  _globals['_SETQUEUEREQUEST']._serialized_start=903
+  _globals['_SETQUEUEREQUEST']._serialized_end=961
+  _globals['_SETQUEUERESPONSE']._serialized_start=963
+  _globals['_SETQUEUERESPONSE']._serialized_end=1019
+  _globals['_DELETEQUEUEREQUEST']._serialized_start=1021
+  _globals['_DELETEQUEUEREQUEST']._serialized_end=1055
+  _globals['_DELETEQUEUERESPONSE']._serialized_start=1057
+  _globals['_DELETEQUEUERESPONSE']._serialized_end=1078
+  _globals['_SUSPENDQUEUEREQUEST']._serialized_start=1080
+  _globals['_SUSPENDQUEUEREQUEST']._serialized_end=1115
+  _globals['_SUSPENDQUEUERESPONSE']._serialized_start=1117
+  _globals['_SUSPENDQUEUERESPONSE']._serialized_end=1177
+  _globals['_RESUMEQUEUEREQUEST']._serialized_start=1179
+  _globals['_RESUMEQUEUEREQUEST']._serialized_end=1213
+  _globals['_RESUMEQUEUERESPONSE']._serialized_start=1215
+  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1274
+  _globals['_CLEARQUEUEREQUEST']._serialized_start=1276
+  _globals['_CLEARQUEUEREQUEST']._serialized_end=1309
+  _globals['_CLEARQUEUERESPONSE']._serialized_start=1311
+  _globals['_CLEARQUEUERESPONSE']._serialized_end=1348
+  _globals['_QUEUESERVICE']._serialized_start=1698
+  _globals['_QUEUESERVICE']._serialized_end=2180
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,43 @@ QUEUE_TYPE_TOPIC_ROUND_ROBIN: QueueType.ValueType  # 3
 """Jobs run in parallel, taking turns between topics fairly."""
 Global___QueueType: _TypeAlias = QueueType  # noqa: Y015
 
+class _SyncIsolation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SyncIsolationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SyncIsolation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SYNC_ISOLATION_UNSPECIFIED: _SyncIsolation.ValueType  # 0
+    """Treated as SYNC_ISOLATION_THREAD."""
+    SYNC_ISOLATION_THREAD: _SyncIsolation.ValueType  # 1
+    """In the node's consumer threads: at the timeout the consumer is told to
+    stop, and the attempt ends (so the retry runs) only once it has returned.
+    """
+    SYNC_ISOLATION_PROCESS: _SyncIsolation.ValueType  # 2
+    """In a pool of `max_parallel` worker processes: at the timeout the worker
+    process is killed (SIGKILL) and replaced, and the attempt ends at once.
+    The consumer must be importable as `module:function`.
+    """
+
+class SyncIsolation(_SyncIsolation, metaclass=_SyncIsolationEnumTypeWrapper):
+    """Where a queue runs its sync (plain function) consumers, and so what its
+    attempt timeout does to them. Async consumers always run on the node's
+    event loop and are cancelled at the timeout; remote workers get a stop.
+    """
+
+SYNC_ISOLATION_UNSPECIFIED: SyncIsolation.ValueType  # 0
+"""Treated as SYNC_ISOLATION_THREAD."""
+SYNC_ISOLATION_THREAD: SyncIsolation.ValueType  # 1
+"""In the node's consumer threads: at the timeout the consumer is told to
+stop, and the attempt ends (so the retry runs) only once it has returned.
+"""
+SYNC_ISOLATION_PROCESS: SyncIsolation.ValueType  # 2
+"""In a pool of `max_parallel` worker processes: at the timeout the worker
+process is killed (SIGKILL) and replaced, and the attempt ends at once.
+The consumer must be importable as `module:function`.
+"""
+Global___SyncIsolation: _TypeAlias = SyncIsolation  # noqa: Y015
+
 class _QueueSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -102,6 +139,7 @@ class QueueConfig(_message.Message):
     KEEP_JOBS_FIELD_NUMBER: _builtins.int
     PREFER_RUN_ON_CREATION_INSTANCE_FIELD_NUMBER: _builtins.int
     RANKING_FIELD_NUMBER: _builtins.int
+    SYNC_ISOLATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name: letters, digits, `.`, `_`, `-`; `main` is the default queue."""
     type: Global___QueueType.ValueType
@@ -124,6 +162,8 @@ class QueueConfig(_message.Message):
     """
     ranking: _builtins.int
     """When several queues match a topic, the highest ranking wins."""
+    sync_isolation: Global___SyncIsolation.ValueType
+    """Where the queue's sync consumers run (unset: threads)."""
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Topic patterns of the jobs the queue runs (`a/b`, `a/b/*`, `a/b/**`)."""
@@ -157,10 +197,11 @@ class QueueConfig(_message.Message):
         keep_jobs: _builtins.bool | None = ...,
         prefer_run_on_creation_instance: _builtins.bool = ...,
         ranking: _builtins.int = ...,
+        sync_isolation: Global___SyncIsolation.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay", b"retry_delay", "retry_delay_max", b"retry_delay_max", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "name", b"name", "prefer_run_on_creation_instance", b"prefer_run_on_creation_instance", "ranking", b"ranking", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay", b"retry_delay", "retry_delay_max", b"retry_delay_max", "timeout", b"timeout", "topics", b"topics", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs", "_max_parallel", b"_max_parallel", "_retries", b"_retries", "_retry_backoff", b"_retry_backoff", "keep_jobs", b"keep_jobs", "max_parallel", b"max_parallel", "name", b"name", "prefer_run_on_creation_instance", b"prefer_run_on_creation_instance", "ranking", b"ranking", "retries", b"retries", "retry_backoff", b"retry_backoff", "retry_delay", b"retry_delay", "retry_delay_max", b"retry_delay_max", "sync_isolation", b"sync_isolation", "timeout", b"timeout", "topics", b"topics", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__keep_jobs: _TypeAlias = _typing.Literal["keep_jobs"]  # noqa: Y015
     _WhichOneofArgType__keep_jobs: _TypeAlias = _typing.Literal["_keep_jobs", b"_keep_jobs"]  # noqa: Y015

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jobmesh.v1 import jobs_pb2 as jobmesh_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jobmesh/v1/workers.proto\x12\njobmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobmesh/v1/jobs.proto\"\xf7\x01\n\x0bWorkRequest\x12\x32\n\x08register\x18\x01 \x01(\x0b\x32\x1e.jobmesh.v1.WorkerRegistrationH\x00\x12,\n\x08progress\x18\x02 \x01(\x0b\x32\x18.jobmesh.v1.WorkProgressH\x00\x12&\n\x03log\x18\x03 \x01(\x0b\x32\x17.jobmesh.v1.WorkLogLineH\x00\x12,\n\x08property\x18\x04 \x01(\x0b\x32\x18.jobmesh.v1.WorkPropertyH\x00\x12(\n\x06result\x18\x05 \x01(\x0b\x32\x16.jobmesh.v1.WorkResultH\x00\x42\x06\n\x04kind\"\xa2\x01\n\x0cWorkResponse\x12\x32\n\nregistered\x18\x01 \x01(\x0b\x32\x1c.jobmesh.v1.WorkerRegisteredH\x00\x12\x30\n\nassignment\x18\x02 \x01(\x0b\x32\x1a.jobmesh.v1.WorkAssignmentH\x00\x12$\n\x04stop\x18\x03 \x01(\x0b\x32\x14.jobmesh.v1.WorkStopH\x00\x42\x06\n\x04kind\"G\n\x12WorkerRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"O\n\x10WorkerRegistered\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"\xca\x02\n\x0eWorkAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05topic\x18\x03 \x01(\t\x12>\n\nproperties\x18\x04 \x03(\x0b\x32*.jobmesh.v1.WorkAssignment.PropertiesEntry\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x13\n\x0bretry_count\x18\x06 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x07 \x01(\x05\x12\x30\n\x0c\x63reated_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05queue\x18\t \x01(\t\x1aL\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.jobmesh.v1.PropertyValue:\x02\x38\x01\";\n\x08WorkStop\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9a\x01\n\x0cWorkProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x18\n\x0btotal_steps\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0fincrement_steps\x18\x04 \x01(\x03\x12&\n\x03\x65ta\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0e\n\x0c_total_steps\"?\n\x0bWorkLogLine\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"g\n\x0cWorkProperty\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12(\n\x05value\x18\x04 \x01(\x0b\x32\x19.jobmesh.v1.PropertyValue\"\xb0\x01\n\nWorkResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.jobmesh.v1.WorkOutcome\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eoutput_payload\x18\x06 \x01(\x0c\";\n\x12ListWorkersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x0f\x43onnectedWorker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06topics\x18\x03 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\x05\x12\x11\n\tin_flight\x18\x05 \x01(\x05\"p\n\x13ListWorkersResponse\x12,\n\x07workers\x18\x01 \x03(\x0b\x32\x1b.jobmesh.v1.ConnectedWorker\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05*|\n\x0bWorkOutcome\x12\x1c\n\x18WORK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORK_OUTCOME_SUCCEEDED\x10\x01\x12\x17\n\x13WORK_OUTCOME_FAILED\x10\x02\x12\x1a\n\x16WORK_OUTCOME_CANCELLED\x10\x03\x32\x9e\x01\n\rWorkerService\x12=\n\x04Work\x12\x17.jobmesh.v1.WorkRequest\x1a\x18.jobmesh.v1.WorkResponse(\x01\x30\x01\x12N\n\x0bListWorkers\x12\x1e.jobmesh.v1.ListWorkersRequest\x1a\x1f.jobmesh.v1.ListWorkersResponseB;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18jobmesh/v1/workers.proto\x12\njobmesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15jobmesh/v1/jobs.proto\"\xf7\x01\n\x0bWorkRequest\x12\x32\n\x08register\x18\x01 \x01(\x0b\x32\x1e.jobmesh.v1.WorkerRegistrationH\x00\x12,\n\x08progress\x18\x02 \x01(\x0b\x32\x18.jobmesh.v1.WorkProgressH\x00\x12&\n\x03log\x18\x03 \x01(\x0b\x32\x17.jobmesh.v1.WorkLogLineH\x00\x12,\n\x08property\x18\x04 \x01(\x0b\x32\x18.jobmesh.v1.WorkPropertyH\x00\x12(\n\x06result\x18\x05 \x01(\x0b\x32\x16.jobmesh.v1.WorkResultH\x00\x42\x06\n\x04kind\"\xd9\x01\n\x0cWorkResponse\x12\x32\n\nregistered\x18\x01 \x01(\x0b\x32\x1c.jobmesh.v1.WorkerRegisteredH\x00\x12\x30\n\nassignment\x18\x02 \x01(\x0b\x32\x1a.jobmesh.v1.WorkAssignmentH\x00\x12$\n\x04stop\x18\x03 \x01(\x0b\x32\x14.jobmesh.v1.WorkStopH\x00\x12\x35\n\rpayload_chunk\x18\x04 \x01(\x0b\x32\x1c.jobmesh.v1.WorkPayloadChunkH\x00\x42\x06\n\x04kind\"a\n\x12WorkerRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12\x18\n\x10\x63hunked_payloads\x18\x04 \x01(\x08\"O\n\x10WorkerRegistered\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\"\x90\x03\n\x0eWorkAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\r\n\x05topic\x18\x03 \x01(\t\x12>\n\nproperties\x18\x04 \x03(\x0b\x32*.jobmesh.v1.WorkAssignment.PropertiesEntry\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x13\n\x0bretry_count\x18\x06 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x07 \x01(\x05\x12\x30\n\x0c\x63reated_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05queue\x18\t \x01(\t\x12\x17\n\x0fpayload_chunked\x18\n \x01(\x08\x12\x14\n\x0cpayload_size\x18\x0b \x01(\x03\x12\x15\n\rpayload_crc32\x18\x0c \x01(\r\x1aL\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.jobmesh.v1.PropertyValue:\x02\x38\x01\"y\n\x10WorkPayloadChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x12\n\ntotal_size\x18\x04 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x12\n\ndata_crc32\x18\x06 \x01(\r\";\n\x08WorkStop\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9a\x01\n\x0cWorkProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x18\n\x0btotal_steps\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x17\n\x0fincrement_steps\x18\x04 \x01(\x03\x12&\n\x03\x65ta\x18\x05 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0e\n\x0c_total_steps\"?\n\x0bWorkLogLine\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"g\n\x0cWorkProperty\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12(\n\x05value\x18\x04 \x01(\x0b\x32\x19.jobmesh.v1.PropertyValue\"\xb0\x01\n\nWorkResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12(\n\x07outcome\x18\x03 \x01(\x0e\x32\x17.jobmesh.v1.WorkOutcome\x12\x0f\n\x07message\x18\x04 \x01(\t\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eoutput_payload\x18\x06 \x01(\x0c\";\n\x12ListWorkersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x0f\x43onnectedWorker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06topics\x18\x03 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\x05\x12\x11\n\tin_flight\x18\x05 \x01(\x05\"p\n\x13ListWorkersResponse\x12,\n\x07workers\x18\x01 \x03(\x0b\x32\x1b.jobmesh.v1.ConnectedWorker\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05*|\n\x0bWorkOutcome\x12\x1c\n\x18WORK_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORK_OUTCOME_SUCCEEDED\x10\x01\x12\x17\n\x13WORK_OUTCOME_FAILED\x10\x02\x12\x1a\n\x16WORK_OUTCOME_CANCELLED\x10\x03\x32\x9e\x01\n\rWorkerService\x12=\n\x04Work\x12\x17.jobmesh.v1.WorkRequest\x1a\x18.jobmesh.v1.WorkResponse(\x01\x30\x01\x12N\n\x0bListWorkers\x12\x1e.jobmesh.v1.ListWorkersRequest\x1a\x1f.jobmesh.v1.ListWorkersResponseB;\n\rio.jobmesh.v1P\x01Z(jobmesh.example/api/jobmesh/v1;jobmeshv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,36 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\rio.jobmesh.v1P\001Z(jobmesh.example/api/jobmesh/v1;jobmeshv1'
   _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._loaded_options = None
   _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_WORKOUTCOME']._serialized_start=1880
-  _globals['_WORKOUTCOME']._serialized_end=2004
+  _globals['_WORKOUTCOME']._serialized_start=2154
+  _globals['_WORKOUTCOME']._serialized_end=2278
   _globals['_WORKREQUEST']._serialized_start=129
   _globals['_WORKREQUEST']._serialized_end=376
   _globals['_WORKRESPONSE']._serialized_start=379
-  _globals['_WORKRESPONSE']._serialized_end=541
-  _globals['_WORKERREGISTRATION']._serialized_start=543
-  _globals['_WORKERREGISTRATION']._serialized_end=614
-  _globals['_WORKERREGISTERED']._serialized_start=616
-  _globals['_WORKERREGISTERED']._serialized_end=695
-  _globals['_WORKASSIGNMENT']._serialized_start=698
-  _globals['_WORKASSIGNMENT']._serialized_end=1028
-  _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_start=952
-  _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_end=1028
-  _globals['_WORKSTOP']._serialized_start=1030
-  _globals['_WORKSTOP']._serialized_end=1089
-  _globals['_WORKPROGRESS']._serialized_start=1092
-  _globals['_WORKPROGRESS']._serialized_end=1246
-  _globals['_WORKLOGLINE']._serialized_start=1248
-  _globals['_WORKLOGLINE']._serialized_end=1311
-  _globals['_WORKPROPERTY']._serialized_start=1313
-  _globals['_WORKPROPERTY']._serialized_end=1416
-  _globals['_WORKRESULT']._serialized_start=1419
-  _globals['_WORKRESULT']._serialized_end=1595
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1597
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1656
-  _globals['_CONNECTEDWORKER']._serialized_start=1658
-  _globals['_CONNECTEDWORKER']._serialized_end=1764
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1766
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1878
-  _globals['_WORKERSERVICE']._serialized_start=2007
-  _globals['_WORKERSERVICE']._serialized_end=2165
+  _globals['_WORKRESPONSE']._serialized_end=596
+  _globals['_WORKERREGISTRATION']._serialized_start=598
+  _globals['_WORKERREGISTRATION']._serialized_end=695
+  _globals['_WORKERREGISTERED']._serialized_start=697
+  _globals['_WORKERREGISTERED']._serialized_end=776
+  _globals['_WORKASSIGNMENT']._serialized_start=779
+  _globals['_WORKASSIGNMENT']._serialized_end=1179
+  _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_start=1103
+  _globals['_WORKASSIGNMENT_PROPERTIESENTRY']._serialized_end=1179
+  _globals['_WORKPAYLOADCHUNK']._serialized_start=1181
+  _globals['_WORKPAYLOADCHUNK']._serialized_end=1302
+  _globals['_WORKSTOP']._serialized_start=1304
+  _globals['_WORKSTOP']._serialized_end=1363
+  _globals['_WORKPROGRESS']._serialized_start=1366
+  _globals['_WORKPROGRESS']._serialized_end=1520
+  _globals['_WORKLOGLINE']._serialized_start=1522
+  _globals['_WORKLOGLINE']._serialized_end=1585
+  _globals['_WORKPROPERTY']._serialized_start=1587
+  _globals['_WORKPROPERTY']._serialized_end=1690
+  _globals['_WORKRESULT']._serialized_start=1693
+  _globals['_WORKRESULT']._serialized_end=1869
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1871
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1930
+  _globals['_CONNECTEDWORKER']._serialized_start=1932
+  _globals['_CONNECTEDWORKER']._serialized_end=2038
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2040
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2152
+  _globals['_WORKERSERVICE']._serialized_start=2281
+  _globals['_WORKERSERVICE']._serialized_end=2439
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,12 @@ The message flow of WorkerService.Work, in order:
   1. worker -> node: `register` (name, topic patterns, concurrency). It must
      be the first message.
   2. node -> worker: `registered`.
-  3. node -> worker: `assignment`, one per job. The node never has more
+  3. node -> worker: `assignment`, one per job. An input payload larger
+     than 1 MiB reaches a worker that registered `chunked_payloads` as
+     `payload_chunk` messages (each at most 1 MiB of data, in offset
+     order, all of one job back to back) directly before its
+     `assignment`, which then has `payload_chunked` set and an empty
+     `payload`. The node never has more
      than `concurrency` (as `registered` gave it) assignments outstanding
      on one stream: an assignment is outstanding from when the node sends
      it until the worker sends its `result`. Nor does it send one while the
@@ -31,15 +36,30 @@ The message flow of WorkerService.Work, in order:
   6. node -> worker: `stop` asks the worker to end a job early (a user
      stopped or removed it, its attempt timed out, or the node is shutting
      down). The worker should send a `result` soon, which frees the slot.
-     After StopJob, any result other than success ends the job STOPPED; in
-     the other cases the node has already ended the attempt (DROPPED,
-     failed as timed out, re-queued) and ignores the result.
+     After StopJob, any result other than success ends the job STOPPED.
+     After an attempt timeout the job stays ACTIVE and the slot takes no
+     other job until the worker sends a result for that attempt (or
+     disconnects); then the attempt ends failed as timed out, whatever the
+     result said, and only then may its retry run (never two attempts of
+     one job at once). After RemoveJob or at shutdown the node has already
+     ended the attempt (DROPPED, re-queued) and ignores the result.
+
+Message sizes: to a worker that registered `chunked_payloads`, every
+message the node sends is at most 1 MiB of payload data plus the job's
+properties and a few hundred bytes (properties are bounded by the node's
+`jobs.max_properties_bytes`, 64 KiB by default), so gRPC's default 4 MiB
+receive limit suffices. A worker that does not set it gets each input
+payload inline in its assignment and must accept messages of
+`jobs.max_payload_bytes` + 4 MiB (68 MiB by default). The node accepts
+worker messages up to that size too, so a `result` may carry a 64 MiB
+output payload (gRPC clients send messages of any size by default).
 
 A malformed message (no registration first, an invalid topic pattern, a
 missing job id, an attempt of 0, an unspecified outcome, an invalid
 property) ends the stream with INVALID_ARGUMENT and a message naming the
 field. Reports about an attempt that is no longer outstanding (it was
-stopped, timed out or reassigned meanwhile) are ignored.
+removed or reassigned meanwhile) are ignored; the result of a timed-out
+attempt only frees its slot.
 
 Compatibility rule: fields and enum values are only ever added. A field
 number or enum number is never changed, renumbered or reused; a field that
@@ -156,6 +176,7 @@ class WorkResponse(_message.Message):
     REGISTERED_FIELD_NUMBER: _builtins.int
     ASSIGNMENT_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CHUNK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___WorkerRegistered:
         """The registration was accepted; jobs follow."""
@@ -168,18 +189,23 @@ class WorkResponse(_message.Message):
     def stop(self) -> Global___WorkStop:
         """Please end a job early."""
 
+    @_builtins.property
+    def payload_chunk(self) -> Global___WorkPayloadChunk:
+        """A piece of the input payload of the `assignment` that follows."""
+
     def __init__(
         self,
         *,
         registered: Global___WorkerRegistered | None = ...,
         assignment: Global___WorkAssignment | None = ...,
         stop: Global___WorkStop | None = ...,
+        payload_chunk: Global___WorkPayloadChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "kind", b"kind", "registered", b"registered", "stop", b"stop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "kind", b"kind", "payload_chunk", b"payload_chunk", "registered", b"registered", "stop", b"stop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "kind", b"kind", "registered", b"registered", "stop", b"stop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "kind", b"kind", "payload_chunk", b"payload_chunk", "registered", b"registered", "stop", b"stop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "assignment", "stop"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "assignment", "stop", "payload_chunk"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -194,6 +220,7 @@ class WorkerRegistration(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TOPICS_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
+    CHUNKED_PAYLOADS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A human-readable name for logs and job messages (at most 256 characters);
     empty: the node uses the worker's address.
@@ -202,6 +229,13 @@ class WorkerRegistration(_message.Message):
     """How many jobs the worker runs at once (1..10000; 0 means 1). The node
     clamps it to its `workers.max_concurrency` setting and never has more
     assignments outstanding on this stream.
+    """
+    chunked_payloads: _builtins.bool
+    """True: send input payloads larger than 1 MiB as `payload_chunk` messages
+    before the assignment, so no message to this worker exceeds ~1 MiB plus
+    the job's properties (every worker written for this version should set
+    it). False, for workers written before chunks existed: the payload is
+    inline in `assignment.payload`, however large.
     """
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -216,10 +250,11 @@ class WorkerRegistration(_message.Message):
         name: _builtins.str = ...,
         topics: _abc.Iterable[_builtins.str] | None = ...,
         concurrency: _builtins.int = ...,
+        chunked_payloads: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "name", b"name", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunked_payloads", b"chunked_payloads", "concurrency", b"concurrency", "name", b"name", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,6 +330,9 @@ class WorkAssignment(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     CREATED_TIME_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CHUNKED_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SIZE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_CRC32_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id. Reports about the job name it, together with `attempt`."""
     attempt: _builtins.int
@@ -311,6 +349,17 @@ class WorkAssignment(_message.Message):
     """How many retries are allowed after the first attempt; -1 means forever."""
     queue: _builtins.str
     """The name of the node's queue that runs the job."""
+    payload_chunked: _builtins.bool
+    """True: the input payload came in `payload_chunk` messages (job id and
+    attempt as here) just before this assignment, and `payload` is empty;
+    concatenate their data in offset order.
+    """
+    payload_size: _builtins.int
+    """Size in bytes of the whole input payload, inline or chunked."""
+    payload_crc32: _builtins.int
+    """CRC-32 (zlib's, as in PNG and gzip) of the whole input payload, inline
+    or chunked (0 for none); a worker should check it.
+    """
     @_builtins.property
     def properties(self) -> _containers.MessageMap[_builtins.str, _jobs_pb2.PropertyValue]:
         """The job's properties."""
@@ -331,14 +380,62 @@ class WorkAssignment(_message.Message):
         max_retries: _builtins.int = ...,
         created_time: _timestamp_pb2.Timestamp | None = ...,
         queue: _builtins.str = ...,
+        payload_chunked: _builtins.bool = ...,
+        payload_size: _builtins.int = ...,
+        payload_crc32: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_time", b"created_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_time", b"created_time", "job_id", b"job_id", "max_retries", b"max_retries", "payload", b"payload", "properties", b"properties", "queue", b"queue", "retry_count", b"retry_count", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_time", b"created_time", "job_id", b"job_id", "max_retries", b"max_retries", "payload", b"payload", "payload_chunked", b"payload_chunked", "payload_crc32", b"payload_crc32", "payload_size", b"payload_size", "properties", b"properties", "queue", b"queue", "retry_count", b"retry_count", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkAssignment: _TypeAlias = WorkAssignment  # noqa: Y015
+
+@_typing.final
+class WorkPayloadChunk(_message.Message):
+    """A piece of an assignment's input payload (see WorkAssignment.payload_chunked).
+    The pieces of one payload arrive in offset order, back to back, directly
+    before the assignment they belong to.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DATA_CRC32_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id, as in the assignment that follows."""
+    attempt: _builtins.int
+    """The attempt, as in the assignment that follows."""
+    offset: _builtins.int
+    """Byte offset of `data` in the whole payload; 0 starts a new payload."""
+    total_size: _builtins.int
+    """Size in bytes of the whole payload."""
+    data: _builtins.bytes
+    """The bytes from `offset` (at most 1 MiB)."""
+    data_crc32: _builtins.int
+    """CRC-32 of `data`."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        total_size: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        data_crc32: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "data_crc32", b"data_crc32", "job_id", b"job_id", "offset", b"offset", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkPayloadChunk: _TypeAlias = WorkPayloadChunk  # noqa: Y015
 
 @_typing.final
 class WorkStop(_message.Message):
@@ -509,7 +606,10 @@ class WorkResult(_message.Message):
     message: _builtins.str
     """A message for the job's result (success message or failure reason)."""
     output_payload: _builtins.bytes
-    """For WORK_OUTCOME_SUCCEEDED: the output payload (empty for none)."""
+    """For WORK_OUTCOME_SUCCEEDED: the output payload (empty for none), at most
+    the node's `jobs.max_payload_bytes`; a larger one ends the job in ERROR
+    (the node keeps no output it may not pass on).
+    """
     @_builtins.property
     def retry_delay(self) -> _duration_pb2.Duration:
         """For WORK_OUTCOME_FAILED: the delay before the retry (>= 0); unset for

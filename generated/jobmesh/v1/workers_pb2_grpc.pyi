@@ -16,7 +16,12 @@ The message flow of WorkerService.Work, in order:
   1. worker -> node: `register` (name, topic patterns, concurrency). It must
      be the first message.
   2. node -> worker: `registered`.
-  3. node -> worker: `assignment`, one per job. The node never has more
+  3. node -> worker: `assignment`, one per job. An input payload larger
+     than 1 MiB reaches a worker that registered `chunked_payloads` as
+     `payload_chunk` messages (each at most 1 MiB of data, in offset
+     order, all of one job back to back) directly before its
+     `assignment`, which then has `payload_chunked` set and an empty
+     `payload`. The node never has more
      than `concurrency` (as `registered` gave it) assignments outstanding
      on one stream: an assignment is outstanding from when the node sends
      it until the worker sends its `result`. Nor does it send one while the
@@ -31,15 +36,30 @@ The message flow of WorkerService.Work, in order:
   6. node -> worker: `stop` asks the worker to end a job early (a user
      stopped or removed it, its attempt timed out, or the node is shutting
      down). The worker should send a `result` soon, which frees the slot.
-     After StopJob, any result other than success ends the job STOPPED; in
-     the other cases the node has already ended the attempt (DROPPED,
-     failed as timed out, re-queued) and ignores the result.
+     After StopJob, any result other than success ends the job STOPPED.
+     After an attempt timeout the job stays ACTIVE and the slot takes no
+     other job until the worker sends a result for that attempt (or
+     disconnects); then the attempt ends failed as timed out, whatever the
+     result said, and only then may its retry run (never two attempts of
+     one job at once). After RemoveJob or at shutdown the node has already
+     ended the attempt (DROPPED, re-queued) and ignores the result.
+
+Message sizes: to a worker that registered `chunked_payloads`, every
+message the node sends is at most 1 MiB of payload data plus the job's
+properties and a few hundred bytes (properties are bounded by the node's
+`jobs.max_properties_bytes`, 64 KiB by default), so gRPC's default 4 MiB
+receive limit suffices. A worker that does not set it gets each input
+payload inline in its assignment and must accept messages of
+`jobs.max_payload_bytes` + 4 MiB (68 MiB by default). The node accepts
+worker messages up to that size too, so a `result` may carry a 64 MiB
+output payload (gRPC clients send messages of any size by default).
 
 A malformed message (no registration first, an invalid topic pattern, a
 missing job id, an attempt of 0, an unspecified outcome, an invalid
 property) ends the stream with INVALID_ARGUMENT and a message naming the
 field. Reports about an attempt that is no longer outstanding (it was
-stopped, timed out or reassigned meanwhile) are ignored.
+removed or reassigned meanwhile) are ignored; the result of a timed-out
+attempt only frees its slot.
 
 Compatibility rule: fields and enum values are only ever added. A field
 number or enum number is never changed, renumbered or reused; a field that

@@ -34,6 +34,10 @@
         document.getElementById("progress-text").textContent = job.done + " / " + job.total;
         document.getElementById("eta").textContent = formatTime(job.eta_us);
       }
+      const logCount = document.getElementById("log-count");
+      if (logCount && job.log_count !== undefined) {
+        logCount.textContent = String(job.log_count); // all lines logged; the list shows the newest kept
+      }
       const log = document.getElementById("log");
       if (log && Array.isArray(job.log) && job.log.length !== log.children.length) {
         log.replaceChildren(
@@ -50,10 +54,12 @@
       if (state && job.state && state.textContent !== job.state) {
         state.textContent = job.state;
         state.dataset.state = job.state;
-        const events = document.getElementById("events");
-        const item = document.createElement("li");
-        item.textContent = new Date().toISOString().slice(11, 19) + " " + job.state + (job.message ? ": " + job.message : "");
-        events.prepend(item);
+        const events = document.getElementById("events"); // only on the newest page of events
+        if (events) {
+          const item = document.createElement("li");
+          item.textContent = new Date().toISOString().slice(11, 19) + " " + job.state + (job.message ? ": " + job.message : "");
+          events.prepend(item);
+        }
         if (!["QUEUED", "ACTIVE"].includes(job.state)) {
           // Finished: the page shows the result, the log and the output.
           window.setTimeout(() => window.location.reload(), 300);
