@@ -9,7 +9,6 @@ the asker at the epoch asked. Anything else gets an answer that changes nothing 
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Sequence
 
@@ -21,8 +20,6 @@ from node.journal.records import ACTIVE, QUEUED, UNFINISHED
 from node.model.job import JobState
 from node.transfer.assign import Assigner, Chooser
 from node.transfer.outbox import Outbox, OutboxKind
-
-log = logging.getLogger(__name__)
 
 Status = transfer_pb2.ReconcileStatus
 _BY_STATE = {
@@ -50,7 +47,7 @@ def answer_as_target(
             continue
         state, retry_count = JobState(row["state"]), int(row["retry_count"])
         if (int(state), retry_count) != (job.state, job.retry_count):
-            resend.append((asker, job.job_id, job.epoch))  # a report was lost: it goes again
+            resend.append((asker, job.job_id, job.epoch))  # lost or late: it goes again (fenced as any)
         response.answers.add(
             job_id=job.job_id,
             epoch=job.epoch,
