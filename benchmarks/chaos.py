@@ -9,7 +9,7 @@ a burst before each fault: kill -9 and restart of A; B cut off past the death ti
 origin reassigned its jobs, then healed; kill -9 and restart of the origin. Then it waits for
 every job to be terminal at the origin and checks (tests/support/chaos.py): every job SUCCEEDED
 exactly once at the origin, every execution beyond the accepted one explained by a fault
-(fenced work after the heal counted apart), `jobmesh check` clean on every data dir, one view
+(fenced work after the heal or a restart counted apart, and a failure), `jobmesh check` clean on every data dir, one view
 and one leader at the end. Prints the timeline, counts, re-executions by cause and a verdict;
 exits 1 on FAIL, 2 when the lab cannot be built here.
 

@@ -67,7 +67,8 @@ class ChaosProfile:
     """Sizes and timings of one chaos run."""
 
     jobs: int
-    """Jobs added in all (steadily, plus a burst before each fault)."""
+    """Jobs added at least (steadily, plus a burst before each fault): the steady flow goes on
+    until the last fault, then tops up to this many."""
     rate_per_s: float
     """Steady rate of the producer between bursts."""
     burst: tuple[int, int]
@@ -128,8 +129,9 @@ class ChaosOutcome:
 
     @property
     def passed(self) -> bool:
-        """True when no check failed and every re-execution has a cause."""
-        return not self.failures and not self.verdict.problems and not self.verdict.unexplained
+        """True when no check failed, every re-execution has a cause, and none is fenced work."""
+        v = self.verdict
+        return not self.failures and not v.problems and not v.unexplained and not v.fenced
 
 
 class Chaos:
@@ -450,12 +452,13 @@ class Chaos:
         producer = Producer(self.procs["origin"], self.profile, TOPIC, properties)
         producer.start()
         self.mark(
-            f"producer started: {self.profile.jobs} jobs, {self.profile.rate_per_s:.0f}/s, bursts {self.profile.burst}"
+            f"producer started: at least {self.profile.jobs} jobs, {self.profile.rate_per_s:.0f}/s, bursts {self.profile.burst}"
         )
         try:
             self.kill_worker(producer, "worker-a")
             self.partition_worker(producer, "worker-b")
             self.kill_origin(producer)
+            producer.finish()
             self.settle(producer)
         finally:
             producer.stop()

@@ -11,7 +11,7 @@ def render(outcome: ChaosOutcome) -> str:
     p, v = outcome.profile, outcome.verdict
     name = outcome.names.get
     lines = [
-        f"# chaos: {'production timings' if not p.preset else 'test preset'}, {p.jobs} jobs, seed {p.seed}",
+        f"# chaos: {'production timings' if not p.preset else 'test preset'}, at least {p.jobs} jobs, seed {p.seed}",
         "",
         "## Timeline",
         *(f"- {t:8.2f} s  {what}" for t, what in outcome.timeline),
@@ -46,6 +46,12 @@ def render(outcome: ChaosOutcome) -> str:
     if not v.extras:
         lines.append("- none")
     problems = outcome.failures + v.problems
+    if v.unexplained:
+        problems.append(f"{len(v.unexplained)} re-executions no fault explains")
+    if v.fenced:
+        problems.append(
+            f"{len(v.fenced)} executions of jobs already reassigned (fenced work a worker must drop)"
+        )
     lines += ["", "## Failures", *(f"- {f}" for f in problems[:50])]
     if len(problems) > 50:
         lines.append(f"- ... and {len(problems) - 50} more")

@@ -12,8 +12,8 @@ The causes, for a job's execution that the origin did not accept:
   up to the heal) under an epoch the origin has since replaced (the job was reassigned): its
   result could not reach the origin in time;
 - `fenced-after-heal`, `fenced-after-restart`: it ran on that worker after the heal (or its
-  restart) under a replaced epoch: work the worker should have dropped (issue 13 point 9);
-  counted apart from the others;
+  restart) under a replaced epoch: work the worker should have dropped unrun (its lease on the
+  origin's jobs had lapsed, see node/transfer/lease.py), so the run FAILS on any of them;
 - `origin-kill`: it was in flight (on any worker, and ended) when the origin was killed.
 """
 
@@ -116,7 +116,8 @@ class Cause(enum.Enum):
 
 
 FENCED = frozenset({Cause.FENCED_AFTER_HEAL, Cause.FENCED_AFTER_RESTART})
-"""Causes that are wasted work of a worker back from a fault (reported separately)."""
+"""Causes that are wasted work of a worker back from a fault: a fault explains them, but a
+worker must not do them (reported apart, and a failure of the run)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,11 @@ class Verdict:
     def unexplained(self) -> list[Extra]:
         """Re-executions no fault explains."""
         return [e for e in self.extras if e.cause is None]
+
+    @property
+    def fenced(self) -> list[Extra]:
+        """Re-executions of jobs a worker back from a fault should have dropped unrun."""
+        return [e for e in self.extras if e.cause in FENCED]
 
     def by_cause(self) -> Counter[str]:
         """Extra executions per cause name (`unexplained` for none)."""

@@ -54,16 +54,23 @@ class Producer(threading.Thread):
         self._bursts: list[int] = []
         self._lock = threading.Lock()
         self._halt = threading.Event()
+        self._open = True
 
     def burst(self, count: int) -> None:
-        """Add `count` jobs now (as many as are left), before the steady flow goes on."""
+        """Add `count` jobs now, before the steady flow goes on."""
         with self._lock:
             self._bursts.append(count)
 
+    def finish(self) -> None:
+        """The faults are over: add only what is left of the plan's count, then stop. Until
+        this is called the steady flow goes on past that count, so work never runs out while
+        a fault waits for jobs in flight."""
+        self._open = False
+
     @property
     def done(self) -> bool:
-        """True once every job is added (or the producer failed)."""
-        return len(self.ids) >= self.profile.jobs or self.failed is not None
+        """True once finished and every planned job is added (or the producer failed)."""
+        return (not self._open and len(self.ids) >= self.profile.jobs) or self.failed is not None
 
     def stop(self) -> None:
         """Stop adding and close the channel."""
@@ -80,7 +87,7 @@ class Producer(threading.Thread):
     def _produce(self) -> None:
         p = self.profile
         pause = p.batch / p.rate_per_s
-        while len(self.ids) < p.jobs and not self._halt.is_set():
+        while (self._open or len(self.ids) < p.jobs) and not self._halt.is_set():
             with self._lock:
                 burst = self._bursts.pop(0) if self._bursts else 0
             for start in range(0, max(burst, p.batch), p.batch):
@@ -90,7 +97,8 @@ class Producer(threading.Thread):
 
     def _add(self, count: int) -> None:
         first = len(self.ids)
-        count = min(count, self.profile.jobs - first)
+        if not self._open:
+            count = min(count, self.profile.jobs - first)
         if count <= 0:
             return
         jobs = [new_job(self.topic, b"", **self.properties) for _ in range(count)]
