@@ -20,17 +20,21 @@ def test_before_its_leases_are_loaded_a_node_holds_every_job_of_another_origin()
     assert lease.to_confirm() == []
 
 
-def test_an_origin_is_held_until_a_round_trip_to_it_completes_and_again_once_the_window_passed() -> None:
+def test_origins_queued_before_a_restart_are_held_until_confirmed_and_again_once_the_window_passed() -> None:
     lease = Lease("me", WINDOW_S)
     lease.load({"o1", "o2"})
     assert lease.hold().origins == {"o1", "o2"}
     assert lease.to_confirm() == ["o1", "o2"]
 
+    # A round trip alone does not lift the hold after a restart: the node was down, and what is
+    # queued here may have been reassigned meanwhile; only an answered Reconcile does.
     lease.heard("o1", time.monotonic())
+    assert lease.hold().origins == {"o1", "o2"}
+    lease.confirmed("o1", time.monotonic())
     assert lease.hold().origins == {"o2"}
     assert lease.to_confirm() == ["o2"]
 
-    lease.heard("o2", time.monotonic())
+    lease.confirmed("o2", time.monotonic())
     assert lease.hold() is NO_HOLD
     assert lease.hold().sql() == ("", ())
 
@@ -39,10 +43,36 @@ def test_an_origin_is_held_until_a_round_trip_to_it_completes_and_again_once_the
     assert lease.holds("o1", now=time.monotonic() + WINDOW_S)  # a pause jumps the clock
 
 
+def test_a_new_origin_is_held_until_a_round_trip_to_it_completes() -> None:
+    lease = Lease("me", WINDOW_S)
+    lease.load(set())
+    lease.arrived("o1")
+    assert lease.hold().origins == {"o1"}
+    lease.heard("o1", time.monotonic())  # its first round trip: nothing of it can be stale
+    assert lease.hold() is NO_HOLD
+
+
+def test_a_lapse_stands_until_confirmed_even_when_another_round_trip_renews_the_lease_first() -> None:
+    # Given a lease renewed normally
+    lease = Lease("me", WINDOW_S)
+    lease.load(set())
+    lease.arrived("o1")
+    before = time.monotonic() - 3 * WINDOW_S
+    lease.heard("o1", before)
+    # When the next round trip (a report frame acknowledged after a heal) comes after a gap
+    # longer than the window
+    lease.heard("o1", time.monotonic())
+    # Then the origin stays held, and is asked, until a Reconcile about its jobs is answered
+    assert lease.holds("o1")
+    assert lease.to_confirm() == ["o1"]
+    lease.confirmed("o1", time.monotonic())
+    assert not lease.holds("o1")
+
+
 def test_a_lease_past_half_its_window_is_renewed_before_it_lapses() -> None:
     lease = Lease("me", WINDOW_S)
     lease.load({"o1"})
-    lease.heard("o1", time.monotonic() - 0.6 * WINDOW_S)
+    lease.confirmed("o1", time.monotonic() - 0.6 * WINDOW_S)
     assert not lease.holds("o1")
     assert lease.to_confirm() == ["o1"]
 

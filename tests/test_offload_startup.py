@@ -59,7 +59,7 @@ async def test_jobs_of_another_origin_that_end_during_start_are_reported_to_thei
     async with n:
         assert "origin-1" in n.jobs.hold().origins
         assert (await n.jobs.get_job("queued")).state is node.JobState.QUEUED
-        n.transfer_receiver.lease.heard("origin-1", time.monotonic())  # type: ignore[attr-defined]
+        n.transfer_receiver.lease.confirmed("origin-1", time.monotonic())  # type: ignore[attr-defined]
         n.jobs.wake_runners()
         await asyncio.wait_for(_until_succeeded(n, "queued"), 10)
         assert (await n.jobs.get_job("crashed")).state is node.JobState.GIVEN_UP

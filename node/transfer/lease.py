@@ -11,7 +11,9 @@ arrives: one sent before a pause could be read long after it.
 Past the window (after a SIGSTOP monotonic time has jumped at once; in a partition it runs
 out) the runners leave that origin's QUEUED jobs alone (`hold`, asked at every claim), and the
 offloader asks the origin with Reconcile which of them are still this node's; it drops the
-others unrun and the hold lifts. A lease is renewed before it lapses when the origin's jobs wait
+others unrun and the hold lifts. Only that answer lifts it: another round trip that renews the
+lease first (a report frame acknowledged after a heal) does not, as the jobs queued here
+through the lapse may have been reassigned in it. Likewise after a restart. A lease is renewed before it lapses when the origin's jobs wait
 here and nothing else renewed it, so a steady flow never waits.
 
 Event-loop contract: every method runs on the node's loop.
@@ -40,10 +42,16 @@ class Lease:
         start (until then every job of another origin is held)."""
         self._idle_until: dict[str, float] = {}
         """origin -> monotonic time before which it is not asked (nothing of it was queued)."""
+        self._lapsed: set[str] = set()
+        """Origins whose lease lapsed (or that were queued here before a restart): their jobs
+        queued here may have been reassigned meanwhile, so they stay held until a Reconcile about
+        them is answered (`confirmed`), whatever other round trip renews the lease first."""
 
     def load(self, origins: set[str]) -> None:
-        """The origins of the jobs queued here, read at start: none is heard from yet."""
+        """The origins of the jobs queued here, read at start: none is heard from yet, and the
+        node was down for a while, so each must be confirmed."""
         self._origins = set(origins) | (self._origins or set())
+        self._lapsed |= set(origins) - {self.local_id}
 
     def arrived(self, origin: str) -> None:
         """A job of `origin` arrived here (its lease starts unconfirmed if it is new)."""
@@ -58,14 +66,26 @@ class Lease:
         self._idle_until[origin] = time.monotonic() + IDLE_WINDOWS * self.window_s
 
     def heard(self, origin: str, started_at: float) -> None:
-        """A round trip to `origin` that started at monotonic `started_at` completed."""
-        if started_at > self._heard.get(origin, float("-inf")):
+        """A round trip to `origin` that started at monotonic `started_at` completed. It renews
+        the lease, but if the lease ran out since the last one, the lapse stands until confirmed."""
+        previous = self._heard.get(origin)
+        if previous is not None and started_at - previous >= self.window_s:
+            self._lapsed.add(origin)  # a gap: what is queued here may have been reassigned in it
+        if previous is None or started_at > previous:
             self._heard[origin] = started_at
 
+    def confirmed(self, origin: str, asked_at: float) -> None:
+        """A Reconcile about every job of `origin` queued here, asked at monotonic `asked_at`, was
+        answered and applied: the lease runs from the question, and any lapse is over."""
+        self._lapsed.discard(origin)
+        if asked_at > self._heard.get(origin, float("-inf")):
+            self._heard[origin] = asked_at
+
     def holds(self, origin: str, now: float | None = None) -> bool:
-        """True if `origin`'s jobs may not start here now (its lease lapsed or never began)."""
+        """True if `origin`'s jobs may not start here now: its lease lapsed (and was not
+        confirmed since) or never began."""
         now = time.monotonic() if now is None else now
-        return now - self._heard.get(origin, float("-inf")) >= self.window_s
+        return origin in self._lapsed or now - self._heard.get(origin, float("-inf")) >= self.window_s
 
     def hold(self) -> Hold:
         """What the runners leave QUEUED now (the JobManager's `hold`, asked at every claim)."""
@@ -83,6 +103,6 @@ class Lease:
         return sorted(
             o
             for o in self._origins
-            if now - self._heard.get(o, float("-inf")) >= self.window_s / 2
+            if (o in self._lapsed or now - self._heard.get(o, float("-inf")) >= self.window_s / 2)
             and self._idle_until.get(o, 0.0) <= now
         )

@@ -25,6 +25,8 @@ from node.errors import PeerUnavailable
 from node.transfer.chunks import ChunkAssembler
 from node.transport import Transport
 
+CONNECT_TIMEOUT_S = 2.0
+"""How long opening a transfer stream waits for its connection (then the sender tries again)."""
 RECONCILE_TIMEOUT_S = 10.0
 """A Reconcile call not answered by then counts as failed (it is asked again next round)."""
 
@@ -85,8 +87,21 @@ class GrpcTransferLink:
         """One channel per peer address for Reconcile calls."""
 
     async def open(self, address: str) -> TransferStream:
-        """Dial `address`; connection errors surface on the first exchange."""
+        """Dial `address` and wait until connected (PeerUnavailable after CONNECT_TIMEOUT_S).
+
+        Waiting here, not in the first exchange, is what keeps a frame fresh: the sender reads
+        a frame from its outbox only once it can leave at once. A frame written while a
+        connection attempt hangs in a partition goes out when the partition heals, carrying
+        jobs reassigned meanwhile, which the target would then run (fenced work, seen in the
+        chaos scenario). Once connected, a frame cut off by a partition cannot arrive late: the
+        target's keepalive closes that connection long before a job could be reassigned."""
         channel = self._channels.create_channel(address, self._max_message_bytes)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):  # not wait_for: see docs/architecture.md
+                await channel.channel_ready()
+        except TimeoutError:
+            await channel.close()
+            raise PeerUnavailable(f"{address} not reachable within {CONNECT_TIMEOUT_S:g}s") from None
         return _GrpcStream(address, channel, transfer_pb2_grpc.TransferServiceStub(channel).Exchange())
 
     async def reconcile(

@@ -224,5 +224,5 @@ class Reconciler:
                     origin,
                 )
         self.counts.confirmations += 1
-        self.lease.heard(origin, asked_at)
+        self.lease.confirmed(origin, asked_at)
         return was_held
