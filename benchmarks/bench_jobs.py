@@ -33,7 +33,9 @@ Scenarios (targets from the "Node foundation" issue; durable = acknowledged afte
                 consumer returns (its start time - job created time) as its result message,
                 read back with FindJobs. p50/p99 in ms (information).
     memory      1,000,000 QUEUED jobs: node VmRSS before/after (target: growth <= ~100 MB),
-                and FindJobs latency on that journal.
+                FindJobs and GetJob latency on that journal (targets <= 50 ms with a
+                template, <= 2 ms), and the time a restart takes until it serves, without
+                and with a consumer for the backlog (target <= 2 s).
 
 Results: a Markdown table on stdout and a JSON file in benchmarks/results/. The machine
 has few, shared cores: look at medians and min/max over runs, not single numbers.
@@ -140,6 +142,19 @@ class BenchNode:
 
     def journal_bytes(self) -> int:
         return self.process.journal_bytes()
+
+    async def restart_serving_s(self, consumers: Sequence[str]) -> float:
+        """Stop the node (SIGTERM), start it again on its data dir with `consumers`, and return
+        how long it took from the new process's spawn until it served."""
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+        await asyncio.to_thread(self.process.terminate, STOP_TIMEOUT_S)
+        self.process.consumers = tuple(consumers)
+        t0 = time.perf_counter()
+        self.process.spawn()
+        await self.process.async_wait_serving(START_TIMEOUT_S)
+        return time.perf_counter() - t0
 
     async def stop(self) -> None:
         if self.channel is not None:
@@ -550,6 +565,10 @@ async def scenario_memory(s: Settings) -> Metrics:
             lambda: stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=60), repeats
         )
         after_queries = node.stats()
+        # Start-up with the whole backlog in the journal: once as it was (nobody takes the
+        # topic), once with a consumer for it (every job then waits for this node's runners).
+        restart_idle_s = await node.restart_serving_s([])
+        restart_consumed_s = await node.restart_serving_s([f"idle/**={CONSUMERS}:noop"])
         return {
             "rss_before_mb": before.rss_kib / 1024,
             "rss_after_add_mb": after_add.rss_kib / 1024,
@@ -563,6 +582,8 @@ async def scenario_memory(s: Settings) -> Metrics:
             "find_topic_page_ms": topic_ms,
             "find_template_ms": template_ms,
             "get_job_ms": get_ms,
+            "restart_serving_s": restart_idle_s,
+            "restart_serving_with_consumer_s": restart_consumed_s,
         }
 
 
@@ -596,6 +617,21 @@ TARGETS = (
     Target("lifecycle-async", "jobs_per_s", ">=", 7_000, "add -> SUCCEEDED >= 7,000 jobs/s (async no-op)"),
     Target("events-watched", "jobs_per_s", ">=", 5_000, "add -> SUCCEEDED with a watcher >= 5,000 jobs/s"),
     Target("memory", "rss_growth_mb", "<=", 100, "RSS growth with 1,000,000 QUEUED jobs <= ~100 MB"),
+    Target(
+        "memory",
+        "restart_serving_with_consumer_s",
+        "<=",
+        2,
+        "start with 1,000,000 jobs for its consumer: serving <= 2 s",
+    ),
+    Target(
+        "memory",
+        "find_template_ms",
+        "<=",
+        50,
+        "FindJobs with a property template over 1,000,000 jobs <= 50 ms",
+    ),
+    Target("memory", "get_job_ms", "<=", 2, "GetJob with 1,000,000 jobs <= 2 ms"),
 )
 
 
