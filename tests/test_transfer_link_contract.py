@@ -273,6 +273,19 @@ async def test_an_address_nobody_serves_is_unavailable(links: Links) -> None:
             await _send_one(links.link(), address)
 
 
+async def test_a_stream_to_an_address_nobody_serves_fails_when_opened_before_any_frame_is_read(
+    links: Links,
+) -> None:
+    # The sender reads a frame from its outbox only after open() returns: a stream that opened
+    # without a connection would have it send, whenever the connection finally came (after a
+    # partition healed), a frame read long before, with jobs reassigned meanwhile.
+    async with links:
+        address = await links.add("target")
+        await links.crash(address)
+        with pytest.raises(PeerUnavailable):
+            await links.link().open(address)
+
+
 async def test_a_reconcile_question_gets_its_answers_and_failures_are_peer_unavailable(links: Links) -> None:
     async with links:
         address = await links.add("target")

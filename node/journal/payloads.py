@@ -37,9 +37,11 @@ SQL_CHECKSUM = "jobmesh_crc32"
 """The checksum as an SQL function, on every journal connection (migrations and `jobmesh check`)."""
 
 
-def checksum(data: bytes | bytearray | memoryview) -> int:
-    """The checksum stored with a payload: CRC-32, unsigned."""
-    return zlib.crc32(data) & 0xFFFFFFFF
+def checksum(data: bytes | bytearray | memoryview, start: int = 0) -> int:
+    """The checksum stored with a payload: CRC-32, unsigned; the same one travels to peers,
+    workers and clients with every payload and piece. With `start` (the CRC-32 of the bytes
+    before `data`), the CRC-32 of both together."""
+    return zlib.crc32(data, start) & 0xFFFFFFFF
 
 
 def _sql_checksum(data: bytes | str | None) -> int | None:

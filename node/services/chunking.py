@@ -10,19 +10,17 @@ receiving side (the Python client, the test workers) and checks every piece on t
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 from node.errors import DataLoss
+from node.journal.payloads import checksum
 
 CHUNK_BYTES = 1024 * 1024
 """The most payload bytes in one message to a client or worker (1 MiB)."""
 
 
-def crc32(data: bytes | bytearray | memoryview, start: int = 0) -> int:
-    """CRC-32 as the API carries it (zlib's, unsigned): the journal's payload checksum too.
-    With `start` (the CRC-32 of the bytes before `data`), the CRC-32 of both together."""
-    return zlib.crc32(data, start) & 0xFFFFFFFF
+crc32 = checksum
+"""CRC-32 as the API carries it: the journal's payload checksum (`node.journal.payloads.checksum`)."""
 
 
 def needs_chunks(size: int) -> bool:

@@ -16,7 +16,7 @@ from jobmesh.peer.v1 import transfer_pb2
 
 from node.journal.controls import finish_job
 from node.journal.recorder import Recorder
-from node.journal.records import ACTIVE, QUEUED, UNFINISHED
+from node.journal.records import ACTIVE, COLUMNS, QUEUED, UNFINISHED, JobRow
 from node.model.job import JobState
 from node.transfer.assign import Assigner, Chooser
 from node.transfer.outbox import Outbox, OutboxKind
@@ -36,10 +36,9 @@ def answer_as_target(
     UNKNOWN for the rest. Write operation (it may enqueue reports)."""
     asker, response = request.sender_id, transfer_pb2.ReconcileResponse()
     resend: list[tuple[str, str, int]] = []
+    rows = _rows_by_id(conn, "origin, epoch, state, retry_count", request)
     for job in request.jobs:
-        row = conn.execute(
-            "SELECT origin, epoch, state, retry_count FROM jobs WHERE id = ?", (job.job_id,)
-        ).fetchone()
+        row = rows.get(job.job_id)
         if row is None or row["origin"] != asker or row["epoch"] != job.epoch or asker == outbox.local_id:
             response.answers.add(
                 job_id=job.job_id, epoch=job.epoch, status=transfer_pb2.RECONCILE_STATUS_UNKNOWN
@@ -64,10 +63,9 @@ def answer_as_origin(
 ) -> transfer_pb2.ReconcileResponse:
     """This node is the origin: whether each job is still the asker's at that epoch. Read."""
     asker, response = request.sender_id, transfer_pb2.ReconcileResponse()
+    rows = _rows_by_id(conn, "origin, target, epoch, state", request)
     for job in request.jobs:
-        row = conn.execute(
-            "SELECT origin, target, epoch, state FROM jobs WHERE id = ?", (job.job_id,)
-        ).fetchone()
+        row = rows.get(job.job_id)
         status: Status.ValueType
         if row is None or row["origin"] != local_id:
             status = transfer_pb2.RECONCILE_STATUS_UNKNOWN
@@ -79,6 +77,18 @@ def answer_as_origin(
             status = transfer_pb2.RECONCILE_STATUS_YOURS
         response.answers.add(job_id=job.job_id, epoch=job.epoch, status=status)
     return response
+
+
+def _rows_by_id(
+    conn: sqlite3.Connection, columns: str, request: transfer_pb2.ReconcileRequest
+) -> dict[str, sqlite3.Row]:
+    """The asked jobs' rows with `columns`, by id: one query for the whole question (at most
+    RECONCILE_MAX_JOBS ids, checked before), not one per job."""
+    ids = [job.job_id for job in request.jobs]
+    found = conn.execute(
+        f"SELECT id, {columns} FROM jobs WHERE id IN ({', '.join('?' * len(ids))})", ids
+    ).fetchall()
+    return {row["id"]: row for row in found}
 
 
 # --- the origin asks its targets ---
@@ -173,24 +183,13 @@ def drop_fenced(
         if answer.status == transfer_pb2.RECONCILE_STATUS_YOURS:
             continue
         row = conn.execute(
-            f"SELECT id, topic, queue, retry_count FROM jobs WHERE id = ? AND origin = ? AND epoch = ? "
-            f"AND state = {QUEUED}",
+            f"SELECT {COLUMNS} FROM jobs WHERE id = ? AND origin = ? AND epoch = ? AND state = {QUEUED}",
             (answer.job_id, origin, answer.epoch),
         ).fetchone()
         if row is None:
             continue
         why = transfer_pb2.ReconcileStatus.Name(answer.status).removeprefix("RECONCILE_STATUS_").lower()
         message = f"dropped unrun: its origin {origin} says it is {why} (this node was out of contact)"
-        finish_job(conn, recorder, _Job(row), JobState.DROPPED, message, now_us)
+        finish_job(conn, recorder, JobRow._make(row), JobState.DROPPED, message, now_us)
         dropped += 1
     return dropped
-
-
-class _Job:
-    """A job row as finish_job wants it (JobRef)."""
-
-    def __init__(self, row: sqlite3.Row) -> None:
-        self.id: str = row["id"]
-        self.topic: str = row["topic"]
-        self.queue: str = row["queue"]
-        self.retry_count: int = row["retry_count"]

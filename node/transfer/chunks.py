@@ -9,16 +9,13 @@ payload is discarded with its stream; after a reconnect the sender starts again 
 
 from __future__ import annotations
 
-import zlib
-
 from jobmesh.peer.v1 import transfer_pb2
 
 from node.errors import InvalidArgument
+from node.journal.payloads import checksum
 
-
-def crc32(data: bytes | bytearray) -> int:
-    """CRC-32 as the transfer protocol carries it."""
-    return zlib.crc32(data) & 0xFFFFFFFF
+crc32 = checksum
+"""CRC-32 as the transfer protocol carries it: the journal's payload checksum."""
 
 
 class ChunkAssembler:

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from jobmesh.peer.v1 import transfer_pb2
@@ -111,6 +111,19 @@ class Reconciler:
         """Peers whose last Reconcile failed (their failures are logged once, until one works)."""
         self.counts = ReconcileCounts()
 
+    def _questions(
+        self, role: transfer_pb2.ReconcileRole.ValueType, rows: Sequence[sqlite3.Row]
+    ) -> Iterator[transfer_pb2.ReconcileRequest]:
+        """The Reconcile requests asking about `rows` (id, epoch, state, retry_count), at most
+        RECONCILE_MAX_JOBS each, in order."""
+        for start in range(0, len(rows), RECONCILE_MAX_JOBS):
+            request = transfer_pb2.ReconcileRequest(sender_id=self.local_id, role=role)
+            for row in rows[start : start + RECONCILE_MAX_JOBS]:
+                request.jobs.add(
+                    job_id=row["id"], epoch=row["epoch"], state=row["state"], retry_count=row["retry_count"]
+                )
+            yield request
+
     async def _ask(
         self, peer: str, request: transfer_pb2.ReconcileRequest
     ) -> transfer_pb2.ReconcileResponse | None:
@@ -144,17 +157,7 @@ class Reconciler:
         for target in targets:
             rows = await self.store.offloaded_to(target)
             quiet = self._quiet.select(target, rows, time.monotonic(), after_s)
-            for start in range(0, len(quiet), RECONCILE_MAX_JOBS):
-                request = transfer_pb2.ReconcileRequest(
-                    sender_id=self.local_id, role=transfer_pb2.RECONCILE_ROLE_ORIGIN
-                )
-                for row in quiet[start : start + RECONCILE_MAX_JOBS]:
-                    request.jobs.add(
-                        job_id=row["id"],
-                        epoch=row["epoch"],
-                        state=row["state"],
-                        retry_count=row["retry_count"],
-                    )
+            for request in self._questions(transfer_pb2.RECONCILE_ROLE_ORIGIN, quiet):
                 response = await self._ask(target, request)
                 if response is None:
                     break  # asked again next round
@@ -203,14 +206,7 @@ class Reconciler:
     async def _confirm(self, origin: str, rows: Sequence[sqlite3.Row]) -> bool:
         was_held = self.lease.holds(origin)
         asked_at = time.monotonic()  # the lease runs from the question, not from the answer
-        for start in range(0, len(rows), RECONCILE_MAX_JOBS):
-            request = transfer_pb2.ReconcileRequest(
-                sender_id=self.local_id, role=transfer_pb2.RECONCILE_ROLE_TARGET
-            )
-            for row in rows[start : start + RECONCILE_MAX_JOBS]:
-                request.jobs.add(
-                    job_id=row["id"], epoch=row["epoch"], state=row["state"], retry_count=row["retry_count"]
-                )
+        for request in self._questions(transfer_pb2.RECONCILE_ROLE_TARGET, rows):
             response = await self._ask(origin, request)
             if response is None:
                 return False  # still held (if it lapsed); asked again next round
