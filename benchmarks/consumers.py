@@ -19,15 +19,15 @@ async def async_noop(job: Job, context: JobContext) -> None:
     """An async consumer that does nothing (runs on the node's event loop): SUCCEEDED."""
 
 
-def _since_created_us(job: Job) -> str:
-    return str(time.time_ns() // 1000 - job.created_us)
+def _started_us() -> str:
+    return str(time.time_ns() // 1000)
 
 
 def latency(job: Job, context: JobContext) -> JobResult:
-    """Sync: succeed with the enqueue-to-start latency (microseconds) as the result message."""
-    return JobResult.succeeded(_since_created_us(job))
+    """Sync: succeed with the wall-clock time it started (microseconds) as the result message."""
+    return JobResult.succeeded(_started_us())
 
 
 async def async_latency(job: Job, context: JobContext) -> JobResult:
-    """Async: succeed with the enqueue-to-start latency (microseconds) as the result message."""
-    return JobResult.succeeded(_since_created_us(job))
+    """Async: succeed with the wall-clock time it started (microseconds) as the result message."""
+    return JobResult.succeeded(_started_us())

@@ -132,6 +132,21 @@ def test_a_port_in_use_is_refused_with_exit_75_naming_port_and_host(tmp_path: Pa
     )
 
 
+def test_a_console_port_in_use_is_refused_with_exit_75_naming_port_and_host(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        run = refused("--data-dir", str(tmp_path / "d"), "--host", "127.0.0.1", "--set", f"http.port={port}")
+
+    assert run.returncode == 75
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"jobmesh run: console port {port} on 127.0.0.1 is in use (another node?); "
+        "choose --set http.port=N (0: any free port), or --set http.enabled=false"
+    )
+
+
 def test_a_node_made_before_the_identity_file_existed_starts_and_records_it(nodes: NodeFactory) -> None:
     data_dir, instance_id, job_id = stopped_node_dir(nodes, "older")
     (data_dir / "instance.json").unlink()

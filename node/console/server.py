@@ -7,6 +7,7 @@ have no client certificate; people sign in with a bearer token instead), plain H
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from aiohttp import web
 from node.config import HttpConfig
 from node.console.auth import Authenticator
 from node.console.metrics import NodeMetrics
+from node.errors import AddressInUse
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,16 @@ class HttpServer:
         site = web.TCPSite(
             runner, host, self._config.port, ssl_context=self._tls.context if self._tls else None
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            if e.errno != errno.EADDRINUSE:
+                raise
+            raise AddressInUse(
+                f"console port {self._config.port} on {host} is in use (another node?); "
+                "choose --set http.port=N (0: any free port), or --set http.enabled=false"
+            ) from e
         self._runner = runner
         server = site._server  # aiohttp exposes the bound port only through the asyncio server
         sockets = getattr(server, "sockets", None) or []

@@ -1,0 +1,182 @@
+"""Offload start-up and cost (issue 16, item 4): workers launched while jobs wait at an origin.
+
+    benchmarks/run-offload-startup [--jobs 20000] [--runs 3] [--workers 2] [--test-preset]
+
+Per run, fresh data dirs, production timings unless `--test-preset`, mutual TLS:
+  offload  an origin without a consumer holds --jobs QUEUED jobs; --workers nodes consuming
+           their topic (no-op) are launched at once, seeded with the origin. Measured from
+           their launch: when each serves, when the first job is SUCCEEDED at the origin
+           (target <= 0.6 s), when all are (the rate from launch), the steady rate between
+           10% and 90% done (target >= 6,000 jobs/s with 2 workers), and the CPU seconds of
+           origin and workers together per job.
+  local    the same jobs in one node's journal, that node restarted with the consumer: the
+           rate from its launch and its CPU seconds per job. The report gives the offloaded
+           job's CPU cost over the local one's (target <= 1.5).
+
+The origin's counts come from FindJobs (total of SUCCEEDED), polled every 5 ms near the first
+job and every 20 ms after, so the times are accurate to about that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jobmesh.v1 import jobs_pb2
+
+from tests.support.launcher import NodeFactory, NodeProcess
+from tests.support.protos import new_job
+from tests.support.topology import create
+
+TOPIC = "offload/work"
+CONSUMER = "offload/**=consumers:succeed_silently"
+BATCH = 5000
+TIMEOUT_S = 300.0
+FLAGS = ["--log-level", "WARNING", "--port", "0", "--set", "http.port=0"]
+"""Production defaults but free ports (the defaults 7710 and 7711 are one per host)."""
+
+
+def succeeded(node: NodeProcess) -> int:
+    """SUCCEEDED jobs of TOPIC at `node` (FindJobs total)."""
+    request = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_SUCCEEDED, topic=TOPIC, page_size=1)
+    return int(node.stub.FindJobs(request, timeout=30).total_size)
+
+
+def add_jobs(node: NodeProcess, count: int) -> None:
+    for done in range(0, count, BATCH):
+        jobs = [new_job(TOPIC) for _ in range(min(BATCH, count - done))]
+        node.stub.AddJobs(jobs_pb2.AddJobsRequest(jobs=jobs), timeout=60)
+
+
+def progress(node: NodeProcess, count: int, began: float) -> dict[str, float]:
+    """Seconds from `began` to the first, the 10%, the 90% and the last job SUCCEEDED at `node`."""
+    marks: dict[str, float] = {}
+    goals = {"first_s": 1, "p10_s": max(1, count // 10), "p90_s": max(1, count * 9 // 10), "all_s": count}
+    while len(marks) < len(goals):
+        if time.perf_counter() - began > TIMEOUT_S:
+            raise RuntimeError(f"only {succeeded(node)} of {count} jobs SUCCEEDED after {TIMEOUT_S:.0f} s")
+        done = succeeded(node)
+        now = time.perf_counter() - began
+        for name, goal in goals.items():
+            if name not in marks and done >= goal:
+                marks[name] = now
+        time.sleep(0.005 if "first_s" not in marks else 0.02)
+    return marks
+
+
+def offload_run(root: Path, jobs: int, workers: int, preset: bool) -> dict[str, float]:
+    nodes = NodeFactory(root)
+    try:
+        origin = create(nodes, "origin", extra_args=FLAGS)
+        origin.preset = preset
+        origin.start()
+        add_jobs(origin, jobs)
+        procs = [
+            create(nodes, f"w{i}", seeds=[origin], consumers=[CONSUMER], extra_args=FLAGS)
+            for i in range(1, workers + 1)
+        ]
+        for proc in procs:
+            proc.preset = preset
+        cpu0 = origin.stats().cpu_s
+        began = time.perf_counter()
+        for proc in procs:
+            proc.spawn()
+        for proc in procs:
+            proc.wait_serving()
+        serving_s = time.perf_counter() - began
+        marks = progress(origin, jobs, began)
+        cpu = origin.stats().cpu_s - cpu0 + sum(p.stats().cpu_s for p in procs)
+        steady = (jobs * 8 // 10) / (marks["p90_s"] - marks["p10_s"])
+        return {
+            "workers_serving_s": serving_s,
+            "first_job_s": marks["first_s"],
+            "rate_from_launch": jobs / marks["all_s"],
+            "steady_rate": steady,
+            "cpu_ms_per_job": 1000 * cpu / jobs,
+        }
+    finally:
+        nodes.close()
+
+
+def local_run(root: Path, jobs: int, preset: bool) -> dict[str, float]:
+    nodes = NodeFactory(root)
+    try:
+        node = create(nodes, "local", extra_args=FLAGS)
+        node.preset = preset
+        node.start()
+        add_jobs(node, jobs)
+        node.terminate()
+        node.consumers = (CONSUMER,)
+        began = time.perf_counter()
+        node.spawn()
+        node.wait_serving()
+        marks = progress(node, jobs, began)
+        cpu = node.stats().cpu_s  # the whole run of this process: start-up included, as offloaded
+        return {
+            "first_job_s": marks["first_s"],
+            "rate_from_launch": jobs / marks["all_s"],
+            "cpu_ms_per_job": 1000 * cpu / jobs,
+        }
+    finally:
+        nodes.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--test-preset", action="store_true", help="test timings instead of production")
+    args = parser.parse_args()
+    preset = args.test_preset
+    results: dict[str, list[dict[str, float]]] = {"offload": [], "local": []}
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="bench-offload-startup-") as tmp:
+            offloaded = offload_run(Path(tmp) / "offload", args.jobs, args.workers, preset)
+            local = local_run(Path(tmp) / "local", args.jobs, preset)
+        results["offload"].append(offloaded)
+        results["local"].append(local)
+        print(f"run {run + 1}: offload {fmt(offloaded)}; local {fmt(local)}", flush=True)
+    print(
+        f"\n{args.jobs:,} jobs, {args.workers} workers, {args.runs} runs, "
+        f"{'test preset' if preset else 'production timings'}, mutual TLS; median (min-max)\n"
+    )
+    print("| cell | metric | median | min-max |\n|---|---|---:|---|")
+    for cell, runs in results.items():
+        for key in runs[0]:
+            values = [r[key] for r in runs]
+            print(
+                f"| {cell} | {key} | {statistics.median(values):,.3g} | "
+                f"{min(values):,.3g}-{max(values):,.3g} |"
+            )
+    ratio = statistics.median(r["cpu_ms_per_job"] for r in results["offload"]) / statistics.median(
+        r["cpu_ms_per_job"] for r in results["local"]
+    )
+    first = statistics.median(r["first_job_s"] for r in results["offload"])
+    steady = statistics.median(r["steady_rate"] for r in results["offload"])
+    print(
+        f"\n- first job SUCCEEDED {first:.2f} s after the workers' launch (target <= 0.6 s: "
+        f"{'PASS' if first <= 0.6 else 'FAIL'})"
+    )
+    print(
+        f"- steady offloaded rate {steady:,.0f} jobs/s (target >= 6,000: {'PASS' if steady >= 6000 else 'FAIL'})"
+    )
+    print(
+        f"- CPU per offloaded job / per local job = {ratio:.2f} (target <= 1.5: "
+        f"{'PASS' if ratio <= 1.5 else 'FAIL'})"
+    )
+    return 0
+
+
+def fmt(cells: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:,.3g}" for k, v in cells.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
