@@ -53,6 +53,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 START_TIMEOUT_S = 120.0
 EVENT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
+PRESET = True
+"""Nodes start from the test preset (shorter timings beyond discovery's); False: `--production`."""
 EXTRA_FLAGS: list[str] = []
 """Flags every node gets (`--insecure` with the option of that name)."""
 
@@ -83,7 +85,12 @@ class Node:
         # Every node of a run is of one cluster: it finds the shared CA (and key) and issues its
         # own certificate at start.
         self.process = NodeProcess(
-            root / name, root, settings=settings, extra_args=args, cluster=shared_cluster(root)
+            root / name,
+            root,
+            settings=settings,
+            extra_args=args,
+            cluster=shared_cluster(root),
+            preset=PRESET,
         )
         self.process.spawn()
         self.address = ""
@@ -153,7 +160,11 @@ async def first_time(nodes: Sequence[Node], holds: object, since: float) -> floa
         else:
             return max(0.0, max(times) - since)
         if time.monotonic() > deadline:
-            raise TimeoutError("the views did not converge in time")
+            latest = {n.name: (n.events[-1][1] if n.events else frozenset()) for n in nodes}
+            short = {name: len(names) for name, names in latest.items() if not holds(names)}  # type: ignore[operator]
+            raise TimeoutError(
+                f"the views did not converge in {EVENT_TIMEOUT_S:g} s; view sizes of the nodes short of it: {short}"
+            )
         await asyncio.sleep(0.05)
 
 
@@ -259,9 +270,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--join", choices=["mdns", "seeds"], default="mdns", help="how nodes find each other")
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="window for the idle CPU figure")
     parser.add_argument("--insecure", action="store_true", help="nodes serve plaintext (default: mutual TLS)")
+    parser.add_argument(
+        "--production",
+        action="store_true",
+        help="nodes at the production defaults (free ports) instead of the test preset",
+    )
     args = parser.parse_args(argv)
     if args.insecure:
         EXTRA_FLAGS.append("--insecure")
+    if args.production:
+        global PRESET
+        PRESET = False
+        EXTRA_FLAGS.extend(["--port", "0", "--set", "http.port=0"])
     runs = asyncio.run(main_async(args))
     print(table(runs))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -276,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
                 "join": args.join,
                 "insecure": args.insecure,
+                "production": args.production,
                 "runs": [asdict(r) for r in runs],
             },
             indent=2,
