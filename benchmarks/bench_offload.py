@@ -48,6 +48,13 @@ def _insecure_cluster(nodes: NodeFactory, consumer: str) -> NodeProcess:
     return origin
 
 
+def add_in_batches(origin: NodeProcess, count: int) -> None:
+    """Add `count` jobs on TOPIC at `origin`, BATCH per AddJobs call."""
+    for done in range(0, count, BATCH):
+        jobs = [new_job(TOPIC) for _ in range(min(BATCH, count - done))]
+        origin.stub.AddJobs(jobs_pb2.AddJobsRequest(jobs=jobs))
+
+
 def main(count: int, insecure: bool = False) -> float:
     """Add `count` jobs at the origin in batches; time until all are SUCCEEDED there (jobs/s)."""
     nodes = NodeFactory(Path(tempfile.mkdtemp(prefix="bench-offload-")))
@@ -55,9 +62,7 @@ def main(count: int, insecure: bool = False) -> float:
         consumer = "consumers:succeed_silently"
         origin = _insecure_cluster(nodes, consumer) if insecure else start_cluster(nodes, consumer)[0]
         start = time.monotonic()
-        for done in range(0, count, BATCH):
-            jobs = [new_job(TOPIC) for _ in range(min(BATCH, count - done))]
-            origin.stub.AddJobs(jobs_pb2.AddJobsRequest(jobs=jobs))
+        add_in_batches(origin, count)
         added_s = time.monotonic() - start
         wait_for(
             lambda: origin.count_jobs(JobState.SUCCEEDED) >= count, 300, "every job to succeed at the origin"

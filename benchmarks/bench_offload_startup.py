@@ -13,8 +13,8 @@ Per run, fresh data dirs, production timings unless `--test-preset`, mutual TLS:
            rate from its launch and its CPU seconds per job. The report gives the offloaded
            job's CPU cost over the local one's (target <= 1.5).
 
-The origin's counts come from FindJobs (total of SUCCEEDED), polled every 5 ms near the first
-job and every 20 ms after, so the times are accurate to about that.
+The counts are read from the origin's journal, every 5 ms until the first job and every 20 ms
+after, so the times are accurate to about that.
 """
 
 from __future__ import annotations
@@ -25,31 +25,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from jobmesh.v1 import jobs_pb2
-
+from benchmarks.bench_offload import add_in_batches
+from node import JobState
 from tests.support.launcher import NodeFactory, NodeProcess
-from tests.support.protos import new_job
 from tests.support.topology import create
 
-TOPIC = "offload/work"
 CONSUMER = "offload/**=consumers:succeed_silently"
-BATCH = 5000
 TIMEOUT_S = 300.0
 FLAGS = ["--log-level", "WARNING", "--port", "0", "--set", "http.port=0"]
 """Production defaults but free ports (the defaults 7710 and 7711 are one per host)."""
 
 
 def succeeded(node: NodeProcess) -> int:
-    """SUCCEEDED jobs of TOPIC at `node` (FindJobs total)."""
-    request = jobs_pb2.FindJobsRequest(type=jobs_pb2.QUERY_TYPE_SUCCEEDED, topic=TOPIC, page_size=1)
-    return int(node.stub.FindJobs(request, timeout=30).total_size)
+    """SUCCEEDED jobs at `node`, read from its journal (no call that would load it)."""
+    return node.count_jobs(JobState.SUCCEEDED)
 
 
-def add_jobs(node: NodeProcess, count: int) -> None:
-    for done in range(0, count, BATCH):
-        jobs = [new_job(TOPIC) for _ in range(min(BATCH, count - done))]
-        node.stub.AddJobs(jobs_pb2.AddJobsRequest(jobs=jobs), timeout=60)
+def _created(nodes: NodeFactory, name: str, preset: bool, **options: Any) -> NodeProcess:
+    """A node of `nodes` (not started) at the test preset or the production defaults."""
+    node = create(nodes, name, extra_args=FLAGS, **options)
+    node.preset = preset
+    return node
 
 
 def progress(node: NodeProcess, count: int, began: float) -> dict[str, float]:
@@ -71,16 +69,12 @@ def progress(node: NodeProcess, count: int, began: float) -> dict[str, float]:
 def offload_run(root: Path, jobs: int, workers: int, preset: bool) -> dict[str, float]:
     nodes = NodeFactory(root)
     try:
-        origin = create(nodes, "origin", extra_args=FLAGS)
-        origin.preset = preset
-        origin.start()
-        add_jobs(origin, jobs)
+        origin = _created(nodes, "origin", preset).start()
+        add_in_batches(origin, jobs)
         procs = [
-            create(nodes, f"w{i}", seeds=[origin], consumers=[CONSUMER], extra_args=FLAGS)
+            _created(nodes, f"w{i}", preset, seeds=[origin], consumers=[CONSUMER])
             for i in range(1, workers + 1)
         ]
-        for proc in procs:
-            proc.preset = preset
         cpu0 = origin.stats().cpu_s
         began = time.perf_counter()
         for proc in procs:
@@ -105,10 +99,8 @@ def offload_run(root: Path, jobs: int, workers: int, preset: bool) -> dict[str, 
 def local_run(root: Path, jobs: int, preset: bool) -> dict[str, float]:
     nodes = NodeFactory(root)
     try:
-        node = create(nodes, "local", extra_args=FLAGS)
-        node.preset = preset
-        node.start()
-        add_jobs(node, jobs)
+        node = _created(nodes, "local", preset).start()
+        add_in_batches(node, jobs)
         node.terminate()
         node.consumers = (CONSUMER,)
         began = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class JobmeshError(Exception):
     """Root of every error Jobmesh raises on purpose."""
@@ -77,6 +79,14 @@ class IdentityMismatch(JournalError):
 
 class AddressInUse(ConfigError):
     """The server's host:port is taken (another node?)."""
+
+
+def listen_error(error: OSError, host: str, port: int, what: str, choose: str) -> ConfigError:
+    """What a failed bind of `what` (e.g. "port", "console port") on host:port means for the
+    operator: AddressInUse naming how to `choose` another, or why nothing can listen there."""
+    if error.errno == errno.EADDRINUSE:
+        return AddressInUse(f"{what} {port} on {host} is in use (another node?); {choose}")
+    return ConfigError(f"cannot listen on {host}:{port}: {error.strerror}")
 
 
 class DataLoss(JobmeshError):

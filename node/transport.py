@@ -11,14 +11,13 @@ pings more often than every five minutes with GOAWAY too_many_pings).
 
 from __future__ import annotations
 
-import errno
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
 
-from node.errors import AddressInUse, ConfigError
+from node.errors import ConfigError, listen_error
 from node.security import bearer, credentials, peercert, pki
 from node.security.cluster import TlsMaterial
 
@@ -79,9 +78,7 @@ def _refuse_if_in_use(host: str, port: int) -> None:
         try:
             probe.bind((bare, port))
         except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise AddressInUse(f"port {port} on {host} is in use (another node?); choose --port") from e
-            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from e
+            raise listen_error(e, host, port, "port", "choose --port") from e
 
 
 class Transport:

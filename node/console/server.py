@@ -7,7 +7,6 @@ have no client certificate; people sign in with a bearer token instead), plain H
 
 from __future__ import annotations
 
-import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,7 @@ from aiohttp import web
 from node.config import HttpConfig
 from node.console.auth import Authenticator
 from node.console.metrics import NodeMetrics
-from node.errors import AddressInUse
+from node.errors import listen_error
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +103,8 @@ class HttpServer:
             await site.start()
         except OSError as e:
             await runner.cleanup()
-            if e.errno != errno.EADDRINUSE:
-                raise
-            raise AddressInUse(
-                f"console port {self._config.port} on {host} is in use (another node?); "
-                "choose --set http.port=N (0: any free port), or --set http.enabled=false"
-            ) from e
+            choose = "choose --set http.port=N (0: any free port), or --set http.enabled=false"
+            raise listen_error(e, host, self._config.port, "console port", choose) from e
         self._runner = runner
         server = site._server  # aiohttp exposes the bound port only through the asyncio server
         sockets = getattr(server, "sockets", None) or []
