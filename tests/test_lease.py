@@ -96,3 +96,29 @@ def test_an_origin_with_nothing_queued_is_asked_again_after_a_few_windows() -> N
     lease.nothing_queued("o1")
     assert lease.to_confirm() == []
     wait_for(lambda: lease.to_confirm() == ["o1"], 5.0, "o1 to be asked about again")
+
+
+def test_every_hold_that_lifts_tells_the_runners_and_nothing_else_does() -> None:
+    # Given a lease whose releases are counted (the offloader passes JobManager.wake_runners)
+    releases: list[None] = []
+    lease = Lease("me", WINDOW_S, on_release=lambda: releases.append(None))
+    lease.load(set())
+    lease.arrived("o1")
+
+    # A first round trip lifts the hold of a new origin; another one lifts nothing
+    lease.heard("o1", time.monotonic() - 1.2 * WINDOW_S)
+    assert lease.holds("o1"), "a round trip older than the window holds"
+    assert not releases
+    lease.heard("o1", time.monotonic() - 0.5 * WINDOW_S)
+    assert not lease.holds("o1")
+    assert len(releases) == 1, "a report frame's round trip lifted a hold by time: runners must look again"
+    lease.heard("o1", time.monotonic())
+    assert len(releases) == 1
+
+    # A lapse lifts only with a confirmation, which tells the runners
+    lease.heard("o1", time.monotonic() + 2 * WINDOW_S)
+    assert lease.holds("o1")
+    assert len(releases) == 1
+    lease.confirmed("o1", time.monotonic())
+    assert not lease.holds("o1")
+    assert len(releases) == 2

@@ -13,8 +13,14 @@ out) the runners leave that origin's QUEUED jobs alone (`hold`, asked at every c
 offloader asks the origin with Reconcile which of them are still this node's; it drops the
 others unrun and the hold lifts. Only that answer lifts it: another round trip that renews the
 lease first (a report frame acknowledged after a heal) does not, as the jobs queued here
-through the lapse may have been reassigned in it. Likewise after a restart. A lease is renewed before it lapses when the origin's jobs wait
-here and nothing else renewed it, so a steady flow never waits.
+through the lapse may have been reassigned in it. Likewise after a restart. A lease is renewed
+before it lapses when the origin's jobs wait here and nothing else renewed it, so a steady flow
+never waits.
+
+A hold only begins by time passing (which the runners see at their next claim) and only ends in
+`heard` or `confirmed`: both call `on_release` when an origin's hold ends, so runners that found
+its jobs held and went idle look again. Without that, a renewal by a report frame lifted a hold
+that no one acted on, and the jobs stayed QUEUED on an idle node.
 
 Event-loop contract: every method runs on the node's loop.
 """
@@ -22,6 +28,7 @@ Event-loop contract: every method runs on the node's loop.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from node.journal.claims import NO_HOLD, Hold
 
@@ -32,9 +39,11 @@ IDLE_WINDOWS = 4
 class Lease:
     """When this node last heard from each origin whose jobs it holds, and what that allows."""
 
-    def __init__(self, local_id: str, window_s: float) -> None:
+    def __init__(self, local_id: str, window_s: float, on_release: Callable[[], None] = lambda: None) -> None:
         self.local_id = local_id
         self.window_s = window_s
+        self._on_release = on_release
+        """Called when an origin's hold ends (the runners should look again)."""
         self._heard: dict[str, float] = {}
         """origin instance id -> monotonic time a round trip to it started (that it completed)."""
         self._origins: set[str] | None = None
@@ -68,18 +77,26 @@ class Lease:
     def heard(self, origin: str, started_at: float) -> None:
         """A round trip to `origin` that started at monotonic `started_at` completed. It renews
         the lease, but if the lease ran out since the last one, the lapse stands until confirmed."""
+        was_held = self.holds(origin)
         previous = self._heard.get(origin)
         if previous is not None and started_at - previous >= self.window_s:
             self._lapsed.add(origin)  # a gap: what is queued here may have been reassigned in it
         if previous is None or started_at > previous:
             self._heard[origin] = started_at
+        self._released_if(was_held, origin)
 
     def confirmed(self, origin: str, asked_at: float) -> None:
         """A Reconcile about every job of `origin` queued here, asked at monotonic `asked_at`, was
         answered and applied: the lease runs from the question, and any lapse is over."""
+        was_held = self.holds(origin)
         self._lapsed.discard(origin)
         if asked_at > self._heard.get(origin, float("-inf")):
             self._heard[origin] = asked_at
+        self._released_if(was_held, origin)
+
+    def _released_if(self, was_held: bool, origin: str) -> None:
+        if was_held and not self.holds(origin) and self._origins is not None:
+            self._on_release()
 
     def holds(self, origin: str, now: float | None = None) -> bool:
         """True if `origin`'s jobs may not start here now: its lease lapsed (and was not

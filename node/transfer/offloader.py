@@ -87,7 +87,7 @@ class Offloader:
         """Frames sent to each peer."""
         self.received = FrameCounts()
         """Frames received from each peer."""
-        self.lease = Lease(self.local_id, self.config.confirm_window_s)
+        self.lease = Lease(self.local_id, self.config.confirm_window_s, manager.wake_runners)
         """Which origins' jobs this node may start now (the JobManager's `hold` asks it)."""
         self.reconciler = Reconciler(
             store, self.link, self.lease, self._addresses.get, self._contact, placement.finished
@@ -342,8 +342,7 @@ class Offloader:
                     await self._confirm_now.wait()
             self._confirm_now.clear()
             try:
-                if await self.reconciler.confirm_origins():
-                    self.manager.wake_runners()
+                await self.reconciler.confirm_origins()
             except Exception:
                 log.exception("confirming the leases on origins failed")
 

@@ -190,26 +190,25 @@ class Reconciler:
 
     # --- as target ---
 
-    async def confirm_origins(self) -> bool:
+    async def confirm_origins(self) -> None:
         """One target round: ask each origin whose lease lapsed or nears its end about its jobs
-        queued here; True if a hold lifted (the runners should look again)."""
+        queued here (a hold that lifts wakes the runners: `Lease.on_release`)."""
         # All at once: an origin that does not answer (until the call's timeout) holds up no other.
-        return any(await asyncio.gather(*(self._confirm_origin(o) for o in self.lease.to_confirm())))
+        await asyncio.gather(*(self._confirm_origin(o) for o in self.lease.to_confirm()))
 
-    async def _confirm_origin(self, origin: str) -> bool:
+    async def _confirm_origin(self, origin: str) -> None:
         rows = await self.store.queued_from(origin)
         if not rows:
             self.lease.nothing_queued(origin)  # a job that arrives from it brings it back
-            return False
-        return await self._confirm(origin, rows)
+            return
+        await self._confirm(origin, rows)
 
-    async def _confirm(self, origin: str, rows: Sequence[sqlite3.Row]) -> bool:
-        was_held = self.lease.holds(origin)
+    async def _confirm(self, origin: str, rows: Sequence[sqlite3.Row]) -> None:
         asked_at = time.monotonic()  # the lease runs from the question, not from the answer
         for request in self._questions(transfer_pb2.RECONCILE_ROLE_TARGET, rows):
             response = await self._ask(origin, request)
             if response is None:
-                return False  # still held (if it lapsed); asked again next round
+                return  # still held (if it lapsed); asked again next round
             dropped = await self.store.drop_fenced(origin, response.answers, now_us())
             if dropped:
                 self.counts.dropped_fenced += dropped
@@ -221,4 +220,3 @@ class Reconciler:
                 )
         self.counts.confirmations += 1
         self.lease.confirmed(origin, asked_at)
-        return was_held
