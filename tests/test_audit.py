@@ -124,8 +124,13 @@ def test_jobmesh_audit_lists_the_journal_and_a_revocation(nodes: NodeFactory) ->
 def test_the_journal_keeps_only_the_newest_entries(nodes: NodeFactory) -> None:
     node = nodes.start("a", settings={"audit.max_entries": 3})
     queues = queues_pb2_grpc.QueueServiceStub(node.channel)
-    for n in range(6):  # no such queues: refused actions are recorded too
+    for n in range(6):  # no such queues: refused actions are recorded too, before the refusal returns
         rpc_error(lambda n=n: queues.SuspendQueue(queues_pb2.SuspendQueueRequest(name=f"q{n}")))  # type: ignore[misc]
+        newest = audit_pb2_grpc.AuditServiceStub(node.channel).ListAuditEntries(
+            audit_pb2.ListAuditEntriesRequest(page_size=1), timeout=10
+        )
+        assert newest.entries[0].request == f'name: "q{n}"'
+        assert newest.entries[0].status == "NOT_FOUND"
 
     found = entries(node)
     assert [e.request for e in found] == [f'name: "q{n}"' for n in (5, 4, 3)]

@@ -84,12 +84,14 @@ class AuditInterceptor(WrappingInterceptor):
         sink = self._sink
 
         async def audited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            recording = _RecordingContext(context, sink, method, request)
             try:
-                response = await original(request, context)
+                response = await original(request, recording)
             except BaseException as e:
-                code = context.code()
-                status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-                await _record(sink, context, method, request, status, context.details() or str(e))
+                if not recording.recorded:
+                    code = context.code()
+                    status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+                    await _record(sink, context, method, request, status, context.details() or str(e))
                 raise
             await _record(sink, context, method, request, "OK", "")
             return response
@@ -99,6 +101,28 @@ class AuditInterceptor(WrappingInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class _RecordingContext:
+    """The servicer's context, whose `abort` records the refusal first: grpc sends the status
+    from inside `abort`, so recording after it would let the caller hear back before its entry
+    is in the journal (and a read right after miss it)."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, sink: AuditSink, method: str, request: Any) -> None:
+        self._context = context
+        self._sink = sink
+        self._method = method
+        self._request = request
+        self.recorded = False
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        if not self.recorded:
+            self.recorded = True
+            await _record(self._sink, self._context, self._method, self._request, code.name, details)
+        await self._context.abort(code, details, trailing_metadata)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 async def _record(
