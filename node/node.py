@@ -411,7 +411,7 @@ class Node:
 
     def _peer_properties(self) -> list[Mapping[str, str]]:
         """Instance properties of every live instance but this one."""
-        return [i.properties for i in self.topology.view.instances if not i.is_local]
+        return [i.properties for i in self.topology.settled.instances if not i.is_local]
 
     def _live_peers(self) -> list[tuple[str, str]]:
         """(instance id, address) of every live instance but this one (topology-wide queries)."""
