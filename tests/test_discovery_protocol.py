@@ -161,6 +161,32 @@ async def test_a_suspected_member_refutes_as_soon_as_it_hears_of_it(c: Cluster) 
 
 
 @_run
+async def test_a_node_cut_off_stretches_its_probe_timings_and_recovers_when_its_probes_are_answered(
+    c: Cluster,
+) -> None:
+    # Given three members in one view, all healthy (Lifeguard's local health score 0)
+    for name, seeds in (("a", ()), ("b", ("a",)), ("c", ("a",))):
+        await c.add(name, seeds)
+    await c.converged({"a", "b", "c"})
+    await asyncio.sleep(10 * FAST.probe_interval_s)
+    assert {n: p.health.score for n, p in c.nodes.items()} == {"a": 0, "b": 0, "c": 0}
+
+    # When a's links fail (the helpers it asks do not answer either: the fault looks like a's own)
+    c.network.cut("a:1", "b:1")
+    c.network.cut("a:1", "c:1")
+    await async_wait_for(lambda: c.nodes["a"].health.score >= 2, what="a's local health to drop")
+    a = c.nodes["a"]
+    assert a.table.counters.local_health == a.health.score
+    assert a._probe_interval() == FAST.probe_interval_s * (a.health.score + 1)
+
+    # Then once the link heals, its probes are answered and its timings are the configured ones
+    c.network.heal()
+    await async_wait_for(lambda: a.health.score == 0, what="a's local health to recover")
+    assert a._probe_interval() == FAST.probe_interval_s
+    await c.converged({"a", "b", "c"})
+
+
+@_run
 async def test_a_leaving_member_is_gone_from_every_view_at_once(c: Cluster) -> None:
     for name, seeds in (("a", ()), ("b", ("a",)), ("c", ("a",))):
         await c.add(name, seeds)

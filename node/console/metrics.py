@@ -256,6 +256,11 @@ class NodeMetrics:
                 ),
             ):
                 yield CounterMetricFamily(name, doc, value=value)
+            yield GaugeMetricFamily(
+                "jobmesh_membership_local_health",
+                "This node's local health score (0 healthy; probe timings are stretched score + 1 times).",
+                value=counters.local_health,
+            )
         names = (
             ("jobmesh_transfer_frames_sent", "Transfer frames sent to a peer."),
             ("jobmesh_transfer_sent_bytes", "Encoded bytes of the transfer frames sent to a peer."),

@@ -56,6 +56,9 @@ class DuplicateIds:
     def _apply(self, record: MemberRecord) -> None:
         raise NotImplementedError
 
+    def _health(self, delta: int) -> None:
+        raise NotImplementedError
+
     def contact(self, address: str, expected_id: str | None = None) -> None:
         raise NotImplementedError
 
@@ -168,6 +171,7 @@ class DuplicateIds:
         """Someone suspects (or buried) this node: publish ALIVE with a higher incarnation."""
         log.info("refuting %s about this node (incarnation %d)", record.state.value, record.incarnation)
         self.broadcasts.add(self.table.bump_local(above=record.incarnation))
+        self._health(1)  # Lifeguard: a suspected node is likely the slow one
         self._on_change()
 
     def _fail(self, error: DuplicateInstance) -> None:

@@ -156,11 +156,12 @@ class Verdict(enum.Enum):
 @dataclass
 class MembershipCounters:
     """Counts since start: probe targets chosen, members this node saw turn SUSPECT, and
-    suspicions of this node it refuted."""
+    suspicions of this node it refuted; and this node's local health score now (health.py)."""
 
     probes: int = 0
     suspicions: int = 0
     refutations: int = 0
+    local_health: int = 0
 
 
 class PeerTable:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from jobmesh.peer.v1 import membership_pb2_grpc
@@ -30,11 +31,9 @@ from node.discovery.messages import (
     Sync,
     SyncReply,
 )
+from node.discovery.proofs import ServerProofs
 from node.errors import DuplicateInstance, InvalidArgument, PeerUnavailable
 from node.transport import Transport
-
-if TYPE_CHECKING:
-    pass
 
 R = TypeVar("R")
 
@@ -46,6 +45,8 @@ stranger); not a connection that closed mid-handshake (a busy or stopping peer).
 
 IDENTITY_CHECK_TIMEOUT_S = 2.0
 """How long the TLS handshake that checks a claim of this node's instance id may take."""
+STUCK_AFTER_S = 1.0
+"""A call that times out retires its channel once no call to that address was answered this long."""
 RETIRE_GRACE_S = 5.0
 """A retired channel's calls get this long to end (longer than any membership call's deadline)."""
 
@@ -93,10 +94,15 @@ class GrpcPeerTransport:
         self._stubs: dict[str, tuple[grpc.aio.Channel, membership_pb2_grpc.MembershipServiceStub]] = {}
         self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
         self._refused: set[str] = set()
-        self._liars: set[str] = set()
-        self._proven: dict[str, str] = {}
-        """Address -> the instance id its server proved in a TLS handshake (checked once)."""
         """Addresses whose TLS handshake failed, logged once until a call to them succeeds."""
+        self._liars: set[str] = set()
+        """Addresses whose server proved another instance than an answer named (logged once)."""
+        self._proofs = ServerProofs(self._handshake)
+        self._answered_at: dict[str, float] = {}
+        """Address -> monotonic time a call to it was last answered."""
+
+    async def _handshake(self, address: str) -> str | None:
+        return await self._channels.server_instance(address, IDENTITY_CHECK_TIMEOUT_S)
 
     def _stub(self, address: str) -> membership_pb2_grpc.MembershipServiceStub:
         entry = self._stubs.get(address)
@@ -113,6 +119,7 @@ class GrpcPeerTransport:
         try:
             response = await getattr(self._stub(address), method)(request, timeout=timeout_s)
             self._refused.discard(address)
+            self._answered_at[address] = time.monotonic()
             return response
         except grpc.aio.AioRpcError as e:
             code, details = e.code(), e.details()
@@ -137,11 +144,17 @@ class GrpcPeerTransport:
                 address,
                 details,
             )
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and self._stuck(address):
             # The connection may be stuck (a partition, a paused peer): TCP would retry it with
             # growing backoff long after the network healed. Dial afresh next time.
             self._retire(address)
         raise PeerUnavailable(f"{address} {method}: {code.name}: {details}")
+
+    def _stuck(self, address: str) -> bool:
+        """True if no call to `address` was answered for `STUCK_AFTER_S`: one late answer from a
+        busy peer does not cost a new connection (and its TLS handshake) on both sides."""
+        answered = self._answered_at.get(address)
+        return answered is None or time.monotonic() - answered >= STUCK_AFTER_S
 
     async def _holds_our_id(self, address: str) -> bool:
         """True if the server at `address` proves this node's instance id in its certificate (a
@@ -151,19 +164,16 @@ class GrpcPeerTransport:
 
     async def _proves(self, address: str, instance_id: str, claim: str) -> bool:
         """True if the server at `address` holds a certificate naming `instance_id` (always in
-        plaintext, where nothing can be proved). One TLS handshake per new (address, instance);
-        a failed proof is logged once per address."""
-        if self._proven.get(address) == instance_id or not self._channels.secure:
+        plaintext, where nothing can be proved). Handshakes are cached, shared and rate-limited
+        (proofs.py); a proof of another instance is logged once per address."""
+        if not self._channels.secure:
             return True
-        try:
-            server = await self._channels.server_instance(address, IDENTITY_CHECK_TIMEOUT_S)
-        except (OSError, TimeoutError) as e:
-            server = f"unknown ({e or type(e).__name__})"
-        else:
-            if server is not None:
-                self._proven[address] = server
-        if server is None or server == instance_id:
+        proof = await self._proofs.proof(address, instance_id)
+        if proof.instance == instance_id or (proof.instance is None and not proof.problem):
             return True
+        if proof.problem:
+            log.debug("the peer at %s %s, not proven yet: %s", address, claim, proof.problem)
+            return False
         if address not in self._liars:
             self._liars.add(address)
             log.warning(
@@ -171,7 +181,7 @@ class GrpcPeerTransport:
                 "only for itself)",
                 address,
                 claim,
-                server,
+                proof.instance,
             )
         return False
 
@@ -233,7 +243,8 @@ class GrpcPeerTransport:
     async def forget(self, address: str) -> None:
         """Release the channel to `address` (its calls may finish first)."""
         self._retire(address)
-        self._proven.pop(address, None)
+        self._proofs.forget(address)
+        self._answered_at.pop(address, None)
 
     async def close(self) -> None:
         """Close every channel, cancelling calls still in flight."""

@@ -24,7 +24,6 @@ every change to the members, their states or their properties.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 from node.discovery.config import DiscoveryConfig
 from node.discovery.duplicates import DuplicateIds
 from node.discovery.gossip import BroadcastQueue
+from node.discovery.health import MAX_SCORE, LocalHealth
 from node.discovery.membership import Member, MemberRecord, PeerState, PeerTable, Verdict
 from node.discovery.messages import (
     Ack,
@@ -45,6 +45,7 @@ from node.discovery.messages import (
     SyncReply,
 )
 from node.discovery.peers import PeerTransport
+from node.discovery.suspicion import MIN_STALL_S, Suspicions
 from node.errors import DuplicateInstance, PeerUnavailable, Unavailable
 from node.instance import now_us
 
@@ -54,11 +55,9 @@ MAX_PIGGYBACK = 8
 """Records piggybacked on one message (least-sent first)."""
 SYNC_TIMEOUT_FACTOR = 4
 """A Sync moves whole tables: it gets this many probe timeouts."""
-MIN_STALL_S = 0.25
-"""A timer firing this much later than due means the loop (or the process) was stalled."""
 
 
-class MembershipProtocol(DuplicateIds):
+class MembershipProtocol(Suspicions, DuplicateIds):
     """One node's membership: its peer table and the tasks that keep it true.
 
     Create it on the node's event loop; `start()`, `leave()` and `stop()` it there.
@@ -85,6 +84,8 @@ class MembershipProtocol(DuplicateIds):
         self._contacting: set[str] = set()
         self._checked_duplicates: set[tuple[str, int]] = set()
         self._confirmed_at: dict[str, float] = {}
+        self.health = LocalHealth()
+        """This node's own health: stretches its probe timings while it struggles (health.py)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: asyncio.Future[DuplicateInstance] | None = None
         self.running = False
@@ -102,7 +103,7 @@ class MembershipProtocol(DuplicateIds):
         self._failure = self._loop.create_future()
         self.running = True
         self._rounds = [
-            self._spawn(self._every(self.config.probe_interval_s, self._probe_round), "probe"),
+            self._spawn(self._every(self._probe_interval, self._probe_round), "probe"),
             self._spawn(self._every(self.config.gossip_interval_s, self._gossip_round), "gossip"),
             self._spawn(self._every(self.config.sync_interval_s, self._sync_round, jitter=True), "sync"),
         ]
@@ -158,7 +159,10 @@ class MembershipProtocol(DuplicateIds):
             log.error("membership task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _every(
-        self, interval_s: float, action: Callable[[], Coroutine[Any, Any, None]], jitter: bool = False
+        self,
+        interval_s: float | Callable[[], float],
+        action: Callable[[], Coroutine[Any, Any, None]],
+        jitter: bool = False,
     ) -> None:
         loop = asyncio.get_running_loop()
         while self.running:
@@ -167,7 +171,8 @@ class MembershipProtocol(DuplicateIds):
                 await action()
             except Exception:
                 log.exception("membership round %s failed", getattr(action, "__name__", action))
-            delay = interval_s * (random.uniform(0.8, 1.2) if jitter else 1.0)
+            interval = interval_s() if callable(interval_s) else interval_s
+            delay = interval * (random.uniform(0.8, 1.2) if jitter else 1.0)
             await asyncio.sleep(max(0.0, delay - (loop.time() - started)))
 
     # --- incoming messages (called by the servicer) ---------------------------------------
@@ -275,7 +280,7 @@ class MembershipProtocol(DuplicateIds):
         record, address = member.record, member.address
         loop = asyncio.get_running_loop()
         started = loop.time()
-        timeout = self.config.probe_timeout_s
+        timeout = self.health.scale(self.config.probe_timeout_s)
         try:
             ack = await self._transport.ping(
                 address, Ping(self.table.local, record.id, self._piggyback(record)), timeout
@@ -289,15 +294,18 @@ class MembershipProtocol(DuplicateIds):
             self._merge_all(ack.gossip, source=ack.responder.id)
             if ack.responder.id == record.id:
                 self._merge(ack.responder, heard=True, address=address)
+                self._health(-1)
                 return
             # Another node answers at that address now: learn it; the probed member did not answer.
             self._merge(ack.responder, heard=True, address=address)
         helpers = [m for m in self.table.live() if m.record.id != record.id]
         helpers = random.sample(helpers, min(self.config.indirect_probes, len(helpers)))
-        if helpers:
-            answers = await asyncio.gather(*(self._indirect_probe(h, record, address) for h in helpers))
-            if any(answers):
-                return
+        answers = await asyncio.gather(*(self._indirect_probe(h, record, address, timeout) for h in helpers))
+        # Lifeguard: a peer some helper reached, or helpers that did not answer at all, point at
+        # this node's own trouble; with no helper to ask, any failed probe does.
+        self._health(sum(answer is not False for answer in answers) if helpers else 1)
+        if any(answers):
+            return
         if loop.time() - started > 3 * timeout + MIN_STALL_S:
             return  # this node was stalled (paused, overloaded): its silence proves nothing about the peer
         current = self.table.get(record.id)
@@ -308,19 +316,38 @@ class MembershipProtocol(DuplicateIds):
         log.info("member %s (%s) did not answer a probe: suspect", record.info.name, record.id)
         self._merge(current.record.with_state(PeerState.SUSPECT))
 
-    async def _indirect_probe(self, helper: Member, target: MemberRecord, address: str) -> bool:
-        timeout = self.config.probe_timeout_s
-        message = IndirectPing(self.table.local, target.id, address, timeout, self._piggyback(helper.record))
+    async def _indirect_probe(
+        self, helper: Member, target: MemberRecord, address: str, probe_timeout_s: float
+    ) -> bool | None:
+        """True if `helper` reached the target, False if it could not, None if it did not answer."""
+        message = IndirectPing(
+            self.table.local, target.id, address, probe_timeout_s, self._piggyback(helper.record)
+        )
         try:
-            answer = await self._transport.indirect_ping(helper.address, message, 2 * timeout)
+            answer = await self._transport.indirect_ping(helper.address, message, 2 * probe_timeout_s)
         except (PeerUnavailable, DuplicateInstance):
-            return False
+            return None
         self._merge(answer.responder, heard=True)
         self._merge_all(answer.gossip, source=answer.responder.id)
         if answer.reachable and answer.target is not None and answer.target.id == target.id:
             self._merge(answer.target, heard=True, source=answer.responder.id)
             return True
         return False
+
+    def _probe_interval(self) -> float:
+        return self.health.scale(self.config.probe_interval_s)
+
+    def _health(self, delta: int) -> None:
+        before = self.health.score
+        self.health.apply(delta)
+        self.table.counters.local_health = self.health.score
+        if self.health.score != before and (self.health.score == MAX_SCORE - 1 or self.health.score == 0):
+            log.info(
+                "local health %d of %d: probe timings x%d",
+                self.health.score,
+                MAX_SCORE - 1,
+                self.health.score + 1,
+            )
 
     async def _gossip_round(self) -> None:
         if not len(self.broadcasts):
@@ -415,53 +442,6 @@ class MembershipProtocol(DuplicateIds):
         elif was_live and not record.state.in_view:
             log.info("member %s (%s) is %s", record.info.name, record.id, record.state.value)
         self._on_change()
-
-    # --- suspicion -------------------------------------------------------------------------------
-
-    def _start_suspicion(self, record: MemberRecord) -> None:
-        self._cancel_suspicion(record.id)
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self.config.suspicion_timeout_s
-        self._suspicions[record.id] = loop.call_at(
-            due, self._suspicion_over, record.id, record.incarnation, due
-        )
-
-    def _cancel_suspicion(self, member_id: str) -> None:
-        handle = self._suspicions.pop(member_id, None)
-        if handle is not None:
-            handle.cancel()
-
-    def _suspicion_over(self, member_id: str, incarnation: int, due: float) -> None:
-        self._suspicions.pop(member_id, None)
-        if not self.running:
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() - due > max(MIN_STALL_S, self.config.suspicion_timeout_s / 4):
-            # This node was stalled: the suspect had no fair chance to refute. Give it one.
-            member = self.table.get(member_id)
-            if member is not None and member.record.state is PeerState.SUSPECT:
-                self._start_suspicion(member.record)
-            return
-        member = self.table.get(member_id)
-        if member is None or member.record.state is not PeerState.SUSPECT:
-            return
-        if member.record.incarnation != incarnation:
-            return
-        dead = member.record.with_state(PeerState.DEAD)
-        log.info("member %s (%s) did not refute the suspicion: dead", dead.info.name, member_id)
-        self._apply(dead)
-        self._push_to_all(dead)
-
-    def _push_to_all(self, record: MemberRecord) -> None:
-        """Push urgent news (a death) to every live member at once instead of waiting for gossip."""
-        message = Gossip(self.table.local, (record,))
-        timeout = self.config.probe_timeout_s
-        for member in self.table.live():
-            self._spawn(self._push(member.address, message, timeout), "push")
-
-    async def _push(self, address: str, message: Gossip, timeout_s: float) -> None:
-        with contextlib.suppress(PeerUnavailable, DuplicateInstance):
-            await self._transport.gossip(address, message, timeout_s)
 
     # --- piggybacking ------------------------------------------------------------------------
 
