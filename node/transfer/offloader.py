@@ -23,6 +23,7 @@ from node.errors import PeerUnavailable
 from node.instance import now_us
 from node.jobs.manager import JobManager
 from node.transfer.apply import Arrival, arrivals_for
+from node.transfer.assign import ASSIGN_BATCH
 from node.transfer.chunks import ChunkAssembler
 from node.transfer.frames import ChunkCursor
 from node.transfer.lease import Lease
@@ -277,8 +278,11 @@ class Offloader:
                 # Jobs of other origins left unassigned here (their consumer went away, e.g. a
                 # remote worker's result re-queued one after it disconnected) go back to them.
                 await self.hand_back()
-                if await self.store.assign(self._choose_remote, now_us()):
+                moved = await self.store.assign(self._choose_remote, now_us())
+                if moved:
                     self._wake()
+                if moved >= ASSIGN_BATCH:
+                    self._assign_needed.set()  # a full round: more may wait, go on at once
             except Exception:
                 log.exception("assigning unassigned jobs failed")
 
