@@ -51,11 +51,6 @@ class ServerProofs:
         self._last: dict[str, Proof] = {}
         self._checking: dict[str, asyncio.Future[Proof]] = {}
 
-    def proven(self, address: str) -> str | None:
-        """The instance the server at `address` proved last, if any (no handshake)."""
-        proof = self._last.get(address)
-        return proof.instance if proof is not None else None
-
     async def proof(self, address: str, claim: str) -> Proof:
         """A proof about `address` that is fresh enough to judge `claim` (an instance id):
         the cached one if it names `claim` or is younger than `recheck_s`, else a new handshake
