@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from node.errors import Unavailable
+from node.journal.checkpoints import Checkpointer, tune_writer
 from node.journal.connection import Durability, open_connection
 from node.journal.hooks import JournalHook, NoHook
 from node.journal.payloads import PayloadIntegrity
@@ -57,6 +58,7 @@ class Journal:
         self.path = path
         self.durability = durability
         self._writer = writer
+        self._checkpointer = Checkpointer(path, durability, lambda: writer.commits)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="journal-reader")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -78,10 +80,12 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = open_connection(path, durability)
         migrate(conn)
+        tune_writer(conn)
         head = _last_event_seq(conn)
         writer = JournalWriter(conn, path)
         journal = cls(path, durability, writer, readers, head)
         writer.start()
+        journal._checkpointer.start()
         return journal
 
     def close(self) -> None:
@@ -89,6 +93,7 @@ class Journal:
         if self._closed:
             return
         self._closed = True
+        self._checkpointer.stop()
         self._writer.close()
         self._readers.shutdown(wait=True)
         with self._reader_lock:

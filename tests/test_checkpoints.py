@@ -1,0 +1,94 @@
+"""WAL checkpoints run on their own thread, not inside the writer's commits (node/journal/checkpoints.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from node.journal.checkpoints import Checkpointer, tune_writer
+from node.journal.connection import Durability, open_connection
+from node.journal.journal import Journal
+
+BLOB = b"x" * (256 * 1024)
+COMMITS = 40  # 10 MiB of WAL per round
+
+
+def _write_round(conn: sqlite3.Connection, counter: list[int]) -> None:
+    for _ in range(COMMITS):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO blobs (data) VALUES (?)", (BLOB,))
+        conn.execute("COMMIT")
+        counter[0] += 1
+
+
+def _wait_until(condition: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def _wal_bytes(path: Path) -> int:
+    return path.with_name(path.name + "-wal").stat().st_size
+
+
+def test_the_writer_never_checkpoints_and_the_wal_restarts_after_a_background_checkpoint(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.sqlite"
+    conn = open_connection(path, Durability.NORMAL)
+    tune_writer(conn)
+    conn.execute("CREATE TABLE blobs (data BLOB)")
+    commits = [0]
+    checkpointer = Checkpointer(path, Durability.NORMAL, lambda: commits[0], interval_s=0.005)
+
+    _write_round(conn, commits)
+    after_one_round = _wal_bytes(path)
+    _write_round(conn, commits)
+    # No checkpointer yet: the writer's commits alone never checkpoint, the WAL only grows.
+    assert _wal_bytes(path) >= 2 * after_one_round * 0.95
+
+    checkpointer.start()
+    try:
+        _wait_until(lambda: checkpointer.checkpoints >= 1)
+        backfilled = checkpointer.checkpoints
+        _write_round(conn, commits)
+        _wait_until(lambda: checkpointer.checkpoints > backfilled)
+        _write_round(conn, commits)
+    finally:
+        checkpointer.stop()
+    # Each round after a checkpoint reuses the WAL from its start instead of growing it.
+    assert _wal_bytes(path) <= 2 * after_one_round * 1.05
+    rows = conn.execute("SELECT count(*) FROM blobs").fetchone()[0]
+    assert rows == 4 * COMMITS
+    conn.close()
+
+
+def test_an_idle_checkpointer_runs_one_checkpoint_then_none(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    conn = open_connection(path, Durability.NORMAL)
+    checkpointer = Checkpointer(path, Durability.NORMAL, lambda: 7, interval_s=0.001)
+    checkpointer.start()
+    deadline = time.monotonic() + 0.05
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
+    checkpointer.stop()
+    assert checkpointer.checkpoints == 1
+    conn.close()
+
+
+async def test_a_journal_leaves_checkpoints_to_its_checkpointer(tmp_path: Path) -> None:
+    journal = Journal.open(tmp_path / "journal.sqlite")
+    try:
+        autocheckpoint = await journal.write(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        assert autocheckpoint == 0
+        await journal.set_meta("k", "v")
+    finally:
+        journal.close()
+    # The last connection's close checkpointed everything and removed the WAL: nothing is lost.
+    reopened = Journal.open(tmp_path / "journal.sqlite")
+    try:
+        assert await reopened.get_meta("k") == "v"
+    finally:
+        reopened.close()
