@@ -308,7 +308,7 @@ class Node:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.identity = InstanceIdentity(instance_id, config.name or default_name(self.port), now_us())
         await self.topology.start(self.identity, self.port, config.server.host, self.trust.fingerprint)
-        self.trust.start()
+        self.trust.start(self.topology.subscribe)
         if self._offloader is not None:
             await self._offloader.start()
         if config.http.enabled:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from jobmesh.peer.v1 import cluster_pb2, cluster_pb2_grpc
 
 from node.config import NodeConfig
+from node.discovery.events import Subscription, TopologyListener
 from node.discovery.properties import InstanceProperties
 from node.errors import ConfigError, JobmeshError
 from node.security import pki
@@ -38,7 +39,10 @@ REVOKED_PROPERTY = "jobmesh.revoked"
 """Instance property: the revoked token ids this node knows (comma-separated); every node adopts
 the revocations its peers publish, so a revocation reaches the whole cluster within a gossip
 round or two."""
-REVOCATION_POLL_S = 0.1
+REVOCATION_POLL_S = 0.5
+"""How often the data dir is looked at for revocations and audit notes of token commands (calls
+check the revocation list themselves, at once); peers' revocations are adopted at every
+topology change, without waiting for this."""
 RENEW_CHECK_MAX_S = 60.0
 
 
@@ -64,6 +68,8 @@ class NodeTrust:
         self.registry = TokenRegistry(self.files)
         self._instance_id = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self._peers_changed = asyncio.Event()
+        self._subscription: Subscription | None = None
         self.audit_sink: AuditSink | None = None
         """Where the token commands' notes go (the node's audit journal); None: they wait."""
 
@@ -126,9 +132,11 @@ class NodeTrust:
             return True
         return False
 
-    def start(self) -> None:
-        """Start renewing this node's certificate, and sharing token revocations with peers."""
+    def start(self, subscribe: Callable[[TopologyListener], Subscription]) -> None:
+        """Start renewing this node's certificate, and sharing token revocations with peers
+        (`subscribe`: the topology's, whose events cue the adoption of peers' revocations)."""
         if self._transport.secure:
+            self._subscription = subscribe(lambda _event: self._peers_changed.set())
             loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(self._renew_loop(), name="cert-renewal"),
@@ -137,6 +145,9 @@ class NodeTrust:
 
     async def stop(self) -> None:
         """Stop the background tasks."""
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,7 +174,10 @@ class NodeTrust:
                     published = own
                 except JobmeshError as e:  # too many for the properties budget: still enforced here
                     log.error("cannot publish the token revocations to peers: %s", e)
-            await asyncio.sleep(REVOCATION_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REVOCATION_POLL_S):  # not wait_for: see docs/architecture.md
+                    await self._peers_changed.wait()
+            self._peers_changed.clear()
 
     async def _take_audit_notes(self) -> None:
         """Move what token commands did on the data dir into the audit journal."""

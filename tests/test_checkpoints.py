@@ -14,12 +14,12 @@ BLOB = b"x" * (256 * 1024)
 COMMITS = 40  # 10 MiB of WAL per round
 
 
-def _write_round(conn: sqlite3.Connection, counter: list[int]) -> None:
+def _write_round(conn: sqlite3.Connection, checkpointer: Checkpointer) -> None:
     for _ in range(COMMITS):
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO blobs (data) VALUES (?)", (BLOB,))
         conn.execute("COMMIT")
-        counter[0] += 1
+        checkpointer.committed()
 
 
 def _wait_until(condition: object, timeout_s: float = 10.0) -> None:
@@ -40,12 +40,11 @@ def test_the_writer_never_checkpoints_and_the_wal_restarts_after_a_background_ch
     conn = open_connection(path, Durability.NORMAL)
     tune_writer(conn)
     conn.execute("CREATE TABLE blobs (data BLOB)")
-    commits = [0]
-    checkpointer = Checkpointer(path, Durability.NORMAL, lambda: commits[0], interval_s=0.005)
+    checkpointer = Checkpointer(path, Durability.NORMAL, interval_s=0.005)
 
-    _write_round(conn, commits)
+    _write_round(conn, checkpointer)
     after_one_round = _wal_bytes(path)
-    _write_round(conn, commits)
+    _write_round(conn, checkpointer)
     # No checkpointer yet: the writer's commits alone never checkpoint, the WAL only grows.
     assert _wal_bytes(path) >= 2 * after_one_round * 0.95
 
@@ -53,9 +52,9 @@ def test_the_writer_never_checkpoints_and_the_wal_restarts_after_a_background_ch
     try:
         _wait_until(lambda: checkpointer.checkpoints >= 1)
         backfilled = checkpointer.checkpoints
-        _write_round(conn, commits)
+        _write_round(conn, checkpointer)
         _wait_until(lambda: checkpointer.checkpoints > backfilled)
-        _write_round(conn, commits)
+        _write_round(conn, checkpointer)
     finally:
         checkpointer.stop()
     # Each round after a checkpoint reuses the WAL from its start instead of growing it.
@@ -65,16 +64,21 @@ def test_the_writer_never_checkpoints_and_the_wal_restarts_after_a_background_ch
     conn.close()
 
 
-def test_an_idle_checkpointer_runs_one_checkpoint_then_none(tmp_path: Path) -> None:
+def test_an_idle_checkpointer_runs_one_checkpoint_then_none_until_a_commit(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     conn = open_connection(path, Durability.NORMAL)
-    checkpointer = Checkpointer(path, Durability.NORMAL, lambda: 7, interval_s=0.001)
+    checkpointer = Checkpointer(path, Durability.NORMAL, interval_s=0.001)
     checkpointer.start()
-    deadline = time.monotonic() + 0.05
-    while time.monotonic() < deadline:
-        time.sleep(0.005)
-    checkpointer.stop()
-    assert checkpointer.checkpoints == 1
+    try:
+        _wait_until(lambda: checkpointer.checkpoints == 1)
+        deadline = time.monotonic() + 0.05
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert checkpointer.checkpoints == 1  # no commit, no checkpoint (and no wake-up)
+        checkpointer.committed()
+        _wait_until(lambda: checkpointer.checkpoints == 2)
+    finally:
+        checkpointer.stop()
     conn.close()
 
 

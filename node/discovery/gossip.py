@@ -8,6 +8,7 @@ probability; the least-sent records go first, and newer news about a member repl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.discovery.membership import MemberRecord
@@ -22,9 +23,11 @@ class _Pending:
 class BroadcastQueue:
     """Pending membership news, at most one record per member. Use from one thread (the loop)."""
 
-    def __init__(self, retransmit_mult: int) -> None:
+    def __init__(self, retransmit_mult: int, on_news: Callable[[], None] | None = None) -> None:
         self.retransmit_mult = retransmit_mult
         self._pending: dict[str, _Pending] = {}
+        self._on_news = on_news
+        """Called after every `add` (the gossip round sleeps while nothing is pending)."""
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -32,6 +35,8 @@ class BroadcastQueue:
     def add(self, record: MemberRecord) -> None:
         """Queue `record`, replacing any older news about the same member."""
         self._pending[record.id] = _Pending(record)
+        if self._on_news is not None:
+            self._on_news()
 
     def retransmit_limit(self, members: int) -> int:
         """How often one record is sent in a cluster of `members` (this node included)."""

@@ -73,7 +73,8 @@ class MembershipProtocol(Suspicions, DuplicateIds):
     ) -> None:
         self.config = config
         self.table = PeerTable(local)
-        self.broadcasts = BroadcastQueue(config.retransmit_mult)
+        self._news = asyncio.Event()
+        self.broadcasts = BroadcastQueue(config.retransmit_mult, self._news.set)
         self._transport = transport
         self._on_change = on_change
         self._seeds: dict[str, str | None] = dict.fromkeys(seeds)
@@ -350,8 +351,9 @@ class MembershipProtocol(Suspicions, DuplicateIds):
             )
 
     async def _gossip_round(self) -> None:
-        if not len(self.broadcasts):
-            return
+        if not len(self.broadcasts):  # sleep until there is news: an idle cluster sends nothing
+            self._news.clear()
+            await self._news.wait()
         members = self.table.live()
         peers = random.sample(members, min(self.config.gossip_fanout, len(members)))
         sends = []

@@ -4,9 +4,10 @@ SQLite's automatic checkpoint runs inside the commit that crosses 1,000 WAL page
 writer's thread: that commit copies the WAL into the database file and fsyncs it, so every
 caller of that group commit waits for it (a third of a one-job commit's cost, measured, and the
 spikes in AddJob's p99). The writer's connection turns it off (`wal_autocheckpoint = 0`) and
-this thread runs a PASSIVE checkpoint, which never blocks the writer or a reader, whenever
-commits happened since its last one, at most every `interval_s`. The WAL then restarts from its
-beginning at a later commit, and `journal_size_limit` trims a WAL that a burst grew.
+this thread runs a PASSIVE checkpoint, which never blocks the writer or a reader, after commits,
+at most every `interval_s`. The WAL then restarts from its beginning at a later commit, and
+`journal_size_limit` trims a WAL that a burst grew. An idle journal costs no wake-ups: the
+thread sleeps until the writer reports a commit (`committed()`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from node.journal.connection import Durability, open_connection
@@ -35,20 +35,15 @@ def tune_writer(conn: sqlite3.Connection) -> None:
 
 
 class Checkpointer:
-    """Checkpoints the WAL of `path` in a thread while `commits()` keeps growing."""
+    """Checkpoints the WAL of `path` in a thread after the commits it is told of."""
 
-    def __init__(
-        self,
-        path: Path,
-        durability: Durability,
-        commits: Callable[[], int],
-        interval_s: float = INTERVAL_S,
-    ) -> None:
+    def __init__(self, path: Path, durability: Durability, interval_s: float = INTERVAL_S) -> None:
         self._path = path
         self._durability = durability
-        self._commits = commits
         self._interval_s = interval_s
         self._stopping = threading.Event()
+        self._dirty = threading.Event()
+        self._dirty.set()  # the first round copies what a previous run left in the WAL
         self._thread = threading.Thread(target=self._run, name="journal-checkpoint", daemon=True)
         self.checkpoints = 0
         """PASSIVE checkpoints run so far (for tests and benchmarks)."""
@@ -57,20 +52,24 @@ class Checkpointer:
         """Start the thread."""
         self._thread.start()
 
+    def committed(self) -> None:
+        """The writer committed (thread-safe, cheap: called after every group commit)."""
+        self._dirty.set()
+
     def stop(self) -> None:
         """Stop the thread (the writer's close then checkpoints what is left)."""
         self._stopping.set()
+        self._dirty.set()
         self._thread.join()
 
     def _run(self) -> None:
         conn = open_connection(self._path, self._durability)
         try:
-            done = -1  # the first round copies what a previous run left in the WAL
-            while not self._stopping.wait(self._interval_s):
-                commits = self._commits()
-                if commits == done:
-                    continue  # idle: nothing to copy, no wake-ups beyond this check
-                done = commits
+            while True:
+                self._dirty.wait()
+                if self._stopping.wait(self._interval_s):  # commits of the next interval join in
+                    break
+                self._dirty.clear()
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1

@@ -58,7 +58,8 @@ class Journal:
         self.path = path
         self.durability = durability
         self._writer = writer
-        self._checkpointer = Checkpointer(path, durability, lambda: writer.commits)
+        self._checkpointer = Checkpointer(path, durability)
+        writer.on_commit = self._checkpointer.committed
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="journal-reader")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []

@@ -85,6 +85,8 @@ class JournalWriter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.commits = 0
         self.operations = 0
+        self.on_commit: Callable[[], None] | None = None
+        """Called on the writer's thread after each group commit (the WAL checkpointer's cue)."""
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -175,6 +177,8 @@ class JournalWriter:
                 hooks.after_commit()
         self.commits += 1
         self.operations += len(batch)
+        if self.on_commit is not None:
+            self.on_commit()
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for pending, (ok, value) in zip(batch, results, strict=True):
             if pending.loop is not None and pending.future is not None:

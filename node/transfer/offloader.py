@@ -38,8 +38,13 @@ log = logging.getLogger(__name__)
 FRAME_MAX_ITEMS = 1000
 FRAME_MAX_BYTES = 4 * 1024 * 1024
 """Frames stay about this size: larger payloads travel in chunks (see chunks.py)."""
-IDLE_POLL_S = 0.2
+IDLE_POLL_S = 2.0
+"""Senders look at the outbox this often without a wake-up: a safety net only, as every commit
+that enqueues rows and every topology change wakes them (an idle node's wake-ups cost CPU)."""
 RECONNECT_DELAY_S = 0.2
+ASSIGN_POLL_S = 5.0
+"""Assignment rounds run this often without a cue: a safety net, as new jobs get their target
+when added and topology, consumer and report changes each start a round at once."""
 
 
 class FrameCounts:
@@ -212,16 +217,20 @@ class Offloader:
 
     async def _dispatch(self) -> None:
         while self._running:
+            kick = self._kick
             for peer in await self.store.peers():
                 task = self._senders.get(peer)
                 if task is None or task.done():
                     self._senders[peer] = asyncio.get_running_loop().create_task(self._send_to(peer))
-            await self._idle()
+            await self._idle(kick)
 
-    async def _idle(self) -> None:
+    async def _idle(self, kick: asyncio.Event) -> None:
+        """Wait for a wake-up at most IDLE_POLL_S. `kick` must be taken before the outbox read it
+        follows: a commit that lands during that read then still wakes this wait (`_wake` sets
+        the event it replaces), so no enqueued row waits for the safety poll."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(IDLE_POLL_S):  # not wait_for: see docs/architecture.md
-                await self._kick.wait()
+                await kick.wait()
 
     async def _send_to(self, peer: str) -> None:
         while self._running:
@@ -236,6 +245,7 @@ class Offloader:
                 after = 0
                 cursor: ChunkCursor | None = None  # a partial payload is started again on a new stream
                 while self._running:
+                    kick = self._kick
                     frame = await self.store.next_frame(
                         peer,
                         after,
@@ -245,7 +255,7 @@ class Offloader:
                         resume=cursor,
                     )
                     if frame is None:
-                        await self._idle()
+                        await self._idle(kick)
                         continue
                     sent_at = time.monotonic()
                     after = await stream.exchange(frame)
@@ -265,7 +275,7 @@ class Offloader:
     async def _assign_loop(self) -> None:
         while self._running:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):  # not wait_for: see docs/architecture.md
+                async with asyncio.timeout(ASSIGN_POLL_S):  # not wait_for: see docs/architecture.md
                     await self._assign_needed.wait()
             self._assign_needed.clear()
             self._refresh_view()
