@@ -206,7 +206,7 @@ def test_lan_defaults_and_test_preset() -> None:
     lan = NodeConfig.lan().discovery
     assert (lan.mdns, lan.probe_interval_s, lan.suspicion_timeout_s, lan.settle_delay_s) == (
         True,
-        0.2,
+        0.5,
         1.5,
         0.1,
     )
