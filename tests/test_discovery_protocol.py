@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from node.discovery.config import DiscoveryConfig
 from node.discovery.identity import InstanceInfo
@@ -114,6 +115,40 @@ async def test_members_learn_everyone_through_a_chain_of_seeds(c: Cluster) -> No
     await c.add("c", seeds=("b",))
     # Then all three end up knowing all three
     await c.converged({"a", "b", "c"})
+
+
+@_run
+async def test_gossip_sleeps_while_there_is_no_news_and_pushes_news_at_once(c: Cluster) -> None:
+    for name, seeds in (("a", ()), ("b", ("a",)), ("c", ("a",))):
+        await c.add(name, seeds)
+    await c.converged({"a", "b", "c"})
+    pushes: list[str] = []
+    for name, protocol in c.nodes.items():
+        handle = protocol.handle_gossip
+
+        async def counted(message: Gossip, handle: Any = handle, name: str = name) -> Any:
+            pushes.append(name)
+            return await handle(message)
+
+        protocol.handle_gossip = counted  # type: ignore[method-assign]
+    # Given every member's news sent as often as it is due
+    await async_wait_for(lambda: all(not len(p.broadcasts) for p in c.nodes.values()), what="no news left")
+    pushes.clear()
+    # Then a quiet cluster pushes nothing, for many gossip intervals
+    await asyncio.sleep(30 * FAST.gossip_interval_s)
+    assert pushes == []
+    # And news (new properties of a) is pushed by the next round and reaches everyone
+    c.nodes["a"].set_local_properties({"zone": "b"})
+    await async_wait_for(lambda: bool(pushes), what="a gossip push", timeout=10 * FAST.gossip_interval_s)
+    await async_wait_for(
+        lambda: all(
+            m.record.properties.get("zone") == "b"
+            for n in ("b", "c")
+            for m in c.nodes[n].table
+            if m.record.info.name == "a"
+        ),
+        what="a's new properties everywhere",
+    )
 
 
 @_run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ import pytest
 
 import node
 from node.transfer.memory import MemoryTransferLink, MemoryTransferNetwork
+from node.transfer.offloader import IDLE_POLL_S
 from tests.support.launcher import seed_cluster, shared_cluster
 
 pytestmark = pytest.mark.usefixtures("no_thread_leaks")
@@ -99,6 +101,23 @@ async def test_offloaded_jobs_end_at_the_origin_with_the_workers_results(tmp_pat
         job = await p.origin.jobs.get_job(ids[0])
         assert job.result_message == f"done {ids[0]}"
         assert job.target_instance == p.worker.identity.id  # type: ignore[union-attr]
+
+
+async def test_a_job_added_to_an_idle_pair_travels_at_once_not_at_the_senders_poll(tmp_path: Path) -> None:
+    # The senders look at the outbox on their own only every IDLE_POLL_S (a safety net): a job
+    # must go out, and its report come back, on the wake-up of the commit that enqueued it.
+    assert IDLE_POLL_S >= 1.0
+    async with pair(tmp_path) as p:
+        warm = await p.add(1)
+        await until(lambda: p.all_succeeded(warm), "the first job to succeed")
+        for _ in range(8):
+            await asyncio.sleep(0.1)  # both sides idle again, their senders waiting
+            started = time.monotonic()
+            ids = await p.add(1)
+            await until(
+                functools.partial(p.all_succeeded, ids), "an offloaded job to succeed", IDLE_POLL_S / 2
+            )
+            assert time.monotonic() - started < IDLE_POLL_S / 2
 
 
 async def test_a_cut_transfer_link_holds_the_jobs_until_it_heals(tmp_path: Path) -> None:
