@@ -46,7 +46,11 @@ stranger); not a connection that closed mid-handshake (a busy or stopping peer).
 IDENTITY_CHECK_TIMEOUT_S = 2.0
 """How long the TLS handshake that checks a claim of this node's instance id may take."""
 STUCK_AFTER_S = 1.0
-"""A call that times out retires its channel once no call to that address was answered this long."""
+"""A call that times out retires its channel once no call to that address was answered this
+long, and for `STUCK_TIMEOUTS` of the call's own timeout."""
+STUCK_TIMEOUTS = 4
+"""Callers stretch their timeouts when this node is unhealthy (health.py): its calls then time
+out because it is slow itself, and a new connection would only add TLS handshakes on both sides."""
 RETIRE_GRACE_S = 5.0
 """A retired channel's calls get this long to end (longer than any membership call's deadline)."""
 
@@ -99,7 +103,7 @@ class GrpcPeerTransport:
         """Addresses whose server proved another instance than an answer named (logged once)."""
         self._proofs = ServerProofs(self._handshake)
         self._answered_at: dict[str, float] = {}
-        """Address -> monotonic time a call to it was last answered."""
+        """Address -> monotonic time a call to it was last answered (or its channel was made)."""
 
     async def _handshake(self, address: str) -> str | None:
         return await self._channels.server_instance(address, IDENTITY_CHECK_TIMEOUT_S)
@@ -110,6 +114,7 @@ class GrpcPeerTransport:
             channel = self._channels.create_peer_channel(address, self._reconnect_backoff_ms)
             entry = (channel, membership_pb2_grpc.MembershipServiceStub(channel))
             self._stubs[address] = entry
+            self._answered_at[address] = time.monotonic()  # a new channel is not stuck yet
         return entry[1]
 
     async def _call(self, address: str, method: str, request: Any, timeout_s: float) -> Any:
@@ -144,17 +149,19 @@ class GrpcPeerTransport:
                 address,
                 details,
             )
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED and self._stuck(address):
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and self._stuck(address, timeout_s):
             # The connection may be stuck (a partition, a paused peer): TCP would retry it with
             # growing backoff long after the network healed. Dial afresh next time.
             self._retire(address)
         raise PeerUnavailable(f"{address} {method}: {code.name}: {details}")
 
-    def _stuck(self, address: str) -> bool:
-        """True if no call to `address` was answered for `STUCK_AFTER_S`: one late answer from a
-        busy peer does not cost a new connection (and its TLS handshake) on both sides."""
+    def _stuck(self, address: str, timeout_s: float) -> bool:
+        """True if no call to `address` was answered for `STUCK_AFTER_S` and `STUCK_TIMEOUTS`
+        timeouts of the call: one late answer from a busy peer, or calls slowed by this node's
+        own load, do not cost a new connection (and its TLS handshake) on both sides."""
         answered = self._answered_at.get(address)
-        return answered is None or time.monotonic() - answered >= STUCK_AFTER_S
+        quiet_s = max(STUCK_AFTER_S, STUCK_TIMEOUTS * timeout_s)
+        return answered is None or time.monotonic() - answered >= quiet_s
 
     async def _holds_our_id(self, address: str) -> bool:
         """True if the server at `address` proves this node's instance id in its certificate (a

@@ -251,7 +251,7 @@ class MembershipProtocol(Suspicions, DuplicateIds):
         message = Sync(self.table.local, tuple(self.table.records()))
         try:
             reply = await self._transport.sync(
-                address, message, self.config.probe_timeout_s * SYNC_TIMEOUT_FACTOR
+                address, message, self.health.scale(self.config.probe_timeout_s) * SYNC_TIMEOUT_FACTOR
             )
         except PeerUnavailable as e:
             log.debug("sync with %s failed: %s", address, e)
@@ -357,13 +357,12 @@ class MembershipProtocol(Suspicions, DuplicateIds):
         members = self.table.live()
         peers = random.sample(members, min(self.config.gossip_fanout, len(members)))
         sends = []
+        timeout = self.health.scale(self.config.probe_timeout_s)  # all calls stretch alike: peers.py
         for peer in peers:
             records = self._piggyback(peer.record)
             if records:
                 sends.append(
-                    self._transport.gossip(
-                        peer.address, Gossip(self.table.local, tuple(records)), self.config.probe_timeout_s
-                    )
+                    self._transport.gossip(peer.address, Gossip(self.table.local, tuple(records)), timeout)
                 )
         await asyncio.gather(*sends, return_exceptions=True)
 

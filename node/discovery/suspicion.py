@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from node.discovery.config import DiscoveryConfig
+from node.discovery.health import LocalHealth
 from node.discovery.membership import MemberRecord, PeerState, PeerTable
 from node.discovery.messages import Gossip
 from node.discovery.peers import PeerTransport
@@ -30,6 +31,7 @@ class Suspicions:
     """The suspicion part of the membership protocol."""
 
     config: DiscoveryConfig
+    health: LocalHealth
     table: PeerTable
     running: bool
     _transport: PeerTransport
@@ -78,7 +80,9 @@ class Suspicions:
     def _push_to_all(self, record: MemberRecord) -> None:
         """Push urgent news (a death) to every live member at once instead of waiting for gossip."""
         message = Gossip(self.table.local, (record,))
-        timeout = self.config.probe_timeout_s
+        # Stretched like a probe's when this node is unhealthy: pushes that time out because
+        # this node is slow would otherwise retire healthy channels (peers.py).
+        timeout = self.health.scale(self.config.probe_timeout_s)
         for member in self.table.live():
             self._spawn(self._push(member.address, message, timeout), "push")
 
