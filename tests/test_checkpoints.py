@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -96,3 +98,22 @@ async def test_a_journal_leaves_checkpoints_to_its_checkpointer(tmp_path: Path) 
         assert await reopened.get_meta("k") == "v"
     finally:
         reopened.close()
+
+
+def test_stop_returns_whenever_it_lands_in_the_checkpointers_round(tmp_path: Path) -> None:
+    # A stop that landed between a round's wait and its clearing of the commit cue once left
+    # the thread waiting for a commit that never came: a node hung at SIGTERM in Journal.close.
+    path = tmp_path / "journal.sqlite"
+    conn = open_connection(path, Durability.NORMAL)
+    rounds = random.Random(7)
+    for _ in range(200):
+        checkpointer = Checkpointer(path, Durability.NORMAL, interval_s=0.001)
+        checkpointer.start()
+        _wait_until(lambda c=checkpointer: c.checkpoints >= 1)
+        checkpointer.committed()
+        time.sleep(rounds.uniform(0.0005, 0.0015))  # stop near the end of the round's interval
+        stopper = threading.Thread(target=checkpointer.stop)
+        stopper.start()
+        stopper.join(5)
+        assert not stopper.is_alive(), "Checkpointer.stop did not return"
+    conn.close()

@@ -65,7 +65,9 @@ class Checkpointer:
     def _run(self) -> None:
         conn = open_connection(self._path, self._durability)
         try:
-            while True:
+            # `stop` sets _stopping before _dirty: a stop that lands after this round cleared
+            # _dirty ends the loop at its check, one that lands before wakes the wait.
+            while not self._stopping.is_set():
                 self._dirty.wait()
                 if self._stopping.wait(self._interval_s):  # commits of the next interval join in
                     break
