@@ -136,16 +136,12 @@ class Node:
         """utime + stime of the process so far."""
         return self.process.stats().cpu_s
 
-    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Signal the process and wait for it (SIGKILL, and say so, if it hangs); close the watch."""
-        if self.process.running:
-            self.process.send_signal(sig)
+    async def stop(self) -> None:
+        """SIGTERM and wait (the launcher kills a node that hangs: say so); close the watch."""
         try:
-            await asyncio.to_thread(self.process.wait_exit, STOP_TIMEOUT_S)
-        except AssertionError:  # a node that does not stop is a bug to see, not a process to leak
-            print(f"node {self.name} did not stop within {STOP_TIMEOUT_S:g} s: killed", file=sys.stderr)
-            self.process.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(self.process.wait_exit, STOP_TIMEOUT_S)
+            await asyncio.to_thread(self.process.terminate, STOP_TIMEOUT_S)
+        except AssertionError as e:  # a node that does not stop is a bug to see, not a process to leak
+            print(str(e).splitlines()[0], file=sys.stderr)
         if self._watch is not None:
             self._watch.cancel()
         if self._channel is not None:

@@ -28,6 +28,7 @@ from node.security.join import JoinRefused, JoinToken
 from node.security.joining import fetch_pinned_ca, join
 from node.security.registry import TokenRegistry
 from node.transport import Transport
+from node.waits import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,7 @@ class NodeTrust:
                     published = own
                 except JobmeshError as e:  # too many for the properties budget: still enforced here
                     log.error("cannot publish the token revocations to peers: %s", e)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(REVOCATION_POLL_S):  # not wait_for: see docs/architecture.md
-                    await self._peers_changed.wait()
+            await wait_event(self._peers_changed, REVOCATION_POLL_S)
             self._peers_changed.clear()
 
     async def _take_audit_notes(self) -> None:

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "memnet",
         "ranges",
         "durations",
+        "waits",
     ),
     # the job model: values and pure rules, no I/O
     ("model",),

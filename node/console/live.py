@@ -27,6 +27,7 @@ from node.discovery.topology import Topology
 from node.journal.journal import Journal
 from node.model.events import EventType
 from node.model.job import JobState
+from node.waits import wait_event
 
 Current = Callable[[], Awaitable[list[dict[str, Any]]]]
 FLUSH_S = 0.5
@@ -163,9 +164,7 @@ class LiveFeeds:
         self._topology_waiters.append(waiter)
         try:
             while not self.closing.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: see docs/architecture.md
-                        await waiter.wait()
+                await wait_event(waiter, KEEPALIVE_S)
                 if self.closing.is_set():
                     break
                 if waiter.is_set():
@@ -197,9 +196,7 @@ class LiveFeeds:
                         "failed": failed,
                     },
                 )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(OVERVIEW_S):  # not wait_for: see docs/architecture.md
-                        await self.closing.wait()
+                await wait_event(self.closing, OVERVIEW_S)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return response
@@ -232,9 +229,7 @@ class LiveFeeds:
             if current is not None:
                 await _send(response, {"jobs": await current(), "added": 0})
             while not self.closing.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(KEEPALIVE_S):  # not wait_for: see docs/architecture.md
-                        await stream.wake.wait()
+                await wait_event(stream.wake, KEEPALIVE_S)
                 stream.wake.clear()
                 if self.closing.is_set():
                     break

@@ -41,9 +41,9 @@ class DiscoveryConfig:
     """Largest encoded size (UTF-8 names plus values) of this node's instance properties."""
     probe_interval_s: Annotated[float, POSITIVE_S] = 0.5
     """Protocol period: each node probes one peer (round robin) per period. Each probe is a gRPC
-    call costing about 2 ms of CPU per side, the bulk of an idle node's CPU: 0.2 s cost an idle
-    node of 10 about 2.6% of a core, 0.5 s 1.7%, and a kill -9 is still dead everywhere in
-    about 1.7 s (some member probes it soon after; its refused connection fails the probe)."""
+    call costing about 2 ms of CPU per side, the bulk of an idle node's CPU (docs/benchmarks.md:
+    10 nodes, 2.6% of a core at 0.2 s, 1.4% at 0.5 s); a kill -9 is still dead everywhere in
+    about 2 s, as some member probes it soon and its refused connection fails the probe."""
     probe_timeout_s: Annotated[float, POSITIVE_S] = 0.25
     """How long a direct probe waits for its answer; indirect probes get twice this."""
     indirect_probes: Annotated[int, Range(0, 16)] = 3

@@ -28,6 +28,7 @@ from node.journal.jobs import JobStore
 from node.journal.records import AttemptReport
 from node.model.job import Job, JobResult, Outcome
 from node.model.queues import QueueConfig, QueueType, SyncIsolation
+from node.waits import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +212,7 @@ class QueueRunner:
                     continue  # there may be more; claim again as soon as slots free up
             if timeout == 0.0 or self._stopping:
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):  # not wait_for: see docs/architecture.md
-                    await self._wakeup.wait()
+            await wait_event(self._wakeup, timeout)
 
     def _start(self, job: Job) -> None:
         context = self._make_context(job)

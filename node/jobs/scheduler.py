@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ from node.instance import now_us
 from node.jobs.schedules import decode_rules, encode_rules, next_time_us, validate_rules
 from node.journal.records import NewJobRecord
 from node.journal.schedules import ScheduleStore, StoredSchedule
+from node.waits import wait_event
 
 log = logging.getLogger(__name__)
 MAX_SLEEP_S = 60.0  # wake at least this often, so a changed wall clock is noticed
@@ -92,9 +92,7 @@ class Scheduler:
                 log.exception("firing schedules failed; retrying")
                 due = now_us() + 1_000_000
             timeout = MAX_SLEEP_S if due is None else min(MAX_SLEEP_S, max(0.0, (due - now_us()) / 1e6))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):  # not wait_for: see docs/architecture.md
-                    await self._wakeup.wait()
+            await wait_event(self._wakeup, timeout)
 
     def _record_for(self, schedule: StoredSchedule) -> NewJobRecord:
         return self._make_record(jobs_pb2.NewJob.FromString(schedule.job), f"schedule {schedule.id}")

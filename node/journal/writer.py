@@ -86,7 +86,7 @@ class JournalWriter:
         self.commits = 0
         self.operations = 0
         self.on_commit: Callable[[], None] | None = None
-        """Called on the writer's thread after each group commit (the WAL checkpointer's cue)."""
+        """Called on the writer's thread after each group commit, or its rollback (the WAL checkpointer's cue)."""
 
     def start(self) -> None:
         """Start the writer thread."""

@@ -34,6 +34,7 @@ from node.properties import fill_proto_properties, validate_name, value_from_pro
 from node.services.chunking import crc32, needs_chunks, slices
 from node.services.paging import page_of
 from node.services.status import rpc, status_for
+from node.waits import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +167,7 @@ class WorkerServicer(workers_pb2_grpc.WorkerServiceServicer):
     async def drained(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) until every Work call has returned: a call still open when
         the server stops is cancelled by grpc, which prints that cancellation's traceback."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._no_calls.wait()
+        await wait_event(self._no_calls, timeout_s)
         for _ in range(3):  # grpc sends each returned call's status a loop turn or two later
             await asyncio.sleep(0)
 

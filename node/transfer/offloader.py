@@ -32,6 +32,7 @@ from node.transfer.placement import CAPACITY_PROPERTY, PeerPlacement
 from node.transfer.reconcile import Reconciler
 from node.transfer.store import TransferStore
 from node.transport import Transport
+from node.waits import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +229,7 @@ class Offloader:
         """Wait for a wake-up at most IDLE_POLL_S. `kick` must be taken before the outbox read it
         follows: a commit that lands during that read then still wakes this wait (`_wake` sets
         the event it replaces), so no enqueued row waits for the safety poll."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(IDLE_POLL_S):  # not wait_for: see docs/architecture.md
-                await kick.wait()
+        await wait_event(kick, IDLE_POLL_S)
 
     async def _send_to(self, peer: str) -> None:
         while self._running:
@@ -274,9 +273,7 @@ class Offloader:
 
     async def _assign_loop(self) -> None:
         while self._running:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ASSIGN_POLL_S):  # not wait_for: see docs/architecture.md
-                    await self._assign_needed.wait()
+            await wait_event(self._assign_needed, ASSIGN_POLL_S)
             self._assign_needed.clear()
             self._refresh_view()
             if self.placement.local_outstanding:
@@ -351,9 +348,7 @@ class Offloader:
     async def _confirm_loop(self) -> None:
         """As target: confirm the leases that lapsed or near their end (reconcile.py)."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.lease.window_s / 4):  # not wait_for
-                    await self._confirm_now.wait()
+            await wait_event(self._confirm_now, self.lease.window_s / 4)
             self._confirm_now.clear()
             try:
                 await self.reconciler.confirm_origins()
