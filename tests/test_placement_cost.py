@@ -1,28 +1,34 @@
-"""The origin's once-a-second placement round (hand back, assign) costs what changed, not the
-backlog: every statement it runs on a journal with waiting jobs nobody consumes is an index
-search, never a scan of the jobs (a full 1,000,000-job backlog used to cost ~65% of an idle
-node's writer). Checked by the query plans of the statements the round really runs, on a real
-journal file; the figures are in docs/benchmarks.md (benchmarks/run-backlog)."""
+"""The origin's placement round (hand back, assign) and its periodic counts cost what changed,
+not the backlog: every statement the round runs on a journal with waiting jobs nobody consumes
+is an index search, never a scan of the jobs (a full 1,000,000-job backlog used to cost ~65% of
+an idle node's writer), and the counts of outstanding jobs do the same work whatever the size of
+the local backlog. Checked by the query plans of the statements the round really runs and by
+SQLite's own count of the instructions the counts execute, on a real journal file; the figures
+are in docs/benchmarks.md (benchmarks/run-backlog)."""
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from node.instance import now_us
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
 from node.journal.records import NewJobRecord
+from node.transfer import store as transfer_store
 from node.transfer.store import TransferStore
 
 LOCAL = "origin-instance"
 
 
-def waiting(count: int, origin: str, topic: str) -> list[NewJobRecord]:
+def waiting(count: int, origin: str, topic: str, target: str | None = None) -> list[NewJobRecord]:
     created = now_us()
     return [
-        NewJobRecord(str(uuid.uuid4()), topic, None, "main", origin, None, 3, created, None)
+        NewJobRecord(str(uuid.uuid4()), topic, None, "main", origin, target, 3, created, None)
         for _ in range(count)
     ]
 
@@ -58,3 +64,49 @@ async def test_a_placement_round_searches_indexes_only(tmp_path: Path) -> None:
     for statement in round_statements:
         steps = plan(path, statement)
         assert not [s for s in steps if s.startswith("SCAN jobs") or "jobs_state" in s], (statement, steps)
+
+
+def instructions(path: Path, count: Callable[[sqlite3.Connection], object]) -> tuple[object, int]:
+    """What `count` returns on its own connection to `path`, and the SQLite VM instructions it ran."""
+    executed = 0
+
+    def tick() -> int:
+        nonlocal executed
+        executed += 1
+        return 0  # go on
+
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        conn.set_progress_handler(tick, 1)
+        value = count(conn)
+    return value, executed
+
+
+async def test_outstanding_counts_do_not_grow_with_the_local_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transfer_store, "LOCAL_COUNT_CAP", 100)
+    path = tmp_path / "journal.db"
+    journal = Journal.open(path)
+    try:
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, LOCAL)
+        await jobs.add_jobs(waiting(7, LOCAL, "remote/a", target="peer-a"))
+        await jobs.add_jobs(waiting(5, LOCAL, "remote/b", target="peer-b"))
+        await jobs.add_jobs(waiting(4, "another-origin", "runs/here", target="peer-a"))  # not ours
+        await jobs.add_jobs(waiting(300, LOCAL, "local/work", target=LOCAL))
+        small = instructions(path, store._count_remote), instructions(path, store._count_here)
+        await jobs.add_jobs(waiting(3000, LOCAL, "local/work", target=LOCAL))
+        large = instructions(path, store._count_remote), instructions(path, store._count_here)
+        assert await store.outstanding() == {"peer-a": 7, "peer-b": 5}
+        assert await store.outstanding_here() == 100  # the cap
+    finally:
+        journal.close()
+
+    (remote_small, remote_work), (here_small, here_work) = small
+    (remote_large, remote_large_work), (here_large, here_large_work) = large
+    assert remote_small == remote_large == {"peer-a": 7, "peer-b": 5}
+    assert here_small == here_large == 100
+    # 3,000 more local jobs: the same work, give or take a B-tree level (a scan would be 10x).
+    assert remote_large_work <= remote_work * 1.2, (remote_work, remote_large_work)
+    assert here_large_work <= here_work * 1.2, (here_work, here_large_work)

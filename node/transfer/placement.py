@@ -39,7 +39,8 @@ class PeerPlacement:
         self.outstanding: dict[str, int] = {}
         """Unfinished jobs per remote target (counted as they are chosen; re-counted from the journal)."""
         self.local_outstanding = 0
-        """Unfinished jobs `choose` gave this node itself (re-counted from the journal each second)."""
+        """Unfinished jobs `choose` gave this node itself (re-counted at each assignment round, up to
+        `store.LOCAL_COUNT_CAP`)."""
 
     def refresh(self) -> TopologyView | None:
         """Take a new snapshot of the view (keeps the old one while the topology is not running)."""

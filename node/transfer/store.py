@@ -27,6 +27,9 @@ from node.transfer.chunks import ChunkAssembler
 from node.transfer.frames import ChunkCursor, FrameLimits, build_frame
 from node.transfer.outbox import Outbox
 
+LOCAL_COUNT_CAP = 10_000
+"""The most `outstanding_here` counts (see there)."""
+
 
 class TransferStore:
     """Outbox, frames, received frames and assignment, for one node's journal.
@@ -111,24 +114,49 @@ class TransferStore:
         return await self.journal.write(lambda conn: self._assigner.assign(conn, choose, now_us, from_peer))
 
     async def outstanding(self) -> dict[str, int]:
-        """Unfinished jobs of this origin per remote target."""
-        rows = await self.journal.read(
-            lambda c: c.execute(
-                f"SELECT target, count(*) AS n FROM jobs WHERE state IN {UNFINISHED} AND origin = ? "
-                "AND target IS NOT NULL AND target != ? GROUP BY target",
-                (self.local_id, self.local_id),
-            ).fetchall()
-        )
-        return {r["target"]: int(r["n"]) for r in rows}
+        """Unfinished jobs of this origin per remote target.
+
+        Walks the distinct targets of `jobs_remote` one index search each, skipping this node's
+        own: the cost follows the jobs placed on peers, not the local backlog (a GROUP BY over
+        the unfinished jobs visited every one of them)."""
+        return await self.journal.read(self._count_remote)
+
+    def _count_remote(self, conn: sqlite3.Connection) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        after = ""
+        while True:
+            row = conn.execute(
+                f"SELECT target FROM jobs INDEXED BY jobs_remote WHERE state IN {UNFINISHED} "
+                "AND target > ? ORDER BY target LIMIT 1",
+                (after,),
+            ).fetchone()
+            if row is None:
+                return counts
+            after = row["target"]
+            if after == self.local_id:
+                continue
+            n = conn.execute(
+                f"SELECT count(*) AS n FROM jobs INDEXED BY jobs_remote WHERE target = ? "
+                f"AND state IN {UNFINISHED} AND origin = ?",
+                (after, self.local_id),
+            ).fetchone()["n"]
+            if n:
+                counts[after] = int(n)
 
     async def outstanding_here(self) -> int:
-        """Unfinished jobs of this origin it runs itself."""
-        row = await self.journal.read(
-            lambda c: c.execute(
-                f"SELECT count(*) AS n FROM jobs WHERE target = ? AND state IN {UNFINISHED} AND origin = ?",
-                (self.local_id, self.local_id),
-            ).fetchone()
-        )
+        """Unfinished jobs of this origin it runs itself, counted up to LOCAL_COUNT_CAP.
+
+        Placement only compares loads, and past the cap this node is loaded whatever the exact
+        figure; the cap keeps the count, made at every assignment round, from visiting a
+        local backlog of a million jobs each time."""
+        return await self.journal.read(self._count_here)
+
+    def _count_here(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM jobs INDEXED BY jobs_remote WHERE target = ? "
+            f"AND state IN {UNFINISHED} AND origin = ? LIMIT ?)",
+            (self.local_id, self.local_id, LOCAL_COUNT_CAP),
+        ).fetchone()
         return int(row["n"])
 
     # --- reconciliation (answers.py) ---
