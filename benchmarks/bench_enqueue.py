@@ -10,6 +10,12 @@ Cells (jobs/s; each run a fresh node, topic without consumer, medians and min-ma
   add_job stream    JobmeshClient.add_job one at a time (the SubmitJobs stream)
   AddJob unary xP   P threads, each AddJob one at a time
   add_job stream xP P threads sharing one JobmeshClient
+  echo stream       the same client code (node/submitter.py) against a server that answers each
+                    request at once (benchmarks/submit_echo.py, plaintext): the transport's limit
+  echo stream xP    P threads sharing it
+
+The report gives `add_job stream` against the issue's targets: 2,000 jobs/s one at a time and
+80% of the echo stream in the same run; 6,000 jobs/s with P producers.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jobmesh.v1 import jobs_pb2, jobs_pb2_grpc
 
+from benchmarks.submit_echo import EchoServer
 from node.client import JobmeshClient
 from tests.support.launcher import NodeProcess, shared_cluster
 from tests.support.protos import new_job
@@ -72,6 +79,11 @@ def one_run(work: Path, jobs: int, producers: int) -> dict[str, float]:
                 f"add_job stream x{producers}": rate(jobs * 2, producers, lambda _n: client.add_job(TOPIC)),
             }
         channel.close()
+        job = new_job(TOPIC)
+        with EchoServer() as echo:
+            echo.add(job)
+            cells["echo stream"] = rate(jobs, 1, lambda _n: echo.add(job))
+            cells[f"echo stream x{producers}"] = rate(jobs * 2, producers, lambda _n: echo.add(job))
         return cells
     finally:
         node.terminate()
@@ -100,6 +112,16 @@ def main() -> None:
         values = [r[cell] for r in runs]
         median = statistics.median(values)
         print(f"| {cell} | {median:,.0f} | {min(values):,.0f}-{max(values):,.0f} | {median / unary:.2f}x |")
+    one = statistics.median(r["add_job stream"] for r in runs)
+    many = statistics.median(r[f"add_job stream x{args.producers}"] for r in runs)
+    echo = statistics.median(r["echo stream"] for r in runs)
+    print(f"\n- one at a time: {one:,.0f} jobs/s (target 2,000: {'PASS' if one >= 2000 else 'FAIL'})")
+    share = one / echo
+    print(
+        f"- one at a time against the echo stream: {share:.0%} (target 80%: {'PASS' if share >= 0.8 else 'FAIL'})"
+    )
+    verdict = "PASS" if many >= 6000 else "FAIL"
+    print(f"- {args.producers} producers: {many:,.0f} jobs/s (target 6,000: {verdict})")
 
 
 if __name__ == "__main__":
