@@ -13,6 +13,8 @@ Cells (jobs/s; each run a fresh node, topic without consumer, medians and min-ma
   echo stream       the same client code (node/submitter.py) against a server that answers each
                     request at once (benchmarks/submit_echo.py, plaintext): the transport's limit
   echo stream xP    P threads sharing it
+  echo + hop        the echo answering after a round trip to a thread (as to the journal writer)
+  echo + commit     ... after that thread committed one SQLite row (benchmarks/submit_echo.py)
 
 The report gives `add_job stream` against the issue's targets: 2,000 jobs/s one at a time and
 80% of the echo stream in the same run; 6,000 jobs/s with P producers.
@@ -84,6 +86,10 @@ def one_run(work: Path, jobs: int, producers: int) -> dict[str, float]:
             echo.add(job)
             cells["echo stream"] = rate(jobs, 1, lambda _n: echo.add(job))
             cells[f"echo stream x{producers}"] = rate(jobs * 2, producers, lambda _n: echo.add(job))
+        for mode in ("hop", "commit"):
+            with EchoServer(mode) as echo:
+                echo.add(job)
+                cells[f"echo + {mode}"] = rate(jobs, 1, lambda _n: echo.add(job))
         return cells
     finally:
         node.terminate()

@@ -4,16 +4,24 @@ SubmitJobsRequest at once with its request_id (no journal, no checks), in a proc
 `benchmarks/bench_enqueue.py` drives it with the client's own `Submitter` (the code behind
 `JobmeshClient.add_job`), so the gap between this echo and the node is the node's work alone:
 
-    python -m benchmarks.submit_echo PORT        # serve until killed (what EchoServer runs)
+    python -m benchmarks.submit_echo PORT [MODE]  # serve until killed (what EchoServer runs)
+
+MODE `hop` answers each request after a round trip to a thread of its own, as the node's
+journal writer does (`loop.run_in_executor` on a one-thread pool); `commit` makes that thread
+commit one 100-byte row in SQLite first (WAL, synchronous=NORMAL, as the journal's default).
+They show what the writer's thread and a one-row commit cost on this machine by themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 import grpc
@@ -24,11 +32,35 @@ from node.submitter import METHOD, Submitter
 START_TIMEOUT_S = 20.0
 
 
-async def _serve(port: int) -> None:
+def _one_row_commit(path: str) -> Callable[[], None]:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, value TEXT)")
+
+    def commit() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO rows (value) VALUES (?)", ("x" * 100,))
+        conn.execute("COMMIT")
+
+    return commit
+
+
+async def _serve(port: int, mode: str) -> None:
+    loop = asyncio.get_running_loop()
+    thread = ThreadPoolExecutor(1)
+    work: Callable[[], None] | None = None
+    if mode == "hop":
+        work = lambda: None  # noqa: E731
+    elif mode == "commit":
+        work = _one_row_commit(tempfile.mktemp(suffix=".db"))
+
     async def answer(
         requests: AsyncIterator[jobs_pb2.SubmitJobsRequest], _context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.SubmitJobsResponse]:
         async for request in requests:
+            if work is not None:
+                await loop.run_in_executor(thread, work)
             yield jobs_pb2.SubmitJobsResponse(request_id=request.request_id)
 
     service, method = METHOD.strip("/").split("/")
@@ -53,7 +85,8 @@ def _free_port() -> int:
 class EchoServer:
     """The echo in a child process, and a Submitter on a plaintext channel to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "") -> None:
+        self.mode = mode
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
@@ -65,7 +98,9 @@ class EchoServer:
         return self._process.pid
 
     def __enter__(self) -> EchoServer:
-        self._process = subprocess.Popen([sys.executable, "-m", "benchmarks.submit_echo", str(self.port)])
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.submit_echo", str(self.port), self.mode]
+        )
         self._channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         grpc.channel_ready_future(self._channel).result(START_TIMEOUT_S)
         stream = self._channel.stream_stream(
@@ -94,4 +129,4 @@ class EchoServer:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(int(sys.argv[1])))
+    asyncio.run(_serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else ""))
