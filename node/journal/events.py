@@ -18,6 +18,8 @@ MAX_SEQ = 2**63 - 1
 _PROGRESS = int(EventType.PROGRESS)
 COALESCE_BELOW = 100
 COALESCE_S = 0.005
+PURGE_BATCH = 10_000
+"""The most events one transaction of a purge deletes (see EventStore.purge)."""
 
 
 @dataclass(frozen=True)
@@ -126,30 +128,53 @@ class EventStore:
                 # costs the node ~0.1-0.2 ms), at a bounded cost in latency.
                 await asyncio.sleep(COALESCE_S)
 
-    async def purge(self, max_age_before_us: int | None, max_count: int) -> int:
-        """Delete events older than the cutoff and beyond the newest `max_count` (0: no limit)."""
+    async def purge(self, max_age_before_us: int | None, max_count: int, batch: int = PURGE_BATCH) -> int:
+        """Delete events older than the cutoff and beyond the newest `max_count` (0: no limit).
 
-        def delete(conn: sqlite3.Connection) -> int:
-            deleted = 0
+        At most `batch` events go per transaction, so a purge after a burst (a million jobs
+        added within one purge interval) never holds the single writer for long."""
+
+        def delete(conn: sqlite3.Connection) -> tuple[int, bool]:
+            """(events deleted, whether the purge is complete)."""
+            # `max(seq)` alone is one index seek; inside a FROM-subquery SQLite scanned the
+            # whole table for it (a second per million events, on the writer).
+            newest = conn.execute("SELECT max(seq) FROM job_events").fetchone()[0]
+            if newest is None:
+                return 0, True
             # Remember the newest seq first: if the purge empties the table, a restart must
             # not hand out these numbers again.
             conn.execute(
-                "INSERT INTO meta (key, value) SELECT 'events_seq_floor', CAST(newest AS TEXT) "
-                "FROM (SELECT max(seq) AS newest FROM job_events) WHERE newest IS NOT NULL "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                "INSERT INTO meta (key, value) VALUES ('events_seq_floor', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(newest),),
             )
+            oldest = conn.execute("SELECT min(seq) FROM job_events").fetchone()[0]
+            window = oldest + batch  # one transaction deletes seqs below it at most: `batch` events
+            bound = oldest  # seqs below `bound` go: none yet
+            if max_count > 0:
+                bound = max(bound, newest - max_count + 1)
+            more = False  # old events may go on past the window
             if max_age_before_us is not None:
                 # Events are appended in time order: the first one young enough bounds the purge,
-                # found by scanning from the oldest (no time index to maintain on every insert).
-                deleted += conn.execute(
-                    "DELETE FROM job_events WHERE seq < coalesce((SELECT seq FROM job_events WHERE time_us >= ? "
-                    "ORDER BY seq LIMIT 1), (SELECT max(seq) + 1 FROM job_events))",
-                    (max_age_before_us,),
-                ).rowcount
-            if max_count > 0:
-                deleted += conn.execute(
-                    "DELETE FROM job_events WHERE seq <= (SELECT max(seq) FROM job_events) - ?", (max_count,)
-                ).rowcount
-            return deleted
+                # found by scanning from the oldest, within the window (no time index to
+                # maintain on every insert).
+                young = conn.execute(
+                    "SELECT seq FROM job_events WHERE seq < ? AND time_us >= ? ORDER BY seq LIMIT 1",
+                    (window, max_age_before_us),
+                ).fetchone()
+                if young is not None:
+                    bound = max(bound, young[0])
+                elif window <= newest:
+                    bound, more = max(bound, window), True
+                else:
+                    bound = newest + 1
+            end = min(bound, window)
+            deleted = conn.execute("DELETE FROM job_events WHERE seq < ?", (end,)).rowcount
+            return int(deleted), end == bound and not more
 
-        return await self.journal.write(delete)
+        total = 0
+        while True:
+            deleted, complete = await self.journal.write(delete)
+            total += deleted
+            if complete:
+                return total
