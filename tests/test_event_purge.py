@@ -6,8 +6,10 @@ own instruction counter on the writer's connection."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from node.instance import now_us
@@ -67,17 +69,23 @@ def seqs(path: Path) -> tuple[int, int, int, str | None]:
     return low, high, count, floor[0] if floor else None
 
 
-async def test_a_purge_with_nothing_to_delete_costs_the_same_at_any_size(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def journal_in(tmp_path: Path) -> Iterator[tuple[Path, Journal, JobStore, EventStore]]:
+    """A real journal file with its job and event stores, closed after the block."""
     path = tmp_path / "journal.db"
     journal = Journal.open(path)
     try:
-        store, events = JobStore(journal), EventStore(journal)
+        yield path, journal, JobStore(journal), EventStore(journal)
+    finally:
+        journal.close()
+
+
+async def test_a_purge_with_nothing_to_delete_costs_the_same_at_any_size(tmp_path: Path) -> None:
+    with journal_in(tmp_path) as (_path, journal, store, events):
         await store.add_jobs(jobs(300))
         small = await purge_work(journal, events, 100_000, 1000)
         await store.add_jobs(jobs(2700))
         large = await purge_work(journal, events, 100_000, 1000)
-    finally:
-        journal.close()
     assert small[0] == large[0] == 0
     # 2,700 more events: the same work (a scan would be 10x).
     assert large[1].instructions <= small[1].instructions * 1.2, (
@@ -87,17 +95,12 @@ async def test_a_purge_with_nothing_to_delete_costs_the_same_at_any_size(tmp_pat
 
 
 async def test_a_large_purge_goes_in_batches_and_keeps_the_newest(tmp_path: Path) -> None:
-    path = tmp_path / "journal.db"
-    journal = Journal.open(path)
-    try:
-        store, events = JobStore(journal), EventStore(journal)
+    with journal_in(tmp_path) as (path, journal, store, events):
         await store.add_jobs(jobs(2500))
         before = seqs(path)
         deleted, probe = await purge_work(journal, events, 300, 1000)
         after = seqs(path)
         again, _ = await purge_work(journal, events, 300, 1000)
-    finally:
-        journal.close()
     assert before == (1, 2500, 2500, None)
     assert deleted == 2200
     assert len(probe.deletes) == 3  # 1,000 + 1,000 + 200: one transaction each
@@ -106,18 +109,13 @@ async def test_a_large_purge_goes_in_batches_and_keeps_the_newest(tmp_path: Path
 
 
 async def test_an_age_purge_goes_in_batches_and_stops_at_the_first_young_event(tmp_path: Path) -> None:
-    path = tmp_path / "journal.db"
-    journal = Journal.open(path)
-    try:
-        store, events = JobStore(journal), EventStore(journal)
+    with journal_in(tmp_path) as (path, journal, store, events):
         await store.add_jobs(jobs(2500))
         cutoff = now_us()
         await store.add_jobs(jobs(10))
         deleted, probe = await purge_work(journal, events, 0, 1000, max_age_before_us=cutoff)
         after = seqs(path)
         nothing, _ = await purge_work(journal, events, 0, 1000)  # no limit: nothing goes
-    finally:
-        journal.close()
     assert deleted == 2500
     assert len(probe.deletes) == 3
     assert after == (2501, 2510, 10, "2510")
