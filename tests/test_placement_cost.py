@@ -19,6 +19,7 @@ from node.instance import now_us
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
 from node.journal.records import NewJobRecord
+from node.transfer import answers
 from node.transfer import store as transfer_store
 from node.transfer.store import TransferStore
 
@@ -110,3 +111,30 @@ async def test_outstanding_counts_do_not_grow_with_the_local_backlog(
     # 3,000 more local jobs: the same work, give or take a B-tree level (a scan would be 10x).
     assert remote_large_work <= remote_work * 1.2, (remote_work, remote_large_work)
     assert here_large_work <= here_work * 1.2, (here_work, here_large_work)
+
+
+async def test_a_target_reads_an_origins_jobs_without_visiting_its_own(tmp_path: Path) -> None:
+    # A target confirms each quiet origin's jobs every few seconds (node/transfer/reconcile.py):
+    # the jobs it reads are that origin's, whatever else is queued here.
+    path = tmp_path / "journal.db"
+    journal = Journal.open(path)
+    try:
+        jobs = JobStore(journal)
+        await jobs.add_jobs(waiting(6, "origin-a", "runs/here", target=LOCAL))
+        await jobs.add_jobs(waiting(2, "origin-b", "runs/here", target=LOCAL))
+        await jobs.add_jobs(waiting(3, "origin-b", "nobody/here"))  # waiting to be handed back
+        await jobs.add_jobs(waiting(4, LOCAL, "offloaded", target="peer-a"))  # ours, run elsewhere
+        await jobs.add_jobs(waiting(300, LOCAL, "local/work", target=LOCAL))
+
+        def read(conn: sqlite3.Connection) -> tuple[int, set[str]]:
+            return len(answers.queued_from(conn, LOCAL, "origin-a")), answers.queued_origins(conn, LOCAL)
+
+        small = instructions(path, read)
+        await jobs.add_jobs(waiting(3000, LOCAL, "local/work", target=LOCAL))
+        large = instructions(path, read)
+    finally:
+        journal.close()
+
+    (found_small, work_small), (found_large, work_large) = small, large
+    assert found_small == found_large == (6, {"origin-a", "origin-b"})
+    assert work_large <= work_small * 1.2, (work_small, work_large)  # jobs_ready's range: 10x

@@ -171,6 +171,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX job_events_job ON job_events (job_id) WHERE type != 3;
     """,
+    # v9: the jobs of other origins queued here, by origin (node/transfer/answers.py): a target
+    # confirms each origin's jobs every few seconds, which visited every job queued here,
+    # the local backlog too. A job placed where it was added (origin = target) never enters it;
+    # jobs this node offloaded sit in it while QUEUED at their target.
+    """
+    CREATE INDEX jobs_foreign_queued ON jobs (target, origin, seq) WHERE state = 1 AND origin != target;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

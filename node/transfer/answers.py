@@ -148,22 +148,24 @@ def reassign_unknown(
 
 # --- a target asks an origin ---
 
+# Matches the partial index jobs_foreign_queued (schema v9) term for term, so SQLite may use it.
+_FOREIGN_QUEUED = f"state = {QUEUED} AND origin != target AND target = ?"
+
 
 def queued_origins(conn: sqlite3.Connection, local_id: str) -> set[str]:
     """The other origins with jobs QUEUED for this node. Read."""
-    rows = conn.execute(  # once, at start: visits the jobs queued here
-        f"SELECT DISTINCT origin FROM jobs INDEXED BY jobs_ready WHERE state = {QUEUED} AND target = ? "
-        "AND origin != ?",
-        (local_id, local_id),
+    rows = conn.execute(  # at start; visits the other origins' jobs queued here, not the local ones
+        f"SELECT DISTINCT origin FROM jobs INDEXED BY jobs_foreign_queued WHERE {_FOREIGN_QUEUED}",
+        (local_id,),
     ).fetchall()
     return {r["origin"] for r in rows}
 
 
 def queued_from(conn: sqlite3.Connection, local_id: str, origin: str) -> list[sqlite3.Row]:
-    """The jobs of `origin` QUEUED for this node. Read."""
-    return conn.execute(
-        f"SELECT id, epoch, state, retry_count FROM jobs INDEXED BY jobs_ready WHERE state = {QUEUED} "
-        "AND target = ? AND origin = ? ORDER BY seq",
+    """The jobs of `origin` (another node) QUEUED for this node. Read."""
+    return conn.execute(  # an index search whatever the local backlog (run every few seconds)
+        f"SELECT id, epoch, state, retry_count FROM jobs INDEXED BY jobs_foreign_queued WHERE {_FOREIGN_QUEUED} "
+        "AND origin = ? ORDER BY seq",
         (local_id, origin),
     ).fetchall()
 
