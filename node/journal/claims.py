@@ -137,22 +137,10 @@ class Claims(JobStorePart):
     ) -> Claimed:
         """Start up to `limit` due jobs, one topic after another, starting after `last_topic`
         (only those `admit` admits, if given; none that `hold` holds)."""
-        held, held_args = hold.sql()
+        wanted = limit if admit is None else limit + _SCAN_ROWS
 
         def update(conn: sqlite3.Connection) -> Claimed:
-            rows = conn.execute(
-                "SELECT seq, topic, payload_size FROM (SELECT seq, topic, payload_size, row_number() OVER (PARTITION BY topic "
-                f"ORDER BY due_us, seq) AS turn FROM jobs WHERE state = {QUEUED} AND target = ? AND queue = ? "
-                f"AND due_us <= ?{held}) ORDER BY turn, topic <= ?, topic LIMIT ?",
-                (
-                    target,
-                    queue,
-                    now_us,
-                    *held_args,
-                    last_topic,
-                    limit if admit is None else limit + _SCAN_ROWS,
-                ),
-            ).fetchall()
+            rows = _round_robin_rows(conn, target, queue, now_us, wanted, last_topic, hold)
             if admit is None:
                 seqs, refused = [r["seq"] for r in rows], False
             else:
@@ -218,6 +206,42 @@ class Claims(JobStorePart):
             (target, queue, -1 if after_us is None else after_us, *held_args),
         ).fetchone()
         return None if row["due"] is None else int(row["due"])
+
+
+def _round_robin_rows(
+    conn: sqlite3.Connection, target: str, queue: str, now_us: int, wanted: int, last_topic: str, hold: Hold
+) -> list[sqlite3.Row]:
+    """Up to `wanted` due rows of `queue` in round-robin order: each topic's first job (earliest
+    due, then oldest), topics in name order starting after `last_topic`, then each one's second...
+
+    One skip over `jobs_ready_topic` finds the topics waiting, and each topic gives at most
+    `wanted` rows (no row past a topic's `wanted`-th can be among the first `wanted`): the work
+    is the topics' and the claim's, not the queue's backlog (ranking every due job of the queue
+    cost 138 ms a claim at 100,000 of them)."""
+    held, held_args = hold.sql()
+    turns: list[tuple[int, bool, str, sqlite3.Row]] = []
+    topic = conn.execute(_FIRST_TOPIC, (target, queue)).fetchone()
+    while topic is not None:
+        name = topic["topic"]
+        rows = conn.execute(
+            f"SELECT seq, topic, payload_size FROM jobs INDEXED BY jobs_ready_topic WHERE state = {QUEUED} "
+            f"AND target = ? AND queue = ? AND topic = ? AND due_us <= ?{held} ORDER BY due_us, seq LIMIT ?",
+            (target, queue, name, now_us, *held_args, wanted),
+        ).fetchall()
+        turns.extend((turn, name <= last_topic, name, row) for turn, row in enumerate(rows))
+        topic = conn.execute(_NEXT_TOPIC, (target, queue, name)).fetchone()
+    turns.sort(key=lambda t: t[:3])
+    return [row for *_, row in turns[:wanted]]
+
+
+_FIRST_TOPIC = (
+    f"SELECT topic FROM jobs INDEXED BY jobs_ready_topic WHERE state = {QUEUED} AND target = ? AND queue = ? "
+    "ORDER BY topic LIMIT 1"
+)
+_NEXT_TOPIC = (
+    f"SELECT topic FROM jobs INDEXED BY jobs_ready_topic WHERE state = {QUEUED} AND target = ? AND queue = ? "
+    "AND topic > ? ORDER BY topic LIMIT 1"
+)
 
 
 def _admitted(rows: Sequence[sqlite3.Row], admit: Admit, limit: int) -> tuple[list[int], bool]:
