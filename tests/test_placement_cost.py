@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from node.instance import now_us
+from node.journal.claims import Hold
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
 from node.journal.records import NewJobRecord
-from node.transfer import answers
+from node.transfer import answers, outbox
 from node.transfer import store as transfer_store
 from node.transfer.store import TransferStore
 
@@ -138,3 +139,43 @@ async def test_a_target_reads_an_origins_jobs_without_visiting_its_own(tmp_path:
     (found_small, work_small), (found_large, work_large) = small, large
     assert found_small == found_large == (6, {"origin-a", "origin-b"})
     assert work_large <= work_small * 1.2, (work_small, work_large)  # jobs_ready's range: 10x
+
+
+async def test_whether_other_origins_have_jobs_here_is_found_without_visiting_the_backlog(
+    tmp_path: Path,
+) -> None:
+    # The outbox asks once per start whether to report changes to other origins at all.
+    path = tmp_path / "journal.db"
+    journal = Journal.open(path)
+    try:
+        jobs = JobStore(journal)
+        await jobs.add_jobs(waiting(300, LOCAL, "local/work", target=LOCAL))
+        await jobs.add_jobs(waiting(300, LOCAL, "nobody/consumes"))
+        await jobs.add_jobs(waiting(2, LOCAL, "offloaded", target="peer-a"))  # ours, run elsewhere
+        small = instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))
+        await jobs.add_jobs(waiting(3000, LOCAL, "local/work", target=LOCAL))
+        await jobs.add_jobs(waiting(3000, LOCAL, "nobody/consumes"))
+        large = instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))
+
+        found = []
+        for job in (  # each form a job of another origin takes here, alone
+            waiting(1, "origin-z", "runs/here", target=LOCAL),  # QUEUED for this node
+            waiting(1, "origin-a", "nobody/here"),  # QUEUED unassigned, origin sorts before LOCAL
+            waiting(1, "origin-z", "nobody/here"),  # and after it
+        ):
+            await jobs.add_jobs(job)
+            found.append(instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))[0])
+            await jobs.remove(job[0].id, now_us())
+        await jobs.add_jobs(waiting(1, "origin-z", "runs/here", target=LOCAL))
+        only_z = Hold(local_id="origin-z")  # a claim of origin-z's jobs alone
+        started, _ = await jobs.claim(LOCAL, "main", now_us(), 10, hold=only_z)
+        assert [j.origin_instance for j in started] == ["origin-z"]
+        active = instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))[0]  # ACTIVE here
+    finally:
+        journal.close()
+
+    (none_small, work_small), (none_large, work_large) = small, large
+    assert none_small is none_large is False
+    assert found == [True, True, True]
+    assert active is True
+    assert work_large <= work_small * 1.2, (work_small, work_large)  # the old probe: 10x

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from enum import IntEnum
 
 from node.journal.journal import Journal
-from node.journal.records import UNFINISHED, NewJobRecord
+from node.journal.records import ACTIVE, QUEUED, UNFINISHED, NewJobRecord
 from node.model.events import EventType
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,7 @@ class Outbox:
     def events_recorded(self, conn: sqlite3.Connection, first_seq: int, last_seq: int) -> None:
         """Queue a report to the origin of every job of another origin that changed."""
         if self._has_foreign_jobs is None:
-            found = conn.execute(
-                f"SELECT 1 FROM jobs WHERE state IN {UNFINISHED} AND origin != ? LIMIT 1", (self.local_id,)
-            ).fetchone()
-            self._has_foreign_jobs = found is not None
+            self._has_foreign_jobs = has_foreign_jobs(conn, self.local_id)
         if not self._has_foreign_jobs:
             return
         inserted = conn.execute(
@@ -159,3 +156,21 @@ class Outbox:
         await self.journal.write(
             lambda c: c.execute("DELETE FROM outbox WHERE peer = ? AND seq <= ?", (peer, upto_seq)).rowcount
         )
+
+
+# A job of another origin here is QUEUED for this node, QUEUED without a target (to be handed
+# back), or ACTIVE here: one index search each, so this node's own backlog is never visited
+# (a probe of every unfinished job checked each of them: 0.2 s at 1,000,000, on the writer).
+_FOREIGN_PROBES = (
+    f"SELECT 1 FROM jobs INDEXED BY jobs_foreign_queued WHERE state = {QUEUED} AND origin != target "
+    "AND target = ?1 LIMIT 1",
+    f"SELECT 1 FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} AND target IS NULL AND origin < ?1 LIMIT 1",
+    f"SELECT 1 FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} AND target IS NULL AND origin > ?1 LIMIT 1",
+    f"SELECT 1 FROM jobs INDEXED BY jobs_remote WHERE state IN {UNFINISHED} AND target = ?1 AND state = {ACTIVE} "
+    "AND origin != ?1 LIMIT 1",
+)
+
+
+def has_foreign_jobs(conn: sqlite3.Connection, local_id: str) -> bool:
+    """Whether a job of another origin is unfinished in this journal."""
+    return any(conn.execute(probe, (local_id,)).fetchone() is not None for probe in _FOREIGN_PROBES)
