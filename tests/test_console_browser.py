@@ -88,9 +88,13 @@ def base(node: NodeProcess) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+def browser(
+    tmp_path_factory: pytest.TempPathFactory, cluster: tuple[NodeProcess, NodeProcess]
+) -> Iterator[Browser]:
     """One chromium for the module (set up before the per-test leak guard: Playwright keeps a
-    thread of its own while it runs); a first page warms it up."""
+    thread of its own while it runs); a first page warms it up. Launched after the cluster's
+    hosts exist: their management links appear in this namespace, and a chromium that sees its
+    interfaces change aborts the navigation in flight (net::ERR_NETWORK_CHANGED, seen in CI)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
         tmp = tmp_path_factory.mktemp("browser")
