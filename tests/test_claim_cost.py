@@ -1,5 +1,5 @@
 """A round-robin claim costs its topics and the jobs it starts, not its queue's backlog: it used
-to rank every due job of the queue (a window function over all of them, 138 ms a claim at
+to rank every due job of the queue (a window function over all of them, 138-211 ms a claim at
 100,000, on the single writer). Counted by SQLite's own instruction counter on the writer's
 connection of a real journal file; and the turns it takes are the same as before."""
 
