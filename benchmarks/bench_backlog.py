@@ -13,6 +13,9 @@ wal        WAL frames (pages) one commit of 1,000 new jobs writes (the WAL empti
            property values or (`apart`) values that sort after them
 claims     one round-robin claim of 15 with --rr-waiting jobs waiting in its queue (3 topics),
            medians of --rounds
+counts     the waiting and running jobs by queue and topic (GetStatistics, ListQueues, the
+           metrics' breakdown): `unfinished_counts` against a GROUP BY over the jobs, medians
+           of 5
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node.instance import now_us
+from node.journal.counts import unfinished_counts
 from node.journal.ids import JobIdGenerator
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
@@ -149,6 +153,34 @@ async def round_robin_claim_ms(directory: Path, waiting: int, rounds: int) -> fl
         journal.close()
 
 
+async def counts_ms(directory: Path, backlog: int) -> tuple[float, float]:
+    """Median milliseconds of `unfinished_counts` and of a GROUP BY over the jobs (same result)."""
+    path = directory / "journal.db"
+    journal = Journal.open(path)
+    try:
+        await _fill(JobStore(journal), backlog)
+    finally:
+        journal.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return _median_ms(lambda: unfinished_counts(conn)), _median_ms(
+            lambda: conn.execute(GROUP_BY_JOBS).fetchall()
+        )
+
+
+GROUP_BY_JOBS = (
+    "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN (1, 2) GROUP BY queue, topic, state"
+)
+
+
+def _median_ms(action: Callable[[], object], repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - began) * 1e3)
+    return statistics.median(times)
+
+
 def _frames_in_wal(path: Path) -> int:
     return (os.path.getsize(f"{path}-wal") - WAL_HEADER_BYTES) // WAL_FRAME_BYTES
 
@@ -168,7 +200,7 @@ def main() -> None:
     parser.add_argument(
         "--rr-waiting", default="1000,10000,100000", help="jobs waiting in the round-robin queue"
     )
-    parser.add_argument("--measure", default="placement,wal,claims")
+    parser.add_argument("--measure", default="placement,wal,claims,counts")
     args = parser.parse_args()
     measures = set(args.measure.split(","))
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,6 +226,10 @@ def main() -> None:
             for waiting in (int(n) for n in args.rr_waiting.split(",")):
                 ms = asyncio.run(round_robin_claim_ms(_in(tmp, f"rr-{waiting}"), waiting, args.rounds))
                 print(f"  {waiting:,} waiting: {ms:8.3f} ms")
+        if "counts" in measures:
+            ours, grouped = asyncio.run(counts_ms(_in(tmp, "counts"), args.backlog))
+            print(f"unfinished jobs by queue and topic, {args.backlog:,} QUEUED (median of 5)")
+            print(f"  unfinished_counts: {ours:8.1f} ms  vs a GROUP BY over the jobs: {grouped:8.1f} ms")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from node.discovery.membership import MembershipCounters
 from node.jobs.remote import RemoteWorkers
+from node.journal.counts import unfinished_counts
 from node.journal.journal import Journal
 from node.model.events import EventType
 from node.model.job import JobState
@@ -137,8 +138,8 @@ class Snapshot:
     totals: dict[int, int] = field(default_factory=dict)
     """State -> count of QUEUED and ACTIVE jobs (one covering index: cheap at every scrape)."""
     unfinished: list[tuple[str, str, int, int]] = field(default_factory=list)
-    """(queue, topic, state, count) of QUEUED and ACTIVE jobs (a row lookup per job: read at
-    most every `BREAKDOWN_REFRESH_S`)."""
+    """(queue, topic, state, count) of QUEUED and ACTIVE jobs (`unfinished_counts`: an index
+    entry per waiting job, a row per running one; read at most every `BREAKDOWN_REFRESH_S`)."""
     outbox: list[tuple[str, int]] = field(default_factory=list)
     """(peer, undelivered items)."""
     breakdown_at: float = 0.0
@@ -150,10 +151,8 @@ def _read_snapshot(conn: sqlite3.Connection, previous: Snapshot, now: float) -> 
     ).fetchall()
     unfinished, breakdown_at = previous.unfinished, previous.breakdown_at
     if now - breakdown_at >= BREAKDOWN_REFRESH_S:
-        rows = conn.execute(
-            "SELECT queue, topic, state, count(*) FROM jobs WHERE state IN (1, 2) GROUP BY queue, topic, state"
-        ).fetchall()
-        unfinished, breakdown_at = [tuple(r) for r in rows], now
+        rows = unfinished_counts(conn)
+        unfinished, breakdown_at = [(queue, topic, int(state), n) for queue, topic, state, n in rows], now
     outbox = conn.execute("SELECT peer, count(*) FROM outbox GROUP BY peer").fetchall()
     return Snapshot(
         {int(r[0]): int(r[1]) for r in totals}, unfinished, [tuple(r) for r in outbox], breakdown_at

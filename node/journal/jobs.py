@@ -19,6 +19,7 @@ from node.errors import JobNotFound
 from node.journal.attempts import Attempts
 from node.journal.claims import Claims
 from node.journal.controls import Controls
+from node.journal.counts import unfinished_counts
 from node.journal.payloads import read_payload, store_input_payloads
 from node.journal.property_index import index_jobs_after, top_seq
 from node.journal.records import (
@@ -26,7 +27,6 @@ from node.journal.records import (
     PAYLOAD_INPUT,
     PAYLOAD_OUTPUT,
     QUEUED,
-    UNFINISHED,
     AddedJob,
     JobPage,
     JobQuery,
@@ -218,13 +218,7 @@ class JobStore(Claims, Attempts, Controls):
 
     async def live_counts(self) -> list[tuple[str, str, JobState, int]]:
         """(queue, topic, state, count) of QUEUED and ACTIVE jobs."""
-        rows = await self.journal.read(
-            lambda c: c.execute(
-                f"SELECT queue, topic, state, count(*) AS n FROM jobs WHERE state IN {UNFINISHED} "
-                "GROUP BY queue, topic, state"
-            ).fetchall()
-        )
-        return [(r["queue"], r["topic"], JobState(r["state"]), r["n"]) for r in rows]
+        return await self.journal.read(unfinished_counts)
 
     # --- which jobs run here -------------------------------------------------------------
 

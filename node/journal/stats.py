@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, fields
 from jobmesh.v1 import jobs_pb2
 
 from node.durations import duration_from_us
+from node.journal.counts import unfinished_counts
 from node.journal.journal import Journal
 from node.journal.recorder import SCOPE_GLOBAL, SCOPE_QUEUE, StatsDelta
-from node.journal.records import UNFINISHED
 from node.model.job import JobState
 
 
@@ -87,10 +87,7 @@ async def read_statistics(journal: Journal, local_id: str | None = None) -> Stat
                 stats = table.setdefault(name, Statistics())
             for attribute in _COUNTERS:
                 setattr(stats, attribute, row[attribute])
-        counts = conn.execute(
-            f"SELECT queue, topic, state, count(*) FROM jobs WHERE state IN {UNFINISHED} GROUP BY queue, topic, state"
-        )
-        for queue, topic, state, count in counts:
+        for queue, topic, state, count in unfinished_counts(conn):
             attribute = "queued" if state == JobState.QUEUED else "active"
             for stats in (
                 report.global_,
