@@ -53,7 +53,13 @@ _ids = JobIdGenerator()  # time-ordered, as the node's: new ids go to the right 
 
 
 def _records(
-    count: int, topic: Callable[[int], str], *, first: int = 0, offset: int = 0, target: str | None = None
+    count: int,
+    topic: Callable[[int], str],
+    *,
+    first: int = 0,
+    offset: int = 0,
+    target: str | None = None,
+    queue: str = "main",
 ) -> list[NewJobRecord]:
     created = now_us()
     return [
@@ -61,7 +67,7 @@ def _records(
             _ids.next_id(),
             topic(i),
             json.dumps({"n": offset + (first + i) % PROPERTY_VALUES, "group": f"g{i % 100}"}),
-            "main",
+            queue,
             LOCAL,
             target,
             3,
@@ -132,15 +138,9 @@ async def round_robin_claim_ms(directory: Path, waiting: int, rounds: int) -> fl
     journal = Journal.open(directory / "journal.db")
     try:
         jobs = JobStore(journal)
-        created = now_us()
         for start in range(0, waiting, INSERT_BATCH):
             size = min(INSERT_BATCH, waiting - start)
-            await jobs.add_jobs(
-                [
-                    NewJobRecord(_ids.next_id(), f"rr/t{i % 3}", None, "rr", LOCAL, LOCAL, 3, created, None)
-                    for i in range(size)
-                ]
-            )
+            await jobs.add_jobs(_records(size, lambda i: f"rr/t{i % 3}", target=LOCAL, queue="rr"))
         times: list[float] = []
         last_topic = ""
         for _ in range(rounds):

@@ -5,46 +5,21 @@ connection of a real journal file; and the turns it takes are the same as before
 
 from __future__ import annotations
 
-import sqlite3
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 from node.instance import now_us
 from node.journal.claims import Hold
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
 from node.journal.records import NewJobRecord
+from tests.support.journal_work import queued_records, writer_instructions
 
 LOCAL = "local-instance"
 QUEUE = "rr"
-T = TypeVar("T")
 
 
 def queued(topics: list[str], origin: str = LOCAL) -> list[NewJobRecord]:
-    created = now_us()
-    return [NewJobRecord(str(uuid.uuid4()), t, None, QUEUE, origin, LOCAL, 3, created, None) for t in topics]
-
-
-async def counted(journal: Journal, action: Callable[[], Awaitable[T]]) -> tuple[T, int]:
-    """What `action` returns, and the SQLite instructions the writer ran for it."""
-    executed = 0
-
-    def tick() -> int:
-        nonlocal executed
-        executed += 1
-        return 0  # go on
-
-    def install(conn: sqlite3.Connection) -> None:
-        conn.set_progress_handler(tick, 1)
-
-    await journal.write(install)
-    try:
-        result = await action()
-    finally:
-        await journal.write(lambda conn: conn.set_progress_handler(None, 1))
-    return result, executed
+    return queued_records(topics, origin=origin, target=LOCAL, queue=QUEUE)
 
 
 async def test_a_round_robin_claim_does_not_grow_with_the_backlog(tmp_path: Path) -> None:
@@ -57,9 +32,9 @@ async def test_a_round_robin_claim_does_not_grow_with_the_backlog(tmp_path: Path
             jobs, _due = await store.claim_round_robin(LOCAL, QUEUE, now_us(), 6, "")
             return len(jobs)
 
-        small = await counted(journal, claim)
+        small = await writer_instructions(journal, claim)
         await store.add_jobs(queued(["rr/a", "rr/b", "rr/c"] * 1000))
-        large = await counted(journal, claim)
+        large = await writer_instructions(journal, claim)
     finally:
         journal.close()
 

@@ -9,8 +9,6 @@ are in docs/benchmarks.md (benchmarks/run-backlog)."""
 from __future__ import annotations
 
 import sqlite3
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,16 +21,13 @@ from node.journal.records import NewJobRecord
 from node.transfer import answers, outbox
 from node.transfer import store as transfer_store
 from node.transfer.store import TransferStore
+from tests.support.journal_work import queued_records, read_instructions
 
 LOCAL = "origin-instance"
 
 
 def waiting(count: int, origin: str, topic: str, target: str | None = None) -> list[NewJobRecord]:
-    created = now_us()
-    return [
-        NewJobRecord(str(uuid.uuid4()), topic, None, "main", origin, target, 3, created, None)
-        for _ in range(count)
-    ]
+    return queued_records([topic] * count, origin=origin, target=target)
 
 
 def plan(path: Path, statement: str) -> list[str]:
@@ -68,22 +63,6 @@ async def test_a_placement_round_searches_indexes_only(tmp_path: Path) -> None:
         assert not [s for s in steps if s.startswith("SCAN jobs") or "jobs_state" in s], (statement, steps)
 
 
-def instructions(path: Path, count: Callable[[sqlite3.Connection], object]) -> tuple[object, int]:
-    """What `count` returns on its own connection to `path`, and the SQLite VM instructions it ran."""
-    executed = 0
-
-    def tick() -> int:
-        nonlocal executed
-        executed += 1
-        return 0  # go on
-
-    with sqlite3.connect(path) as conn:
-        conn.row_factory = sqlite3.Row
-        conn.set_progress_handler(tick, 1)
-        value = count(conn)
-    return value, executed
-
-
 async def test_outstanding_counts_do_not_grow_with_the_local_backlog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,9 +76,9 @@ async def test_outstanding_counts_do_not_grow_with_the_local_backlog(
         await jobs.add_jobs(waiting(5, LOCAL, "remote/b", target="peer-b"))
         await jobs.add_jobs(waiting(4, "another-origin", "runs/here", target="peer-a"))  # not ours
         await jobs.add_jobs(waiting(300, LOCAL, "local/work", target=LOCAL))
-        small = instructions(path, store._count_remote), instructions(path, store._count_here)
+        small = read_instructions(path, store._count_remote), read_instructions(path, store._count_here)
         await jobs.add_jobs(waiting(3000, LOCAL, "local/work", target=LOCAL))
-        large = instructions(path, store._count_remote), instructions(path, store._count_here)
+        large = read_instructions(path, store._count_remote), read_instructions(path, store._count_here)
         assert await store.outstanding() == {"peer-a": 7, "peer-b": 5}
         assert await store.outstanding_here() == 100  # the cap
     finally:
@@ -130,9 +109,9 @@ async def test_a_target_reads_an_origins_jobs_without_visiting_its_own(tmp_path:
         def read(conn: sqlite3.Connection) -> tuple[int, set[str]]:
             return len(answers.queued_from(conn, LOCAL, "origin-a")), answers.queued_origins(conn, LOCAL)
 
-        small = instructions(path, read)
+        small = read_instructions(path, read)
         await jobs.add_jobs(waiting(3000, LOCAL, "local/work", target=LOCAL))
-        large = instructions(path, read)
+        large = read_instructions(path, read)
     finally:
         journal.close()
 
@@ -152,10 +131,10 @@ async def test_whether_other_origins_have_jobs_here_is_found_without_visiting_th
         await jobs.add_jobs(waiting(300, LOCAL, "local/work", target=LOCAL))
         await jobs.add_jobs(waiting(300, LOCAL, "nobody/consumes"))
         await jobs.add_jobs(waiting(2, LOCAL, "offloaded", target="peer-a"))  # ours, run elsewhere
-        small = instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))
+        small = read_instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))
         await jobs.add_jobs(waiting(3000, LOCAL, "local/work", target=LOCAL))
         await jobs.add_jobs(waiting(3000, LOCAL, "nobody/consumes"))
-        large = instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))
+        large = read_instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))
 
         found = []
         for job in (  # each form a job of another origin takes here, alone
@@ -164,13 +143,13 @@ async def test_whether_other_origins_have_jobs_here_is_found_without_visiting_th
             waiting(1, "origin-z", "nobody/here"),  # and after it
         ):
             await jobs.add_jobs(job)
-            found.append(instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))[0])
+            found.append(read_instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))[0])
             await jobs.remove(job[0].id, now_us())
         await jobs.add_jobs(waiting(1, "origin-z", "runs/here", target=LOCAL))
         only_z = Hold(local_id="origin-z")  # a claim of origin-z's jobs alone
         started, _ = await jobs.claim(LOCAL, "main", now_us(), 10, hold=only_z)
         assert [j.origin_instance for j in started] == ["origin-z"]
-        active = instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))[0]  # ACTIVE here
+        active = read_instructions(path, lambda c: outbox.has_foreign_jobs(c, LOCAL))[0]  # ACTIVE here
     finally:
         journal.close()
 

@@ -6,7 +6,6 @@ the entries of one index in its own order: no job row is read for them and nothi
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from pathlib import Path
 
 from node.instance import now_us
@@ -18,16 +17,13 @@ from node.journal.journal import Journal
 from node.journal.records import NewJobRecord
 from node.journal.schema import migrate
 from node.model.job import JobState
+from tests.support.journal_work import queued_records
 
 LOCAL = "local-instance"
 
 
 def queued(count: int, topic: str, queue: str, target: str | None, origin: str = LOCAL) -> list[NewJobRecord]:
-    created = now_us()
-    return [
-        NewJobRecord(str(uuid.uuid4()), topic, None, queue, origin, target, 3, created, None)
-        for _ in range(count)
-    ]
+    return queued_records([topic] * count, origin=origin, target=target, queue=queue)
 
 
 def by_rows(conn: sqlite3.Connection) -> list[tuple[str, str, JobState, int]]:

@@ -19,7 +19,7 @@ from node.journal.recorder import Recorder
 from node.journal.records import ACTIVE, COLUMNS, QUEUED, UNFINISHED, JobRow
 from node.model.job import JobState
 from node.transfer.assign import Assigner, Chooser
-from node.transfer.outbox import Outbox, OutboxKind
+from node.transfer.outbox import FOREIGN_QUEUED_HERE, Outbox, OutboxKind
 
 Status = transfer_pb2.ReconcileStatus
 _BY_STATE = {
@@ -148,14 +148,11 @@ def reassign_unknown(
 
 # --- a target asks an origin ---
 
-# Matches the partial index jobs_foreign_queued (schema v9) term for term, so SQLite may use it.
-_FOREIGN_QUEUED = f"state = {QUEUED} AND origin != target AND target = ?"
-
 
 def queued_origins(conn: sqlite3.Connection, local_id: str) -> set[str]:
     """The other origins with jobs QUEUED for this node. Read."""
     rows = conn.execute(  # at start; visits the other origins' jobs queued here, not the local ones
-        f"SELECT DISTINCT origin FROM jobs INDEXED BY jobs_foreign_queued WHERE {_FOREIGN_QUEUED}",
+        f"SELECT DISTINCT origin FROM jobs INDEXED BY jobs_foreign_queued WHERE {FOREIGN_QUEUED_HERE}",
         (local_id,),
     ).fetchall()
     return {r["origin"] for r in rows}
@@ -164,8 +161,8 @@ def queued_origins(conn: sqlite3.Connection, local_id: str) -> set[str]:
 def queued_from(conn: sqlite3.Connection, local_id: str, origin: str) -> list[sqlite3.Row]:
     """The jobs of `origin` (another node) QUEUED for this node. Read."""
     return conn.execute(  # an index search whatever the local backlog (run every few seconds)
-        f"SELECT id, epoch, state, retry_count FROM jobs INDEXED BY jobs_foreign_queued WHERE {_FOREIGN_QUEUED} "
-        "AND origin = ? ORDER BY seq",
+        f"SELECT id, epoch, state, retry_count FROM jobs INDEXED BY jobs_foreign_queued WHERE {FOREIGN_QUEUED_HERE} "
+        "AND origin = ?2 ORDER BY seq",
         (local_id, origin),
     ).fetchall()
 

@@ -158,12 +158,15 @@ class Outbox:
         )
 
 
+FOREIGN_QUEUED_HERE = f"state = {QUEUED} AND origin != target AND target = ?1"
+"""Jobs of other origins QUEUED for this node (?1: its instance id). Matches the partial index
+jobs_foreign_queued (schema v9) term for term, so SQLite may use it."""
+
 # A job of another origin here is QUEUED for this node, QUEUED without a target (to be handed
 # back), or ACTIVE here: one index search each, so this node's own backlog is never visited
 # (a probe of every unfinished job checked each of them: 0.2 s at 1,000,000, on the writer).
 _FOREIGN_PROBES = (
-    f"SELECT 1 FROM jobs INDEXED BY jobs_foreign_queued WHERE state = {QUEUED} AND origin != target "
-    "AND target = ?1 LIMIT 1",
+    f"SELECT 1 FROM jobs INDEXED BY jobs_foreign_queued WHERE {FOREIGN_QUEUED_HERE} LIMIT 1",
     f"SELECT 1 FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} AND target IS NULL AND origin < ?1 LIMIT 1",
     f"SELECT 1 FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} AND target IS NULL AND origin > ?1 LIMIT 1",
     f"SELECT 1 FROM jobs INDEXED BY jobs_remote WHERE state IN {UNFINISHED} AND target = ?1 AND state = {ACTIVE} "
