@@ -12,8 +12,8 @@ Every node is `python -m node run --test-preset` with the LAN discovery timings 
 suspicion 1.5 s, settle 0.1 s, ...), all on this namespace's loopback. For each size N and
 run, with fresh nodes:
 
-    converge  N nodes start at once; from the moment the last one serves until every node's
-              view holds all N (mDNS needs ~1.2 s for its name probing when all start together)
+    converge  N nodes start at once; from the last one's start (the time its view gives for
+              it) until every node's view holds all N
     join      one more node starts; from its start time until every view holds it
     death     one node gets SIGKILL; until it is gone from every view
     leave     one node gets SIGTERM; until it is gone from every view
@@ -105,7 +105,8 @@ class Node:
         return time.time()
 
     def watch(self) -> None:
-        """Record every settled view (node-side time, instance names) from WatchTopology."""
+        """Record every settled view (the node's time of settling it, instance names) from
+        WatchTopology; the first event's view may have settled before the watch began."""
         self._channel = self.process.client_transport().create_channel(self.address)
         stub = topology_pb2_grpc.TopologyServiceStub(self._channel)
 
@@ -116,7 +117,8 @@ class Node:
                     event = response.event
                     if event.type in with_views:
                         names = frozenset(i.name for i in event.new_view.instances)
-                        self.events.append((event.time.seconds + event.time.nanos / 1e9, names))
+                        created = event.new_view.created
+                        self.events.append((created.seconds + created.nanos / 1e9, names))
             except grpc.aio.AioRpcError:
                 pass  # the node stopped
 
@@ -183,11 +185,14 @@ async def one_run(size: int, join: str, idle_s: float) -> Run:
             seed = first.address
         nodes += [Node(root, f"n{i}", join, seed) for i in range(2, size + 1)]
         started += nodes[1:]
-        last_serving = max(await asyncio.gather(*(n.serving() for n in nodes)))
+        await asyncio.gather(*(n.serving() for n in nodes))
         for node in nodes:
             node.watch()
+        # From the last node's own start (its discovery's, as for the join below): a node joins
+        # before it reports serving (its console comes up last).
+        last_start = max(await asyncio.gather(*(n.start_time() for n in nodes)))
         everyone = frozenset(n.name for n in nodes)
-        converge = await first_time(nodes, lambda names: names == everyone, last_serving)
+        converge = await first_time(nodes, lambda names: names == everyone, last_start)
 
         extra = Node(root, "extra", join, seed)
         started.append(extra)

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -455,7 +456,41 @@ async def scenario_single(s: Settings) -> Metrics:
         }
 
 
-async def scenario_latency(s: Settings, consumer: str, backlog: int = 0) -> Metrics:
+class StreamAdder:
+    """Adds jobs over one SubmitJobs stream, as `JobmeshClient.add_job` does: a job is answered
+    once committed, answers matched to their requests by request_id."""
+
+    def __init__(self, stub: jobs_pb2_grpc.JobServiceStub) -> None:
+        self.call = stub.SubmitJobs()
+        self.waiting: dict[int, asyncio.Future[jobs_pb2.SubmitJobsResponse]] = {}
+        self.ids = itertools.count(1)
+        self.writing = asyncio.Lock()  # one write at a time on a grpc.aio call
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for response in self.call:
+            self.waiting.pop(response.request_id).set_result(response)
+
+    async def add(self, job: jobs_pb2.NewJob) -> jobs_pb2.Job:
+        """The committed job; RuntimeError if the node refused it."""
+        request_id = next(self.ids)
+        answer = self.waiting[request_id] = asyncio.get_running_loop().create_future()
+        async with self.writing:
+            await self.call.write(jobs_pb2.SubmitJobsRequest(job=job, request_id=request_id))
+        response = await answer
+        if response.HasField("error"):
+            raise RuntimeError(f"SubmitJobs refused a job: {response.error.message}")
+        added: jobs_pb2.Job = response.job
+        return added
+
+    async def close(self) -> None:
+        """Half-close and wait for the node to end the call."""
+        await self.call.done_writing()
+        await self.reader
+
+
+async def scenario_latency(s: Settings, consumer: str, backlog: int = 0, via: str = "unary") -> Metrics:
+    """`via`: "unary" (one AddJob call per job) or "stream" (one SubmitJobs stream)."""
     async with BenchNode(s.work, consumer) as node:
         stub = node.stub
         topic = "bench/latency"
@@ -463,27 +498,36 @@ async def scenario_latency(s: Settings, consumer: str, backlog: int = 0) -> Metr
         warm = jobs_pb2.AddJobRequest(job=bench_job("bench/warmup", 0))
         for _ in range(20):
             await stub.AddJob(warm, timeout=30)
+        stream = StreamAdder(stub) if via == "stream" else None
+        if stream is not None:
+            for _ in range(20):
+                await stream.add(warm.job)
         total = int(s.latency_rate * s.latency_seconds)
-        requests = [jobs_pb2.AddJobRequest(job=bench_job(topic, i)) for i in range(total)]
+        jobs = [bench_job(topic, i) for i in range(total)]
         rpc_latencies: list[float] = []
-        called_us: dict[str, int] = {}  # job id -> wall clock just before its AddJob call
+        called_us: dict[str, int] = {}  # job id -> wall clock just before its add call
 
-        async def add(request: jobs_pb2.AddJobRequest) -> None:
+        async def add(job: jobs_pb2.NewJob) -> None:
             before_us = time.time_ns() // 1000
             t = time.perf_counter()
-            response = await stub.AddJob(request, timeout=60)
+            if stream is not None:
+                added = await stream.add(job)
+            else:
+                added = (await stub.AddJob(jobs_pb2.AddJobRequest(job=job), timeout=60)).job
             rpc_latencies.append(time.perf_counter() - t)
-            called_us[response.job.id] = before_us
+            called_us[added.id] = before_us
 
         tasks = []
         t0 = time.perf_counter()
-        for i, request in enumerate(requests):  # open loop: a steady rate, whatever the node does
+        for i, job in enumerate(jobs):  # open loop: a steady rate, whatever the node does
             delay = t0 + i / s.latency_rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(add(request)))
+            tasks.append(asyncio.create_task(add(job)))
         await asyncio.gather(*tasks)
         achieved_rate = total / (time.perf_counter() - t0)
+        if stream is not None:
+            await stream.close()
         await succeeded(stub, topic, total, 60)
         start_latencies: list[float] = []  # consumer start - just before the AddJob call
         claim_latencies: list[float] = []  # started_time - created_time (from the journal)
@@ -641,6 +685,8 @@ TARGETS = (
     Target("events-watched", "jobs_per_s", ">=", 5_000, "add -> SUCCEEDED with a watcher >= 5,000 jobs/s"),
     Target("latency-sync", "start_p50_ms", "<=", 1, "enqueue->start p50 <= 1 ms at 300 AddJob/s (sync)"),
     Target("latency-sync", "start_p99_ms", "<=", 3, "enqueue->start p99 <= 3 ms at 300 AddJob/s (sync)"),
+    Target("latency-stream", "start_p50_ms", "<=", 1, "enqueue->start p50 <= 1 ms at 300 jobs/s (stream)"),
+    Target("latency-stream", "start_p99_ms", "<=", 3, "enqueue->start p99 <= 3 ms at 300 jobs/s (stream)"),
     Target("latency-sync@backlog", "start_p50_ms", "<=", 1, "enqueue->start p50 <= 1 ms with the backlog"),
     Target("latency-sync@backlog", "start_p99_ms", "<=", 3, "enqueue->start p99 <= 3 ms with the backlog"),
     Target("memory", "rss_growth_mb", "<=", 100, "RSS growth with 1,000,000 QUEUED jobs <= ~100 MB"),
@@ -897,6 +943,14 @@ async def main_async(args: argparse.Namespace, work: Path) -> list[Result]:
         plan.append(("latency-sync", "enqueue->start, sync", s.runs, lambda: scenario_latency(s, "latency")))
         plan.append(
             ("latency-async", "enqueue->start, async", s.runs, lambda: scenario_latency(s, "async_latency"))
+        )
+        plan.append(
+            (
+                "latency-stream",
+                "enqueue->start, sync, over one SubmitJobs stream (JobmeshClient.add_job's way)",
+                s.runs,
+                lambda: scenario_latency(s, "latency", via="stream"),
+            )
         )
         if s.backlog:
             plan.append(

@@ -10,12 +10,10 @@ consumer of its topic patterns (`node.workers`, see `node.jobs.remote`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,7 +42,8 @@ from jobmesh.v1 import (
 )
 
 from node.config import NodeConfig
-from node.console.counters import JobCounters, Sources
+from node.console.console import Console, ConsoleParts
+from node.console.metrics import NodeMetrics, Sources
 from node.discovery.identity import format_endpoint
 from node.discovery.membership import MembershipCounters
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
@@ -90,9 +89,6 @@ from node.transfer.store import TransferStore
 from node.transport import Keepalive, Transport
 from node.trust import ADMITS_PROPERTY, NodeTrust
 
-if TYPE_CHECKING:
-    from node.console.console import Console, ConsoleParts
-
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.sqlite"
@@ -114,10 +110,6 @@ JOBMESH_SERVICE_NAMES = (
 CLUSTER_SERVICE_NAME = cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name
 # Everything reflection lists (besides the two reflection services themselves).
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-
-
-def _import_console() -> None:
-    import node.console.console  # noqa: F401  (loads its modules; see Node._start_console)
 
 
 class Node:
@@ -156,8 +148,8 @@ class Node:
         self._stream_shutdown = StreamShutdown()
         install_client_gone_filter()
         self.port = 0
-        self.job_counters = JobCounters()
-        """Job events and timings since the journal opened (`/metrics`, the console's live pages)."""
+        self.metrics = NodeMetrics()
+        """Prometheus metrics (`/metrics` on the console's HTTP port)."""
         self.console: Console | None = None
         """The web console, `/metrics` and `/healthz` (after start, when `http.enabled`)."""
         self.transport = Transport(
@@ -234,7 +226,7 @@ class Node:
             self._journal = Journal.open(
                 config.data_dir / JOURNAL_FILE, config.journal.durability, config.journal.readers
             )
-            self.job_counters.attach(self._journal)
+            self.metrics.attach(self._metric_sources(self._journal))
             in_journal = await self._journal.get_meta("instance_id")
             instance_id = choose_instance_id(config.data_dir, in_journal, reset_journal=self._reset_journal)
             if in_journal is None:
@@ -320,7 +312,8 @@ class Node:
         if self._offloader is not None:
             await self._offloader.start()
         if config.http.enabled:
-            await self._start_console()
+            self.console = Console(self._console_parts())
+            await self.console.start()
         write_run_file(
             config.data_dir,
             {
@@ -367,19 +360,7 @@ class Node:
 
         return Sources(journal, self.workers, membership, members, frames, reconciled)
 
-    async def _start_console(self) -> None:
-        # The console's imports (aiohttp, prometheus_client: 0.2 s, a third of a node's start)
-        # load on a thread once gRPC serves and discovery runs: the node joins, takes jobs and
-        # runs them meanwhile instead of after them.
-        await asyncio.to_thread(_import_console)
-        from node.console.console import Console  # loaded by now
-
-        self.console = Console(self._console_parts())
-        await self.console.start()
-
     def _console_parts(self) -> ConsoleParts:
-        from node.console.console import ConsoleParts  # loaded by _start_console
-
         return ConsoleParts(
             self.config,
             self.journal,
@@ -390,8 +371,7 @@ class Node:
             self.trust.registry.revoked,
             self.address,
             lambda: self._server is not None and self._jobs is not None,
-            self.job_counters,
-            self._metric_sources(self.journal),
+            self.metrics,
         )
 
     async def set_topic_consumption(self, pattern: str, setting: ConsumptionSetting) -> ConsumptionRules:
@@ -475,7 +455,7 @@ class Node:
             await self._server.stop(min(grace, 1.0))
             self._server = None
         if self._journal is not None:
-            self.job_counters.detach(self._journal)
+            self.metrics.detach()
             self._journal.close()
             self._journal = None
         remove_run_file(self.config.data_dir)

@@ -12,15 +12,16 @@ from node.transfer.assign import ASSIGN_BATCH, FIRST_ROUND, RoundSize
 from node.transfer.store import TransferStore
 
 
-def test_full_rounds_double_the_next_up_to_the_batch_and_a_partial_one_starts_again_small() -> None:
+def test_full_rounds_double_the_next_up_to_the_batch_and_an_empty_one_starts_again_small() -> None:
     rounds = RoundSize()
     sizes = []
     for _ in range(8):
         sizes.append(rounds.next)
         assert rounds.ended(rounds.next)  # full
     assert sizes == [16, 32, 64, 128, 256, ASSIGN_BATCH, ASSIGN_BATCH, ASSIGN_BATCH]
+    # A round cut short (the targets' capacity) keeps the size; one that moved nothing resets it
     assert not rounds.ended(ASSIGN_BATCH - 1)
-    assert rounds.next == FIRST_ROUND
+    assert rounds.next == ASSIGN_BATCH
     assert not rounds.ended(0)
     assert rounds.next == FIRST_ROUND
 
@@ -46,5 +47,32 @@ async def test_a_round_moves_at_most_its_size_and_queues_only_those_for_the_targ
         assert (first, queued_after_first) == (FIRST_ROUND, FIRST_ROUND)
         assert rest == 100 - FIRST_ROUND
         assert await store.peers() == ["peer"]
+    finally:
+        journal.close()
+
+
+async def test_has_unassigned_sees_own_and_other_origins_waiting_jobs_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.open(tmp_path / "node.sqlite")
+    try:
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, "here")
+        # Jobs with a target (here, or a peer) give an assignment round nothing to do
+        await jobs.add_jobs(
+            [
+                NewJobRecord("mine-here", "t/a", None, "main", "here", "here", 0, 1, None),
+                NewJobRecord("mine-there", "t/a", None, "main", "here", "peer", 0, 1, None),
+            ]
+        )
+        assert not await store.has_unassigned()
+        # Another origin's job left without a target here (to hand back) does
+        await jobs.add_jobs([NewJobRecord("theirs", "t/a", None, "main", "other", None, 0, 1, None)])
+        assert await store.has_unassigned()
+        await store.hand_back(5)
+        assert not await store.has_unassigned()
+        # And so does one of this node's own without a target
+        await jobs.add_jobs([NewJobRecord("mine-waiting", "t/a", None, "main", "here", None, 0, 1, None)])
+        assert await store.has_unassigned()
     finally:
         journal.close()

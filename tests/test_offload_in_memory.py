@@ -56,7 +56,11 @@ class Pair:
 
 
 def _node(
-    path: Path, network: MemoryTransferNetwork, seeds: tuple[str, ...] = (), **offload: Any
+    path: Path,
+    network: MemoryTransferNetwork,
+    seeds: tuple[str, ...] = (),
+    purge_interval_s: float | None = None,
+    **offload: Any,
 ) -> tuple[node.Node, MemoryTransferLink]:
     # Both nodes of one cluster (membership runs over real gRPC with mutual TLS).
     config = node.NodeConfig.for_tests(seed_cluster(path, shared_cluster(path.parent)))
@@ -65,18 +69,24 @@ def _node(
         discovery=dataclasses.replace(config.discovery, seeds=seeds),
         offload=dataclasses.replace(config.offload, **offload),
     )
+    if purge_interval_s is not None:
+        config = dataclasses.replace(
+            config, history=dataclasses.replace(config.history, purge_interval_s=purge_interval_s)
+        )
     link = network.link(str(path))
     return node.Node(config, transfer_link=link), link
 
 
 @asynccontextmanager
-async def pair(tmp_path: Path, **offload: Any) -> AsyncIterator[Pair]:
+async def pair(tmp_path: Path, purge_interval_s: float | None = None, **offload: Any) -> AsyncIterator[Pair]:
     """Start both nodes (`offload` settings changed as given), attach them to the network under
     the addresses peers dial, and wait until the origin sees the worker consume TOPIC."""
     network = MemoryTransferNetwork()
-    origin, origin_link = _node(tmp_path / "origin", network, **offload)
+    origin, origin_link = _node(tmp_path / "origin", network, (), purge_interval_s, **offload)
     async with origin:
-        worker, worker_link = _node(tmp_path / "worker", network, (origin.address,), **offload)
+        worker, worker_link = _node(
+            tmp_path / "worker", network, (origin.address,), purge_interval_s, **offload
+        )
         worker.consumers.register(
             ["mem/**"], lambda job, _context: node.JobResult.succeeded(f"done {job.id}")
         )
@@ -244,3 +254,27 @@ async def test_jobs_their_target_does_not_know_are_reassigned_under_a_new_epoch(
         assert counts.reassigned_unknown == 3
         assert await epochs() == [e + 1 for e in before]
         assert await _finished_events(p.origin) == [1] * 3
+
+
+async def test_assignment_rounds_cued_while_nothing_waits_unassigned_write_nothing(tmp_path: Path) -> None:
+    # Every topology change (the worker's capacity, published while it runs jobs), every report
+    # frame cues an assignment round; with nothing waiting unassigned a round must not touch the
+    # writer (it cost two write transactions each, dozens a second on both sides of a busy
+    # pair). History purges, the one periodic write of an idle node, are out of the window.
+    async with pair(tmp_path, purge_interval_s=60.0) as p:
+        ids = await p.add(50)
+        await until(lambda: p.all_succeeded(ids), "every job to succeed at the origin")
+        await asyncio.sleep(0.5)  # the last reports and their acknowledgements settle
+        before = [n.metrics.jobs.commits for n in (p.origin, p.worker)]
+
+        async def origin_sees(value: str) -> bool:
+            return any(i.properties.get("cue") == value for i in p.origin.topology.view.instances)
+
+        # When the worker's properties change five times, each a topology event on both nodes
+        for n in range(5):
+            p.worker.topology.properties.set("cue", str(n))
+            await until(functools.partial(origin_sees, str(n)), "the origin to see the property")
+        await asyncio.sleep(0.3)
+
+        # Then neither journal committed anything
+        assert [n.metrics.jobs.commits for n in (p.origin, p.worker)] == before

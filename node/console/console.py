@@ -13,7 +13,6 @@ from cryptography import x509
 from node.config import NodeConfig
 from node.console.api import NodeApi
 from node.console.auth import Authenticator
-from node.console.counters import JobCounters, Sources
 from node.console.live import LiveFeeds
 from node.console.metrics import NodeMetrics
 from node.console.pages import add_pages
@@ -43,10 +42,7 @@ class ConsoleParts:
     address: str
     """`host:port` of the node's own gRPC server."""
     healthy: Callable[[], bool]
-    counters: JobCounters
-    """The node's job counters (observing its journal since it opened)."""
-    metric_sources: Sources
-    """What `/metrics` reads at a scrape besides the counters."""
+    metrics: NodeMetrics
 
 
 class Console:
@@ -60,13 +56,11 @@ class Console:
         )
         tls = TlsFiles(parts.files.node_cert, parts.files.node_key) if secure else None
         self.api = NodeApi(parts.transport, parts.address)
-        self.live = LiveFeeds(parts.journal, parts.topology, parts.counters)
-        self.metrics = NodeMetrics(parts.counters, parts.metric_sources)
-        """Prometheus metrics (`/metrics`)."""
+        self.live = LiveFeeds(parts.journal, parts.topology, parts.metrics.jobs)
         self.server = HttpServer(
             parts.config.http,
             parts.config.server.host,
-            self.metrics,
+            parts.metrics,
             self.auth,
             parts.healthy,
             tls,

@@ -277,6 +277,14 @@ class Offloader:
             await wait_event(self._assign_needed, ASSIGN_POLL_S)
             self._assign_needed.clear()
             self._refresh_view()
+            try:
+                # Most cues (each report frame, each capacity change) come when nothing waits
+                # unassigned: one index probe on a reader then spares the writer two transactions.
+                if not await self.store.has_unassigned():
+                    rounds.ended(0)
+                    continue
+            except Exception:
+                log.exception("looking for unassigned jobs failed")
             if self.placement.local_outstanding:
                 try:
                     self.placement.local_outstanding = await self.store.outstanding_here()

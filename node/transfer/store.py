@@ -18,7 +18,7 @@ from node.jobs.validation import JobLimits, check_reconcile
 from node.journal.controls import finish_job
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
-from node.journal.records import UNFINISHED, select_job
+from node.journal.records import QUEUED, UNFINISHED, select_job
 from node.model.job import JobState
 from node.transfer import answers
 from node.transfer.apply import Applied, Arrival, FrameApplier, check_frame
@@ -146,6 +146,19 @@ class TransferStore:
             ).fetchone()["n"]
             if n:
                 counts[after] = int(n)
+
+    async def has_unassigned(self) -> bool:
+        """Whether any job waits here without a target, this node's own or another origin's
+        (what an assignment round moves or hands back): one step into jobs_unassigned."""
+        return await self.journal.read(
+            lambda conn: (
+                conn.execute(
+                    f"SELECT 1 FROM jobs INDEXED BY jobs_unassigned WHERE state = {QUEUED} "
+                    "AND target IS NULL LIMIT 1"
+                ).fetchone()
+                is not None
+            )
+        )
 
     async def outstanding_here(self) -> int:
         """Unfinished jobs of this origin it runs itself, counted up to LOCAL_COUNT_CAP.
