@@ -180,7 +180,8 @@ class Offloader:
         self, frame: transfer_pb2.ExchangeRequest, assembler: ChunkAssembler | None = None
     ) -> None:
         """Apply a frame from a peer (persisted when this returns); `assembler` is the stream's."""
-        applied = await self.store.apply(frame, arrivals_for(frame.jobs, self._arrival), now_us(), assembler)
+        arrivals = arrivals_for(frame.jobs, self._arrival)
+        applied = await self.store.apply(frame, arrivals, now_us(), assembler)
         self.received.add(frame.sender_id, frame)
         self._contact(frame.sender_id)
         if frame.jobs:
@@ -191,7 +192,7 @@ class Offloader:
             self.placement.finished(target, count)
         if applied.jobs_added:
             self.manager.wake_runners()
-            if any(self._arrival(j.topic).target is None for j in frame.jobs):
+            if any(arrival.target is None for arrival in arrivals.values()):
                 await self.hand_back()
         if applied.ended:
             self._assign_needed.set()  # handed-back jobs wait for a new target
