@@ -7,9 +7,9 @@ from pathlib import Path
 
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
-from node.journal.records import NewJobRecord
 from node.transfer.assign import ASSIGN_BATCH, FIRST_ROUND, RoundSize
 from node.transfer.store import TransferStore
+from tests.support.journal_work import queued_records
 
 
 def test_full_rounds_double_the_next_up_to_the_batch_and_an_empty_one_starts_again_small() -> None:
@@ -32,9 +32,7 @@ async def test_a_round_moves_at_most_its_size_and_queues_only_those_for_the_targ
         # Given 100 jobs of this origin waiting unassigned
         jobs = JobStore(journal)
         store = TransferStore(journal, jobs, "origin")
-        await jobs.add_jobs(
-            [NewJobRecord(f"j{n:03}", "t/a", None, "main", "origin", None, 0, 1, None) for n in range(100)]
-        )
+        await jobs.add_jobs(queued_records(["t/a"] * 100, origin="origin", target=None))
 
         # When a target appears and the first round runs, then the next with what is left
         first = await store.assign(lambda _t, _q: "peer", 5, batch=FIRST_ROUND)
@@ -60,19 +58,17 @@ async def test_has_unassigned_sees_own_and_other_origins_waiting_jobs_and_nothin
         store = TransferStore(journal, jobs, "here")
         # Jobs with a target (here, or a peer) give an assignment round nothing to do
         await jobs.add_jobs(
-            [
-                NewJobRecord("mine-here", "t/a", None, "main", "here", "here", 0, 1, None),
-                NewJobRecord("mine-there", "t/a", None, "main", "here", "peer", 0, 1, None),
-            ]
+            queued_records(["t/a"], origin="here", target="here")
+            + queued_records(["t/a"], origin="here", target="peer")
         )
         assert not await store.has_unassigned()
         # Another origin's job left without a target here (to hand back) does
-        await jobs.add_jobs([NewJobRecord("theirs", "t/a", None, "main", "other", None, 0, 1, None)])
+        await jobs.add_jobs(queued_records(["t/a"], origin="other", target=None))
         assert await store.has_unassigned()
         await store.hand_back(5)
         assert not await store.has_unassigned()
         # And so does one of this node's own without a target
-        await jobs.add_jobs([NewJobRecord("mine-waiting", "t/a", None, "main", "here", None, 0, 1, None)])
+        await jobs.add_jobs(queued_records(["t/a"], origin="here", target=None))
         assert await store.has_unassigned()
     finally:
         journal.close()
