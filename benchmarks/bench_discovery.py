@@ -7,6 +7,7 @@ Run it through the wrapper, which sets up .venv and enters a private network nam
     benchmarks/run-discovery --sizes 3 --runs 1    # a smoke test
     benchmarks/run-discovery --join seeds          # join through a seed instead of mDNS
     benchmarks/run-discovery --insecure            # plaintext nodes (default: mutual TLS)
+    benchmarks/run-discovery --log-level INFO --keep-logs /tmp/disc   # keep the nodes' logs
 
 Every node is `python -m node run --test-preset` with the LAN discovery timings (probe 0.2 s,
 suspicion 1.5 s, settle 0.1 s, ...), all on this namespace's loopback. For each size N and
@@ -57,6 +58,10 @@ PRESET = True
 """Nodes start from the test preset (shorter timings beyond discovery's); False: `--production`."""
 EXTRA_FLAGS: list[str] = []
 """Flags every node gets (`--insecure` with the option of that name)."""
+LOG_LEVEL = "WARNING"
+"""The nodes' log level (`--log-level`)."""
+KEEP_LOGS: Path | None = None
+"""Where to copy each run's node logs before its files are removed (`--keep-logs`)."""
 
 
 @dataclass
@@ -76,7 +81,7 @@ class Node:
 
     def __init__(self, root: Path, name: str, join: str, seed: str | None) -> None:
         self.name = name
-        args = ["--name", name, "--log-level", "WARNING", *EXTRA_FLAGS]
+        args = ["--name", name, "--log-level", LOG_LEVEL, *EXTRA_FLAGS]
         settings: dict[str, object] = dict(LAN_TIMINGS)
         if join == "mdns":
             settings["discovery.mdns"] = "true"
@@ -220,7 +225,18 @@ async def one_run(size: int, join: str, idle_s: float) -> Run:
         return Run(size, converge, join_s, death_s, leave_s, idle)
     finally:
         await asyncio.gather(*(n.stop() for n in started), return_exceptions=True)
+        if KEEP_LOGS is not None:
+            print(f"node logs: {_keep_logs(root, KEEP_LOGS)}", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _keep_logs(root: Path, under: Path) -> Path:
+    """Copy the node logs of the run in `root` to a directory of its name under `under`."""
+    kept = under / root.name
+    kept.mkdir(parents=True, exist_ok=True)
+    for log in root.glob("*.log"):
+        shutil.copy(log, kept / log.name)
+    return kept
 
 
 def _summary(values: Sequence[float], unit: str = "s") -> str:
@@ -281,7 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="nodes at the production defaults (free ports) instead of the test preset",
     )
+    parser.add_argument(
+        "--log-level", default="WARNING", help="the nodes' log level (INFO shows suspicions and deaths)"
+    )
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy each run's node logs under DIR")
     args = parser.parse_args(argv)
+    global LOG_LEVEL, KEEP_LOGS
+    LOG_LEVEL, KEEP_LOGS = args.log_level, args.keep_logs
     if args.insecure:
         EXTRA_FLAGS.append("--insecure")
     if args.production:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from node.discovery.config import DiscoveryConfig
 from node.discovery.identity import InstanceInfo
 from node.discovery.membership import MemberRecord, PeerState
 from node.discovery.memory import MemoryNetwork
-from node.discovery.messages import Gossip
+from node.discovery.messages import Gossip, Sync, SyncReply
 from node.discovery.protocol import MembershipProtocol
+from node.errors import Unavailable
 from node.instance import now_us
 from tests.support.waiting import async_wait_for
 
@@ -47,6 +49,7 @@ class Cluster:
         seeds: tuple[str, ...] = (),
         instance_id: str | None = None,
         address: str | None = None,
+        config: DiscoveryConfig = FAST,
     ) -> MembershipProtocol:
         address = address or name
         start = now_us()
@@ -59,7 +62,7 @@ class Cluster:
                 history.append((member.record.info.name, member.record.state))
 
         protocol = MembershipProtocol(
-            FAST,
+            config,
             MemberRecord(info, start, PeerState.ALIVE),
             self.network.transport(f"{address}:1"),
             changed,
@@ -193,6 +196,54 @@ async def test_a_suspected_member_refutes_as_soon_as_it_hears_of_it(c: Cluster) 
     await b.handle_gossip(Gossip(a.local, (suspicion,)))
     assert b.local.incarnation == suspicion.incarnation + 1
     assert b.local.state is PeerState.ALIVE
+
+
+SLOW_ROUNDS = replace(FAST, probe_interval_s=30.0, sync_interval_s=30.0, gossip_fanout=1)
+"""A big cluster's pace: a member is probed (or synced with) seldom against the suspicion
+timeout, and news reaches few members per round."""
+
+
+@_run
+async def test_a_refutation_reaches_every_suspecting_member_first_hand_before_its_suspicion_runs_out(
+    c: Cluster,
+) -> None:
+    # Given eight members that probe and sync seldom, and gossip to one member per round
+    names = [f"n{i}" for i in range(8)]
+    for name in names:
+        await c.add(name, seeds=("n0",) if name != "n0" else (), config=SLOW_ROUNDS)
+    await c.converged(set(names))
+    await async_wait_for(lambda: all(not len(p.broadcasts) for p in c.nodes.values()), what="no news left")
+    # And a member too busy to answer a Sync: hearsay of its refutation cannot be confirmed
+    suspect = c.nodes["n7"]
+
+    async def overloaded(message: Sync) -> SyncReply:
+        raise Unavailable("overloaded")
+
+    suspect.handle_sync = overloaded  # type: ignore[method-assign]
+    others = [c.nodes[n] for n in names[:-1]]
+    # When every other member hears that n7 is suspect (from n0; n0 from n1)
+    suspicion = suspect.local.with_state(PeerState.SUSPECT)
+    for protocol in others:
+        sender = c.nodes["n1" if protocol is c.nodes["n0"] else "n0"].local
+        await protocol.handle_gossip(Gossip(sender, (suspicion,)))
+    assert all(c.state(n, "n7") is PeerState.SUSPECT for n in names[:-1])
+    # And n7 hears of it and refutes
+    await suspect.handle_gossip(Gossip(c.nodes["n0"].local, (suspicion,)))
+    refuted = suspect.local.incarnation
+    # Then every member has n7 ALIVE at its new incarnation before the suspicion timeout
+    await async_wait_for(
+        lambda: all(
+            (m := p.table.get(suspect.local.id)) is not None
+            and m.record.state is PeerState.ALIVE
+            and m.record.incarnation == refuted
+            for p in others
+        ),
+        what="the refutation everywhere",
+        timeout=FAST.suspicion_timeout_s / 2,
+    )
+    # And nobody ever declared it dead
+    await asyncio.sleep(FAST.suspicion_timeout_s)
+    assert all(("n7", PeerState.DEAD) not in c.history[n] for n in names[:-1])
 
 
 @_run

@@ -38,6 +38,7 @@ class DuplicateIds:
     _failure: asyncio.Future[DuplicateInstance] | None
     _on_change: Callable[[], None]
     _confirmed_at: dict[str, float]
+    _refutation_pushed_at: float
 
     # Provided by MembershipProtocol.
     def _spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -57,6 +58,9 @@ class DuplicateIds:
         raise NotImplementedError
 
     def _health(self, delta: int) -> None:
+        raise NotImplementedError
+
+    def _push_to_all(self, record: MemberRecord) -> None:
         raise NotImplementedError
 
     def contact(self, address: str, expected_id: str | None = None) -> None:
@@ -170,7 +174,17 @@ class DuplicateIds:
     def _refute(self, record: MemberRecord) -> None:
         """Someone suspects (or buried) this node: publish ALIVE with a higher incarnation."""
         log.info("refuting %s about this node (incarnation %d)", record.state.value, record.incarnation)
-        self.broadcasts.add(self.table.bump_local(above=record.incarnation))
+        alive = self.table.bump_local(above=record.incarnation)
+        self.broadcasts.add(alive)
+        # Relayed by others, a refutation is hearsay that each member must confirm with this
+        # node before it believes it (`_confirm`), and a suspicion can run out meanwhile. Told
+        # by this node itself, it is applied at once: so tell every member directly, at most
+        # once per probe interval (a burst of suspicions must not become a burst of pushes;
+        # the gossip above still carries the latest incarnation).
+        now = asyncio.get_running_loop().time()
+        if now >= self._refutation_pushed_at + self.config.probe_interval_s:
+            self._refutation_pushed_at = now
+            self._push_to_all(alive)
         self._health(1)  # Lifeguard: a suspected node is likely the slow one
         self._on_change()
 

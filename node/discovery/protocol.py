@@ -85,6 +85,7 @@ class MembershipProtocol(Suspicions, DuplicateIds):
         self._contacting: set[str] = set()
         self._checked_duplicates: set[tuple[str, int]] = set()
         self._confirmed_at: dict[str, float] = {}
+        self._refutation_pushed_at = float("-inf")
         self.health = LocalHealth()
         """This node's own health: stretches its probe timings while it struggles (health.py)."""
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -78,7 +78,7 @@ class Suspicions:
         self._push_to_all(dead)
 
     def _push_to_all(self, record: MemberRecord) -> None:
-        """Push urgent news (a death) to every live member at once instead of waiting for gossip."""
+        """Push urgent news (a death, a refutation) to every live member at once, not by gossip."""
         message = Gossip(self.table.local, (record,))
         # Stretched like a probe's when this node is unhealthy: pushes that time out because
         # this node is slow would otherwise retire healthy channels (peers.py).
