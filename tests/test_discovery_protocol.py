@@ -246,6 +246,78 @@ async def test_a_refutation_reaches_every_suspecting_member_first_hand_before_it
     assert all(("n7", PeerState.DEAD) not in c.history[n] for n in names[:-1])
 
 
+async def _quiet_cluster(c: Cluster, size: int) -> list[str]:
+    """`size` members at SLOW_ROUNDS, converged, with no news left to send."""
+    names = [f"n{i}" for i in range(size)]
+    for name in names:
+        await c.add(name, seeds=("n0",) if name != "n0" else (), config=SLOW_ROUNDS)
+    await c.converged(set(names))
+    await async_wait_for(lambda: all(not len(p.broadcasts) for p in c.nodes.values()), what="no news left")
+    return names
+
+
+@_run
+async def test_a_suspicion_only_one_member_holds_runs_longer_and_the_suspect_refutes_in_time(
+    c: Cluster,
+) -> None:
+    # Given five members, and n4 suspected by n0 alone (n0 may be the slow one)
+    names = await _quiet_cluster(c, 5)
+    suspect = c.nodes["n4"]
+    c.network.pause("n4:1")  # gossip of the suspicion does not reach it meanwhile
+    suspicion = suspect.local.with_state(PeerState.SUSPECT, suspected_by=c.nodes["n0"].local.id)
+    for name in names[:-1]:
+        sender = c.nodes["n1" if name == "n0" else "n0"].local
+        await c.nodes[name].handle_gossip(Gossip(sender, (suspicion,)))
+    # When n4 hears of it only after twice the shortest suspicion timeout
+    await asyncio.sleep(2 * FAST.suspicion_timeout_s)
+    assert {n: c.state(n, "n4") for n in names[:-1]} == dict.fromkeys(names[:-1], PeerState.SUSPECT)
+    c.network.resume("n4:1")
+    await suspect.handle_gossip(Gossip(c.nodes["n0"].local, (suspicion,)))
+    # Then its refutation still makes it ALIVE everywhere, and nobody declared it dead
+    await async_wait_for(
+        lambda: all(c.state(n, "n4") is PeerState.ALIVE for n in names[:-1]), what="the refutation everywhere"
+    )
+    assert all(("n4", PeerState.DEAD) not in c.history[n] for n in names[:-1])
+
+
+@_run
+async def test_a_suspicion_that_two_more_members_confirm_runs_the_shortest_timeout(c: Cluster) -> None:
+    # Given five members, and n4 suspected by n0, then by n1 and n2 on their own
+    names = await _quiet_cluster(c, 5)
+    c.network.pause("n4:1")  # it cannot refute
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for suspector in ("n0", "n1", "n2"):
+        record = c.nodes["n4"].local.with_state(PeerState.SUSPECT, suspected_by=c.nodes[suspector].local.id)
+        await c.nodes["n3"].handle_gossip(Gossip(c.nodes[suspector].local, (record,)))
+    # Then n3 declares it dead after the shortest timeout, not the longest, and everyone learns it
+    await async_wait_for(
+        lambda: all(c.state(n, "n4") is PeerState.DEAD for n in names[:-1]),
+        what="n4 dead everywhere",
+        timeout=SLOW_ROUNDS.suspicion_timeout_s * SLOW_ROUNDS.suspicion_max_mult,
+    )
+    assert loop.time() - started >= SLOW_ROUNDS.suspicion_timeout_s
+
+
+@_run
+async def test_a_crash_in_a_cluster_big_enough_to_confirm_is_declared_dead_before_the_longest_timeout(
+    c: Cluster,
+) -> None:
+    # Given six members probing often (each suspicion is soon confirmed by other probers)
+    names = [f"n{i}" for i in range(6)]
+    for name in names:
+        await c.add(name, seeds=("n0",) if name != "n0" else ())
+    await c.converged(set(names))
+    loop = asyncio.get_running_loop()
+    crashed = loop.time()
+    c.network.crash("n5:1")
+    # Then it is dead everywhere sooner than an unconfirmed suspicion would run
+    await async_wait_for(
+        lambda: all(c.state(n, "n5") is PeerState.DEAD for n in names[:-1]), what="n5 dead everywhere"
+    )
+    assert loop.time() - crashed < FAST.suspicion_timeout_s * FAST.suspicion_max_mult
+
+
 @_run
 async def test_a_node_cut_off_stretches_its_probe_timings_and_recovers_when_its_probes_are_answered(
     c: Cluster,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ from node.discovery.gossip import BroadcastQueue
 from node.discovery.identity import InstanceInfo, local_endpoints
 from node.discovery.membership import Member, MemberRecord, PeerState, PeerTable, Verdict
 from node.discovery.properties import TOPICS_PROPERTY, InstanceProperties, format_topics, parse_topics
+from node.discovery.suspicion import suspicion_timeout
 from node.discovery.view import TopologyView, build_view
 from node.errors import ConfigError, InvalidArgument
 
@@ -53,6 +55,8 @@ def table() -> PeerTable:
         ((5, LEFT), (5, DEAD), Verdict.IGNORE),
         ((5, DEAD), (6, ALIVE), Verdict.APPLY),
         ((5, ALIVE), (4, DEAD), Verdict.IGNORE),
+        ((5, SUSPECT), (5, SUSPECT), Verdict.SUSPECTED_AGAIN),  # maybe a new suspector: counted
+        ((6, SUSPECT), (5, SUSPECT), Verdict.IGNORE),
     ],
 )
 def test_news_about_one_run_of_a_member_follows_incarnation_then_state_precedence(
@@ -123,6 +127,49 @@ def test_third_party_failure_reports_keep_the_members_own_incarnation_and_proper
     assert (verdict, record.state, record.incarnation) == (Verdict.APPLY, DEAD, 5)
     verdict, record = t.judge(rec("b", 6, LEFT, port=2), source="id-b")
     assert (verdict, record.state, record.incarnation) == (Verdict.APPLY, LEFT, 6)
+
+
+def test_a_suspicion_names_its_suspector_and_one_already_held_is_counted_not_applied() -> None:
+    t = PeerTable(rec("me", 1_000))
+    t.apply(MemberRecord(info("b", port=2), 5, ALIVE, {"p": "own"}), 0, 0.0)
+    # A third party's suspicion keeps the suspector it names (not the relay that told it)
+    heard = MemberRecord(info("b", port=2), 5, SUSPECT, suspected_by="id-c")
+    verdict, record = t.judge(heard, source="id-d")
+    assert (verdict, record.suspected_by, dict(record.properties)) == (Verdict.APPLY, "id-c", {"p": "own"})
+    t.apply(record, 0, 0.0)
+    # Another suspector of the same incarnation: counted by the protocol, the table unchanged
+    again = MemberRecord(info("b", port=2), 5, SUSPECT, suspected_by="id-e")
+    verdict, record = t.judge(again, source="id-e")
+    assert (verdict, record.suspected_by) == (Verdict.SUSPECTED_AGAIN, "id-e")
+    # A DEAD in a peer's table is that peer's suspicion
+    verdict, record = t.judge(rec("b", 5, DEAD, port=2), from_sync=True, source="id-f")
+    assert (verdict, record.state, record.suspected_by) == (Verdict.SUSPECTED_AGAIN, SUSPECT, "id-f")
+    # And only SUSPECT records name one
+    assert record.with_state(DEAD).suspected_by == ""
+    assert record.with_state(ALIVE, 6).suspected_by == ""
+
+
+def test_a_peers_record_naming_a_suspector_outside_a_suspicion_is_refused() -> None:
+    suspect = MemberRecord(info("b", port=2), 5, SUSPECT, suspected_by="id-c")
+    assert MemberRecord.from_proto(suspect.to_proto()) == suspect
+    alive = rec("b", 5, port=2).to_proto()
+    alive.suspected_by = "id-c"
+    with pytest.raises(InvalidArgument, match=r"record.suspected_by is set on a record in state ALIVE"):
+        MemberRecord.from_proto(alive)
+    long = suspect.to_proto()
+    long.suspected_by = "x" * 129
+    with pytest.raises(InvalidArgument, match=r"record.suspected_by is 129 characters"):
+        MemberRecord.from_proto(long)
+
+
+@pytest.mark.parametrize(
+    ("confirmations", "needed", "timeout"),
+    [(0, 2, 6.0), (1, 2, 6.0 - 4.5 * math.log(2) / math.log(3)), (2, 2, 1.5), (5, 2, 1.5), (0, 0, 1.5)],
+)
+def test_a_suspicion_runs_from_its_longest_timeout_down_to_its_shortest_as_confirmations_come(
+    confirmations: int, needed: int, timeout: float
+) -> None:
+    assert suspicion_timeout(1.5, 6.0, confirmations, needed) == pytest.approx(timeout)
 
 
 def test_a_claim_about_this_node_is_refuted_one_above_its_own_incarnation(table: PeerTable) -> None:

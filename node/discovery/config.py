@@ -49,7 +49,11 @@ class DiscoveryConfig:
     indirect_probes: Annotated[int, Range(0, 16)] = 3
     """Peers asked to probe a peer that did not answer a direct probe."""
     suspicion_timeout_s: Annotated[float, POSITIVE_S] = 1.5
-    """A suspected peer that does not refute within this time is declared dead."""
+    """A suspected peer that does not refute within this time is declared dead, once two other
+    members suspect it on their own (a crash: every prober fails to reach it)."""
+    suspicion_max_mult: Annotated[int, Range(1, 64)] = 4
+    """A suspicion that no other member confirms runs this many `suspicion_timeout_s`
+    (Lifeguard: the one suspecting may be the slow one); 1 turns that off."""
     gossip_interval_s: Annotated[float, POSITIVE_S] = 0.1
     """How often pending membership news is pushed to `gossip_fanout` random peers."""
     gossip_fanout: Annotated[int, Range(1, 64)] = 3

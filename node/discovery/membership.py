@@ -70,6 +70,8 @@ _TO_PROTO = {
 
 MAX_INCARNATION = 2**63 - 1
 """Incarnations at or above this are refused: one more (a refutation) must still be an int64."""
+MAX_SUSPECTOR_LENGTH = 128
+"""Longest `suspected_by` accepted (instance ids are UUIDs, 36 characters)."""
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,24 @@ class MemberRecord:
     incarnation: int
     state: PeerState
     properties: Mapping[str, str] = field(default_factory=dict)
+    suspected_by: str = ""
+    """SUSPECT records only: the instance id of the member whose failed probe raised it
+    (counted by dynamic suspicion, suspicion.py); empty in every other state."""
 
     @property
     def id(self) -> str:
         """The member's instance id."""
         return self.info.id
 
-    def with_state(self, state: PeerState, incarnation: int | None = None) -> MemberRecord:
-        """A copy in `state`; DEAD and LEFT records drop the properties (nobody reads them)."""
+    def with_state(
+        self, state: PeerState, incarnation: int | None = None, suspected_by: str = ""
+    ) -> MemberRecord:
+        """A copy in `state`; DEAD and LEFT records drop the properties (nobody reads them),
+        and only a SUSPECT record names who suspects."""
         properties = {} if not state.in_view else self.properties
         inc = self.incarnation if incarnation is None else incarnation
-        return replace(self, state=state, incarnation=inc, properties=properties)
+        suspector = suspected_by if state is PeerState.SUSPECT else ""
+        return replace(self, state=state, incarnation=inc, properties=properties, suspected_by=suspector)
 
     def outranks(self, other: MemberRecord) -> bool:
         """True if this record is newer news than `other` about the same run of a member."""
@@ -105,6 +114,7 @@ class MemberRecord:
             incarnation=self.incarnation,
             state=self.state.to_proto(),
             properties=dict(self.properties),
+            suspected_by=self.suspected_by,
         )
 
     @classmethod
@@ -114,11 +124,22 @@ class MemberRecord:
             raise InvalidArgument(f"{field}.info is missing")
         if proto.incarnation >= MAX_INCARNATION:  # refuting it must still fit in an int64
             raise InvalidArgument(f"{field}.incarnation {proto.incarnation} is out of range (< 2^63-1)")
+        state = PeerState.from_proto(proto.state, f"{field}.state")
+        if proto.suspected_by and state is not PeerState.SUSPECT:
+            raise InvalidArgument(
+                f"{field}.suspected_by is set on a record in state {state.value.upper()}; only SUSPECT records name a suspector"
+            )
+        if len(proto.suspected_by) > MAX_SUSPECTOR_LENGTH:
+            raise InvalidArgument(
+                f"{field}.suspected_by is {len(proto.suspected_by)} characters; an instance id has at most "
+                f"{MAX_SUSPECTOR_LENGTH}"
+            )
         return cls(
             info=InstanceInfo.from_proto(proto.info, f"{field}.info"),
             incarnation=proto.incarnation,
-            state=PeerState.from_proto(proto.state, f"{field}.state"),
+            state=state,
             properties=dict(proto.properties),
+            suspected_by=proto.suspected_by,
         )
 
 
@@ -151,6 +172,20 @@ class Verdict(enum.Enum):
     CONFIRM = "confirm"
     """Hearsay of a member's own word (it joined, restarted, or has new properties): ask the
     member itself; only its own answer enters the table."""
+    SUSPECTED_AGAIN = "suspected_again"
+    """A suspicion of the incarnation this node already suspects: maybe another member's own
+    (dynamic suspicion counts it, suspicion.py); the table stays as it is."""
+
+
+def _verdict(record: MemberRecord, current: MemberRecord) -> Verdict:
+    """APPLY newer news about a known run of a member, SUSPECTED_AGAIN for its suspicion once
+    more, else IGNORE."""
+    if record.outranks(current):
+        return Verdict.APPLY
+    same = record.state is PeerState.SUSPECT and current.state is PeerState.SUSPECT
+    if same and record.incarnation == current.incarnation:
+        return Verdict.SUSPECTED_AGAIN
+    return Verdict.IGNORE
 
 
 @dataclass
@@ -224,7 +259,7 @@ class PeerTable:
             return Verdict.IGNORE, record
         member = self._members.get(record.id)
         if hearsay:
-            return self._judge_hearsay(record, member, from_sync)
+            return self._judge_hearsay(record, member, from_sync, source or "")
         if member is None:
             return Verdict.APPLY, record
         current = member.record
@@ -235,13 +270,13 @@ class PeerTable:
                 return Verdict.VERIFY, record
             return Verdict.APPLY, record
         if from_sync and record.state is PeerState.DEAD and current.state.in_view:
-            record = record.with_state(PeerState.SUSPECT)
+            record = record.with_state(PeerState.SUSPECT, suspected_by=source or "")
             record = replace(record, properties=current.properties)
-        return (Verdict.APPLY if record.outranks(current) else Verdict.IGNORE), record
+        return _verdict(record, current), record
 
     @staticmethod
     def _judge_hearsay(
-        record: MemberRecord, member: Member | None, from_sync: bool
+        record: MemberRecord, member: Member | None, from_sync: bool, source: str
     ) -> tuple[Verdict, MemberRecord]:
         """A third party's news about a member: never its properties, endpoints or incarnation.
 
@@ -259,10 +294,11 @@ class PeerTable:
             newer = record.incarnation > current.incarnation
             return (Verdict.CONFIRM if newer else Verdict.IGNORE), record
         state = PeerState.DEAD if record.state is PeerState.LEFT else record.state
+        suspector = record.suspected_by
         if from_sync and state is PeerState.DEAD and current.state.in_view:
-            state = PeerState.SUSPECT
-        claim = current.with_state(state, min(record.incarnation, current.incarnation))
-        return (Verdict.APPLY if claim.outranks(current) else Verdict.IGNORE), claim
+            state, suspector = PeerState.SUSPECT, source
+        claim = current.with_state(state, min(record.incarnation, current.incarnation), suspector)
+        return _verdict(claim, current), claim
 
     def apply(self, record: MemberRecord, now_us: int, now: float) -> MemberRecord | None:
         """Store `record` (already judged APPLY); returns the record it replaced, if any."""

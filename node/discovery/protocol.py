@@ -45,7 +45,7 @@ from node.discovery.messages import (
     SyncReply,
 )
 from node.discovery.peers import PeerTransport
-from node.discovery.suspicion import MIN_STALL_S, Suspicions
+from node.discovery.suspicion import MIN_STALL_S, Suspicion, Suspicions
 from node.errors import DuplicateInstance, PeerUnavailable, Unavailable
 from node.instance import now_us
 
@@ -80,7 +80,7 @@ class MembershipProtocol(Suspicions, DuplicateIds):
         self._seeds: dict[str, str | None] = dict.fromkeys(seeds)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rounds: list[asyncio.Task[Any]] = []
-        self._suspicions: dict[str, asyncio.TimerHandle] = {}
+        self._suspicions: dict[str, Suspicion] = {}
         self._verifying: dict[str, MemberRecord] = {}
         self._contacting: set[str] = set()
         self._checked_duplicates: set[tuple[str, int]] = set()
@@ -142,9 +142,8 @@ class MembershipProtocol(Suspicions, DuplicateIds):
         # A cancelled task keeps its CancelledError, whose traceback holds this object through
         # the task's frames: drop our references so no cycle keeps channels alive after stop.
         self._rounds = []
-        for handle in self._suspicions.values():
-            handle.cancel()
-        self._suspicions.clear()
+        for member_id in list(self._suspicions):
+            self._cancel_suspicion(member_id)
         await self._transport.close()
         if self._failure is not None and not self._failure.done():
             self._failure.cancel()
@@ -311,12 +310,15 @@ class MembershipProtocol(Suspicions, DuplicateIds):
         if loop.time() - started > 3 * timeout + MIN_STALL_S:
             return  # this node was stalled (paused, overloaded): its silence proves nothing about the peer
         current = self.table.get(record.id)
-        if current is None or current.record.state is not PeerState.ALIVE:
+        if current is None or not current.record.state.in_view:
             return
         if current.record.info.start_time_us != record.info.start_time_us:
             return
-        log.info("member %s (%s) did not answer a probe: suspect", record.info.name, record.id)
-        self._merge(current.record.with_state(PeerState.SUSPECT))
+        if current.record.state is PeerState.ALIVE:
+            log.info("member %s (%s) did not answer a probe: suspect", record.info.name, record.id)
+        else:  # suspected already: this node's own failed probe confirms it (dynamic suspicion)
+            log.debug("member %s (%s) did not answer a probe either", record.info.name, record.id)
+        self._merge(current.record.with_state(PeerState.SUSPECT, suspected_by=self.table.local.id))
 
     async def _indirect_probe(
         self, helper: Member, target: MemberRecord, address: str, probe_timeout_s: float
@@ -419,6 +421,8 @@ class MembershipProtocol(Suspicions, DuplicateIds):
             self._own_id(record, hearsay=source is not None and source != record.id)
         elif verdict is Verdict.CONFIRM:
             self._confirm(record)
+        elif verdict is Verdict.SUSPECTED_AGAIN:
+            self._suspected_again(record)
         if heard and record.id != self.table.local.id:
             member = self.table.get(record.id)
             if member is not None and member.record.info.start_time_us == record.info.start_time_us:

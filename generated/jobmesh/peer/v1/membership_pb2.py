@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from jobmesh.v1 import topology_pb2 as jobmesh_dot_v1_dot_topology__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n jobmesh/peer/v1/membership.proto\x12\x0fjobmesh.peer.v1\x1a\x19jobmesh/v1/topology.proto\"{\n\nMemberInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rstart_time_us\x18\x03 \x01(\x04\x12\x11\n\tendpoints\x18\x04 \x03(\t\x12\x0f\n\x07\x63luster\x18\x05 \x01(\t\x12\x18\n\x10protocol_version\x18\x06 \x01(\r\"\xee\x01\n\x0cMemberRecord\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x1b.jobmesh.peer.v1.MemberInfo\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.jobmesh.v1.InstanceState\x12\x41\n\nproperties\x18\x04 \x03(\x0b\x32-.jobmesh.peer.v1.MemberRecord.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"~\n\x0bPingRequest\x12-\n\x06sender\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12\x11\n\ttarget_id\x18\x02 \x01(\t\x12-\n\x06gossip\x18\x03 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"o\n\x0cPingResponse\x12\x30\n\tresponder\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12-\n\x06gossip\x18\x02 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"\xb2\x01\n\x13IndirectPingRequest\x12-\n\x06sender\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12\x11\n\ttarget_id\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12-\n\x06gossip\x18\x05 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"\xb9\x01\n\x14IndirectPingResponse\x12\x11\n\treachable\x18\x01 \x01(\x08\x12-\n\x06target\x18\x02 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12\x30\n\tresponder\x18\x03 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12-\n\x06gossip\x18\x04 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"l\n\x0bSyncRequest\x12-\n\x06sender\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12.\n\x07members\x18\x02 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"p\n\x0cSyncResponse\x12\x30\n\tresponder\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12.\n\x07members\x18\x02 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"n\n\rGossipRequest\x12-\n\x06sender\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12.\n\x07records\x18\x02 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"B\n\x0eGossipResponse\x12\x30\n\tresponder\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord2\xc5\x02\n\x11MembershipService\x12\x43\n\x04Ping\x12\x1c.jobmesh.peer.v1.PingRequest\x1a\x1d.jobmesh.peer.v1.PingResponse\x12[\n\x0cIndirectPing\x12$.jobmesh.peer.v1.IndirectPingRequest\x1a%.jobmesh.peer.v1.IndirectPingResponse\x12\x43\n\x04Sync\x12\x1c.jobmesh.peer.v1.SyncRequest\x1a\x1d.jobmesh.peer.v1.SyncResponse\x12I\n\x06Gossip\x12\x1e.jobmesh.peer.v1.GossipRequest\x1a\x1f.jobmesh.peer.v1.GossipResponseBB\n\x12io.jobmesh.peer.v1P\x01Z*jobmesh.example/api/jobmesh/peer/v1;peerv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n jobmesh/peer/v1/membership.proto\x12\x0fjobmesh.peer.v1\x1a\x19jobmesh/v1/topology.proto\"{\n\nMemberInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rstart_time_us\x18\x03 \x01(\x04\x12\x11\n\tendpoints\x18\x04 \x03(\t\x12\x0f\n\x07\x63luster\x18\x05 \x01(\t\x12\x18\n\x10protocol_version\x18\x06 \x01(\r\"\x84\x02\n\x0cMemberRecord\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x1b.jobmesh.peer.v1.MemberInfo\x12\x13\n\x0bincarnation\x18\x02 \x01(\x04\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.jobmesh.v1.InstanceState\x12\x41\n\nproperties\x18\x04 \x03(\x0b\x32-.jobmesh.peer.v1.MemberRecord.PropertiesEntry\x12\x14\n\x0csuspected_by\x18\x05 \x01(\t\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"~\n\x0bPingRequest\x12-\n\x06sender\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12\x11\n\ttarget_id\x18\x02 \x01(\t\x12-\n\x06gossip\x18\x03 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"o\n\x0cPingResponse\x12\x30\n\tresponder\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12-\n\x06gossip\x18\x02 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"\xb2\x01\n\x13IndirectPingRequest\x12-\n\x06sender\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12\x11\n\ttarget_id\x18\x02 \x01(\t\x12\x16\n\x0etarget_address\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12-\n\x06gossip\x18\x05 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"\xb9\x01\n\x14IndirectPingResponse\x12\x11\n\treachable\x18\x01 \x01(\x08\x12-\n\x06target\x18\x02 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12\x30\n\tresponder\x18\x03 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12-\n\x06gossip\x18\x04 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"l\n\x0bSyncRequest\x12-\n\x06sender\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12.\n\x07members\x18\x02 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"p\n\x0cSyncResponse\x12\x30\n\tresponder\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12.\n\x07members\x18\x02 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"n\n\rGossipRequest\x12-\n\x06sender\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\x12.\n\x07records\x18\x02 \x03(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord\"B\n\x0eGossipResponse\x12\x30\n\tresponder\x18\x01 \x01(\x0b\x32\x1d.jobmesh.peer.v1.MemberRecord2\xc5\x02\n\x11MembershipService\x12\x43\n\x04Ping\x12\x1c.jobmesh.peer.v1.PingRequest\x1a\x1d.jobmesh.peer.v1.PingResponse\x12[\n\x0cIndirectPing\x12$.jobmesh.peer.v1.IndirectPingRequest\x1a%.jobmesh.peer.v1.IndirectPingResponse\x12\x43\n\x04Sync\x12\x1c.jobmesh.peer.v1.SyncRequest\x1a\x1d.jobmesh.peer.v1.SyncResponse\x12I\n\x06Gossip\x12\x1e.jobmesh.peer.v1.GossipRequest\x1a\x1f.jobmesh.peer.v1.GossipResponseBB\n\x12io.jobmesh.peer.v1P\x01Z*jobmesh.example/api/jobmesh/peer/v1;peerv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,25 +38,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERINFO']._serialized_start=80
   _globals['_MEMBERINFO']._serialized_end=203
   _globals['_MEMBERRECORD']._serialized_start=206
-  _globals['_MEMBERRECORD']._serialized_end=444
-  _globals['_MEMBERRECORD_PROPERTIESENTRY']._serialized_start=395
-  _globals['_MEMBERRECORD_PROPERTIESENTRY']._serialized_end=444
-  _globals['_PINGREQUEST']._serialized_start=446
-  _globals['_PINGREQUEST']._serialized_end=572
-  _globals['_PINGRESPONSE']._serialized_start=574
-  _globals['_PINGRESPONSE']._serialized_end=685
-  _globals['_INDIRECTPINGREQUEST']._serialized_start=688
-  _globals['_INDIRECTPINGREQUEST']._serialized_end=866
-  _globals['_INDIRECTPINGRESPONSE']._serialized_start=869
-  _globals['_INDIRECTPINGRESPONSE']._serialized_end=1054
-  _globals['_SYNCREQUEST']._serialized_start=1056
-  _globals['_SYNCREQUEST']._serialized_end=1164
-  _globals['_SYNCRESPONSE']._serialized_start=1166
-  _globals['_SYNCRESPONSE']._serialized_end=1278
-  _globals['_GOSSIPREQUEST']._serialized_start=1280
-  _globals['_GOSSIPREQUEST']._serialized_end=1390
-  _globals['_GOSSIPRESPONSE']._serialized_start=1392
-  _globals['_GOSSIPRESPONSE']._serialized_end=1458
-  _globals['_MEMBERSHIPSERVICE']._serialized_start=1461
-  _globals['_MEMBERSHIPSERVICE']._serialized_end=1786
+  _globals['_MEMBERRECORD']._serialized_end=466
+  _globals['_MEMBERRECORD_PROPERTIESENTRY']._serialized_start=417
+  _globals['_MEMBERRECORD_PROPERTIESENTRY']._serialized_end=466
+  _globals['_PINGREQUEST']._serialized_start=468
+  _globals['_PINGREQUEST']._serialized_end=594
+  _globals['_PINGRESPONSE']._serialized_start=596
+  _globals['_PINGRESPONSE']._serialized_end=707
+  _globals['_INDIRECTPINGREQUEST']._serialized_start=710
+  _globals['_INDIRECTPINGREQUEST']._serialized_end=888
+  _globals['_INDIRECTPINGRESPONSE']._serialized_start=891
+  _globals['_INDIRECTPINGRESPONSE']._serialized_end=1076
+  _globals['_SYNCREQUEST']._serialized_start=1078
+  _globals['_SYNCREQUEST']._serialized_end=1186
+  _globals['_SYNCRESPONSE']._serialized_start=1188
+  _globals['_SYNCRESPONSE']._serialized_end=1300
+  _globals['_GOSSIPREQUEST']._serialized_start=1302
+  _globals['_GOSSIPREQUEST']._serialized_end=1412
+  _globals['_GOSSIPRESPONSE']._serialized_start=1414
+  _globals['_GOSSIPRESPONSE']._serialized_end=1480
+  _globals['_MEMBERSHIPSERVICE']._serialized_start=1483
+  _globals['_MEMBERSHIPSERVICE']._serialized_end=1808
 # @@protoc_insertion_point(module_scope)

@@ -119,12 +119,20 @@ class MemberRecord(_message.Message):
     INCARNATION_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     PROPERTIES_FIELD_NUMBER: _builtins.int
+    SUSPECTED_BY_FIELD_NUMBER: _builtins.int
     incarnation: _builtins.int
     """Version of this record. A node starts at its start time in microseconds
     and increases it to refute suspicions and to publish new properties.
     """
     state: _topology_pb2.InstanceState.ValueType
     """ALIVE, SUSPECT, DEAD or LEFT."""
+    suspected_by: _builtins.str
+    """SUSPECT records only (empty otherwise): the instance id of the member whose
+    failed probe raised this suspicion. Each member that suspects on its own
+    sends its own record, so a receiver can count independent suspicions: the
+    more of them, the sooner it declares the suspect dead (Lifeguard's dynamic
+    suspicion). Relayed records keep the id of the member that suspected.
+    """
     @_builtins.property
     def info(self) -> Global___MemberInfo:
         """The member."""
@@ -142,10 +150,11 @@ class MemberRecord(_message.Message):
         incarnation: _builtins.int = ...,
         state: _topology_pb2.InstanceState.ValueType = ...,
         properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        suspected_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "info", b"info", "properties", b"properties", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "info", b"info", "properties", b"properties", "state", b"state", "suspected_by", b"suspected_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
