@@ -74,6 +74,8 @@ class Run:
     death_s: float
     leave_s: float
     idle_cpu_percent: list[float] = field(default_factory=list)
+    converge_cpu_s: float = 0.0
+    """CPU seconds all N nodes had used by the time their views held all N (start-up included)."""
 
 
 class Node:
@@ -198,6 +200,7 @@ async def one_run(size: int, join: str, idle_s: float) -> Run:
         last_start = max(await asyncio.gather(*(n.start_time() for n in nodes)))
         everyone = frozenset(n.name for n in nodes)
         converge = await first_time(nodes, lambda names: names == everyone, last_start)
+        converge_cpu = sum(n.cpu_seconds() for n in nodes)
 
         extra = Node(root, "extra", join, seed)
         started.append(extra)
@@ -222,7 +225,7 @@ async def one_run(size: int, join: str, idle_s: float) -> Run:
         left_at = time.time()
         leaver.process.send_signal(signal.SIGTERM)
         leave_s = await first_time(survivors, lambda names: leaver.name not in names, left_at)
-        return Run(size, converge, join_s, death_s, leave_s, idle)
+        return Run(size, converge, join_s, death_s, leave_s, idle, converge_cpu)
     finally:
         await asyncio.gather(*(n.stop() for n in started), return_exceptions=True)
         if KEEP_LOGS is not None:
@@ -275,7 +278,8 @@ async def main_async(args: argparse.Namespace) -> list[Run]:
             print(
                 f"size {size} run {index + 1}: converge {run.converge_s:.2f}s, join {run.join_s:.2f}s, "
                 f"death {run.death_s:.2f}s, leave {run.leave_s:.2f}s, "
-                f"idle CPU {statistics.mean(run.idle_cpu_percent):.1f}%",
+                f"idle CPU {statistics.mean(run.idle_cpu_percent):.1f}%, "
+                f"CPU of all nodes until converged {run.converge_cpu_s:.1f}s",
                 file=sys.stderr,
                 flush=True,
             )
