@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,39 @@ async def test_concurrent_writes_are_group_committed(tmp_path: Path) -> None:
         commits = n.journal.commit_count - before
         assert len({j.id for j in jobs}) == 200
         assert commits < 100, f"200 concurrent adds took {commits} commits"
+
+
+async def test_a_new_jobs_claim_is_queued_behind_its_insert_before_the_insert_commits(tmp_path: Path) -> None:
+    config = node.NodeConfig.for_tests(tmp_path)
+    config = replace(config, history=replace(config.history, purge_interval_s=60.0))  # no other writes
+    async with node.Node(config) as n:
+        # Given an idle consumer of the topic, and the journal's writer held up by an operation
+        n.consumers.register(["soon/**"], lambda job, context: node.JobResult.succeeded())
+        warm_up = await n.jobs.add_job("soon/warm-up")  # the runner claimed, ran and went idle
+        await job_in_state(n, warm_up.id, node.JobState.SUCCEEDED)
+        await n.journal.write(lambda conn: None)
+        held, release = threading.Event(), threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            held.set()
+            release.wait(TIMEOUT_S)
+
+        holding = asyncio.ensure_future(n.journal.write(hold))
+        await async_wait_for(held.is_set, what="the writer to be held")
+        before = n.journal.queued_writes
+        # When a job is added
+        adding = asyncio.ensure_future(n.jobs.add_job("soon/x"))
+        try:
+            # Then its queue's runner claims at once: the claim waits behind the insert, to run
+            # in the insert's group commit (or the next), not after the insert committed
+            await async_wait_for(
+                lambda: n.journal.queued_writes >= before + 2, what="the insert and the claim queued"
+            )
+        finally:
+            release.set()
+            await holding
+        job = await adding
+        await job_in_state(n, job.id, node.JobState.SUCCEEDED)
 
 
 async def test_consumer_registered_later_takes_the_jobs_waiting_for_it(tmp_path: Path) -> None:

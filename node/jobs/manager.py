@@ -264,13 +264,13 @@ class JobManager:
         return await self._commit(records)
 
     async def _commit(self, records: list[NewJobRecord]) -> list[AddedJob]:
-        added = await self.store.add_jobs(records)
-        if any(r.target is not None for r in records):
-            for name in {r.queue for r in records if r.target is not None}:
-                runner = self._runners.get(name)
-                if runner is not None:
-                    runner.wake()
-        return added
+        # Woken before the insert commits: the insert is queued before this first yields, and a
+        # claim is a write behind it (one writer, in order): claimed in its commit or the next.
+        for name in {r.queue for r in records if r.target is not None}:
+            runner = self._runners.get(name)
+            if runner is not None:
+                runner.wake()
+        return await self.store.add_jobs(records)
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -113,6 +113,11 @@ class Journal:
         return self._writer.commits
 
     @property
+    def queued_writes(self) -> int:
+        """Write operations waiting for the writer to take them into a group commit."""
+        return self._writer.queued
+
+    @property
     def hook(self) -> JournalHook:
         """The registered hook (a `NoHook` until one is registered)."""
         return self.recorder.hook

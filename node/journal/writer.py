@@ -92,6 +92,11 @@ class JournalWriter:
         """Start the writer thread."""
         self._thread.start()
 
+    @property
+    def queued(self) -> int:
+        """Operations submitted and not yet taken into a group commit (approximate: threads)."""
+        return self._queue.qsize()
+
     def submit_nowait(self, operation: Operation[Any]) -> None:
         """Run `operation` in a coming group commit without waiting (thread-safe; errors are logged)."""
         if not self._closed:
