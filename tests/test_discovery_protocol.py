@@ -203,16 +203,28 @@ SLOW_ROUNDS = replace(FAST, probe_interval_s=30.0, sync_interval_s=30.0, gossip_
 timeout, and news reaches few members per round."""
 
 
+async def _members(c: Cluster, size: int, config: DiscoveryConfig = FAST) -> list[str]:
+    """`size` members n0, n1, ... joined through n0, converged; their names."""
+    names = [f"n{i}" for i in range(size)]
+    for name in names:
+        await c.add(name, seeds=("n0",) if name != "n0" else (), config=config)
+    await c.converged(set(names))
+    return names
+
+
+async def _quiet_cluster(c: Cluster, size: int) -> list[str]:
+    """`size` members at SLOW_ROUNDS, converged, with no news left to send."""
+    names = await _members(c, size, SLOW_ROUNDS)
+    await async_wait_for(lambda: all(not len(p.broadcasts) for p in c.nodes.values()), what="no news left")
+    return names
+
+
 @_run
 async def test_a_refutation_reaches_every_suspecting_member_first_hand_before_its_suspicion_runs_out(
     c: Cluster,
 ) -> None:
     # Given eight members that probe and sync seldom, and gossip to one member per round
-    names = [f"n{i}" for i in range(8)]
-    for name in names:
-        await c.add(name, seeds=("n0",) if name != "n0" else (), config=SLOW_ROUNDS)
-    await c.converged(set(names))
-    await async_wait_for(lambda: all(not len(p.broadcasts) for p in c.nodes.values()), what="no news left")
+    names = await _quiet_cluster(c, 8)
     # And a member too busy to answer a Sync: hearsay of its refutation cannot be confirmed
     suspect = c.nodes["n7"]
 
@@ -244,16 +256,6 @@ async def test_a_refutation_reaches_every_suspecting_member_first_hand_before_it
     # And nobody ever declared it dead
     await asyncio.sleep(FAST.suspicion_timeout_s)
     assert all(("n7", PeerState.DEAD) not in c.history[n] for n in names[:-1])
-
-
-async def _quiet_cluster(c: Cluster, size: int) -> list[str]:
-    """`size` members at SLOW_ROUNDS, converged, with no news left to send."""
-    names = [f"n{i}" for i in range(size)]
-    for name in names:
-        await c.add(name, seeds=("n0",) if name != "n0" else (), config=SLOW_ROUNDS)
-    await c.converged(set(names))
-    await async_wait_for(lambda: all(not len(p.broadcasts) for p in c.nodes.values()), what="no news left")
-    return names
 
 
 @_run
@@ -304,10 +306,7 @@ async def test_a_crash_in_a_cluster_big_enough_to_confirm_is_declared_dead_befor
     c: Cluster,
 ) -> None:
     # Given six members probing often (each suspicion is soon confirmed by other probers)
-    names = [f"n{i}" for i in range(6)]
-    for name in names:
-        await c.add(name, seeds=("n0",) if name != "n0" else ())
-    await c.converged(set(names))
+    names = await _members(c, 6)
     loop = asyncio.get_running_loop()
     crashed = loop.time()
     c.network.crash("n5:1")
