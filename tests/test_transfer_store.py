@@ -320,3 +320,31 @@ def test_chunk_reassembly_verifies_every_chunk_and_the_whole_payload() -> None:
     )
     with pytest.raises(InvalidArgument, match="incomplete"):
         assembler.resolve(frame)
+
+
+async def test_queued_jobs_their_origin_stopped_end_stopped_and_the_others_it_disowned_dropped(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.open(tmp_path / "target.sqlite")
+    try:
+        # Given three jobs of origin "o" queued on this target (epoch 0)
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, "target")
+        await jobs.add_jobs([_record(job_id, "o", "target") for job_id in ("stopped", "removed", "kept")])
+        answers = [
+            transfer_pb2.ReconcileAnswer(
+                job_id="stopped", epoch=0, status=transfer_pb2.RECONCILE_STATUS_STOPPED
+            ),
+            transfer_pb2.ReconcileAnswer(
+                job_id="removed", epoch=0, status=transfer_pb2.RECONCILE_STATUS_REMOVED
+            ),
+            transfer_pb2.ReconcileAnswer(job_id="kept", epoch=0, status=transfer_pb2.RECONCILE_STATUS_YOURS),
+        ]
+        # When the origin answers a reconcile question: stopped, removed, still this node's
+        assert await store.drop_fenced("o", answers, 5) == 2
+        # Then the stopped one ends as the origin's stop would end it, the removed one dropped
+        states = {j: (await jobs.get_job(j)).state for j in ("stopped", "removed", "kept")}
+        assert states == {"stopped": JobState.STOPPED, "removed": JobState.DROPPED, "kept": JobState.QUEUED}
+        assert "stopped at the origin o" in (await jobs.get_job("stopped")).result_message
+    finally:
+        journal.close()

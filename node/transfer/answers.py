@@ -175,8 +175,9 @@ def drop_fenced(
     now_us: int,
 ) -> int:
     """Drop unrun the QUEUED jobs of `origin` it said are no longer this node's (if they are still
-    QUEUED at the epoch asked: a newer copy that arrived since stays). Their REMOVED report
-    carries the old epoch, so the origin ignores it. Write operation; returns how many dropped."""
+    QUEUED at the epoch asked: a newer copy that arrived since stays). One it stopped ends
+    STOPPED, as the origin's stop would have ended it had it come first; the others DROPPED.
+    Write operation; returns how many ended."""
     dropped = 0
     for answer in answers:
         if answer.status == transfer_pb2.RECONCILE_STATUS_YOURS:
@@ -188,7 +189,11 @@ def drop_fenced(
         if row is None:
             continue
         why = transfer_pb2.ReconcileStatus.Name(answer.status).removeprefix("RECONCILE_STATUS_").lower()
-        message = f"dropped unrun: its origin {origin} says it is {why} (this node was out of contact)"
-        finish_job(conn, recorder, JobRow._make(row), JobState.DROPPED, message, now_us)
+        if answer.status == transfer_pb2.RECONCILE_STATUS_STOPPED:
+            state, message = JobState.STOPPED, f"stopped at the origin {origin} before it ran here"
+        else:
+            state = JobState.DROPPED
+            message = f"dropped unrun: its origin {origin} says it is {why} (this node was out of contact)"
+        finish_job(conn, recorder, JobRow._make(row), state, message, now_us)
         dropped += 1
     return dropped

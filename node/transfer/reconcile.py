@@ -48,7 +48,8 @@ class ReconcileCounts:
     reassigned_unknown: int = 0
     """Origin: jobs reassigned because their target did not know them."""
     dropped_fenced: int = 0
-    """Target: queued jobs of other origins dropped unrun (their origin had reassigned them)."""
+    """Target: queued jobs of other origins ended unrun (their origin had reassigned, stopped or
+    removed them: STOPPED for a stop, else DROPPED)."""
     confirmations: int = 0
     """Target: lease confirmations an origin answered."""
 
@@ -213,7 +214,7 @@ class Reconciler:
             if dropped:
                 self.counts.dropped_fenced += dropped
                 log.warning(
-                    "dropped %d queued job(s) of %s unrun: it had reassigned, stopped or removed them "
+                    "ended %d queued job(s) of %s unrun: it had reassigned, stopped or removed them "
                     "while this node was out of contact",
                     dropped,
                     origin,
