@@ -318,6 +318,29 @@ async def test_a_crash_in_a_cluster_big_enough_to_confirm_is_declared_dead_befor
 
 
 @_run
+async def test_only_members_in_the_view_count_towards_the_confirmations_a_suspicion_can_get(
+    c: Cluster,
+) -> None:
+    # Given four members: a suspicion of one can be confirmed by the two others
+    await _quiet_cluster(c, 4)
+    n0, n1 = c.nodes["n0"], c.nodes["n1"]
+
+    def suspected(name: str) -> int:
+        """The confirmations n0 waits for once n1 tells it `name` is suspect."""
+        record = c.nodes[name].local.with_state(PeerState.SUSPECT, suspected_by=n1.local.id)
+        n0._merge(record, source=n1.local.id)
+        return n0._suspicions[record.id].needed
+
+    assert suspected("n2") == 2
+    # When n3 is gone (a tombstone in the table) and n2 is suspected again at a new incarnation
+    n0._merge(c.nodes["n3"].local.with_state(PeerState.DEAD), source=n1.local.id)
+    c.nodes["n2"].table.bump_local()
+    n0._merge(c.nodes["n2"].local, source=c.nodes["n2"].local.id)
+    # Then only n1 could confirm it: the suspicion runs the shortest timeout
+    assert suspected("n2") == 0
+
+
+@_run
 async def test_a_node_cut_off_stretches_its_probe_timings_and_recovers_when_its_probes_are_answered(
     c: Cluster,
 ) -> None:

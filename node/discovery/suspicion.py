@@ -89,7 +89,7 @@ class Suspicions:
 
     def _start_suspicion(self, record: MemberRecord, suspectors: set[str] | None = None) -> None:
         self._cancel_suspicion(record.id)
-        members = len(self.table) + 1
+        members = len(self.table.live()) + 1  # this node and the members in its view, no tombstones
         # memberlist: with fewer than the confirmations' worth of other members to probe the
         # suspect, nobody could confirm: every suspicion runs the shortest timeout.
         needed = SUSPICION_CONFIRMATIONS if members - 2 >= SUSPICION_CONFIRMATIONS else 0
