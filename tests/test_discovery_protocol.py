@@ -267,9 +267,11 @@ async def test_a_suspicion_only_one_member_holds_runs_longer_and_the_suspect_ref
     suspect = c.nodes["n4"]
     c.network.pause("n4:1")  # gossip of the suspicion does not reach it meanwhile
     suspicion = suspect.local.with_state(PeerState.SUSPECT, suspected_by=c.nodes["n0"].local.id)
+    # (and by suspectors that are no members: what a lying peer could make up)
+    forged = [replace(suspicion, suspected_by=f"made-up-{i}") for i in range(3)]
     for name in names[:-1]:
         sender = c.nodes["n1" if name == "n0" else "n0"].local
-        await c.nodes[name].handle_gossip(Gossip(sender, (suspicion,)))
+        await c.nodes[name].handle_gossip(Gossip(sender, (suspicion, *forged)))
     # When n4 hears of it only after twice the shortest suspicion timeout
     await asyncio.sleep(2 * FAST.suspicion_timeout_s)
     assert {n: c.state(n, "n4") for n in names[:-1]} == dict.fromkeys(names[:-1], PeerState.SUSPECT)

@@ -125,8 +125,11 @@ class Suspicions:
         suspicion = self._suspicions.get(record.id)
         if suspicion is None or suspicion.incarnation != record.incarnation:
             return
-        if record.suspected_by in suspicion.suspectors:
-            return
+        if record.suspected_by in suspicion.suspectors or suspicion.confirmations >= suspicion.needed:
+            return  # nothing new, or nothing left to shorten (so the set stays small)
+        known = record.suspected_by == self.table.local.id or self.table.get(record.suspected_by) is not None
+        if not known:
+            return  # a suspector nobody knows is no member's probe (a peer's record names it)
         suspicion.suspectors.add(record.suspected_by)
         self.broadcasts.add(record)
         self._schedule(record.id, suspicion)
