@@ -219,6 +219,13 @@ async def _quiet_cluster(c: Cluster, size: int) -> list[str]:
     return names
 
 
+async def _tell_all_but_the_last(c: Cluster, names: list[str], *records: MemberRecord) -> None:
+    """Gossip `records` to every member but the last of `names`, from n0 (to n0 from n1)."""
+    for name in names[:-1]:
+        sender = c.nodes["n1" if name == "n0" else "n0"].local
+        await c.nodes[name].handle_gossip(Gossip(sender, records))
+
+
 @_run
 async def test_a_refutation_reaches_every_suspecting_member_first_hand_before_its_suspicion_runs_out(
     c: Cluster,
@@ -235,9 +242,7 @@ async def test_a_refutation_reaches_every_suspecting_member_first_hand_before_it
     others = [c.nodes[n] for n in names[:-1]]
     # When every other member hears that n7 is suspect (from n0; n0 from n1)
     suspicion = suspect.local.with_state(PeerState.SUSPECT)
-    for protocol in others:
-        sender = c.nodes["n1" if protocol is c.nodes["n0"] else "n0"].local
-        await protocol.handle_gossip(Gossip(sender, (suspicion,)))
+    await _tell_all_but_the_last(c, names, suspicion)
     assert all(c.state(n, "n7") is PeerState.SUSPECT for n in names[:-1])
     # And n7 hears of it and refutes
     await suspect.handle_gossip(Gossip(c.nodes["n0"].local, (suspicion,)))
@@ -259,6 +264,23 @@ async def test_a_refutation_reaches_every_suspecting_member_first_hand_before_it
 
 
 @_run
+async def test_refutations_in_a_burst_are_pushed_to_every_member_once_per_probe_interval(c: Cluster) -> None:
+    # Given four members, and n3 counting what it pushes to every member at once
+    await _quiet_cluster(c, 4)
+    suspect = c.nodes["n3"]
+    pushed: list[MemberRecord] = []
+    suspect._push_to_all = pushed.append  # type: ignore[method-assign, assignment]
+    # When it refutes three suspicions within one probe interval
+    for _ in range(3):
+        await suspect.handle_gossip(
+            Gossip(c.nodes["n0"].local, (suspect.local.with_state(PeerState.SUSPECT),))
+        )
+    # Then it refuted each (three incarnations up), and pushed only the first to everyone
+    assert [r.incarnation for r in pushed] == [suspect.local.incarnation - 2]
+    assert suspect.table.counters.refutations == 3
+
+
+@_run
 async def test_a_suspicion_only_one_member_holds_runs_longer_and_the_suspect_refutes_in_time(
     c: Cluster,
 ) -> None:
@@ -269,9 +291,7 @@ async def test_a_suspicion_only_one_member_holds_runs_longer_and_the_suspect_ref
     suspicion = suspect.local.with_state(PeerState.SUSPECT, suspected_by=c.nodes["n0"].local.id)
     # (and by suspectors that are no members: what a lying peer could make up)
     forged = [replace(suspicion, suspected_by=f"made-up-{i}") for i in range(3)]
-    for name in names[:-1]:
-        sender = c.nodes["n1" if name == "n0" else "n0"].local
-        await c.nodes[name].handle_gossip(Gossip(sender, (suspicion, *forged)))
+    await _tell_all_but_the_last(c, names, suspicion, *forged)
     # When n4 hears of it only after twice the shortest suspicion timeout
     await asyncio.sleep(2 * FAST.suspicion_timeout_s)
     assert {n: c.state(n, "n4") for n in names[:-1]} == dict.fromkeys(names[:-1], PeerState.SUSPECT)

@@ -174,11 +174,12 @@ def drop_fenced(
     answers: Sequence[transfer_pb2.ReconcileAnswer],
     now_us: int,
 ) -> int:
-    """Drop unrun the QUEUED jobs of `origin` it said are no longer this node's (if they are still
+    """End unrun the QUEUED jobs of `origin` it said are no longer this node's (if they are still
     QUEUED at the epoch asked: a newer copy that arrived since stays). One it stopped ends
     STOPPED, as the origin's stop would have ended it had it come first; the others DROPPED.
-    Write operation; returns how many ended."""
-    dropped = 0
+    Their reports change nothing at the origin (the job is finished there, or at a newer
+    epoch). Write operation; returns how many ended."""
+    ended = 0
     for answer in answers:
         if answer.status == transfer_pb2.RECONCILE_STATUS_YOURS:
             continue
@@ -188,12 +189,12 @@ def drop_fenced(
         ).fetchone()
         if row is None:
             continue
-        why = transfer_pb2.ReconcileStatus.Name(answer.status).removeprefix("RECONCILE_STATUS_").lower()
         if answer.status == transfer_pb2.RECONCILE_STATUS_STOPPED:
             state, message = JobState.STOPPED, f"stopped at the origin {origin} before it ran here"
         else:
+            why = transfer_pb2.ReconcileStatus.Name(answer.status).removeprefix("RECONCILE_STATUS_").lower()
             state = JobState.DROPPED
             message = f"dropped unrun: its origin {origin} says it is {why} (this node was out of contact)"
         finish_job(conn, recorder, JobRow._make(row), state, message, now_us)
-        dropped += 1
-    return dropped
+        ended += 1
+    return ended

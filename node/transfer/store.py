@@ -208,7 +208,7 @@ class TransferStore:
     async def drop_fenced(
         self, origin: str, replies: Sequence[transfer_pb2.ReconcileAnswer], now_us: int
     ) -> int:
-        """Drop unrun the queued jobs `origin` says are not this node's (see answers.drop_fenced)."""
+        """End unrun the queued jobs `origin` says are not this node's (see answers.drop_fenced)."""
         return await self.journal.write(
             lambda c: answers.drop_fenced(c, self.journal.recorder, origin, replies, now_us)
         )
