@@ -118,7 +118,10 @@ async def test_a_new_jobs_claim_is_queued_behind_its_insert_before_the_insert_co
         n.consumers.register(["soon/**"], lambda job, context: node.JobResult.succeeded())
         warm_up = await n.jobs.add_job("soon/warm-up")  # the runner claimed, ran and went idle
         await job_in_state(n, warm_up.id, node.JobState.SUCCEEDED)
-        await n.journal.write(lambda conn: None)
+        # (the job's state is read before the runner's last claim, and the registration's own
+        # assignment may still wake it: either would be a claim stuck behind the held writer)
+        await async_wait_for(lambda: n.jobs.idle, what="the node to have nothing to do")
+        await n.journal.write(lambda conn: None)  # and no other write waits
         held, release = threading.Event(), threading.Event()
 
         def hold(conn: sqlite3.Connection) -> None:

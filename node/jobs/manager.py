@@ -92,7 +92,7 @@ class JobManager:
         # Sized beyond the total parallelism: a timed-out sync consumer keeps its thread.
         self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="consumer")
         self._intake = JobIntake(config.jobs, instance_id, self._ids, self._place)
-        self.scheduler = Scheduler(self._schedule_store, self._intake.from_proto, self._wake_for)
+        self.scheduler = Scheduler(self._schedule_store, self._intake.from_proto, self.wake_runners)
         self._retention = Retention(self.store, self.events, config.history, config.events)
         consumers.add_listener(self._on_consumers_changed)
         consumers.add_capacity_listener(self.wake_runners)  # refused claims may start now
@@ -181,9 +181,15 @@ class JobManager:
                 runner.set_suspended(name in self._suspended)
         # A queue whose config was deleted keeps its runner until its jobs moved; harmless.
 
-    def _wake_for(self, _job_ids: Sequence[str] = ()) -> None:
+    def wake_runners(self, _job_ids: Sequence[str] = ()) -> None:
+        """Let every queue runner look for new work now."""
         for runner in self._runners.values():
             runner.wake()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to do: no background assignment pending, every runner waiting to be woken."""
+        return not self._background and all(runner.idle for runner in self._runners.values())
 
     # --- adding ----------------------------------------------------------------------------
 
@@ -218,10 +224,6 @@ class JobManager:
     def max_payload_bytes(self) -> int:
         """Largest payload a job may carry."""
         return self._config.jobs.max_payload_bytes
-
-    def wake_runners(self) -> None:
-        """Let every queue runner look for new work now."""
-        self._wake_for()
 
     async def add_job(
         self,
@@ -266,10 +268,8 @@ class JobManager:
     async def _commit(self, records: list[NewJobRecord]) -> list[AddedJob]:
         # Woken before the insert commits: the insert is queued before this first yields, and a
         # claim is a write behind it (one writer, in order): claimed in its commit or the next.
-        for name in {r.queue for r in records if r.target is not None}:
-            runner = self._runners.get(name)
-            if runner is not None:
-                runner.wake()
+        for name in {r.queue for r in records if r.target is not None} & self._runners.keys():
+            self._runners[name].wake()
         return await self.store.add_jobs(records)
 
     # --- reading ---------------------------------------------------------------------------
@@ -343,7 +343,7 @@ class JobManager:
         current = await self.store.get_job(job_id)
         queue = self.queues.for_topic(current.topic).name
         job = await self.store.retry(job_id, self._target_for(current.topic), queue, now_us())
-        self._wake_for()
+        self.wake_runners()
         return job
 
     async def purge(self, states: Sequence[JobState], older_than_s: float | None, keep_newest: int) -> int:
@@ -459,7 +459,7 @@ class JobManager:
 
             async def assign() -> None:
                 await self._assign_local()
-                self._wake_for()
+                self.wake_runners()
                 await self._placement.consumers_changed()
 
             self._in_background(assign())
@@ -474,8 +474,8 @@ class JobManager:
         after each step."""
         try:
             await self.store.reassign_queues(lambda topic: self.queues.for_topic(topic).name)
-            self._wake_for()
-            await self._assign_local(after_each=self._wake_for)
+            self.wake_runners()
+            await self._assign_local(after_each=self.wake_runners)
         except Unavailable:
             return  # stopping: the next start does it
         except Exception:
@@ -497,4 +497,4 @@ class JobManager:
         self.consumption = rules
         if self._started:
             await self._assign_local()
-            self._wake_for()
+            self.wake_runners()

@@ -76,6 +76,7 @@ class QueueRunner:
         self._report_batch: tuple[list[AttemptReport], asyncio.Future[list[bool]]] | None = None
         self._thread_results: ThreadResults | None = None
         self._wakeup = asyncio.Event()
+        self._waiting = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_topic = ""
@@ -93,6 +94,11 @@ class QueueRunner:
     def active_count(self) -> int:
         """Jobs whose consumer is running now."""
         return sum(1 for running in self._running.values() if not running.finishing)
+
+    @property
+    def idle(self) -> bool:
+        """It waits to be woken (or for a job to be due): no claim in flight, none of its jobs running."""
+        return self._waiting and not self._running
 
     def start(self) -> None:
         """Start claiming and running jobs."""
@@ -212,7 +218,11 @@ class QueueRunner:
                     continue  # there may be more; claim again as soon as slots free up
             if timeout == 0.0 or self._stopping:
                 continue
-            await wait_event(self._wakeup, timeout)
+            self._waiting = True
+            try:
+                await wait_event(self._wakeup, timeout)
+            finally:
+                self._waiting = False
 
     def _start(self, job: Job) -> None:
         context = self._make_context(job)
