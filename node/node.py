@@ -10,10 +10,13 @@ consumer of its topic patterns (`node.workers`, see `node.jobs.remote`).
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import logging
 import os
 from collections.abc import Mapping
-from types import TracebackType
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -42,8 +45,7 @@ from jobmesh.v1 import (
 )
 
 from node.config import NodeConfig
-from node.console.console import Console, ConsoleParts
-from node.console.metrics import NodeMetrics, Sources
+from node.console.counting import JobCounters, Sources
 from node.discovery.identity import format_endpoint
 from node.discovery.membership import MembershipCounters
 from node.discovery.properties import TOPICS_PROPERTY, format_topics
@@ -88,6 +90,9 @@ from node.transfer.placement import PeerPlacement
 from node.transfer.store import TransferStore
 from node.transport import Keepalive, Transport
 from node.trust import ADMITS_PROPERTY, NodeTrust
+
+if TYPE_CHECKING:
+    from node.console.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +153,9 @@ class Node:
         self._stream_shutdown = StreamShutdown()
         install_client_gone_filter()
         self.port = 0
-        self.metrics = NodeMetrics()
-        """Prometheus metrics (`/metrics` on the console's HTTP port)."""
+        self.job_counters = JobCounters()
+        """Jobs added and ended, waits and run times, commits (fed by the journal's commits;
+        `/metrics` on the console's HTTP port shows them)."""
         self.console: Console | None = None
         """The web console, `/metrics` and `/healthz` (after start, when `http.enabled`)."""
         self.transport = Transport(
@@ -216,6 +222,9 @@ class Node:
         """Lock the data dir, open the journal, recover, load consumers, and serve gRPC."""
         config = self.config
         self._lock.acquire()
+        # The console (aiohttp, prometheus_client: a third of the node's imports) loads on a
+        # thread while the node starts: jobs and peers are served before it is needed.
+        console = _load_console(asyncio.get_running_loop()) if config.http.enabled else None
         try:
             for spec in config.consumers:
                 self.consumers.register(
@@ -226,7 +235,7 @@ class Node:
             self._journal = Journal.open(
                 config.data_dir / JOURNAL_FILE, config.journal.durability, config.journal.readers
             )
-            self.metrics.attach(self._metric_sources(self._journal))
+            self._journal.recorder.observer = self.job_counters
             in_journal = await self._journal.get_meta("instance_id")
             instance_id = choose_instance_id(config.data_dir, in_journal, reset_journal=self._reset_journal)
             if in_journal is None:
@@ -260,12 +269,12 @@ class Node:
                     stopped,
                     given_up,
                 )
-            await self._serve(instance_id)
+            await self._serve(instance_id, console)
         except BaseException:
             await self.close()
             raise
 
-    async def _serve(self, instance_id: str) -> None:
+    async def _serve(self, instance_id: str, console: asyncio.Future[ModuleType] | None) -> None:
         config = self.config
         # Outermost first: requests are decoded (garbage gets INVALID_ARGUMENT, not UNKNOWN), so
         # the trust interceptors check decoded messages (scopes, topics, the sender's identity);
@@ -311,8 +320,8 @@ class Node:
         self.trust.start(self.topology.subscribe)
         if self._offloader is not None:
             await self._offloader.start()
-        if config.http.enabled:
-            self.console = Console(self._console_parts())
+        if console is not None:
+            self.console = self._console(await console)
             await self.console.start()
         write_run_file(
             config.data_dir,
@@ -360,8 +369,8 @@ class Node:
 
         return Sources(journal, self.workers, membership, members, frames, reconciled)
 
-    def _console_parts(self) -> ConsoleParts:
-        return ConsoleParts(
+    def _console(self, module: ModuleType) -> Console:
+        parts = module.ConsoleParts(
             self.config,
             self.journal,
             self.topology,
@@ -371,8 +380,11 @@ class Node:
             self.trust.registry.revoked,
             self.address,
             lambda: self._server is not None and self._jobs is not None,
-            self.metrics,
+            self.job_counters,
+            self._metric_sources(self.journal),
         )
+        console: Console = module.Console(parts)
+        return console
 
     async def set_topic_consumption(self, pattern: str, setting: ConsumptionSetting) -> ConsumptionRules:
         """Persist this node's setting for a topic pattern, publish it, and apply it at once."""
@@ -455,8 +467,13 @@ class Node:
             await self._server.stop(min(grace, 1.0))
             self._server = None
         if self._journal is not None:
-            self.metrics.detach()
+            self._journal.recorder.observer = None
             self._journal.close()
             self._journal = None
         remove_run_file(self.config.data_dir)
         self._lock.release()
+
+
+def _load_console(loop: asyncio.AbstractEventLoop) -> asyncio.Future[ModuleType]:
+    """Import node.console.console on a thread of `loop`'s default executor."""
+    return loop.run_in_executor(None, importlib.import_module, "node.console.console")

@@ -265,7 +265,7 @@ async def test_assignment_rounds_cued_while_nothing_waits_unassigned_write_nothi
         ids = await p.add(50)
         await until(lambda: p.all_succeeded(ids), "every job to succeed at the origin")
         await asyncio.sleep(0.5)  # the last reports and their acknowledgements settle
-        before = [n.metrics.jobs.commits for n in (p.origin, p.worker)]
+        before = [n.job_counters.commits for n in (p.origin, p.worker)]
 
         async def origin_sees(value: str) -> bool:
             return any(i.properties.get("cue") == value for i in p.origin.topology.view.instances)
@@ -277,4 +277,4 @@ async def test_assignment_rounds_cued_while_nothing_waits_unassigned_write_nothi
         await asyncio.sleep(0.3)
 
         # Then neither journal committed anything
-        assert [n.metrics.jobs.commits for n in (p.origin, p.worker)] == before
+        assert [n.job_counters.commits for n in (p.origin, p.worker)] == before

@@ -13,6 +13,7 @@ from cryptography import x509
 from node.config import NodeConfig
 from node.console.api import NodeApi
 from node.console.auth import Authenticator
+from node.console.counting import JobCounters, Sources
 from node.console.live import LiveFeeds
 from node.console.metrics import NodeMetrics
 from node.console.pages import add_pages
@@ -42,7 +43,9 @@ class ConsoleParts:
     address: str
     """`host:port` of the node's own gRPC server."""
     healthy: Callable[[], bool]
-    metrics: NodeMetrics
+    counters: JobCounters
+    """The job counters the node keeps from its start (the journal's commit observer)."""
+    metric_sources: Sources
 
 
 class Console:
@@ -56,11 +59,12 @@ class Console:
         )
         tls = TlsFiles(parts.files.node_cert, parts.files.node_key) if secure else None
         self.api = NodeApi(parts.transport, parts.address)
-        self.live = LiveFeeds(parts.journal, parts.topology, parts.metrics.jobs)
+        self.metrics = NodeMetrics(parts.counters, parts.metric_sources)
+        self.live = LiveFeeds(parts.journal, parts.topology, parts.counters)
         self.server = HttpServer(
             parts.config.http,
             parts.config.server.host,
-            parts.metrics,
+            self.metrics,
             self.auth,
             parts.healthy,
             tls,

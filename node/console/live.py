@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from node.console.metrics import JobCounters
+from node.console.counting import JobCounters
 from node.discovery.events import Subscription, TopologyEvent
 from node.discovery.topology import Topology
 from node.journal.journal import Journal
