@@ -16,7 +16,7 @@ from tests.support.job_calls import find_all, get_job, get_payload
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.offload import TOPIC, start_cluster, wait_consumes
 from tests.support.protos import new_job
-from tests.support.topology import create, start_all, view, wait_views
+from tests.support.topology import create, names, start_all, view, wait_views
 from tests.support.waiting import wait_for
 from tests.support.watching import watch
 from tests.support.worker_stream import WorkerStream
@@ -104,6 +104,22 @@ def test_a_topic_nobody_consumes_waits_unassigned_then_runs_when_a_consumer_appe
 
     assert {j.target_instance for j in jobs} == {worker.instance_id}
     assert time.monotonic() - started < 10.0
+
+
+def test_waiting_jobs_go_to_a_new_worker_before_the_origins_view_settles(nodes: NodeFactory) -> None:
+    # Given an origin whose topology events settle only a minute after a change, holding jobs
+    # nobody consumes there
+    origin = create(nodes, "origin", settings={"discovery.settle_delay_s": 60}).start()
+    ids = _add(origin, 20)
+
+    # When a worker for their topic joins
+    worker = create(nodes, "late", seeds=[origin], consumers=["offload/**=consumers:succeed"]).start()
+
+    # Then it runs them while the origin's settled view still lacks it: placement reads the
+    # members as they are, not as the last topology event published them
+    jobs = _all_succeeded(origin, ids, timeout=15.0)
+    assert {j.target_instance for j in jobs} == {worker.instance_id}
+    assert names(view(origin)) == {"origin"}
 
 
 def test_kill_9_of_a_worker_mid_run_still_ends_every_job_succeeded_exactly_once_at_the_origin(

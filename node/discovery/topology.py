@@ -57,6 +57,7 @@ class Topology:
         self._tracker: ViewTracker | None = None
         self._mdns: MdnsDiscovery | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._membership_listeners: list[Callable[[], None]] = []
         self._refresher: asyncio.Task[None] | None = None
         self.info: InstanceInfo | None = None
         """This node as peers see it (after start)."""
@@ -153,6 +154,20 @@ class Topology:
         return self._started()[0].view
 
     @property
+    def latest(self) -> TopologyView:
+        """Membership and properties as they are now, also while a change settles: for whoever
+        acts on each member at once (placement). No event announced it, so it is never current;
+        listeners that want a settled view use `view` and the events."""
+        tracker, _protocol = self._started()
+        return self._snapshot(tracker.view.version, lambda _: False)
+
+    def add_membership_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener()` on the loop after every change of the members, their states or
+        their properties, before any settle delay (it must return quickly); returns the undo."""
+        self._membership_listeners.append(listener)
+        return lambda: self._membership_listeners.remove(listener)
+
+    @property
     def changing(self) -> bool:
         """True between TOPOLOGY_CHANGING and TOPOLOGY_CHANGED."""
         return self._started()[0].changing
@@ -182,6 +197,11 @@ class Topology:
     def _membership_changed(self) -> None:
         if self._tracker is not None:
             self._tracker.changed()
+        for listener in list(self._membership_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a membership listener failed")
 
     def _found(self, address: str, instance_id: str) -> None:
         protocol = self.protocol

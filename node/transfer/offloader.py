@@ -19,6 +19,7 @@ from jobmesh.peer.v1 import transfer_pb2
 
 from node.config import OffloadConfig
 from node.discovery.topology import Topology
+from node.discovery.view import TopologyView
 from node.errors import PeerUnavailable
 from node.instance import now_us
 from node.jobs.manager import JobManager
@@ -113,6 +114,7 @@ class Offloader:
         self._running = True
         self.placement.outstanding = await self.store.outstanding()
         self._unsubscribe.append(self.topology.subscribe(lambda _event: self._on_topology()).cancel)
+        self._unsubscribe.append(self.topology.add_membership_listener(self._on_membership))
         self.manager.consumers.add_listener(self._on_topology)
         self._refresh_view()
         self.lease.load(await self.store.queued_origins())
@@ -149,12 +151,24 @@ class Offloader:
         await self.hand_back()
         self._on_topology()
 
-    def _refresh_view(self) -> None:
+    def _on_membership(self) -> None:
+        # Placement acts on the member table as it is (PeerPlacement.refresh): new members and
+        # properties are placed on at once, not after the settle delay of the next event.
+        if not self._running:
+            return
+        before, after = self.placement.view, self._refresh_view()
+        if after is None:
+            return
+        if before is None or not after.same_members(before) or not after.same_properties(before):
+            self._assign_needed.set()
+
+    def _refresh_view(self) -> TopologyView | None:
         view = self.placement.refresh()
         if view is not None:
             for instance in view.instances:
                 if instance.endpoints and not instance.is_local:
                     self._addresses[instance.id] = instance.address
+        return view
 
     def _choose_remote(self, topic: str, queue: str) -> str | None:
         """A remote target for a job this node does not run (called on the writer thread)."""

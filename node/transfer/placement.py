@@ -43,9 +43,11 @@ class PeerPlacement:
         `store.LOCAL_COUNT_CAP`)."""
 
     def refresh(self) -> TopologyView | None:
-        """Take a new snapshot of the view (keeps the old one while the topology is not running)."""
+        """Take a new snapshot of the members as they are now, not as last settled: a new worker
+        gets jobs, a dead one none, without waiting for the settle delay of the topology events
+        (keeps the old snapshot while the topology is not running)."""
         with contextlib.suppress(RuntimeError):
-            self.view = self.topology.view
+            self.view = self.topology.latest
         return self.view
 
     def choose(
