@@ -10,12 +10,11 @@ consumer of its topic patterns (`node.workers`, see `node.jobs.remote`).
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
 from collections.abc import Mapping
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import grpc
@@ -222,10 +221,13 @@ class Node:
         """Lock the data dir, open the journal, recover, load consumers, and serve gRPC."""
         config = self.config
         self._lock.acquire()
-        # The console (aiohttp, prometheus_client: a third of the node's imports) loads on a
-        # thread while the node starts: jobs and peers are served before it is needed.
-        console = _load_console(asyncio.get_running_loop()) if config.http.enabled else None
         try:
+            if config.http.enabled:
+                # The console's module (aiohttp, prometheus_client: a third of the node's imports) is
+                # loaded only when the console is on, so clients and console-less nodes never pay for
+                # it; and here, before anything starts, not on a thread beside the start-up: on two
+                # cores that doubled a 30-node cluster's time to a full view (docs/benchmarks.md).
+                importlib.import_module("node.console.console")
             for spec in config.consumers:
                 self.consumers.register(
                     spec.topics, load_handler(spec.handler), name=spec.handler, spec=spec.handler
@@ -269,12 +271,12 @@ class Node:
                     stopped,
                     given_up,
                 )
-            await self._serve(instance_id, console)
+            await self._serve(instance_id)
         except BaseException:
             await self.close()
             raise
 
-    async def _serve(self, instance_id: str, console: asyncio.Future[ModuleType] | None) -> None:
+    async def _serve(self, instance_id: str) -> None:
         config = self.config
         # Outermost first: requests are decoded (garbage gets INVALID_ARGUMENT, not UNKNOWN), so
         # the trust interceptors check decoded messages (scopes, topics, the sender's identity);
@@ -320,8 +322,8 @@ class Node:
         self.trust.start(self.topology.subscribe)
         if self._offloader is not None:
             await self._offloader.start()
-        if console is not None:
-            self.console = self._console(await console)
+        if config.http.enabled:
+            self.console = self._console()
             await self.console.start()
         write_run_file(
             config.data_dir,
@@ -369,8 +371,10 @@ class Node:
 
         return Sources(journal, self.workers, membership, members, frames, reconciled)
 
-    def _console(self, module: ModuleType) -> Console:
-        parts = module.ConsoleParts(
+    def _console(self) -> Console:
+        from node.console.console import Console, ConsoleParts  # loaded at start
+
+        parts = ConsoleParts(
             self.config,
             self.journal,
             self.topology,
@@ -383,8 +387,7 @@ class Node:
             self.job_counters,
             self._metric_sources(self.journal),
         )
-        console: Console = module.Console(parts)
-        return console
+        return Console(parts)
 
     async def set_topic_consumption(self, pattern: str, setting: ConsumptionSetting) -> ConsumptionRules:
         """Persist this node's setting for a topic pattern, publish it, and apply it at once."""
@@ -472,8 +475,3 @@ class Node:
             self._journal = None
         remove_run_file(self.config.data_dir)
         self._lock.release()
-
-
-def _load_console(loop: asyncio.AbstractEventLoop) -> asyncio.Future[ModuleType]:
-    """Import node.console.console on a thread of `loop`'s default executor."""
-    return loop.run_in_executor(None, importlib.import_module, "node.console.console")

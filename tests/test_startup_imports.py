@@ -1,8 +1,8 @@
-"""What a node process imports before it serves: the console's libraries load later, on a thread.
+"""`import node` leaves the console's libraries unloaded: only a node with its console on loads them.
 
 aiohttp and prometheus_client were a third of the node's import time (about 200 ms of 500 on this
-machine), paid before the first job or peer was served. A new import of them on the start path
-(node/node.py or anything it imports at module level) fails here.
+machine), paid by every CLI command and by nodes without a console. A new module-level import of
+them from node/node.py, or anything it imports, fails here.
 """
 
 from __future__ import annotations
