@@ -84,3 +84,32 @@ async def test_offloading_sees_live_consumers_properties_and_events(tmp_path: Pa
     ]
     assert TopologyEventType.PROPERTIES_CHANGED in kinds
     assert kinds[-2:] == [TopologyEventType.TOPOLOGY_CHANGING, TopologyEventType.TOPOLOGY_CHANGED]
+
+
+async def test_latest_shows_a_joining_peer_before_the_settle_delay_and_listeners_hear_of_it(
+    tmp_path: Path,
+) -> None:
+    # Given a node whose views settle only a minute after a change, listening to membership
+    slow = config(tmp_path, "a")
+    slow = replace(slow, discovery=replace(slow.discovery, settle_delay_s=60.0))
+    async with Node(slow) as a:
+        heard: list[str] = []
+        undo = a.topology.add_membership_listener(lambda: heard.append("change"))
+
+        # When a peer joins
+        async with Node(config(tmp_path, "b", seeds=(a.address,))) as b:
+            b_id = b.topology.info.id  # type: ignore[union-attr]
+
+            # Then the latest view has it at once, the settled view not, and the listener heard it
+            await async_wait_for(lambda: a.topology.latest.find(b_id) is not None, what="b in latest")
+            assert heard
+            assert a.topology.view.find(b_id) is None
+            assert a.topology.changing
+            assert not a.topology.latest.is_current
+
+            # And once undone (twice is harmless), the listener hears nothing more
+            undo()
+            undo()
+            count = len(heard)
+        await async_wait_for(lambda: a.topology.latest.find(b_id) is None, what="b gone from latest")
+        assert len(heard) == count

@@ -3,13 +3,15 @@
     view = node.topology.view                          # the current TopologyView
     targets = view.consumers_of("images/resize")       # live instances consuming a topic
     node.topology.subscribe(on_event)                  # TOPOLOGY_INIT, CHANGING, CHANGED, ...
+    members = node.topology.latest                     # as they are now, before the settle delay
     node.topology.properties.set("rack", "r1")         # every peer sees it within a second
 
 It wires the membership protocol (liveness), mDNS (finding peers), the instance properties
 (published through the protocol) and the view tracker (settled views and events).
 
-Threading: `start`, `stop`, `view`, `subscribe` and `events` belong to the node's event
-loop; listeners run there. `properties` may be changed from any thread.
+Threading: `start`, `stop`, `view`, `latest`, `subscribe`, `add_membership_listener` and
+`events` belong to the node's event loop; listeners run there. `properties` may be changed from
+any thread.
 """
 
 from __future__ import annotations
@@ -165,7 +167,12 @@ class Topology:
         """Call `listener()` on the loop after every change of the members, their states or
         their properties, before any settle delay (it must return quickly); returns the undo."""
         self._membership_listeners.append(listener)
-        return lambda: self._membership_listeners.remove(listener)
+
+        def undo() -> None:
+            with contextlib.suppress(ValueError):  # undone already
+                self._membership_listeners.remove(listener)
+
+        return undo
 
     @property
     def changing(self) -> bool:
