@@ -223,10 +223,10 @@ class Node:
         self._lock.acquire()
         try:
             if config.http.enabled:
-                # The console's module (aiohttp, prometheus_client: a third of the node's imports) is
-                # loaded only when the console is on, so clients and console-less nodes never pay for
-                # it; and here, before anything starts, not on a thread beside the start-up: on two
-                # cores that doubled a 30-node cluster's time to a full view (docs/benchmarks.md).
+                # The console's module (aiohttp, prometheus_client: a third of the node's
+                # imports) loads only when the console is on, so clients and console-less nodes
+                # never pay for it; and here, before anything starts, not on a thread beside the
+                # start-up: on two cores that doubled a 30-node cluster's time to a full view.
                 importlib.import_module("node.console.console")
             for spec in config.consumers:
                 self.consumers.register(

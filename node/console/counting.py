@@ -1,5 +1,5 @@
-"""What a node's metrics count and read, without Prometheus (node/console/metrics.py makes the
-families when `/metrics` is scraped, and loads with the console, after the node serves).
+"""What a node's metrics count and read, without Prometheus: node/console/metrics.py makes the
+families when `/metrics` is scraped, and it loads only with the console.
 
 Job counters and histograms are folded in once per group commit (`JobCounters`, the journal
 recorder's commit observer, on the writer thread): one dict increment or one bisect per job.
