@@ -3,11 +3,13 @@ joins beside a backlog gets its first jobs from a round of FIRST_ROUND, not of A
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from node.journal.jobs import JobStore
 from node.journal.journal import Journal
-from node.transfer.assign import ASSIGN_BATCH, FIRST_ROUND, RoundSize
+from node.transfer.assign import ASSIGN_BATCH, FIRST_ROUND, MOVE_CHUNK, RoundSize
 from node.transfer.store import TransferStore
 from tests.support.journal_work import queued_records
 
@@ -72,3 +74,44 @@ async def test_has_unassigned_sees_own_and_other_origins_waiting_jobs_and_nothin
         assert await store.has_unassigned()
     finally:
         journal.close()
+
+
+async def test_a_round_moves_its_jobs_with_one_update_per_target_and_queues_them_in_order(
+    tmp_path: Path,
+) -> None:
+    journal = Journal.open(tmp_path / "origin.sqlite")
+    try:
+        # Given 300 jobs of this origin waiting unassigned, and two targets taking turns
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, "origin")
+        records = queued_records(["t/a"] * 300, origin="origin", target=None)
+        await jobs.add_jobs(records)
+        turns = iter(["p1", "p2"] * 150)
+        statements: list[str] = []
+        await journal.write(lambda c: c.set_trace_callback(statements.append))
+
+        # When one round places them all
+        try:
+            moved = await store.assign(lambda _t, _q: next(turns), 5, batch=ASSIGN_BATCH)
+        finally:
+            await journal.write(lambda c: c.set_trace_callback(None))
+
+        # Then it took three UPDATEs, not 300: one for the first job (which tells whether anybody
+        # takes the topic), then one per target for the other 299 (fewer than MOVE_CHUNK each)
+        updates = [s for s in statements if s.lstrip().startswith("UPDATE jobs SET state")]
+        assert moved == 300
+        assert MOVE_CHUNK > 150
+        assert len(updates) == 3, updates
+        # And each target's outbox holds its jobs in the order they were added
+        for peer, wanted in (("p1", records[0::2]), ("p2", records[1::2])):
+            assert await journal.read(_outbox_of(peer)) == [r.id for r in wanted]
+        epochs = await journal.read(lambda c: {r[0] for r in c.execute("SELECT epoch FROM jobs")})
+        assert epochs == {1}
+    finally:
+        journal.close()
+
+
+def _outbox_of(peer: str) -> Callable[[sqlite3.Connection], list[str]]:
+    return lambda c: [
+        r[0] for r in c.execute("SELECT job_id FROM outbox WHERE peer = ? ORDER BY seq", (peer,))
+    ]
