@@ -3,8 +3,9 @@ joins beside a backlog gets its first jobs from a round of FIRST_ROUND, not of A
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from node.journal.jobs import JobStore
@@ -12,6 +13,17 @@ from node.journal.journal import Journal
 from node.transfer.assign import ASSIGN_BATCH, FIRST_ROUND, MOVE_CHUNK, RoundSize
 from node.transfer.store import TransferStore
 from tests.support.journal_work import queued_records
+
+
+@contextlib.asynccontextmanager
+async def _stores(tmp_path: Path, local_id: str) -> AsyncIterator[tuple[Journal, JobStore, TransferStore]]:
+    """A fresh journal of node `local_id`, with its job and transfer stores."""
+    journal = Journal.open(tmp_path / f"{local_id}.sqlite")
+    try:
+        jobs = JobStore(journal)
+        yield journal, jobs, TransferStore(journal, jobs, local_id)
+    finally:
+        journal.close()
 
 
 def test_full_rounds_double_the_next_up_to_the_batch_and_an_empty_one_starts_again_small() -> None:
@@ -29,11 +41,8 @@ def test_full_rounds_double_the_next_up_to_the_batch_and_an_empty_one_starts_aga
 
 
 async def test_a_round_moves_at_most_its_size_and_queues_only_those_for_the_target(tmp_path: Path) -> None:
-    journal = Journal.open(tmp_path / "origin.sqlite")
-    try:
+    async with _stores(tmp_path, "origin") as (journal, jobs, store):
         # Given 100 jobs of this origin waiting unassigned
-        jobs = JobStore(journal)
-        store = TransferStore(journal, jobs, "origin")
         await jobs.add_jobs(queued_records(["t/a"] * 100, origin="origin", target=None))
 
         # When a target appears and the first round runs, then the next with what is left
@@ -47,17 +56,12 @@ async def test_a_round_moves_at_most_its_size_and_queues_only_those_for_the_targ
         assert (first, queued_after_first) == (FIRST_ROUND, FIRST_ROUND)
         assert rest == 100 - FIRST_ROUND
         assert await store.peers() == ["peer"]
-    finally:
-        journal.close()
 
 
 async def test_has_unassigned_sees_own_and_other_origins_waiting_jobs_and_nothing_else(
     tmp_path: Path,
 ) -> None:
-    journal = Journal.open(tmp_path / "node.sqlite")
-    try:
-        jobs = JobStore(journal)
-        store = TransferStore(journal, jobs, "here")
+    async with _stores(tmp_path, "here") as (_journal, jobs, store):
         # Jobs with a target (here, or a peer) give an assignment round nothing to do
         await jobs.add_jobs(
             queued_records(["t/a"], origin="here", target="here")
@@ -72,18 +76,13 @@ async def test_has_unassigned_sees_own_and_other_origins_waiting_jobs_and_nothin
         # And so does one of this node's own without a target
         await jobs.add_jobs(queued_records(["t/a"], origin="here", target=None))
         assert await store.has_unassigned()
-    finally:
-        journal.close()
 
 
 async def test_a_round_moves_its_jobs_with_one_update_per_target_and_queues_them_in_order(
     tmp_path: Path,
 ) -> None:
-    journal = Journal.open(tmp_path / "origin.sqlite")
-    try:
+    async with _stores(tmp_path, "origin") as (journal, jobs, store):
         # Given 300 jobs of this origin waiting unassigned, and two targets taking turns
-        jobs = JobStore(journal)
-        store = TransferStore(journal, jobs, "origin")
         records = queued_records(["t/a"] * 300, origin="origin", target=None)
         await jobs.add_jobs(records)
         turns = iter(["p1", "p2"] * 150)
@@ -107,8 +106,6 @@ async def test_a_round_moves_its_jobs_with_one_update_per_target_and_queues_them
             assert await journal.read(_outbox_of(peer)) == [r.id for r in wanted]
         epochs = await journal.read(lambda c: {r[0] for r in c.execute("SELECT epoch FROM jobs")})
         assert epochs == {1}
-    finally:
-        journal.close()
 
 
 def _outbox_of(peer: str) -> Callable[[sqlite3.Connection], list[str]]:
