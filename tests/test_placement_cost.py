@@ -20,6 +20,7 @@ from node.journal.journal import Journal
 from node.journal.records import NewJobRecord
 from node.transfer import answers, outbox
 from node.transfer import store as transfer_store
+from node.transfer.frames import FrameLimits, build_frame
 from node.transfer.store import TransferStore
 from tests.support.journal_work import queued_records, read_instructions
 
@@ -158,3 +159,31 @@ async def test_whether_other_origins_have_jobs_here_is_found_without_visiting_th
     assert found == [True, True, True]
     assert active is True
     assert work_large <= work_small * 1.2, (work_small, work_large)  # the old probe: 10x
+
+
+async def test_a_frame_of_jobs_costs_the_same_however_many_more_wait_for_the_peer(tmp_path: Path) -> None:
+    # The origin builds a frame of at most max_items jobs for a target many times a second; the
+    # rows it reads for them are found by id, not by visiting every job waiting for that target.
+    path = tmp_path / "journal.db"
+    journal = Journal.open(path)
+    try:
+        jobs = JobStore(journal)
+        store = TransferStore(journal, jobs, LOCAL)
+        await jobs.add_jobs(waiting(200, LOCAL, "offloaded", target="peer-a"))
+        limits = FrameLimits(max_items=20, max_bytes=1 << 20)
+
+        def read(conn: sqlite3.Connection) -> int:
+            frame = build_frame(conn, LOCAL, "peer-a", 0, limits, journal.integrity)
+            assert frame is not None
+            return len(frame.jobs)
+
+        small = read_instructions(path, read)
+        await jobs.add_jobs(waiting(4000, LOCAL, "offloaded", target="peer-a"))
+        large = read_instructions(path, read)
+        assert await store.peers() == ["peer-a"]
+    finally:
+        journal.close()
+
+    (framed_small, work_small), (framed_large, work_large) = small, large
+    assert framed_small == framed_large == 20
+    assert work_large <= work_small * 1.2, (work_small, work_large)  # 20x the jobs waiting

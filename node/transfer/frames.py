@@ -25,6 +25,8 @@ JOB_OVERHEAD_BYTES = 200
 """What a job costs in a frame besides its payload (an estimate: ids, topic, numbers)."""
 REPORT_OVERHEAD_BYTES = 100
 """What a report costs in a frame besides its output payload and log lines."""
+READ_CHUNK = 500
+"""Job items whose rows one query reads at most (bound parameters far below SQLite's limit)."""
 
 ChunkKey = tuple[str, int, bool]
 """The payload a chunk belongs to: job id, epoch, and whether it is the output."""
@@ -97,11 +99,14 @@ class _FrameBuilder:
     reports: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     """job id -> (outbox seq, epoch, progress) of the newest report item of each job."""
     chunked_outputs: set[str] = field(default_factory=set)
+    job_rows: dict[tuple[str, int], sqlite3.Row] = field(default_factory=dict)
+    """(job id, epoch) -> what a job item sends, for the frame's job items (`_read_jobs`)."""
 
     def __post_init__(self) -> None:
         self.frame = transfer_pb2.ExchangeRequest(sender_id=self.local_id)
 
     def build(self, items: list[sqlite3.Row]) -> transfer_pb2.ExchangeRequest:
+        self.job_rows = self._read_jobs([i["job_id"] for i in items if i["kind"] == OutboxKind.JOB])
         for item in items:
             kind = OutboxKind(item["kind"])
             if kind in (OutboxKind.STOP, OutboxKind.REMOVE):
@@ -164,22 +169,16 @@ class _FrameBuilder:
     def _add_job(self, item: sqlite3.Row) -> bool:
         """Take a job item; False if the frame ends here (full, or a chunked payload)."""
         job_id, epoch, chunk_bytes = item["job_id"], item["epoch"], self.limits.chunk_bytes
-        row = self.conn.execute(
-            "SELECT j.seq, j.topic, j.properties, j.max_retries, j.retry_count, j.retry_delay_us, j.timeout_us, j.created_us, "
-            "coalesce(length(p.data), 0) AS size FROM jobs j LEFT JOIN payloads p ON p.job_seq = j.seq "
-            "AND p.kind = ? WHERE j.id = ? AND j.origin = ? AND j.target = ? AND j.epoch = ? "
-            f"AND j.state IN {UNFINISHED}",
-            (PAYLOAD_INPUT, job_id, self.local_id, self.peer, epoch),
-        ).fetchone()
-        length = row["size"] if row is not None else 0
+        row = self.job_rows.get((job_id, epoch))  # None: reassigned, stopped or removed since
+        seq, length = (row["seq"], row["size"]) if row is not None else (0, 0)
         chunked = length > chunk_bytes
         payload = b""
         if length and not (chunked and self._resuming((job_id, epoch, False))):
-            payload = self._payload(job_id, row["seq"], PAYLOAD_INPUT)  # verified: raises if damaged
+            payload = self._payload(job_id, seq, PAYLOAD_INPUT)  # verified: raises if damaged
         if chunked:
             if self.frame.last_seq:
                 return False  # a chunked payload goes first, in a frame of its own
-            self.chunks = self._chunk_frame((job_id, epoch, False), row["seq"], length)
+            self.chunks = self._chunk_frame((job_id, epoch, False), seq, length)
             if self.chunks is not None:
                 return False
         if self.size and self.size + min(length, chunk_bytes) > self.limits.max_bytes:
@@ -207,6 +206,25 @@ class _FrameBuilder:
         if row["timeout_us"] is not None:
             job.timeout_us = row["timeout_us"]
         return not chunked  # the item of a chunked payload travels alone
+
+    def _read_jobs(self, job_ids: list[str]) -> dict[tuple[str, int], sqlite3.Row]:
+        """The unfinished jobs of `job_ids` this node sends to the peer, by (id, epoch): one query
+        per READ_CHUNK items, not one per item (those were an eighth of an origin's samples)."""
+        rows: dict[tuple[str, int], sqlite3.Row] = {}
+        for start in range(0, len(job_ids), READ_CHUNK):
+            chunk = job_ids[start : start + READ_CHUNK]
+            for row in self.conn.execute(
+                "SELECT j.id, j.epoch, j.seq, j.topic, j.properties, j.max_retries, j.retry_count, "
+                "j.retry_delay_us, j.timeout_us, j.created_us, coalesce(length(p.data), 0) AS size "
+                "FROM jobs j LEFT JOIN payloads p ON p.job_seq = j.seq AND p.kind = ? "
+                # The unary + keeps the planner on the id index: by jobs_remote (target, state)
+                # it would visit every job waiting for the peer, once per frame.
+                f"WHERE j.id IN ({', '.join('?' * len(chunk))}) AND +j.origin = ? AND +j.target = ? "
+                f"AND +j.state IN {UNFINISHED}",
+                (PAYLOAD_INPUT, *chunk, self.local_id, self.peer),
+            ):
+                rows[(row["id"], row["epoch"])] = row
+        return rows
 
     def _payload(self, job_id: str, job_seq: int, kind: int) -> bytes:
         """A verified payload (b"" if there is none), or PayloadDamaged."""
