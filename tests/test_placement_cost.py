@@ -21,6 +21,7 @@ from node.journal.records import NewJobRecord
 from node.transfer import answers, outbox
 from node.transfer import store as transfer_store
 from node.transfer.frames import FrameLimits, build_frame
+from node.transfer.outbox import OutboxKind
 from node.transfer.store import TransferStore
 from tests.support.journal_work import queued_records, read_instructions
 
@@ -161,24 +162,42 @@ async def test_whether_other_origins_have_jobs_here_is_found_without_visiting_th
     assert work_large <= work_small * 1.2, (work_small, work_large)  # the old probe: 10x
 
 
-async def test_a_frame_of_jobs_costs_the_same_however_many_more_wait_for_the_peer(tmp_path: Path) -> None:
-    # The origin builds a frame of at most max_items jobs for a target many times a second; the
-    # rows it reads for them are found by id, not by visiting every job waiting for that target.
+@pytest.mark.parametrize("kind", ["jobs", "reports"])
+async def test_a_frame_costs_the_same_however_many_more_items_wait_for_the_peer(
+    tmp_path: Path, kind: str
+) -> None:
+    # A node builds a frame of at most max_items for a peer many times a second (jobs as its
+    # origin, reports as its target); the rows it reads for them are found by id, not by
+    # visiting every job waiting for that peer, nor with one query per item.
     path = tmp_path / "journal.db"
     journal = Journal.open(path)
     try:
         jobs = JobStore(journal)
         store = TransferStore(journal, jobs, LOCAL)
-        await jobs.add_jobs(waiting(200, LOCAL, "offloaded", target="peer-a"))
+
+        async def queue(count: int) -> None:
+            if kind == "jobs":
+                await jobs.add_jobs(waiting(count, LOCAL, "offloaded", target="peer-a"))
+                return
+            records = waiting(count, "peer-a", "runs/here", target=LOCAL)
+            await jobs.add_jobs(records)
+            items = [("peer-a", r.id, 0) for r in records]
+            await journal.write(lambda c: store.outbox.enqueue(c, OutboxKind.REPORT, items))
+
         limits = FrameLimits(max_items=20, max_bytes=1 << 20)
 
+        statements: list[str] = []
+
         def read(conn: sqlite3.Connection) -> int:
+            conn.set_trace_callback(statements.append)
             frame = build_frame(conn, LOCAL, "peer-a", 0, limits, journal.integrity)
             assert frame is not None
-            return len(frame.jobs)
+            return len(frame.jobs) + len(frame.reports)
 
+        await queue(200)
         small = read_instructions(path, read)
-        await jobs.add_jobs(waiting(4000, LOCAL, "offloaded", target="peer-a"))
+        await queue(4000)
+        statements.clear()
         large = read_instructions(path, read)
         assert await store.peers() == ["peer-a"]
     finally:
@@ -186,4 +205,5 @@ async def test_a_frame_of_jobs_costs_the_same_however_many_more_wait_for_the_pee
 
     (framed_small, work_small), (framed_large, work_large) = small, large
     assert framed_small == framed_large == 20
-    assert work_large <= work_small * 1.2, (work_small, work_large)  # 20x the jobs waiting
+    assert work_large <= work_small * 1.2, (work_small, work_large)  # 20x the items waiting
+    assert len(statements) <= 4, statements  # the outbox, then one per kind of row: not per item

@@ -133,7 +133,7 @@ def reassign_unknown(
     """Reassign under a new epoch the jobs `target` said it does not know at their epoch (if
     they are still there at that epoch and delivered: nothing changed since the question).
     Write operation; returns how many moved."""
-    moved = 0
+    placed: list[tuple[str, str | None]] = []
     for job_id, epoch in jobs:
         row = conn.execute(
             f"SELECT topic, queue FROM jobs WHERE id = ? AND origin = ? AND target = ? AND epoch = ? "
@@ -142,8 +142,8 @@ def reassign_unknown(
             (job_id, assigner.local_id, target, epoch, target, job_id),
         ).fetchone()
         if row is not None:
-            moved += assigner.move(conn, job_id, choose(row["topic"], row["queue"]), now_us)
-    return moved
+            placed.append((job_id, choose(row["topic"], row["queue"])))
+    return assigner.move(conn, placed, now_us)
 
 
 # --- a target asks an origin ---

@@ -5,7 +5,7 @@ Both run inside a write operation (writer thread)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from node.journal.recorder import Recorder
 from node.journal.records import ACTIVE, DROPPED, QUEUED, STOPPED, UNFINISHED, distinct_values
@@ -95,7 +95,7 @@ class Assigner:
                 (from_peer, self.local_id),
             ).fetchall()
             self.outbox.discard_jobs(conn, from_peer)
-            return sum(self.move(conn, row["id"], choose(row["topic"], row["queue"]), now_us) for row in rows)
+            return self.move(conn, [(row["id"], choose(row["topic"], row["queue"])) for row in rows], now_us)
         moved = 0
         # One index seek per waiting (topic, queue), then only the jobs of those that have a
         # target now: a backlog nobody consumes costs nothing per job.
@@ -109,7 +109,7 @@ class Assigner:
                 ).fetchall()
                 targets = [(row["id"], choose(topic, queue)) for row in rows]
                 placed = [(job_id, target) for job_id, target in targets if target is not None]
-                moved += self._move_placed(conn, placed, now_us)
+                moved += self.move(conn, placed, now_us)
                 if len(placed) < len(rows) or len(rows) < limit:
                     break  # nobody takes the topic (any more), or none of its jobs is left
                 limit = batch
@@ -128,12 +128,13 @@ class Assigner:
             ):
                 yield topic, queue
 
-    def _move_placed(self, conn: sqlite3.Connection, placed: list[tuple[str, str]], now_us: int) -> int:
-        """`move` for a round's jobs, one UPDATE per target and chunk, not one per job (per-job
-        statements were a third of an offloading origin's samples); the outbox gets each
-        target's jobs in the round's order, which is the order they are sent and run in."""
+    def move(self, conn: sqlite3.Connection, placed: Sequence[tuple[str, str | None]], now_us: int) -> int:
+        """Give each job its target (None: unassigned) under a new epoch, one UPDATE per target
+        and chunk, not one per job (per-job statements were a third of an offloading origin's
+        samples). Each remote target's outbox gets its jobs in the order of `placed`, which is
+        the order they are sent and run in. Returns how many moved."""
         order = {job_id: i for i, (job_id, _target) in enumerate(placed)}
-        by_target: dict[str, list[str]] = {}
+        by_target: dict[str | None, list[str]] = {}
         for job_id, target in placed:
             by_target.setdefault(target, []).append(job_id)
         for target, ids in by_target.items():
@@ -146,24 +147,12 @@ class Assigner:
                     f"due_us = ? WHERE id IN ({', '.join('?' * len(chunk))}) RETURNING id, epoch",
                     (target, now_us, *chunk),
                 ).fetchall()
-            if target != self.local_id:
+            if target is not None and target != self.local_id:
                 epochs.sort(key=lambda row: order[row[0]])
                 self.outbox.enqueue(
                     conn, OutboxKind.JOB, [(target, job_id, epoch) for job_id, epoch in epochs]
                 )
         return len(placed)
-
-    def move(self, conn: sqlite3.Connection, job_id: str, target: str | None, now_us: int) -> int:
-        """Give one job `target` (None: unassigned) under a new epoch, its copy queued for sending."""
-        epoch = conn.execute(
-            f"UPDATE jobs SET state = {QUEUED}, target = ?, epoch = epoch + 1, report_seq = 0, "
-            "started_us = NULL, progress_total = NULL, progress_done = NULL, eta_us = NULL, due_us = ? "
-            "WHERE id = ? RETURNING epoch",
-            (target, now_us, job_id),
-        ).fetchone()["epoch"]
-        if target is not None and target != self.local_id:
-            self.outbox.enqueue(conn, OutboxKind.JOB, [(target, job_id, epoch)])
-        return 1
 
     def _count_lost_attempts(self, conn: sqlite3.Connection, peer: str, now_us: int) -> None:
         """A job that was running on the dead `peer` lost that attempt: it counts as failed, by

@@ -9,6 +9,7 @@ cursor, then a frame carries the item alone.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from jobmesh.peer.v1 import transfer_pb2
@@ -101,12 +102,19 @@ class _FrameBuilder:
     chunked_outputs: set[str] = field(default_factory=set)
     job_rows: dict[tuple[str, int], sqlite3.Row] = field(default_factory=dict)
     """(job id, epoch) -> what a job item sends, for the frame's job items (`_read_jobs`)."""
+    output_sizes: dict[str, int] = field(default_factory=dict)
+    """job id -> its output's size, for the frame's report items."""
 
     def __post_init__(self) -> None:
         self.frame = transfer_pb2.ExchangeRequest(sender_id=self.local_id)
 
     def build(self, items: list[sqlite3.Row]) -> transfer_pb2.ExchangeRequest:
+        # What the items need is read a chunk of ids per query, not one query per item (those
+        # were an eighth of an origin's samples).
         self.job_rows = self._read_jobs([i["job_id"] for i in items if i["kind"] == OutboxKind.JOB])
+        reported = [i["job_id"] for i in items if i["kind"] == OutboxKind.REPORT]
+        sizes = self._by_id("SELECT id, output_size FROM jobs WHERE id IN ({ids})", reported)
+        self.output_sizes = {row["id"]: row["output_size"] or 0 for row in sizes}
         for item in items:
             kind = OutboxKind(item["kind"])
             if kind in (OutboxKind.STOP, OutboxKind.REMOVE):
@@ -128,9 +136,7 @@ class _FrameBuilder:
     def _add_report(self, item: sqlite3.Row) -> bool:
         """Take a report item; False if the frame ends here (full, or a chunked output)."""
         job_id, epoch = item["job_id"], item["epoch"]
-        output_size = self.conn.execute(
-            "SELECT coalesce(max(output_size), 0) AS n FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()["n"]
+        output_size = self.output_sizes.get(job_id, 0)
         big = self._chunked_output(job_id, epoch) if output_size > self.limits.chunk_bytes else None
         if big is not None:
             if self.frame.last_seq:
@@ -208,23 +214,26 @@ class _FrameBuilder:
         return not chunked  # the item of a chunked payload travels alone
 
     def _read_jobs(self, job_ids: list[str]) -> dict[tuple[str, int], sqlite3.Row]:
-        """The unfinished jobs of `job_ids` this node sends to the peer, by (id, epoch): one query
-        per READ_CHUNK items, not one per item (those were an eighth of an origin's samples)."""
-        rows: dict[tuple[str, int], sqlite3.Row] = {}
+        """The unfinished jobs of `job_ids` this node sends to the peer, by (id, epoch)."""
+        rows = self._by_id(
+            "SELECT j.id, j.epoch, j.seq, j.topic, j.properties, j.max_retries, j.retry_count, "
+            "j.retry_delay_us, j.timeout_us, j.created_us, coalesce(length(p.data), 0) AS size "
+            f"FROM jobs j LEFT JOIN payloads p ON p.job_seq = j.seq AND p.kind = {PAYLOAD_INPUT:d} "
+            # The unary + keeps the planner on the id index: by jobs_remote (target, state) it
+            # would visit every job waiting for the peer, once per frame.
+            f"WHERE j.id IN ({{ids}}) AND +j.origin = ? AND +j.target = ? AND +j.state IN {UNFINISHED}",
+            job_ids,
+            self.local_id,
+            self.peer,
+        )
+        return {(row["id"], row["epoch"]): row for row in rows}
+
+    def _by_id(self, select: str, job_ids: Sequence[str], *params: object) -> Iterator[sqlite3.Row]:
+        """The rows of `select` for `job_ids`, READ_CHUNK ids per query: `{ids}` in `select`
+        stands for one chunk's placeholders, bound before `params`."""
         for start in range(0, len(job_ids), READ_CHUNK):
             chunk = job_ids[start : start + READ_CHUNK]
-            for row in self.conn.execute(
-                "SELECT j.id, j.epoch, j.seq, j.topic, j.properties, j.max_retries, j.retry_count, "
-                "j.retry_delay_us, j.timeout_us, j.created_us, coalesce(length(p.data), 0) AS size "
-                "FROM jobs j LEFT JOIN payloads p ON p.job_seq = j.seq AND p.kind = ? "
-                # The unary + keeps the planner on the id index: by jobs_remote (target, state)
-                # it would visit every job waiting for the peer, once per frame.
-                f"WHERE j.id IN ({', '.join('?' * len(chunk))}) AND +j.origin = ? AND +j.target = ? "
-                f"AND +j.state IN {UNFINISHED}",
-                (PAYLOAD_INPUT, *chunk, self.local_id, self.peer),
-            ):
-                rows[(row["id"], row["epoch"])] = row
-        return rows
+            yield from self.conn.execute(select.format(ids=", ".join("?" * len(chunk))), (*chunk, *params))
 
     def _payload(self, job_id: str, job_seq: int, kind: int) -> bytes:
         """A verified payload (b"" if there is none), or PayloadDamaged."""
@@ -269,14 +278,16 @@ class _FrameBuilder:
     # --- reports: each job's current row ---
 
     def _fill_reports(self) -> None:
+        found = self._by_id(
+            "SELECT j.id, j.epoch, j.seq, j.state, j.retry_count, j.started_us, j.finished_us, "
+            "j.result_message, j.progress_total, j.progress_done, j.eta_us, p.data AS output, "
+            "p.crc32 AS output_crc32, j.log_count, j.target FROM jobs j "
+            f"LEFT JOIN payloads p ON p.job_seq = j.seq AND p.kind = {PAYLOAD_OUTPUT:d} WHERE j.id IN ({{ids}})",
+            list(self.reports),
+        )
+        rows = {(row["id"], row["epoch"]): row for row in found}
         for job_id, (seq, epoch, progress) in self.reports.items():
-            row = self.conn.execute(
-                "SELECT j.seq, j.state, j.retry_count, j.started_us, j.finished_us, j.result_message, "
-                "j.progress_total, j.progress_done, j.eta_us, p.data AS output, p.crc32 AS output_crc32, j.log_count, "
-                "j.target FROM jobs j "
-                "LEFT JOIN payloads p ON p.job_seq = j.seq AND p.kind = ? WHERE j.id = ? AND j.epoch = ?",
-                (PAYLOAD_OUTPUT, job_id, epoch),
-            ).fetchone()
+            row = rows.get((job_id, epoch))
             if row is None:
                 continue
             state = JobState(row["state"])
