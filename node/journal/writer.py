@@ -85,8 +85,9 @@ class JournalWriter:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.commits = 0
         self.operations = 0
-        self.on_commit: Callable[[], None] | None = None
-        """Called on the writer's thread after each group commit, or its rollback (the WAL checkpointer's cue)."""
+        self.on_commit: Callable[[sqlite3.Connection], None] | None = None
+        """Called on the writer's thread with its connection after each group commit, or its
+        rollback, once the callers are answered (the WAL checkpointer's cue)."""
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -182,8 +183,6 @@ class JournalWriter:
                 hooks.after_commit()
         self.commits += 1
         self.operations += len(batch)
-        if self.on_commit is not None:
-            self.on_commit()
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for pending, (ok, value) in zip(batch, results, strict=True):
             if pending.loop is not None and pending.future is not None:
@@ -192,3 +191,5 @@ class JournalWriter:
             # A closed loop means nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, outcomes)
+        if self.on_commit is not None:
+            self.on_commit(conn)
