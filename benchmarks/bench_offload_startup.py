@@ -8,10 +8,13 @@ Per run, fresh data dirs, production timings unless `--test-preset`, mutual TLS:
            their launch: when each serves, when the first job is SUCCEEDED at the origin
            (target <= 0.6 s), when all are (the rate from launch), the steady rate between
            10% and 90% done (target >= 6,000 jobs/s with 2 workers), and the CPU seconds of
-           origin and workers together per job.
+           origin and workers together per job: over the whole run (the workers' start-up
+           included) and between 10% and 90% done (the steady window).
   local    the same jobs in one node's journal, that node restarted with the consumer: the
-           rate from its launch and its CPU seconds per job. The report gives the offloaded
-           job's CPU cost over the local one's (target <= 1.5).
+           rate from its launch and its CPU seconds per job, the same two ways. The report gives
+           the offloaded job's CPU cost over the local one's in the steady window (target <=
+           1.5; the issue measured it so: CPU percent over jobs/s while the jobs ran) and over
+           the whole run (where each worker's start-up, about 0.7 CPU-seconds, counts too).
 
 The counts are read from the origin's journal, every 5 ms until the first job and every 20 ms
 after, so the times are accurate to about that.
@@ -24,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,9 +61,16 @@ def serving_after(node: NodeProcess, began: float) -> float:
     return time.perf_counter() - began
 
 
-def progress(node: NodeProcess, count: int, began: float) -> dict[str, float]:
-    """Seconds from `began` to the first, the 10%, the 90% and the last job SUCCEEDED at `node`."""
+def cpu_of(nodes: Sequence[NodeProcess]) -> Callable[[], float]:
+    """The CPU seconds `nodes` used so far, together."""
+    return lambda: sum(node.stats().cpu_s for node in nodes)
+
+
+def progress(node: NodeProcess, count: int, began: float, cpu: Callable[[], float]) -> dict[str, float]:
+    """Seconds from `began` to the first, the 10%, the 90% and the last job SUCCEEDED at `node`,
+    and `cpu()` per job between 10% and 90% (`steady_cpu_ms_per_job`)."""
     marks: dict[str, float] = {}
+    at: dict[str, tuple[int, float]] = {}
     goals = {"first_s": 1, "p10_s": max(1, count // 10), "p90_s": max(1, count * 9 // 10), "all_s": count}
     while len(marks) < len(goals):
         if time.perf_counter() - began > TIMEOUT_S:
@@ -69,7 +80,11 @@ def progress(node: NodeProcess, count: int, began: float) -> dict[str, float]:
         for name, goal in goals.items():
             if name not in marks and done >= goal:
                 marks[name] = now
+                if name in ("p10_s", "p90_s"):
+                    at[name] = (done, cpu())
         time.sleep(0.005 if "first_s" not in marks else 0.02)
+    (done10, cpu10), (done90, cpu90) = at["p10_s"], at["p90_s"]
+    marks["steady_cpu_ms_per_job"] = 1000 * (cpu90 - cpu10) / max(1, done90 - done10)
     return marks
 
 
@@ -90,7 +105,7 @@ def offload_run(root: Path, jobs: int, workers: int, preset: bool) -> dict[str, 
         # origin's journal is watched from the launch, and serving on a thread beside it.
         with ThreadPoolExecutor(len(procs)) as pool:
             served = [pool.submit(serving_after, proc, began) for proc in procs]
-            marks = progress(origin, jobs, began)
+            marks = progress(origin, jobs, began, cpu_of([origin, *procs]))
             serving_s = max(f.result() for f in served)
         cpu = origin.stats().cpu_s - cpu0 + sum(p.stats().cpu_s for p in procs)
         steady = (jobs * 8 // 10) / (marks["p90_s"] - marks["p10_s"])
@@ -100,6 +115,7 @@ def offload_run(root: Path, jobs: int, workers: int, preset: bool) -> dict[str, 
             "rate_from_launch": jobs / marks["all_s"],
             "steady_rate": steady,
             "cpu_ms_per_job": 1000 * cpu / jobs,
+            "steady_cpu_ms_per_job": marks["steady_cpu_ms_per_job"],
         }
     finally:
         nodes.close()
@@ -115,12 +131,13 @@ def local_run(root: Path, jobs: int, preset: bool) -> dict[str, float]:
         began = time.perf_counter()
         node.spawn()
         node.wait_serving()
-        marks = progress(node, jobs, began)
+        marks = progress(node, jobs, began, cpu_of([node]))
         cpu = node.stats().cpu_s  # the whole run of this process: start-up included, as offloaded
         return {
             "first_job_s": marks["first_s"],
             "rate_from_launch": jobs / marks["all_s"],
             "cpu_ms_per_job": 1000 * cpu / jobs,
+            "steady_cpu_ms_per_job": marks["steady_cpu_ms_per_job"],
         }
     finally:
         nodes.close()
@@ -156,9 +173,12 @@ def main() -> int:
                 f"| {cell} | {key} | {statistics.median(values):,.3g} | "
                 f"{min(values):,.3g}-{max(values):,.3g} |"
             )
-    ratio = statistics.median(r["cpu_ms_per_job"] for r in results["offload"]) / statistics.median(
-        r["cpu_ms_per_job"] for r in results["local"]
-    )
+
+    def cpu_ratio(key: str) -> float:
+        offloaded = statistics.median(r[key] for r in results["offload"])
+        return offloaded / statistics.median(r[key] for r in results["local"])
+
+    ratio, whole_run = cpu_ratio("steady_cpu_ms_per_job"), cpu_ratio("cpu_ms_per_job")
     first = statistics.median(r["first_job_s"] for r in results["offload"])
     steady = statistics.median(r["steady_rate"] for r in results["offload"])
     print(
@@ -169,8 +189,8 @@ def main() -> int:
         f"- steady offloaded rate {steady:,.0f} jobs/s (target >= 6,000: {'PASS' if steady >= 6000 else 'FAIL'})"
     )
     print(
-        f"- CPU per offloaded job / per local job = {ratio:.2f} (target <= 1.5: "
-        f"{'PASS' if ratio <= 1.5 else 'FAIL'})"
+        f"- CPU per offloaded job / per local job, steady window = {ratio:.2f} (target <= 1.5: "
+        f"{'PASS' if ratio <= 1.5 else 'FAIL'}); over the whole run, start-ups included = {whole_run:.2f}"
     )
     return 0
 
