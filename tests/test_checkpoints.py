@@ -97,6 +97,44 @@ def test_the_wal_restarts_under_commits_that_never_pause(tmp_path: Path) -> None
     conn.close()
 
 
+def _wal_frames(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def test_a_reader_holds_the_wal_back_and_it_restarts_once_the_reader_is_done(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    conn = open_connection(path, Durability.NORMAL)
+    tune_writer(conn)
+    conn.execute("CREATE TABLE rows (data BLOB)")
+    conn.execute("INSERT INTO rows (data) VALUES (x'00')")
+    reader = open_connection(path, Durability.NORMAL)
+    checkpointer = Checkpointer(path, Durability.NORMAL, interval_s=0.001, restart_frames=16)
+    checkpointer.start()
+
+    def commit(count: int) -> None:
+        for _ in range(count):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO rows (data) VALUES (?)", (b"x" * 3000,))
+            conn.execute("COMMIT")
+            checkpointer.committed(conn)
+
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM rows").fetchone()  # its snapshot pins the WAL
+        commit(1000)
+        assert _wal_frames(conn) >= 1000  # no restart while the reader may need the frames
+        reader.execute("COMMIT")
+        restarts = checkpointer.restarts
+        commit(1000)
+        assert checkpointer.restarts > restarts
+        commit(5)
+        assert _wal_frames(conn) < 1000  # restarted from its beginning
+    finally:
+        checkpointer.stop()
+    reader.close()
+    conn.close()
+
+
 def test_an_idle_checkpointer_runs_one_checkpoint_then_none_until_a_commit(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     conn = open_connection(path, Durability.NORMAL)

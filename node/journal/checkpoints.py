@@ -82,9 +82,11 @@ class Checkpointer:
             except sqlite3.Error as e:  # a storage fault: the writer's next commit reports it
                 log.debug("WAL checkpoint on the writer failed: %s", e)
                 return
+            # Busy: this thread's own pass is running, so the next commit tries again. Frames left
+            # over: a reader still uses them; this thread's next pass asks again if need be.
+            self._restart_due = bool(busy)
             if not busy and frames == copied:
-                self._restart_due = False  # the next write restarts the WAL (or this thread asks again)
-                self.restarts += 1
+                self.restarts += 1  # the writer's next write restarts the WAL
 
     def stop(self) -> None:
         """Stop the thread (the writer's close then checkpoints what is left)."""
