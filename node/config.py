@@ -54,8 +54,7 @@ class ServerConfig:
     shutdown_grace_s: Annotated[float, NON_NEGATIVE_S] = 10.0
     """On SIGTERM/SIGINT: how long running jobs and RPCs get to finish before they are cut off."""
     keepalive_interval_s: Annotated[float, Range(0.01, 3600, unit="s")] = 1.0
-    """HTTP/2 keepalive ping period of every connection while it carries a call (both ways;
-    quiet streams stay open); a connection without calls is not pinged."""
+    """HTTP/2 keepalive ping period of every connection (both ways; idle streams stay open)."""
     keepalive_timeout_s: Annotated[float, Range(0.01, 3600, unit="s")] = 2.0
     """A connection whose ping is unanswered this long is dead: a link that silently drops
     packets is found within interval + timeout (3 s by default; the issue asks for 5 s), and a
