@@ -105,9 +105,9 @@ def offload_run(root: Path, jobs: int, workers: int, preset: bool) -> dict[str, 
         # origin's journal is watched from the launch, and serving on a thread beside it.
         with ThreadPoolExecutor(len(procs)) as pool:
             served = [pool.submit(serving_after, proc, began) for proc in procs]
-            marks = progress(origin, jobs, began, cpu_of([origin, *procs]))
+            marks = progress(origin, jobs, began, used := cpu_of([origin, *procs]))
             serving_s = max(f.result() for f in served)
-        cpu = origin.stats().cpu_s - cpu0 + sum(p.stats().cpu_s for p in procs)
+        cpu = used() - cpu0  # the workers' whole runs, the origin's since their launch
         steady = (jobs * 8 // 10) / (marks["p90_s"] - marks["p10_s"])
         return {
             "workers_serving_s": serving_s,
@@ -131,8 +131,8 @@ def local_run(root: Path, jobs: int, preset: bool) -> dict[str, float]:
         began = time.perf_counter()
         node.spawn()
         node.wait_serving()
-        marks = progress(node, jobs, began, cpu_of([node]))
-        cpu = node.stats().cpu_s  # the whole run of this process: start-up included, as offloaded
+        marks = progress(node, jobs, began, used := cpu_of([node]))
+        cpu = used()  # the whole run of this process: start-up included, as offloaded
         return {
             "first_job_s": marks["first_s"],
             "rate_from_launch": jobs / marks["all_s"],
