@@ -13,6 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from node import Job, JobContext, JobResult, JobState, Node, NodeConfig
 from node.errors import JobNotFound
@@ -254,6 +257,46 @@ async def test_unordered_queue_runs_up_to_max_parallel_jobs_at_once_and_never_mo
             assert (await finished(n, job_id)).state is JobState.SUCCEEDED
 
     assert state == {"running": 0, "peak": 3, "done": 9}
+
+
+async def test_a_queue_with_nothing_more_due_claims_again_only_when_woken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim is a write transaction on the single writer. A job's end used to claim twice
+    # (when its consumer returned, and after its result committed), both times for nothing on
+    # a queue that had no other job due: two of every three claims, and half of a one-job-
+    # at-a-time node's commits.
+    config = config_with(tmp_path, {"name": "calm", "topics": ["calm/*"], "max_parallel": 4})
+    async with Node(config) as n:
+
+        def consumer(job: Job, context: JobContext) -> JobResult | None:
+            failing = job.properties.get("fail") and job.retry_count == 0
+            return JobResult.failed("the first attempt fails") if failing else None
+
+        n.consumers.register(["calm/*"], consumer)
+        claims = 0
+        claim = n.jobs.store.claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal claims
+            claims += 1
+            return await claim(*args, **kwargs)
+
+        warm_up = await n.jobs.add_job("calm/first")  # after the start-up's own wake-ups
+        assert (await finished(n, warm_up.id)).state is JobState.SUCCEEDED
+        await async_wait_for(lambda: n.jobs.idle, what="the node to be idle")
+        monkeypatch.setattr(n.jobs.store, "claim", counted)
+        jobs = 30
+        for i in range(jobs):
+            job = await n.jobs.add_job(f"calm/{i}")
+            assert (await finished(n, job.id)).state is JobState.SUCCEEDED
+        # Each add wakes the runner once (a claim in its commit or the next); a job's end does
+        # not, with nothing else due. A failed attempt may have put its job back: it claims.
+        assert jobs <= claims <= jobs + 2, claims  # 92 before
+        before = claims
+        failing = await n.jobs.add_job("calm/again", {"fail": 1}, retry_delay_s=0.05, max_retries=1)
+        assert (await finished(n, failing.id)).state is JobState.SUCCEEDED
+        assert claims >= before + 2
 
 
 # --- retries and backoff ------------------------------------------------------------------------------
