@@ -276,11 +276,16 @@ async def test_a_queue_with_nothing_more_due_claims_again_only_when_woken(
         n.consumers.register(["calm/*"], consumer)
         claims = 0
         claim = n.jobs.store.claim
+        runner = n.jobs._runners["calm"]
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
             nonlocal claims
             claims += 1
-            return await claim(*args, **kwargs)
+            pending = claim(*args, **kwargs)
+            # A slot freeing while the claim is in flight needs no claim of its own: the last job's
+            # end did that now and then on a busy machine (31-33 claims), here every time.
+            runner._slot_freed()
+            return await pending
 
         warm_up = await n.jobs.add_job("calm/first")  # after the start-up's own wake-ups
         assert (await finished(n, warm_up.id)).state is JobState.SUCCEEDED
@@ -292,7 +297,7 @@ async def test_a_queue_with_nothing_more_due_claims_again_only_when_woken(
             assert (await finished(n, job.id)).state is JobState.SUCCEEDED
         # Each add wakes the runner once (a claim in its commit or the next); a job's end does
         # not, with nothing else due. A failed attempt may have put its job back: it claims.
-        assert jobs <= claims <= jobs + 2, claims  # 90 before
+        assert jobs <= claims <= jobs + 2, claims  # 90 before, 60 with a claim in flight
         before = claims
         failing = await n.jobs.add_job("calm/again", {"fail": 1}, retry_delay_s=0.05, max_retries=1)
         assert (await finished(n, failing.id)).state is JobState.SUCCEEDED

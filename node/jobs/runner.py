@@ -121,7 +121,9 @@ class QueueRunner:
 
     def _slot_freed(self) -> None:
         """A job's consumer returned: claim again, unless the queue had nothing more to give."""
-        if not self._drained:
+        # While a claim is in flight (not waiting) the slot is not needed: a claim that fills its
+        # slots claims again anyway, and one that does not found nothing more due.
+        if self._waiting and not self._drained:
             self._wakeup.set()
 
     def reconfigure(self, config: QueueConfig) -> None:
