@@ -1,5 +1,5 @@
 """The transport's own limit for SubmitJobs: a grpc.aio server that answers every
-SubmitJobsRequest at once with its request_id (no journal, no checks), in a process of its own.
+SubmitJobsRequest at once with its request_ids (no journal, no checks), in a process of its own.
 
 `benchmarks/bench_enqueue.py` drives it with the client's own `Submitter` (the code behind
 `JobmeshClient.add_job`), so the gap between this echo and the node is the node's work alone:
@@ -61,7 +61,8 @@ async def _serve(port: int, mode: str) -> None:
         async for request in requests:
             if work is not None:
                 await loop.run_in_executor(thread, work)
-            yield jobs_pb2.SubmitJobsResponse(request_id=request.request_id)
+            more = [jobs_pb2.SubmitJobsAnswer(request_id=item.request_id) for item in request.more]
+            yield jobs_pb2.SubmitJobsResponse(request_id=request.request_id, more=more)
 
     service, method = METHOD.strip("/").split("/")
     handler = grpc.stream_stream_rpc_method_handler(

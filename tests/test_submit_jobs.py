@@ -1,6 +1,8 @@
 """SubmitJobs, the streaming enqueue path, on a real node process: answers in request order after
-the commit, refusals that do not end the stream, flow control, the client's shared stream across
-threads and across a node crash, and the submit scope's topic patterns checked on every message."""
+the commit, refusals that do not end the stream, packed requests answered job by job, flow
+control counted in jobs, the client's shared stream across threads and across a node crash (and
+its packing of the jobs that wait), and the submit scope's topic patterns checked on every job of
+every message."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 
 import grpc
 import pytest
@@ -15,10 +18,12 @@ from jobmesh.v1 import jobs_pb2
 
 from node.client import JobmeshClient, RpcError
 from node.services import submission
-from node.services.submission import IN_FLIGHT
+from node.services.submission import IN_FLIGHT, MAX_JOBS_PER_REQUEST
+from node.submitter import PACK_BYTES, Submitter
 from tests.support.job_calls import rpc_error
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import new_job
+from tests.support.waiting import wait_for
 from tests.test_security import stub_with, token
 
 pytestmark = pytest.mark.usefixtures("no_thread_leaks")
@@ -70,6 +75,115 @@ def test_a_job_without_a_job_field_is_refused_and_a_dedup_key_deduplicates(nodes
     assert again.job.id == repeat.job.id
 
 
+def packed(request_id: int, jobs: list[jobs_pb2.NewJob | None]) -> jobs_pb2.SubmitJobsRequest:
+    """One request carrying `jobs` (None: an item without a job); ids request_id, +1, ..."""
+    first, *more = jobs
+    request = jobs_pb2.SubmitJobsRequest(job=first, request_id=request_id)
+    for number, job in enumerate(more, request_id + 1):
+        request.more.add(job=job, request_id=number)
+    return request
+
+
+def test_a_packed_request_answers_each_of_its_jobs_in_order_and_refuses_them_one_by_one(
+    nodes: NodeFactory,
+) -> None:
+    node = nodes.start("submit")
+    jobs: list[jobs_pb2.NewJob | None] = [
+        new_job("submit/p", n=0),
+        new_job("bad topic!"),
+        None,  # no job
+        jobs_pb2.NewJob(topic="submit/p", dedup_key="twice"),
+        jobs_pb2.NewJob(topic="submit/p", dedup_key="twice"),
+        new_job("submit/p", n=5),
+    ]
+    stream = [
+        *requests([new_job("submit/before")]),
+        packed(100, jobs),
+        packed(200, [None, new_job("submit/q")]),
+    ]
+    before, middle, after = node.stub.SubmitJobs(iter(stream), timeout=30)
+
+    assert before.request_id == 10
+    assert not before.more
+    assert before.HasField("job")
+    answers = [middle, *middle.more]
+    assert [a.request_id for a in answers] == [100, 101, 102, 103, 104, 105]
+    assert [a.HasField("error") for a in answers] == [False, True, True, False, False, False]
+    assert answers[1].error.code == answers[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "topic" in answers[1].error.message
+    assert "job is missing" in answers[2].error.message
+    assert (answers[3].deduplicated, answers[4].deduplicated) == (False, True)
+    assert answers[3].job.id == answers[4].job.id
+    assert answers[5].job.properties["n"].int_value == 5
+    # A refused first job refuses only itself.
+    assert after.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [a.request_id for a in after.more] == [201]
+    assert after.more[0].job.topic == "submit/q"
+    committed = {a.job.id for a in [before, *answers, *after.more] if not a.HasField("error")}
+    assert committed == stored_ids(node)  # every answer with a job is a committed job
+
+
+def test_a_request_with_more_jobs_than_allowed_is_refused_whole_and_the_stream_goes_on(
+    nodes: NodeFactory,
+) -> None:
+    node = nodes.start("submit")
+    too_many = packed(1, [new_job("submit/many", n=n) for n in range(MAX_JOBS_PER_REQUEST + 1)])
+    just_enough = packed(5000, [new_job("submit/enough", n=n) for n in range(MAX_JOBS_PER_REQUEST)])
+    refused, accepted = node.stub.SubmitJobs(iter([too_many, just_enough]), timeout=60)
+
+    for answer in (refused, *refused.more):
+        assert answer.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert f"at most {MAX_JOBS_PER_REQUEST}" in answer.error.message
+    assert len(refused.more) == MAX_JOBS_PER_REQUEST
+    assert not any(a.HasField("error") for a in (accepted, *accepted.more))
+    assert {a.job.id for a in (accepted, *accepted.more)} == stored_ids(node)  # none of the refused
+
+
+def is_queued(submitter: Submitter, jobs: int) -> bool:
+    return submitter._current().requests.qsize() == jobs
+
+
+def test_the_client_packs_the_jobs_that_wait_into_one_message_within_its_byte_bound(
+    nodes: NodeFactory,
+) -> None:
+    node = nodes.start("submit")
+    sent: list[jobs_pb2.SubmitJobsRequest] = []
+    gate = threading.Event()
+
+    def counted(messages: Iterator[jobs_pb2.SubmitJobsRequest]) -> Iterator[jobs_pb2.SubmitJobsRequest]:
+        gate.wait(30)  # gRPC's sending thread waits here while every job is queued
+        for message in messages:
+            sent.append(message)
+            yield message
+
+    submitter = Submitter(lambda messages: node.stub.SubmitJobs(counted(messages), timeout=60), 30.0)
+    big = b"x" * (PACK_BYTES // 3)  # three of them do not fit in one message
+    jobs = [new_job("submit/small", n=n) for n in range(50)] + [new_job("submit/big", big) for _ in range(4)]
+    answers: dict[int, str] = {}
+
+    def add(number: int) -> None:
+        answers[number] = submitter.add(jobs[number]).job.id
+
+    try:
+        threads = [threading.Thread(target=add, args=(n,)) for n in range(len(jobs))]
+        for queued, thread in enumerate(threads, 1):
+            thread.start()
+            wait_for(partial(is_queued, submitter, queued), what=f"{queued} jobs queued")
+        gate.set()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        submitter.close()
+
+    assert len(answers) == len(jobs)
+    assert set(answers.values()) == stored_ids(node)
+    # Fifty small jobs and two big ones fit in the first message; the other two big ones in one more.
+    assert [1 + len(message.more) for message in sent] == [52, 2]
+    assert all(message.ByteSize() <= PACK_BYTES + 1024 for message in sent)
+    ids = [number for m in sent for number in (m.request_id, *(item.request_id for item in m.more))]
+    assert ids == sorted(ids)  # in the order the threads queued them
+
+
 def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -107,7 +221,7 @@ def test_client_threads_share_one_stream_and_it_reopens_after_a_crash(nodes: Nod
     assert job.id in stored_ids(node)
 
 
-def test_the_submit_scope_is_checked_on_every_message(nodes: NodeFactory) -> None:
+def test_the_submit_scope_is_checked_on_every_job_of_every_message(nodes: NodeFactory) -> None:
     node = nodes.start("submit")
     images_only = node.client_transport(token=token(node, "--scope", "submit", "--topics", "images/**"))
     with stub_with(node, images_only) as stub:
@@ -119,8 +233,13 @@ def test_the_submit_scope_is_checked_on_every_message(nodes: NodeFactory) -> Non
         )
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "video/x" in error.details()
+        # Every job of a packed message, not only its first.
+        hidden = packed(1, [new_job("images/c"), new_job("images/d"), new_job("video/y")])
+        error = rpc_error(lambda: list(stub.SubmitJobs(iter([hidden]), timeout=30)))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "video/y" in error.details()
     topics = {job.topic for job in node.stub.FindJobs(jobs_pb2.FindJobsRequest(page_size=100)).jobs}
-    assert "video/x" not in topics
+    assert not topics & {"video/x", "video/y", "images/c", "images/d"}
     assert "images/a" in topics
     reader = node.client_transport(token=token(node, "--scope", "read"))
     with stub_with(node, reader) as stub:
@@ -129,7 +248,10 @@ def test_the_submit_scope_is_checked_on_every_message(nodes: NodeFactory) -> Non
         assert "scope 'submit'" in error.details()
 
 
-async def test_the_node_reads_at_most_its_read_ahead_while_commits_are_pending() -> None:
+@pytest.mark.parametrize("jobs_per_message", [1, 100])
+async def test_the_node_reads_at_most_its_read_ahead_in_jobs_while_commits_are_pending(
+    jobs_per_message: int,
+) -> None:
     read = 0
     commit = asyncio.Event()
 
@@ -137,7 +259,7 @@ async def test_the_node_reads_at_most_its_read_ahead_while_commits_are_pending()
         nonlocal read
         while True:
             read += 1
-            yield jobs_pb2.SubmitJobsRequest(job=new_job("submit/flood"), request_id=read)
+            yield packed(read * 1000, [new_job("submit/flood")] * jobs_per_message)
 
     async def slow_add(job: jobs_pb2.NewJob) -> tuple[jobs_pb2.Job, bool]:
         await commit.wait()
@@ -147,8 +269,10 @@ async def test_the_node_reads_at_most_its_read_ahead_while_commits_are_pending()
     first = asyncio.ensure_future(anext(answers))
     for _ in range(5 * IN_FLIGHT):
         await asyncio.sleep(0)  # give the reader every chance to run ahead
-    # The queue's worth, the one being answered, and the one waiting for room.
-    assert read == IN_FLIGHT + 2
+    # The messages whose jobs fit in the read-ahead, and the one waiting for room.
+    assert read == IN_FLIGHT // jobs_per_message + 1
     commit.set()
-    assert (await first).request_id == 1
+    response = await first
+    assert response.request_id == 1000
+    assert len(response.more) == jobs_per_message - 1
     await answers.aclose()

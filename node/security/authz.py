@@ -33,8 +33,10 @@ def _cert_identity(pem: bytes) -> pki.CertIdentity:
 def _topics_of(request: Any) -> list[str]:
     """Topics a request asks to submit or consume (empty for other requests)."""
     name = type(request).__name__
-    if name in ("AddJobRequest", "SubmitJobsRequest"):
+    if name == "AddJobRequest":
         return [request.job.topic]
+    if name == "SubmitJobsRequest":  # every job of a packed message
+        return [request.job.topic, *(item.job.topic for item in request.more)]
     if name == "AddJobsRequest":
         return [job.topic for job in request.jobs]
     if name == "WorkRequest" and request.WhichOneof("kind") == "register":

@@ -1,14 +1,14 @@
-"""SubmitJobs: jobs added one at a time over one stream, answered in order after their commit.
+"""SubmitJobs: jobs added over one stream, answered in order after their commit.
 
-Each request becomes its own add (so concurrent requests share the journal's group commits);
-a reader runs ahead of the writer by at most IN_FLIGHT requests, so a client that sends without
+Each job becomes its own add (so concurrent jobs share the journal's group commits), also the
+jobs a client packed into one message (`more`): they are answered together, one answer each. A
+reader runs ahead of the writer by at most IN_FLIGHT jobs, so a client that sends without
 reading is held by flow control, not buffered without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
@@ -21,61 +21,113 @@ from node.services.status import status_for
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = 1024
-"""Requests of one stream read ahead of the responses written (documented in jobs.proto)."""
+"""Jobs of one stream read ahead of the responses written (documented in jobs.proto)."""
+MAX_JOBS_PER_REQUEST = 1024
+"""Jobs one request may carry, `job` and `more` together (documented in jobs.proto)."""
 
 AddOne = Callable[[jobs_pb2.NewJob], Awaitable[tuple[jobs_pb2.Job, bool]]]
 """Add one job; returns it as committed and whether it was deduplicated."""
+
+Answer = jobs_pb2.SubmitJobsResponse | jobs_pb2.SubmitJobsAnswer
+"""What answers one job: a response for a request's `job`, an answer for each of its `more`."""
+
+
+class _ReadAhead:
+    """Jobs read and not yet answered, at most `limit` (or one request, if it alone is more)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._taken = 0
+        self._room = asyncio.Event()
+
+    async def take(self, jobs: int) -> None:
+        while self._taken and self._taken + jobs > self._limit:
+            self._room.clear()
+            await self._room.wait()
+        self._taken += jobs
+
+    def give(self, jobs: int) -> None:
+        self._taken -= jobs
+        self._room.set()
 
 
 async def answer(
     requests: AsyncIterator[jobs_pb2.SubmitJobsRequest], add: AddOne
 ) -> AsyncGenerator[jobs_pb2.SubmitJobsResponse, None]:
-    """The responses to `requests`, in order; a refused job is a response with `error`."""
-    pending: asyncio.Queue[asyncio.Task[jobs_pb2.SubmitJobsResponse] | None] = asyncio.Queue(IN_FLIGHT)
+    """The responses to `requests`, in order; a refused job is an answer with `error`."""
+    pending: asyncio.Queue[tuple[asyncio.Task[jobs_pb2.SubmitJobsResponse], int] | None] = asyncio.Queue()
+    read_ahead = _ReadAhead(IN_FLIGHT)
 
     async def read() -> None:
         try:
             async for request in requests:
-                await pending.put(asyncio.ensure_future(_one(request, add)))
+                jobs = 1 + len(request.more)
+                await read_ahead.take(jobs)
+                pending.put_nowait((asyncio.ensure_future(_request(request, add)), jobs))
         finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                pending.put_nowait(None)  # full: the writer sees the reader done when it drains
+            pending.put_nowait(None)
 
     reader = asyncio.ensure_future(read())
     try:
-        while True:
-            if pending.empty() and reader.done():
-                break
-            task = await pending.get()
-            if task is None:
-                break
-            yield await task
+        while (item := await pending.get()) is not None:
+            task, jobs = item
+            response = await task
+            read_ahead.give(jobs)
+            yield response
         reader.result()  # the request stream's own error (e.g. the client cancelled) goes on
     finally:
         reader.cancel()
         while not pending.empty():
-            task = pending.get_nowait()
-            if task is not None:
-                task.add_done_callback(_retrieve)  # its add goes on to its commit; nobody waits
+            item = pending.get_nowait()
+            if item is not None:
+                item[0].add_done_callback(_retrieve)  # its adds go on to their commit; nobody waits
 
 
-async def _one(request: jobs_pb2.SubmitJobsRequest, add: AddOne) -> jobs_pb2.SubmitJobsResponse:
+async def _request(request: jobs_pb2.SubmitJobsRequest, add: AddOne) -> jobs_pb2.SubmitJobsResponse:
     response = jobs_pb2.SubmitJobsResponse(request_id=request.request_id)
+    if not request.more:
+        await _one(request, add, response)
+        return response
+    answers = [jobs_pb2.SubmitJobsAnswer(request_id=item.request_id) for item in request.more]
+    if len(request.more) >= MAX_JOBS_PER_REQUEST:
+        refusal = InvalidArgument(
+            f"more holds {len(request.more)} jobs; one request carries at most "
+            f"{MAX_JOBS_PER_REQUEST} (job and {MAX_JOBS_PER_REQUEST - 1} in more)"
+        )
+        _refuse(response, refusal)
+        for refused in answers:
+            _refuse(refused, refusal)
+    else:
+        # One add each, started in order (so queued to the journal in order), committed together.
+        await asyncio.gather(
+            _one(request, add, response),
+            *(_one(item, add, a) for item, a in zip(request.more, answers, strict=True)),
+        )
+    response.more.extend(answers)
+    return response
+
+
+async def _one(
+    request: jobs_pb2.SubmitJobsRequest | jobs_pb2.SubmitJobsItem, add: AddOne, into: Answer
+) -> None:
     try:
         if not request.HasField("job"):
             raise InvalidArgument("job is missing")
         job, deduplicated = await add(request.job)
     except JobmeshError as e:
-        response.error.code, response.error.message = status_for(e).value[0], str(e)
-        return response
+        _refuse(into, e)
+        return
     except Exception as e:  # a request never crashes the node, nor ends the other requests
         log.exception("SubmitJobs failed on one job")
-        response.error.code = grpc.StatusCode.INTERNAL.value[0]
-        response.error.message = f"internal error in SubmitJobs: {e}"
-        return response
-    response.job.CopyFrom(job)
-    response.deduplicated = deduplicated
-    return response
+        into.error.code = grpc.StatusCode.INTERNAL.value[0]
+        into.error.message = f"internal error in SubmitJobs: {e}"
+        return
+    into.job.CopyFrom(job)
+    into.deduplicated = deduplicated
+
+
+def _refuse(into: Answer, error: JobmeshError) -> None:
+    into.error.code, into.error.message = status_for(error).value[0], str(error)
 
 
 def _retrieve(task: asyncio.Task[jobs_pb2.SubmitJobsResponse]) -> None:

@@ -745,14 +745,59 @@ Global___AddJobResponse: _TypeAlias = AddJobResponse  # noqa: Y015
 
 @_typing.final
 class SubmitJobsRequest(_message.Message):
-    """One job sent on a SubmitJobs stream."""
+    """One message on a SubmitJobs stream: one job, or several the client had
+    ready at once.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """Any number the client chooses (e.g. a counter); the response repeats it."""
+    @_builtins.property
+    def job(self) -> Global___NewJob:
+        """The job to add (checked as AddJob checks it)."""
+
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitJobsItem]:
+        """Further jobs sent in this same message, at most 1,023 (1,024 jobs with
+        `job`): one message's cost instead of one per job. Each is checked,
+        added and answered as if it came in a request of its own, right after
+        `job` and in this order: a refused one does not refuse the others. The
+        answers come in the response's `more`, in the same order. A request with
+        more than 1,023 gets every one of its jobs refused (INVALID_ARGUMENT),
+        `job` included. A caller's topic permissions are checked for every job of
+        the message: one job outside them refuses the whole call
+        (PERMISSION_DENIED), as for AddJobs.
+        """
+
+    def __init__(
+        self,
+        *,
+        job: Global___NewJob | None = ...,
+        request_id: _builtins.int = ...,
+        more: _abc.Iterable[Global___SubmitJobsItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "more", b"more", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitJobsRequest: _TypeAlias = SubmitJobsRequest  # noqa: Y015
+
+@_typing.final
+class SubmitJobsItem(_message.Message):
+    """A further job in a SubmitJobsRequest's `more`."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
-    """Any number the client chooses (e.g. a counter); the response repeats it."""
+    """Any number the client chooses; its answer repeats it."""
     @_builtins.property
     def job(self) -> Global___NewJob:
         """The job to add (checked as AddJob checks it)."""
@@ -769,7 +814,7 @@ class SubmitJobsRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SubmitJobsRequest: _TypeAlias = SubmitJobsRequest  # noqa: Y015
+Global___SubmitJobsItem: _TypeAlias = SubmitJobsItem  # noqa: Y015
 
 @_typing.final
 class SubmitJobsResponse(_message.Message):
@@ -781,8 +826,54 @@ class SubmitJobsResponse(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """The request_id of the request this answers."""
+    deduplicated: _builtins.bool
+    """True when a job with the same dedup_key already existed and is returned
+    instead of a new one.
+    """
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job as committed (without its payload bytes); unset when refused."""
+
+    @_builtins.property
+    def error(self) -> Global___SubmitError:
+        """Why the job was refused (nothing was stored); unset when it was added."""
+
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitJobsAnswer]:
+        """The answers to the request's `more` jobs, one each, in their order."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        job: Global___Job | None = ...,
+        deduplicated: _builtins.bool = ...,
+        error: Global___SubmitError | None = ...,
+        more: _abc.Iterable[Global___SubmitJobsAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deduplicated", b"deduplicated", "error", b"error", "job", b"job", "more", b"more", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitJobsResponse: _TypeAlias = SubmitJobsResponse  # noqa: Y015
+
+@_typing.final
+class SubmitJobsAnswer(_message.Message):
+    """The answer to one job of a SubmitJobsRequest's `more`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """The request_id of the SubmitJobsItem this answers."""
     deduplicated: _builtins.bool
     """True when a job with the same dedup_key already existed and is returned
     instead of a new one.
@@ -809,7 +900,7 @@ class SubmitJobsResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SubmitJobsResponse: _TypeAlias = SubmitJobsResponse  # noqa: Y015
+Global___SubmitJobsAnswer: _TypeAlias = SubmitJobsAnswer  # noqa: Y015
 
 @_typing.final
 class SubmitError(_message.Message):

@@ -130,13 +130,16 @@ class JobServiceServicer:
         """Adds jobs one at a time over one long-lived stream: the fast path for a
         producer that adds jobs one by one (one stream replaces a unary call per
         job). Each request is answered by one response, in request order, once
-        its job is committed (as AddJob's) or refused; a refused job does not end
-        the stream. A client may send many requests before reading responses; the
-        node reads at most 1,024 ahead of the responses it has written (flow
-        control holds the client beyond that). Half-closing the request stream
-        ends the call after the last response. A job whose response never arrived
-        (the stream broke) may or may not be committed: use dedup_key to add it
-        again safely.
+        its jobs are committed (as AddJob's) or refused; a refused job does not end
+        the stream. A client with several jobs ready at once (many producer
+        threads sharing the stream) may pack them into one request (`more`); they
+        are answered together in one response, each job on its own. A client may
+        send many requests before reading responses; the node reads ahead of the
+        responses it has written by at most 1,024 jobs (or one request, if larger;
+        flow control holds the client beyond that). Half-closing the request
+        stream ends the call after the last response. A job whose answer never
+        arrived (the stream broke) may or may not be committed: use dedup_key to
+        add it again safely.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
