@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jobmesh.v1 import jobs_pb2
 
 from node import Job, JobContext, JobResult, JobState, Node, NodeConfig
 from node.errors import JobNotFound
@@ -302,6 +303,54 @@ async def test_a_queue_with_nothing_more_due_claims_again_only_when_woken(
         failing = await n.jobs.add_job("calm/again", {"fail": 1}, retry_delay_s=0.05, max_retries=1)
         assert (await finished(n, failing.id)).state is JobState.SUCCEEDED
         assert claims >= before + 2
+
+
+async def test_a_slot_freed_while_a_claim_fills_every_slot_is_claimed_for_without_a_wake_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job's end during a claim sets no wake-up (above). When that claim took as many jobs as
+    # it had slots for, the runner must claim again by itself for the slot that freed: here
+    # nothing else would wake it (job b holds the other slot until c has started).
+    config = config_with(tmp_path, {"name": "full", "topics": ["full/*"], "max_parallel": 2})
+    gates = {"a": threading.Event(), "b": threading.Event(), "c": threading.Event()}
+    gates["c"].set()
+    started: list[str] = []
+
+    def consumer(job: Job, context: JobContext) -> None:
+        label = job.topic.removeprefix("full/")
+        started.append(label)
+        gates[label].wait()  # every gate opens when the test ends, also when it fails
+
+    async with Node(config) as n:
+        n.consumers.register(["full/*"], consumer)
+        runner = n.jobs._runners["full"]
+        claimed: list[list[str]] = []  # by the claims after a runs
+        claim = n.jobs.store.claim
+
+        async def claim_while_a_ends(*args: Any, **kwargs: Any) -> Any:
+            if not claimed:  # b and c's claim, with one slot free: a ends while it is in flight
+                gates["a"].set()
+                await async_wait_for(lambda: a.id not in runner._running, what="a's attempt to end")
+            jobs, due = await claim(*args, **kwargs)
+            claimed.append([job.topic for job in jobs])
+            return jobs, due
+
+        try:
+            a = await n.jobs.add_job("full/a")
+            await async_wait_for(
+                lambda: started == ["a"] and runner._waiting, what="a to run, the runner to wait"
+            )
+            monkeypatch.setattr(n.jobs.store, "claim", claim_while_a_ends)
+            b, c = await n.jobs.add_proto_jobs(
+                [jobs_pb2.NewJob(topic="full/b"), jobs_pb2.NewJob(topic="full/c")]
+            )
+            await async_wait_for(lambda: "c" in started, what="c to start while b holds its slot")
+        finally:
+            for gate in gates.values():  # b's end would claim c at last: only after a failure
+                gate.set()
+        assert claimed[:2] == [["full/b"], ["full/c"]]
+        for job_id in (a.id, b.id, c.id):
+            assert (await finished(n, job_id)).state is JobState.SUCCEEDED
 
 
 # --- retries and backoff ------------------------------------------------------------------------------
