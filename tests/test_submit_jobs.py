@@ -2,21 +2,28 @@
 the commit, refusals that do not end the stream, packed requests answered job by job, flow
 control counted in jobs, the client's shared stream across threads and across a node crash (and
 its packing of the jobs that wait), and the submit scope's topic patterns checked on every job of
-every message."""
+every message; and in process, a packed message's jobs in one journal operation, where a job
+that fails it fails alone."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from jobmesh.v1 import jobs_pb2
 
+from node import JobState, Node, NodeConfig
 from node.client import JobmeshClient, RpcError
+from node.errors import InvalidArgument
+from node.journal.records import AddedJob, NewJobRecord
 from node.services import submission
 from node.services.submission import IN_FLIGHT, MAX_JOBS_PER_REQUEST
 from node.submitter import PACK_BYTES, Submitter
@@ -139,6 +146,10 @@ def test_a_request_with_more_jobs_than_allowed_is_refused_whole_and_the_stream_g
     assert {a.job.id for a in (accepted, *accepted.more)} == stored_ids(node)  # none of the refused
 
 
+def has_length(items: list[jobs_pb2.SubmitJobsRequest], length: int) -> bool:
+    return len(items) == length
+
+
 def is_queued(submitter: Submitter, jobs: int) -> bool:
     return submitter._current().requests.qsize() == jobs
 
@@ -182,6 +193,62 @@ def test_the_client_packs_the_jobs_that_wait_into_one_message_within_its_byte_bo
     assert all(message.ByteSize() <= PACK_BYTES + 1024 for message in sent)
     ids = [number for m in sent for number in (m.request_id, *(item.request_id for item in m.more))]
     assert ids == sorted(ids)  # in the order the threads queued them
+
+
+class HeldAnswers:
+    """A SubmitJobs call whose answers reach the client only once `gate` is set."""
+
+    def __init__(self, call: Any, gate: threading.Event) -> None:
+        self._call, self._gate = call, gate
+
+    def __iter__(self) -> Iterator[jobs_pb2.SubmitJobsResponse]:
+        self._gate.wait(30)
+        yield from self._call
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+def test_the_client_keeps_two_messages_unanswered_and_packs_the_jobs_that_queue_meanwhile(
+    nodes: NodeFactory,
+) -> None:
+    node = nodes.start("submit")
+    sent: list[jobs_pb2.SubmitJobsRequest] = []
+    gate = threading.Event()
+
+    def counted(messages: Iterator[jobs_pb2.SubmitJobsRequest]) -> Iterator[jobs_pb2.SubmitJobsRequest]:
+        for message in messages:
+            sent.append(message)
+            yield message
+
+    def held(messages: Iterator[jobs_pb2.SubmitJobsRequest]) -> HeldAnswers:
+        return HeldAnswers(node.stub.SubmitJobs(counted(messages), timeout=60), gate)
+
+    submitter = Submitter(held, 30.0)
+    jobs = [new_job("submit/window", n=n) for n in range(10)]
+    answers: dict[int, str] = {}
+
+    def add(number: int) -> None:
+        answers[number] = submitter.add(jobs[number]).job.id
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(len(jobs))]
+    try:
+        for number, thread in enumerate(threads[:2], 1):  # each goes at once, alone
+            thread.start()
+            wait_for(partial(has_length, sent, number), what=f"message {number} sent")
+        for queued, thread in enumerate(threads[2:]):  # the first of them waits for room
+            thread.start()
+            wait_for(partial(is_queued, submitter, queued), what=f"{queued} more jobs queued")
+        assert len(sent) == 2
+        gate.set()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        gate.set()
+        submitter.close()
+
+    assert [1 + len(message.more) for message in sent] == [1, 1, 8]
+    assert set(answers.values()) == stored_ids(node)
 
 
 def unused_port() -> int:
@@ -261,9 +328,9 @@ async def test_the_node_reads_at_most_its_read_ahead_in_jobs_while_commits_are_p
             read += 1
             yield packed(read * 1000, [new_job("submit/flood")] * jobs_per_message)
 
-    async def slow_add(job: jobs_pb2.NewJob) -> tuple[jobs_pb2.Job, bool]:
+    async def slow_add(new_jobs: Sequence[jobs_pb2.NewJob]) -> list[submission.Added]:
         await commit.wait()
-        return jobs_pb2.Job(topic=job.topic), False
+        return [(jobs_pb2.Job(topic=job.topic), False) for job in new_jobs]
 
     answers = submission.answer(endless(), slow_add)
     first = asyncio.ensure_future(anext(answers))
@@ -276,3 +343,58 @@ async def test_the_node_reads_at_most_its_read_ahead_in_jobs_while_commits_are_p
     assert response.request_id == 1000
     assert len(response.more) == jobs_per_message - 1
     await answers.aclose()
+
+
+async def test_a_packed_messages_jobs_are_one_journal_operation_and_one_failing_it_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Node(NodeConfig.for_tests(tmp_path)) as n:
+        inserts: list[list[str]] = []  # the topics of each insert operation
+        insert = n.jobs.store.insert
+
+        def poisoned(conn: sqlite3.Connection, records: Sequence[NewJobRecord]) -> list[AddedJob]:
+            inserts.append([r.topic for r in records])
+            if "pack/poison" in inserts[-1]:  # fails the operation, as a broken row would
+                raise sqlite3.IntegrityError("poisoned row")
+            return insert(conn, records)
+
+        monkeypatch.setattr(n.jobs.store, "insert", poisoned)
+        jobs = [new_job("pack/a", n=i) for i in range(50)]
+        outcomes = await n.jobs.add_proto_jobs_each([*jobs[:10], new_job("bad topic!"), *jobs[10:]])
+        assert inserts == [["pack/a"] * 50]  # the refused job took no part in it
+        assert isinstance(outcomes[10], InvalidArgument)
+        added = [o for o in outcomes if not isinstance(o, Exception)]
+        assert [job.properties["n"] for job, _ in added] == list(range(50))
+
+        inserts.clear()
+        outcomes = await n.jobs.add_proto_jobs_each(
+            [new_job("pack/b"), new_job("pack/poison"), new_job("pack/c")]
+        )
+        # The failed operation stored nothing; each job again on its own: only the poisoned one fails.
+        assert inserts == [["pack/b", "pack/poison", "pack/c"], ["pack/b"], ["pack/poison"], ["pack/c"]]
+        assert isinstance(outcomes[1], sqlite3.IntegrityError)
+        stored = [
+            await n.jobs.get_job(o[0].id) for o in (outcomes[0], outcomes[2]) if not isinstance(o, Exception)
+        ]
+        assert [job.topic for job in stored] == ["pack/b", "pack/c"]
+        counts = await n.jobs.count_by_state()
+        assert counts == {JobState.QUEUED: 52}
+
+
+async def test_each_job_of_a_message_gets_its_own_outcome_as_its_answer() -> None:
+    async def add(new_jobs: Sequence[jobs_pb2.NewJob]) -> list[submission.Added]:
+        outcomes: list[submission.Added] = [(jobs_pb2.Job(id="j1", topic="a"), False)]
+        return [*outcomes, RuntimeError("a bug"), InvalidArgument("no such thing")]
+
+    async def one_message() -> AsyncIterator[jobs_pb2.SubmitJobsRequest]:
+        yield packed(7, [new_job("a"), new_job("b"), new_job("c"), None])
+
+    (response,) = [r async for r in submission.answer(one_message(), add)]
+    answers: list[submission.Answer] = [response, *response.more]
+    assert [a.request_id for a in answers] == [7, 8, 9, 10]
+    assert answers[0].job.id == "j1"
+    assert answers[1].error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "a bug" in answers[1].error.message
+    assert answers[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert answers[2].error.message == "no such thing"
+    assert "job is missing" in answers[3].error.message

@@ -12,7 +12,7 @@ from jobmesh.v1 import jobs_pb2
 
 from node.config import JobsConfig
 from node.durations import optional_seconds
-from node.errors import ResourceExhausted
+from node.errors import JobmeshError, ResourceExhausted
 from node.instance import now_us
 from node.jobs.validation import JobLimits, check_job_options, check_payload
 from node.journal.ids import JobIdGenerator
@@ -95,6 +95,18 @@ class JobIntake:
             self.from_proto(new, f"{field}[{index}]" if field == "jobs" else field, job_id)
             for index, (job_id, new) in enumerate(zip(ids, new_jobs, strict=True))
         ]
+
+    def each_from_protos(
+        self, new_jobs: Sequence[jobs_pb2.NewJob], field: str
+    ) -> list[NewJobRecord | JobmeshError]:
+        """A record for each job from the wire, in order, or why that job alone is refused."""
+        checked: list[NewJobRecord | JobmeshError] = []
+        for job_id, new in zip(self._ids.next_ids(len(new_jobs)), new_jobs, strict=True):
+            try:
+                checked.append(self.from_proto(new, field, job_id))
+            except JobmeshError as e:
+                checked.append(e)
+        return checked
 
     def _check_payload(self, payload: bytes, field: str) -> None:
         check_payload(len(payload), self._limits, field)

@@ -7,13 +7,12 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from jobmesh.v1 import jobs_pb2, schedules_pb2
 
 from node.config import NodeConfig
-from node.errors import FailedPrecondition, NotFound, Unavailable
+from node.errors import FailedPrecondition, JobmeshError, NotFound, Unavailable
 from node.instance import now_us
 from node.jobs.consumers import ConsumerRegistry
 from node.jobs.context import JobContext
@@ -34,30 +33,10 @@ from node.journal.stats import StatisticsReport, read_statistics
 from node.model.consumption import ConsumptionRules
 from node.model.events import EventFilter, JobEvent
 from node.model.job import Job, JobState
-from node.model.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueType
+from node.model.queues import MAIN_QUEUE, QueueConfig, QueueDirectory, QueueInfo, QueueType
 from node.topics import TopicPattern
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class QueueInfo:
-    """A queue with its state and counts."""
-
-    config: QueueConfig
-    source: str  # "default", "config" or "api"
-    suspended: bool
-    queued: int
-    active: int
-
-
-def _queue_to_json(config: QueueConfig) -> dict[str, object]:
-    data = asdict(config)
-    data.pop("patterns")
-    data["type"] = config.type.value
-    data["sync_isolation"] = config.sync_isolation.value
-    data["topics"] = list(config.topics)
-    return data
 
 
 class JobManager:
@@ -246,17 +225,35 @@ class JobManager:
             retry_delay_s=retry_delay_s,
             timeout_s=timeout_s,
         )
-        (added,) = await self._commit([record])
-        # A new job is answered from its record, without a read back; a dedup hit is read.
+        (added,) = await self._commit([record])  # answered as `_answer` does
         return await self.store.get_job(added.id) if added.deduplicated else record.as_committed()
 
-    async def add_proto_job(self, new_job: jobs_pb2.NewJob, field: str = "job") -> tuple[Job, bool]:
-        """Validate and add one job from the wire; returns it as committed, and whether it existed."""
-        (record,) = self._intake.from_protos([new_job], field)
-        (added,) = await self._commit([record])
-        if added.deduplicated:
+    async def add_proto_jobs_each(
+        self, new_jobs: Sequence[jobs_pb2.NewJob]
+    ) -> list[tuple[Job, bool] | Exception]:
+        """Validate and add jobs from the wire, each on its own but in one journal operation: per
+        job, in order, it as committed and whether it existed, or why it alone was refused."""
+        checked = self._intake.each_from_protos(new_jobs, "job")
+        records = [r for r in checked if isinstance(r, NewJobRecord)]
+        self._wake_for(records)
+        added = iter(await self.store.add_jobs_each(records))
+        return [
+            record if isinstance(record, JobmeshError) else await self._answer(record, next(added))
+            for record in checked
+        ]
+
+    async def _answer(
+        self, record: NewJobRecord, added: AddedJob | Exception
+    ) -> tuple[Job, bool] | Exception:
+        """A job added from the wire, answered: a new one from its record, a dedup hit read back."""
+        if isinstance(added, Exception):
+            return added
+        if not added.deduplicated:
+            return record.as_committed(), False
+        try:
             return await self.store.get_job(added.id), True
-        return record.as_committed(), False
+        except JobmeshError as e:  # e.g. removed since
+            return e
 
     async def add_proto_jobs(
         self, new_jobs: Sequence[jobs_pb2.NewJob], field: str = "jobs"
@@ -266,11 +263,14 @@ class JobManager:
         return await self._commit(records)
 
     async def _commit(self, records: list[NewJobRecord]) -> list[AddedJob]:
+        self._wake_for(records)
+        return await self.store.add_jobs(records)
+
+    def _wake_for(self, records: list[NewJobRecord]) -> None:
         # Woken before the insert commits: the insert is queued before this first yields, and a
         # claim is a write behind it (one writer, in order): claimed in its commit or the next.
         for name in {r.queue for r in records if r.target is not None} & self._runners.keys():
             self._runners[name].wake()
-        return await self.store.add_jobs(records)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -388,7 +388,7 @@ class JobManager:
 
     async def set_queue(self, config: QueueConfig) -> QueueInfo:
         """Create or replace a queue config over the API; persisted, applied at once."""
-        await self._queue_store.save_config(config.name, _queue_to_json(config))
+        await self._queue_store.save_config(config.name, config.to_json())
         self._api_queues[config.name] = config
         await self._apply_queue_change()
         return await self.queue_info(config.name)

@@ -106,6 +106,19 @@ class JobStore(Claims, Attempts, Controls):
         """Insert jobs atomically (all or none); a dedup key that exists returns that job instead."""
         return await self.journal.write(lambda conn: self.insert(conn, records))
 
+    async def add_jobs_each(self, records: Sequence[NewJobRecord]) -> list[AddedJob | Exception]:
+        """`add_jobs` for jobs that stand each on its own: one operation, but a job that fails it
+        refuses only itself (the others are then added again, one operation each)."""
+        if not records:
+            return []
+        try:
+            return list(await self.add_jobs(records))
+        except Exception as e:
+            if len(records) == 1:
+                return [e]
+        # A failed operation stored nothing: each job again, so that only the one at fault fails.
+        return [(await self.add_jobs_each([record]))[0] for record in records]
+
     # --- reading ---------------------------------------------------------------------------
 
     async def get_job(

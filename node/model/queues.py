@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 
 from node.errors import ConfigError, InvalidArgument
@@ -144,6 +144,15 @@ class QueueConfig:
             raise ConfigError(f"{where}: {e}") from e
         return replace(self, retries=int(self.retries), ranking=int(self.ranking), patterns=patterns)
 
+    def to_json(self) -> dict[str, object]:
+        """The config as stored in the journal (what `--set queues=JSON` takes)."""
+        data = asdict(self)
+        data.pop("patterns")
+        data["type"] = self.type.value
+        data["sync_isolation"] = self.sync_isolation.value
+        data["topics"] = list(self.topics)
+        return data
+
     @property
     def parallelism(self) -> int:
         """How many jobs run at once on this machine (1 for ordered queues)."""
@@ -167,6 +176,17 @@ class QueueConfig:
         except OverflowError:  # e.g. the 1100th retry of a queue that retries forever
             delay = cap
         return int(min(delay, cap) * 1e6)
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue with its state and counts."""
+
+    config: QueueConfig
+    source: str  # "default", "config" or "api"
+    suspended: bool
+    queued: int
+    active: int
 
 
 class QueueDirectory:

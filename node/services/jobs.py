@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from jobmesh.peer.v1 import gather_pb2
@@ -125,7 +125,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.AddJobResponse:
         if not request.HasField("job"):
             raise InvalidArgument("job is missing")
-        job, deduplicated = await self._manager.add_proto_job(request.job)
+        (outcome,) = await self._manager.add_proto_jobs_each([request.job])
+        if isinstance(outcome, Exception):
+            raise outcome
+        job, deduplicated = outcome
         return jobs_pb2.AddJobResponse(job=self._job_proto(job), deduplicated=deduplicated)
 
     @rpc
@@ -140,12 +143,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJobs(
         self, request_iterator: AsyncIterator[jobs_pb2.SubmitJobsRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.SubmitJobsResponse]:
-        async for response in submission.answer(request_iterator, self._add_one):
+        async for response in submission.answer(request_iterator, self._add_each):
             yield response
 
-    async def _add_one(self, job: jobs_pb2.NewJob) -> tuple[jobs_pb2.Job, bool]:
-        added, deduplicated = await self._manager.add_proto_job(job)
-        return self._job_proto(added), deduplicated
+    async def _add_each(self, new_jobs: Sequence[jobs_pb2.NewJob]) -> list[submission.Added]:
+        outcomes = await self._manager.add_proto_jobs_each(new_jobs)
+        return [o if isinstance(o, Exception) else (self._job_proto(o[0]), o[1]) for o in outcomes]
 
     @rpc
     async def GetJob(

@@ -7,8 +7,8 @@ from jobmesh.v1 import queues_pb2, queues_pb2_grpc
 
 from node.durations import duration_from_seconds, optional_seconds
 from node.errors import ConfigError, InvalidArgument
-from node.jobs.manager import JobManager, QueueInfo
-from node.model.queues import MAIN_QUEUE, QueueConfig, QueueType, SyncIsolation
+from node.jobs.manager import JobManager
+from node.model.queues import MAIN_QUEUE, QueueConfig, QueueInfo, QueueType, SyncIsolation
 from node.services.paging import page_of
 from node.services.status import rpc
 

@@ -1,16 +1,16 @@
 """SubmitJobs: jobs added over one stream, answered in order after their commit.
 
-Each job becomes its own add (so concurrent jobs share the journal's group commits), also the
-jobs a client packed into one message (`more`): they are answered together, one answer each. A
-reader runs ahead of the writer by at most IN_FLIGHT jobs, so a client that sends without
-reading is held by flow control, not buffered without bound.
+Each message becomes its own add (so concurrent messages share the journal's group commits):
+one journal operation for the jobs a client packed into it (`more`), each job checked and
+answered on its own. A reader runs ahead of the writer by at most IN_FLIGHT jobs, so a client
+that sends without reading is held by flow control, not buffered without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 from jobmesh.v1 import jobs_pb2
@@ -25,8 +25,10 @@ IN_FLIGHT = 1024
 MAX_JOBS_PER_REQUEST = 1024
 """Jobs one request may carry, `job` and `more` together (documented in jobs.proto)."""
 
-AddOne = Callable[[jobs_pb2.NewJob], Awaitable[tuple[jobs_pb2.Job, bool]]]
-"""Add one job; returns it as committed and whether it was deduplicated."""
+Added = tuple[jobs_pb2.Job, bool] | Exception
+"""One job's outcome: it as committed and whether it was deduplicated, or why it was refused."""
+AddEach = Callable[[Sequence[jobs_pb2.NewJob]], Awaitable[list[Added]]]
+"""Add jobs, each on its own; returns each one's outcome, in order."""
 
 Answer = jobs_pb2.SubmitJobsResponse | jobs_pb2.SubmitJobsAnswer
 """What answers one job: a response for a request's `job`, an answer for each of its `more`."""
@@ -52,7 +54,7 @@ class _ReadAhead:
 
 
 async def answer(
-    requests: AsyncIterator[jobs_pb2.SubmitJobsRequest], add: AddOne
+    requests: AsyncIterator[jobs_pb2.SubmitJobsRequest], add: AddEach
 ) -> AsyncGenerator[jobs_pb2.SubmitJobsResponse, None]:
     """The responses to `requests`, in order; a refused job is an answer with `error`."""
     pending: asyncio.Queue[tuple[asyncio.Task[jobs_pb2.SubmitJobsResponse], int] | None] = asyncio.Queue()
@@ -83,47 +85,43 @@ async def answer(
                 item[0].add_done_callback(_retrieve)  # its adds go on to their commit; nobody waits
 
 
-async def _request(request: jobs_pb2.SubmitJobsRequest, add: AddOne) -> jobs_pb2.SubmitJobsResponse:
+async def _request(request: jobs_pb2.SubmitJobsRequest, add: AddEach) -> jobs_pb2.SubmitJobsResponse:
     response = jobs_pb2.SubmitJobsResponse(request_id=request.request_id)
-    if not request.more:
-        await _one(request, add, response)
-        return response
-    answers = [jobs_pb2.SubmitJobsAnswer(request_id=item.request_id) for item in request.more]
-    if len(request.more) >= MAX_JOBS_PER_REQUEST:
+    answers: list[Answer] = [response, *(response.more.add(request_id=i.request_id) for i in request.more)]
+    items: list[jobs_pb2.SubmitJobsRequest | jobs_pb2.SubmitJobsItem] = [request, *request.more]
+    if len(items) > MAX_JOBS_PER_REQUEST:
         refusal = InvalidArgument(
             f"more holds {len(request.more)} jobs; one request carries at most "
             f"{MAX_JOBS_PER_REQUEST} (job and {MAX_JOBS_PER_REQUEST - 1} in more)"
         )
-        _refuse(response, refusal)
-        for refused in answers:
-            _refuse(refused, refusal)
-    else:
-        # One add each, started in order (so queued to the journal in order), committed together.
-        await asyncio.gather(
-            _one(request, add, response),
-            *(_one(item, add, a) for item, a in zip(request.more, answers, strict=True)),
-        )
-    response.more.extend(answers)
+        for into in answers:
+            _refuse(into, refusal)
+        return response
+    adding: list[tuple[jobs_pb2.NewJob, Answer]] = []
+    for item, into in zip(items, answers, strict=True):
+        if item.HasField("job"):
+            adding.append((item.job, into))
+        else:
+            _refuse(into, InvalidArgument("job is missing"))
+    try:  # one journal operation for the message's jobs, each checked and answered on its own
+        outcomes = await add([job for job, _ in adding])
+    except Exception as e:  # a request never crashes the node, nor ends the other requests
+        outcomes = [e] * len(adding)
+    for (_, into), outcome in zip(adding, outcomes, strict=True):
+        _fill(into, outcome)
     return response
 
 
-async def _one(
-    request: jobs_pb2.SubmitJobsRequest | jobs_pb2.SubmitJobsItem, add: AddOne, into: Answer
-) -> None:
-    try:
-        if not request.HasField("job"):
-            raise InvalidArgument("job is missing")
-        job, deduplicated = await add(request.job)
-    except JobmeshError as e:
-        _refuse(into, e)
-        return
-    except Exception as e:  # a request never crashes the node, nor ends the other requests
-        log.exception("SubmitJobs failed on one job")
+def _fill(into: Answer, outcome: Added) -> None:
+    if isinstance(outcome, JobmeshError):
+        _refuse(into, outcome)
+    elif isinstance(outcome, Exception):
+        log.error("SubmitJobs failed on one job", exc_info=outcome)
         into.error.code = grpc.StatusCode.INTERNAL.value[0]
-        into.error.message = f"internal error in SubmitJobs: {e}"
-        return
-    into.job.CopyFrom(job)
-    into.deduplicated = deduplicated
+        into.error.message = f"internal error in SubmitJobs: {outcome}"
+    else:
+        into.job.CopyFrom(outcome[0])
+        into.deduplicated = outcome[1]
 
 
 def _refuse(into: Answer, error: JobmeshError) -> None:

@@ -79,7 +79,10 @@ class JobServiceStub:
     its jobs are committed (as AddJob's) or refused; a refused job does not end
     the stream. A client with several jobs ready at once (many producer
     threads sharing the stream) may pack them into one request (`more`); they
-    are answered together in one response, each job on its own. A client may
+    are answered together in one response, each job on its own. A node's cost
+    is mostly per message: a client that keeps at most two messages
+    unanswered and packs the jobs that queue meanwhile gets the most jobs
+    through (the Python client does; see docs/benchmarks.md). A client may
     send many requests before reading responses; the node reads ahead of the
     responses it has written by at most 1,024 jobs (or one request, if larger;
     flow control holds the client beyond that). Half-closing the request
@@ -146,7 +149,10 @@ class JobServiceAsyncStub(JobServiceStub):
     its jobs are committed (as AddJob's) or refused; a refused job does not end
     the stream. A client with several jobs ready at once (many producer
     threads sharing the stream) may pack them into one request (`more`); they
-    are answered together in one response, each job on its own. A client may
+    are answered together in one response, each job on its own. A node's cost
+    is mostly per message: a client that keeps at most two messages
+    unanswered and packs the jobs that queue meanwhile gets the most jobs
+    through (the Python client does; see docs/benchmarks.md). A client may
     send many requests before reading responses; the node reads ahead of the
     responses it has written by at most 1,024 jobs (or one request, if larger;
     flow control holds the client beyond that). Half-closing the request
@@ -228,7 +234,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         its jobs are committed (as AddJob's) or refused; a refused job does not end
         the stream. A client with several jobs ready at once (many producer
         threads sharing the stream) may pack them into one request (`more`); they
-        are answered together in one response, each job on its own. A client may
+        are answered together in one response, each job on its own. A node's cost
+        is mostly per message: a client that keeps at most two messages
+        unanswered and packs the jobs that queue meanwhile gets the most jobs
+        through (the Python client does; see docs/benchmarks.md). A client may
         send many requests before reading responses; the node reads ahead of the
         responses it has written by at most 1,024 jobs (or one request, if larger;
         flow control holds the client beyond that). Half-closing the request
