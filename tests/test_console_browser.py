@@ -118,7 +118,11 @@ def open_page(browser: Browser, errors: list[str]) -> Page:
     page.set_default_timeout(10_000)
 
     def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
+        # Chromium aborts what is in flight when it sees this namespace's addresses change
+        # (net::ERR_NETWORK_CHANGED): the lab's doing, not the console's. Once in a local suite
+        # run it still came on the first page, every step of the test passing; not reproduced
+        # by adding lab hosts during 100 page loads.
+        if message.type == "error" and "net::ERR_NETWORK_CHANGED" not in message.text:
             errors.append(f"{page.url}: {message.text}")
 
     page.on("console", on_console)
