@@ -55,15 +55,18 @@ Answer = jobs_pb2.SubmitJobsResponse | jobs_pb2.SubmitJobsAnswer
 
 
 class _Stream:
-    """One open SubmitJobs call: a queue of (request_id, job) its iterator drains into messages,
-    a reader resolving futures."""
+    """One open SubmitJobs call: a queue of one-job requests its iterator packs into messages, a
+    reader resolving futures."""
 
     def __init__(self, open_call: Callable[[Iterator[Any]], Any]) -> None:
         self.requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.waiting: dict[int, Future[Answer]] = {}
         self.lock = threading.Lock()
         self.broken: SubmitError | None = None
-        self.room = threading.Semaphore(MESSAGES_IN_FLIGHT)
+        # One token per message that may be unanswered (a queue: cheaper than a Semaphore).
+        self.room: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(MESSAGES_IN_FLIGHT):
+            self.room.put(None)
         self.call = open_call(self._iterate())
         self.reader = threading.Thread(target=self._read, name="jobmesh-submit", daemon=True)
         self.reader.start()
@@ -75,21 +78,18 @@ class _Stream:
             first, carried = (carried if carried is not None else self.requests.get()), None
             if first is _END:
                 return
-            self.room.acquire()  # the jobs that queue meanwhile go along in this message
-            request_id, job = first
-            request = jobs_pb2.SubmitJobsRequest(job=job, request_id=request_id)
-            size = job.ByteSize()
-            while len(request.more) < PACK_JOBS - 1:
-                try:
-                    waiting = self.requests.get_nowait()
-                except queue.Empty:
-                    break
-                if waiting is _END or size + waiting[1].ByteSize() > PACK_BYTES:
+            self.room.get()  # the jobs that queue meanwhile go along in this message
+            request = first  # built by its producer's thread, off this one's path
+            size = -1  # the message's bytes, counted once a second job may join
+            while len(request.more) < PACK_JOBS - 1 and not self.requests.empty():
+                waiting = self.requests.get_nowait()  # only this thread takes: it is there
+                if size < 0:
+                    size = request.ByteSize()
+                if waiting is _END or size + waiting.job.ByteSize() > PACK_BYTES:
                     carried = waiting
                     break
-                request_id, job = waiting
-                request.more.add(job=job, request_id=request_id)
-                size += job.ByteSize()
+                request.more.add(job=waiting.job, request_id=waiting.request_id)
+                size += waiting.job.ByteSize()
             yield request
 
     def send(self, request_id: int, job: jobs_pb2.NewJob) -> Future[Answer]:
@@ -98,14 +98,14 @@ class _Stream:
             if self.broken is not None:
                 raise self.broken
             self.waiting[request_id] = future
-        self.requests.put((request_id, job))
+        self.requests.put(jobs_pb2.SubmitJobsRequest(job=job, request_id=request_id))
         return future
 
     def _read(self) -> None:
         try:
             for response in self.call:
-                self.room.release()
-                answers: list[Answer] = [response, *response.more]
+                self.room.put(None)
+                answers: list[Answer] = [response, *response.more] if response.more else [response]
                 with self.lock:
                     futures = [self.waiting.pop(a.request_id, None) for a in answers]
                 for future, answer in zip(futures, answers, strict=True):
@@ -118,7 +118,8 @@ class _Stream:
             self.broken = error
             waiting, self.waiting = self.waiting, {}
         self.requests.put(_END)  # release gRPC's thread that drains the request iterator
-        self.room.release(MESSAGES_IN_FLIGHT)
+        for _ in range(MESSAGES_IN_FLIGHT):
+            self.room.put(None)  # also if it waits for room
         for future in waiting.values():
             future.set_exception(error)
 
