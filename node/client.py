@@ -199,7 +199,8 @@ class JobmeshClient:
         """Add one job built with `new_job`; returns it as committed.
 
         Jobs go over one SubmitJobs stream that this client's threads share (one message each
-        way instead of a unary call per job); the errors are AddJob's.
+        way instead of a unary call per job; jobs that queue while two messages wait for their
+        answers go together in the next); the errors are AddJob's.
         """
         try:
             return self._submitter.add(job).job
