@@ -61,8 +61,10 @@ async def _serve(port: int, mode: str) -> None:
         async for request in requests:
             if work is not None:
                 await loop.run_in_executor(thread, work)
-            more = [jobs_pb2.SubmitJobsAnswer(request_id=item.request_id) for item in request.more]
-            yield jobs_pb2.SubmitJobsResponse(request_id=request.request_id, more=more)
+            response = jobs_pb2.SubmitJobsResponse(request_id=request.request_id)
+            for item in request.more:
+                response.more.add(request_id=item.request_id)
+            yield response
 
     service, method = METHOD.strip("/").split("/")
     handler = grpc.stream_stream_rpc_method_handler(

@@ -81,7 +81,7 @@ class _Stream:
             self.room.get()  # the jobs that queue meanwhile go along in this message
             request = first  # built by its producer's thread, off this one's path
             size = -1  # the message's bytes, counted once a second job may join
-            while len(request.more) < PACK_JOBS - 1 and not self.requests.empty():
+            while not self.requests.empty() and len(request.more) < PACK_JOBS - 1:
                 waiting = self.requests.get_nowait()  # only this thread takes: it is there
                 if size < 0:
                     size = request.ByteSize()
