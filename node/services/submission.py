@@ -87,6 +87,10 @@ async def answer(
 
 async def _request(request: jobs_pb2.SubmitJobsRequest, add: AddEach) -> jobs_pb2.SubmitJobsResponse:
     response = jobs_pb2.SubmitJobsResponse(request_id=request.request_id)
+    if not request.more and request.HasField("job"):  # the most common message: one job
+        (outcome,) = await _add(add, [request.job])
+        _fill(response, outcome)
+        return response
     answers: list[Answer] = [response, *(response.more.add(request_id=i.request_id) for i in request.more)]
     items: list[jobs_pb2.SubmitJobsRequest | jobs_pb2.SubmitJobsItem] = [request, *request.more]
     if len(items) > MAX_JOBS_PER_REQUEST:
@@ -103,13 +107,18 @@ async def _request(request: jobs_pb2.SubmitJobsRequest, add: AddEach) -> jobs_pb
             adding.append((item.job, into))
         else:
             _refuse(into, InvalidArgument("job is missing"))
-    try:  # one journal operation for the message's jobs, each checked and answered on its own
-        outcomes = await add([job for job, _ in adding])
-    except Exception as e:  # a request never crashes the node, nor ends the other requests
-        outcomes = [e] * len(adding)
+    outcomes = await _add(add, [job for job, _ in adding])
     for (_, into), outcome in zip(adding, outcomes, strict=True):
         _fill(into, outcome)
     return response
+
+
+async def _add(add: AddEach, new_jobs: list[jobs_pb2.NewJob]) -> list[Added]:
+    """One journal operation for a message's jobs, each checked and answered on its own."""
+    try:
+        return await add(new_jobs)
+    except Exception as e:  # a request never crashes the node, nor ends the other requests
+        return [e] * len(new_jobs)
 
 
 def _fill(into: Answer, outcome: Added) -> None:
