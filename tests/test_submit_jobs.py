@@ -130,20 +130,26 @@ def test_a_packed_request_answers_each_of_its_jobs_in_order_and_refuses_them_one
     assert committed == stored_ids(node)  # every answer with a job is a committed job
 
 
-def test_a_request_with_more_jobs_than_allowed_is_refused_whole_and_the_stream_goes_on(
+def test_a_request_with_more_jobs_than_allowed_ends_the_call_after_the_answers_before_it(
     nodes: NodeFactory,
 ) -> None:
     node = nodes.start("submit")
-    too_many = packed(1, [new_job("submit/many", n=n) for n in range(MAX_JOBS_PER_REQUEST + 1)])
-    just_enough = packed(5000, [new_job("submit/enough", n=n) for n in range(MAX_JOBS_PER_REQUEST)])
-    refused, accepted = node.stub.SubmitJobs(iter([too_many, just_enough]), timeout=60)
+    just_enough = packed(1, [new_job("submit/enough", n=n) for n in range(MAX_JOBS_PER_REQUEST)])
+    too_many = packed(5000, [new_job("submit/many", n=n) for n in range(MAX_JOBS_PER_REQUEST + 1)])
+    after = packed(9000, [new_job("submit/after")])
+    answers: list[jobs_pb2.SubmitJobsResponse] = []
 
-    for answer in (refused, *refused.more):
-        assert answer.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-        assert f"at most {MAX_JOBS_PER_REQUEST}" in answer.error.message
-    assert len(refused.more) == MAX_JOBS_PER_REQUEST
-    assert not any(a.HasField("error") for a in (accepted, *accepted.more))
-    assert {a.job.id for a in (accepted, *accepted.more)} == stored_ids(node)  # none of the refused
+    def read_all() -> None:
+        answers.extend(node.stub.SubmitJobs(iter([just_enough, too_many, after]), timeout=60))
+
+    error = rpc_error(read_all)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {MAX_JOBS_PER_REQUEST}" in error.details()
+    assert "request 5000" in error.details()
+    (accepted,) = answers  # the request before it is answered; nothing after it was read
+    jobs: list[submission.Answer] = [accepted, *accepted.more]
+    assert not any(a.HasField("error") for a in jobs)
+    assert {a.job.id for a in jobs} == stored_ids(node)
 
 
 def has_length(items: list[jobs_pb2.SubmitJobsRequest], length: int) -> bool:

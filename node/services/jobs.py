@@ -143,8 +143,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitJobs(
         self, request_iterator: AsyncIterator[jobs_pb2.SubmitJobsRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.SubmitJobsResponse]:
-        async for response in submission.answer(request_iterator, self._add_each):
-            yield response
+        try:
+            async for response in submission.answer(request_iterator, self._add_each):
+                yield response
+        except JobmeshError as e:  # a request beyond the protocol's limits
+            await context.abort(status_for(e), str(e))
 
     async def _add_each(self, new_jobs: Sequence[jobs_pb2.NewJob]) -> list[submission.Added]:
         outcomes = await self._manager.add_proto_jobs_each(new_jobs)

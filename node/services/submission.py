@@ -56,7 +56,9 @@ class _ReadAhead:
 async def answer(
     requests: AsyncIterator[jobs_pb2.SubmitJobsRequest], add: AddEach
 ) -> AsyncGenerator[jobs_pb2.SubmitJobsResponse, None]:
-    """The responses to `requests`, in order; a refused job is an answer with `error`."""
+    """The responses to `requests`, in order; a refused job is an answer with `error`. A request
+    with more than MAX_JOBS_PER_REQUEST jobs raises InvalidArgument after the answers to those
+    before it (nothing after it is read)."""
     pending: asyncio.Queue[tuple[asyncio.Task[jobs_pb2.SubmitJobsResponse], int] | None] = asyncio.Queue()
     read_ahead = _ReadAhead(IN_FLIGHT)
 
@@ -64,6 +66,12 @@ async def answer(
         try:
             async for request in requests:
                 jobs = 1 + len(request.more)
+                if jobs > MAX_JOBS_PER_REQUEST:  # a broken client: it ends the call, read no further
+                    raise InvalidArgument(
+                        f"request {request.request_id}'s more holds {len(request.more)} jobs; one "
+                        f"request carries at most {MAX_JOBS_PER_REQUEST} (job and "
+                        f"{MAX_JOBS_PER_REQUEST - 1} in more); none of its jobs was added"
+                    )
                 await read_ahead.take(jobs)
                 pending.put_nowait((asyncio.ensure_future(_request(request, add)), jobs))
         finally:
@@ -93,14 +101,6 @@ async def _request(request: jobs_pb2.SubmitJobsRequest, add: AddEach) -> jobs_pb
         return response
     answers: list[Answer] = [response, *(response.more.add(request_id=i.request_id) for i in request.more)]
     items: list[jobs_pb2.SubmitJobsRequest | jobs_pb2.SubmitJobsItem] = [request, *request.more]
-    if len(items) > MAX_JOBS_PER_REQUEST:
-        refusal = InvalidArgument(
-            f"more holds {len(request.more)} jobs; one request carries at most "
-            f"{MAX_JOBS_PER_REQUEST} (job and {MAX_JOBS_PER_REQUEST - 1} in more)"
-        )
-        for into in answers:
-            _refuse(into, refusal)
-        return response
     adding: list[tuple[jobs_pb2.NewJob, Answer]] = []
     for item, into in zip(items, answers, strict=True):
         if item.HasField("job"):

@@ -767,8 +767,9 @@ class SubmitJobsRequest(_message.Message):
         added and answered as if it came in a request of its own, right after
         `job` and in this order: a refused one does not refuse the others. The
         answers come in the response's `more`, in the same order. A request with
-        more than 1,023 gets every one of its jobs refused (INVALID_ARGUMENT),
-        `job` included. A caller's topic permissions are checked for every job of
+        more than 1,023 ends the call with INVALID_ARGUMENT once the requests
+        before it are answered; none of its jobs, nor any later request's, is
+        read. A caller's topic permissions are checked for every job of
         the message: one job outside them refuses the whole call
         (PERMISSION_DENIED), as for AddJobs.
         """
