@@ -160,29 +160,44 @@ def is_queued(submitter: Submitter, jobs: int) -> bool:
     return submitter._current().requests.qsize() == jobs
 
 
+def recorded(
+    sent: list[jobs_pb2.SubmitJobsRequest],
+    messages: Iterator[jobs_pb2.SubmitJobsRequest],
+    gate: threading.Event | None = None,
+) -> Iterator[jobs_pb2.SubmitJobsRequest]:
+    """`messages` as gRPC's sending thread takes them (once `gate` is set), noted in `sent`."""
+    if gate is not None:
+        gate.wait(30)
+    for message in messages:
+        sent.append(message)
+        yield message
+
+
+def adding_thread(
+    submitter: Submitter, job: jobs_pb2.NewJob, answers: dict[int, str], number: int
+) -> threading.Thread:
+    """A producer thread adding `job`; its answer's job id goes to answers[number]."""
+
+    def add() -> None:
+        answers[number] = submitter.add(job).job.id
+
+    return threading.Thread(target=add)
+
+
 def test_the_client_packs_the_jobs_that_wait_into_one_message_within_its_byte_bound(
     nodes: NodeFactory,
 ) -> None:
     node = nodes.start("submit")
     sent: list[jobs_pb2.SubmitJobsRequest] = []
-    gate = threading.Event()
-
-    def counted(messages: Iterator[jobs_pb2.SubmitJobsRequest]) -> Iterator[jobs_pb2.SubmitJobsRequest]:
-        gate.wait(30)  # gRPC's sending thread waits here while every job is queued
-        for message in messages:
-            sent.append(message)
-            yield message
-
-    submitter = Submitter(lambda messages: node.stub.SubmitJobs(counted(messages), timeout=60), 30.0)
+    gate = threading.Event()  # gRPC's sending thread waits for it while every job is queued
+    submitter = Submitter(
+        lambda messages: node.stub.SubmitJobs(recorded(sent, messages, gate), timeout=60), 30.0
+    )
     big = b"x" * (PACK_BYTES // 3)  # three of them do not fit in one message
     jobs = [new_job("submit/small", n=n) for n in range(50)] + [new_job("submit/big", big) for _ in range(4)]
     answers: dict[int, str] = {}
-
-    def add(number: int) -> None:
-        answers[number] = submitter.add(jobs[number]).job.id
-
     try:
-        threads = [threading.Thread(target=add, args=(n,)) for n in range(len(jobs))]
+        threads = [adding_thread(submitter, job, answers, n) for n, job in enumerate(jobs)]
         for queued, thread in enumerate(threads, 1):
             thread.start()
             wait_for(partial(is_queued, submitter, queued), what=f"{queued} jobs queued")
@@ -222,22 +237,13 @@ def test_the_client_keeps_two_messages_unanswered_and_packs_the_jobs_that_queue_
     sent: list[jobs_pb2.SubmitJobsRequest] = []
     gate = threading.Event()
 
-    def counted(messages: Iterator[jobs_pb2.SubmitJobsRequest]) -> Iterator[jobs_pb2.SubmitJobsRequest]:
-        for message in messages:
-            sent.append(message)
-            yield message
-
     def held(messages: Iterator[jobs_pb2.SubmitJobsRequest]) -> HeldAnswers:
-        return HeldAnswers(node.stub.SubmitJobs(counted(messages), timeout=60), gate)
+        return HeldAnswers(node.stub.SubmitJobs(recorded(sent, messages), timeout=60), gate)
 
     submitter = Submitter(held, 30.0)
     jobs = [new_job("submit/window", n=n) for n in range(10)]
     answers: dict[int, str] = {}
-
-    def add(number: int) -> None:
-        answers[number] = submitter.add(jobs[number]).job.id
-
-    threads = [threading.Thread(target=add, args=(n,)) for n in range(len(jobs))]
+    threads = [adding_thread(submitter, job, answers, n) for n, job in enumerate(jobs)]
     try:
         for number, thread in enumerate(threads[:2], 1):  # each goes at once, alone
             thread.start()
