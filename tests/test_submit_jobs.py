@@ -22,7 +22,7 @@ from jobmesh.v1 import jobs_pb2
 
 from node import JobState, Node, NodeConfig
 from node.client import JobmeshClient, RpcError
-from node.errors import InvalidArgument
+from node.errors import InvalidArgument, JournalFull
 from node.journal.records import AddedJob, NewJobRecord
 from node.services import submission
 from node.services.submission import IN_FLIGHT, MAX_JOBS_PER_REQUEST
@@ -368,6 +368,8 @@ async def test_a_packed_messages_jobs_are_one_journal_operation_and_one_failing_
             inserts.append([r.topic for r in records])
             if "pack/poison" in inserts[-1]:  # fails the operation, as a broken row would
                 raise sqlite3.IntegrityError("poisoned row")
+            if "pack/full" in inserts[-1]:  # the journal itself fails: no job is to blame
+                raise JournalFull("the journal's disk is full")
             return insert(conn, records)
 
         monkeypatch.setattr(n.jobs.store, "insert", poisoned)
@@ -391,6 +393,11 @@ async def test_a_packed_messages_jobs_are_one_journal_operation_and_one_failing_
         assert [job.topic for job in stored] == ["pack/b", "pack/c"]
         counts = await n.jobs.count_by_state()
         assert counts == {JobState.QUEUED: 52}
+
+        inserts.clear()
+        outcomes = await n.jobs.add_proto_jobs_each([new_job("pack/full"), new_job("pack/d")])
+        assert inserts == [["pack/full", "pack/d"]]  # not tried again job by job
+        assert all(isinstance(o, JournalFull) for o in outcomes)
 
 
 async def test_each_job_of_a_message_gets_its_own_outcome_as_its_answer() -> None:

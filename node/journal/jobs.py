@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from node.errors import JobNotFound
+from node.errors import JobmeshError, JobNotFound
 from node.journal.attempts import Attempts
 from node.journal.claims import Claims
 from node.journal.controls import Controls
@@ -113,10 +113,12 @@ class JobStore(Claims, Attempts, Controls):
             return []
         try:
             return list(await self.add_jobs(records))
+        except JobmeshError as e:  # the journal failed (a full disk, a shutdown): all alike
+            return [e] * len(records)
         except Exception as e:
             if len(records) == 1:
                 return [e]
-        # A failed operation stored nothing: each job again, so that only the one at fault fails.
+        # One job's row failed the operation, which stored nothing: each job again on its own.
         return [(await self.add_jobs_each([record]))[0] for record in records]
 
     # --- reading ---------------------------------------------------------------------------
