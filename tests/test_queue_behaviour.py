@@ -19,7 +19,8 @@ import pytest
 from jobmesh.v1 import jobs_pb2
 
 from node import Job, JobContext, JobResult, JobState, Node, NodeConfig
-from node.errors import JobNotFound
+from node.errors import JobNotFound, JournalFull, StorageUnavailable
+from node.jobs import runner as runner_module
 from node.model.events import EventType, JobEvent
 from tests.support.in_process import finished
 from tests.support.waiting import async_wait_for
@@ -351,6 +352,39 @@ async def test_a_slot_freed_while_a_claim_fills_every_slot_is_claimed_for_withou
         assert claimed[:2] == [["full/b"], ["full/c"]]
         for job_id in (a.id, b.id, c.id):
             assert (await finished(n, job_id)).state is JobState.SUCCEEDED
+
+
+async def test_a_claim_that_fails_is_tried_again_and_the_queue_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A failed claim (a full disk, a failing one, a bug) used to end the queue's dispatcher for
+    # good, without a word: no job of the queue started again until a restart.
+    monkeypatch.setattr(runner_module, "CLAIM_RETRY_S", 0.01)
+    config = config_with(tmp_path, {"name": "flaky", "topics": ["flaky/*"]})
+    async with Node(config) as n:
+        n.consumers.register(["flaky/*"], lambda job, context: None)
+        failures: list[Exception] = [
+            JournalFull("the journal's disk is full"),
+            StorageUnavailable("the journal cannot be written"),
+            RuntimeError("a bug in a claim"),
+        ]
+        claim = n.jobs.store.claim
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop(0)
+            return await claim(*args, **kwargs)
+
+        monkeypatch.setattr(n.jobs.store, "claim", failing)
+        job = await n.jobs.add_job("flaky/x")  # nothing else wakes the queue after it
+        assert (await finished(n, job.id)).state is JobState.SUCCEEDED
+        assert not failures
+    logged = [r.getMessage() for r in caplog.records if "queue flaky: claiming jobs" in r.getMessage()]
+    # Said once while they fail (not once a retry), and once when they work again.
+    assert len(logged) == 2
+    assert "failed" in logged[0]
+    assert "disk is full" in logged[0]
+    assert "works again" in logged[1]
 
 
 # --- retries and backoff ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from node.errors import ConsumerGone, PayloadDamaged, Unavailable
+from node.errors import ConsumerGone, JobmeshError, PayloadDamaged, StorageUnavailable, Unavailable
 from node.instance import now_us
 from node.jobs.consumers import Consumer, ConsumerRegistry
 from node.jobs.context import Deferred, JobContext
@@ -36,6 +36,9 @@ from node.model.queues import QueueConfig, QueueType, SyncIsolation
 from node.waits import wait_event
 
 log = logging.getLogger(__name__)
+
+CLAIM_RETRY_S = 1.0
+"""How long a queue whose claim failed (a full or failing disk) waits before it claims again."""
 
 
 @dataclass
@@ -85,6 +88,7 @@ class QueueRunner:
         """The last claim took fewer jobs than it had slots for, and nothing has woken the runner
         since: no job is due that a freed slot could take (those due later have the timer)."""
         self._waiting = False
+        self._claims_failing = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_topic = ""
@@ -225,8 +229,16 @@ class QueueRunner:
             if free > 0 and not self.suspended:
                 try:
                     jobs, timeout = await self._claim(free)
+                except StorageUnavailable as e:  # a subclass: the journal is open, its disk is not
+                    jobs, timeout = self._claim_failed(e)
                 except Unavailable:
-                    return
+                    return  # the journal is closed: the node is shutting down
+                except Exception as e:  # a full disk, a bug: this queue must not stop for good
+                    jobs, timeout = self._claim_failed(e)
+                else:
+                    if self._claims_failing:
+                        self._claims_failing = False
+                        log.warning("queue %s: claiming jobs works again", self.name)
                 # A wake() meanwhile left the event set: the claim runs again whatever this says.
                 self._drained = len(jobs) < free
                 self._consumers.claimed(jobs)  # before the next claim looks at free slots
@@ -241,6 +253,20 @@ class QueueRunner:
                 await wait_event(self._wakeup, timeout)
             finally:
                 self._waiting = False
+
+    def _claim_failed(self, error: Exception) -> tuple[list[Job], float]:
+        """Log a failed claim (once while they keep failing); it is tried again when woken, or
+        after CLAIM_RETRY_S."""
+        if not self._claims_failing:
+            self._claims_failing = True
+            log.error(
+                "queue %s: claiming jobs failed (tried again every %gs): %s",
+                self.name,
+                CLAIM_RETRY_S,
+                error,
+                exc_info=not isinstance(error, JobmeshError),
+            )
+        return [], CLAIM_RETRY_S
 
     def _start(self, job: Job) -> None:
         context = self._make_context(job)
