@@ -2,8 +2,9 @@
 the commit, refusals that do not end the stream, packed requests answered job by job, flow
 control counted in jobs, the client's shared stream across threads and across a node crash (and
 its packing of the jobs that wait), and the submit scope's topic patterns checked on every job of
-every message; and in process, a packed message's jobs in one journal operation, where a job
-that fails it fails alone."""
+every message; in process, a packed message's jobs in one journal operation, where a job that
+fails it fails alone; and, with an in-memory call beside the real ones, a stream that breaks
+while the client waits for room for its next message."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from node.errors import InvalidArgument, JournalFull
 from node.journal.records import AddedJob, NewJobRecord
 from node.services import submission
 from node.services.submission import IN_FLIGHT, MAX_JOBS_PER_REQUEST
-from node.submitter import PACK_BYTES, Submitter
+from node.submitter import PACK_BYTES, SubmitError, Submitter
 from tests.support.job_calls import rpc_error
 from tests.support.launcher import NodeFactory, NodeProcess
 from tests.support.protos import new_job
@@ -261,6 +262,72 @@ def test_the_client_keeps_two_messages_unanswered_and_packs_the_jobs_that_queue_
 
     assert [1 + len(message.more) for message in sent] == [1, 1, 8]
     assert set(answers.values()) == stored_ids(node)
+
+
+class Unavailable(grpc.RpcError):  # type: ignore[misc]  # grpc has no stubs
+    """What a broken call raises in its reader."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the connection broke"
+
+
+class BreakingCall:
+    """An in-memory SubmitJobs call: a thread of its own takes the messages, as gRPC's sending
+    thread does; the answers never come, and the call breaks once `broken` is set."""
+
+    def __init__(self, messages: Iterator[jobs_pb2.SubmitJobsRequest], broken: threading.Event) -> None:
+        self.sent: list[jobs_pb2.SubmitJobsRequest] = []
+        self._broken = broken
+        self.sender = threading.Thread(target=self.sent.extend, args=(messages,), daemon=True)
+        self.sender.start()
+
+    def __iter__(self) -> Iterator[jobs_pb2.SubmitJobsResponse]:
+        self._broken.wait(30)
+        raise Unavailable()
+        yield  # a generator, as a real call's iteration is
+
+    def cancel(self) -> None:
+        self._broken.set()
+
+
+def has_sent(calls: list[BreakingCall], messages: int) -> bool:
+    return len(calls) == 1 and len(calls[0].sent) >= messages
+
+
+def test_a_stream_that_breaks_while_the_client_waits_for_room_fails_every_job_it_holds() -> None:
+    broken = threading.Event()
+    calls: list[BreakingCall] = []
+
+    def open_call(messages: Iterator[jobs_pb2.SubmitJobsRequest]) -> BreakingCall:
+        calls.append(BreakingCall(messages, broken))
+        return calls[-1]
+
+    submitter = Submitter(open_call, 30.0)
+    errors: dict[int, str] = {}
+
+    def add(number: int) -> None:
+        try:
+            submitter.add(new_job("submit/broken", n=number))
+        except SubmitError as e:
+            errors[number] = e.code.name
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in range(3)]
+    for number, thread in enumerate(threads[:2], 1):
+        thread.start()
+        wait_for(partial(has_sent, calls, number), what=f"message {number} sent")
+    threads[2].start()  # no room: its job waits in the sending thread for an answer that never comes
+    wait_for(partial(is_queued, submitter, 0), what="the third job taken by the sending thread")
+    assert len(calls[0].sent) == 2  # the third waits for room
+    broken.set()
+    for thread in threads:
+        thread.join(30)
+    calls[0].sender.join(10)
+    assert not calls[0].sender.is_alive()  # the sending thread is released, not left waiting
+    assert errors == {0: "UNAVAILABLE", 1: "UNAVAILABLE", 2: "UNAVAILABLE"}
+    submitter.close()
 
 
 def unused_port() -> int:

@@ -9,6 +9,7 @@ journal hook adds (`hooks`) commit with it or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -118,8 +119,16 @@ class JobStore(Claims, Attempts, Controls):
         except Exception as e:
             if len(records) == 1:
                 return [e]
-        # One job's row failed the operation, which stored nothing: each job again on its own.
-        return [(await self.add_jobs_each([record]))[0] for record in records]
+        # One job's row failed the operation, which stored nothing. Each job again in an operation
+        # of its own, queued together: they share group commits, whose savepoints keep one job's
+        # failure its own.
+        again = await asyncio.gather(*(self.add_jobs([r]) for r in records), return_exceptions=True)
+        outcomes: list[AddedJob | Exception] = []
+        for outcome in again:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # a cancellation is no job's failure
+            outcomes.append(outcome if isinstance(outcome, Exception) else outcome[0])
+        return outcomes
 
     # --- reading ---------------------------------------------------------------------------
 

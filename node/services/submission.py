@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT = 1024
 """Jobs of one stream read ahead of the responses written (documented in jobs.proto)."""
-MAX_JOBS_PER_REQUEST = 1024
-"""Jobs one request may carry, `job` and `more` together (documented in jobs.proto)."""
+MAX_JOBS_PER_REQUEST = IN_FLIGHT
+"""Jobs one request may carry, `job` and `more` together (documented in jobs.proto): no more
+than the read-ahead holds, so that a request always finds room once those before it are answered."""
 
 Added = tuple[jobs_pb2.Job, bool] | Exception
 """One job's outcome: it as committed and whether it was deduplicated, or why it was refused."""
@@ -35,7 +36,7 @@ Answer = jobs_pb2.SubmitJobsResponse | jobs_pb2.SubmitJobsAnswer
 
 
 class _ReadAhead:
-    """Jobs read and not yet answered, at most `limit` (or one request, if it alone is more)."""
+    """Jobs read and not yet answered, at most `limit` (a request is never larger: see `read`)."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -43,7 +44,7 @@ class _ReadAhead:
         self._room = asyncio.Event()
 
     async def take(self, jobs: int) -> None:
-        while self._taken and self._taken + jobs > self._limit:
+        while self._taken + jobs > self._limit:
             self._room.clear()
             await self._room.wait()
         self._taken += jobs
